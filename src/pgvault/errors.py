@@ -93,6 +93,7 @@ class VerificationError(PgvaultError):
 
     exit_code = 9
     kind = "verification"
+    details: object = None  # the operation's result, for rendering the full comparison
 
 
 class ToolError(PgvaultError):

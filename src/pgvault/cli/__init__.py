@@ -1,0 +1,111 @@
+"""The ``pgvault`` command: parse, call one operation, render.
+
+This module is the only place that turns a :class:`~pgvault.errors.PgvaultError` into an exit
+status (see the README's table of exit codes).  Subcommand modules register themselves through
+``register(subparsers, common)`` and set ``func(args) -> int`` on their parser.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, Callable, Sequence
+
+import pgvault
+from pgvault import log
+from pgvault.config import Settings, load_settings
+from pgvault.errors import INTERNAL_ERROR_EXIT, PgvaultError
+from pgvault.operations.context import Context, build_context
+
+
+def common_options() -> argparse.ArgumentParser:
+    """Options every subcommand accepts (so they may follow the subcommand name)."""
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("common options")
+    g.add_argument("--config", "-c", help="YAML config file (default: $PGVAULT_CONFIG)")
+    g.add_argument("--cluster", help="cluster name in the repository (default: main)")
+    g.add_argument("--repository", "-r", help="repository: a path, file:///path or s3://bucket/prefix")
+    g.add_argument("--dsn", help="libpq connection string (a password here is never passed to child programs' argv)")
+    g.add_argument("--json", action="store_true", help="machine-readable output ({\"format\": 1, ...})")
+    g.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    return p
+
+
+def settings_from(args: argparse.Namespace, **extra: Any) -> Settings:
+    """Settings from the config file, the environment, and this command line."""
+    overrides = {
+        "cluster": getattr(args, "cluster", None),
+        "repository.url": getattr(args, "repository", None),
+        "postgres.dsn": getattr(args, "dsn", None),
+        **extra,
+    }
+    return load_settings(getattr(args, "config", None), overrides=overrides)
+
+
+def context_from(args: argparse.Namespace, **extra: Any) -> Context:
+    """Settings plus the opened repository."""
+    return build_context(settings_from(args, **extra))
+
+
+def emit(args: argparse.Namespace, kind: str, payload: dict[str, Any], human: Callable[[], str]) -> None:
+    """Print JSON with --json, else the human rendering."""
+    from pgvault.output import to_json
+
+    print(to_json(kind, payload) if args.json else human())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from pgvault.cli import backup, catalog, config_cmd, restore
+
+    common = common_options()
+    parser = argparse.ArgumentParser(
+        prog="pgvault",
+        description="PostgreSQL backup, restore and disaster recovery.",
+        parents=[common],
+    )
+    parser.add_argument("--version", action="version", version=f"pgvault {pgvault.__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module in (backup, catalog, restore, config_cmd):
+        module.register(sub, common)
+    return parser
+
+
+def _report(err: PgvaultError, as_json: bool) -> None:
+    if as_json:
+        doc = {"format": 1, "kind": "error", "error": err.kind, "exit_code": err.exit_code, "message": log.redact(err.message)}
+        if err.hint:
+            doc["hint"] = err.hint
+        problems = getattr(err, "problems", None)
+        if problems:
+            doc["problems"] = [log.redact(p) for p in problems]
+        print(json.dumps(doc, indent=2))
+    print(f"pgvault: error: {log.redact(err.message)}", file=sys.stderr)
+    problems = getattr(err, "problems", None)
+    if problems and len(problems) > 1:
+        for p in problems:
+            print(f"  - {log.redact(p)}", file=sys.stderr)
+    if err.hint:
+        print(f"pgvault: hint: {err.hint}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the process exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return 2
+    log.setup(args.log_level)
+    try:
+        return int(args.func(args))
+    except PgvaultError as e:
+        _report(e, args.json)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("pgvault: interrupted; nothing was published", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - the one place that reports unexpected failures
+        log.get().debug("internal error", exc_info=True)
+        print(f"pgvault: internal error: {type(e).__name__}: {log.redact(str(e))}", file=sys.stderr)
+        return INTERNAL_ERROR_EXIT

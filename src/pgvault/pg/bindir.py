@@ -37,6 +37,12 @@ class BinDir:
         return self.path / name
 
 
+def parse_major(version_text: str) -> int | None:
+    """Major version from '<program> (PostgreSQL) 15.18' style output, None if absent."""
+    m = _VERSION_RE.search(version_text)
+    return int(m.group(1)) if m else None
+
+
 @lru_cache(maxsize=64)
 def _probe(path: str) -> BinDir | None:
     exe = Path(path) / "pg_dump"

@@ -17,7 +17,7 @@ from typing import BinaryIO, Iterator, Protocol, runtime_checkable
 
 from pgvault.errors import NotFoundError, StorageError
 
-__all__ = ["ObjectInfo", "ObjectNotFound", "ObjectExists", "Storage", "ObjectWriter", "validate_key", "StorageError"]
+__all__ = ["ObjectInfo", "ObjectNotFound", "ObjectExists", "Storage", "ObjectWriter", "validate_key", "validate_prefix", "StorageError"]
 
 
 class ObjectNotFound(NotFoundError):
@@ -105,3 +105,19 @@ def validate_key(key: str) -> str:
     if any(p in ("", ".", "..") for p in parts):
         raise ValueError(f"invalid storage key {key!r}")
     return key
+
+
+def validate_prefix(prefix: str) -> str:
+    """Reject listing prefixes that could escape the repository root.
+
+    A prefix is a key fragment: ``""`` (everything), ``"a/"`` (a "directory") or ``"a/b"``
+    (matching ``a/b``, ``a/bc``, ``a/b/c``). Only its last component may be partial or empty.
+    """
+    if not prefix:
+        return prefix
+    if prefix.startswith("/"):
+        raise ValueError(f"invalid storage prefix {prefix!r}")
+    *dirs, last = prefix.split("/")
+    if any(p in ("", ".", "..") for p in dirs) or last in (".", ".."):
+        raise ValueError(f"invalid storage prefix {prefix!r}")
+    return prefix

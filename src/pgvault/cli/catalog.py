@@ -1,0 +1,78 @@
+"""``pgvault list`` and ``pgvault show``: what the repository holds."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from pgvault.cli import context_from, emit
+from pgvault.repository.catalog import list_logical, resolve_logical
+from pgvault.output import human_bytes, human_duration, table
+
+
+def register(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("list", parents=[common], help="list backups in the repository")
+    p.set_defaults(func=run_list)
+    s = sub.add_parser("show", parents=[common], help="show one backup's manifest")
+    s.add_argument("backup_id", metavar="ID", help="backup id or 'latest'")
+    s.set_defaults(func=run_show)
+
+
+def run_list(args: argparse.Namespace) -> int:
+    ctx = context_from(args)
+    backups = list_logical(ctx.storage, ctx.cluster)
+    summary = [
+        {
+            "backup_id": m.backup_id,
+            "kind": m.kind,
+            "cluster": m.cluster,
+            "started_at": m.started_at,
+            "finished_at": m.finished_at,
+            "duration_seconds": round(m.duration_seconds, 3),
+            "databases": [d.name for d in m.databases],
+            "raw_size": m.raw_size,
+            "stored_size": m.stored_size,
+            "server_version": m.server_version,
+            "pipeline": m.pipeline.to_json(),
+        }
+        for m in backups
+    ]
+
+    def human() -> str:
+        if not backups:
+            return f"no backups of cluster {ctx.cluster!r} in {ctx.storage.url}"
+        rows = [
+            (m.backup_id, m.kind, m.started_at[:19].replace("T", " "), human_duration(m.duration_seconds),
+             ",".join(d.name for d in m.databases), human_bytes(m.stored_size), m.server_version)
+            for m in backups
+        ]
+        return table(["id", "kind", "started (UTC)", "took", "databases", "stored", "server"], rows, right=(3, 5))
+
+    emit(args, "backup_list", {"cluster": ctx.cluster, "repository": ctx.storage.url, "backups": summary}, human)
+    return 0
+
+
+def run_show(args: argparse.Namespace) -> int:
+    ctx = context_from(args)
+    m = resolve_logical(ctx.storage, ctx.cluster, args.backup_id)
+
+    def human() -> str:
+        lines = [
+            f"backup      {m.backup_id} ({m.kind})",
+            f"cluster     {m.cluster} (system identifier {m.system_identifier})",
+            f"server      PostgreSQL {m.server_version}; dumped with {m.pg_dump_version}",
+            f"time        {m.started_at} .. {m.finished_at} ({human_duration(m.duration_seconds)})",
+            f"pipeline    compression {m.pipeline.compression}, encryption {m.pipeline.encryption}",
+            f"size        {human_bytes(m.raw_size)} dumped, {human_bytes(m.stored_size)} stored",
+        ]
+        if m.globals:
+            lines.append(f"globals     {m.globals.key} sha256 {m.globals.result.stored_sha256[:16]}...")
+        for d in m.databases:
+            lines.append("")
+            exact = "exact" if d.row_counts_exact else "estimated"
+            lines.append(f"database {d.name}: {d.object.key}, {human_bytes(d.object.result.stored_size)} stored, rows {exact}")
+            lines.append(table(["table", "rows"], [(t.qualified, t.rows) for t in d.tables], right=(1,)))
+        return "\n".join(lines)
+
+    emit(args, "backup", {"backup": m.to_json()}, human)
+    return 0

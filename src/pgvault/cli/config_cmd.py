@@ -1,0 +1,44 @@
+"""``pgvault config check``: validate a configuration and list every problem at once."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from pgvault.cli import emit, settings_from
+from pgvault.config import describe
+
+
+def register(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("config", parents=[common], help="configuration tools")
+    csub = p.add_subparsers(dest="config_command", metavar="SUBCOMMAND")
+    c = csub.add_parser("check", parents=[common], help="validate the configuration (file + environment)")
+    c.set_defaults(func=run_check)
+    k = csub.add_parser("keys", parents=[common], help="list every setting and its environment variable")
+    k.set_defaults(func=run_keys)
+
+
+def run_check(args: argparse.Namespace) -> int:
+    s = settings_from(args)  # raises ConfigError listing every problem
+    payload = {
+        "valid": True,
+        "source": s.source,
+        "cluster": s.cluster,
+        "repository": s.repository_url,
+        "compression": s.compression,
+        "encryption": "age" if s.age_recipients else "none",
+        "age_recipients": len(s.age_recipients),
+    }
+    emit(args, "config_check", payload, lambda: f"configuration OK ({s.source}): cluster {s.cluster!r}, "
+         f"repository {s.repository_url}, compression {s.compression}, "
+         f"encryption {'age (' + str(len(s.age_recipients)) + ' recipient(s))' if s.age_recipients else 'off'}")
+    return 0
+
+
+def run_keys(args: argparse.Namespace) -> int:
+    rows = describe()
+    from pgvault.output import table
+
+    emit(args, "config_keys", {"settings": [{"setting": a, "env": b, "doc": c} for a, b, c in rows]},
+         lambda: table(["setting", "environment", "meaning"], rows))
+    return 0

@@ -1,0 +1,281 @@
+"""Typed, frozen settings: YAML file, then ``PGVAULT_*`` environment, then command-line overrides.
+
+Every setting has one dotted name (``repository.url``) and one environment variable derived from
+it (``PGVAULT_REPOSITORY_URL``).  Loading validates everything at once and reports every problem
+in one :class:`~pgvault.errors.ConfigError`, so ``pgvault config check`` can list them all.
+
+Connection settings follow libpq: the ``postgres.dsn`` conninfo string is optional and ``PGHOST``,
+``PGPORT``, ``PGUSER``, ``PGPASSWORD``, ``PGDATABASE``, ``.pgpass`` and ``sslmode`` work as in psql.
+Domain code receives a :class:`Settings` and never reads the environment itself.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import yaml
+
+from pgvault.errors import ConfigError
+from pgvault.pipeline import PipelineSpec
+
+MiB = 1 << 20
+
+
+@dataclass(frozen=True)
+class S3Options:
+    """S3-compatible store settings; credentials come from the usual AWS chain unless set."""
+
+    endpoint_url: str | None = None
+    region: str | None = None
+    force_path_style: bool = False
+    profile: str | None = None
+    part_size_mb: int = 16
+    max_concurrency: int = 4
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a pgvault command may need, validated."""
+
+    cluster: str = "main"
+    repository_url: str = "./pgvault-repo"
+    s3: S3Options = field(default_factory=S3Options)
+    dsn: str = ""
+    pg_bin_dirs: tuple[str, ...] = ()
+    compression: str = "zstd"
+    compression_level: int | None = None
+    compression_threads: int = 2
+    age_recipients: tuple[str, ...] = ()
+    age_identity_file: str | None = None
+    # The secret key itself may come from the environment (Kubernetes secrets); it is kept out of
+    # repr() so it can never end up in a log line or a traceback.
+    age_identity: str | None = field(default=None, repr=False)
+    exact_row_counts: bool = True
+    source: str = "defaults"
+
+    def pipeline(self) -> PipelineSpec:
+        """The write pipeline these settings describe."""
+        return PipelineSpec(
+            compression=self.compression,
+            level=self.compression_level,
+            encryption="age" if self.age_recipients else "none",
+            recipients=self.age_recipients,
+        )
+
+
+def _to_bool(v: Any) -> bool:
+    if isinstance(v, bool):
+        return v
+    s = str(v).strip().lower()
+    if s in ("1", "true", "yes", "on"):
+        return True
+    if s in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected a boolean (true/false), got {v!r}")
+
+
+def _to_int(v: Any) -> int:
+    if isinstance(v, bool):
+        raise ValueError(f"expected an integer, got {v!r}")
+    return int(v)
+
+
+def _to_opt_int(v: Any) -> int | None:
+    return None if v is None or v == "" else _to_int(v)
+
+
+def _to_str(v: Any) -> str:
+    if isinstance(v, (dict, list)):
+        raise ValueError(f"expected a string, got {type(v).__name__}")
+    return str(v)
+
+
+def _to_opt_str(v: Any) -> str | None:
+    return None if v is None or v == "" else _to_str(v)
+
+
+def _to_list(v: Any) -> tuple[str, ...]:
+    if v is None:
+        return ()
+    if isinstance(v, str):
+        return tuple(p.strip() for p in v.replace("\n", ",").split(",") if p.strip())
+    if isinstance(v, list):
+        return tuple(_to_str(x).strip() for x in v if str(x).strip())
+    raise ValueError(f"expected a list, got {type(v).__name__}")
+
+
+@dataclass(frozen=True)
+class _Setting:
+    path: str
+    parse: Callable[[Any], Any]
+    doc: str
+
+    @property
+    def env(self) -> str:
+        return "PGVAULT_" + self.path.upper().replace(".", "_")
+
+
+# The one table of settings: YAML path, parser, meaning. Environment names derive from the path.
+SETTINGS: tuple[_Setting, ...] = (
+    _Setting("cluster", _to_str, "cluster name used in repository keys"),
+    _Setting("repository.url", _to_str, "repository: a path, file:///path or s3://bucket/prefix"),
+    _Setting("repository.s3.endpoint_url", _to_opt_str, "S3 endpoint URL (MinIO, SeaweedFS, Ceph)"),
+    _Setting("repository.s3.region", _to_opt_str, "S3 region"),
+    _Setting("repository.s3.force_path_style", _to_bool, "use path-style S3 addressing"),
+    _Setting("repository.s3.profile", _to_opt_str, "AWS config profile"),
+    _Setting("repository.s3.part_size_mb", _to_int, "multipart upload part size in MiB"),
+    _Setting("repository.s3.max_concurrency", _to_int, "parts uploaded in parallel"),
+    _Setting("postgres.dsn", _to_str, "libpq conninfo; PG* environment variables also apply"),
+    _Setting("postgres.bin_dirs", _to_list, "extra PostgreSQL bin directories"),
+    _Setting("compression.algorithm", _to_str, "zstd (default), gzip or none"),
+    _Setting("compression.level", _to_opt_int, "compression level"),
+    _Setting("compression.threads", _to_int, "zstd worker threads"),
+    _Setting("encryption.age_recipients", _to_list, "age public keys; encryption is on when set"),
+    _Setting("encryption.age_recipients_file", _to_opt_str, "file with age public keys, one a line"),
+    _Setting("encryption.age_identity_file", _to_opt_str, "age identity file, needed to restore"),
+    _Setting("encryption.age_identity", _to_opt_str, "age secret key itself (environment only)"),
+    _Setting("backup.exact_row_counts", _to_bool, "count every table's rows in the dump snapshot"),
+)
+_BY_PATH = {s.path: s for s in SETTINGS}
+_SECRET_PATHS = {"encryption.age_identity"}
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        path = f"{prefix}{k}"
+        if isinstance(v, dict) and path not in _BY_PATH:
+            out.update(_flatten(v, path + "."))
+        else:
+            out[path] = v
+    return out
+
+
+def load_settings(
+    config_path: str | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Build :class:`Settings` from a YAML file, the environment and explicit overrides.
+
+    ``config_path`` defaults to ``$PGVAULT_CONFIG``; no file at all means defaults + environment.
+    Raises :class:`ConfigError` listing every problem found.
+    """
+    env = dict(os.environ if environ is None else environ)
+    problems: list[str] = []
+    raw: dict[str, Any] = {}
+    path = config_path or env.get("PGVAULT_CONFIG")
+    source = "defaults"
+    if path:
+        source = path
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as e:
+            raise ConfigError([f"cannot read config file {path}: {e.strerror or e}"]) from None
+        try:
+            doc = yaml.safe_load(text) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError([f"config file {path} is not valid YAML: {e}"]) from None
+        if not isinstance(doc, dict):
+            raise ConfigError([f"config file {path} must hold a mapping at the top level"])
+        for key, value in _flatten(doc).items():
+            if key not in _BY_PATH:
+                problems.append(f"{path}: unknown setting '{key}'")
+            elif key in _SECRET_PATHS:
+                problems.append(f"{path}: '{key}' must not be stored in a config file; use {_BY_PATH[key].env}")
+            else:
+                raw[key] = value
+    for s in SETTINGS:
+        if s.env in env:
+            raw[s.path] = env[s.env]
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            raw[key] = value
+
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        s = _BY_PATH[key]
+        try:
+            values[key] = s.parse(value)
+        except (TypeError, ValueError) as e:
+            shown = "<secret>" if key in _SECRET_PATHS else repr(value)
+            problems.append(f"{key} ({s.env}) = {shown}: {e}")
+
+    recipients = tuple(values.get("encryption.age_recipients", ()))
+    rfile = values.get("encryption.age_recipients_file")
+    if rfile:
+        try:
+            lines = Path(rfile).read_text(encoding="utf-8").splitlines()
+            recipients += tuple(ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#"))
+        except OSError as e:
+            problems.append(f"encryption.age_recipients_file: cannot read {rfile}: {e.strerror or e}")
+
+    def get(key: str, default: Any) -> Any:
+        return values.get(key, default)
+
+    s3 = S3Options(
+        endpoint_url=get("repository.s3.endpoint_url", None),
+        region=get("repository.s3.region", None),
+        force_path_style=get("repository.s3.force_path_style", False),
+        profile=get("repository.s3.profile", None),
+        part_size_mb=get("repository.s3.part_size_mb", 16),
+        max_concurrency=get("repository.s3.max_concurrency", 4),
+    )
+    settings = Settings(
+        cluster=get("cluster", "main"),
+        repository_url=get("repository.url", "./pgvault-repo"),
+        s3=s3,
+        dsn=get("postgres.dsn", ""),
+        pg_bin_dirs=get("postgres.bin_dirs", ()),
+        compression=get("compression.algorithm", "zstd"),
+        compression_level=get("compression.level", None),
+        compression_threads=get("compression.threads", 2),
+        age_recipients=recipients,
+        age_identity_file=get("encryption.age_identity_file", None),
+        age_identity=get("encryption.age_identity", None),
+        exact_row_counts=get("backup.exact_row_counts", True),
+        source=source,
+    )
+    problems += validate(settings)
+    if problems:
+        raise ConfigError(problems, hint="run 'pgvault config check' to see every problem")
+    return settings
+
+
+def validate(s: Settings) -> list[str]:
+    """Every problem with ``s``, as sentences (empty when valid)."""
+    problems: list[str] = []
+    if not s.cluster or "/" in s.cluster or s.cluster.startswith("."):
+        problems.append(f"cluster: {s.cluster!r} is not a valid name (no '/', not starting with '.')")
+    if not s.repository_url:
+        problems.append("repository.url: must be set")
+    elif "://" in s.repository_url and not s.repository_url.startswith(("file://", "s3://", "memory://")):
+        problems.append(f"repository.url: unsupported scheme in {s.repository_url!r} (use a path, file://, s3://)")
+    elif s.repository_url.startswith("s3://") and not s.repository_url[5:].split("/")[0]:
+        problems.append("repository.url: s3:// URL needs a bucket name")
+    if s.s3.part_size_mb < 5:
+        problems.append("repository.s3.part_size_mb: S3 requires parts of at least 5 MiB")
+    if s.s3.max_concurrency < 1:
+        problems.append("repository.s3.max_concurrency: must be at least 1")
+    if s.compression_threads < 0:
+        problems.append("compression.threads: must be 0 or more")
+    problems += s.pipeline().validate()
+    if s.dsn:
+        try:
+            from psycopg.conninfo import conninfo_to_dict
+
+            conninfo_to_dict(s.dsn)
+        except Exception as e:  # noqa: BLE001 - psycopg raises ProgrammingError; message has no password
+            problems.append(f"postgres.dsn: not a valid libpq connection string ({type(e).__name__})")
+    if s.age_identity_file and not Path(s.age_identity_file).is_file():
+        problems.append(f"encryption.age_identity_file: {s.age_identity_file} does not exist")
+    return problems
+
+
+def describe() -> list[tuple[str, str, str]]:
+    """(setting, environment variable, meaning) for every setting, for help and docs."""
+    return [(s.path, s.env, s.doc) for s in SETTINGS]

@@ -1,0 +1,68 @@
+"""What every operation needs, built once from the settings by the CLI and passed explicitly."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Mapping
+
+from pgvault.config import Settings
+from pgvault.errors import ConfigError
+from pgvault.pg.conn import ConnInfo
+from pgvault.pipeline import load_identities
+from pgvault.storage import Storage, open_storage
+from pgvault.storage.s3 import S3Settings
+
+
+@dataclass(frozen=True)
+class Context:
+    """Settings plus the opened repository and the connection parameters."""
+
+    settings: Settings
+    storage: Storage
+    conn: ConnInfo
+    environ: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+    @property
+    def cluster(self) -> str:
+        return self.settings.cluster
+
+    def child_env(self, dbname: str | None = None) -> dict[str, str]:
+        """Environment for a libpq child program connecting to ``dbname`` (password via env only)."""
+        info = self.conn.with_db(dbname) if dbname else self.conn
+        return info.child_env(self.environ)
+
+    def identities(self) -> list[str]:
+        """age identities for decryption, from the identity file or the environment."""
+        s = self.settings
+        if s.age_identity:
+            return load_identities(s.age_identity)
+        if s.age_identity_file:
+            try:
+                with open(s.age_identity_file, encoding="utf-8") as f:
+                    return load_identities(f.read())
+            except OSError as e:
+                raise ConfigError([f"cannot read age identity file {s.age_identity_file}: {e.strerror}"]) from None
+        raise ConfigError(
+            ["this backup is encrypted but no age identity is configured"],
+            hint="set encryption.age_identity_file (or PGVAULT_ENCRYPTION_AGE_IDENTITY_FILE)",
+        )
+
+
+def s3_settings(s: Settings) -> S3Settings:
+    """Storage-layer S3 settings from the config (credentials stay with boto3's usual chain)."""
+    return S3Settings(
+        endpoint_url=s.s3.endpoint_url,
+        region=s.s3.region,
+        force_path_style=s.s3.force_path_style,
+        profile=s.s3.profile,
+        part_size=s.s3.part_size_mb << 20,
+        max_concurrency=s.s3.max_concurrency,
+    )
+
+
+def build_context(settings: Settings, environ: Mapping[str, str] | None = None) -> Context:
+    """Open the repository and gather connection parameters; does not connect yet."""
+    env = dict(os.environ if environ is None else environ)
+    storage = open_storage(settings.repository_url, s3=s3_settings(settings))
+    return Context(settings=settings, storage=storage, conn=ConnInfo.from_dsn(settings.dsn, env), environ=env)

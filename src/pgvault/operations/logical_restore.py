@@ -1,0 +1,348 @@
+"""Restoring a logical backup: a whole database, or selected tables, verified against the manifest.
+
+Nothing existing is lost on a bad backup:
+- into a new database: created, restored, dropped again if anything fails;
+- over an existing database (``--clean``): restored beside it under a scratch name, verified, and
+  only then swapped in by two renames; the old database is dropped last;
+- selected tables over an existing database: one ``pg_restore --single-transaction --clean``, so a
+  failure rolls back.  The stream feeding pg_restore is verified (age and zstd authenticate every
+  chunk, sha256 at the end) before pg_restore's stdin is closed; on a mismatch pg_restore is killed
+  before it can commit.
+
+``--jobs N`` needs a seekable archive (pg_restore cannot restore in parallel from a pipe), so the
+verified, decrypted archive is spooled to a private temporary file first and deleted afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+
+from pgvault import log
+from pgvault.errors import (
+    DatabaseError,
+    NotFoundError,
+    TargetBusyError,
+    TargetExistsError,
+    ToolError,
+    UsageError,
+    VerificationError,
+)
+from pgvault.operations.context import Context
+from pgvault.pg.bindir import bindir_for_server, parse_major
+from pgvault.pg.conn import connection, database_exists, database_sessions, server_facts
+from pgvault.pg.tools import Process, ToolRunner
+from pgvault.pipeline import read_stream
+from pgvault.repository import layout
+from pgvault.repository.catalog import resolve_logical
+from pgvault.repository.manifest import DatabaseEntry, LogicalManifest, StoredObject, TableCount
+
+
+@dataclass(frozen=True)
+class RestoreRequest:
+    """What to restore and how."""
+
+    ref: str
+    database: str
+    target_database: str | None = None
+    clean: bool = False
+    tables: tuple[str, ...] = ()
+    jobs: int = 1
+    disable_triggers: bool = False
+    restore_globals: bool = False
+    force: bool = False
+    no_owner: bool = False
+    scratch_dir: str | None = None
+
+
+@dataclass(frozen=True)
+class CountCheck:
+    """One table's row count: what the manifest says and what the restored database has."""
+
+    table: str
+    expected: int
+    actual: int | None
+
+    @property
+    def ok(self) -> bool:
+        return self.expected == self.actual
+
+
+@dataclass
+class RestoreResult:
+    """Outcome of a restore, for rendering."""
+
+    backup_id: str
+    database: str
+    target_database: str
+    tables: tuple[str, ...]
+    duration_seconds: float = 0.0
+    counts_exact: bool = True
+    checks: list[CountCheck] = field(default_factory=list)
+    pg_restore_version: str = ""
+
+    @property
+    def verified(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+
+class _ProcessSink:
+    """A program's stdin as a pipeline sink that tolerates the program exiting early."""
+
+    def __init__(self, proc: Process) -> None:
+        self.proc = proc
+        self.broken = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        if not self.broken:
+            try:
+                self.proc.stdin.write(data)
+            except BrokenPipeError:
+                self.broken = True
+        return len(data)
+
+    def close(self) -> None:
+        try:
+            self.proc.stdin.close()
+        except BrokenPipeError:
+            pass
+
+
+def _split_table(name: str) -> tuple[str, str]:
+    schema, _, table = name.rpartition(".")
+    return (schema or "public", table)
+
+
+def _selected(entry: DatabaseEntry, tables: tuple[str, ...]) -> list[TableCount]:
+    if not tables:
+        return list(entry.tables)
+    known = {(t.schema, t.name): t for t in entry.tables}
+    chosen = []
+    for name in tables:
+        key = _split_table(name)
+        if key not in known:
+            raise NotFoundError(
+                f"table {key[0]}.{key[1]} is not in backup of database {entry.name!r}",
+                hint="'pgvault show ID' lists the tables of a backup",
+            )
+        chosen.append(known[key])
+    return chosen
+
+
+def _check_sessions(conn: psycopg.Connection[Any], target: str, force: bool) -> None:
+    sessions = database_sessions(conn, target)
+    if not sessions:
+        return
+    desc = ", ".join(f"pid {p} ({u or '?'}{'/' + a if a else ''}, {s or '?'})" for p, u, a, s in sessions)
+    if not force:
+        raise TargetBusyError(
+            f"database {target!r} has {len(sessions)} connected session(s): {desc}",
+            hint="stop the application first, or pass --force to terminate these sessions",
+        )
+    log.get().warning("terminating %d session(s) on %s: %s", len(sessions), target, desc)
+    conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()", (target,))
+
+
+def _create_database(conn: psycopg.Connection[Any], name: str, entry: DatabaseEntry) -> None:
+    ident = sql.Identifier(name)
+    try:
+        conn.execute(
+            sql.SQL("CREATE DATABASE {} TEMPLATE template0 ENCODING {} LC_COLLATE {} LC_CTYPE {}").format(
+                ident, sql.Literal(entry.encoding), sql.Literal(entry.collate), sql.Literal(entry.ctype)
+            )
+        )
+    except psycopg.errors.InvalidParameterValue:
+        # The source's locale may not exist on this machine; fall back to the server default.
+        conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0 ENCODING {}").format(ident, sql.Literal(entry.encoding)))
+    except psycopg.Error as e:
+        raise DatabaseError(f"cannot create database {name!r}: {str(e).strip()}") from None
+
+
+def _drop_database(conn: psycopg.Connection[Any], name: str) -> None:
+    conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()", (name,))
+    conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
+
+
+class _Restorer:
+    def __init__(self, ctx: Context, manifest: LogicalManifest, req: RestoreRequest) -> None:
+        self.ctx = ctx
+        self.manifest = manifest
+        self.req = req
+        self.identities = ctx.identities() if manifest.pipeline.encryption != "none" else []
+        self.prefix = layout.logical_prefix(ctx.cluster, manifest.backup_id)
+
+    def open_object(self, obj: StoredObject) -> BinaryIO:
+        return self.ctx.storage.open_read(self.prefix + obj.key)
+
+    def stream_into(self, obj: StoredObject, proc: Process) -> None:
+        """Feed a verified object into ``proc``'s stdin; kill it on any problem so nothing commits.
+
+        A program may exit before reading everything (pg_restore stops once it has what a table
+        selection needs); the rest of the stream is still read and verified, then the program's
+        own exit status decides.
+        """
+        sink = _ProcessSink(proc)
+        try:
+            with self.open_object(obj) as src:
+                read_stream(src, sink, self.manifest.pipeline, identities=self.identities, expected=obj.result)
+        except BaseException:
+            proc.kill()
+            raise
+        sink.close()
+
+    def spool(self, obj: StoredObject) -> str:
+        """Verify the whole object into a private temporary file; return its path."""
+        fd, path = tempfile.mkstemp(prefix="pgvault-restore-", suffix=".dump", dir=self.req.scratch_dir)
+        try:
+            with os.fdopen(fd, "wb") as out, self.open_object(obj) as src:
+                read_stream(src, out, self.manifest.pipeline, identities=self.identities, expected=obj.result)
+        except BaseException:
+            os.unlink(path)
+            raise
+        return path
+
+    def restore_globals(self, runner: ToolRunner) -> None:
+        if self.manifest.globals is None:
+            raise NotFoundError(f"backup {self.manifest.backup_id} has no globals")
+        # ON_ERROR_STOP stays off: "role ... already exists" is expected on a live server.
+        proc = runner.start("psql", ["-X", "-q", "-f", "-"], env=self.ctx.child_env("postgres"), stdin=True, stdout=False)
+        self.stream_into(self.manifest.globals, proc)
+        proc.check("(globals)")
+        errors = [ln for ln in proc.stderr_text().splitlines() if "ERROR" in ln]
+        if errors:
+            log.get().warning("globals restored with %d error(s), e.g. %s", len(errors), errors[0])
+
+    def pg_restore(self, runner: ToolRunner, entry: DatabaseEntry, target: str, *, in_place: bool) -> None:
+        req = self.req
+        args = ["--exit-on-error", "--no-password", "-d", make_conninfo(dbname=target)]
+        if req.no_owner:
+            args += ["--no-owner", "--no-privileges"]
+        if req.tables:
+            for schema in sorted({_split_table(t)[0] for t in req.tables}):
+                args += ["-n", schema]
+            for t in req.tables:
+                args += ["-t", _split_table(t)[1]]
+        if in_place:
+            args += ["--clean", "--if-exists", "--single-transaction"]
+        env = self.ctx.child_env(target)
+        if req.disable_triggers:
+            # Loads without firing user triggers or FK checks; needs superuser (like pg_restore's
+            # --disable-triggers, but for the whole session and every table).
+            env["PGOPTIONS"] = (env.get("PGOPTIONS", "") + " -c session_replication_role=replica").strip()
+        jobs = 1 if in_place else max(1, req.jobs)
+        if jobs == 1 and not in_place:
+            proc = runner.start("pg_restore", args, env=env, stdin=True, stdout=False)
+            self.stream_into(entry.object, proc)
+            proc.check(f"into {target!r}")
+            return
+        # Parallel pg_restore needs a seekable file; and into an existing database nothing may
+        # reach pg_restore before the whole stream is verified, because pg_restore can commit
+        # before it has read to the end.
+        spool = self.spool(entry.object)
+        try:
+            extra = [f"--jobs={jobs}"] if jobs > 1 else []
+            proc = runner.start("pg_restore", [*args, *extra, spool], env=env, stdout=False)
+            proc.check(f"into {target!r}")
+        finally:
+            os.unlink(spool)
+
+    def verify(self, target: str, tables: list[TableCount]) -> list[CountCheck]:
+        checks = []
+        with connection(self.ctx.conn, dbname=target) as conn:
+            for t in tables:
+                q = sql.SQL("SELECT count(*) FROM ONLY {}.{}").format(sql.Identifier(t.schema), sql.Identifier(t.name))
+                try:
+                    row = conn.execute(q).fetchone()
+                    actual: int | None = int(row[0]) if row else None
+                except psycopg.errors.UndefinedTable:
+                    actual = None
+                checks.append(CountCheck(t.qualified, t.rows, actual))
+        return checks
+
+
+def restore(ctx: Context, req: RestoreRequest) -> RestoreResult:
+    """Restore ``req.database`` from backup ``req.ref`` and verify row counts against the manifest."""
+    logger = log.get()
+    if req.jobs < 1:
+        raise UsageError("--jobs must be at least 1")
+    manifest = resolve_logical(ctx.storage, ctx.cluster, req.ref, database=req.database)
+    entry = manifest.database(req.database)
+    if entry is None:
+        have = ", ".join(d.name for d in manifest.databases)
+        raise NotFoundError(f"backup {manifest.backup_id} has no database {req.database!r} (it has: {have})")
+    tables = _selected(entry, req.tables)
+    target = req.target_database or req.database
+    restorer = _Restorer(ctx, manifest, req)
+    result = RestoreResult(manifest.backup_id, req.database, target, req.tables, counts_exact=entry.row_counts_exact)
+    t0 = time.monotonic()
+    with connection(ctx.conn) as conn:
+        facts = server_facts(conn)
+        # pg_restore must be at least as new as the pg_dump that wrote the archive.
+        dump_major = parse_major(manifest.pg_dump_version) or facts.major
+        bindir = bindir_for_server(max(facts.major, dump_major), ctx.settings.pg_bin_dirs)
+        runner = ToolRunner(bindir.path)
+        result.pg_restore_version = runner.version("pg_restore", ctx.environ)
+        exists = database_exists(conn, target)
+        if exists and not req.clean:
+            raise TargetExistsError(
+                f"database {target!r} already exists on {ctx.conn.describe()}",
+                hint="restore into a new database with --target-database NAME, or replace it with --clean",
+            )
+        if exists:
+            _check_sessions(conn, target, req.force)
+        if req.restore_globals:
+            restorer.restore_globals(runner)
+        if req.tables and exists:
+            logger.info("restoring %d table(s) of %s into existing %s", len(tables), req.database, target)
+            restorer.pg_restore(runner, entry, target, in_place=True)
+            result.checks = restorer.verify(target, tables)
+        else:
+            build = target if not exists else f"{target[:40]}_pgvault_{uuid.uuid4().hex[:8]}"
+            logger.info("restoring %s from backup %s into %s", req.database, manifest.backup_id, build)
+            _create_database(conn, build, entry)
+            try:
+                restorer.pg_restore(runner, entry, build, in_place=False)
+                result.checks = restorer.verify(build, tables)
+                if exists:
+                    if entry.row_counts_exact and not result.verified:
+                        raise _mismatch(result)  # never replace a good database with a bad copy
+                    _swap(conn, build, target, req.force)
+            except BaseException:
+                _drop_database(conn, build)
+                raise
+    result.duration_seconds = time.monotonic() - t0
+    if entry.row_counts_exact and not result.verified:
+        # A new database is kept for inspection; an existing one was never replaced.
+        raise _mismatch(result)
+    return result
+
+
+def _mismatch(result: RestoreResult) -> VerificationError:
+    bad = [c for c in result.checks if not c.ok]
+    shown = "; ".join(f"{c.table}: expected {c.expected}, got {'missing' if c.actual is None else c.actual}" for c in bad[:5])
+    err = VerificationError(f"restored database {result.target_database!r} does not match the manifest: {shown}")
+    err.details = result  # the CLI prints the full comparison
+    return err
+
+
+def _swap(conn: psycopg.Connection[Any], build: str, target: str, force: bool) -> None:
+    """Put the verified copy in place of ``target``; the old database is dropped only afterwards."""
+    old = f"{target[:40]}_pgvault_old_{uuid.uuid4().hex[:8]}"
+    _check_sessions(conn, target, force)
+    try:
+        conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(target), sql.Identifier(old)))
+    except psycopg.Error as e:
+        raise TargetBusyError(f"cannot replace database {target!r}: {str(e).strip()}", hint="retry with --force") from None
+    conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(build), sql.Identifier(target)))
+    try:
+        _drop_database(conn, old)
+    except psycopg.Error as e:
+        raise ToolError(f"restored {target!r}, but could not drop the previous copy {old!r}: {str(e).strip()}") from None

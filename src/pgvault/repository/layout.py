@@ -1,0 +1,76 @@
+"""Key naming in the repository: the one place that knows where things live.
+
+```
+pgvault.json                                  repository descriptor (format version)
+<cluster>/cluster.json                        system identifier, major version
+<cluster>/logical/<YYYY>/<MM>/<backup-id>/    manifest.json + one object per database + globals
+<cluster>/locks/<operation>.lock              one writer per cluster per operation
+```
+Year/month prefixes let object-store lifecycle rules act by prefix.  Object names end in the
+pipeline stages applied (``.zst``, ``.age``) so a person can undo them with stock tools.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+
+REPOSITORY_FORMAT = 1
+DESCRIPTOR_KEY = "pgvault.json"
+MANIFEST_NAME = "manifest.json"
+
+_ID_RE = re.compile(r"^(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})(\d{2})Z(?:-(\d+))?$")
+_SAFE = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
+
+
+def new_backup_id(now: dt.datetime, seq: int = 0) -> str:
+    """Sortable id from a UTC time, e.g. ``20261125T123456Z`` (``-2`` etc. on a same-second clash)."""
+    base = now.astimezone(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return base if seq == 0 else f"{base}-{seq}"
+
+
+def parse_backup_id(backup_id: str) -> dt.datetime:
+    """The UTC time a backup id encodes; ValueError if it is not an id."""
+    m = _ID_RE.match(backup_id)
+    if not m:
+        raise ValueError(f"not a backup id: {backup_id!r}")
+    y, mo, d, h, mi, s = (int(x) for x in m.groups()[:6])
+    return dt.datetime(y, mo, d, h, mi, s, tzinfo=dt.timezone.utc)
+
+
+def is_backup_id(text: str) -> bool:
+    """True for strings shaped like a backup id."""
+    return _ID_RE.match(text) is not None
+
+
+def cluster_key(cluster: str) -> str:
+    return f"{cluster}/cluster.json"
+
+
+def logical_root(cluster: str) -> str:
+    return f"{cluster}/logical/"
+
+
+def logical_prefix(cluster: str, backup_id: str) -> str:
+    """``<cluster>/logical/<YYYY>/<MM>/<id>/``."""
+    t = parse_backup_id(backup_id)
+    return f"{cluster}/logical/{t:%Y}/{t:%m}/{backup_id}/"
+
+
+def lock_key(cluster: str, operation: str) -> str:
+    return f"{cluster}/locks/{operation}.lock"
+
+
+def encode_name(name: str) -> str:
+    """A database name as a key component: anything but [A-Za-z0-9_-] becomes %XX (dots too)."""
+    return "".join(c if c in _SAFE else "".join(f"%{b:02X}" for b in c.encode("utf-8")) for c in name)
+
+
+def database_object(dbname: str, suffix: str) -> str:
+    """Object name of one database's dump, e.g. ``app.dump.zst.age``."""
+    return f"{encode_name(dbname)}.dump{suffix}"
+
+
+def globals_object(suffix: str) -> str:
+    """Object name of the cluster globals (roles, tablespaces), a plain SQL script."""
+    return f"globals.sql{suffix}"

@@ -1,0 +1,128 @@
+"""One writer per cluster per operation, enforced in the repository itself.
+
+The lock is an object created with ``put_if_absent`` (atomic on a local filesystem and on S3 with
+``If-None-Match``), so two hosts sharing a repository exclude each other too.  It carries the
+owner's host and pid and a heartbeat: a lock whose owner process is gone (same host) or whose
+heartbeat is older than its TTL (another host, e.g. a killed Kubernetes pod) is stale and is taken
+over, so a killed run never blocks the next one.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import socket
+import threading
+import uuid
+from types import TracebackType
+
+from pgvault.errors import LockedError
+from pgvault.repository import layout
+from pgvault.storage import ObjectExists, ObjectNotFound, Storage
+
+HEARTBEAT_SECONDS = 30.0
+TTL_SECONDS = 180.0
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class RepositoryLock:
+    """Context manager holding ``<cluster>/locks/<operation>.lock`` while the body runs."""
+
+    def __init__(self, storage: Storage, cluster: str, operation: str) -> None:
+        self.storage = storage
+        self.key = layout.lock_key(cluster, operation)
+        self.operation = operation
+        self.cluster = cluster
+        self.token = uuid.uuid4().hex
+        self._stop = threading.Event()
+        self._beat: threading.Thread | None = None
+
+    def _body(self) -> bytes:
+        doc = {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "token": self.token,
+            "operation": self.operation,
+            "heartbeat_at": _now().isoformat(),
+            "ttl_seconds": TTL_SECONDS,
+        }
+        return json.dumps(doc).encode()
+
+    def _stale_reason(self, doc: dict[str, object]) -> str | None:
+        try:
+            beat = dt.datetime.fromisoformat(str(doc["heartbeat_at"]))
+            ttl = float(doc.get("ttl_seconds", TTL_SECONDS))  # type: ignore[arg-type]
+        except (KeyError, ValueError, TypeError):
+            return "unreadable lock"
+        if doc.get("host") == socket.gethostname() and not _pid_alive(int(doc.get("pid", 0))):  # type: ignore[call-overload]
+            return f"owner process {doc.get('pid')} is gone"
+        if (_now() - beat).total_seconds() > ttl:
+            return f"no heartbeat since {beat.isoformat()}"
+        return None
+
+    def acquire(self) -> None:
+        """Take the lock or raise :class:`LockedError` naming the holder."""
+        for _ in range(3):
+            try:
+                self.storage.put_if_absent(self.key, self._body())
+                break
+            except ObjectExists:
+                try:
+                    doc = json.loads(self.storage.read_bytes(self.key))
+                except ObjectNotFound:
+                    continue  # released between our two calls: try again
+                except ValueError:
+                    doc = {}
+                reason = self._stale_reason(doc)
+                if reason is None:
+                    raise LockedError(
+                        f"another pgvault {self.operation} of cluster {self.cluster!r} is running "
+                        f"(host {doc.get('host')}, pid {doc.get('pid')}, since heartbeat {doc.get('heartbeat_at')})",
+                        hint="wait for it to finish; a killed run's lock expires by itself",
+                    ) from None
+                self.storage.delete(self.key)
+        else:
+            raise LockedError(f"could not take the {self.operation} lock of cluster {self.cluster!r}")
+        self._beat = threading.Thread(target=self._heartbeat, name="lock-heartbeat", daemon=True)
+        self._beat.start()
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_SECONDS):
+            try:
+                with self.storage.open_write(self.key) as w:
+                    w.write(self._body())
+            except Exception:  # noqa: BLE001 - a missed heartbeat only shortens the lease
+                pass
+
+    def release(self) -> None:
+        """Drop the lock if we still hold it."""
+        self._stop.set()
+        if self._beat is not None:
+            self._beat.join(timeout=5)
+        try:
+            doc = json.loads(self.storage.read_bytes(self.key))
+            if doc.get("token") == self.token:
+                self.storage.delete(self.key)
+        except (ObjectNotFound, ValueError):
+            pass
+
+    def __enter__(self) -> "RepositoryLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+        self.release()

@@ -1,0 +1,183 @@
+"""Manifest dataclasses and their JSON form (``{"format": 1, ...}``).
+
+The manifest is written last: a backup exists if and only if its manifest exists.  It holds no
+secrets: age recipients are public keys, and connection settings are not recorded.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from pgvault.errors import IntegrityError
+from pgvault.pipeline import PipelineSpec, StreamResult
+
+MANIFEST_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """One object of a backup: its key relative to the backup prefix, sizes and checksums."""
+
+    name: str
+    key: str
+    result: StreamResult
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "key": self.key, **self.result.to_json()}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "StoredObject":
+        return cls(name=d["name"], key=d["key"], result=StreamResult.from_json(d))
+
+
+@dataclass(frozen=True)
+class TableCount:
+    """Rows of one table, counted in the dump's snapshot (or estimated when ``exact`` is off)."""
+
+    schema: str
+    name: str
+    rows: int
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+
+@dataclass(frozen=True)
+class DatabaseEntry:
+    """One dumped database."""
+
+    name: str
+    object: StoredObject
+    encoding: str
+    collate: str
+    ctype: str
+    size_bytes: int
+    row_counts_exact: bool
+    tables: tuple[TableCount, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "object": self.object.to_json(),
+            "encoding": self.encoding,
+            "collate": self.collate,
+            "ctype": self.ctype,
+            "size_bytes": self.size_bytes,
+            "row_counts_exact": self.row_counts_exact,
+            "tables": [asdict(t) for t in self.tables],
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "DatabaseEntry":
+        return cls(
+            name=d["name"],
+            object=StoredObject.from_json(d["object"]),
+            encoding=d.get("encoding", "UTF8"),
+            collate=d.get("collate", ""),
+            ctype=d.get("ctype", ""),
+            size_bytes=int(d.get("size_bytes", 0)),
+            row_counts_exact=bool(d.get("row_counts_exact", False)),
+            tables=tuple(TableCount(**t) for t in d.get("tables", [])),
+        )
+
+
+@dataclass(frozen=True)
+class LogicalManifest:
+    """A complete logical backup."""
+
+    backup_id: str
+    cluster: str
+    system_identifier: str
+    server_version: str
+    server_version_num: int
+    pg_dump_version: str
+    client_bindir: str
+    started_at: str
+    finished_at: str
+    duration_seconds: float
+    pipeline: PipelineSpec
+    host: str
+    pgvault_version: str
+    databases: tuple[DatabaseEntry, ...]
+    globals: StoredObject | None = None
+    kind: str = "logical"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def database(self, name: str) -> DatabaseEntry | None:
+        """The entry of database ``name``, if this backup has it."""
+        return next((d for d in self.databases if d.name == name), None)
+
+    @property
+    def raw_size(self) -> int:
+        return sum(o.result.raw_size for o in self.objects())
+
+    @property
+    def stored_size(self) -> int:
+        return sum(o.result.stored_size for o in self.objects())
+
+    def objects(self) -> list[StoredObject]:
+        """Every stored object of the backup."""
+        objs = [d.object for d in self.databases]
+        return ([self.globals] if self.globals else []) + objs
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": MANIFEST_FORMAT,
+            "kind": self.kind,
+            "backup_id": self.backup_id,
+            "cluster": self.cluster,
+            "system_identifier": self.system_identifier,
+            "server_version": self.server_version,
+            "server_version_num": self.server_version_num,
+            "pg_dump_version": self.pg_dump_version,
+            "client_bindir": self.client_bindir,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "duration_seconds": round(self.duration_seconds, 3),
+            "pipeline": self.pipeline.to_json(),
+            "host": self.host,
+            "pgvault_version": self.pgvault_version,
+            "raw_size": self.raw_size,
+            "stored_size": self.stored_size,
+            "globals": self.globals.to_json() if self.globals else None,
+            "databases": [d.to_json() for d in self.databases],
+            **({"extra": self.extra} if self.extra else {}),
+        }
+
+    def dumps(self) -> bytes:
+        return (json.dumps(self.to_json(), indent=2) + "\n").encode("utf-8")
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "LogicalManifest":
+        if d.get("format") != MANIFEST_FORMAT or d.get("kind") != "logical":
+            raise IntegrityError(f"unsupported manifest (format {d.get('format')!r}, kind {d.get('kind')!r})")
+        return cls(
+            backup_id=d["backup_id"],
+            cluster=d["cluster"],
+            system_identifier=str(d["system_identifier"]),
+            server_version=d["server_version"],
+            server_version_num=int(d["server_version_num"]),
+            pg_dump_version=d["pg_dump_version"],
+            client_bindir=d.get("client_bindir", ""),
+            started_at=d["started_at"],
+            finished_at=d["finished_at"],
+            duration_seconds=float(d["duration_seconds"]),
+            pipeline=PipelineSpec.from_json(d["pipeline"]),
+            host=d.get("host", ""),
+            pgvault_version=d.get("pgvault_version", ""),
+            databases=tuple(DatabaseEntry.from_json(x) for x in d["databases"]),
+            globals=StoredObject.from_json(d["globals"]) if d.get("globals") else None,
+            extra=d.get("extra", {}),
+        )
+
+    @classmethod
+    def loads(cls, data: bytes, *, where: str) -> "LogicalManifest":
+        """Parse manifest bytes; ``where`` names the key for error messages."""
+        try:
+            doc = json.loads(data)
+            return cls.from_json(doc)
+        except (ValueError, KeyError, TypeError) as e:
+            raise IntegrityError(f"manifest {where} is unreadable: {type(e).__name__}: {e}") from None

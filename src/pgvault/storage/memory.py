@@ -1,0 +1,125 @@
+"""In-memory storage: the reference backend of the contract suite and the test double for unit tests.
+
+It implements the contract in the most literal way (a dict guarded by one lock), so when a real
+backend and this one disagree in ``tests/contract``, the real backend is the one to fix.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import threading
+from typing import BinaryIO, Iterator
+
+from pgvault.storage.base import ObjectExists, ObjectInfo, ObjectNotFound, ObjectWriter, validate_key, validate_prefix
+
+__all__ = ["MemoryStorage"]
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+class _MemoryWriter:
+    """Buffers the whole object and publishes it under the storage lock on ``commit``."""
+
+    def __init__(self, storage: MemoryStorage, key: str) -> None:
+        self._storage = storage
+        self._key = key
+        self._buf = bytearray()
+        self._state = "open"  # open → committed | aborted
+
+    def write(self, data: bytes | bytearray | memoryview, /) -> int:
+        """Append ``data``; return the number of bytes accepted."""
+        if self._state != "open":
+            raise ValueError(f"write to a {self._state} writer for {self._key!r}")
+        self._buf += data
+        return memoryview(data).nbytes
+
+    def commit(self) -> None:
+        """Publish the object; a second ``commit`` is a no-op."""
+        if self._state == "committed":
+            return
+        if self._state == "aborted":
+            raise ValueError(f"commit of an aborted writer for {self._key!r}")
+        self._storage._publish(self._key, bytes(self._buf))
+        self._buf = bytearray()
+        self._state = "committed"
+
+    def abort(self) -> None:
+        """Discard everything written; a no-op after ``commit`` or a previous ``abort``."""
+        if self._state == "open":
+            self._buf = bytearray()
+            self._state = "aborted"
+
+    def __enter__(self) -> ObjectWriter:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()
+
+
+class MemoryStorage:
+    """A thread-safe in-memory repository: ``key → (bytes, mtime)``."""
+
+    def __init__(self, name: str = "") -> None:
+        self.url = f"memory://{name}"
+        self._objects: dict[str, tuple[bytes, dt.datetime]] = {}
+        self._lock = threading.Lock()
+
+    def _publish(self, key: str, data: bytes) -> None:
+        with self._lock:
+            self._objects[key] = (data, _now())
+
+    def _get(self, key: str) -> tuple[bytes, dt.datetime]:
+        validate_key(key)
+        with self._lock:
+            try:
+                return self._objects[key]
+            except KeyError:
+                raise ObjectNotFound(f"object {key!r} does not exist in {self.url}") from None
+
+    def open_write(self, key: str) -> ObjectWriter:
+        """Start writing ``key``; the object appears only on ``commit`` (replacing any old one)."""
+        return _MemoryWriter(self, validate_key(key))
+
+    def put_if_absent(self, key: str, data: bytes) -> None:
+        """Atomically create ``key`` with ``data``; raise :class:`ObjectExists` if it already exists."""
+        validate_key(key)
+        with self._lock:
+            if key in self._objects:
+                raise ObjectExists(f"object {key!r} already exists in {self.url}")
+            self._objects[key] = (bytes(data), _now())
+
+    def open_read(self, key: str) -> BinaryIO:
+        """Open ``key`` for reading; raise :class:`ObjectNotFound` if it does not exist."""
+        return io.BytesIO(self._get(key)[0])
+
+    def read_bytes(self, key: str) -> bytes:
+        """Return the whole object; raise :class:`ObjectNotFound` if it does not exist."""
+        return self._get(key)[0]
+
+    def stat(self, key: str) -> ObjectInfo:
+        """Return size and mtime of ``key``; raise :class:`ObjectNotFound` if it does not exist."""
+        data, modified = self._get(key)
+        return ObjectInfo(key=key, size=len(data), modified=modified)
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Yield every object whose key starts with ``prefix``, in key order (a snapshot)."""
+        validate_prefix(prefix)
+        with self._lock:
+            snapshot = [(k, v) for k, v in self._objects.items() if k.startswith(prefix)]
+        snapshot.sort(key=lambda kv: kv[0])
+        return iter([ObjectInfo(key=k, size=len(data), modified=mtime) for k, (data, mtime) in snapshot])
+
+    def delete(self, key: str) -> None:
+        """Delete ``key``; deleting an absent key is not an error."""
+        validate_key(key)
+        with self._lock:
+            self._objects.pop(key, None)
+
+    def check_writable(self) -> None:
+        """Memory is always writable."""

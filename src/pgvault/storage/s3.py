@@ -1,0 +1,475 @@
+"""S3 and S3-compatible object stores (AWS, SeaweedFS, MinIO, Ceph RGW, ...).
+
+Objects are written with one PutObject when small and a multipart upload otherwise: S3 makes an
+object visible only when the PutObject or CompleteMultipartUpload succeeds, which gives the
+contract's "all or nothing" without temporary keys. Memory stays bounded: one part being filled
+plus at most ``max_concurrency`` parts in flight.
+
+Error messages name the bucket, key and endpoint but never credentials; a 404 is only reported as
+"object not found" once the bucket is known to exist (see :meth:`S3Storage._missing`).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import contextlib
+import dataclasses
+import datetime as dt
+import io
+import logging
+import secrets
+import threading
+from typing import TYPE_CHECKING, Any, BinaryIO, Iterator, cast
+from urllib.parse import urlsplit, urlunsplit
+
+import boto3
+import botocore.config
+import botocore.exceptions as bce
+
+from pgvault.errors import ConfigError, PgvaultError, StorageError
+from pgvault.storage.base import ObjectExists, ObjectInfo, ObjectNotFound, ObjectWriter, validate_key, validate_prefix
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
+    from mypy_boto3_s3.client import S3Client
+    from mypy_boto3_s3.type_defs import CompletedPartTypeDef
+
+__all__ = ["S3Settings", "S3Storage"]
+
+log = logging.getLogger(__name__)
+
+MiB = 1024 * 1024
+_MIN_PART = 5 * MiB  # S3: every part but the last must be at least 5 MiB
+_MAX_PART = 5 * 1024 * MiB  # S3: at most 5 GiB per part
+_MAX_PARTS = 10_000  # S3: at most 10,000 parts per upload
+
+_ACCESS_CODES = frozenset(
+    {
+        "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken",
+        "TokenRefreshRequired", "AllAccessDisabled", "AccountProblem", "InvalidClientTokenId", "Forbidden", "403",
+    }
+)  # fmt: skip
+_ACCESS_HINT = (
+    "set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or an AWS profile; the key needs s3:GetObject, s3:PutObject, "
+    "s3:DeleteObject and s3:ListBucket (without ListBucket, S3 reports a missing object as 403)"
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class S3Settings:
+    """How to reach an S3-compatible store; credentials default to boto3's usual chain
+    (AWS_* environment variables, ``~/.aws`` config and credentials, instance roles)."""
+
+    endpoint_url: str | None = None  # None: AWS itself
+    region: str | None = None
+    force_path_style: bool = False  # most self-hosted stores need http://host/bucket/key
+    access_key_id: str | None = dataclasses.field(default=None, repr=False)
+    secret_access_key: str | None = dataclasses.field(default=None, repr=False)
+    session_token: str | None = dataclasses.field(default=None, repr=False)
+    profile: str | None = None
+    part_size: int = 16 * MiB  # first part size; grows for huge objects (see _S3Writer)
+    max_concurrency: int = 4  # parts of one object uploaded in parallel
+    max_attempts: int = 5  # botocore's retries.max_attempts (retries after the first try)
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not _MIN_PART <= self.part_size <= _MAX_PART:
+            problems.append(f"s3 part_size must be between 5 MiB and 5 GiB, got {self.part_size}")
+        if self.max_concurrency < 1:
+            problems.append(f"s3 max_concurrency must be at least 1, got {self.max_concurrency}")
+        if self.max_attempts < 0:
+            problems.append(f"s3 max_attempts must not be negative, got {self.max_attempts}")
+        if problems:
+            raise ConfigError(problems)
+
+
+def _display_endpoint(url: str) -> str:
+    """The endpoint without any user:password@ part, for messages."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"  # IPv6 literal
+    netloc = host if parts.port is None else f"{host}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _code_status(exc: bce.ClientError) -> tuple[str, int]:
+    code = str(exc.response.get("Error", {}).get("Code", ""))
+    status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+    return code, status
+
+
+class _BodyReader(io.RawIOBase):
+    """A raw stream over a GetObject body that maps network errors to :class:`StorageError`."""
+
+    def __init__(self, body: Any, storage: S3Storage, key: str) -> None:
+        super().__init__()
+        self._body = body
+        self._storage = storage
+        self._key = key
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: WriteableBuffer, /) -> int:
+        view = memoryview(buffer).cast("B")
+        try:
+            data: bytes = self._body.read(len(view))
+        except (bce.BotoCoreError, OSError) as exc:
+            raise self._storage._translate(exc, "read", self._key) from exc
+        view[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._body.close()
+        super().close()
+
+
+class _S3Writer:
+    """Buffers one part; uploads full parts in a thread pool; completes or aborts the upload."""
+
+    def __init__(self, storage: S3Storage, key: str) -> None:
+        self._s = storage
+        self._key = key
+        self._full = storage._full(key)
+        self._buf = bytearray()
+        self._upload_id: str | None = None
+        self._next_part = 1
+        self._futures: list[cf.Future[CompletedPartTypeDef]] = []
+        self._pool: cf.ThreadPoolExecutor | None = None
+        # Acquired before a part is queued, released when its upload ends: bounds memory.
+        self._slots = threading.BoundedSemaphore(storage.settings.max_concurrency)
+        self._state = "open"  # open → committed | aborted
+
+    def _part_size(self) -> int:
+        # 10,000 parts of 16 MiB cap an object at 156 GiB; doubling the part size every 1,000
+        # parts lifts that cap to terabytes while small and medium objects keep the set size.
+        return min(self._s.settings.part_size << ((self._next_part - 1) // 1000), _MAX_PART)
+
+    def write(self, data: bytes | bytearray | memoryview, /) -> int:
+        """Append ``data``, uploading each part as it fills; return the number of bytes accepted."""
+        if self._state != "open":
+            raise ValueError(f"write to a {self._state} writer for {self._key!r}")
+        view = memoryview(data).cast("B")
+        size = len(view)
+        try:
+            while view:
+                room = self._part_size() - len(self._buf)
+                self._buf += view[:room]
+                view = view[room:]
+                if len(self._buf) >= self._part_size():
+                    self._send_part()
+        except BaseException:
+            self.abort()  # never leave a half-sent multipart upload behind a failed write
+            raise
+        return size
+
+    def _send_part(self) -> None:
+        s = self._s
+        for future in self._futures:  # surface a failed part before queuing more
+            exc = future.exception() if future.done() else None
+            if exc is not None:
+                raise exc
+        if self._next_part > _MAX_PARTS:
+            raise StorageError(f"object {s._where(self._key)} exceeds {_MAX_PARTS} parts", hint="raise s3 part_size")
+        if self._upload_id is None:
+            with s._errors("write", self._key):
+                resp = s._client.create_multipart_upload(Bucket=s.bucket, Key=self._full, **s._checksum_args)
+            self._upload_id = resp["UploadId"]
+            self._pool = cf.ThreadPoolExecutor(s.settings.max_concurrency, thread_name_prefix="pgvault-s3")
+        assert self._pool is not None
+        part, self._buf = self._buf, bytearray()
+        number, self._next_part = self._next_part, self._next_part + 1
+        self._slots.acquire()
+        try:
+            future = self._pool.submit(self._upload_part, number, part)
+        except BaseException:
+            self._slots.release()
+            raise
+        future.add_done_callback(lambda _f: self._slots.release())
+        self._futures.append(future)
+
+    def _upload_part(self, number: int, body: bytearray) -> CompletedPartTypeDef:
+        s = self._s
+        assert self._upload_id is not None
+        with s._errors("write", self._key):
+            resp = s._client.upload_part(
+                Bucket=s.bucket,
+                Key=self._full,
+                UploadId=self._upload_id,
+                PartNumber=number,
+                Body=cast(bytes, body),  # botocore accepts bytearray (its stubs say no); saves a copy
+                **s._checksum_args,
+            )
+        part: CompletedPartTypeDef = {"PartNumber": number, "ETag": resp["ETag"]}
+        # An upload created with a checksum algorithm must list every part's checksum on completion.
+        if "ChecksumCRC32" in resp and s._checksum_args:
+            part["ChecksumCRC32"] = resp["ChecksumCRC32"]
+        return part
+
+    def commit(self) -> None:
+        """Upload what is buffered and complete the upload; a second ``commit`` is a no-op."""
+        if self._state == "committed":
+            return
+        if self._state == "aborted":
+            raise ValueError(f"commit of an aborted writer for {self._key!r}")
+        s = self._s
+        try:
+            if self._upload_id is None:
+                with s._errors("write", self._key):
+                    s._client.put_object(Bucket=s.bucket, Key=self._full, Body=bytes(self._buf))
+            else:
+                if self._buf:
+                    self._send_part()
+                parts = [f.result() for f in self._futures]  # re-raises the first failed part
+                with s._errors("write", self._key):
+                    s._client.complete_multipart_upload(
+                        Bucket=s.bucket, Key=self._full, UploadId=self._upload_id, MultipartUpload={"Parts": parts}
+                    )
+        except BaseException:
+            self.abort()
+            raise
+        self._state = "committed"
+        self._buf = bytearray()
+        self._shutdown()
+
+    def abort(self) -> None:
+        """Abort the multipart upload (best effort); a no-op after ``commit`` or ``abort``."""
+        if self._state != "open":
+            return
+        self._state = "aborted"
+        self._buf = bytearray()
+        # Parts still uploading would outlive an early AbortMultipartUpload and leave storage behind.
+        self._shutdown()
+        if self._upload_id is not None:
+            try:
+                self._s._client.abort_multipart_upload(Bucket=self._s.bucket, Key=self._full, UploadId=self._upload_id)
+            except (bce.ClientError, bce.BotoCoreError) as exc:
+                # Nothing became visible; the orphaned parts only cost space until a lifecycle rule
+                # (AbortIncompleteMultipartUpload) removes them. Raising here would hide the real error.
+                log.warning("could not abort multipart upload of %s: %s", self._s._where(self._key), exc)
+
+    def _shutdown(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def __enter__(self) -> ObjectWriter:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()
+
+
+class S3Storage:
+    """A repository under ``s3://bucket/prefix``; keys are relative to the prefix."""
+
+    def __init__(self, bucket: str, prefix: str = "", settings: S3Settings | None = None) -> None:
+        prefix = prefix.strip("/")
+        if not bucket:
+            raise ConfigError(["s3 repository URL needs a bucket: s3://bucket/optional/prefix"])
+        if prefix:
+            try:
+                validate_key(prefix)
+            except ValueError:
+                raise ConfigError([f"invalid s3 prefix {prefix!r}"]) from None
+        self.bucket = bucket
+        self.prefix = prefix
+        self.settings = settings if settings is not None else S3Settings()
+        self.url = f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}"
+        self._client = self._make_client()
+        self.endpoint = _display_endpoint(self._client.meta.endpoint_url)
+        # Mirror s3transfer: with botocore's default "when_supported" checksums, multipart uploads
+        # declare CRC32 up front so the parts' checksums are accepted and validated by S3.
+        when_supported = getattr(self._client.meta.config, "request_checksum_calculation", None) == "when_supported"
+        self._checksum_args: dict[str, Any] = {"ChecksumAlgorithm": "CRC32"} if when_supported else {}
+
+    def _make_client(self) -> S3Client:
+        st = self.settings
+        try:
+            session = boto3.session.Session(
+                aws_access_key_id=st.access_key_id,
+                aws_secret_access_key=st.secret_access_key,
+                aws_session_token=st.session_token,
+                profile_name=st.profile,
+                region_name=st.region,
+            )
+        except bce.ProfileNotFound:
+            raise ConfigError([f"AWS profile {st.profile!r} not found"], hint="check ~/.aws/config or AWS_PROFILE") from None
+        config = botocore.config.Config(
+            retries={"max_attempts": st.max_attempts, "mode": "standard"},
+            s3={"addressing_style": "path" if st.force_path_style else "auto"},
+            max_pool_connections=max(10, st.max_concurrency + 2),
+        )
+        try:
+            return session.client("s3", endpoint_url=st.endpoint_url, config=config)
+        except ValueError:  # a malformed endpoint URL
+            shown = _display_endpoint(st.endpoint_url or "")
+            raise ConfigError([f"invalid s3 endpoint_url {shown!r}"], hint="e.g. https://s3.example.com:9000") from None
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _full(self, key: str) -> str:
+        validate_key(key)
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def _where(self, key: str | None) -> str:
+        return f"{self.url}/{key}" if key else self.url
+
+    def _no_bucket(self) -> StorageError:
+        return StorageError(
+            f"bucket {self.bucket!r} does not exist at {self.endpoint}",
+            hint=f"create it (e.g. aws s3 mb s3://{self.bucket}) or fix the repository URL",
+        )
+
+    def _translate(self, exc: Exception, action: str, key: str | None = None) -> PgvaultError:
+        """Map a botocore exception to a one-line pgvault error without secrets."""
+        where = self._where(key)
+        if isinstance(exc, bce.ClientError):
+            code, status = _code_status(exc)
+            if code == "NoSuchBucket":
+                return self._no_bucket()
+            if code in _ACCESS_CODES or status == 403:
+                return StorageError(
+                    f"access denied to {self.url}: check credentials and permissions ({code or status})", hint=_ACCESS_HINT
+                )
+            if (code == "PreconditionFailed" or status == 412) and key is not None:  # only If-None-Match
+                return ObjectExists(f"object {key!r} already exists in {self.url}")
+            if code == "NoSuchKey" and key is not None:
+                return ObjectNotFound(f"object {key!r} does not exist in {self.url}")
+            return StorageError(f"cannot {action} {where}: S3 error {code or '?'} (HTTP {status}) from {self.endpoint}")
+        if isinstance(exc, (bce.NoCredentialsError, bce.PartialCredentialsError, bce.CredentialRetrievalError)):
+            return StorageError(
+                f"no usable S3 credentials for {self.url}",
+                hint="set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or configure an AWS profile",
+            )
+        if isinstance(exc, (bce.ConnectionError, bce.HTTPClientError)):
+            return StorageError(
+                f"cannot reach S3 endpoint {self.endpoint} to {action} {where}: {exc.__class__.__name__}",
+                hint="check the endpoint URL, the network and any proxy settings",
+            )
+        return StorageError(f"cannot {action} {where}: {exc}")
+
+    @contextlib.contextmanager
+    def _errors(self, action: str, key: str | None = None, *, lookup: bool = False) -> Iterator[None]:
+        """Translate botocore errors raised in the block.
+
+        ``lookup``: the block reads ``key``, so a bare 404 may mean "no such key". HEAD responses
+        have no body, and "no such key" and "no such bucket" both arrive as a bare 404. Reporting a
+        missing bucket as a missing object would make restore_command exit 1 ("file not found")
+        and PostgreSQL would end recovery early, so the bucket is checked before trusting it.
+        """
+        try:
+            yield
+        except bce.ClientError as exc:
+            code, status = _code_status(exc)
+            if lookup and key is not None and status == 404 and code not in ("NoSuchKey", "NoSuchBucket"):
+                self._require_bucket(key)
+                raise ObjectNotFound(f"object {key!r} does not exist in {self.url}") from None
+            raise self._translate(exc, action, key) from exc
+        except bce.BotoCoreError as exc:
+            raise self._translate(exc, action, key) from exc
+
+    def _require_bucket(self, key: str | None = None) -> None:
+        try:
+            self._client.head_bucket(Bucket=self.bucket)
+        except bce.ClientError as exc:
+            if _code_status(exc)[1] == 404:
+                raise self._no_bucket() from None
+            raise self._translate(exc, "access", key) from exc
+        except bce.BotoCoreError as exc:
+            raise self._translate(exc, "access", key) from exc
+
+    # -- the Storage contract ------------------------------------------------------------------
+
+    def open_write(self, key: str) -> ObjectWriter:
+        """Start writing ``key``; the object appears only on ``commit`` (replacing any old one)."""
+        return _S3Writer(self, key)
+
+    def put_if_absent(self, key: str, data: bytes) -> None:
+        """Create ``key`` unless it exists (``If-None-Match: *``); raise :class:`ObjectExists` if it does.
+
+        If a retried PUT follows one whose response was lost, the retry sees our own object and
+        reports :class:`ObjectExists`; callers that care compare the stored bytes (archive does).
+        """
+        full = self._full(key)
+        for attempt in range(3):
+            try:
+                self._client.put_object(Bucket=self.bucket, Key=full, Body=bytes(data), IfNoneMatch="*")
+                return
+            except bce.ClientError as exc:
+                # AWS answers 409 while another conditional write to the key is in flight; a retry
+                # then resolves to success or 412 (ObjectExists).
+                if _code_status(exc)[1] == 409 and attempt < 2:
+                    continue
+                raise self._translate(exc, "write", key) from exc
+            except bce.BotoCoreError as exc:
+                raise self._translate(exc, "write", key) from exc
+
+    def open_read(self, key: str) -> BinaryIO:
+        """Open ``key`` as a buffered stream; raise :class:`ObjectNotFound` if it does not exist."""
+        full = self._full(key)
+        with self._errors("read", key, lookup=True):
+            resp = self._client.get_object(Bucket=self.bucket, Key=full)
+        return io.BufferedReader(_BodyReader(resp["Body"], self, key), buffer_size=256 * 1024)
+
+    def read_bytes(self, key: str) -> bytes:
+        """Return the whole object; raise :class:`ObjectNotFound` if it does not exist."""
+        with self.open_read(key) as f:
+            return f.read()
+
+    def stat(self, key: str) -> ObjectInfo:
+        """Return size and mtime of ``key``; raise :class:`ObjectNotFound` if it does not exist."""
+        full = self._full(key)
+        with self._errors("stat", key, lookup=True):
+            resp = self._client.head_object(Bucket=self.bucket, Key=full)
+        return ObjectInfo(key=key, size=resp["ContentLength"], modified=resp["LastModified"].astimezone(dt.timezone.utc))
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Yield every object whose key starts with ``prefix`` (recursively), in key order.
+
+        The listing is collected and sorted before the first item is returned: AWS lists in UTF-8
+        byte order, but SeaweedFS (and other stores built on a directory tree) list "a/x" before
+        "a-b", and the contract promises key order.
+        """
+        validate_prefix(prefix)
+        base = f"{self.prefix}/" if self.prefix else ""
+        items: list[ObjectInfo] = []
+        with self._errors("list", prefix or None):
+            for page in self._client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=base + prefix):
+                for obj in page.get("Contents", []):
+                    key = obj["Key"][len(base) :]
+                    try:
+                        validate_key(key)
+                    except ValueError:
+                        continue  # "dir/" markers made by consoles and sync tools are not objects
+                    modified = obj["LastModified"].astimezone(dt.timezone.utc)
+                    items.append(ObjectInfo(key=key, size=obj["Size"], modified=modified))
+        items.sort(key=lambda o: o.key)
+        return iter(items)
+
+    def delete(self, key: str) -> None:
+        """Delete ``key``; deleting an absent key is not an error."""
+        full = self._full(key)
+        try:
+            with self._errors("delete", key, lookup=True):
+                self._client.delete_object(Bucket=self.bucket, Key=full)
+        except ObjectNotFound:
+            pass  # S3 answers 204 for an absent key; some compatible stores answer 404
+
+    def check_writable(self) -> None:
+        """Check that the bucket exists, then put and delete a probe object under the prefix.
+
+        The explicit bucket check matters: some stores (SeaweedFS with an admin key) create a
+        missing bucket on the first PUT instead of failing, which would hide a typo in the URL.
+        """
+        self._require_bucket()
+        probe = f".pgvault-probe-{secrets.token_hex(8)}"
+        full = self._full(probe)
+        with self._errors("write", probe):
+            self._client.put_object(Bucket=self.bucket, Key=full, Body=b"pgvault write probe\n")
+            self._client.delete_object(Bucket=self.bucket, Key=full)

@@ -1,0 +1,79 @@
+"""Fixtures for end-to-end tests through the real CLI."""
+
+from __future__ import annotations
+
+import subprocess
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from support.cli import clean_env
+
+
+@dataclass(frozen=True)
+class AgeKey:
+    identity_file: Path
+    recipient: str
+    secret: str
+
+
+def make_age_key(directory: Path) -> AgeKey:
+    """A fresh age key pair made by the stock ``age-keygen``."""
+    path = directory / f"key-{uuid.uuid4().hex[:6]}.txt"
+    subprocess.run(["age-keygen", "-o", str(path)], check=True, capture_output=True)
+    text = path.read_text()
+    recipient = next(ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("# public key:"))
+    secret = next(ln.strip() for ln in text.splitlines() if ln.startswith("AGE-SECRET-KEY-"))
+    return AgeKey(path, recipient, secret)
+
+
+@pytest.fixture(scope="session")
+def age_key(tmp_path_factory: pytest.TempPathFactory) -> AgeKey:
+    return make_age_key(tmp_path_factory.mktemp("age"))
+
+
+@pytest.fixture(scope="session")
+def pagila(pg_cluster) -> str:  # type: ignore[no-untyped-def]
+    """A database loaded with Pagila, once per cluster. Tests must not modify it."""
+    name = "pagila"
+    if not pg_cluster.database_exists(name):
+        pg_cluster.create_database(name)
+        pg_cluster.load_pagila(name)
+        pg_cluster.psql("ANALYZE", dbname=name)
+    return name
+
+
+@pytest.fixture
+def scratch_db(pg_cluster) -> Iterator[str]:  # type: ignore[no-untyped-def]
+    """A unique database name, dropped after the test if it was created."""
+    name = f"t_{uuid.uuid4().hex[:10]}"
+    yield name
+    pg_cluster.drop_database(name)
+
+
+@pytest.fixture
+def local_env(pg_cluster, tmp_path: Path, age_key: AgeKey) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    """Environment for the CLI: this test's cluster, a fresh local repository, age encryption."""
+    return clean_env(
+        **pg_cluster.env(),
+        PGVAULT_REPOSITORY_URL=str(tmp_path / "repo"),
+        PGVAULT_CLUSTER=f"pg{pg_cluster.major}",
+        PGVAULT_ENCRYPTION_AGE_RECIPIENTS=age_key.recipient,
+        PGVAULT_ENCRYPTION_AGE_IDENTITY_FILE=str(age_key.identity_file),
+    )
+
+
+def table_counts(cluster, dbname: str) -> dict[str, int]:  # type: ignore[no-untyped-def]
+    """Exact row counts of every ordinary table, straight from the server."""
+    out = cluster.psql(
+        "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog','information_schema') ORDER BY 1",
+        dbname=dbname,
+    )
+    counts = {}
+    for name in out.splitlines():
+        counts[name.replace('"', "")] = int(cluster.psql(f"SELECT count(*) FROM ONLY {name}", dbname=dbname))
+    return counts

@@ -1,0 +1,149 @@
+"""Logical backup and restore, end to end through the CLI, against real PostgreSQL servers.
+
+Read like the runbook: when the operator backs up Pagila and restores it elsewhere, then every
+table has exactly the rows the manifest recorded, and the repository holds only encrypted objects
+under the documented keys.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+
+from support.cli import pgvault
+
+from .conftest import AgeKey, table_counts
+
+
+def _only_backup(env: dict[str, str]) -> dict:  # type: ignore[type-arg]
+    listing = pgvault(["list", "--json"], env).json()
+    assert listing["format"] == 1
+    assert len(listing["backups"]) == 1
+    return listing["backups"][0]  # type: ignore[no-any-return]
+
+
+def test_backup_then_restore_into_new_database_matches_source(pg_cluster, pagila, scratch_db, local_env, age_key: AgeKey, tmp_path: Path) -> None:
+    source_counts = table_counts(pg_cluster, pagila)
+
+    out = pgvault(["backup", "--database", pagila, "--json"], local_env).json()
+    manifest = out["backup"]
+    assert out["format"] == 1 and manifest["kind"] == "logical"
+    backup_id = manifest["backup_id"]
+
+    # The manifest records the server, the tools, the pipeline and exact per-table counts.
+    assert manifest["server_version_num"] // 10000 == pg_cluster.major
+    assert re.match(r"pg_dump \(PostgreSQL\) \d+", manifest["pg_dump_version"])
+    assert manifest["system_identifier"].isdigit()
+    assert manifest["pipeline"] == {"compression": "zstd", "level": None, "encryption": "age", "recipients": [age_key.recipient]}
+    [db] = manifest["databases"]
+    assert db["row_counts_exact"] is True
+    recorded = {f"{t['schema']}.{t['name']}": t["rows"] for t in db["tables"]}
+    assert recorded == source_counts
+    assert db["object"]["raw_size"] > db["object"]["stored_size"] > 0
+    assert len(db["object"]["raw_sha256"]) == 64 and len(db["object"]["stored_sha256"]) == 64
+    assert manifest["globals"]["key"] == "globals.sql.zst.age"
+
+    # list/show agree with the manifest, in JSON and for people.
+    assert _only_backup(local_env)["backup_id"] == backup_id
+    shown = pgvault(["show", "latest", "--json"], local_env).json()["backup"]
+    assert shown["backup_id"] == backup_id and shown["databases"][0]["tables"] == db["tables"]
+    human = pgvault(["list"], local_env).stdout
+    assert backup_id in human and pagila in human
+
+    # Keys follow <cluster>/logical/<YYYY>/<MM>/<id>/ and every data object is age-encrypted.
+    repo = Path(local_env["PGVAULT_REPOSITORY_URL"])
+    prefix = repo / local_env["PGVAULT_CLUSTER"] / "logical" / backup_id[:4] / backup_id[4:6] / backup_id
+    names = sorted(p.name for p in prefix.iterdir())
+    assert names == ["globals.sql.zst.age", "manifest.json", "pagila.dump.zst.age"]
+    for name in ("globals.sql.zst.age", "pagila.dump.zst.age"):
+        assert (prefix / name).read_bytes().startswith(b"age-encryption.org/v1\n")
+    manifest_text = (prefix / "manifest.json").read_text()
+    assert age_key.secret not in manifest_text and pg_cluster.password not in manifest_text
+
+    res = pgvault(["restore", backup_id, "--database", pagila, "--target-database", scratch_db, "--json"], local_env).json()
+    assert res["restore"]["verified"] is True
+    assert {c["table"]: c["actual"] for c in res["restore"]["checks"]} == source_counts
+    assert table_counts(pg_cluster, scratch_db) == source_counts
+    # Not just counts: the restored data is the same data.
+    q = "SELECT md5(string_agg(f::text, ',' ORDER BY film_id)) FROM film f"
+    assert pg_cluster.psql(q, dbname=scratch_db) == pg_cluster.psql(q, dbname=pagila)
+
+
+def test_parallel_restore_and_human_output(pg_cluster, pagila, scratch_db, local_env) -> None:
+    pgvault(["backup", "-d", pagila, "--no-globals", "--compression", "gzip"], local_env)
+    out = pgvault(["restore", "latest", "-d", pagila, "-t", scratch_db, "--jobs", "2"], local_env).stdout
+    assert "row counts verified" in out
+    assert re.search(r"public\.rental\s+16044\s+16044\s+ok", out)
+    assert table_counts(pg_cluster, scratch_db) == table_counts(pg_cluster, pagila)
+
+
+def test_break_glass_restore_with_stock_tools_only(pg_cluster, pagila, scratch_db, local_env, age_key: AgeKey) -> None:
+    """The README's manual path: age -d | zstd -d | pg_restore, no pgvault involved."""
+    manifest = pgvault(["backup", "-d", pagila, "--json"], local_env).json()["backup"]
+    repo = Path(local_env["PGVAULT_REPOSITORY_URL"])
+    obj = next(repo.glob(f"*/logical/*/*/{manifest['backup_id']}/pagila.dump.zst.age"))
+    pg_cluster.create_database(scratch_db)
+    pg_restore = pg_cluster.bindir.program("pg_restore")
+    cmd = f"age -d -i {age_key.identity_file} {obj} | zstd -d | {pg_restore} --no-owner -d {scratch_db}"
+    subprocess.run(["bash", "-o", "pipefail", "-c", cmd], env=local_env, check=True, capture_output=True)
+    expected = {f"{t['schema']}.{t['name']}": t["rows"] for t in manifest["databases"][0]["tables"]}
+    assert table_counts(pg_cluster, scratch_db) == expected
+    # The manifest's checksum is the sha256 of the stored object, checkable with sha256sum.
+    digest = subprocess.run(["sha256sum", str(obj)], check=True, capture_output=True, text=True).stdout.split()[0]
+    assert digest == manifest["databases"][0]["object"]["stored_sha256"]
+
+
+def test_restore_selected_table_over_existing_database(pg_cluster, pagila, scratch_db, local_env) -> None:
+    pgvault(["backup", "-d", pagila], local_env)
+    pgvault(["restore", "latest", "-d", pagila, "-t", scratch_db], local_env)
+    # An accident: rows deleted from one table, a new row in another.
+    pg_cluster.psql("DELETE FROM payment_p2022_01; INSERT INTO language(name) VALUES ('Klingon')", dbname=scratch_db)
+    # Without --clean an existing database is never touched.
+    refused = pgvault(["restore", "latest", "-d", pagila, "-t", scratch_db, "--table", "public.payment_p2022_01"], local_env, check=False)
+    assert refused.returncode == 11 and "already exists" in refused.stderr
+    pgvault(["restore", "latest", "-d", pagila, "-t", scratch_db, "--table", "public.payment_p2022_01", "--clean"], local_env)
+    source = table_counts(pg_cluster, pagila)
+    restored = table_counts(pg_cluster, scratch_db)
+    assert restored["public.payment_p2022_01"] == source["public.payment_p2022_01"] > 0
+    assert restored["public.language"] == source["public.language"] + 1  # other tables untouched
+
+
+def test_clean_restore_replaces_database_only_after_verification(pg_cluster, pagila, scratch_db, local_env) -> None:
+    pgvault(["backup", "-d", pagila], local_env)
+    pgvault(["restore", "latest", "-d", pagila, "-t", scratch_db], local_env)
+    pg_cluster.psql("TRUNCATE rental CASCADE", dbname=scratch_db)
+    # A session on the target: the restore reports it and refuses without --force.
+    holder = subprocess.Popen(
+        [str(pg_cluster.bindir.program("psql")), "-X", "-d", scratch_db, "-c", "SELECT pg_sleep(60)"],
+        env=pg_cluster.client_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        pg_cluster.psql(
+            f"DO $$BEGIN FOR i IN 1..100 LOOP PERFORM pg_sleep(0.1); EXIT WHEN EXISTS (SELECT 1 FROM pg_stat_activity"
+            f" WHERE datname = '{scratch_db}' AND query LIKE '%pg_sleep(60)%'); END LOOP; END$$"
+        )
+        busy = pgvault(["restore", "latest", "-d", pagila, "-t", scratch_db, "--clean"], local_env, check=False)
+        assert busy.returncode == 8, busy
+        assert "connected session" in busy.stderr and "pid" in busy.stderr
+        assert pg_cluster.psql("SELECT count(*) FROM rental", dbname=scratch_db) == "0"  # untouched
+        pgvault(["restore", "latest", "-d", pagila, "-t", scratch_db, "--clean", "--force", "--disable-triggers"], local_env)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert table_counts(pg_cluster, scratch_db) == table_counts(pg_cluster, pagila)
+    leftovers = pg_cluster.psql("SELECT count(*) FROM pg_database WHERE datname LIKE '%\\_pgvault\\_%'")
+    assert leftovers == "0"
+
+
+def test_all_databases_and_exact_counts_switch(pg_cluster, local_env, scratch_db) -> None:
+    pg_cluster.create_database(scratch_db)
+    pg_cluster.psql("CREATE TABLE t(i int); INSERT INTO t SELECT generate_series(1, 1234); ANALYZE t", dbname=scratch_db)
+    manifest = pgvault(["backup", "--all", "--no-exact-counts", "--json"], local_env).json()["backup"]
+    names = [d["name"] for d in manifest["databases"]]
+    assert "postgres" in names and scratch_db in names and "template1" not in names
+    entry = next(d for d in manifest["databases"] if d["name"] == scratch_db)
+    assert entry["row_counts_exact"] is False
+    assert entry["tables"] == [{"schema": "public", "name": "t", "rows": 1234}]  # from ANALYZE's estimate
+    assert json.dumps(manifest).count(pg_cluster.password) == 0
