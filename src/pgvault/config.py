@@ -78,7 +78,7 @@ def _to_bool(v: Any) -> bool:
 
 
 def _to_int(v: Any) -> int:
-    if isinstance(v, bool):
+    if isinstance(v, bool) or (isinstance(v, float) and not v.is_integer()):
         raise ValueError(f"expected an integer, got {v!r}")
     return int(v)
 
@@ -141,6 +141,7 @@ SETTINGS: tuple[_Setting, ...] = (
 )
 _BY_PATH = {s.path: s for s in SETTINGS}
 _SECRET_PATHS = {"encryption.age_identity"}
+_NOT_ECHOED = _SECRET_PATHS | {"postgres.dsn"}  # a conninfo may hold a password
 
 
 def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -202,7 +203,7 @@ def load_settings(
         try:
             values[key] = s.parse(value)
         except (TypeError, ValueError) as e:
-            shown = "<secret>" if key in _SECRET_PATHS else repr(value)
+            shown = "<secret>" if key in _NOT_ECHOED else repr(value)
             problems.append(f"{key} ({s.env}) = {shown}: {e}")
 
     recipients = tuple(values.get("encryption.age_recipients", ()))

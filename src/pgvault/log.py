@@ -18,8 +18,8 @@ LOGGER_NAME = "pgvault"
 
 _PATTERNS = [
     re.compile(r"AGE-SECRET-KEY-1[0-9A-Z]+"),
-    re.compile(r"(password\s*=\s*)('[^']*'|\S+)", re.IGNORECASE),
-    re.compile(r"(postgres(?:ql)?://[^:/@\s]+:)([^@\s]+)(@)"),
+    re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|(?:\\.|\S)+)", re.IGNORECASE),
+    re.compile(r"(postgres(?:ql)?://[^:/@\s]*:)([^@\s]+)(@)"),
 ]
 
 
@@ -41,6 +41,9 @@ class RedactingFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.msg = redact(record.getMessage())
         record.args = None
+        if record.exc_info and not record.exc_text:
+            # Formatters reuse exc_text when set, so the traceback is redacted too.
+            record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
         return True
 
 

@@ -117,7 +117,7 @@ def test_clean_restore_replaces_database_only_after_verification(pg_cluster, pag
     # A session on the target: the restore reports it and refuses without --force.
     holder = subprocess.Popen(
         [str(pg_cluster.bindir.program("psql")), "-X", "-d", scratch_db, "-c", "SELECT pg_sleep(60)"],
-        env=pg_cluster.client_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env={**pg_cluster.client_env(), "PGAPPNAME": "test-holder"}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:
         pg_cluster.psql(
@@ -130,6 +130,7 @@ def test_clean_restore_replaces_database_only_after_verification(pg_cluster, pag
         assert pg_cluster.psql("SELECT count(*) FROM rental", dbname=scratch_db) == "0"  # untouched
         pgvault(["restore", "latest", "-d", pagila, "-t", scratch_db, "--clean", "--force", "--disable-triggers"], local_env)
     finally:
+        pg_cluster.psql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'test-holder'")
         holder.kill()
         holder.wait()
     assert table_counts(pg_cluster, scratch_db) == table_counts(pg_cluster, pagila)

@@ -127,14 +127,17 @@ def _wait_for(predicate, timeout: float = 60.0) -> None:  # type: ignore[no-unty
     raise AssertionError("condition not reached in time")
 
 
-def _pg_dump_pids() -> list[int]:
+def _pg_dump_pids(parent: int) -> list[int]:
+    """pg_dump processes started by ``parent`` (other tests or benchmarks may run their own)."""
     pids = []
     for d in Path("/proc").iterdir():
         if d.name.isdigit():
             try:
-                if (d / "comm").read_text().strip() == "pg_dump":
+                stat = (d / "stat").read_text()
+                ppid = int(stat.rsplit(")", 1)[1].split()[1])
+                if (d / "comm").read_text().strip() == "pg_dump" and ppid == parent:
                     pids.append(int(d.name))
-            except OSError:
+            except (OSError, ValueError, IndexError):
                 pass
     return pids
 
@@ -145,7 +148,7 @@ def test_one_backup_per_cluster_and_killed_backup_leaves_no_trace(pg_cluster, sc
     # A session holding an exclusive lock makes pg_dump wait: a backup that is reliably "running".
     blocker = subprocess.Popen(
         [str(pg_cluster.bindir.program("psql")), "-X", "-d", scratch_db],
-        env=pg_cluster.client_env(), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True,
+        env={**pg_cluster.client_env(), "PGAPPNAME": "test-blocker"}, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True,
     )
     assert blocker.stdin is not None
     blocker.stdin.write("BEGIN; LOCK TABLE t IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(600);\n")
@@ -155,9 +158,9 @@ def test_one_backup_per_cluster_and_killed_backup_leaves_no_trace(pg_cluster, sc
         _wait_for(lambda: pg_cluster.psql(f"SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.datname = '{scratch_db}'"
                                            " WHERE l.mode = 'AccessExclusiveLock' AND l.relation IS NOT NULL") != "0")
         first = start(["backup", "-d", scratch_db], local_env)
-        _wait_for(lambda: bool(_pg_dump_pids()))
+        _wait_for(lambda: bool(_pg_dump_pids(first.pid)))
         # Secrets never reach a child's argv.
-        for pid in _pg_dump_pids():
+        for pid in _pg_dump_pids(first.pid):
             argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode()
             assert pg_cluster.password not in argv
         second = pgvault(["backup", "-d", scratch_db], local_env, check=False, timeout=60)
@@ -167,6 +170,8 @@ def test_one_backup_per_cluster_and_killed_backup_leaves_no_trace(pg_cluster, sc
         os.kill(first.pid, signal.SIGKILL)
         first.wait()
     finally:
+        # A backend asleep in pg_sleep does not notice its client going away: end it explicitly.
+        pg_cluster.psql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'test-blocker'")
         blocker.kill()
         blocker.wait()
         if first and first.poll() is None:

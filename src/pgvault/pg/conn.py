@@ -38,6 +38,19 @@ _ENV_FOR_KEYWORD = {
     "target_session_attrs": "PGTARGETSESSIONATTRS",
     "gssencmode": "PGGSSENCMODE",
     "channel_binding": "PGCHANNELBINDING",
+    "sslcrldir": "PGSSLCRLDIR",
+    "sslcertmode": "PGSSLCERTMODE",
+    "sslnegotiation": "PGSSLNEGOTIATION",
+    "sslcompression": "PGSSLCOMPRESSION",
+    "sslsni": "PGSSLSNI",
+    "ssl_min_protocol_version": "PGSSLMINPROTOCOLVERSION",
+    "ssl_max_protocol_version": "PGSSLMAXPROTOCOLVERSION",
+    "requirepeer": "PGREQUIREPEER",
+    "require_auth": "PGREQUIREAUTH",
+    "krbsrvname": "PGKRBSRVNAME",
+    "gsslib": "PGGSSLIB",
+    "gssdelegation": "PGGSSDELEGATION",
+    "load_balance_hosts": "PGLOADBALANCEHOSTS",
 }
 
 

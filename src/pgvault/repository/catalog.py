@@ -18,7 +18,8 @@ def logical_ids(storage: Storage, cluster: str) -> list[str]:
         parts = info.key.split("/")
         if parts[-1] == layout.MANIFEST_NAME and len(parts) >= 2 and layout.is_backup_id(parts[-2]):
             ids.append(parts[-2])
-    return sorted(ids)
+    # Same-second ids carry "-N": compare N as a number ("-10" is newer than "-2").
+    return sorted(ids, key=lambda i: (i.split("-")[0], int(i.partition("-")[2] or 0)))
 
 
 def load_logical(storage: Storage, cluster: str, backup_id: str) -> LogicalManifest:

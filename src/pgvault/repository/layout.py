@@ -39,8 +39,12 @@ def parse_backup_id(backup_id: str) -> dt.datetime:
 
 
 def is_backup_id(text: str) -> bool:
-    """True for strings shaped like a backup id."""
-    return _ID_RE.match(text) is not None
+    """True for strings that are backup ids (shape and a real date/time)."""
+    try:
+        parse_backup_id(text)
+    except ValueError:
+        return False
+    return True
 
 
 def cluster_key(cluster: str) -> str:

@@ -17,6 +17,7 @@ import threading
 import uuid
 from types import TracebackType
 
+from pgvault import log
 from pgvault.errors import LockedError
 from pgvault.repository import layout
 from pgvault.storage import ObjectExists, ObjectNotFound, Storage
@@ -62,14 +63,20 @@ class RepositoryLock:
         }
         return json.dumps(doc).encode()
 
-    def _stale_reason(self, doc: dict[str, object]) -> str | None:
+    def _stale_reason(self, doc: object) -> str | None:
+        # A lock someone damaged by hand must not wedge every future backup: unreadable = stale.
+        if not isinstance(doc, dict):
+            return "unreadable lock"
         try:
             beat = dt.datetime.fromisoformat(str(doc["heartbeat_at"]))
-            ttl = float(doc.get("ttl_seconds", TTL_SECONDS))  # type: ignore[arg-type]
+            if beat.tzinfo is None:
+                beat = beat.replace(tzinfo=dt.timezone.utc)
+            ttl = float(doc.get("ttl_seconds", TTL_SECONDS))
+            pid = int(doc.get("pid", 0))
         except (KeyError, ValueError, TypeError):
             return "unreadable lock"
-        if doc.get("host") == socket.gethostname() and not _pid_alive(int(doc.get("pid", 0))):  # type: ignore[call-overload]
-            return f"owner process {doc.get('pid')} is gone"
+        if doc.get("host") == socket.gethostname() and pid > 0 and not _pid_alive(pid):
+            return f"owner process {pid} is gone"
         if (_now() - beat).total_seconds() > ttl:
             return f"no heartbeat since {beat.isoformat()}"
         return None
@@ -94,6 +101,7 @@ class RepositoryLock:
                         f"(host {doc.get('host')}, pid {doc.get('pid')}, since heartbeat {doc.get('heartbeat_at')})",
                         hint="wait for it to finish; a killed run's lock expires by itself",
                     ) from None
+                log.get().warning("taking over stale %s lock of cluster %r: %s", self.operation, self.cluster, reason)
                 self.storage.delete(self.key)
         else:
             raise LockedError(f"could not take the {self.operation} lock of cluster {self.cluster!r}")
@@ -103,6 +111,9 @@ class RepositoryLock:
     def _heartbeat(self) -> None:
         while not self._stop.wait(HEARTBEAT_SECONDS):
             try:
+                # Never refresh a lock that someone else has taken over in the meantime.
+                if json.loads(self.storage.read_bytes(self.key)).get("token") != self.token:
+                    return
                 with self.storage.open_write(self.key) as w:
                     w.write(self._body())
             except Exception:  # noqa: BLE001 - a missed heartbeat only shortens the lease

@@ -178,6 +178,10 @@ class LogicalManifest:
         """Parse manifest bytes; ``where`` names the key for error messages."""
         try:
             doc = json.loads(data)
+            if not isinstance(doc, dict):
+                raise TypeError(f"expected a JSON object, got {type(doc).__name__}")
             return cls.from_json(doc)
         except (ValueError, KeyError, TypeError) as e:
             raise IntegrityError(f"manifest {where} is unreadable: {type(e).__name__}: {e}") from None
+        except IntegrityError as e:
+            raise IntegrityError(f"manifest {where}: {e}") from None

@@ -1,0 +1,516 @@
+"""Settings: YAML file, then PGVAULT_* environment, then overrides; every problem reported at once.
+
+Every test passes ``environ`` explicitly, so the developer's own environment never leaks in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import textwrap
+from pathlib import Path
+from typing import Any, Callable
+
+import pyrage
+import pytest
+
+from pgvault.config import SETTINGS, S3Options, Settings, describe, load_settings
+from pgvault.errors import ConfigError
+from pgvault.pipeline import PipelineSpec
+
+_IDENTITY = pyrage.x25519.Identity.generate()
+SECRET = str(_IDENTITY)  # AGE-SECRET-KEY-1...
+RECIPIENT = str(_IDENTITY.to_public())  # age1...
+RECIPIENT2 = str(pyrage.x25519.Identity.generate().to_public())
+
+
+def write_yaml(tmp_path: Path, text: str, name: str = "pgvault.yaml") -> str:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text), encoding="utf-8")
+    return str(path)
+
+
+def problems_of(exc: pytest.ExceptionInfo[ConfigError]) -> list[str]:
+    return exc.value.problems
+
+
+# --- sources and precedence ------------------------------------------------------------------
+
+
+def test_no_file_and_empty_environment_gives_the_defaults() -> None:
+    assert load_settings(environ={}) == Settings()
+
+
+def test_yaml_file_sets_every_section(tmp_path: Path) -> None:
+    idfile = tmp_path / "key.txt"
+    idfile.write_text(SECRET + "\n")
+    path = write_yaml(
+        tmp_path,
+        f"""
+        cluster: prod
+        repository:
+          url: s3://bucket/pg
+          s3:
+            endpoint_url: http://127.0.0.1:8333
+            region: eu-west-1
+            force_path_style: true
+            profile: backup
+            part_size_mb: 64
+            max_concurrency: 8
+        postgres:
+          dsn: host=db.internal port=5433
+          bin_dirs: [/opt/pg18/bin, /usr/lib/postgresql/15/bin]
+        compression:
+          algorithm: gzip
+          level: 9
+          threads: 0
+        encryption:
+          age_recipients: [{RECIPIENT}]
+          age_identity_file: {idfile}
+        backup:
+          exact_row_counts: false
+        """,
+    )
+    s = load_settings(path, environ={})
+    assert s == Settings(
+        cluster="prod",
+        repository_url="s3://bucket/pg",
+        s3=S3Options(
+            endpoint_url="http://127.0.0.1:8333",
+            region="eu-west-1",
+            force_path_style=True,
+            profile="backup",
+            part_size_mb=64,
+            max_concurrency=8,
+        ),
+        dsn="host=db.internal port=5433",
+        pg_bin_dirs=("/opt/pg18/bin", "/usr/lib/postgresql/15/bin"),
+        compression="gzip",
+        compression_level=9,
+        compression_threads=0,
+        age_recipients=(RECIPIENT,),
+        age_identity_file=str(idfile),
+        exact_row_counts=False,
+        source=path,
+    )
+
+
+def test_environment_beats_file_and_overrides_beat_both(tmp_path: Path) -> None:
+    path = write_yaml(
+        tmp_path,
+        """
+        cluster: from-file
+        repository: {url: /srv/file-repo}
+        compression: {algorithm: gzip, level: 4}
+        """,
+    )
+    env = {"PGVAULT_CLUSTER": "from-env", "PGVAULT_COMPRESSION_LEVEL": "7"}
+    s = load_settings(path, environ=env, overrides={"cluster": "from-cli", "repository.url": None})
+    assert s.cluster == "from-cli"  # override > env > file
+    assert s.compression_level == 7  # env > file
+    assert s.repository_url == "/srv/file-repo"  # an override of None means "not given"
+    assert s.compression == "gzip"  # only the file says anything
+    assert s.source == path
+
+
+def test_config_path_defaults_to_pgvault_config_variable(tmp_path: Path) -> None:
+    path = write_yaml(tmp_path, "cluster: via-env-var\n")
+    s = load_settings(environ={"PGVAULT_CONFIG": path})
+    assert (s.cluster, s.source) == ("via-env-var", path)
+
+
+def test_explicit_config_path_beats_pgvault_config(tmp_path: Path) -> None:
+    a = write_yaml(tmp_path, "cluster: a\n", "a.yaml")
+    b = write_yaml(tmp_path, "cluster: b\n", "b.yaml")
+    assert load_settings(a, environ={"PGVAULT_CONFIG": b}).cluster == "a"
+
+
+def test_empty_yaml_file_means_defaults(tmp_path: Path) -> None:
+    path = write_yaml(tmp_path, "# nothing configured yet\n")
+    assert dataclasses.replace(load_settings(path, environ={}), source="defaults") == Settings()
+
+
+def test_unrelated_pgvault_variables_are_ignored() -> None:
+    # PGVAULT_PG_BINDIRS belongs to bin-dir discovery (scripts/env.sh sets it), not to a setting.
+    s = load_settings(environ={"PGVAULT_PG_BINDIRS": "/x", "PGVAULT_NOT_A_SETTING": "1", "PGHOST": "db"})
+    assert s == Settings()
+
+
+# --- one environment variable per setting -------------------------------------------------------
+
+# setting path -> (environment value, what it becomes)
+ENV_SAMPLES: dict[str, tuple[str, Callable[[Settings], Any], Any]] = {
+    "cluster": ("c1", lambda s: s.cluster, "c1"),
+    "repository.url": ("s3://b/p", lambda s: s.repository_url, "s3://b/p"),
+    "repository.s3.endpoint_url": ("http://s3:9000", lambda s: s.s3.endpoint_url, "http://s3:9000"),
+    "repository.s3.region": ("us-east-2", lambda s: s.s3.region, "us-east-2"),
+    "repository.s3.force_path_style": ("yes", lambda s: s.s3.force_path_style, True),
+    "repository.s3.profile": ("ops", lambda s: s.s3.profile, "ops"),
+    "repository.s3.part_size_mb": ("32", lambda s: s.s3.part_size_mb, 32),
+    "repository.s3.max_concurrency": ("9", lambda s: s.s3.max_concurrency, 9),
+    "postgres.dsn": ("host=h dbname=d", lambda s: s.dsn, "host=h dbname=d"),
+    "postgres.bin_dirs": ("/a, /b\n/c", lambda s: s.pg_bin_dirs, ("/a", "/b", "/c")),
+    "compression.algorithm": ("none", lambda s: s.compression, "none"),
+    "compression.level": ("12", lambda s: s.compression_level, 12),
+    "compression.threads": ("6", lambda s: s.compression_threads, 6),
+    "encryption.age_recipients": (f"{RECIPIENT},{RECIPIENT2}", lambda s: s.age_recipients, (RECIPIENT, RECIPIENT2)),
+    # The recipients file is read at load time; its effect is tested below with a real file.
+    "encryption.age_recipients_file": ("", lambda s: s.age_recipients, ()),
+    "encryption.age_identity_file": ("", lambda s: s.age_identity_file, None),
+    "encryption.age_identity": (SECRET, lambda s: s.age_identity, SECRET),
+    "backup.exact_row_counts": ("off", lambda s: s.exact_row_counts, False),
+}
+
+EXPECTED_ENV_NAMES = {
+    "cluster": "PGVAULT_CLUSTER",
+    "repository.url": "PGVAULT_REPOSITORY_URL",
+    "repository.s3.endpoint_url": "PGVAULT_REPOSITORY_S3_ENDPOINT_URL",
+    "repository.s3.region": "PGVAULT_REPOSITORY_S3_REGION",
+    "repository.s3.force_path_style": "PGVAULT_REPOSITORY_S3_FORCE_PATH_STYLE",
+    "repository.s3.profile": "PGVAULT_REPOSITORY_S3_PROFILE",
+    "repository.s3.part_size_mb": "PGVAULT_REPOSITORY_S3_PART_SIZE_MB",
+    "repository.s3.max_concurrency": "PGVAULT_REPOSITORY_S3_MAX_CONCURRENCY",
+    "postgres.dsn": "PGVAULT_POSTGRES_DSN",
+    "postgres.bin_dirs": "PGVAULT_POSTGRES_BIN_DIRS",
+    "compression.algorithm": "PGVAULT_COMPRESSION_ALGORITHM",
+    "compression.level": "PGVAULT_COMPRESSION_LEVEL",
+    "compression.threads": "PGVAULT_COMPRESSION_THREADS",
+    "encryption.age_recipients": "PGVAULT_ENCRYPTION_AGE_RECIPIENTS",
+    "encryption.age_recipients_file": "PGVAULT_ENCRYPTION_AGE_RECIPIENTS_FILE",
+    "encryption.age_identity_file": "PGVAULT_ENCRYPTION_AGE_IDENTITY_FILE",
+    "encryption.age_identity": "PGVAULT_ENCRYPTION_AGE_IDENTITY",
+    "backup.exact_row_counts": "PGVAULT_BACKUP_EXACT_ROW_COUNTS",
+}
+
+
+def test_the_tables_here_cover_every_setting() -> None:
+    paths = {s.path for s in SETTINGS}
+    assert paths == set(ENV_SAMPLES) == set(EXPECTED_ENV_NAMES)
+
+
+def test_environment_names_derive_from_paths_and_are_unique() -> None:
+    assert {s.path: s.env for s in SETTINGS} == EXPECTED_ENV_NAMES
+    assert len({s.env for s in SETTINGS}) == len(SETTINGS)
+    assert describe() == [(s.path, s.env, s.doc) for s in SETTINGS]
+    assert all(doc for _, _, doc in describe())
+
+
+@pytest.mark.parametrize("path", sorted(EXPECTED_ENV_NAMES))
+def test_each_environment_variable_sets_its_setting(path: str) -> None:
+    value, get, expected = ENV_SAMPLES[path]
+    s = load_settings(environ={EXPECTED_ENV_NAMES[path]: value})
+    assert get(s) == expected
+
+
+@pytest.mark.parametrize("path", sorted(p for p in EXPECTED_ENV_NAMES if p != "encryption.age_identity"))
+def test_each_yaml_path_sets_the_same_setting_as_its_variable(tmp_path: Path, path: str) -> None:
+    value, get, expected = ENV_SAMPLES[path]
+    # A dotted key at the top level is the same path as the nested form.
+    file = write_yaml(tmp_path, f"{path}: {json.dumps(value)}\n" if value else f"{path}:\n")
+    assert get(load_settings(file, environ={})) == expected
+
+
+# --- parsing ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text", ["1", "true", "TRUE", "Yes", " on "])
+def test_true_spellings(text: str) -> None:
+    assert load_settings(environ={"PGVAULT_REPOSITORY_S3_FORCE_PATH_STYLE": text}).s3.force_path_style is True
+
+
+@pytest.mark.parametrize("text", ["0", "false", "No", "OFF"])
+def test_false_spellings(text: str) -> None:
+    assert load_settings(environ={"PGVAULT_BACKUP_EXACT_ROW_COUNTS": text}).exact_row_counts is False
+
+
+@pytest.mark.parametrize("text", ["maybe", "", "2", "y"])
+def test_bad_boolean_names_setting_variable_and_value(text: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        load_settings(environ={"PGVAULT_BACKUP_EXACT_ROW_COUNTS": text})
+    (problem,) = problems_of(exc)
+    assert problem.startswith("backup.exact_row_counts (PGVAULT_BACKUP_EXACT_ROW_COUNTS) = ")
+    assert repr(text) in problem and "boolean" in problem
+    assert exc.value.exit_code == 2 and exc.value.hint
+
+
+@pytest.mark.parametrize("text", ["abc", "", "1.5", "8 MiB"])
+def test_bad_integer_from_environment(text: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        load_settings(environ={"PGVAULT_REPOSITORY_S3_PART_SIZE_MB": text})
+    (problem,) = problems_of(exc)
+    assert problem.startswith(f"repository.s3.part_size_mb (PGVAULT_REPOSITORY_S3_PART_SIZE_MB) = {text!r}: ")
+
+
+@pytest.mark.parametrize("yaml_value", ["true", "5.5", "[5]", "{a: 1}"])
+def test_bad_integer_from_yaml(tmp_path: Path, yaml_value: str) -> None:
+    # 5.5 used to be truncated to 5 silently; a boolean is not a number either.
+    path = write_yaml(tmp_path, f"repository: {{s3: {{max_concurrency: {yaml_value}}}}}\n")
+    with pytest.raises(ConfigError) as exc:
+        load_settings(path, environ={})
+    (problem,) = problems_of(exc)
+    assert problem.startswith("repository.s3.max_concurrency (PGVAULT_REPOSITORY_S3_MAX_CONCURRENCY) = ")
+
+
+def test_integral_float_and_padded_integer_are_accepted(tmp_path: Path) -> None:
+    path = write_yaml(tmp_path, "repository: {s3: {part_size_mb: 8.0}}\n")
+    assert load_settings(path, environ={"PGVAULT_COMPRESSION_THREADS": " 3 "}).s3.part_size_mb == 8
+    assert load_settings(path, environ={"PGVAULT_COMPRESSION_THREADS": " 3 "}).compression_threads == 3
+
+
+def test_empty_compression_level_means_codec_default() -> None:
+    assert load_settings(environ={"PGVAULT_COMPRESSION_LEVEL": ""}).compression_level is None
+
+
+def test_string_setting_refuses_a_mapping(tmp_path: Path) -> None:
+    path = write_yaml(tmp_path, "cluster: {name: x}\n")
+    with pytest.raises(ConfigError) as exc:
+        load_settings(path, environ={})
+    assert problems_of(exc) == ["cluster (PGVAULT_CLUSTER) = {'name': 'x'}: expected a string, got dict"]
+
+
+def test_list_setting_from_yaml_strips_and_drops_blanks(tmp_path: Path) -> None:
+    path = write_yaml(tmp_path, "postgres: {bin_dirs: [' /a ', '', /b]}\n")
+    assert load_settings(path, environ={}).pg_bin_dirs == ("/a", "/b")
+
+
+def test_list_setting_refuses_a_number(tmp_path: Path) -> None:
+    path = write_yaml(tmp_path, "postgres: {bin_dirs: 5}\n")
+    with pytest.raises(ConfigError) as exc:
+        load_settings(path, environ={})
+    assert problems_of(exc) == ["postgres.bin_dirs (PGVAULT_POSTGRES_BIN_DIRS) = 5: expected a list, got int"]
+
+
+def test_a_mistyped_dsn_is_not_echoed(tmp_path: Path) -> None:
+    # A conninfo holds passwords; a problem report must not repeat it even when it has the wrong type.
+    path = write_yaml(tmp_path, "postgres: {dsn: [host=db, password=hunter2]}\n")
+    with pytest.raises(ConfigError) as exc:
+        load_settings(path, environ={})
+    (problem,) = problems_of(exc)
+    assert problem.startswith("postgres.dsn (PGVAULT_POSTGRES_DSN) = <secret>:")
+    assert "hunter2" not in str(exc.value)
+
+
+def test_invalid_dsn_is_reported_without_its_password() -> None:
+    with pytest.raises(ConfigError) as exc:
+        load_settings(environ={"PGVAULT_POSTGRES_DSN": "host=db password=hunter2 bogus"})
+    (problem,) = problems_of(exc)
+    assert problem.startswith("postgres.dsn: not a valid libpq connection string")
+    assert "hunter2" not in str(exc.value)
+
+
+# --- the file itself --------------------------------------------------------------------------
+
+
+def test_unknown_keys_are_each_named(tmp_path: Path) -> None:
+    path = write_yaml(
+        tmp_path,
+        """
+        clustr: typo
+        repository:
+          url: /r
+          s3: {bucket: b}
+        compression: {algorithm: zstd, levle: 3}
+        """,
+    )
+    with pytest.raises(ConfigError) as exc:
+        load_settings(path, environ={})
+    assert sorted(problems_of(exc)) == sorted(
+        [
+            f"{path}: unknown setting 'clustr'",
+            f"{path}: unknown setting 'repository.s3.bucket'",
+            f"{path}: unknown setting 'compression.levle'",
+        ]
+    )
+
+
+def test_missing_file_is_one_problem(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.yaml"
+    with pytest.raises(ConfigError) as exc:
+        load_settings(str(missing), environ={})
+    (problem,) = problems_of(exc)
+    assert problem.startswith(f"cannot read config file {missing}:")
+
+
+def test_invalid_yaml_is_one_problem(tmp_path: Path) -> None:
+    path = write_yaml(tmp_path, "cluster: [unclosed\n")
+    with pytest.raises(ConfigError) as exc:
+        load_settings(path, environ={})
+    (problem,) = problems_of(exc)
+    assert problem.startswith(f"config file {path} is not valid YAML")
+
+
+def test_top_level_must_be_a_mapping(tmp_path: Path) -> None:
+    path = write_yaml(tmp_path, "- a\n- b\n")
+    with pytest.raises(ConfigError) as exc:
+        load_settings(path, environ={})
+    assert problems_of(exc) == [f"config file {path} must hold a mapping at the top level"]
+
+
+# --- the age secret key ----------------------------------------------------------------------
+
+
+def test_secret_identity_is_refused_in_a_file_without_repeating_it(tmp_path: Path) -> None:
+    path = write_yaml(tmp_path, f"encryption:\n  age_identity: {SECRET}\n")
+    with pytest.raises(ConfigError) as exc:
+        load_settings(path, environ={})
+    assert problems_of(exc) == [
+        f"{path}: 'encryption.age_identity' must not be stored in a config file; use PGVAULT_ENCRYPTION_AGE_IDENTITY"
+    ]
+    assert SECRET not in str(exc.value) and SECRET not in repr(exc.value.problems)
+
+
+def test_secret_identity_is_refused_in_a_file_even_with_a_dotted_key(tmp_path: Path) -> None:
+    path = write_yaml(tmp_path, f"encryption.age_identity: {SECRET}\n")
+    with pytest.raises(ConfigError) as exc:
+        load_settings(path, environ={})
+    assert "must not be stored in a config file" in problems_of(exc)[0]
+    assert SECRET not in str(exc.value)
+
+
+def test_secret_identity_from_environment_is_kept_out_of_repr() -> None:
+    s = load_settings(environ={"PGVAULT_ENCRYPTION_AGE_IDENTITY": SECRET})
+    assert s.age_identity == SECRET
+    assert SECRET not in repr(s) and SECRET not in str(s)
+    assert "age_identity=" not in repr(s)
+    assert "age_identity_file=None" in repr(s)  # the other fields are still shown
+
+
+def test_secret_identity_never_appears_in_errors_about_other_settings() -> None:
+    env = {
+        "PGVAULT_ENCRYPTION_AGE_IDENTITY": SECRET,
+        "PGVAULT_COMPRESSION_THREADS": "many",
+        "PGVAULT_ENCRYPTION_AGE_RECIPIENTS": SECRET,  # pasted in the wrong variable
+    }
+    with pytest.raises(ConfigError) as exc:
+        load_settings(environ=env)
+    assert len(problems_of(exc)) == 2
+    assert any("is a secret key, not a public key" in p for p in problems_of(exc))
+    text = str(exc.value) + repr(exc.value.problems) + (exc.value.hint or "")
+    assert SECRET not in text and SECRET[len("AGE-SECRET-KEY-1") :] not in text
+
+
+# --- recipients ---------------------------------------------------------------------------------
+
+
+def test_recipients_file_is_read_skipping_comments_and_blank_lines(tmp_path: Path) -> None:
+    rfile = tmp_path / "recipients.txt"
+    rfile.write_text(f"# ops team\n\n  {RECIPIENT2}  \n   # indented comment\n", encoding="utf-8")
+    s = load_settings(
+        environ={"PGVAULT_ENCRYPTION_AGE_RECIPIENTS": RECIPIENT, "PGVAULT_ENCRYPTION_AGE_RECIPIENTS_FILE": str(rfile)}
+    )
+    assert s.age_recipients == (RECIPIENT, RECIPIENT2)  # inline ones first, then the file's
+    assert s.pipeline().encryption == "age"
+
+
+def test_unreadable_recipients_file_is_a_problem(tmp_path: Path) -> None:
+    missing = tmp_path / "absent.txt"
+    with pytest.raises(ConfigError) as exc:
+        load_settings(environ={"PGVAULT_ENCRYPTION_AGE_RECIPIENTS_FILE": str(missing)})
+    (problem,) = problems_of(exc)
+    assert problem.startswith(f"encryption.age_recipients_file: cannot read {missing}:")
+
+
+def test_invalid_recipient_is_a_problem() -> None:
+    with pytest.raises(ConfigError) as exc:
+        load_settings(environ={"PGVAULT_ENCRYPTION_AGE_RECIPIENTS": "age1notakey"})
+    (problem,) = problems_of(exc)
+    assert problem.startswith("recipient #1") and "not a valid age public key" in problem
+
+
+# --- validation ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("env", "fragment"),
+    [
+        ({"PGVAULT_CLUSTER": "a/b"}, "cluster: 'a/b' is not a valid name"),
+        ({"PGVAULT_CLUSTER": ".hidden"}, "cluster: '.hidden' is not a valid name"),
+        ({"PGVAULT_CLUSTER": ""}, "cluster: '' is not a valid name"),
+        ({"PGVAULT_REPOSITORY_URL": ""}, "repository.url: must be set"),
+        ({"PGVAULT_REPOSITORY_URL": "gs://bucket"}, "repository.url: unsupported scheme in 'gs://bucket'"),
+        ({"PGVAULT_REPOSITORY_URL": "s3:///prefix"}, "repository.url: s3:// URL needs a bucket name"),
+        ({"PGVAULT_REPOSITORY_S3_PART_SIZE_MB": "4"}, "repository.s3.part_size_mb: S3 requires parts of at least 5 MiB"),
+        ({"PGVAULT_REPOSITORY_S3_MAX_CONCURRENCY": "0"}, "repository.s3.max_concurrency: must be at least 1"),
+        ({"PGVAULT_COMPRESSION_THREADS": "-1"}, "compression.threads: must be 0 or more"),
+        ({"PGVAULT_COMPRESSION_ALGORITHM": "lz4"}, "unknown compression 'lz4'"),
+        ({"PGVAULT_COMPRESSION_LEVEL": "99"}, "zstd level must be between 1 and 22 (got 99)"),
+        ({"PGVAULT_ENCRYPTION_AGE_IDENTITY_FILE": "/nonexistent/key.txt"}, "encryption.age_identity_file: /nonexistent/key.txt does not exist"),
+    ],
+)
+def test_validation_problems(env: dict[str, str], fragment: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        load_settings(environ=env)
+    (problem,) = problems_of(exc)
+    assert fragment in problem
+    assert str(exc.value) == problem  # a single problem is the message itself
+
+
+@pytest.mark.parametrize("url", ["./repo", "/abs/repo", "file:///srv/repo", "s3://bucket", "s3://bucket/a/b", "memory://t"])
+def test_supported_repository_urls(url: str) -> None:
+    assert load_settings(environ={"PGVAULT_REPOSITORY_URL": url}).repository_url == url
+
+
+def test_every_problem_is_listed_at_once(tmp_path: Path) -> None:
+    path = write_yaml(
+        tmp_path,
+        f"""
+        cluster: bad/name
+        unknown_key: 1
+        encryption:
+          age_identity: {SECRET}
+        repository:
+          s3: {{part_size_mb: lots}}
+        """,
+    )
+    env = {"PGVAULT_BACKUP_EXACT_ROW_COUNTS": "perhaps"}
+    with pytest.raises(ConfigError) as exc:
+        load_settings(path, environ=env, overrides={"compression.algorithm": "gzip"})
+    problems = problems_of(exc)
+    assert len(problems) == 5, problems
+    for fragment in (
+        "unknown setting 'unknown_key'",
+        "'encryption.age_identity' must not be stored in a config file",
+        "repository.s3.part_size_mb (PGVAULT_REPOSITORY_S3_PART_SIZE_MB) = 'lots'",
+        "backup.exact_row_counts (PGVAULT_BACKUP_EXACT_ROW_COUNTS) = 'perhaps'",
+        "cluster: 'bad/name' is not a valid name",
+    ):
+        assert sum(fragment in p for p in problems) == 1, fragment
+
+
+def test_every_problem_is_listed_in_the_message(tmp_path: Path) -> None:
+    env = {
+        "PGVAULT_CLUSTER": "a/b",
+        "PGVAULT_REPOSITORY_URL": "ftp://x",
+        "PGVAULT_REPOSITORY_S3_PART_SIZE_MB": "1",
+        "PGVAULT_REPOSITORY_S3_MAX_CONCURRENCY": "zero",
+        "PGVAULT_COMPRESSION_THREADS": "-3",
+    }
+    with pytest.raises(ConfigError) as exc:
+        load_settings(environ=env)
+    problems = problems_of(exc)
+    assert len(problems) == 5
+    assert str(exc.value).startswith("5 configuration problems: ")
+    assert all(p in str(exc.value) for p in problems)
+    assert exc.value.hint == "run 'pgvault config check' to see every problem"
+
+
+# --- the pipeline the settings describe -----------------------------------------------------------
+
+
+def test_pipeline_without_recipients_is_unencrypted() -> None:
+    s = load_settings(environ={"PGVAULT_COMPRESSION_ALGORITHM": "gzip", "PGVAULT_COMPRESSION_LEVEL": "5"})
+    assert s.pipeline() == PipelineSpec(compression="gzip", level=5, encryption="none", recipients=())
+    assert s.pipeline().validate() == []
+
+
+def test_pipeline_with_recipients_is_age() -> None:
+    s = load_settings(environ={"PGVAULT_ENCRYPTION_AGE_RECIPIENTS": f"{RECIPIENT}\n{RECIPIENT2}"})
+    spec = s.pipeline()
+    assert spec == PipelineSpec(compression="zstd", level=None, encryption="age", recipients=(RECIPIENT, RECIPIENT2))
+    assert spec.suffix() == ".zst.age"
+    assert spec.validate() == []
+
+
+def test_default_pipeline() -> None:
+    assert Settings().pipeline() == PipelineSpec()
+    assert Settings().pipeline().suffix() == ".zst"
