@@ -65,7 +65,7 @@ def test_config_check_lists_every_problem(tmp_path: Path) -> None:
     )
     res = pgvault(["config", "check", "--config", str(cfg)], clean_env(), check=False)
     assert res.returncode == 2
-    for needle in ("cluster", "ftp://x", "lzma", "threads", "bogus", "not-a-key"):
+    for needle in ("cluster", "ftp://x", "lzma", "threads", "bogus", "recipient #1"):
         assert needle in res.stderr, needle
     good = tmp_path / "good.yaml"
     good.write_text(f"cluster: prod\nrepository:\n  url: {tmp_path}/repo\n")
