@@ -12,12 +12,13 @@ may parallelise the parts of one large object internally.
 from __future__ import annotations
 
 import datetime as dt
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import BinaryIO, Iterator, Protocol, runtime_checkable
+from typing import BinaryIO, Iterator, Protocol, Self, runtime_checkable
 
 from pgvault.errors import NotFoundError, StorageError
 
-__all__ = ["ObjectInfo", "ObjectNotFound", "ObjectExists", "Storage", "ObjectWriter", "validate_key", "validate_prefix", "StorageError"]
+__all__ = ["WriterContextMixin", "ObjectInfo", "ObjectNotFound", "ObjectExists", "Storage", "ObjectWriter", "validate_key", "validate_prefix", "StorageError"]
 
 
 class ObjectNotFound(NotFoundError):
@@ -121,3 +122,25 @@ def validate_prefix(prefix: str) -> str:
     if any(p in ("", ".", "..") for p in dirs) or last in (".", ".."):
         raise ValueError(f"invalid storage prefix {prefix!r}")
     return prefix
+
+
+class WriterContextMixin(ABC):
+    """The context-manager half of :class:`ObjectWriter`, shared by every backend's writer:
+    commit on normal exit, abort on an exception."""
+
+    @abstractmethod
+    def commit(self) -> None:
+        """Make the object visible (see :class:`ObjectWriter`)."""
+
+    @abstractmethod
+    def abort(self) -> None:
+        """Discard what was written (see :class:`ObjectWriter`)."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()

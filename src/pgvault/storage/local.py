@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import BinaryIO, Iterator
 
 from pgvault.errors import StorageError
-from pgvault.storage.base import ObjectExists, ObjectInfo, ObjectNotFound, ObjectWriter, validate_key, validate_prefix
+from pgvault.storage.base import WriterContextMixin, ObjectExists, ObjectInfo, ObjectNotFound, ObjectWriter, validate_key, validate_prefix
 
 __all__ = ["LocalStorage", "TEMP_PREFIX"]
 
@@ -58,7 +58,7 @@ def _mtime(st: os.stat_result) -> dt.datetime:
     return dt.datetime.fromtimestamp(st.st_mtime_ns / 1e9, tz=dt.timezone.utc)
 
 
-class _LocalWriter:
+class _LocalWriter(WriterContextMixin):
     """Writes ``.tmp-*`` in the destination directory; ``commit`` fsyncs and renames it into place."""
 
     def __init__(self, storage: LocalStorage, key: str) -> None:
@@ -109,14 +109,6 @@ class _LocalWriter:
         except OSError:
             pass  # a leftover .tmp-* file is invisible to readers and swept later
 
-    def __enter__(self) -> ObjectWriter:
-        return self
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if exc_type is None:
-            self.commit()
-        else:
-            self.abort()
 
 
 class LocalStorage:

@@ -11,7 +11,7 @@ import io
 import threading
 from typing import BinaryIO, Iterator
 
-from pgvault.storage.base import ObjectExists, ObjectInfo, ObjectNotFound, ObjectWriter, validate_key, validate_prefix
+from pgvault.storage.base import WriterContextMixin, ObjectExists, ObjectInfo, ObjectNotFound, ObjectWriter, validate_key, validate_prefix
 
 __all__ = ["MemoryStorage"]
 
@@ -20,7 +20,7 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
-class _MemoryWriter:
+class _MemoryWriter(WriterContextMixin):
     """Buffers the whole object and publishes it under the storage lock on ``commit``."""
 
     def __init__(self, storage: MemoryStorage, key: str) -> None:
@@ -52,14 +52,6 @@ class _MemoryWriter:
             self._buf = bytearray()
             self._state = "aborted"
 
-    def __enter__(self) -> ObjectWriter:
-        return self
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if exc_type is None:
-            self.commit()
-        else:
-            self.abort()
 
 
 class MemoryStorage:

@@ -27,7 +27,7 @@ import botocore.config
 import botocore.exceptions as bce
 
 from pgvault.errors import ConfigError, PgvaultError, StorageError
-from pgvault.storage.base import ObjectExists, ObjectInfo, ObjectNotFound, ObjectWriter, validate_key, validate_prefix
+from pgvault.storage.base import WriterContextMixin, ObjectExists, ObjectInfo, ObjectNotFound, ObjectWriter, validate_key, validate_prefix
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
@@ -126,7 +126,7 @@ class _BodyReader(io.RawIOBase):
         super().close()
 
 
-class _S3Writer:
+class _S3Writer(WriterContextMixin):
     """Buffers one part; uploads full parts in a thread pool; completes or aborts the upload."""
 
     def __init__(self, storage: S3Storage, key: str) -> None:
@@ -255,14 +255,6 @@ class _S3Writer:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
 
-    def __enter__(self) -> ObjectWriter:
-        return self
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if exc_type is None:
-            self.commit()
-        else:
-            self.abort()
 
 
 class S3Storage:
