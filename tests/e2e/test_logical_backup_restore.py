@@ -95,19 +95,53 @@ def test_break_glass_restore_with_stock_tools_only(pg_cluster, pagila, scratch_d
     assert digest == manifest["databases"][0]["object"]["stored_sha256"]
 
 
-def test_restore_selected_table_over_existing_database(pg_cluster, pagila, scratch_db, local_env) -> None:
+def _indexes(cluster, db: str, table: str) -> list[str]:  # type: ignore[no-untyped-def]
+    return cluster.psql(f"SELECT indexname FROM pg_indexes WHERE tablename = '{table}' ORDER BY 1", dbname=db).splitlines()
+
+
+def test_restore_selected_tables_over_existing_database(pg_cluster, pagila, scratch_db, local_env) -> None:
+    """The 3 a.m. cases: DELETE without WHERE, an UPDATE without WHERE on a table others
+    reference, and a DROP TABLE."""
     pgvault(["backup", "-d", pagila], local_env)
     pgvault(["restore", "latest", "-d", pagila, "-t", scratch_db], local_env)
-    # An accident: rows deleted from one table, a new row in another.
-    pg_cluster.psql("DELETE FROM payment_p2022_01; INSERT INTO language(name) VALUES ('Klingon')", dbname=scratch_db)
-    # Without --clean an existing database is never touched.
-    refused = pgvault(["restore", "latest", "-d", pagila, "-t", scratch_db, "--table", "public.payment_p2022_01"], local_env, check=False)
-    assert refused.returncode == 11 and "already exists" in refused.stderr
-    pgvault(["restore", "latest", "-d", pagila, "-t", scratch_db, "--table", "public.payment_p2022_01", "--clean"], local_env)
     source = table_counts(pg_cluster, pagila)
+    rental_indexes = _indexes(pg_cluster, scratch_db, "rental")
+    assert len(rental_indexes) >= 3
+    pg_cluster.psql(
+        "DELETE FROM payment_p2022_01; UPDATE rental SET return_date = NULL; DROP TABLE actor CASCADE;"
+        " INSERT INTO language(name) VALUES ('Klingon')",
+        dbname=scratch_db,
+    )
+    # Without --clean an existing database is never touched.
+    refused = pgvault(["restore", "latest", "-d", pagila, "-t", scratch_db, "--table", "public.rental"], local_env, check=False)
+    assert refused.returncode == 11 and "already exists" in refused.stderr
+    res = pgvault(
+        ["restore", "latest", "-d", pagila, "-t", scratch_db, "--clean", "--json",
+         "--table", "public.rental", "--table", "public.payment_p2022_01", "--table", "public.actor"],
+        local_env,
+    ).json()["restore"]
+    assert res["verified"] is True and len(res["checks"]) == 3
     restored = table_counts(pg_cluster, scratch_db)
-    assert restored["public.payment_p2022_01"] == source["public.payment_p2022_01"] > 0
+    for t in ("public.rental", "public.payment_p2022_01", "public.actor"):
+        assert restored[t] == source[t] > 0
     assert restored["public.language"] == source["public.language"] + 1  # other tables untouched
+    q = "SELECT count(return_date) FROM rental"
+    assert pg_cluster.psql(q, dbname=scratch_db) == pg_cluster.psql(q, dbname=pagila) != "0"
+    # Rows replaced in place: the table's indexes were never dropped.
+    assert _indexes(pg_cluster, scratch_db, "rental") == rental_indexes
+    # The dropped table came back whole: primary key, index, trigger.
+    assert _indexes(pg_cluster, scratch_db, "actor") == _indexes(pg_cluster, pagila, "actor")
+    assert pg_cluster.psql("SELECT count(*) FROM pg_trigger WHERE tgrelid = 'actor'::regclass AND NOT tgisinternal", dbname=scratch_db) == "1"
+
+
+def test_restore_selected_tables_into_new_database(pg_cluster, pagila, scratch_db, local_env) -> None:
+    pgvault(["backup", "-d", pagila], local_env)
+    res = pgvault(["restore", "latest", "-d", pagila, "-t", scratch_db, "--table", "public.film", "--json"], local_env).json()
+    assert [c["table"] for c in res["restore"]["checks"]] == ["public.film"] and res["restore"]["verified"]
+    restored = table_counts(pg_cluster, scratch_db)
+    assert restored["public.film"] == 1000
+    assert restored["public.rental"] == 0  # the schema is all there, the data only where asked
+    assert _indexes(pg_cluster, scratch_db, "film") == _indexes(pg_cluster, pagila, "film")
 
 
 def test_clean_restore_replaces_database_only_after_verification(pg_cluster, pagila, scratch_db, local_env) -> None:

@@ -16,6 +16,7 @@ verified, decrypted archive is spooled to a private temporary file first and del
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import time
 import uuid
@@ -36,6 +37,7 @@ from pgvault.errors import (
     UsageError,
     VerificationError,
 )
+from pgvault.operations import toc
 from pgvault.operations.context import Context
 from pgvault.pg.bindir import bindir_for_server, parse_major
 from pgvault.pg.conn import connection, database_exists, database_sessions, server_facts
@@ -114,6 +116,12 @@ class _ProcessSink:
             self.proc.stdin.close()
         except BrokenPipeError:
             pass
+
+
+def _relation_exists(conn: psycopg.Connection[Any], schema: str, name: str) -> bool:
+    q = sql.SQL("SELECT to_regclass({})").format(sql.Literal(sql.Identifier(schema, name).as_string(None)))
+    row = conn.execute(q).fetchone()
+    return row is not None and row[0] is not None
 
 
 def _split_table(name: str) -> tuple[str, str]:
@@ -220,39 +228,102 @@ class _Restorer:
         if errors:
             log.get().warning("globals restored with %d error(s), e.g. %s", len(errors), errors[0])
 
-    def pg_restore(self, runner: ToolRunner, entry: DatabaseEntry, target: str, *, in_place: bool) -> None:
-        req = self.req
-        args = ["--exit-on-error", "--no-password", "-d", make_conninfo(dbname=target)]
-        if req.no_owner:
-            args += ["--no-owner", "--no-privileges"]
-        if req.tables:
-            for schema in sorted({_split_table(t)[0] for t in req.tables}):
-                args += ["-n", schema]
-            for t in req.tables:
-                args += ["-t", _split_table(t)[1]]
-        if in_place:
-            args += ["--clean", "--if-exists", "--single-transaction"]
+    def _env(self, target: str) -> dict[str, str]:
         env = self.ctx.child_env(target)
-        if req.disable_triggers:
+        if self.req.disable_triggers:
             # Loads without firing user triggers or FK checks; needs superuser (like pg_restore's
             # --disable-triggers, but for the whole session and every table).
             env["PGOPTIONS"] = (env.get("PGOPTIONS", "") + " -c session_replication_role=replica").strip()
-        jobs = 1 if in_place else max(1, req.jobs)
-        if jobs == 1 and not in_place:
+        return env
+
+    def _ownership_args(self) -> list[str]:
+        return ["--no-owner", "--no-privileges"] if self.req.no_owner else []
+
+    def restore_database(self, runner: ToolRunner, entry: DatabaseEntry, target: str) -> None:
+        """The whole database into the empty database ``target``."""
+        args = ["--exit-on-error", "--no-password", "-d", make_conninfo(dbname=target), *self._ownership_args()]
+        env = self._env(target)
+        if self.req.jobs == 1:
             proc = runner.start("pg_restore", args, env=env, stdin=True, stdout=False)
             self.stream_into(entry.object, proc)
             proc.check(f"into {target!r}")
             return
-        # Parallel pg_restore needs a seekable file; and into an existing database nothing may
-        # reach pg_restore before the whole stream is verified, because pg_restore can commit
-        # before it has read to the end.
+        # Parallel pg_restore needs a seekable file, not a pipe.
         spool = self.spool(entry.object)
         try:
-            extra = [f"--jobs={jobs}"] if jobs > 1 else []
-            proc = runner.start("pg_restore", [*args, *extra, spool], env=env, stdout=False)
-            proc.check(f"into {target!r}")
+            runner.start("pg_restore", [*args, f"--jobs={self.req.jobs}", spool], env=env, stdout=False).check(f"into {target!r}")
         finally:
             os.unlink(spool)
+
+    def restore_tables(
+        self, runner: ToolRunner, entry: DatabaseEntry, target: str, tables: list[TableCount], *, new_database: bool, superuser: bool
+    ) -> None:
+        """Selected tables, in one transaction, after the whole object has been verified.
+
+        Into a new database: the whole schema with data for the selected tables only.  Into an
+        existing database: a table that still exists gets its rows replaced (DELETE + reload, its
+        definition, indexes and grants untouched); a table that is gone is re-created with its
+        indexes, constraints, triggers and sequences.
+        """
+        selected = {(t.schema, t.name) for t in tables}
+        # Nothing reaches the database before the whole stream is verified: pg_restore stops
+        # reading as soon as it has the selected entries, before a checksum mismatch at the end
+        # of the stream could be noticed.
+        spool = self.spool(entry.object)
+        listing = None
+        try:
+            env = self.ctx.child_env(target)
+            entries = toc.parse_toc(runner.run("pg_restore", ["-l", spool], env=env))
+            bodies = toc.parse_schema_script(runner.run("pg_restore", ["-s", "-f", "-", spool], env=env))
+            present: set[tuple[str, str]] = set()
+            if new_database:
+                chosen = toc.schema_with_data_of(entries, bodies, selected)
+            else:
+                with connection(self.ctx.conn, dbname=target) as conn:
+                    present = {t for t in selected if _relation_exists(conn, *t)}
+                    sequences = {(str(r[0]), str(r[1])) for r in conn.execute(
+                        "SELECT schemaname, sequencename FROM pg_sequences").fetchall()}
+                    schemas = {str(r[0]) for r in conn.execute("SELECT nspname FROM pg_namespace").fetchall()}
+                missing = selected - present
+                wanted = set(toc.data_entries(entries, present)) | set(
+                    toc.full_entries(entries, bodies, missing, existing_sequences=sequences,
+                                     missing_schemas={s for s, _ in missing} - schemas)
+                )
+                chosen = [e for e in entries if e in wanted]
+            fd, listing = tempfile.mkstemp(prefix="pgvault-toc-", suffix=".list", dir=self.req.scratch_dir)
+            with os.fdopen(fd, "w") as f:
+                f.write(toc.list_file(chosen))
+            script = runner.start("pg_restore", ["-L", listing, "-f", "-", *self._ownership_args(), spool], env=env)
+            loader = runner.start("psql", ["-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", "-"], env=self._env(target),
+                                  stdin=True, stdout=False)
+            # We write BEGIN and COMMIT ourselves: COMMIT goes in only after pg_restore has exited
+            # successfully, so a pg_restore that dies half-way can never leave half the rows.
+            head = ["BEGIN;"]
+            if superuser and (present or self.req.disable_triggers):
+                # Rows go out and come back in one transaction; with FK triggers off, other
+                # tables' references to them neither block the DELETE nor cascade.
+                head.append("SET LOCAL session_replication_role = replica;")
+            for schema, name in sorted(present):
+                head.append(sql.SQL("DELETE FROM ONLY {}.{};").format(sql.Identifier(schema), sql.Identifier(name)).as_string(None))
+            try:
+                loader.stdin.write(("\n".join(head) + "\n").encode())
+                shutil.copyfileobj(script.stdout, loader.stdin, 1 << 20)
+                script.check("(table selection)")
+                loader.stdin.write(b"COMMIT;\n")
+                loader.stdin.close()
+            except BrokenPipeError:
+                script.kill()
+                loader.check(f"(loading tables into {target!r})")
+                raise
+            except BaseException:
+                script.kill()
+                loader.kill()
+                raise
+            loader.check(f"(loading tables into {target!r})")
+        finally:
+            os.unlink(spool)
+            if listing:
+                os.unlink(listing)
 
     def verify(self, target: str, tables: list[TableCount]) -> list[CountCheck]:
         checks = []
@@ -302,14 +373,17 @@ def restore(ctx: Context, req: RestoreRequest) -> RestoreResult:
             restorer.restore_globals(runner)
         if req.tables and exists:
             logger.info("restoring %d table(s) of %s into existing %s", len(tables), req.database, target)
-            restorer.pg_restore(runner, entry, target, in_place=True)
+            restorer.restore_tables(runner, entry, target, tables, new_database=False, superuser=facts.is_superuser)
             result.checks = restorer.verify(target, tables)
         else:
             build = target if not exists else f"{target[:40]}_pgvault_{uuid.uuid4().hex[:8]}"
             logger.info("restoring %s from backup %s into %s", req.database, manifest.backup_id, build)
             _create_database(conn, build, entry)
             try:
-                restorer.pg_restore(runner, entry, build, in_place=False)
+                if req.tables:
+                    restorer.restore_tables(runner, entry, build, tables, new_database=True, superuser=facts.is_superuser)
+                else:
+                    restorer.restore_database(runner, entry, build)
                 result.checks = restorer.verify(build, tables)
                 if exists:
                     if entry.row_counts_exact and not result.verified:

@@ -95,13 +95,15 @@ class ToolRunner:
         env: Mapping[str, str],
         stdin: bool = False,
         stdout: bool = True,
+        stdin_from: IO[bytes] | None = None,
     ) -> Process:
-        """Start ``program args`` with pipes for stdout (and stdin when asked)."""
+        """Start ``program args`` with pipes for stdout (and stdin when asked, or reading
+        ``stdin_from``, e.g. another program's stdout)."""
         argv = [self.path(program), *args]
         try:
             popen = subprocess.Popen(
                 argv,
-                stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+                stdin=stdin_from if stdin_from is not None else (subprocess.PIPE if stdin else subprocess.DEVNULL),
                 stdout=subprocess.PIPE if stdout else subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
                 env=dict(env),

@@ -1,0 +1,179 @@
+"""Selecting the archive entries that belong to chosen tables (pure: text in, list-file out).
+
+``pg_restore -t`` restores a table's definition and data but none of its indexes, constraints,
+triggers or sequences, which is not what an operator restoring a dropped table wants.  We read the
+archive's table of contents (``pg_restore -l``) and its schema script (``pg_restore -s``), work out
+which entries belong to the selected tables, and hand pg_restore a ``-L`` list in archive order
+(which is pg_dump's dependency order).
+
+TOC lines look like ``3399; 2606 16607 CONSTRAINT public actor actor_pkey postgres``: id, catalog
+oid, object oid, type (may contain spaces), schema, tag (may contain spaces), owner.  The schema
+script introduces each entry with ``-- Name: <tag>; Type: <type>; Schema: <schema>; Owner: ...``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Iterable, Mapping
+
+# Longest first, so "TABLE DATA" wins over "TABLE".
+_TYPES = sorted(
+    [
+        "TABLE", "TABLE DATA", "TABLE ATTACH", "CONSTRAINT", "FK CONSTRAINT", "CHECK CONSTRAINT", "INDEX",
+        "INDEX ATTACH", "TRIGGER", "DEFAULT", "POLICY", "ROW SECURITY", "RULE", "SEQUENCE", "SEQUENCE SET",
+        "SEQUENCE OWNED BY", "COMMENT", "ACL", "STATISTICS", "VIEW", "MATERIALIZED VIEW", "MATERIALIZED VIEW DATA",
+        "FUNCTION", "PROCEDURE", "AGGREGATE", "TYPE", "DOMAIN", "SCHEMA", "EXTENSION", "DEFAULT ACL",
+        "PUBLICATION TABLE", "SECURITY LABEL", "FOREIGN TABLE", "COLLATION", "CONVERSION", "OPERATOR",
+        "EVENT TRIGGER", "BLOB", "BLOBS", "LARGE OBJECT",
+    ],
+    key=len,
+    reverse=True,
+)
+_LINE_RE = re.compile(r"^\s*(\d+);\s+\d+\s+\d+\s+(.*)$")
+_HEADER_RE = re.compile(r"^-- Name: (.*); Type: (.*); Schema: (.*); Owner: .*$")
+_IDENT = r'(?:"(?:[^"]|"")+"|[A-Za-z_][A-Za-z0-9_$]*)'
+_QUALIFIED_RE = re.compile(rf"({_IDENT})\.({_IDENT})")
+_NEXTVAL_RE = re.compile(r"nextval\('([^']+)'")
+
+# Entries whose tag starts with the table's name ("actor actor_pkey", "actor last_updated").
+_PER_TABLE_TYPES = {"CONSTRAINT", "FK CONSTRAINT", "CHECK CONSTRAINT", "TRIGGER", "DEFAULT", "POLICY", "RULE", "ROW SECURITY"}
+
+
+@dataclass(frozen=True)
+class TocEntry:
+    """One line of ``pg_restore -l``."""
+
+    line: str
+    dump_id: int
+    type: str
+    schema: str
+    tag: str
+
+
+def _unquote(ident: str) -> str:
+    return ident[1:-1].replace('""', '"') if ident.startswith('"') else ident
+
+
+def parse_toc(text: str) -> list[TocEntry]:
+    """The entries of a ``pg_restore -l`` listing, in archive order (comments skipped)."""
+    entries = []
+    for line in text.splitlines():
+        if line.startswith(";"):
+            continue
+        m = _LINE_RE.match(line)
+        if not m:
+            continue
+        rest = m.group(2)
+        for t in _TYPES:
+            if rest.startswith(t + " "):
+                fields = rest[len(t) + 1 :].split(" ")
+                if len(fields) >= 3:
+                    entries.append(TocEntry(line, int(m.group(1)), t, fields[0], " ".join(fields[1:-1])))
+                break
+    return entries
+
+
+def parse_schema_script(text: str) -> dict[tuple[str, str, str], str]:
+    """``(type, schema, tag) -> SQL body`` from a ``pg_restore -s`` script."""
+    bodies: dict[tuple[str, str, str], str] = {}
+    key: tuple[str, str, str] | None = None
+    lines: list[str] = []
+    for line in text.splitlines():
+        m = _HEADER_RE.match(line)
+        if m:
+            if key is not None:
+                bodies[key] = "\n".join(lines)
+            key = (m.group(2), m.group(3), m.group(1))
+            lines = []
+        elif key is not None:
+            lines.append(line)
+    if key is not None:
+        bodies[key] = "\n".join(lines)
+    return bodies
+
+
+def _qualified_names(sql: str) -> set[tuple[str, str]]:
+    return {(_unquote(a), _unquote(b)) for a, b in _QUALIFIED_RE.findall(sql)}
+
+
+def data_entries(entries: Iterable[TocEntry], tables: set[tuple[str, str]]) -> list[TocEntry]:
+    """Only the TABLE DATA entries of ``tables``."""
+    return [e for e in entries if e.type == "TABLE DATA" and (e.schema, e.tag) in tables]
+
+
+def full_entries(
+    entries: list[TocEntry],
+    bodies: Mapping[tuple[str, str, str], str],
+    tables: set[tuple[str, str]],
+    *,
+    existing_sequences: Iterable[tuple[str, str]] = (),
+    missing_schemas: Iterable[str] = (),
+) -> list[TocEntry]:
+    """Everything needed to re-create ``tables`` from scratch: definition, data, indexes,
+    constraints, triggers, defaults, policies, partition attachment, comments and grants, and the
+    sequences they use unless those still exist (``existing_sequences``)."""
+    names = {t for _, t in tables}
+    indexes: set[tuple[str, str]] = set()
+    for (typ, schema, tag), body in bodies.items():
+        if typ == "INDEX":
+            m = re.search(rf"\bON\s+(?:ONLY\s+)?({_IDENT})\.({_IDENT})", body)
+            if m and (_unquote(m.group(1)), _unquote(m.group(2))) in tables:
+                indexes.add((schema, tag))
+    constraints = {(e.schema, e.tag.split(" ", 1)[1]) for e in entries
+                   if e.type in _PER_TABLE_TYPES and " " in e.tag and (e.schema, e.tag.split(" ", 1)[0]) in tables}
+    sequences: set[tuple[str, str]] = set()
+    for (typ, schema, tag), body in bodies.items():
+        if typ == "SEQUENCE OWNED BY" or typ == "SEQUENCE":
+            for qs, qn in _qualified_names(body):
+                if (qs, qn) in tables and ("OWNED BY" in body or "ALTER TABLE" in body):
+                    sequences.add((schema, tag))
+        if (typ == "TABLE" and (schema, tag) in tables) or (typ == "DEFAULT" and (schema, tag.split(" ", 1)[0]) in tables):
+            for ref in _NEXTVAL_RE.findall(body):
+                q = _QUALIFIED_RE.fullmatch(ref)
+                if q:
+                    sequences.add((_unquote(q.group(1)), _unquote(q.group(2))))
+    sequences -= set(existing_sequences)
+
+    chosen = []
+    for e in entries:
+        key = (e.schema, e.tag)
+        first = (e.schema, e.tag.split(" ", 1)[0])
+        if e.type == "SCHEMA" and e.tag in set(missing_schemas):
+            chosen.append(e)
+        elif e.type in ("TABLE", "TABLE DATA", "TABLE ATTACH") and key in tables:
+            chosen.append(e)
+        elif e.type in _PER_TABLE_TYPES and first in tables:
+            chosen.append(e)
+        elif e.type == "INDEX" and key in indexes:
+            chosen.append(e)
+        elif e.type == "INDEX ATTACH" and (key in indexes or key in constraints):
+            chosen.append(e)
+        elif e.type in ("SEQUENCE", "SEQUENCE SET", "SEQUENCE OWNED BY") and key in sequences:
+            chosen.append(e)
+        elif e.type in ("COMMENT", "ACL") and e.tag.startswith("TABLE ") and e.tag[6:] in names and (e.schema, e.tag[6:]) in tables:
+            chosen.append(e)
+    return chosen
+
+
+def list_file(entries: Iterable[TocEntry]) -> str:
+    """A ``pg_restore -L`` list; pg_restore follows the order given, so keep the archive's."""
+    return "".join(e.line + "\n" for e in entries)
+
+
+def schema_with_data_of(
+    entries: list[TocEntry], bodies: Mapping[tuple[str, str, str], str], tables: set[tuple[str, str]]
+) -> list[TocEntry]:
+    """For a new database: the whole schema, but data only for ``tables``.  Foreign keys from a
+    selected table to a table left empty would fail to validate, so those are left out."""
+    chosen = []
+    for e in entries:
+        if e.type == "TABLE DATA" and (e.schema, e.tag) not in tables:
+            continue
+        if e.type == "FK CONSTRAINT":
+            body = bodies.get((e.type, e.schema, e.tag), "")
+            m = re.search(rf"REFERENCES\s+({_IDENT})\.({_IDENT})", body)
+            if m and (_unquote(m.group(1)), _unquote(m.group(2))) not in tables:
+                continue
+        chosen.append(e)
+    return chosen
