@@ -965,7 +965,7 @@ class Bench:
         st = self.repeat(
             "gzip", "pg_dump -d db | gzip > file",
             lambda i: self.runner.run(
-                "pg_dump|gzip", [[self.prog("pg_dump"), "-d", DB], ["gzip", "-6"]], env=self.pg_env, stdout_path=self.gz
+                "pg_dump|gzip", [[self.prog("pg_dump"), "-d", DB], ["gzip"]], env=self.pg_env, stdout_path=self.gz
             ),
         )
         st.stored_bytes = self.gz.stat().st_size
@@ -1012,20 +1012,23 @@ class Bench:
         self.check_restored(target)
         self.cluster.drop_database(target)
 
-    def pgvault_restore(self, key: str, jobs: int, backup_id: str) -> None:
+    def pgvault_restore(self, key: str, jobs: int) -> None:
         target = f"bench_restore_j{jobs}"
+        latest = self.steps["pgvault"].extra["backup_id"]
 
         def once(i: int) -> Run:
             self.cluster.drop_database(target)
             self.settle()
             return self.runner.run(
                 key,
-                [[*self.pgvault, "restore", backup_id, "-d", DB, "-t", target, "--jobs", str(jobs), "--json"]],
+                [[*self.pgvault, "restore", "latest", "-d", DB, "-t", target, "--jobs", str(jobs), "--json"]],
                 env=self.pgvault_env, capture=True,
             )
 
-        st = self.repeat(key, f"pgvault restore ID -d db -t new --jobs {jobs}", once)
+        st = self.repeat(key, f"pgvault restore latest -d db -t new --jobs {jobs}", once)
         doc = json.loads(st.runs[-1].stdout)["restore"]
+        if doc["backup_id"] != latest:
+            raise StepError(f"'latest' resolved to {doc['backup_id']}, expected the default backup {latest}")
         st.extra.update(verified=doc["verified"], internal_duration_s=doc["duration_seconds"],
                         pg_restore_version=doc["pg_restore_version"])
         if not doc["verified"]:
@@ -1072,12 +1075,12 @@ class Bench:
         self.pg_dump_alone()
         self.pg_dump_gzip()
         self.info["gzip_ratio"] = round(self.info["plain_dump_bytes"] / self.steps["gzip"].stored_bytes, 2)  # type: ignore[operator]
-        self.pgvault_backup("pgvault", "pgvault backup -d db (zstd, 2 threads, age)", [])
+        # --no-exact-counts first, so that "latest" below is a default (exact counts) backup
         self.pgvault_backup("pgvault_noexact", "pgvault backup -d db --no-exact-counts", ["--no-exact-counts"])
+        self.pgvault_backup("pgvault", "pgvault backup -d db (zstd, 2 threads, age)", [])
         self.restore_psql()
-        backup_id = self.steps["pgvault"].extra["backup_id"]
-        self.pgvault_restore("restore_j2", 2, backup_id)
-        self.pgvault_restore("restore_j1", 1, backup_id)
+        self.pgvault_restore("restore_j2", 2)
+        self.pgvault_restore("restore_j1", 1)
 
 
 # --- report ------------------------------------------------------------------------------------
@@ -1152,7 +1155,12 @@ def render(bench: Bench, error: str | None) -> str:
     if data:
         add(f"database {DB}: {data['db_size_bytes'] / MiB:,.0f} MiB (pg_database_size), rows {data['rows']}")
     if "plain_dump_bytes" in info:
-        add(f"plain dump {info['plain_dump_bytes'] / MiB:,.0f} MiB; gzip -6 ratio {info.get('gzip_ratio', '?')}x")
+        add(f"plain dump {info['plain_dump_bytes'] / MiB:,.0f} MiB, gzip -6 ratio {info.get('gzip_ratio', '?')}x")
+    pv = s.get("pgvault")
+    if pv and "dump_raw_bytes" in pv.extra:
+        ratio = pv.extra["dump_raw_bytes"] / pv.extra["db_object_stored_bytes"]
+        add(f"pgvault: custom-format archive {pv.extra['dump_raw_bytes'] / MiB:,.0f} MiB, stored {ratio:.2f}x smaller "
+            f"({pv.extra['pg_dump_version']}, pipeline {pv.extra['pipeline']})")
     add("")
     head = f"{'step':<46} {'wall s':>8} {'stored MiB':>11} {'CPU s: tools':>12} {'server':>7} {'python':>7} {'CPU/wall':>8} {'peak RSS MiB':>18}"
     add(head)
@@ -1192,7 +1200,7 @@ def render(bench: Bench, error: str | None) -> str:
         threads = sorted(py.threads.items(), key=lambda kv: -kv[1])
         main = py.threads.get(py.pid, 0.0)
         others = ", ".join(f"{c:.1f}" for t, c in threads if t != py.pid and c >= 0.05)
-        add(f"  {key}: python main thread {main:.1f} s CPU; other threads {others or '-'}; tree peak RSS "
+        add(f"  {key}: python main thread {main:.1f} s CPU; other threads (zstd workers, ...) {others or '-'}; tree peak RSS "
             f"{st.best.tree_peak_kb / 1024:.0f} MiB; wait4 ru_maxrss {max(c.maxrss_kb for c in st.best.children) / 1024:.0f} MiB")
     add("")
     r = ratios(s)
@@ -1256,7 +1264,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         bench.run_all()
     except KeyboardInterrupt:
         error, status = "interrupted", 130
-    except (StepError, Exception) as e:  # noqa: BLE001 - reported, then nonzero exit
+    except Exception as e:  # noqa: BLE001 - StepError or a bug: reported, then a nonzero exit
         error, status = f"{type(e).__name__}: {e}", 1
     finally:
         _kill_live()

@@ -77,6 +77,10 @@ def test_parallel_restore_and_human_output(pg_cluster, pagila, scratch_db, local
     assert "row counts verified" in out
     assert re.search(r"public\.rental\s+16044\s+16044\s+ok", out)
     assert table_counts(pg_cluster, scratch_db) == table_counts(pg_cluster, pagila)
+    # Post-data (restored in parallel from the spool) is all there: indexes, constraints, triggers.
+    q = ("SELECT (SELECT count(*) FROM pg_indexes WHERE schemaname = 'public'), (SELECT count(*) FROM pg_constraint),"
+         " (SELECT count(*) FROM pg_trigger WHERE NOT tgisinternal)")
+    assert pg_cluster.psql(q, dbname=scratch_db) == pg_cluster.psql(q, dbname=pagila)
 
 
 def test_break_glass_restore_with_stock_tools_only(pg_cluster, pagila, scratch_db, local_env, age_key: AgeKey) -> None:

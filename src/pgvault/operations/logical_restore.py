@@ -99,11 +99,14 @@ class RestoreResult:
 class _ProcessSink:
     """A program's stdin as a pipeline sink that tolerates the program exiting early."""
 
-    def __init__(self, proc: Process) -> None:
+    def __init__(self, proc: Process, tee: BinaryIO | None = None) -> None:
         self.proc = proc
+        self.tee = tee
         self.broken = False
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
+        if self.tee is not None:
+            self.tee.write(data)
         if not self.broken:
             try:
                 self.proc.stdin.write(data)
@@ -190,14 +193,14 @@ class _Restorer:
     def open_object(self, obj: StoredObject) -> BinaryIO:
         return self.ctx.storage.open_read(self.prefix + obj.key)
 
-    def stream_into(self, obj: StoredObject, proc: Process) -> None:
+    def stream_into(self, obj: StoredObject, proc: Process, *, tee: BinaryIO | None = None) -> None:
         """Feed a verified object into ``proc``'s stdin; kill it on any problem so nothing commits.
 
         A program may exit before reading everything (pg_restore stops once it has what a table
         selection needs); the rest of the stream is still read and verified, then the program's
         own exit status decides.
         """
-        sink = _ProcessSink(proc)
+        sink = _ProcessSink(proc, tee)
         try:
             with self.open_object(obj) as src:
                 read_stream(src, sink, self.manifest.pipeline, identities=self.identities, expected=obj.result)
@@ -248,10 +251,18 @@ class _Restorer:
             self.stream_into(entry.object, proc)
             proc.check(f"into {target!r}")
             return
-        # Parallel pg_restore needs a seekable file, not a pipe.
-        spool = self.spool(entry.object)
+        # Parallel pg_restore needs a seekable file, not a pipe. Rather than spool first and
+        # restore after, the schema and data are streamed into one pg_restore while the same
+        # bytes are written to the spool file; only post-data (indexes, constraints: the part
+        # that parallelises well) then runs with --jobs from the spool.
+        fd, spool = tempfile.mkstemp(prefix="pgvault-restore-", suffix=".dump", dir=self.req.scratch_dir)
         try:
-            runner.start("pg_restore", [*args, f"--jobs={self.req.jobs}", spool], env=env, stdout=False).check(f"into {target!r}")
+            with os.fdopen(fd, "wb") as spool_file:
+                proc = runner.start("pg_restore", [*args, "--section=pre-data", "--section=data"], env=env, stdin=True, stdout=False)
+                self.stream_into(entry.object, proc, tee=spool_file)
+                proc.check(f"into {target!r}")
+            post = [*args, "--section=post-data", f"--jobs={self.req.jobs}", spool]
+            runner.start("pg_restore", post, env=env, stdout=False).check(f"(post-data) into {target!r}")
         finally:
             os.unlink(spool)
 
