@@ -56,7 +56,7 @@ def emit(args: argparse.Namespace, kind: str, payload: dict[str, Any], human: Ca
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from pgvault.cli import backup, catalog, config_cmd, restore
+    from pgvault.cli import backup, catalog, config_cmd, restore, wal
 
     common = common_options()
     parser = argparse.ArgumentParser(
@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"pgvault {pgvault.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (backup, catalog, restore, config_cmd):
+    for module in (backup, catalog, restore, wal, config_cmd):
         module.register(sub, common)
     return parser
 
@@ -97,15 +97,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     log.setup(args.log_level)
+    # Some commands have exit-status contracts of their own (restore_command): they remap.
+    remap: Callable[[BaseException], int] | None = getattr(args, "remap_exit", None)
     try:
         return int(args.func(args))
     except PgvaultError as e:
         _report(e, args.json)
-        return e.exit_code
+        return remap(e) if remap else e.exit_code
     except KeyboardInterrupt:
         print("pgvault: interrupted; nothing was published", file=sys.stderr)
         return 130
     except Exception as e:  # noqa: BLE001 - the one place that reports unexpected failures
         log.get().debug("internal error", exc_info=True)
         print(f"pgvault: internal error: {type(e).__name__}: {log.redact(str(e))}", file=sys.stderr)
-        return INTERNAL_ERROR_EXIT
+        return remap(e) if remap else INTERNAL_ERROR_EXIT

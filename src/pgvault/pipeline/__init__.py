@@ -382,3 +382,9 @@ class _Batcher:
             # bytes(): the sink may keep a reference to what it is given; the buffer is reused.
             self._sink.write(bytes(self._buf))
             self._buf.clear()
+
+
+def all_suffixes() -> set[str]:
+    """Every object-name suffix some pipeline can produce (``""``, ``.zst``, ``.gz.age``, ...)."""
+    return {PipelineSpec(compression=c, encryption="none").suffix() + (_AGE_SUFFIX if e == "age" else "")
+            for c in compress.CODECS for e in ENCRYPTIONS}

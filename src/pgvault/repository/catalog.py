@@ -68,7 +68,9 @@ def read_cluster_info(storage: Storage, cluster: str) -> dict[str, Any] | None:
     return doc
 
 
-def ensure_cluster(storage: Storage, cluster: str, *, system_identifier: str, server_major: int) -> None:
+def ensure_cluster(
+    storage: Storage, cluster: str, *, system_identifier: str, server_major: int | None, wal_segment_size: int | None = None
+) -> dict[str, Any]:
     """Create the repository descriptor and the cluster descriptor on first use; afterwards refuse
     a server whose system identifier differs (a different cluster configured under the same name
     would silently mix two clusters' backups, and for WAL it would corrupt recovery)."""
@@ -82,10 +84,12 @@ def ensure_cluster(storage: Storage, cluster: str, *, system_identifier: str, se
         )
     except ObjectExists:
         pass
-    doc = {"cluster": cluster, "system_identifier": system_identifier, "server_major": server_major}
+    doc: dict[str, Any] = {"cluster": cluster, "system_identifier": system_identifier, "server_major": server_major}
+    if wal_segment_size:
+        doc["wal_segment_size"] = wal_segment_size
     try:
         storage.put_if_absent(layout.cluster_key(cluster), json.dumps(doc, indent=2).encode() + b"\n")
-        return
+        return doc
     except ObjectExists:
         pass
     known = read_cluster_info(storage, cluster) or {}
@@ -97,3 +101,9 @@ def ensure_cluster(storage: Storage, cluster: str, *, system_identifier: str, se
             ],
             hint="use a different cluster name (--cluster / PGVAULT_CLUSTER) for a different PostgreSQL cluster",
         )
+    if wal_segment_size and "wal_segment_size" not in known:
+        # First WAL archived for a cluster a logical backup registered: record the segment size.
+        known = {**known, "wal_segment_size": wal_segment_size}
+        with storage.open_write(layout.cluster_key(cluster)) as w:
+            w.write(json.dumps(known, indent=2).encode() + b"\n")
+    return known

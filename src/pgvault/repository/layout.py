@@ -61,6 +61,29 @@ def logical_prefix(cluster: str, backup_id: str) -> str:
     return f"{cluster}/logical/{t:%Y}/{t:%m}/{backup_id}/"
 
 
+def wal_root(cluster: str) -> str:
+    return f"{cluster}/wal/"
+
+
+def _wal_dir(cluster: str, name: str) -> str:
+    # Segments, .partial and backup-history files group by timeline + log id (their first 16 hex
+    # digits) so no single prefix grows without bound; timeline history files sit at the root.
+    return f"{cluster}/wal/" if name.endswith(".history") else f"{cluster}/wal/{name[:16]}/"
+
+
+def wal_object(cluster: str, name: str, suffix: str) -> str:
+    """Key of an archived WAL file, e.g. ``main/wal/0000000100000000/000000010000000000000003.zst.age``."""
+    return _wal_dir(cluster, name) + name + suffix
+
+
+def wal_meta(cluster: str, name: str) -> str:
+    """Key of the JSON sidecar holding an archived WAL file's checksums and pipeline.
+
+    The sidecar is what lets ``wal push`` compare content with what is stored (the archive host
+    holds no private key, so it cannot decrypt the object) and lets ``wal fetch`` verify it."""
+    return _wal_dir(cluster, name) + name + ".json"
+
+
 def lock_key(cluster: str, operation: str) -> str:
     return f"{cluster}/locks/{operation}.lock"
 

@@ -1,0 +1,227 @@
+"""``wal push`` (archive_command) and ``wal fetch`` (restore_command) and their contracts.
+
+PostgreSQL's rules (continuous-archiving docs, "Setting Up WAL Archiving" and "Recovering Using a
+Continuous Archive Backup"):
+
+* archive_command must return 0 only once the file is safely stored: an object store's completed
+  upload or a local fsync + rename, never "queued".  It may be called again for a file it already
+  archived (after a crash); if the stored copy is identical that must succeed, and a file that
+  differs must never replace what is stored: the old copy may be the one a base backup needs.
+* restore_command is asked for files that may legitimately not exist (the next timeline's history
+  file, the segment after the end of the archive) and must then fail; but any *other* failure must
+  not look like "not found", or recovery would take it as the end of the archive and promote,
+  silently skipping committed transactions.  Only a confirmed absence exits 1; everything else exits
+  with a status above 125, which makes PostgreSQL abort recovery instead (pghoard's reasoning).
+
+Each archived file is an object (through the usual pipeline) plus a JSON sidecar with its raw and
+stored checksums.  The archive host has no private key, so comparing content with the stored copy
+is done on the raw sha256 in the sidecar; fetch verifies against it too.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pgvault import log
+from pgvault.errors import ConfigError, IntegrityError, NotFoundError, StorageError, UsageError
+from pgvault.operations.context import Context
+from pgvault.pg import wal
+from pgvault.pg.control import read_major_version, read_segment_header, read_system_identifier
+from pgvault.pipeline import PipelineSpec, StreamResult, all_suffixes, read_stream, write_stream
+from pgvault.repository import layout
+from pgvault.repository.catalog import ensure_cluster, read_cluster_info
+from pgvault.storage import ObjectNotFound
+
+META_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class PushResult:
+    """What ``wal push`` did with one file."""
+
+    name: str
+    key: str
+    already_archived: bool
+    raw_size: int
+    stored_size: int
+
+
+def _raw_digest(path: Path) -> tuple[str, int]:
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+            size += len(chunk)
+    return h.hexdigest(), size
+
+
+def _kind(name: str) -> wal.WalFileKind:
+    try:
+        return wal.classify(name)
+    except wal.WalError as e:
+        raise UsageError(f"not a WAL file name PostgreSQL archives: {e}") from None
+
+
+def _data_dir(pgdata: str | None) -> Path:
+    # PostgreSQL runs archive_command and restore_command with the data directory as cwd.
+    return Path(pgdata) if pgdata else Path.cwd()
+
+
+def _load_meta(ctx: Context, name: str) -> dict[str, Any]:
+    key = layout.wal_meta(ctx.cluster, name)
+    try:
+        doc = json.loads(ctx.storage.read_bytes(key))
+    except ObjectNotFound:
+        raise IntegrityError(f"archived {name} has no checksum record {key}; the archive is damaged") from None
+    except ValueError:
+        raise IntegrityError(f"checksum record {key} is not valid JSON") from None
+    if not isinstance(doc, dict) or doc.get("format") != META_FORMAT:
+        raise IntegrityError(f"checksum record {key} has an unsupported format")
+    return doc
+
+
+def push(ctx: Context, path: str, *, pgdata: str | None = None) -> PushResult:
+    """Archive one WAL file durably; idempotent for identical content, refuses different content."""
+    src = Path(path)
+    name = src.name
+    kind = _kind(name)
+    data_dir = _data_dir(pgdata)
+    if not src.is_absolute():
+        src = data_dir / src
+    if kind in (wal.WalFileKind.SEGMENT, wal.WalFileKind.PARTIAL):
+        header = read_segment_header(src)
+        sysid, seg_size = header.system_identifier, header.segment_size
+    else:
+        sysid, seg_size = read_system_identifier(data_dir), None
+    try:
+        known = read_cluster_info(ctx.storage, ctx.cluster)
+    except StorageError:
+        # A local repository root is created only by the write check (so an unmounted volume is
+        # never mistaken for an empty archive); the first push of a new archive makes it.
+        ctx.storage.check_writable()
+        known = read_cluster_info(ctx.storage, ctx.cluster)
+    if known is None or (seg_size and "wal_segment_size" not in known):
+        known = ensure_cluster(
+            ctx.storage, ctx.cluster, system_identifier=sysid, server_major=read_major_version(data_dir),
+            wal_segment_size=seg_size,
+        )
+    if str(known.get("system_identifier")) != sysid:
+        raise ConfigError(
+            [f"refusing to archive {name}: it belongs to system {sysid}, but cluster {ctx.cluster!r} in "
+             f"{ctx.storage.url} is system {known.get('system_identifier')}"],
+            hint="each PostgreSQL cluster needs its own cluster name (PGVAULT_CLUSTER)",
+        )
+    raw_sha, raw_size = _raw_digest(src)
+    spec = ctx.settings.pipeline()
+    key = layout.wal_object(ctx.cluster, name, spec.suffix())
+    try:
+        meta = _load_meta(ctx, name)
+        stored = meta["key"]
+        ctx.storage.stat(stored)
+    except (IntegrityError, ObjectNotFound, KeyError):
+        meta = None
+    if meta is not None:
+        if meta.get("raw_sha256") == raw_sha and meta.get("raw_size") == raw_size:
+            log.get().info("%s was already archived with identical content", name)
+            return PushResult(name, str(meta["key"]), True, raw_size, int(meta.get("stored_size", 0)))
+        raise IntegrityError(
+            f"{name} is already archived in {ctx.storage.url} with different content "
+            f"(sha256 {str(meta.get('raw_sha256'))[:16]}..., ours {raw_sha[:16]}...); refusing to overwrite it",
+            hint="two servers may be archiving into the same cluster name, or this server was restored without "
+            "a new timeline; investigate before removing anything",
+        )
+    with open(src, "rb") as f, ctx.storage.open_write(key) as writer:
+        result = write_stream(f, writer, spec, threads=0)
+        if result.raw_sha256 != raw_sha:
+            raise IntegrityError(f"{name} changed while it was being archived")
+        # The sidecar goes in before the object is committed: an object is never visible without
+        # the record that lets push compare and fetch verify it.
+        doc = {
+            "format": META_FORMAT,
+            "name": name,
+            "kind": kind.name.lower(),
+            "key": key,
+            "system_identifier": sysid,
+            "pipeline": spec.to_json(),
+            "archived_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+            **result.to_json(),
+        }
+        with ctx.storage.open_write(layout.wal_meta(ctx.cluster, name)) as m:
+            m.write(json.dumps(doc, indent=1).encode())
+    return PushResult(name, key, False, result.raw_size, result.stored_size)
+
+
+def fetch(ctx: Context, name: str, destination: str, *, pgdata: str | None = None) -> StreamResult:
+    """Restore one archived WAL file to ``destination`` (atomically, fsynced).
+
+    Raises :class:`ObjectNotFound` only when the repository confirms the file is absent.
+    """
+    _kind(name)
+    data_dir = _data_dir(pgdata)
+    known = read_cluster_info(ctx.storage, ctx.cluster)
+    if known is None:
+        # Not "file not found": an empty or mistyped repository must stop recovery, not end it.
+        raise NotFoundError(f"cluster {ctx.cluster!r} has no archive in {ctx.storage.url}")
+    if (data_dir / "global" / "pg_control").exists():
+        sysid = read_system_identifier(data_dir)
+        if str(known.get("system_identifier")) != sysid:
+            raise ConfigError(
+                [f"refusing to restore {name}: this data directory is system {sysid}, cluster {ctx.cluster!r} "
+                 f"in {ctx.storage.url} is system {known.get('system_identifier')}"]
+            )
+    meta_key = layout.wal_meta(ctx.cluster, name)
+    try:
+        ctx.storage.stat(meta_key)
+    except ObjectNotFound:
+        # The record is written before the object, so no record means no object, unless someone
+        # deleted records by hand: look once, so that damage is not mistaken for the archive's end.
+        folder = meta_key.rsplit("/", 1)[0] + "/"
+        stored_names = {name + suffix for suffix in all_suffixes()}
+        orphans = [i.key for i in ctx.storage.list(folder) if i.key.rsplit("/", 1)[-1] in stored_names]
+        if orphans:
+            raise IntegrityError(f"{name} is archived as {orphans[0]} but its checksum record is missing") from None
+        raise  # confirmed absent: the one case restore_command may report as "not found"
+    meta = _load_meta(ctx, name)
+    try:
+        ctx.storage.stat(str(meta["key"]))
+    except ObjectNotFound:
+        # A push that died between record and object: PostgreSQL never saw it succeed, so for
+        # recovery the file does not exist (yet).
+        raise ObjectNotFound(f"{name} is not (completely) archived") from None
+    spec = PipelineSpec.from_json(meta["pipeline"])
+    identities = ctx.identities() if spec.encryption != "none" else []
+    dest = Path(destination)
+    if not dest.is_absolute():
+        dest = data_dir / dest
+    fd, tmp = tempfile.mkstemp(prefix=".pgvault-", dir=dest.parent)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            try:
+                src = ctx.storage.open_read(str(meta["key"]))
+            except ObjectNotFound:
+                raise IntegrityError(f"{name}: checksum record exists but object {meta['key']} is missing") from None
+            with src:
+                result = read_stream(src, out, spec, identities=identities, expected=StreamResult.from_json(meta))
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, dest)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    dir_fd = os.open(dest.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return result
