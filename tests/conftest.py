@@ -1,3 +1,3 @@
 """Shared pytest configuration: the real-server fixture plugins (PostgreSQL clusters, SeaweedFS S3)."""
 
-pytest_plugins = ["support.pg_fixtures", "support.s3_fixtures"]
+pytest_plugins = ["support.pg_fixtures", "support.s3_fixtures", "support.launcher"]
