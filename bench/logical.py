@@ -98,6 +98,10 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
+def _loadavg() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 class StepError(RuntimeError):
     """A benchmark step failed (a program exited non-zero, or setup broke)."""
 
@@ -271,6 +275,14 @@ def _kill_live() -> None:
         _LIVE.pop(pid, None)
 
 
+def machine_cpu() -> tuple[float, float]:
+    """(busy, steal) CPU seconds of the whole machine so far, from /proc/stat."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    return (user + nice + system + irq + softirq + steal) / CLK_TCK, steal / CLK_TCK
+
+
 def _postmaster_pid(cluster: PgCluster) -> int:
     return int((cluster.datadir / "postmaster.pid").read_text().splitlines()[0])
 
@@ -306,7 +318,17 @@ class Run:
     procs: list[ProcInfo]
     tree_peak_kb: int
     server_cpu: float
+    machine_busy: float = 0.0  # CPU seconds the whole machine was busy during the run
+    steal: float = 0.0  # of which stolen by the hypervisor
     stdout: str = ""
+
+    def own_cpu(self) -> float:
+        """CPU seconds of the processes this run is about: the measured tree plus the server."""
+        return sum(p.cpu for p in self.procs) + self.server_cpu
+
+    def other_cpu(self) -> float:
+        """CPU seconds used by everything else meanwhile (other users, kernel threads)."""
+        return max(0.0, self.machine_busy - self.steal - self.own_cpu())
 
     def proc(self, name: str) -> list[ProcInfo]:
         return [p for p in self.procs if p.name == name]
@@ -315,6 +337,8 @@ class Run:
         return {
             "wall_s": round(self.wall, 3),
             "server_cpu_s": round(self.server_cpu, 2),
+            "other_cpu_s": round(self.other_cpu(), 2),
+            "steal_s": round(self.steal, 2),
             "tree_peak_rss_mb": round(self.tree_peak_kb / 1024, 1),
             "children": [
                 {"name": c.name, "cpu_s_incl_descendants": round(c.cpu, 2), "ru_maxrss_mb": round(c.maxrss_kb / 1024, 1)}
@@ -355,6 +379,7 @@ class Runner:
             if out_path:
                 opened.append(final_out)
             cpu0 = server_cpu(self.postmaster)
+            busy0, steal0 = machine_cpu()
             t0 = time.monotonic()
             prev: Any = stdin
             for i, argv in enumerate(cmds):
@@ -383,6 +408,7 @@ class Runner:
                 )
                 _LIVE.pop(p.pid, None)
             sampler.stop()
+            busy1, steal1 = machine_cpu()
             time.sleep(0.2)  # let the postmaster reap the backends that served us
             cpu1 = server_cpu(self.postmaster)
         finally:
@@ -406,9 +432,8 @@ class Runner:
             e.unlink(missing_ok=True)
         if capture and out_path:
             out_path.unlink(missing_ok=True)
-        # the python process's name is "python3.11" etc.; name roots by argv[0] for the report
         infos = list(sampler.procs.values())
-        return Run(label, wall, children, infos, sampler.tree_peak_kb, cpu1 - cpu0, text)
+        return Run(label, wall, children, infos, sampler.tree_peak_kb, cpu1 - cpu0, busy1 - busy0, steal1 - steal0, text)
 
 
 # --- realistic data ------------------------------------------------------------------------------
@@ -1058,7 +1083,7 @@ class Bench:
     def run_all(self) -> None:
         a = self.args
         self.info.update(
-            host=platform.node(), cpus=os.cpu_count(), python=platform.python_version(),
+            host=platform.node(), cpus=os.cpu_count(), python=platform.python_version(), loadavg_start=_loadavg(),
             server_major=self.cluster.major, client_bindir=str(self.bindir.path), client_version=self.bindir.version,
             size_gb_requested=a.size_gb, repeat=a.repeat,
             server_settings={**SERVER_SETTINGS, "fsync": "off", "wal_level": "replica"},
@@ -1083,6 +1108,7 @@ class Bench:
             self.restore_psql(rnd)
             self.pgvault_restore("restore_j2", 2, rnd)
             self.pgvault_restore("restore_j1", 1, rnd)
+        self.info["loadavg_end"] = _loadavg()
 
 
 # --- report ------------------------------------------------------------------------------------
@@ -1153,7 +1179,8 @@ def render(bench: Bench, error: str | None) -> str:
     ncpu = info.get("cpus") or 1
     add("")
     add(f"pgvault logical benchmark — PostgreSQL {bench.cluster.bindir.version}, client tools {info.get('client_bindir')}")
-    add(f"host {info.get('host')}: {ncpu} CPUs, Python {info.get('python')}")
+    add(f"host {info.get('host')}: {ncpu} CPUs, Python {info.get('python')}, load average at start "
+        f"{info.get('loadavg_start', '?')}, at end {info.get('loadavg_end', '?')}")
     if data:
         add(f"database {DB}: {data['db_size_bytes'] / MiB:,.0f} MiB (pg_database_size), rows {data['rows']}")
     if "plain_dump_bytes" in info:
@@ -1164,7 +1191,8 @@ def render(bench: Bench, error: str | None) -> str:
         add(f"pgvault: custom-format archive {pv.extra['dump_raw_bytes'] / MiB:,.0f} MiB, stored {ratio:.2f}x smaller "
             f"({pv.extra['pipeline']}; {pv.extra['pg_dump_version']})")
     add("")
-    head = f"{'step':<46} {'wall s':>8} {'stored MiB':>11} {'CPU s: tools':>12} {'server':>7} {'python':>7} {'CPU/wall':>8} {'peak RSS MiB':>18}"
+    head = (f"{'step':<46} {'wall s':>8} {'stored MiB':>11} {'CPU s: tools':>12} {'server':>7} {'python':>7} "
+            f"{'CPU/wall':>8} {'other':>6} {'peak RSS MiB':>18}")
     add(head)
     add("-" * len(head))
     tools = ("pg_dump", "gzip", "psql", "pg_restore", "pg_dumpall")
@@ -1187,28 +1215,33 @@ def render(bench: Bench, error: str | None) -> str:
         walls = "" if len(st.runs) == 1 else "  (" + ", ".join(f"{x.wall:.1f}" for x in st.runs) + ")"
         add(
             f"{st.title[:46]:<46} {r.wall:>8.1f} {stored:>11} {tool_cpu:>12.1f} {r.server_cpu:>7.1f} "
-            f"{py_cpu:>7.1f} {total_cpu / r.wall:>8.2f} {rss:>18}{walls}"
+            f"{py_cpu:>7.1f} {total_cpu / r.wall:>8.2f} {r.other_cpu():>6.1f} {rss:>18}{walls}"
         )
     add("")
     add("CPU/wall: CPU seconds of every process involved (tools + server backends + pgvault's python) per wall")
-    add(f"second; {ncpu:.0f}.00 means all {ncpu} cores busy for the whole run.")
+    add(f"second; {ncpu:.0f}.00 means all {ncpu} cores busy for the whole run. other: CPU seconds used meanwhile by")
+    add("everything else on the machine (other users' processes, kernel threads); well above 0.5 means the run")
+    add("was disturbed and its time is not to be trusted.")
+    steal = sum(r.steal for st in s.values() for r in st.runs)
+    if steal > 0.5:
+        add(f"The hypervisor stole {steal:.1f} CPU seconds during the timed runs.")
     for key in ("pgvault", "pgvault_noexact", "restore_j2", "restore_j1"):
-        st = s.get(key)
-        if not st or not st.runs:
+        step = s.get(key)
+        if not step or not step.runs:
             continue
-        py = _python_proc(st.best)
+        py = _python_proc(step.best)
         if py is None:
             continue
         threads = sorted(py.threads.items(), key=lambda kv: -kv[1])
         main = py.threads.get(py.pid, 0.0)
         others = ", ".join(f"{c:.1f}" for t, c in threads if t != py.pid and c >= 0.05)
         add(f"  {key}: python main thread {main:.1f} s CPU; other threads (zstd workers, ...) {others or '-'}; tree peak RSS "
-            f"{st.best.tree_peak_kb / 1024:.0f} MiB; wait4 ru_maxrss {max(c.maxrss_kb for c in st.best.children) / 1024:.0f} MiB")
+            f"{step.best.tree_peak_kb / 1024:.0f} MiB; wait4 ru_maxrss {max(c.maxrss_kb for c in step.best.children) / 1024:.0f} MiB")
     add("")
-    r = ratios(s)
+    rat = ratios(s)
     add(f"{'ratio':<56} {'value':>8} {'target':>8}  result")
     add("-" * 82)
-    for v in verdicts(r):
+    for v in verdicts(rat):
         val = "-" if v["value"] is None else f"{v['value']:.3f}" if v["key"] != "peak_rss_mb" else f"{v['value']:.1f}"
         label = v["description"] if v["primary"] else "  " + v["description"]
         add(f"{label:<56} {val:>8} {v['target']:>8}  {v['status']}")

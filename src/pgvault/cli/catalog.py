@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from pgvault.cli import context_from, emit
-from pgvault.repository.catalog import list_logical, resolve_logical
+from pgvault.repository.catalog import list_logical, list_physical, resolve_logical
 from pgvault.output import human_bytes, human_duration, table
 
 
@@ -21,7 +21,8 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
 def run_list(args: argparse.Namespace) -> int:
     ctx = context_from(args)
     backups = list_logical(ctx.storage, ctx.cluster)
-    summary = [
+    physical = list_physical(ctx.storage, ctx.cluster)
+    summary: list[dict[str, Any]] = [
         {
             "backup_id": m.backup_id,
             "kind": m.kind,
@@ -37,16 +38,36 @@ def run_list(args: argparse.Namespace) -> int:
         }
         for m in backups
     ]
+    summary += [
+        {
+            "backup_id": p.backup_id,
+            "kind": p.kind,
+            "cluster": p.cluster,
+            "started_at": p.started_at,
+            "finished_at": p.finished_at,
+            "duration_seconds": round(p.duration_seconds, 3),
+            "timeline": p.timeline,
+            "start_lsn": p.start_lsn,
+            "stop_lsn": p.stop_lsn,
+            "raw_size": p.raw_size,
+            "stored_size": p.stored_size,
+            "server_version": p.server_version,
+            "pipeline": p.pipeline.to_json(),
+        }
+        for p in physical
+    ]
+    summary.sort(key=lambda d: (d["started_at"], d["kind"]))
 
     def human() -> str:
-        if not backups:
+        if not summary:
             return f"no backups of cluster {ctx.cluster!r} in {ctx.storage.url}"
         rows = [
-            (m.backup_id, m.kind, m.started_at[:19].replace("T", " "), human_duration(m.duration_seconds),
-             ",".join(d.name for d in m.databases), human_bytes(m.stored_size), m.server_version)
-            for m in backups
+            (d["backup_id"], d["kind"], d["started_at"][:19].replace("T", " "), human_duration(d["duration_seconds"]),
+             ",".join(d["databases"]) if "databases" in d else f"{d['start_lsn']}..{d['stop_lsn']} tl {d['timeline']}",
+             human_bytes(d["stored_size"]), d["server_version"])
+            for d in summary
         ]
-        return table(["id", "kind", "started (UTC)", "took", "databases", "stored", "server"], rows, right=(3, 5))
+        return table(["id", "kind", "started (UTC)", "took", "contents", "stored", "server"], rows, right=(3, 5))
 
     emit(args, "backup_list", {"cluster": ctx.cluster, "repository": ctx.storage.url, "backups": summary}, human)
     return 0

@@ -8,13 +8,37 @@ from typing import Any
 from pgvault.errors import IntegrityError, NotFoundError
 from pgvault.repository import layout
 from pgvault.repository.manifest import LogicalManifest
+from pgvault.repository.physical import PhysicalManifest
 from pgvault.storage import ObjectNotFound, Storage
 
 
 def logical_ids(storage: Storage, cluster: str) -> list[str]:
     """Ids of complete logical backups (those with a manifest), oldest first."""
+    return _ids_under(storage, layout.logical_root(cluster))
+
+
+def physical_ids(storage: Storage, cluster: str) -> list[str]:
+    """Ids of complete base backups (those with a manifest), oldest first."""
+    return _ids_under(storage, layout.base_root(cluster))
+
+
+def load_physical(storage: Storage, cluster: str, backup_id: str) -> PhysicalManifest:
+    """The manifest of one base backup; :class:`NotFoundError` if there is none."""
+    key = layout.base_prefix(cluster, backup_id) + layout.MANIFEST_NAME
+    try:
+        return PhysicalManifest.loads(storage.read_bytes(key), where=key)
+    except ObjectNotFound:
+        raise NotFoundError(f"no base backup {backup_id} for cluster {cluster!r} in {storage.url}") from None
+
+
+def list_physical(storage: Storage, cluster: str) -> list[PhysicalManifest]:
+    """Every complete base backup of ``cluster``, oldest first."""
+    return [load_physical(storage, cluster, i) for i in physical_ids(storage, cluster)]
+
+
+def _ids_under(storage: Storage, root: str) -> list[str]:
     ids = []
-    for info in storage.list(layout.logical_root(cluster)):
+    for info in storage.list(root):
         parts = info.key.split("/")
         if parts[-1] == layout.MANIFEST_NAME and len(parts) >= 2 and layout.is_backup_id(parts[-2]):
             ids.append(parts[-2])

@@ -84,6 +84,16 @@ def wal_meta(cluster: str, name: str) -> str:
     return _wal_dir(cluster, name) + name + ".json"
 
 
+def base_root(cluster: str) -> str:
+    return f"{cluster}/base/"
+
+
+def base_prefix(cluster: str, backup_id: str) -> str:
+    """``<cluster>/base/<id>/``: manifest.json, base.tar.zst.age, tablespace-<oid>.tar.zst.age."""
+    parse_backup_id(backup_id)
+    return f"{cluster}/base/{backup_id}/"
+
+
 def lock_key(cluster: str, operation: str) -> str:
     return f"{cluster}/locks/{operation}.lock"
 

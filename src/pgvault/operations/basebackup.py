@@ -1,0 +1,306 @@
+"""Physical base backups: PostgreSQL's non-exclusive low-level backup API plus our own tar stream.
+
+Why not pg_basebackup: it can stream a tar to stdout only when the cluster has no tablespaces
+besides pg_default (``-D -``); with tablespaces it writes one tar per tablespace into a local
+directory, which would put the whole cluster unencrypted on local disk.  The low-level API
+(``pg_backup_start`` / ``pg_backup_stop`` in one session) lets us read the data directory and each
+tablespace and stream them as standard tar archives through the pipeline, one object each, like
+pgBackRest does.  The price: pgvault must run on the database host (it reads PGDATA), and there is
+no server-generated ``backup_manifest`` (that comes only with the replication protocol's
+BASE_BACKUP); our manifest records every object's size and checksums instead.
+
+Template: start → copy (base, then each tablespace) → stop → add backup_label / tablespace_map to
+the base tar → check the needed WAL is in *our* archive → manifest (written last).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import os
+import socket
+import stat
+import tarfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Callable, Iterator
+
+import pgvault
+from pgvault import log
+from pgvault.errors import ConfigError, DatabaseError, PgvaultError, UsageError
+from pgvault.operations.context import Context
+from pgvault.pg import wal
+from pgvault.pg.conn import connect, server_facts
+from pgvault.pipeline import PipelineSpec, write_stream
+from pgvault.repository import layout
+from pgvault.repository.catalog import ensure_cluster
+from pgvault.repository.locks import RepositoryLock
+from pgvault.repository.manifest import StoredObject
+from pgvault.repository.physical import PhysicalManifest, TablespaceEntry
+from pgvault.storage import ObjectNotFound
+
+LOCK_OPERATION = "base-backup"
+
+# What pg_basebackup leaves out (src/backend/backup/basebackup.c: excludeDirContents,
+# excludeFiles): runtime state that is rebuilt at start-up or must not be restored.
+_EXCLUDE_DIR_CONTENTS = {
+    "pg_wal", "pg_wal/archive_status", "pg_wal/summaries", "pg_dynshmem", "pg_notify", "pg_replslot", "pg_serial", "pg_snapshots", "pg_stat_tmp", "pg_subtrans",
+}
+_EXCLUDE_FILES = {
+    "postmaster.pid", "postmaster.opts", "pg_internal.init", "backup_label", "backup_label.old",
+    "tablespace_map", "backup_manifest", "standby.signal", "recovery.signal", "current_logfiles",
+    "postgresql.auto.conf.tmp",
+}
+_COPY_BUF = 1 << 20
+
+
+class _Padded:
+    """Reads exactly ``size`` bytes from a file that may shrink while we copy it (PostgreSQL may
+    truncate a relation during a hot backup; WAL replay restores the truth), padding with zeros."""
+
+    def __init__(self, f: IO[bytes], size: int) -> None:
+        self.f = f
+        self.left = size
+
+    def read(self, n: int = -1) -> bytes:
+        want = self.left if n < 0 else min(n, self.left)
+        data = self.f.read(want)
+        if len(data) < want:
+            data += b"\0" * (want - len(data))
+        self.left -= len(data)
+        return data
+
+
+def _walk(root: Path, *, exclude_contents: bool) -> Iterator[Path]:
+    """Every path below ``root`` in a stable order, minus PostgreSQL's runtime files."""
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        rel = Path(dirpath).relative_to(root)
+        dirnames.sort()
+        if exclude_contents and str(rel) in _EXCLUDE_DIR_CONTENTS:
+            dirnames[:] = [d for d in dirnames if d in ("archive_status", "summaries")] if str(rel) == "pg_wal" else []
+            filenames = []
+        if exclude_contents and str(rel) == "pg_tblspc":
+            filenames = sorted(dirnames + filenames)  # tablespace links are recorded as symlinks
+            dirnames[:] = []
+        dirnames[:] = [d for d in dirnames if not d.startswith("pgsql_tmp")]
+        for d in dirnames:
+            yield Path(dirpath) / d
+        for name in sorted(filenames):
+            if name in _EXCLUDE_FILES or name.startswith("pgsql_tmp"):
+                continue
+            yield Path(dirpath) / name
+
+
+def _write_tar(out: IO[bytes], root: Path, *, base: bool, extra: Callable[[], dict[str, bytes]]) -> int:
+    """Stream ``root`` as a tar into ``out``; ``extra()`` supplies files appended at the end."""
+    count = 0
+    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        tar.copybufsize = _COPY_BUF  # type: ignore[attr-defined]
+        for path in _walk(root, exclude_contents=base):
+            arcname = str(path.relative_to(root))
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                continue  # dropped while we walked: WAL replay knows
+            info = tarfile.TarInfo(arcname)
+            info.mode = stat.S_IMODE(st.st_mode)
+            info.mtime = int(st.st_mtime)
+            info.uid, info.gid = st.st_uid, st.st_gid
+            if stat.S_ISDIR(st.st_mode):
+                info.type = tarfile.DIRTYPE
+                tar.addfile(info)
+            elif stat.S_ISLNK(st.st_mode) and base and arcname == "pg_wal":
+                # initdb --waldir: the restored cluster gets a plain pg_wal directory, as with pg_basebackup.
+                info.type = tarfile.DIRTYPE
+                info.mode = 0o700
+                tar.addfile(info)
+            elif stat.S_ISLNK(st.st_mode):
+                info.type = tarfile.SYMTYPE
+                info.linkname = os.readlink(path)
+                tar.addfile(info)
+            elif stat.S_ISREG(st.st_mode):
+                try:
+                    f = open(path, "rb")
+                except FileNotFoundError:
+                    continue
+                with f:
+                    info.size = st.st_size
+                    tar.addfile(info, _Padded(f, st.st_size))
+                count += 1
+        for name, data in extra().items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mode = 0o600
+            info.mtime = int(time.time())
+            tar.addfile(info, io.BytesIO(data))
+            count += 1
+    return count
+
+
+def _stream_tar(
+    ctx: Context, key: str, label: str, root: Path, spec: PipelineSpec, *, base: bool,
+    extra: Callable[[], dict[str, bytes]] = dict,
+) -> tuple[StoredObject, int]:
+    """Tar ``root`` in a thread into a pipe; the pipeline reads the pipe into ``key``."""
+    rfd, wfd = os.pipe()
+    result: dict[str, Any] = {}
+
+    def produce() -> None:
+        try:
+            with os.fdopen(wfd, "wb", buffering=_COPY_BUF) as out:
+                result["files"] = _write_tar(out, root, base=base, extra=extra)
+        except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+            result["error"] = e
+
+    producer = threading.Thread(target=produce, name=f"tar-{label}", daemon=True)
+    producer.start()
+    try:
+        with os.fdopen(rfd, "rb", buffering=0) as src, ctx.storage.open_write(key) as writer:
+            stream = write_stream(src, writer, spec, threads=ctx.settings.compression_threads)
+            producer.join()
+            if "error" in result:
+                raise result["error"]
+    finally:
+        producer.join(timeout=5)
+    return StoredObject(name=label, key=key.rsplit("/", 1)[-1], result=stream), int(result.get("files", 0))
+
+
+@dataclass(frozen=True)
+class _Started:
+    lsn: wal.LSN
+    timeline: int
+
+
+def _wait_for_archive(ctx: Context, tli: int, start: wal.LSN, stop: wal.LSN, seg_size: int, timeout: float) -> list[str]:
+    """Block until every segment the backup needs is in this repository; return their names."""
+    needed = list(wal.segments_between(tli, start, stop, seg_size))
+    deadline = time.monotonic() + timeout
+    missing = list(needed)
+    while missing:
+        still = []
+        for name in missing:
+            try:
+                ctx.storage.stat(layout.wal_meta(ctx.cluster, name))
+            except ObjectNotFound:
+                still.append(name)
+        missing = still
+        if missing:
+            if time.monotonic() > deadline:
+                raise PgvaultError(
+                    f"WAL {missing[0]}{' .. ' + missing[-1] if len(missing) > 1 else ''} needed by the base backup "
+                    f"did not reach {ctx.storage.url} within {timeout:.0f}s",
+                    hint="is archive_command = 'pgvault wal push %p' set, with the same repository and cluster?",
+                )
+            time.sleep(0.5)
+    return needed
+
+
+def basebackup(ctx: Context, *, pgdata: str | None = None, fast: bool = True, archive_timeout: float = 300.0) -> PhysicalManifest:
+    """Take a base backup of the cluster whose data directory this host can read."""
+    logger = log.get()
+    conn = connect(ctx.conn, autocommit=True)
+    try:
+        facts = server_facts(conn)
+        if facts.major < 15:
+            raise UsageError("base backups need PostgreSQL 15 or newer (pg_backup_start)")
+        settings = dict(conn.execute(
+            "SELECT name, setting FROM pg_settings WHERE name IN ('data_directory', 'archive_mode', 'wal_segment_size')"
+        ).fetchall())
+        data_dir = Path(pgdata or settings.get("data_directory", ""))
+        if not (data_dir / "PG_VERSION").exists():
+            raise ConfigError([f"cannot read the data directory {data_dir}: pgvault basebackup runs on the database host"],
+                              hint="pass --pgdata if the server reports a path this host sees differently")
+        if settings.get("archive_mode") == "off":
+            raise ConfigError(["archive_mode is off: a base backup without archived WAL cannot be restored"],
+                              hint="set archive_mode = on and archive_command = 'pgvault wal push %p'")
+        seg_size = int(settings["wal_segment_size"])
+        spaces = [(str(r[0]), str(r[1]), str(r[2])) for r in conn.execute(
+            "SELECT oid::text, spcname, pg_tablespace_location(oid) FROM pg_tablespace"
+            " WHERE spcname NOT IN ('pg_default', 'pg_global') ORDER BY oid"
+        ).fetchall()]
+        spec = ctx.settings.pipeline()
+        ctx.storage.check_writable()
+        ensure_cluster(ctx.storage, ctx.cluster, system_identifier=facts.system_identifier, server_major=facts.major,
+                       wal_segment_size=seg_size)
+        with RepositoryLock(ctx.storage, ctx.cluster, LOCK_OPERATION):
+            started_at = dt.datetime.now(dt.timezone.utc)
+            t0 = time.monotonic()
+            backup_id = layout.new_backup_id(started_at)
+            prefix = layout.base_prefix(ctx.cluster, backup_id)
+            label = f"pgvault {backup_id}"
+            row = conn.execute("SELECT pg_backup_start(%s, %s)::text", (label, fast)).fetchone()
+            assert row is not None
+            start = wal.LSN.parse(str(row[0]))
+            logger.info("base backup %s started at %s (%s)", backup_id, start, data_dir)
+            stopped: dict[str, str] = {}
+            tablespaces = []
+            try:
+                for oid, name, location in spaces:
+                    obj, files = _stream_tar(ctx, f"{prefix}tablespace-{oid}.tar{spec.suffix()}", f"tablespace {name}",
+                                             Path(location), spec, base=False)
+                    tablespaces.append(TablespaceEntry(oid=oid, name=name, location=location, object=obj, files=files))
+
+                def stop() -> dict[str, bytes]:
+                    # pg_backup_stop switches to a new segment. We do not let it wait for the archive
+                    # (wait_for_archive waits forever if archive_command keeps failing); instead
+                    # we wait, bounded, until the segments are in *our* repository.
+                    r = conn.execute("SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop(false)").fetchone()
+                    assert r is not None
+                    stopped.update(lsn=str(r[0]), label=str(r[1]), spcmap=str(r[2] or ""))
+                    files = {"backup_label": stopped["label"].encode()}
+                    if stopped["spcmap"]:
+                        files["tablespace_map"] = stopped["spcmap"].encode()
+                    return files
+
+                base_obj, base_files = _stream_tar(ctx, f"{prefix}base.tar{spec.suffix()}", "base", data_dir, spec,
+                                                   base=True, extra=stop)
+            except BaseException:
+                if not stopped:
+                    try:
+                        conn.execute("SELECT pg_backup_stop(false)")
+                    except Exception:  # noqa: BLE001 - the session may be gone; it aborts the backup itself
+                        pass
+                raise
+            stop_lsn = wal.LSN.parse(stopped["lsn"])
+            timeline = _label_timeline(stopped["label"])
+            needed = _wait_for_archive(ctx, timeline, start, stop_lsn, seg_size, archive_timeout)
+            manifest = PhysicalManifest(
+                backup_id=backup_id,
+                cluster=ctx.cluster,
+                system_identifier=facts.system_identifier,
+                server_version=facts.version,
+                server_version_num=facts.version_num,
+                wal_segment_size=seg_size,
+                timeline=timeline,
+                start_lsn=str(start),
+                stop_lsn=str(stop_lsn),
+                first_wal=needed[0],
+                last_wal=needed[-1],
+                started_at=started_at.isoformat(),
+                finished_at=dt.datetime.now(dt.timezone.utc).isoformat(),
+                duration_seconds=time.monotonic() - t0,
+                backup_label=stopped["label"],
+                tablespace_map=stopped["spcmap"],
+                pipeline=spec,
+                base=base_obj,
+                base_files=base_files,
+                tablespaces=tuple(tablespaces),
+                host=socket.gethostname(),
+                pgvault_version=pgvault.__version__,
+            )
+            with ctx.storage.open_write(prefix + layout.MANIFEST_NAME) as w:
+                w.write(manifest.dumps())
+            return manifest
+    except DatabaseError:
+        raise
+    finally:
+        conn.close()
+
+
+def _label_timeline(label: str) -> int:
+    for line in label.splitlines():
+        if line.startswith("START TIMELINE:"):
+            return int(line.split(":", 1)[1])
+    raise PgvaultError("backup_label from pg_backup_stop has no START TIMELINE line")

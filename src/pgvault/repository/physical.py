@@ -1,0 +1,127 @@
+"""The manifest of a physical base backup (``{"format": 1, "kind": "physical", ...}``)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from pgvault.errors import IntegrityError
+from pgvault.pipeline import PipelineSpec
+from pgvault.repository.manifest import MANIFEST_FORMAT, StoredObject
+
+
+@dataclass(frozen=True)
+class TablespaceEntry:
+    """One user tablespace: where it lived, and its tar object."""
+
+    oid: str
+    name: str
+    location: str
+    object: StoredObject
+    files: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"oid": self.oid, "name": self.name, "location": self.location, "files": self.files,
+                "object": self.object.to_json()}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "TablespaceEntry":
+        return cls(str(d["oid"]), d["name"], d["location"], StoredObject.from_json(d["object"]), int(d.get("files", 0)))
+
+
+@dataclass(frozen=True)
+class PhysicalManifest:
+    """A complete base backup: restorable once the WAL from ``first_wal`` to ``last_wal`` is archived
+    (checked before this manifest was written)."""
+
+    backup_id: str
+    cluster: str
+    system_identifier: str
+    server_version: str
+    server_version_num: int
+    wal_segment_size: int
+    timeline: int
+    start_lsn: str
+    stop_lsn: str
+    first_wal: str
+    last_wal: str
+    started_at: str
+    finished_at: str
+    duration_seconds: float
+    backup_label: str
+    tablespace_map: str
+    pipeline: PipelineSpec
+    base: StoredObject
+    base_files: int
+    tablespaces: tuple[TablespaceEntry, ...]
+    host: str
+    pgvault_version: str
+    kind: str = "physical"
+
+    def objects(self) -> list[StoredObject]:
+        return [self.base] + [t.object for t in self.tablespaces]
+
+    @property
+    def raw_size(self) -> int:
+        return sum(o.result.raw_size for o in self.objects())
+
+    @property
+    def stored_size(self) -> int:
+        return sum(o.result.stored_size for o in self.objects())
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": MANIFEST_FORMAT,
+            "kind": self.kind,
+            "backup_id": self.backup_id,
+            "cluster": self.cluster,
+            "system_identifier": self.system_identifier,
+            "server_version": self.server_version,
+            "server_version_num": self.server_version_num,
+            "wal_segment_size": self.wal_segment_size,
+            "timeline": self.timeline,
+            "start_lsn": self.start_lsn,
+            "stop_lsn": self.stop_lsn,
+            "first_wal": self.first_wal,
+            "last_wal": self.last_wal,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "duration_seconds": round(self.duration_seconds, 3),
+            "backup_label": self.backup_label,
+            "tablespace_map": self.tablespace_map,
+            # Only BASE_BACKUP over the replication protocol produces a server backup_manifest;
+            # the low-level API we use does not (see operations/basebackup.py).
+            "server_backup_manifest": None,
+            "pipeline": self.pipeline.to_json(),
+            "raw_size": self.raw_size,
+            "stored_size": self.stored_size,
+            "base": {"files": self.base_files, "object": self.base.to_json()},
+            "tablespaces": [t.to_json() for t in self.tablespaces],
+            "host": self.host,
+            "pgvault_version": self.pgvault_version,
+        }
+
+    def dumps(self) -> bytes:
+        return (json.dumps(self.to_json(), indent=2) + "\n").encode("utf-8")
+
+    @classmethod
+    def loads(cls, data: bytes, *, where: str) -> "PhysicalManifest":
+        try:
+            d = json.loads(data)
+            if not isinstance(d, dict) or d.get("format") != MANIFEST_FORMAT or d.get("kind") != "physical":
+                raise IntegrityError(f"manifest {where} is not a format-{MANIFEST_FORMAT} physical manifest")
+            return cls(
+                backup_id=d["backup_id"], cluster=d["cluster"], system_identifier=str(d["system_identifier"]),
+                server_version=d["server_version"], server_version_num=int(d["server_version_num"]),
+                wal_segment_size=int(d["wal_segment_size"]), timeline=int(d["timeline"]),
+                start_lsn=d["start_lsn"], stop_lsn=d["stop_lsn"], first_wal=d["first_wal"], last_wal=d["last_wal"],
+                started_at=d["started_at"], finished_at=d["finished_at"], duration_seconds=float(d["duration_seconds"]),
+                backup_label=d["backup_label"], tablespace_map=d.get("tablespace_map", ""),
+                pipeline=PipelineSpec.from_json(d["pipeline"]), base=StoredObject.from_json(d["base"]["object"]),
+                base_files=int(d["base"].get("files", 0)),
+                tablespaces=tuple(TablespaceEntry.from_json(t) for t in d.get("tablespaces", [])),
+                host=d.get("host", ""), pgvault_version=d.get("pgvault_version", ""),
+            )
+        except (ValueError, KeyError, TypeError) as e:
+            raise IntegrityError(f"manifest {where} is unreadable: {type(e).__name__}: {e}") from None
