@@ -1245,6 +1245,11 @@ def render(bench: Bench, error: str | None) -> str:
         val = "-" if v["value"] is None else f"{v['value']:.3f}" if v["key"] != "peak_rss_mb" else f"{v['value']:.1f}"
         label = v["description"] if v["primary"] else "  " + v["description"]
         add(f"{label:<56} {val:>8} {v['target']:>8}  {v['status']}")
+    disturbed = [st.title for st in s.values() if st.runs and st.best.other_cpu() > 1.0]
+    if disturbed:
+        add("")
+        add("WARNING: other work used more than 1 CPU second during the fastest run of: " + "; ".join(disturbed))
+        add("         The machine was busy; those walls and ratios are not representative. Re-run when it is idle.")
     add("")
     add("Caveats:")
     for c in CAVEATS:
@@ -1263,6 +1268,7 @@ def to_json(bench: Bench, error: str | None) -> str:
         "info": bench.info,
         "steps": {k: v.to_json() for k, v in bench.steps.items()},
         "ratios": verdicts(r),
+        "disturbed_steps": [k for k, st in bench.steps.items() if st.runs and st.best.other_cpu() > 1.0],
         "caveats": CAVEATS,
         "error": error,
     }

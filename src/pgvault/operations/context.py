@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 from pgvault.config import Settings
 from pgvault.errors import ConfigError
 from pgvault.pg.conn import ConnInfo
 from pgvault.pipeline import load_identities
 from pgvault.storage import Storage, open_storage
-from pgvault.storage.s3 import S3Settings
+
+if TYPE_CHECKING:
+    from pgvault.storage.s3 import S3Settings
 
 
 @dataclass(frozen=True)
@@ -49,8 +51,10 @@ class Context:
         )
 
 
-def s3_settings(s: Settings) -> S3Settings:
+def s3_settings(s: Settings) -> "S3Settings":
     """Storage-layer S3 settings from the config (credentials stay with boto3's usual chain)."""
+    from pgvault.storage.s3 import S3Settings  # boto3 costs ~70 ms and 12 MB: only for s3://
+
     return S3Settings(
         endpoint_url=s.s3.endpoint_url,
         region=s.s3.region,
@@ -64,5 +68,6 @@ def s3_settings(s: Settings) -> S3Settings:
 def build_context(settings: Settings, environ: Mapping[str, str] | None = None) -> Context:
     """Open the repository and gather connection parameters; does not connect yet."""
     env = dict(os.environ if environ is None else environ)
-    storage = open_storage(settings.repository_url, s3=s3_settings(settings))
+    s3 = s3_settings(settings) if settings.repository_url.startswith("s3://") else None
+    storage = open_storage(settings.repository_url, s3=s3)
     return Context(settings=settings, storage=storage, conn=ConnInfo.from_dsn(settings.dsn, env), environ=env)
