@@ -16,6 +16,7 @@ an operator can undo it by hand when pgvault itself is unavailable.
 from __future__ import annotations
 
 import zlib
+from abc import ABC, abstractmethod
 from typing import IO, Protocol, cast
 
 import zstandard
@@ -34,7 +35,7 @@ class Decompressor(Protocol):
     def finish(self) -> None: ...
 
 
-class Codec:
+class Codec(ABC):
     """One compression format: its name, file suffix, levels and the two stream stages."""
 
     name: str = ""
@@ -51,13 +52,13 @@ class Codec:
             return f"{self.name} level must be between {self.min_level} and {self.max_level} (got {level})"
         return None
 
+    @abstractmethod
     def compressing_reader(self, source: SupportsRead, *, level: int | None, threads: int, chunk_size: int) -> SupportsRead:
         """Return a reader whose ``read`` yields the compressed form of everything in ``source``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def decompressing_writer(self, sink: SupportsWrite, *, chunk_size: int) -> Decompressor:
         """Return a writer that decompresses what it is given into ``sink``."""
-        raise NotImplementedError
 
 
 # --- zstd -------------------------------------------------------------------------------------

@@ -32,6 +32,21 @@ class StoredObject:
         return cls(name=d["name"], key=d["key"], result=StreamResult.from_json(d))
 
 
+class SizedBackup:
+    """Sizes of a backup, summed over its stored objects (shared by logical and physical)."""
+
+    def objects(self) -> list[StoredObject]:
+        raise TypeError(f"{type(self).__name__} must define objects()")
+
+    @property
+    def raw_size(self) -> int:
+        return sum(o.result.raw_size for o in self.objects())
+
+    @property
+    def stored_size(self) -> int:
+        return sum(o.result.stored_size for o in self.objects())
+
+
 @dataclass(frozen=True)
 class TableCount:
     """Rows of one table, counted in the dump's snapshot (or estimated when ``exact`` is off)."""
@@ -85,7 +100,7 @@ class DatabaseEntry:
 
 
 @dataclass(frozen=True)
-class LogicalManifest:
+class LogicalManifest(SizedBackup):
     """A complete logical backup."""
 
     backup_id: str
@@ -109,14 +124,6 @@ class LogicalManifest:
     def database(self, name: str) -> DatabaseEntry | None:
         """The entry of database ``name``, if this backup has it."""
         return next((d for d in self.databases if d.name == name), None)
-
-    @property
-    def raw_size(self) -> int:
-        return sum(o.result.raw_size for o in self.objects())
-
-    @property
-    def stored_size(self) -> int:
-        return sum(o.result.stored_size for o in self.objects())
 
     def objects(self) -> list[StoredObject]:
         """Every stored object of the backup."""

@@ -8,7 +8,7 @@ from typing import Any
 
 from pgvault.errors import IntegrityError
 from pgvault.pipeline import PipelineSpec
-from pgvault.repository.manifest import MANIFEST_FORMAT, StoredObject
+from pgvault.repository.manifest import MANIFEST_FORMAT, SizedBackup, StoredObject
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ class TablespaceEntry:
 
 
 @dataclass(frozen=True)
-class PhysicalManifest:
+class PhysicalManifest(SizedBackup):
     """A complete base backup: restorable once the WAL from ``first_wal`` to ``last_wal`` is archived
     (checked before this manifest was written)."""
 
@@ -60,15 +60,8 @@ class PhysicalManifest:
     kind: str = "physical"
 
     def objects(self) -> list[StoredObject]:
+        """Every stored object of the backup."""
         return [self.base] + [t.object for t in self.tablespaces]
-
-    @property
-    def raw_size(self) -> int:
-        return sum(o.result.raw_size for o in self.objects())
-
-    @property
-    def stored_size(self) -> int:
-        return sum(o.result.stored_size for o in self.objects())
 
     def to_json(self) -> dict[str, Any]:
         return {
