@@ -119,7 +119,6 @@ def push(ctx: Context, path: str, *, pgdata: str | None = None) -> PushResult:
              f"{ctx.storage.url} is system {known.get('system_identifier')}"],
             hint="each PostgreSQL cluster needs its own cluster name (PGVAULT_CLUSTER)",
         )
-    raw_sha, raw_size = _raw_digest(src)
     spec = ctx.settings.pipeline()
     key = layout.wal_object(ctx.cluster, name, spec.suffix())
     try:
@@ -129,6 +128,9 @@ def push(ctx: Context, path: str, *, pgdata: str | None = None) -> PushResult:
     except (IntegrityError, ObjectNotFound, KeyError):
         meta = None
     if meta is not None:
+        # Only a retry (the file is already stored) needs a separate read to compare content; the
+        # normal path hashes while it uploads, so each segment is read once.
+        raw_sha, raw_size = _raw_digest(src)
         if meta.get("raw_sha256") == raw_sha and meta.get("raw_size") == raw_size:
             log.get().info("%s was already archived with identical content", name)
             return PushResult(name, str(meta["key"]), True, raw_size, int(meta.get("stored_size", 0)))
@@ -140,8 +142,6 @@ def push(ctx: Context, path: str, *, pgdata: str | None = None) -> PushResult:
         )
     with open(src, "rb") as f, ctx.storage.open_write(key) as writer:
         result = write_stream(f, writer, spec, threads=0)
-        if result.raw_sha256 != raw_sha:
-            raise IntegrityError(f"{name} changed while it was being archived")
         # The sidecar goes in before the object is committed: an object is never visible without
         # the record that lets push compare and fetch verify it.
         doc = {
