@@ -280,3 +280,27 @@ def validate(s: Settings) -> list[str]:
 def describe() -> list[tuple[str, str, str]]:
     """(setting, environment variable, meaning) for every setting, for help and docs."""
     return [(s.path, s.env, s.doc) for s in SETTINGS]
+
+
+def fetch_environment(s: Settings) -> dict[str, str]:
+    """The non-secret settings a restored server's ``restore_command`` needs, as environment
+    variables.  Secrets (the age key itself, S3 credentials) are never included: the server inherits
+    them from its own environment.  A relative repository path is made absolute, because PostgreSQL
+    runs restore_command in the data directory."""
+    url = s.repository_url
+    if "://" not in url:
+        url = str(Path(url).resolve())
+    env = {"PGVAULT_CLUSTER": s.cluster, "PGVAULT_REPOSITORY_URL": url}
+    if s.s3.endpoint_url:
+        env["PGVAULT_REPOSITORY_S3_ENDPOINT_URL"] = s.s3.endpoint_url
+    if s.s3.region:
+        env["PGVAULT_REPOSITORY_S3_REGION"] = s.s3.region
+    if s.s3.force_path_style:
+        env["PGVAULT_REPOSITORY_S3_FORCE_PATH_STYLE"] = "true"
+    if s.s3.profile:
+        env["PGVAULT_REPOSITORY_S3_PROFILE"] = s.s3.profile
+    if s.age_identity_file:
+        env["PGVAULT_ENCRYPTION_AGE_IDENTITY_FILE"] = str(Path(s.age_identity_file).resolve())
+    if s.pg_bin_dirs:
+        env["PGVAULT_POSTGRES_BIN_DIRS"] = ",".join(s.pg_bin_dirs)
+    return env

@@ -110,6 +110,13 @@ class TargetExistsError(PgvaultError):
     kind = "target_exists"
 
 
+class RecoveryError(PgvaultError):
+    """A restored server failed to recover (WAL missing or corrupt, target not reached, start-up failed)."""
+
+    exit_code = 12
+    kind = "recovery"
+
+
 class InterruptedError_(PgvaultError):
     """The operation was interrupted by a signal; nothing was published."""
 

@@ -17,7 +17,7 @@ from .conftest import AgeKey, make_age_key
 
 def _finished_segment(cluster) -> str:  # type: ignore[no-untyped-def]
     """Name of a WAL segment the server has just finished writing."""
-    cluster.psql(f"CREATE TABLE IF NOT EXISTS walgen(i int); INSERT INTO walgen SELECT generate_series(1, 1000)")
+    cluster.psql("CREATE TABLE IF NOT EXISTS walgen(i int); INSERT INTO walgen SELECT generate_series(1, 1000)")
     return str(cluster.psql("SELECT pg_walfile_name(pg_switch_wal())"))
 
 

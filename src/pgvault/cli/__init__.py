@@ -56,7 +56,7 @@ def emit(args: argparse.Namespace, kind: str, payload: dict[str, Any], human: Ca
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from pgvault.cli import backup, basebackup, catalog, config_cmd, restore, wal
+    from pgvault.cli import backup, basebackup, catalog, config_cmd, restore, restore_cluster, wal
 
     common = common_options()
     parser = argparse.ArgumentParser(
@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"pgvault {pgvault.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (backup, basebackup, catalog, restore, wal, config_cmd):
+    for module in (backup, basebackup, catalog, restore, restore_cluster, wal, config_cmd):
         module.register(sub, common)
     return parser
 

@@ -25,12 +25,13 @@ import hashlib
 import json
 import os
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pgvault import log
-from pgvault.errors import ConfigError, IntegrityError, NotFoundError, StorageError, UsageError
+from pgvault.errors import ConfigError, IntegrityError, NotFoundError, PgvaultError, StorageError, UsageError
 from pgvault.operations.context import Context
 from pgvault.pg import wal
 from pgvault.pg.control import read_major_version, read_segment_header, read_system_identifier
@@ -154,6 +155,9 @@ def push(ctx: Context, path: str, *, pgdata: str | None = None) -> PushResult:
             "archived_at": dt.datetime.now(dt.timezone.utc).isoformat(),
             **result.to_json(),
         }
+        if kind is wal.WalFileKind.HISTORY:
+            # Tiny and not secret: planning a recovery (and 'list') reads it without the private key.
+            doc["history"] = src.read_text(encoding="utf-8", errors="replace")
         with ctx.storage.open_write(layout.wal_meta(ctx.cluster, name)) as m:
             m.write(json.dumps(doc, indent=1).encode())
     return PushResult(name, key, False, result.raw_size, result.stored_size)
@@ -225,3 +229,25 @@ def fetch(ctx: Context, name: str, destination: str, *, pgdata: str | None = Non
     finally:
         os.close(dir_fd)
     return result
+
+
+def wait_for_archived(ctx: Context, names: list[str], timeout: float, *, what: str) -> None:
+    """Block until every file in ``names`` is in this repository (its checksum record exists)."""
+    deadline = time.monotonic() + timeout
+    missing = list(names)
+    while missing:
+        still = []
+        for name in missing:
+            try:
+                ctx.storage.stat(layout.wal_meta(ctx.cluster, name))
+            except ObjectNotFound:
+                still.append(name)
+        missing = still
+        if missing:
+            if time.monotonic() > deadline:
+                raise PgvaultError(
+                    f"WAL {missing[0]}{' .. ' + missing[-1] if len(missing) > 1 else ''} needed by {what} "
+                    f"did not reach {ctx.storage.url} within {timeout:.0f}s",
+                    hint="is archive_command = 'pgvault wal push %p' set, with the same repository and cluster?",
+                )
+            time.sleep(0.5)

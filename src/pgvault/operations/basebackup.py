@@ -30,6 +30,7 @@ from typing import IO, Any, Callable, Iterator
 import pgvault
 from pgvault import log
 from pgvault.errors import ConfigError, DatabaseError, PgvaultError, UsageError
+from pgvault.operations.archive import wait_for_archived
 from pgvault.operations.context import Context
 from pgvault.pg import wal
 from pgvault.pg.conn import connect, server_facts
@@ -39,7 +40,6 @@ from pgvault.repository.catalog import ensure_cluster
 from pgvault.repository.locks import RepositoryLock
 from pgvault.repository.manifest import StoredObject
 from pgvault.repository.physical import PhysicalManifest, TablespaceEntry
-from pgvault.storage import ObjectNotFound
 
 LOCK_OPERATION = "base-backup"
 
@@ -129,10 +129,12 @@ def _write_tar(out: IO[bytes], root: Path, *, base: bool, extra: Callable[[], di
                     info.size = st.st_size
                     tar.addfile(info, _Padded(f, st.st_size))
                 count += 1
+        owner = os.stat(root)
         for name, data in extra().items():
             info = tarfile.TarInfo(name)
             info.size = len(data)
             info.mode = 0o600
+            info.uid, info.gid = owner.st_uid, owner.st_gid
             info.mtime = int(time.time())
             tar.addfile(info, io.BytesIO(data))
             count += 1
@@ -171,30 +173,6 @@ def _stream_tar(
 class _Started:
     lsn: wal.LSN
     timeline: int
-
-
-def _wait_for_archive(ctx: Context, tli: int, start: wal.LSN, stop: wal.LSN, seg_size: int, timeout: float) -> list[str]:
-    """Block until every segment the backup needs is in this repository; return their names."""
-    needed = list(wal.segments_between(tli, start, stop, seg_size))
-    deadline = time.monotonic() + timeout
-    missing = list(needed)
-    while missing:
-        still = []
-        for name in missing:
-            try:
-                ctx.storage.stat(layout.wal_meta(ctx.cluster, name))
-            except ObjectNotFound:
-                still.append(name)
-        missing = still
-        if missing:
-            if time.monotonic() > deadline:
-                raise PgvaultError(
-                    f"WAL {missing[0]}{' .. ' + missing[-1] if len(missing) > 1 else ''} needed by the base backup "
-                    f"did not reach {ctx.storage.url} within {timeout:.0f}s",
-                    hint="is archive_command = 'pgvault wal push %p' set, with the same repository and cluster?",
-                )
-            time.sleep(0.5)
-    return needed
 
 
 def basebackup(ctx: Context, *, pgdata: str | None = None, fast: bool = True, archive_timeout: float = 300.0) -> PhysicalManifest:
@@ -246,9 +224,13 @@ def basebackup(ctx: Context, *, pgdata: str | None = None, fast: bool = True, ar
                     # pg_backup_stop switches to a new segment. We do not let it wait for the archive
                     # (wait_for_archive waits forever if archive_command keeps failing); instead
                     # we wait, bounded, until the segments are in *our* repository.
-                    r = conn.execute("SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop(false)").fetchone()
+                    r = conn.execute(
+                        "SELECT lsn::text, labelfile, spcmapfile, clock_timestamp(),"
+                        " pg_snapshot_xmax(pg_current_snapshot())::text FROM pg_backup_stop(false)"
+                    ).fetchone()
                     assert r is not None
-                    stopped.update(lsn=str(r[0]), label=str(r[1]), spcmap=str(r[2] or ""))
+                    stopped.update(lsn=str(r[0]), label=str(r[1]), spcmap=str(r[2] or ""),
+                                   time=r[3].astimezone(dt.timezone.utc).isoformat(), next_xid=str(r[4]))
                     files = {"backup_label": stopped["label"].encode()}
                     if stopped["spcmap"]:
                         files["tablespace_map"] = stopped["spcmap"].encode()
@@ -265,7 +247,8 @@ def basebackup(ctx: Context, *, pgdata: str | None = None, fast: bool = True, ar
                 raise
             stop_lsn = wal.LSN.parse(stopped["lsn"])
             timeline = _label_timeline(stopped["label"])
-            needed = _wait_for_archive(ctx, timeline, start, stop_lsn, seg_size, archive_timeout)
+            needed = list(wal.segments_between(timeline, start, stop_lsn, seg_size))
+            wait_for_archived(ctx, needed, archive_timeout, what="the base backup")
             manifest = PhysicalManifest(
                 backup_id=backup_id,
                 cluster=ctx.cluster,
@@ -289,6 +272,8 @@ def basebackup(ctx: Context, *, pgdata: str | None = None, fast: bool = True, ar
                 tablespaces=tuple(tablespaces),
                 host=socket.gethostname(),
                 pgvault_version=pgvault.__version__,
+                stopped_at=stopped["time"],
+                next_xid=int(stopped["next_xid"]),
             )
             with ctx.storage.open_write(prefix + layout.MANIFEST_NAME) as w:
                 w.write(manifest.dumps())

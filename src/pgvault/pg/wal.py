@@ -320,6 +320,11 @@ def segments_between(
     return (segment_name(owner(segno), segno, seg_size) for segno in range(first, last + 1))
 
 
+def segment_owner(history: Sequence[HistoryEntry], tli: int, seg_size: int) -> Callable[[int], int]:
+    """Segment number → the timeline recovery along ``tli`` reads it from (see timeline_of_segment)."""
+    return _owner(history, tli, seg_size)[0]
+
+
 def _owner(history: Sequence[HistoryEntry], tli: int, seg_size: int) -> tuple[Callable[[int], int], list[int]]:
     """Segment → timeline that provides it, and the segment numbers where that can change."""
     starts = [(segment_of(span.begin, seg_size), span.tli) for span in timeline_spans(history, tli)]

@@ -270,7 +270,7 @@ def read_stream(
             else:
                 _pump(stored, decompressor, chunk_size)
             decompressor.finish()
-    except IntegrityError as exc:
+    except IntegrityError:
         # With the manifest's figures a short or altered object is named as such, which is more
         # useful than whatever the decoder tripped over first.
         better = _stored_mismatch(stored, expected) if stored.eof else None

@@ -58,6 +58,15 @@ class PhysicalManifest(SizedBackup):
     host: str
     pgvault_version: str
     kind: str = "physical"
+    # Server clock at pg_backup_stop and the next transaction id then (pg_current_snapshot's xmax,
+    # 64-bit): the earliest time / xid a recovery from this backup can stop at.  Manifests from
+    # before these fields fall back to finished_at / unknown.
+    stopped_at: str = ""
+    next_xid: int | None = None
+
+    @property
+    def stop_time(self) -> str:
+        return self.stopped_at or self.finished_at
 
     def objects(self) -> list[StoredObject]:
         """Every stored object of the backup."""
@@ -80,6 +89,8 @@ class PhysicalManifest(SizedBackup):
             "last_wal": self.last_wal,
             "started_at": self.started_at,
             "finished_at": self.finished_at,
+            "stopped_at": self.stop_time,
+            "next_xid": self.next_xid,
             "duration_seconds": round(self.duration_seconds, 3),
             "backup_label": self.backup_label,
             "tablespace_map": self.tablespace_map,
@@ -115,6 +126,8 @@ class PhysicalManifest(SizedBackup):
                 base_files=int(d["base"].get("files", 0)),
                 tablespaces=tuple(TablespaceEntry.from_json(t) for t in d.get("tablespaces", [])),
                 host=d.get("host", ""), pgvault_version=d.get("pgvault_version", ""),
+                stopped_at=d.get("stopped_at") or "",
+                next_xid=int(d["next_xid"]) if d.get("next_xid") is not None else None,
             )
         except (ValueError, KeyError, TypeError) as e:
             raise IntegrityError(f"manifest {where} is unreadable: {type(e).__name__}: {e}") from None

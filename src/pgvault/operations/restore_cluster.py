@@ -1,0 +1,484 @@
+"""``pgvault restore-cluster``: lay out a base backup for point-in-time recovery, optionally start it.
+
+Template: plan (:mod:`pgvault.operations.pitr`) → check the destinations are empty → stream each
+tar (base, then tablespaces) out of the repository straight into place → point the tablespaces
+at their new homes (``tablespace_map``) → write the recovery settings → optionally start the
+server and follow its log until recovery reaches the target.
+
+PostgreSQL 12+ reads recovery settings from the ordinary configuration, and ``recovery.signal``
+is only a flag (its content is ignored): we write ``restore_command``, the ``recovery_target*``
+settings and ``archive_mode = off`` into ``postgresql.auto.conf``, replacing any earlier lines for
+the same names, and create an empty ``recovery.signal``.  ``archive_mode = off`` keeps a restored
+copy from archiving into the production repository unless the operator asks (``--archive``).
+
+Nothing that existed before is deleted unless ``--force`` says so; what this run created is
+removed again if it fails before the server starts.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, Callable, Mapping
+
+from pgvault import log
+from pgvault.config import fetch_environment
+from pgvault.errors import (
+    IntegrityError, NotFoundError, PgvaultError, RecoveryError, TargetBusyError, TargetExistsError, UsageError,
+)
+from pgvault.operations.context import Context
+from pgvault.operations.pitr import Plan, RecoveryTarget, plan_recovery
+from pgvault.pg.bindir import bindir_for_major
+from pgvault.pipeline import read_stream
+from pgvault.repository import layout
+from pgvault.repository.archive_index import load_archive_index
+from pgvault.repository.catalog import list_physical, read_cluster_info
+from pgvault.repository.manifest import StoredObject
+from pgvault.repository.physical import PhysicalManifest
+from pgvault.storage import ObjectNotFound
+
+AUTO_CONF = "postgresql.auto.conf"
+_BLOCK_MARK = "# pgvault restore-cluster"
+
+
+@dataclass(frozen=True)
+class RestoreOptions:
+    data_dir: Path
+    target: RecoveryTarget
+    backup_id: str | None = None
+    tablespace_map: Mapping[str, str] = field(default_factory=dict)  # name or oid -> new location
+    force: bool = False
+    archive: bool = False
+    options: Mapping[str, str] = field(default_factory=dict)  # extra postgresql.auto.conf settings
+    pgvault_command: str | None = None
+
+
+@dataclass
+class RecoveryOutcome:
+    """What the started server did, read from its log."""
+
+    state: str = "starting"  # paused | promoted | shutdown
+    stop_detail: str = ""
+    consistent_at: str = ""
+    redo_done_at: str = ""
+    last_transaction_time: str = ""
+    new_timeline: int | None = None
+    segments_restored: int = 0
+    last_segment: str = ""
+    seconds: float = 0.0
+    log_file: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items()}
+
+
+@dataclass
+class RestoreClusterResult:
+    plan: Plan
+    data_dir: Path
+    tablespaces: dict[str, str]
+    settings: dict[str, str]
+    restore_seconds: float
+    outcome: RecoveryOutcome | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "plan": self.plan.to_json(),
+            "data_dir": str(self.data_dir),
+            "tablespaces": self.tablespaces,
+            "settings": self.settings,
+            "restore_seconds": round(self.restore_seconds, 3),
+            "recovery": self.outcome.to_json() if self.outcome else None,
+        }
+
+
+def make_plan(ctx: Context, target: RecoveryTarget, backup_id: str | None = None) -> Plan:
+    """Read the repository and choose the base backup for ``target``."""
+    info = read_cluster_info(ctx.storage, ctx.cluster)
+    if info is None:
+        raise NotFoundError(f"cluster {ctx.cluster!r} has nothing in {ctx.storage.url}")
+    backups = list_physical(ctx.storage, ctx.cluster)
+    if not backups:
+        raise NotFoundError(f"no base backup of cluster {ctx.cluster!r} in {ctx.storage.url}",
+                            hint="run 'pgvault basebackup' first")
+    seg_size = int(info.get("wal_segment_size") or backups[-1].wal_segment_size)
+    index = load_archive_index(ctx.storage, ctx.cluster, seg_size, identities=ctx.identities)
+    return plan_recovery(backups, index, target, backup_id=backup_id, archived_at=lambda n: archived_at(ctx, n))
+
+
+def archived_at(ctx: Context, name: str) -> str | None:
+    """When ``name`` was archived (its checksum record), or None."""
+    import json
+
+    try:
+        return str(json.loads(ctx.storage.read_bytes(layout.wal_meta(ctx.cluster, name))).get("archived_at") or "") or None
+    except (ObjectNotFound, ValueError):
+        return None
+
+
+# --- laying out the data directory ----------------------------------------------------------------
+
+
+def _is_empty(path: Path) -> bool:
+    return not path.exists() or (path.is_dir() and not any(path.iterdir()))
+
+
+def _server_running(data_dir: Path) -> bool:
+    pid_file = data_dir / "postmaster.pid"
+    try:
+        pid = int(pid_file.read_text().split("\n", 1)[0])
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def _prepare(path: Path, what: str, force: bool, created: list[Path]) -> None:
+    """``path`` must be absent or empty; with ``force`` its contents are removed first."""
+    if path.exists() and not path.is_dir():
+        raise TargetExistsError(f"{what} {path} exists and is not a directory")
+    if not _is_empty(path):
+        if _server_running(path):
+            raise TargetBusyError(f"a PostgreSQL server is running in {path}; stop it first")
+        if not force:
+            raise TargetExistsError(f"{what} {path} is not empty", hint="choose an empty directory, or pass --force "
+                                    "to delete its contents first")
+        log.get().warning("--force: removing the contents of %s", path)
+        for child in path.iterdir():
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+    if not path.exists():
+        path.mkdir(parents=True, mode=0o700)
+        created.append(path)
+    path.chmod(0o700)
+
+
+def _safe_member(member: tarfile.TarInfo) -> bool:
+    p = PurePosixPath(member.name)
+    if p.is_absolute() or ".." in p.parts:
+        raise IntegrityError(f"refusing tar member with an unsafe path: {member.name!r}")
+    if member.islnk() or member.isdev() or member.isfifo():
+        raise IntegrityError(f"refusing unexpected tar member type in a base backup: {member.name!r}")
+    return True
+
+
+# Members are checked by _safe_member; Python >= 3.12 would otherwise apply its own filter.
+_NO_FILTER: dict[str, Any] = {"filter": "fully_trusted"} if hasattr(tarfile, "fully_trusted_filter") else {}
+
+
+def _extract(ctx: Context, backup: PhysicalManifest, obj: StoredObject, into: Path, *, base: bool) -> int:
+    """Stream one stored tar into ``into``; the checksum is verified when the stream ends."""
+    key = layout.base_prefix(backup.cluster, backup.backup_id) + obj.key
+    identities = ctx.identities() if backup.pipeline.encryption != "none" else []
+    rfd, wfd = os.pipe()
+    state: dict[str, Any] = {"files": 0}
+
+    def consume() -> None:
+        try:
+            with os.fdopen(rfd, "rb", buffering=1 << 20) as pipe:
+                with tarfile.open(fileobj=pipe, mode="r|") as tar:
+                    for member in tar:
+                        _safe_member(member)
+                        if base and (member.name.startswith("pg_tblspc/") or member.name == "tablespace_map"):
+                            continue  # re-created below, pointing at the new locations
+                        if member.issym() and not base:
+                            raise IntegrityError(f"unexpected symlink {member.name!r} in a tablespace archive")
+                        tar.extract(member, into, set_attrs=True, **_NO_FILTER)
+                        state["files"] += member.isfile()
+                while pipe.read(1 << 20):  # drain tar's zero padding so the writer never blocks
+                    pass
+        except BaseException as e:  # noqa: BLE001 - re-raised in the caller
+            state["error"] = e
+            try:
+                os.close(rfd)
+            except OSError:
+                pass
+
+    consumer = threading.Thread(target=consume, name=f"untar-{obj.name}", daemon=True)
+    consumer.start()
+    try:
+        try:
+            with ctx.storage.open_read(key) as src, os.fdopen(wfd, "wb", buffering=1 << 20) as sink:
+                read_stream(src, sink, backup.pipeline, identities=identities, expected=obj.result)
+        except BrokenPipeError:
+            pass  # the consumer failed; its error is the real one
+        except ObjectNotFound:
+            raise IntegrityError(f"base backup {backup.backup_id} is damaged: object {key} is missing") from None
+    finally:
+        consumer.join()
+    if "error" in state:
+        err = state["error"]
+        if isinstance(err, PgvaultError):
+            raise err
+        raise IntegrityError(f"cannot unpack {key}: {type(err).__name__}: {err}") from None
+    return int(state["files"])
+
+
+def _tablespace_homes(backup: PhysicalManifest, mapping: Mapping[str, str]) -> dict[str, Path]:
+    known = {t.name for t in backup.tablespaces} | {t.oid for t in backup.tablespaces}
+    unknown = sorted(set(mapping) - known)
+    if unknown:
+        raise UsageError(f"--tablespace names unknown tablespace(s) {', '.join(unknown)}; backup {backup.backup_id} "
+                         f"has {', '.join(t.name for t in backup.tablespaces) or 'none'}")
+    homes = {}
+    for t in backup.tablespaces:
+        home = Path(mapping.get(t.name) or mapping.get(t.oid) or t.location)
+        if not home.is_absolute():
+            raise UsageError(f"tablespace {t.name}: {home} must be an absolute path")
+        homes[t.oid] = home
+    return homes
+
+
+def restore_command(settings_env: Mapping[str, str], pgvault_command: str | None) -> str:
+    """``restore_command`` carrying the non-secret settings as environment assignments."""
+    command = pgvault_command or _default_command()
+    assigns = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(settings_env.items()))
+    return f"{assigns} {command} wal fetch %f %p"
+
+
+def _default_command() -> str:
+    found = shutil.which("pgvault")
+    if found:
+        return shlex.quote(found)
+    return f"{shlex.quote(sys.executable)} -m pgvault"
+
+
+def _conf_quote(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+_ASSIGN_RE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_.]*)\s*=?")
+
+
+def write_recovery_settings(data_dir: Path, settings: Mapping[str, str], note: str) -> None:
+    """Replace earlier lines for these names in postgresql.auto.conf, append ours, create recovery.signal."""
+    conf = data_dir / AUTO_CONF
+    lines = conf.read_text(encoding="utf-8").splitlines() if conf.exists() else []
+    names = {k.lower() for k in settings}
+    kept = [ln for ln in lines if not ((m := _ASSIGN_RE.match(ln)) and m.group(1).lower() in names)]
+    kept.append(f"{_BLOCK_MARK}: {note}")
+    kept += [f"{k} = {_conf_quote(v)}" for k, v in settings.items()]
+    tmp = conf.with_name(AUTO_CONF + ".pgvault")
+    tmp.write_text("\n".join(kept) + "\n", encoding="utf-8")
+    os.replace(tmp, conf)
+    (data_dir / "recovery.signal").write_bytes(b"")
+    (data_dir / "standby.signal").unlink(missing_ok=True)
+
+
+def _chown_like(paths: list[Path], reference: Path, *, trees: bool = False) -> None:
+    """As root, hand what we wrote to the data directory's owner (PostgreSQL checks ownership);
+    with ``trees``, everything below ``paths`` too."""
+    if os.geteuid() != 0 or not reference.exists():
+        return
+    st = reference.stat()
+    for p in paths:
+        os.chown(p, st.st_uid, st.st_gid, follow_symlinks=False)
+        if trees and p.is_dir() and not p.is_symlink():
+            for dirpath, dirnames, filenames in os.walk(p):
+                for n in dirnames + filenames:
+                    child = os.path.join(dirpath, n)
+                    if os.lstat(child).st_uid != st.st_uid:
+                        os.chown(child, st.st_uid, st.st_gid, follow_symlinks=False)
+
+
+def restore_cluster(ctx: Context, opts: RestoreOptions, plan: Plan | None = None) -> RestoreClusterResult:
+    """Lay out the chosen base backup in ``opts.data_dir`` with recovery settings (not started)."""
+    logger = log.get()
+    plan = plan or make_plan(ctx, opts.target, opts.backup_id)
+    b = plan.backup
+    for w in plan.warnings:
+        logger.warning("%s", w)
+    logger.info("restoring base backup %s (ended %s at %s, timeline %d) to reach %s on timeline %d",
+                b.backup_id, b.stop_time, b.stop_lsn, b.timeline, opts.target.describe(), plan.timeline)
+    data_dir = opts.data_dir.resolve()
+    homes = _tablespace_homes(b, opts.tablespace_map)
+    if any(h == data_dir or data_dir in h.parents or h in data_dir.parents for h in homes.values()):
+        raise UsageError("a tablespace location must not be inside the data directory, nor contain it")
+    created: list[Path] = []
+    t0 = time.monotonic()
+    _prepare(data_dir, "data directory", opts.force, created)
+    try:
+        for oid, home in homes.items():
+            _prepare(home, "tablespace location", opts.force, created)
+        files = _extract(ctx, b, b.base, data_dir, base=True)
+        logger.info("base: %d files in %s", files, data_dir)
+        for t in b.tablespaces:
+            n = _extract(ctx, b, t.object, homes[t.oid], base=False)
+            logger.info("tablespace %s: %d files in %s", t.name, n, homes[t.oid])
+        owner_ref = data_dir / "PG_VERSION"
+        if not owner_ref.exists():
+            raise IntegrityError(f"base backup {b.backup_id} has no PG_VERSION: not a data directory")
+        (data_dir / "pg_wal" / "archive_status").mkdir(parents=True, exist_ok=True)
+        (data_dir / "pg_tblspc").mkdir(exist_ok=True)
+        written: list[Path] = [data_dir, data_dir / "pg_wal", data_dir / "pg_wal" / "archive_status",
+                               data_dir / "pg_tblspc", *homes.values()]
+        if homes:
+            # PostgreSQL re-creates pg_tblspc/<oid> from tablespace_map when recovery starts;
+            # we make the links too so the directory is right even before that.
+            (data_dir / "tablespace_map").write_text("".join(f"{oid} {home}\n" for oid, home in homes.items()))
+            for oid, home in homes.items():
+                link = data_dir / "pg_tblspc" / oid
+                link.unlink(missing_ok=True)
+                link.symlink_to(home)
+                written.append(link)
+            written.append(data_dir / "tablespace_map")
+        settings: dict[str, str] = {"restore_command": restore_command(fetch_environment(ctx.settings), opts.pgvault_command)}
+        if not opts.archive:
+            settings["archive_mode"] = "off"
+        settings.update(opts.target.settings())
+        settings.update(opts.options)
+        note = f"backup {b.backup_id}, {dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')}"
+        write_recovery_settings(data_dir, settings, note)
+        written += [data_dir / AUTO_CONF, data_dir / "recovery.signal"]
+        _chown_like(written, owner_ref)
+        _chown_like([data_dir, *homes.values()], owner_ref, trees=True)
+        os.sync()
+    except BaseException:
+        for path in reversed(created):
+            shutil.rmtree(path, ignore_errors=True)
+        raise
+    return RestoreClusterResult(plan, data_dir, {oid: str(h) for oid, h in homes.items()}, settings, time.monotonic() - t0)
+
+
+# --- starting the restored server and following recovery -----------------------------------------
+
+_EVENTS: list[tuple[re.Pattern[str], str]] = [
+    (re.compile(r'restored log file "([0-9A-F]{24})" from archive'), "restored"),
+    (re.compile(r"consistent recovery state reached at ([0-9A-F]+/[0-9A-F]+)"), "consistent"),
+    (re.compile(r"recovery stopping (.*)"), "stopping"),
+    (re.compile(r"(pausing at the end of recovery|recovery has paused)"), "paused"),
+    (re.compile(r"selected new timeline ID: (\d+)"), "timeline"),
+    (re.compile(r"redo done at ([0-9A-F]+/[0-9A-F]+)"), "redo_done"),
+    (re.compile(r"last completed transaction was at log time (.*)"), "last_tx"),
+    (re.compile(r"database system is ready to accept connections"), "ready"),
+    (re.compile(r"shutdown at recovery target"), "shutdown_target"),
+    (re.compile(r"(?:FATAL|PANIC):\s+(.*)"), "fatal"),
+]
+
+
+def _postmaster_alive(data_dir: Path) -> bool:
+    return _server_running(data_dir)
+
+
+def _run_as_owner(cmd: list[str], data_dir: Path) -> list[str]:
+    if os.geteuid() != 0:
+        return cmd
+    import pwd
+
+    owner = pwd.getpwuid(data_dir.stat().st_uid).pw_name
+    return ["runuser", "-u", owner, "--", *cmd]
+
+
+def start_and_follow(
+    result: RestoreClusterResult, *, major: int, bin_dirs: tuple[str, ...] = (), port: int | None = None,
+    environ: Mapping[str, str] | None = None, timeout: float | None = None,
+    progress: Callable[[RecoveryOutcome], None] | None = None, clock: Callable[[], float] = time.monotonic,
+) -> RecoveryOutcome:
+    """Start the restored server and read its log until recovery ends at the target (or fails)."""
+    data_dir = result.data_dir
+    bindir = bindir_for_major(major, bin_dirs)
+    log_file = data_dir.parent / f"{data_dir.name}-recovery.log"
+    log_file.touch()
+    _chown_like([log_file], data_dir / "PG_VERSION")
+    server_opts = "-c lc_messages=C -c logging_collector=off"
+    if port:
+        server_opts += f" -p {port}"
+    cmd = _run_as_owner([str(bindir.program("pg_ctl")), "-D", str(data_dir), "-l", str(log_file), "-W",
+                         "-o", server_opts, "start"], data_dir)
+    t0 = clock()
+    r = subprocess.run(cmd, env=dict(environ or os.environ), capture_output=True, text=True, check=False)
+    if r.returncode != 0:
+        raise RecoveryError(f"pg_ctl could not start the restored server: {r.stderr.strip() or r.stdout.strip()}")
+    outcome = RecoveryOutcome(log_file=str(log_file))
+    action = result.plan.target.action if result.plan.target.kind != "end" else "promote"
+    fatals: list[str] = []
+    seen_pid = False
+    last_report = t0
+    with open(log_file, encoding="utf-8", errors="replace") as f:
+        while True:
+            line = f.readline()
+            if line:
+                _apply(outcome, line.rstrip("\n"), fatals)
+                if outcome.state in ("paused",) and action == "pause":
+                    break
+                if outcome.state == "promoted":
+                    break
+                continue
+            alive = _postmaster_alive(data_dir)
+            seen_pid = seen_pid or alive
+            if not alive and (seen_pid or clock() - t0 > 10):
+                rest = f.read()
+                for ln in rest.splitlines():
+                    _apply(outcome, ln, fatals)
+                if outcome.state == "shutdown":
+                    break
+                detail = "; ".join(fatals[-3:]) or "the server exited"
+                raise RecoveryError(f"recovery failed: {detail} (log: {log_file})",
+                                    hint="nothing was promoted; fix the cause and run restore-cluster again "
+                                    "(with --force), or start the server by hand to retry")
+            if timeout is not None and clock() - t0 > timeout:
+                raise RecoveryError(f"recovery did not reach its target within {timeout:.0f}s; the server is still "
+                                    f"running (log: {log_file})")
+            if progress and clock() - last_report >= 5:
+                last_report = clock()
+                outcome.seconds = clock() - t0
+                progress(outcome)
+            time.sleep(0.1)
+    outcome.seconds = clock() - t0
+    return outcome
+
+
+def _apply(outcome: RecoveryOutcome, line: str, fatals: list[str]) -> None:
+    for pattern, event in _EVENTS:
+        m = pattern.search(line)
+        if not m:
+            continue
+        if event == "restored":
+            outcome.segments_restored += 1
+            outcome.last_segment = m.group(1)
+        elif event == "consistent":
+            outcome.consistent_at = m.group(1)
+        elif event == "stopping":
+            outcome.stop_detail = m.group(1)
+        elif event == "paused":
+            outcome.state = "paused"
+        elif event == "timeline":
+            outcome.new_timeline = int(m.group(1))
+        elif event == "redo_done":
+            outcome.redo_done_at = m.group(1)
+        elif event == "last_tx":
+            outcome.last_transaction_time = m.group(1)
+        elif event == "ready":
+            outcome.state = "promoted"
+        elif event == "shutdown_target":
+            outcome.state = "shutdown"
+        elif event == "fatal":
+            fatals.append(m.group(1))
+        return
+
+
+def stop_server(data_dir: Path, major: int, bin_dirs: tuple[str, ...] = ()) -> None:
+    """Fast shutdown of a server this module started (drills and tests)."""
+    bindir = bindir_for_major(major, bin_dirs)
+    subprocess.run(_run_as_owner([str(bindir.program("pg_ctl")), "-D", str(data_dir), "-m", "fast", "-w", "stop"],
+                                 data_dir), capture_output=True, check=False)
+
+
+def major_of(backup: PhysicalManifest) -> int:
+    return backup.server_version_num // 10000
+
+
+__all__ = ["RestoreOptions", "RestoreClusterResult", "RecoveryOutcome", "make_plan", "restore_cluster",
+           "start_and_follow", "stop_server", "write_recovery_settings", "restore_command"]
