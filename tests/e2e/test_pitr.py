@@ -1,19 +1,32 @@
-"""Point-in-time recovery through ``pgvault restore-cluster`` against real servers."""
+"""Point-in-time recovery through ``pgvault restore-cluster`` against real servers.
+
+A workload commits one row per transaction (``ticks.i`` = 1, 2, 3, ...), so "exactly the rows
+committed up to the target" is the prefix 1..k: each restore must give ``count = max = k``.  The
+targets are taken from the source server itself: the row's xid (its xmin), its commit timestamp
+(``track_commit_timestamp``) and the start LSN of its commit record (``pg_walinspect``).
+"""
 
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from support.archiving import ArchivingCluster, make_archiving_cluster
+from support.archiving import ArchivingCluster, Restored, make_archiving_cluster
+from support.cli import pgvault
 from support.pg_fixtures import pg_majors
 
 from .conftest import AgeKey
 
+N_ROWS = 200
+RESTORE_POINT_AT = 160
+
 
 @pytest.fixture
-def archiving(make_pg_cluster, pgvault_launcher: Path, age_key: AgeKey, request):  # type: ignore[no-untyped-def]
+def archiving(make_pg_cluster, pgvault_launcher: Path, age_key: AgeKey):  # type: ignore[no-untyped-def]
     made: list[ArchivingCluster] = []
 
     def make(major: int | None, **kw: object) -> ArchivingCluster:
@@ -26,17 +39,171 @@ def archiving(make_pg_cluster, pgvault_launcher: Path, age_key: AgeKey, request)
         a.close()
 
 
+@pytest.fixture(params=["local", "s3"])
+def repo_kind(request: pytest.FixtureRequest) -> dict[str, str] | None:
+    if request.param == "local":
+        return None
+    bucket = request.getfixturevalue("s3_bucket")
+    seaweed = request.getfixturevalue("seaweed")
+    return {"url": f"s3://{bucket}/prod", "endpoint": seaweed.endpoint_url, "AWS_ACCESS_KEY_ID": seaweed.access_key,
+            "AWS_SECRET_ACCESS_KEY": seaweed.secret_key, "AWS_DEFAULT_REGION": seaweed.region}
+
+
+def _run_workload(a: ArchivingCluster, first: int, last: int, *, point: tuple[int, str] | None = None,
+                  port: int | None = None) -> None:
+    """Commit rows first..last one transaction each; make a restore point after row point[0]."""
+    import psycopg
+
+    env = a.cluster.env()
+    with psycopg.connect(host=env["PGHOST"], port=port or int(env["PGPORT"]), user=env["PGUSER"],
+                         password=env["PGPASSWORD"], dbname="postgres", autocommit=True) as conn:
+        for i in range(first, last + 1):
+            conn.execute("INSERT INTO ticks VALUES (%s)", (i,))
+            if point and i == point[0]:
+                penv = {**a.env(), "PGPORT": str(port or env["PGPORT"])}
+                r = a.run_as_postgres(["restore-point", point[1], "--json"], env=penv)
+                assert json.loads(r.stdout)["name"] == point[1]
+            time.sleep(0.003)
+
+
+def _targets(a: ArchivingCluster, start_lsn: str) -> dict[int, dict[str, str]]:
+    """Per row: its xid, commit time and commit record LSN, as the source server reports them."""
+    rows = a.cluster.psql(
+        "SELECT t.i, t.xmin::text, pg_xact_commit_timestamp(t.xmin), w.start_lsn FROM ticks t"
+        f" JOIN pg_get_wal_records_info('{start_lsn}', pg_current_wal_lsn()) w"
+        "   ON w.xid::text = t.xmin::text AND w.resource_manager = 'Transaction' AND w.record_type = 'COMMIT'"
+        " ORDER BY t.i"
+    )
+    out = {}
+    for line in rows.splitlines():
+        i, xid, ts, lsn = line.split("|")
+        out[int(i)] = {"xid": xid, "time": ts, "lsn": lsn}
+    return out
+
+
+def _prefix(r: Restored) -> int:
+    """The restored rows must be exactly 1..k; returns k."""
+    count, mx = r.query("SELECT count(*), coalesce(max(i), 0) FROM ticks").split("|")
+    assert count == mx, f"restored rows are not a prefix: count {count}, max {mx}"
+    return int(count)
+
+
 @pytest.mark.parametrize("major", pg_majors() or [None])
-def test_restore_to_end_of_archive(major, archiving) -> None:  # type: ignore[no-untyped-def]
-    a = archiving(major)
-    a.cluster.psql("CREATE TABLE t(i int); INSERT INTO t SELECT generate_series(1, 1000)")
-    a.basebackup()
-    a.cluster.psql("INSERT INTO t SELECT generate_series(1001, 2000)")
+def test_pitr_lands_exactly(major, archiving, repo_kind) -> None:  # type: ignore[no-untyped-def]
+    a = archiving(major, s3=repo_kind)
+    a.cluster.psql("CREATE EXTENSION pg_walinspect; CREATE TABLE ticks(i int PRIMARY KEY)")
+    backup = a.basebackup()
+    start_lsn = a.cluster.psql("SELECT pg_current_wal_lsn()")
+    _run_workload(a, 1, N_ROWS, point=(RESTORE_POINT_AT, "before-mistake"))
     a.switch_and_wait()
-    r, restored = a.restore()
-    doc = r.json()
-    assert doc["recovery"]["state"] == "promoted", doc
+    targets = _targets(a, start_lsn)
+    assert len(targets) == N_ROWS
+
+    listed = pgvault(["list", "--json"], a.env()).json()["archive"]
+    assert listed["recoverable_from"]["backup_id"] == backup["backup_id"] and listed["gaps"] == []
+    assert [p["name"] for p in listed["restore_points"]] == ["before-mistake"]
+
+    cases: list[tuple[list[str], int]] = [
+        (["--target-xid", targets[40]["xid"]], 40),
+        (["--target-xid", targets[40]["xid"], "--target-exclusive"], 39),
+        (["--target-time", targets[80]["time"]], 80),
+        (["--target-time", targets[80]["time"], "--target-exclusive"], 79),
+        (["--target-lsn", targets[120]["lsn"]], 120),
+        (["--target-lsn", targets[120]["lsn"], "--target-exclusive"], 119),
+        (["--target-name", "before-mistake"], RESTORE_POINT_AT),
+    ]
+    if repo_kind is not None:  # on S3 one of each kind is enough; local runs the full matrix
+        cases = [cases[0], cases[3], cases[4], cases[6]]
+    for args, expected in cases:
+        r, restored = a.restore(*args)
+        doc = r.json()
+        assert doc["plan"]["backup_id"] == backup["backup_id"]
+        assert doc["recovery"]["state"] == "paused" and doc["recovery"]["stop_detail"], doc["recovery"]
+        assert _prefix(restored) == expected, (args, doc["recovery"])
+        restored.stop()
+
+    # The default target, the end of the archive, promotes with every archived row.
+    _r, restored = a.restore()
     restored.wait_primary()
-    assert restored.query("SELECT count(*) FROM t") == "2000"
-    # The restored copy does not archive into the production repository.
-    assert restored.query("SHOW archive_mode") == "off"
+    assert _prefix(restored) == N_ROWS
+    assert restored.query("SHOW archive_mode") == "off"  # the copy does not archive into production
+
+
+@pytest.mark.parametrize("major", pg_majors() or [None])
+def test_timelines_restore_promote_archive_and_restore_again(major, archiving) -> None:  # type: ignore[no-untyped-def]
+    a = archiving(major)
+    a.cluster.psql("CREATE EXTENSION pg_walinspect; CREATE TABLE ticks(i int PRIMARY KEY)")
+    a.basebackup()
+    start_lsn = a.cluster.psql("SELECT pg_current_wal_lsn()")
+    _run_workload(a, 1, 100)
+    a.switch_and_wait()
+    t50 = _targets(a, start_lsn)[50]["time"]
+
+    # "One minute before the mistake": back to row 50, promote, and archive as the new primary.
+    r, first = a.restore("--target-time", t50, "--target-action", "promote", "--archive")
+    rec = r.json()["recovery"]
+    assert rec["state"] == "promoted" and rec["new_timeline"] == 2, rec
+    first.wait_primary()
+    assert _prefix(first) == 50
+    first.query("INSERT INTO ticks SELECT generate_series(1001, 1100)")
+    _run_workload(a, 1101, 1120, point=(1120, "on-timeline-2"), port=first.port)
+
+    listed = pgvault(["list", "--json"], a.env()).json()["archive"]
+    assert 2 in listed["timelines"]
+
+    r, second = a.restore("--target-name", "on-timeline-2")
+    doc = r.json()
+    assert doc["plan"]["timeline"] == 2 and doc["recovery"]["state"] == "paused", doc
+    assert second.query("SELECT count(*) FROM ticks") == str(50 + 100 + 20)
+    assert second.query("SELECT max(i) FROM ticks WHERE i < 1000") == "50"  # nothing of timeline 1 after row 50
+
+    # Timeline 1 is still reachable explicitly: the original kept running on it.
+    r, third = a.restore("--target-timeline", "1", "--target-immediate")
+    assert r.json()["plan"]["timeline"] == 1
+
+
+@pytest.mark.parametrize("major", pg_majors()[-1:] or [None])
+def test_corrupt_wal_stops_recovery_instead_of_promoting(major, archiving) -> None:  # type: ignore[no-untyped-def]
+    a = archiving(major)
+    a.cluster.psql("CREATE TABLE ticks(i int PRIMARY KEY)")
+    m = a.basebackup()
+    _run_workload(a, 1, 50)
+    a.cluster.psql("INSERT INTO ticks SELECT generate_series(1000, 30000)")
+    last = a.switch_and_wait()
+    victims = sorted(p for p in Path(a.repo_url).glob("pitr/wal/*/*.zst.age") if m["last_wal"] < p.name.split(".")[0] <= last)
+    assert victims
+    data = bytearray(victims[0].read_bytes())
+    data[len(data) // 2] ^= 0x40
+    victims[0].write_bytes(bytes(data))
+
+    r, restored = a.restore(check=False)
+    assert r.returncode == 12, r
+    assert "recovery failed" in r.stderr and victims[0].name.split(".")[0] in (r.stderr + _log(restored))
+    # Nothing was promoted: the server stopped in recovery instead of opening with missing commits.
+    assert "database system is ready to accept connections" not in _log(restored)
+
+
+def _log(r: Restored) -> str:
+    p = r.data_dir.parent / f"{r.data_dir.name}-recovery.log"
+    return p.read_text() if p.exists() else ""
+
+
+@pytest.mark.parametrize("major", pg_majors()[-1:] or [None])
+def test_restore_refuses_and_explains(major, archiving) -> None:  # type: ignore[no-untyped-def]
+    a = archiving(major)
+    a.cluster.psql("CREATE TABLE ticks(i int PRIMARY KEY)")
+    before = a.cluster.psql("SELECT now() - interval '1 hour'")
+    m = a.basebackup()
+    a.switch_and_wait()
+    # A target before the only backup: no backup can reach it, and the message says why.
+    r = pgvault(["restore-cluster", "-D", str(a.work / "x"), "--target-time", before], a.env(), check=False)
+    assert r.returncode == 5 and m["backup_id"] in r.stderr and "after the target time" in r.stderr
+    assert not (a.work / "x").exists()
+    # A non-empty data directory is refused unless --force.
+    (a.work / "busy").mkdir()
+    (a.work / "busy" / "precious").write_text("x")
+    r = pgvault(["restore-cluster", "-D", str(a.work / "busy")], a.env(), check=False)
+    assert r.returncode == 11 and (a.work / "busy" / "precious").exists()
+    # --dry-run shows the plan only.
+    r = pgvault(["restore-cluster", "-D", str(a.work / "y"), "--dry-run", "--json"], a.env())
+    assert r.json()["plan"]["backup_id"] == m["backup_id"] and not (a.work / "y").exists()

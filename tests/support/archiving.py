@@ -87,6 +87,7 @@ class ArchivingCluster:
 
     def switch_and_wait(self, timeout: float = 120) -> str:
         """Switch to a new segment and wait until the finished one is archived; returns its name."""
+        self.cluster.psql("SELECT pg_current_xact_id()")  # a commit record: an idle segment would not switch
         name = self.cluster.psql("SELECT pg_walfile_name(pg_current_wal_lsn())")
         self.cluster.psql("SELECT pg_switch_wal()")
         deadline = time.monotonic() + timeout
