@@ -275,13 +275,15 @@ def archived_past(stats: ArchiverStats, segment: str) -> bool:
 
 
 def switch_and_wait(cluster: PgCluster, timeout: float, *, fail_on_error: bool = True) -> tuple[str, float]:
-    """Close the current segment and wait until it and everything before it is archived.
+    """Write a WAL record, close the segment and wait until it and everything before it is archived.
 
     Returns the segment's name and the seconds waited.  With ``fail_on_error`` a failed
     archive_command raises StepError at once, with the server log's account of it.
     """
     with contextlib.closing(connect(cluster)) as conn:
         before = archiver_stats(conn)
+        # A switch on an idle server is a no-op: write a record first so there is a segment to close.
+        conn.execute("SELECT pg_logical_emit_message(false, 'pgvault-bench', 'switch')")
         row = conn.execute("SELECT pg_walfile_name(pg_switch_wal())").fetchone()
         assert row is not None
         segment = str(row[0])
@@ -326,7 +328,7 @@ def server_log_lines(cluster: PgCluster, needle: str) -> list[str]:
 # --- cleanup ---------------------------------------------------------------------------------------
 
 
-def _mentions(pid: int, marker: str) -> bool:
+def mentions(pid: int, marker: str) -> bool:
     """Does process ``pid`` work in, run from or point at ``marker`` (cwd, command line, environment)?"""
     with contextlib.suppress(OSError):
         if os.readlink(f"/proc/{pid}/cwd").startswith(marker):
@@ -348,7 +350,7 @@ def kill_strays(marker: str) -> list[int]:
         if not e.isdigit() or int(e) == me:
             continue
         pid = int(e)
-        if _mentions(pid, marker):
+        if mentions(pid, marker):
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
                 killed.append(pid)
@@ -364,7 +366,7 @@ def stop_datadir(bindir_pg_ctl: Path, datadir: Path) -> None:
 
 __all__ = [
     "AgeKey", "ArchiverStats", "PgBackRest", "StepError", "archive_failures", "archived_past", "archiver_stats",
-    "as_postgres", "build_launcher", "chown_postgres", "connect", "kill_strays", "log", "make_age_key",
+    "as_postgres", "build_launcher", "chown_postgres", "connect", "kill_strays", "log", "make_age_key", "mentions",
     "pgbackrest_version", "pgvault_archive_command", "postgres_dir", "ready_count", "run_checked", "server_env",
     "server_log_lines", "set_archive_command", "stop_datadir", "switch_and_wait", "tree_bytes", "wait_no_ready",
     "write_pgvault_config",

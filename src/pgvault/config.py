@@ -54,6 +54,11 @@ class Settings:
     # repr() so it can never end up in a log line or a traceback.
     age_identity: str | None = field(default=None, repr=False)
     exact_row_counts: bool = True
+    archive_async: bool = True
+    archive_parallel: int = 4
+    spool_dir: str | None = None
+    archive_wait_timeout: float = 60.0
+    restore_prefetch: int = 8
     source: str = "defaults"
 
     def pipeline(self) -> PipelineSpec:
@@ -81,6 +86,12 @@ def _to_int(v: Any) -> int:
     if isinstance(v, bool) or (isinstance(v, float) and not v.is_integer()):
         raise ValueError(f"expected an integer, got {v!r}")
     return int(v)
+
+
+def _to_float(v: Any) -> float:
+    if isinstance(v, bool):
+        raise ValueError(f"expected a number, got {v!r}")
+    return float(v)
 
 
 def _to_opt_int(v: Any) -> int | None:
@@ -138,6 +149,11 @@ SETTINGS: tuple[_Setting, ...] = (
     _Setting("encryption.age_identity_file", _to_opt_str, "age identity file, needed to restore"),
     _Setting("encryption.age_identity", _to_opt_str, "age secret key itself (environment only)"),
     _Setting("backup.exact_row_counts", _to_bool, "count every table's rows in the dump snapshot"),
+    _Setting("archive.async", _to_bool, "wal push: a background pusher uploads the .ready backlog in parallel"),
+    _Setting("archive.parallel", _to_int, "wal push: uploads in flight in the background pusher"),
+    _Setting("archive.spool_dir", _to_opt_str, "local state of async push / prefetching fetch (default PGDATA/pg_wal/pgvault)"),
+    _Setting("archive.wait_timeout", _to_float, "wal push: seconds to wait for the pusher to confirm a segment"),
+    _Setting("restore.prefetch", _to_int, "wal fetch: segments downloaded ahead during recovery (0: off)"),
 )
 _BY_PATH = {s.path: s for s in SETTINGS}
 _SECRET_PATHS = {"encryption.age_identity"}
@@ -239,6 +255,11 @@ def load_settings(
         age_identity_file=get("encryption.age_identity_file", None),
         age_identity=get("encryption.age_identity", None),
         exact_row_counts=get("backup.exact_row_counts", True),
+        archive_async=get("archive.async", True),
+        archive_parallel=get("archive.parallel", 4),
+        spool_dir=get("archive.spool_dir", None),
+        archive_wait_timeout=get("archive.wait_timeout", 60.0),
+        restore_prefetch=get("restore.prefetch", 8),
         source=source,
     )
     problems += validate(settings)
@@ -262,6 +283,12 @@ def validate(s: Settings) -> list[str]:
         problems.append("repository.s3.part_size_mb: S3 requires parts of at least 5 MiB")
     if s.s3.max_concurrency < 1:
         problems.append("repository.s3.max_concurrency: must be at least 1")
+    if s.archive_parallel < 1:
+        problems.append("archive.parallel: must be at least 1")
+    if s.restore_prefetch < 0:
+        problems.append("restore.prefetch: must be 0 or more")
+    if s.archive_wait_timeout <= 0:
+        problems.append("archive.wait_timeout: must be positive")
     if s.compression_threads < 0:
         problems.append("compression.threads: must be 0 or more")
     problems += s.pipeline().validate()
@@ -301,6 +328,10 @@ def fetch_environment(s: Settings) -> dict[str, str]:
         env["PGVAULT_REPOSITORY_S3_PROFILE"] = s.s3.profile
     if s.age_identity_file:
         env["PGVAULT_ENCRYPTION_AGE_IDENTITY_FILE"] = str(Path(s.age_identity_file).resolve())
+    if s.restore_prefetch != 8:
+        env["PGVAULT_RESTORE_PREFETCH"] = str(s.restore_prefetch)
+    if s.spool_dir:
+        env["PGVAULT_ARCHIVE_SPOOL_DIR"] = s.spool_dir
     if s.pg_bin_dirs:
         env["PGVAULT_POSTGRES_BIN_DIRS"] = ",".join(s.pg_bin_dirs)
     return env

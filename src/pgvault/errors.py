@@ -125,3 +125,12 @@ class InterruptedError_(PgvaultError):
 
 
 INTERNAL_ERROR_EXIT = 70
+
+
+def error_of_kind(kind: str, message: str, *, hint: str | None = None) -> PgvaultError:
+    """Rebuild an error reported by another pgvault process (by its ``kind``), keeping its exit code."""
+    for cls in (UsageError, DatabaseError, StorageError, NotFoundError, IntegrityError, LockedError,
+                TargetBusyError, VerificationError, ToolError, TargetExistsError, RecoveryError):
+        if cls.kind == kind:
+            return cls(message, hint=hint)
+    return PgvaultError(message, hint=hint)

@@ -136,3 +136,68 @@ def test_push_and_fetch_on_s3(pg_cluster, s3_env, s3_bucket, age_key: AgeKey, tm
     assert out.read_bytes() == (pg_cluster.datadir / "pg_wal" / seg).read_bytes()
     nxt = seg[:16] + f"{int(seg[16:], 16) + 1:08X}"
     assert pgvault(["wal", "fetch", nxt, str(out), "--pgdata", datadir], env, check=False).returncode == 1
+
+
+def _wait_for(predicate, timeout: float = 60.0) -> None:  # type: ignore[no-untyped-def]
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def test_async_push_uploads_the_backlog_and_confirms_only_stored_bytes(pg_cluster, wal_env, tmp_path: Path) -> None:
+    """The default archive mode: the foreground returns 0 only for the exact bytes the background
+    pusher stored; the pusher works through every .ready file without waiting to be asked."""
+    segs = [_finished_segment(pg_cluster) for _ in range(3)]
+    data = {s: (pg_cluster.datadir / "pg_wal" / s).read_bytes() for s in segs}
+    fake = tmp_path / "pgdata"
+    status = fake / "pg_wal" / "archive_status"
+    status.mkdir(parents=True)
+    for s in segs:
+        (fake / "pg_wal" / s).write_bytes(data[s])
+        (status / f"{s}.ready").touch()
+    first = pgvault(["wal", "push", f"pg_wal/{segs[0]}", "--pgdata", str(fake), "--json"], wal_env).json()
+    assert first["name"] == segs[0]
+    spool = fake / "pg_wal" / "pgvault"
+    # Nobody asked for the other two yet, but the pusher has stored and recorded them.
+    _wait_for(lambda: all((spool / "archive" / f"{s}.ok").exists() for s in segs[1:]))
+    for s in segs[1:]:
+        pgvault(["wal", "push", f"pg_wal/{s}", "--pgdata", str(fake)], wal_env)
+        (status / f"{s}.ready").rename(status / f"{s}.done")
+    assert (spool / "pusher.log").exists()
+    out = tmp_path / "back"
+    for s in segs:
+        pgvault(["wal", "fetch", s, str(out), "--pgdata", str(tmp_path)], {**wal_env, "PGVAULT_RESTORE_PREFETCH": "0"})
+        assert out.read_bytes() == data[s]
+
+    # Different bytes under an archived name, marked ready: refused loudly, the stored copy kept.
+    changed = bytearray(data[segs[0]])
+    changed[-1] ^= 0xFF
+    (fake / "pg_wal" / segs[0]).write_bytes(bytes(changed))
+    (spool / "archive" / f"{segs[0]}.ok").unlink(missing_ok=True)
+    refused = pgvault(["wal", "push", f"pg_wal/{segs[0]}", "--pgdata", str(fake)], wal_env, check=False)
+    assert refused.returncode == 6 and "refusing to overwrite" in refused.stderr, refused
+    pgvault(["wal", "fetch", segs[0], str(out), "--pgdata", str(tmp_path)], {**wal_env, "PGVAULT_RESTORE_PREFETCH": "0"})
+    assert out.read_bytes() == data[segs[0]]
+
+
+def test_fetch_prefetches_ahead_and_keeps_the_exit_code_contract(pg_cluster, wal_env, tmp_path: Path) -> None:
+    segs = [_finished_segment(pg_cluster) for _ in range(3)]
+    data = {s: (pg_cluster.datadir / "pg_wal" / s).read_bytes() for s in segs}
+    for s in segs:
+        pgvault(["wal", "push", f"pg_wal/{s}", "--pgdata", str(pg_cluster.datadir)], wal_env)
+    restoring = tmp_path / "restoring"
+    (restoring / "pg_wal").mkdir(parents=True)
+    pgvault(["wal", "fetch", segs[0], "pg_wal/RECOVERYXLOG", "--pgdata", str(restoring)], wal_env)
+    spool = restoring / "pg_wal" / "pgvault" / "fetch"
+    _wait_for(lambda: all((spool / s).exists() for s in segs[1:]))
+    for s in segs[1:]:
+        r = pgvault(["wal", "fetch", s, "pg_wal/RECOVERYXLOG", "--pgdata", str(restoring), "--json"], wal_env).json()
+        assert r["prefetched"] is True
+        assert (restoring / "pg_wal" / "RECOVERYXLOG").read_bytes() == data[s]
+    # Past the end of the archive: still exit 1 ("not found"), prefetcher or not.
+    nxt = f"{segs[-1][:16]}{int(segs[-1][16:], 16) + 1:08X}"
+    assert pgvault(["wal", "fetch", nxt, "pg_wal/RECOVERYXLOG", "--pgdata", str(restoring)], wal_env,
+                   check=False).returncode == 1

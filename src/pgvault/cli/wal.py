@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 from pgvault.cli import context_from, emit
 from pgvault.operations.archive import fetch, push
+from pgvault.operations.archive_async import fetch_prefetching, is_ready, passthrough_args, push_async, run_prefetcher, run_pusher
 from pgvault.storage import ObjectNotFound
 
 # restore_command: exit 1 means "this file does not exist" and may end recovery; any other failure
@@ -27,6 +29,13 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     fs.add_argument("destination", help="where to write it (%%p)")
     fs.add_argument("--pgdata", help="data directory (default: the current directory)")
     fs.set_defaults(func=run_fetch, remap_exit=fetch_exit_code)
+    # Started by push / fetch themselves (see operations/archive_async.py); not for people.
+    ad = wsub.add_parser("archive-daemon", parents=[common])
+    ad.add_argument("--pgdata", required=True)
+    ad.set_defaults(func=run_pusher_daemon)
+    pd = wsub.add_parser("prefetch-daemon", parents=[common])
+    pd.add_argument("--pgdata", required=True)
+    pd.set_defaults(func=run_prefetch_daemon)
 
 
 def fetch_exit_code(error: BaseException) -> int:
@@ -34,9 +43,17 @@ def fetch_exit_code(error: BaseException) -> int:
     return FETCH_NOT_FOUND if isinstance(error, ObjectNotFound) else FETCH_FAILED
 
 
+def _passthrough(args: argparse.Namespace) -> list[str]:
+    return passthrough_args(args.config, args.cluster, args.repository)
+
+
 def run_push(args: argparse.Namespace) -> int:
     ctx = context_from(args)
-    r = push(ctx, args.path, pgdata=args.pgdata)
+    data_dir = Path(args.pgdata) if args.pgdata else Path.cwd()
+    if ctx.settings.archive_async and is_ready(data_dir, args.path):
+        r = push_async(ctx, args.path, pgdata=str(data_dir), passthrough=_passthrough(args))
+    else:
+        r = push(ctx, args.path, pgdata=args.pgdata)
     emit(args, "wal_push", {"name": r.name, "key": r.key, "already_archived": r.already_archived,
                             "raw_size": r.raw_size, "stored_size": r.stored_size},
          lambda: f"{r.name}: {'already archived' if r.already_archived else 'archived'} as {r.key}")
@@ -45,7 +62,19 @@ def run_push(args: argparse.Namespace) -> int:
 
 def run_fetch(args: argparse.Namespace) -> int:
     ctx = context_from(args)
-    res = fetch(ctx, args.name, args.destination, pgdata=args.pgdata)
+    if ctx.settings.restore_prefetch > 0:
+        res = fetch_prefetching(ctx, args.name, args.destination, pgdata=args.pgdata, passthrough=_passthrough(args))
+    else:
+        res = fetch(ctx, args.name, args.destination, pgdata=args.pgdata)
     if args.json:
-        emit(args, "wal_fetch", {"name": args.name, "raw_size": res.raw_size}, lambda: "")
+        emit(args, "wal_fetch", {"name": args.name, "prefetched": res is None,
+                                 "raw_size": res.raw_size if res else None}, lambda: "")
     return 0
+
+
+def run_pusher_daemon(args: argparse.Namespace) -> int:
+    return run_pusher(context_from(args), Path(args.pgdata))
+
+
+def run_prefetch_daemon(args: argparse.Namespace) -> int:
+    return run_prefetcher(context_from(args), Path(args.pgdata))

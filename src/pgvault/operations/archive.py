@@ -52,6 +52,7 @@ class PushResult:
     already_archived: bool
     raw_size: int
     stored_size: int
+    raw_sha256: str = ""
 
 
 def _raw_digest(path: Path) -> tuple[str, int]:
@@ -134,7 +135,7 @@ def push(ctx: Context, path: str, *, pgdata: str | None = None) -> PushResult:
         raw_sha, raw_size = _raw_digest(src)
         if meta.get("raw_sha256") == raw_sha and meta.get("raw_size") == raw_size:
             log.get().info("%s was already archived with identical content", name)
-            return PushResult(name, str(meta["key"]), True, raw_size, int(meta.get("stored_size", 0)))
+            return PushResult(name, str(meta["key"]), True, raw_size, int(meta.get("stored_size", 0)), raw_sha)
         raise IntegrityError(
             f"{name} is already archived in {ctx.storage.url} with different content "
             f"(sha256 {str(meta.get('raw_sha256'))[:16]}..., ours {raw_sha[:16]}...); refusing to overwrite it",
@@ -160,7 +161,7 @@ def push(ctx: Context, path: str, *, pgdata: str | None = None) -> PushResult:
             doc["history"] = src.read_text(encoding="utf-8", errors="replace")
         with ctx.storage.open_write(layout.wal_meta(ctx.cluster, name)) as m:
             m.write(json.dumps(doc, indent=1).encode())
-    return PushResult(name, key, False, result.raw_size, result.stored_size)
+    return PushResult(name, key, False, result.raw_size, result.stored_size, result.raw_sha256)
 
 
 def fetch(ctx: Context, name: str, destination: str, *, pgdata: str | None = None) -> StreamResult:

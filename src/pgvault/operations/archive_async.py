@@ -1,0 +1,338 @@
+"""Asynchronous, parallel WAL archiving and prefetching restore (the default).
+
+One ``archive_command`` process per segment cannot keep up with a busy server: each start pays
+Python start-up plus one upload round trip, in series.  So, as pgBackRest's ``archive-async``:
+
+* **push** (``archive_command``): the foreground ``wal push %p`` makes sure a background pusher
+  runs, then waits until the pusher has confirmed *this* segment (a ``<name>.ok`` file in the
+  spool holding its size and SHA-256).  It re-hashes the segment and compares before returning 0,
+  so "0" still means "these exact bytes are durable in the repository", as the docs demand.
+* the **pusher** (``wal archive-daemon``) scans ``pg_wal/archive_status/*.ready`` and uploads the
+  backlog oldest first with ``archive.parallel`` uploads in flight, each through the ordinary
+  :func:`~pgvault.operations.archive.push` (same no-overwrite rule, same identity checks).  A
+  failure is written as ``<name>.error``, which the foreground reports and PostgreSQL retries.
+  It exits after a quiet period; the next foreground call starts it again.
+* **fetch** (``restore_command``): the foreground serves a segment from the spool when the
+  **prefetcher** (``wal prefetch-daemon``) has already downloaded and verified it, else fetches it
+  itself; either way it (re)starts the prefetcher, which keeps the next ``restore.prefetch``
+  segments ready.  Exit codes are unchanged: only the repository's confirmed absence is 1.
+
+State lives in ``archive.spool_dir`` (default ``PGDATA/pg_wal/pgvault``: local, private to the
+cluster, excluded from base backups).  One pusher / prefetcher per spool, by ``flock``.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import fcntl
+import json
+import os
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+from pgvault import log
+from pgvault.errors import PgvaultError, StorageError, error_of_kind
+from pgvault.operations.archive import PushResult, _raw_digest, fetch, push
+from pgvault.operations.context import Context
+from pgvault.pg import wal
+from pgvault.pipeline import StreamResult
+from pgvault.repository.catalog import read_cluster_info
+from pgvault.storage import ObjectNotFound
+
+POLL = 0.02
+IDLE_EXIT = 30.0  # the pusher stays this long after the backlog is empty
+PREFETCH_IDLE_EXIT = 15.0
+
+
+def spool_dir(ctx: Context, data_dir: Path) -> Path:
+    return Path(ctx.settings.spool_dir) if ctx.settings.spool_dir else data_dir / "pg_wal" / "pgvault"
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+@contextmanager
+def _try_lock(path: Path) -> Iterator[bool]:
+    """Yield True while holding an exclusive flock on ``path``; False if someone else holds it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
+
+
+def _is_locked(path: Path) -> bool:
+    with _try_lock(path) as mine:
+        return not mine
+
+
+def spawn(args: list[str], spool: Path, log_name: str) -> None:
+    """Start ``pgvault ARGS`` detached (own session, no inherited pipes) with our environment."""
+    spool.mkdir(parents=True, exist_ok=True)
+    with open(spool / log_name, "ab") as err:
+        subprocess.Popen(  # noqa: S603 - our own interpreter and module
+            [sys.executable, "-m", "pgvault", *args], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=err, start_new_session=True, close_fds=True,
+        )
+
+
+# --- push -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Paths:
+    spool: Path
+
+    @property
+    def done(self) -> Path:
+        return self.spool / "archive"
+
+    @property
+    def lock(self) -> Path:
+        return self.spool / "pusher.lock"
+
+    def ok(self, name: str) -> Path:
+        return self.done / f"{name}.ok"
+
+    def error(self, name: str) -> Path:
+        return self.done / f"{name}.error"
+
+
+def is_ready(data_dir: Path, path: str) -> bool:
+    """True when PostgreSQL has marked this file ready for archiving (only those go async; a file
+    pushed by hand is pushed in the foreground)."""
+    return (data_dir / "pg_wal" / "archive_status" / f"{Path(path).name}.ready").exists()
+
+
+def push_async(ctx: Context, path: str, *, pgdata: str | None, passthrough: list[str],
+               clock: Callable[[], float] = time.monotonic) -> PushResult:
+    """Foreground of ``wal push`` in async mode: return once the pusher confirmed these bytes."""
+    data_dir = Path(pgdata) if pgdata else Path.cwd()
+    src = Path(path) if Path(path).is_absolute() else data_dir / path
+    name = src.name
+    paths = _Paths(spool_dir(ctx, data_dir))
+    paths.done.mkdir(parents=True, exist_ok=True)
+    deadline = clock() + ctx.settings.archive_wait_timeout
+    started = False
+    while True:
+        ok = paths.ok(name)
+        if ok.exists():
+            confirmed = _confirm(ok, src)
+            if confirmed is not None:
+                return confirmed
+            break  # a stale record for other bytes: let the synchronous push compare with the repository
+        err = paths.error(name)
+        if err.exists():
+            try:
+                doc = json.loads(err.read_text(encoding="utf-8", errors="replace"))
+            except (OSError, ValueError):
+                doc = {}
+            err.unlink(missing_ok=True)
+            raise error_of_kind(str(doc.get("kind", "storage")), f"background push of {name} failed: {doc.get('message')}",
+                                hint=f"the pusher's log is {paths.spool / 'pusher.log'}")
+        if not _is_locked(paths.lock):
+            if started and clock() > deadline - ctx.settings.archive_wait_timeout / 2:
+                break  # the pusher keeps dying: push in the foreground, which reports the real error
+            spawn(["wal", "archive-daemon", "--pgdata", str(data_dir), *passthrough], paths.spool, "pusher.log")
+            started = True
+            time.sleep(POLL * 5)
+            continue
+        if clock() > deadline:
+            raise StorageError(f"{name} was not confirmed by the background pusher within "
+                               f"{ctx.settings.archive_wait_timeout:.0f}s", hint=f"see {paths.spool / 'pusher.log'}")
+        time.sleep(POLL)
+    return push(ctx, str(src), pgdata=str(data_dir))
+
+
+def _confirm(ok: Path, src: Path) -> PushResult | None:
+    """The pusher's record, if it describes exactly the bytes of ``src``; the record is consumed."""
+    try:
+        doc = json.loads(ok.read_text())
+    except (OSError, ValueError):
+        return None
+    sha, size = _raw_digest(src)
+    ok.unlink(missing_ok=True)
+    if doc.get("raw_sha256") != sha or doc.get("raw_size") != size:
+        return None
+    return PushResult(src.name, str(doc.get("key", "")), True, size, int(doc.get("stored_size", 0)), sha)
+
+
+def run_pusher(ctx: Context, data_dir: Path, *, idle_exit: float = IDLE_EXIT,
+               clock: Callable[[], float] = time.monotonic) -> int:
+    """The background pusher: upload every .ready file (oldest first, in parallel) until idle."""
+    logger = log.get()
+    paths = _Paths(spool_dir(ctx, data_dir))
+    status = data_dir / "pg_wal" / "archive_status"
+    with _try_lock(paths.lock) as mine:
+        if not mine:
+            return 0  # another pusher serves this spool
+        paths.done.mkdir(parents=True, exist_ok=True)
+        failed_at: dict[str, float] = {}
+        # Confirmed recently: the foreground consumes the .ok and PostgreSQL renames .ready to .done
+        # a moment later; still ready after that (a crash before the rename) means push it again.
+        pushed: dict[str, float] = {}
+        in_flight: dict[cf.Future[PushResult], str] = {}
+        last_work = clock()
+        with cf.ThreadPoolExecutor(max_workers=ctx.settings.archive_parallel, thread_name_prefix="push") as pool:
+            while True:
+                if not status.is_dir():
+                    return 0  # the cluster is gone
+                ready = sorted(p.name[: -len(".ready")] for p in status.iterdir() if p.name.endswith(".ready"))
+                busy = set(in_flight.values())
+                for name in ready:
+                    if len(in_flight) >= ctx.settings.archive_parallel:
+                        break
+                    if name in busy or clock() - pushed.get(name, -1e9) < 5.0 or paths.ok(name).exists() or clock() - failed_at.get(name, -1e9) < 1.0:
+                        continue
+                    paths.error(name).unlink(missing_ok=True)
+                    in_flight[pool.submit(push, ctx, str(data_dir / "pg_wal" / name), pgdata=str(data_dir))] = name
+                if in_flight:
+                    last_work = clock()
+                    done, _ = cf.wait(list(in_flight), timeout=0.5, return_when=cf.FIRST_COMPLETED)
+                    for fut in done:
+                        name = in_flight.pop(fut)
+                        try:
+                            r = fut.result()
+                        except Exception as e:  # noqa: BLE001 - reported to the foreground, which fails
+                            failed_at[name] = clock()
+                            kind = e.kind if isinstance(e, PgvaultError) else "internal"
+                            text = e.message if isinstance(e, PgvaultError) else f"{type(e).__name__}: {e}"
+                            logger.error("push of %s failed: %s", name, text)
+                            _write_atomic(paths.error(name), json.dumps({"kind": kind, "message": text}).encode())
+                            continue
+                        pushed[name] = clock()
+                        _write_atomic(paths.ok(name), json.dumps({
+                            "raw_sha256": r.raw_sha256, "raw_size": r.raw_size, "key": r.key,
+                            "stored_size": r.stored_size}).encode())
+                    continue
+                _sweep(paths, status)
+                if clock() - last_work > idle_exit:
+                    return 0
+                time.sleep(0.05)
+
+
+def _sweep(paths: _Paths, status: Path) -> None:
+    """Drop records of segments PostgreSQL no longer offers (already confirmed or gone)."""
+    for p in paths.done.iterdir():
+        name = p.name.rsplit(".", 1)[0]
+        if p.suffix in (".ok", ".error") and not (status / f"{name}.ready").exists():
+            if time.time() - p.stat().st_mtime > 60:
+                p.unlink(missing_ok=True)
+
+
+# --- fetch ----------------------------------------------------------------------------------------
+
+
+def _fetch_dir(ctx: Context, data_dir: Path) -> Path:
+    return spool_dir(ctx, data_dir) / "fetch"
+
+
+def fetch_prefetching(ctx: Context, name: str, destination: str, *, pgdata: str | None,
+                      passthrough: list[str]) -> StreamResult | None:
+    """Foreground of ``wal fetch`` with prefetch: serve from the spool when ready, else fetch."""
+    data_dir = Path(pgdata) if pgdata else Path.cwd()
+    if wal.classify_or_none(name) is not wal.WalFileKind.SEGMENT:
+        return fetch(ctx, name, destination, pgdata=pgdata)
+    spool = _fetch_dir(ctx, data_dir)
+    spool.mkdir(parents=True, exist_ok=True)
+    _write_atomic(spool / ".want", name.encode())
+    dest = Path(destination) if Path(destination).is_absolute() else data_dir / destination
+    ready = spool / name
+    served: StreamResult | None = None
+    try:
+        os.replace(ready, dest)  # verified when the prefetcher wrote it; same file system as pg_wal
+        _fsync_dir(dest.parent)
+    except FileNotFoundError:
+        served = fetch(ctx, name, destination, pgdata=pgdata)
+    except OSError:  # another file system: copy (the prefetched file stays for cleanup)
+        served = fetch(ctx, name, destination, pgdata=pgdata)
+    if not _is_locked(spool / "prefetch.lock"):
+        spawn(["wal", "prefetch-daemon", "--pgdata", str(data_dir), *passthrough], spool, "prefetch.log")
+    return served
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def run_prefetcher(ctx: Context, data_dir: Path, *, idle_exit: float = PREFETCH_IDLE_EXIT,
+                   clock: Callable[[], float] = time.monotonic) -> int:
+    """Keep the ``restore.prefetch`` segments after the last one asked for ready in the spool."""
+    spool = _fetch_dir(ctx, data_dir)
+    depth = ctx.settings.restore_prefetch
+    info = read_cluster_info(ctx.storage, ctx.cluster) or {}
+    seg_size = int(info.get("wal_segment_size") or 0)
+    if depth <= 0 or not seg_size:
+        return 0
+    with _try_lock(spool / "prefetch.lock") as mine:
+        if not mine:
+            return 0
+        last_want, last_change = "", clock()
+        absent: dict[str, float] = {}
+        with cf.ThreadPoolExecutor(max_workers=min(depth, ctx.settings.archive_parallel), thread_name_prefix="prefetch") as pool:
+            while clock() - last_change < idle_exit:
+                try:
+                    want = (spool / ".want").read_text().strip()
+                except OSError:
+                    return 0
+                if want != last_want:
+                    last_want, last_change = want, clock()
+                tli, segno = wal.parse_segment_name(want, seg_size)
+                window = [wal.segment_name(tli, segno + i, seg_size) for i in range(1, depth + 1)]
+                keep = {want, *window}  # ``want`` itself may be being moved out by the foreground right now
+                for p in spool.iterdir():  # consumed or passed by recovery
+                    if wal.classify_or_none(p.name) is wal.WalFileKind.SEGMENT and p.name not in keep:
+                        p.unlink(missing_ok=True)
+                todo = [n for n in window if not (spool / n).exists() and clock() - absent.get(n, -1e9) > 2.0]
+                futures = {pool.submit(_prefetch_one, ctx, n, spool, data_dir): n for n in todo}
+                for fut in cf.as_completed(futures):
+                    if not fut.result():
+                        absent[futures[fut]] = clock()
+                time.sleep(0.05)
+        for p in spool.iterdir():
+            if wal.classify_or_none(p.name) is wal.WalFileKind.SEGMENT:
+                p.unlink(missing_ok=True)
+    return 0
+
+
+def _prefetch_one(ctx: Context, name: str, spool: Path, data_dir: Path) -> bool:
+    """Download and verify one segment into the spool; False when it is not (yet) archived."""
+    try:
+        fetch(ctx, name, str(spool / name), pgdata=str(data_dir))
+        return True
+    except ObjectNotFound:
+        return False
+    except (PgvaultError, OSError) as e:
+        # Leave it to the foreground, which fetches it itself and reports the error to PostgreSQL.
+        log.get().warning("prefetch of %s failed: %s", name, getattr(e, "message", e))
+        return False
+
+
+def passthrough_args(config: str | None, cluster: str | None, repository: str | None) -> list[str]:
+    """The command-line settings a daemon needs to see the same repository (no secrets)."""
+    out: list[str] = []
+    for flag, value in (("--config", config), ("--cluster", cluster), ("--repository", repository)):
+        if value:
+            out += [flag, value]
+    return out
+
+
+__all__ = ["push_async", "run_pusher", "fetch_prefetching", "run_prefetcher", "passthrough_args", "is_ready"]
