@@ -382,7 +382,8 @@ class Bench:
             repo_wal = br.repo / "archive"
         log(f"[{run.title}] archive_command = {command}")
         cm.set_archive_command(cluster, command)
-        segment, run.first_push_s = cm.switch_and_wait(cluster, 120)
+        segment, first = cm.switch_and_wait(cluster, 120)
+        run.first_push_s = round(first, 2)
         if not any(p.name.startswith(segment) for p in repo_wal.rglob("*")):
             raise StepError(f"{run.title}: segment {segment} was reported archived but is not in {repo_wal}")
         log(f"  first segment {segment} archived in {run.first_push_s:.1f} s")

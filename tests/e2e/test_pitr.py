@@ -207,3 +207,41 @@ def test_restore_refuses_and_explains(major, archiving) -> None:  # type: ignore
     # --dry-run shows the plan only.
     r = pgvault(["restore-cluster", "-D", str(a.work / "y"), "--dry-run", "--json"], a.env())
     assert r.json()["plan"]["backup_id"] == m["backup_id"] and not (a.work / "y").exists()
+
+
+@pytest.mark.parametrize("major", pg_majors() or [None])
+def test_backup_under_load_with_a_moved_tablespace_restores_consistent(major, archiving) -> None:  # type: ignore[no-untyped-def]
+    import threading
+
+    from support.archiving import chown_pg
+
+    a = archiving(major)
+    space = a.work / "space1"
+    space.mkdir()
+    chown_pg(space)
+    a.cluster.psql(f"CREATE TABLESPACE space1 LOCATION '{space}'")
+    a.cluster.psql("CREATE TABLE ticks(i int PRIMARY KEY) TABLESPACE space1")
+    stop = threading.Event()
+
+    def load() -> None:  # committed rows keep arriving while the backup runs
+        n = 0
+        while not stop.is_set():
+            n += 1
+            a.cluster.psql(f"INSERT INTO ticks VALUES ({n})")
+
+    writer = threading.Thread(target=load, daemon=True)
+    writer.start()
+    try:
+        a.basebackup()
+    finally:
+        stop.set()
+        writer.join()
+    committed = int(a.cluster.psql("SELECT count(*) FROM ticks"))
+    a.switch_and_wait()
+    moved = a.work / "space1-moved"  # absent: restore-cluster creates it
+    r, restored = a.restore("--tablespace", f"space1={moved}")
+    assert r.json()["tablespaces"] and list(r.json()["tablespaces"].values()) == [str(moved)]
+    restored.wait_primary()
+    assert _prefix(restored) == committed
+    assert restored.query("SELECT pg_tablespace_location(oid) FROM pg_tablespace WHERE spcname = 'space1'") == str(moved)
+    assert restored.query("SELECT count(*) FROM ticks WHERE i > 0") == str(committed)

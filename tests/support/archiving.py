@@ -140,7 +140,9 @@ def make_archiving_cluster(
         secret_env = {k: v for k, v in s3.items() if k.startswith("AWS_")}
         repo_url = s3["url"]
     else:
-        repo = chown_pg(work / "repo") if (work / "repo").mkdir() is None else work / "repo"
+        repo = work / "repo"
+        repo.mkdir()
+        chown_pg(repo)
         conf_settings["repository.url"] = str(repo)
         repo_url = str(repo)
     conf = server_config(work, conf_settings)
