@@ -159,6 +159,11 @@ ENV_SAMPLES: dict[str, tuple[str, Callable[[Settings], Any], Any]] = {
     "encryption.age_identity_file": ("", lambda s: s.age_identity_file, None),
     "encryption.age_identity": (SECRET, lambda s: s.age_identity, SECRET),
     "backup.exact_row_counts": ("off", lambda s: s.exact_row_counts, False),
+    "archive.async": ("false", lambda s: s.archive_async, False),
+    "archive.parallel": ("8", lambda s: s.archive_parallel, 8),
+    "archive.spool_dir": ("/var/spool/pgvault", lambda s: s.spool_dir, "/var/spool/pgvault"),
+    "archive.wait_timeout": ("12.5", lambda s: s.archive_wait_timeout, 12.5),
+    "restore.prefetch": ("0", lambda s: s.restore_prefetch, 0),
 }
 
 EXPECTED_ENV_NAMES = {
@@ -180,6 +185,11 @@ EXPECTED_ENV_NAMES = {
     "encryption.age_identity_file": "PGVAULT_ENCRYPTION_AGE_IDENTITY_FILE",
     "encryption.age_identity": "PGVAULT_ENCRYPTION_AGE_IDENTITY",
     "backup.exact_row_counts": "PGVAULT_BACKUP_EXACT_ROW_COUNTS",
+    "archive.async": "PGVAULT_ARCHIVE_ASYNC",
+    "archive.parallel": "PGVAULT_ARCHIVE_PARALLEL",
+    "archive.spool_dir": "PGVAULT_ARCHIVE_SPOOL_DIR",
+    "archive.wait_timeout": "PGVAULT_ARCHIVE_WAIT_TIMEOUT",
+    "restore.prefetch": "PGVAULT_RESTORE_PREFETCH",
 }
 
 

@@ -55,9 +55,20 @@ def emit(args: argparse.Namespace, kind: str, payload: dict[str, Any], human: Ca
     print(to_json(kind, payload) if args.json else human())
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from pgvault.cli import backup, basebackup, catalog, config_cmd, restore, restore_cluster, wal
+# Command -> the module that registers it.  main() imports only the module a command needs:
+# ``wal push`` runs once per WAL segment, and every import is start-up time PostgreSQL waits for.
+_MODULES = {
+    "backup": "backup", "basebackup": "basebackup", "list": "catalog", "status": "catalog", "show": "catalog",
+    "restore": "restore", "restore-cluster": "restore_cluster", "restore-point": "restore_cluster", "wal": "wal",
+    "config": "config_cmd",
+}
 
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    import importlib
+
+    names = [_MODULES[command]] if command in _MODULES else sorted(set(_MODULES.values()))
+    modules = [importlib.import_module(f"pgvault.cli.{n}") for n in names]
     common = common_options()
     parser = argparse.ArgumentParser(
         prog="pgvault",
@@ -66,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"pgvault {pgvault.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (backup, basebackup, catalog, restore, restore_cluster, wal, config_cmd):
+    for module in modules:
         module.register(sub, common)
     return parser
 
@@ -91,7 +102,9 @@ def _report(err: PgvaultError, as_json: bool) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit status."""
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(command)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)

@@ -127,7 +127,7 @@ def push_async(ctx: Context, path: str, *, pgdata: str | None, passthrough: list
     paths = _Paths(spool_dir(ctx, data_dir))
     paths.done.mkdir(parents=True, exist_ok=True)
     deadline = clock() + ctx.settings.archive_wait_timeout
-    started = False
+    spawned_at: float | None = None
     while True:
         ok = paths.ok(name)
         if ok.exists():
@@ -144,13 +144,11 @@ def push_async(ctx: Context, path: str, *, pgdata: str | None, passthrough: list
             err.unlink(missing_ok=True)
             raise error_of_kind(str(doc.get("kind", "storage")), f"background push of {name} failed: {doc.get('message')}",
                                 hint=f"the pusher's log is {paths.spool / 'pusher.log'}")
-        if not _is_locked(paths.lock):
-            if started and clock() > deadline - ctx.settings.archive_wait_timeout / 2:
+        if not _is_locked(paths.lock) and (spawned_at is None or clock() - spawned_at > 5.0):
+            if spawned_at is not None and clock() > deadline - ctx.settings.archive_wait_timeout / 2:
                 break  # the pusher keeps dying: push in the foreground, which reports the real error
             spawn(["wal", "archive-daemon", "--pgdata", str(data_dir), *passthrough], paths.spool, "pusher.log")
-            started = True
-            time.sleep(POLL * 5)
-            continue
+            spawned_at = clock()
         if clock() > deadline:
             raise StorageError(f"{name} was not confirmed by the background pusher within "
                                f"{ctx.settings.archive_wait_timeout:.0f}s", hint=f"see {paths.spool / 'pusher.log'}")

@@ -8,14 +8,17 @@ the machine via ``ps``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping
 from contextlib import contextmanager
-
-import psycopg
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 from pgvault.errors import DatabaseError, NotFoundError
+
+if TYPE_CHECKING:
+    import psycopg
+
+# psycopg is imported where a connection is made: it costs ~150 ms, and wal push / wal fetch (one
+# process per WAL file, run by PostgreSQL) never connect.
 
 # libpq keyword -> environment variable (https://www.postgresql.org/docs/current/libpq-envars.html)
 _ENV_FOR_KEYWORD = {
@@ -68,6 +71,8 @@ class ConnInfo:
             if environ.get(var):
                 params[kw] = environ[var]
         if dsn:
+            from psycopg.conninfo import conninfo_to_dict
+
             params.update({k: str(v) for k, v in conninfo_to_dict(dsn).items() if v is not None})
         return cls(params)
 
@@ -86,6 +91,8 @@ class ConnInfo:
 
     def conninfo(self) -> str:
         """Conninfo string for psycopg (in-process only: never pass it to a child's argv)."""
+        from psycopg.conninfo import make_conninfo
+
         return make_conninfo(**{k: v for k, v in self.params.items()})
 
     def child_env(self, base: Mapping[str, str]) -> dict[str, str]:
@@ -101,6 +108,8 @@ class ConnInfo:
 
 def connect(info: ConnInfo, *, autocommit: bool = True, dbname: str | None = None) -> psycopg.Connection[Any]:
     """Open a connection, turning libpq failures into one-line :class:`DatabaseError` s."""
+    import psycopg
+
     target = info.with_db(dbname) if dbname else info
     params: dict[str, Any] = dict(target.params)
     params.setdefault("application_name", "pgvault")
