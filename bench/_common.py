@@ -234,6 +234,14 @@ def connect(cluster: PgCluster, dbname: str = "postgres") -> psycopg.Connection[
     return psycopg.connect(cluster.dsn(dbname), password=cluster.password, autocommit=True)
 
 
+def scalar(conn: psycopg.Connection[Any], sql: str) -> Any:
+    """The first column of the first row of ``sql``."""
+    row = conn.execute(sql).fetchone()
+    if row is None:
+        raise StepError(f"no row from {sql}")
+    return row[0]
+
+
 @dataclass(frozen=True)
 class ArchiverStats:
     archived: int
@@ -284,9 +292,7 @@ def switch_and_wait(cluster: PgCluster, timeout: float, *, fail_on_error: bool =
         before = archiver_stats(conn)
         # A switch on an idle server is a no-op: write a record first so there is a segment to close.
         conn.execute("SELECT pg_logical_emit_message(false, 'pgvault-bench', 'switch')")
-        row = conn.execute("SELECT pg_walfile_name(pg_switch_wal())").fetchone()
-        assert row is not None
-        segment = str(row[0])
+        segment = str(scalar(conn, "SELECT pg_walfile_name(pg_switch_wal())"))
         t0 = time.monotonic()
         while True:
             st = archiver_stats(conn)
@@ -367,7 +373,7 @@ def stop_datadir(bindir_pg_ctl: Path, datadir: Path) -> None:
 __all__ = [
     "AgeKey", "ArchiverStats", "PgBackRest", "StepError", "archive_failures", "archived_past", "archiver_stats",
     "as_postgres", "build_launcher", "chown_postgres", "connect", "kill_strays", "log", "make_age_key", "mentions",
-    "pgbackrest_version", "pgvault_archive_command", "postgres_dir", "ready_count", "run_checked", "server_env",
+    "pgbackrest_version", "pgvault_archive_command", "postgres_dir", "ready_count", "run_checked", "scalar", "server_env",
     "server_log_lines", "set_archive_command", "stop_datadir", "switch_and_wait", "tree_bytes", "wait_no_ready",
     "write_pgvault_config",
 ]

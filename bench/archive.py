@@ -12,7 +12,8 @@ Not a test: a report.  For each archiver in turn (pgvault, then pgBackRest) it
   2. switches archive_command (a reload) to the archiver under test, as the postgres OS user:
        pgvault     ``PGVAULT_CONFIG=... pgvault wal push %p``: a launcher running a copy of src/
                    (like tests/support/launcher.py), local repository owned by postgres, age
-                   encryption to a fresh key, every other setting at pgvault's defaults (zstd);
+                   encryption to a fresh key, every other setting at pgvault's defaults (zstd, and
+                   whatever archiving mode is the default: no archive settings are written);
        pgBackRest  ``pgbackrest --config=... --stanza=bench archive-push %p`` with archive-async=y,
                    a spool path, process-max=2, compress-type=zst, repo1-cipher-type aes-256-cbc
                    (passphrase in its config file; ``--pgbackrest-cipher none`` to turn it off),
@@ -64,12 +65,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common as cm  # noqa: E402
 import logical  # noqa: E402
+import psycopg  # noqa: E402
 from logical import MiB, StepError, log  # noqa: E402
 from support.pgcluster import PgCluster, PgClusterError, postgres_tmpdir  # noqa: E402
 
 TOOLS = ("pgvault", "pgbackrest")
 TITLES = {"pgvault": "pgvault", "pgbackrest": "pgBackRest"}
 MAX_BACKLOG_TARGET = 4
+WAL_POSITION = "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint"
 BUCKET_S = 5
 
 SERVER_SETTINGS: dict[str, str | int | bool] = {
@@ -83,16 +86,16 @@ SERVER_SETTINGS: dict[str, str | int | bool] = {
 }
 
 CAVEATS = [
-    "fsync=off on the server (the test harness's default) so that WAL is generated as fast as the CPUs allow; "
-    "both archivers fsync what they store in their repositories.",
+    ("fsync=off on the server (the test harness's default) so that WAL is generated as fast as the CPUs allow; "
+     "both archivers fsync what they store in their repositories."),
     "The archived WAL of the timed load only: pgbench -i ran with archive_command = true.",
-    "CPU of archiving: the archive_command processes (reaped by the server's archiver) plus the helpers they "
-    "detach (this script is their child subreaper, so their rusage comes to it when they exit). "
-    "'Anything else' is the machine's busy time minus the server, pgbench, archiving and this script.",
+    ("CPU of archiving: the archive_command processes (reaped by the server's archiver) plus the helpers they "
+     "detach (this script is their child subreaper, so their rusage comes to it when they exit). "
+     "'Anything else' is the machine's busy time minus the server, pgbench, archiving and this script."),
     "Both archivers store into a local directory on the same disk as the server, so no network is involved.",
-    "pgBackRest's async archive-push acknowledges a segment once its own background process has stored it; "
-    "pgvault's archive_command returns once the segment is durable in the repository. The .ready backlog is "
-    "the segments PostgreSQL still holds, the same measure for both.",
+    ("Both archive asynchronously: pgBackRest's archive-push returns 0 once its background process has stored the "
+     "segment, pgvault's wal push once the segment is durable in the repository (pushed by itself or by its "
+     "background pusher). The .ready backlog is what PostgreSQL still holds, the same measure for both."),
 ]
 
 
@@ -230,11 +233,11 @@ class ArchiveSampler(threading.Thread):
         except Exception as e:  # noqa: BLE001 - reported with the run
             self.error = f"{type(e).__name__}: {e}"
 
-    def sample(self, conn: Any) -> Sample:
+    def sample(self, conn: psycopg.Connection[Any]) -> Sample:
         st = cm.archiver_stats(conn)
-        row = conn.execute("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint").fetchone()
+        wal = int(cm.scalar(conn, WAL_POSITION))
         return Sample(round(time.monotonic() - self.t0, 2), cm.ready_count(self.cluster),
-                      st.archived - self.base.archived, st.failed - self.base.failed, int(row[0]) - self.lsn0)
+                      st.archived - self.base.archived, st.failed - self.base.failed, wal - self.lsn0)
 
 
 @dataclass
@@ -258,7 +261,7 @@ class ToolRun:
     drain_s: float | None = None
     repo_segments: int | None = None
     repo_bytes: int | None = None
-    cpu: dict[str, float] = field(default_factory=dict)
+    cpu: dict[str, Any] = field(default_factory=dict)
     samples: list[Sample] = field(default_factory=list)
     error: str | None = None
 
@@ -384,7 +387,7 @@ class Bench:
         cm.set_archive_command(cluster, command)
         segment, first = cm.switch_and_wait(cluster, 120)
         run.first_push_s = round(first, 2)
-        if not any(p.name.startswith(segment) for p in repo_wal.rglob("*")):
+        if not any(p.name.startswith(segment) and not p.name.endswith(".json") for p in repo_wal.rglob("*")):
             raise StepError(f"{run.title}: segment {segment} was reported archived but is not in {repo_wal}")
         log(f"  first segment {segment} archived in {run.first_push_s:.1f} s")
         cluster.psql("CHECKPOINT")
@@ -392,12 +395,10 @@ class Bench:
         # --- the timed load ---
         postmaster = logical._postmaster_pid(cluster)
         with contextlib.closing(cm.connect(cluster)) as conn:
-            row = conn.execute("SELECT pid FROM pg_stat_activity WHERE backend_type = 'archiver'").fetchone()
-            if row is None:
-                raise StepError("no archiver process in pg_stat_activity")
-            arch_cpu = run.archiver_cpu = ArchiverCpu(int(row[0]), str(self.base))
+            archiver = int(cm.scalar(conn, "SELECT pid FROM pg_stat_activity WHERE backend_type = 'archiver'"))
+            arch_cpu = run.archiver_cpu = ArchiverCpu(archiver, str(self.base))
             base_stats = cm.archiver_stats(conn)
-            lsn0 = int(conn.execute("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint").fetchone()[0])
+            lsn0 = int(cm.scalar(conn, WAL_POSITION))
             busy0, steal0 = logical.machine_cpu()
             srv0, self0 = logical.server_cpu(postmaster), _self_cpu()
             t0 = time.monotonic()
@@ -411,14 +412,14 @@ class Bench:
                 t_end = time.monotonic()
                 run.load_s = round(t_end - t0, 2)
                 run.backlog_at_load_end = cm.ready_count(cluster)
-                lsn1 = int(conn.execute("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint").fetchone()[0])
+                lsn1 = int(cm.scalar(conn, WAL_POSITION))
                 run.wal_bytes = lsn1 - lsn0
                 for line in out.splitlines():
                     if line.startswith("tps = "):
                         run.tps = float(line.split()[2])
                     elif line.startswith("number of transactions actually processed:"):
                         run.transactions = int(line.split(":")[1].split("/")[0])
-                last = str(conn.execute("SELECT pg_walfile_name(pg_switch_wal())").fetchone()[0])
+                last = str(cm.scalar(conn, "SELECT pg_walfile_name(pg_switch_wal())"))
                 log(f"  load done: {run.wal_bytes / MiB:,.0f} MiB of WAL, {run.backlog_at_load_end} .ready; "
                     f"waiting for {last}")
                 while True:
@@ -452,7 +453,8 @@ class Bench:
         }
         if run.failed:
             log(f"  {run.failed} archive_command failure(s): {cm.archive_failures(cluster)}")
-        log(f"  max backlog {run.max_backlog}, drained {'in %.1f s' % run.drain_s if run.drained else 'NO'}, "
+        drained = f"in {run.drain_s:.1f} s" if run.drained and run.drain_s is not None else "NO"
+        log(f"  max backlog {run.max_backlog}, drained {drained}, "
             f"{run.archived} archived, {run.failed} failed")
 
     def pgbench(self, argv: list[str], env: dict[str, str]) -> tuple[str, float]:

@@ -63,6 +63,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import platform
@@ -82,7 +83,13 @@ import logical  # noqa: E402
 import psycopg  # noqa: E402
 from logical import DB, MiB, StepError, log  # noqa: E402
 from support.cli import clean_env  # noqa: E402
-from support.pgcluster import PG_OS_USER, PgCluster, PgClusterError, free_port, postgres_tmpdir  # noqa: E402
+from support.pgcluster import (  # noqa: E402
+    PG_OS_USER,
+    PgCluster,
+    PgClusterError,
+    free_port,
+    postgres_tmpdir,
+)
 
 SERVER_SETTINGS: dict[str, str | int | bool] = {
     **logical.SERVER_SETTINGS,
@@ -99,14 +106,14 @@ TARGETS = [
 ]
 
 CAVEATS = [
-    "Warm runs: the database was just generated and fits in the page cache, as do the repositories when they are "
-    "restored; on real servers both tools alike wait for the disks.",
+    ("Warm runs: the database was just generated and fits in the page cache, as do the repositories when they are "
+     "restored; on real servers both tools alike wait for the disks."),
     "fsync=off on the server; both tools fsync what they write to their repositories and restored data directories.",
-    "Each tool backs up its own identical copy of the stopped source (started just before, so its shared buffers "
-    "are cold; the files are in the OS page cache). Before each timed step: CHECKPOINT and sync.",
-    "Backup walls include the fast checkpoint and the wait until the backup's WAL is archived (each tool by its own "
-    "archive_command). Restore walls run from the command's start until the restored server is promoted and "
-    "accepts connections; the row-count check afterwards is not timed.",
+    ("Each tool backs up its own identical copy of the stopped source (started just before, so its shared buffers "
+     "are cold; the files are in the OS page cache). Before each timed step: CHECKPOINT and sync."),
+    ("Backup walls include the fast checkpoint and the wait until the backup's WAL is archived (each tool by its own "
+     "archive_command). Restore walls run from the command's start until the restored server is promoted and "
+     "accepts connections; the row-count check afterwards is not timed."),
     "Stored bytes are the backup's own files (data and manifest), not the archived WAL.",
     "pgvault runs as a python process per command (start-up included); pgBackRest is C.",
 ]
@@ -243,7 +250,7 @@ class Bench:
             self.br.run("stanza-create")
         segment, _ = cm.switch_and_wait(cluster, ARCHIVE_TIMEOUT)
         assert v.repo is not None
-        if not any(p.name.startswith(segment) for p in v.repo.rglob("*")):
+        if not any(p.name.startswith(segment) and not p.name.endswith(".json") for p in v.repo.rglob("*")):
             raise StepError(f"segment {segment} was reported archived but is not in {v.repo}")
         runner = logical.Runner(self.work, logical._postmaster_pid(cluster))
         self.settle(cluster)
@@ -258,6 +265,7 @@ class Bench:
         res.tool_cpu = sum(p.cpu for p in run.procs)
         res.server_cpu = run.server_cpu
         res.machine_busy, res.steal = run.machine_busy, run.steal
+        res.extra["other_cpu_s"] = round(run.other_cpu(), 2)
         res.peak_rss_mb = max((p.hwm_kb for p in run.procs), default=0) / 1024
         if v.key == "pgbackrest":
             info = json.loads(self.br.run("info", "--output=json"))
@@ -276,7 +284,7 @@ class Bench:
                              wal_start=m["first_wal"], wal_stop=m["last_wal"], pipeline=m["pipeline"],
                              base_files=m["base"]["files"])
         # End this repository's archive right after its backup.
-        last, secs = cm.switch_and_wait(cluster, ARCHIVE_TIMEOUT)
+        last, _ = cm.switch_and_wait(cluster, ARCHIVE_TIMEOUT)
         res.extra.update(archive_ends_at=last)
 
     # --- restores ----------------------------------------------------------------------------------
@@ -288,21 +296,27 @@ class Bench:
         self.restored.append(dest)
         port = free_port()
         os.sync()
-        busy0, steal0 = logical.machine_cpu()
-        t0 = time.monotonic()
-        if v.key == "pgbackrest":
-            self._restore_pgbackrest(dest, port, res)
-        else:
-            self._restore_pgvault(v, dest, port, res)
-        res.wall = time.monotonic() - t0
-        busy1, steal1 = logical.machine_cpu()
-        res.machine_busy, res.steal = busy1 - busy0, steal1 - steal0
-        res.extra["rows_verified"] = self.verify(port)
-        self.stop_restored(dest)
-        shutil.rmtree(dest, ignore_errors=True)
+        try:
+            busy0, steal0 = logical.machine_cpu()
+            t0 = time.monotonic()
+            if v.key == "pgbackrest":
+                self._restore_pgbackrest(dest, port, res)
+            else:
+                self._restore_pgvault(v, dest, port, res)
+            res.wall = time.monotonic() - t0
+            busy1, steal1 = logical.machine_cpu()
+            res.machine_busy, res.steal = busy1 - busy0, steal1 - steal0
+            res.extra["rows_verified"] = self.verify(dest, port)
+        finally:  # success or not: nothing of this restore may run on into the next step
+            self.stop_restored(dest)
+            strays = cm.kill_strays(str(dest))  # e.g. a WAL prefetcher
+            if strays:
+                log(f"  ended {len(strays)} helper(s) still running after the restored server stopped: {strays}")
+            shutil.rmtree(dest, ignore_errors=True)
+            self.restored.remove(dest)
 
     def _restore_pgvault(self, v: Variant, dest: Path, port: int, res: Result) -> None:
-        cmd = [str(self.launcher), "restore-cluster", "-D", str(dest), "--start", "--port", str(port),
+        cmd = [str(self.launcher), "restore-cluster", "--data-dir", str(dest), "--start", "--port", str(port),
                "--pgvault-command", str(self.launcher), "--timeout", str(self.args.restore_timeout), "--json"]
         env = clean_env(PGVAULT_CONFIG=str(v.config))
         r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=self.args.restore_timeout + 120,
@@ -313,7 +327,7 @@ class Bench:
             raise StepError(f"pgvault restore-cluster exited {r.returncode}: {tail}")
         doc = json.loads(r.stdout)
         rec = doc.get("recovery") or {}
-        res.extra.update(layout_s=doc.get("restore_seconds"), recovery_s=rec.get("seconds"),
+        res.extra.update(layout_s=doc.get("restore_seconds"), recovery_s=round(float(rec.get("seconds") or 0), 3),
                          wal_files_restored=rec.get("segments_restored"), state=rec.get("state"),
                          new_timeline=rec.get("new_timeline"), backup_id=(doc.get("plan") or {}).get("backup_id"))
         if rec.get("state") != "promoted":
@@ -346,8 +360,8 @@ class Bench:
         while time.monotonic() < deadline:
             try:
                 with psycopg.connect(dsn, password=self.source.password, autocommit=True) as conn:
-                    row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
-                    if row is not None and row[0] is False:
+                    self.check_is(conn, dest, port, logfile)
+                    if cm.scalar(conn, "SELECT pg_is_in_recovery()") is False:
                         return
             except psycopg.OperationalError:
                 if not (dest / "postmaster.pid").exists() and time.monotonic() - t0 > 5:
@@ -356,9 +370,20 @@ class Bench:
             time.sleep(0.1)
         raise StepError(f"the restored server was not promoted within {self.args.restore_timeout:.0f}s")
 
-    def verify(self, port: int) -> int:
+    @staticmethod
+    def check_is(conn: psycopg.Connection[Any], dest: Path, port: int, logfile: Path | None) -> None:
+        """The server we are talking to is the one restored into ``dest`` (not another on the port)."""
+        got = str(cm.scalar(conn, "SELECT current_setting('data_directory')"))
+        if Path(got).resolve() != dest.resolve():
+            tail = "" if logfile is None else " | ".join(logfile.read_text(errors="replace").strip().splitlines()[-4:])
+            raise StepError(f"port {port} is served by another server ({got}), not the restored one: {tail}")
+
+    def verify(self, dest: Path, port: int) -> int:
         """The restored server is out of recovery and every table has the source's row count."""
         assert self.source is not None
+        dsn = f"host=127.0.0.1 port={port} user=postgres dbname=postgres connect_timeout=10"
+        with psycopg.connect(dsn, password=self.source.password, autocommit=True) as conn:
+            self.check_is(conn, dest, port, None)
         dsn = f"host=127.0.0.1 port={port} user=postgres dbname={DB} connect_timeout=10"
         with psycopg.connect(dsn, password=self.source.password, autocommit=True) as conn:
             row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
@@ -409,10 +434,10 @@ class Bench:
         self.redo_segment = next(ln.split(":", 1)[1].strip() for ln in control.splitlines()
                                  if ln.startswith("Latest checkpoint's REDO WAL file"))
         for v in self.variants:
-            self.step(f"backup:{v.key}", f"backup  {v.label}", lambda res, v=v: self.backup(v, res))
+            self.step(f"backup:{v.key}", f"backup  {v.label}", functools.partial(self.backup, v))
         for v in self.variants:
             if v.backup_id is not None:
-                self.step(f"restore:{v.key}", f"restore {v.label}", lambda res, v=v: self.restore(v, res))
+                self.step(f"restore:{v.key}", f"restore {v.label}", functools.partial(self.restore, v))
         self.info["loadavg_end"] = logical._loadavg()
 
     def errors(self) -> list[str]:
@@ -430,6 +455,8 @@ def ratios(bench: Bench) -> list[dict[str, Any]]:
     for variant, primary in ((like, True), (other, False)):
         for key, desc, limit in TARGETS:
             kind = key.split("_")[0]
+            va: float | None
+            vb: float | None
             if kind == "stored":
                 a = r.get(f"backup:{variant}")
                 b = r.get("backup:pgbackrest")
@@ -485,13 +512,17 @@ def render(bench: Bench, fatal: str | None) -> str:
     add("read MiB: what the backup read (pgvault raw_size, pgBackRest size). CPU s: tool = the measured process tree;")
     add("server = the source server's processes; machine = every CPU of the machine during the step (restores: the")
     add("restored server and its restore_command included). peak RSS: the tool's largest single process, MiB.")
+    disturbed = [r.title.strip() for r in res.values() if (r.extra.get("other_cpu_s") or 0) > 1.0]
+    if disturbed:
+        add("WARNING: other work used more than 1 CPU second during: " + "; ".join(disturbed))
+        add("         The machine was busy; those walls and ratios are not representative. Re-run when it is idle.")
     add("")
-    add(f"{'ratio':<70} {'value':>7} {'target':>8}  result")
-    add("-" * 96)
+    add(f"{'ratio':<74} {'value':>7} {'target':>8}  result")
+    add("-" * 100)
     for v in ratios(bench):
         label = v["description"] if v["primary"] else "  " + v["description"]
         val = "-" if v["value"] is None else f"{v['value']:.3f}"
-        add(f"{label:<70} {val:>7} {v['target']:>8}  {v['status']}")
+        add(f"{label:<74} {val:>7} {v['target']:>8}  {v['status']}")
     add("")
     add("Caveats:")
     for c in CAVEATS:
