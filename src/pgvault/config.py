@@ -14,12 +14,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import yaml
 
 from pgvault.errors import ConfigError
-from pgvault.pipeline import PipelineSpec
+
+if TYPE_CHECKING:
+    from pgvault.pipeline import PipelineSpec
 
 MiB = 1 << 20
 
@@ -63,6 +65,8 @@ class Settings:
 
     def pipeline(self) -> PipelineSpec:
         """The write pipeline these settings describe."""
+        from pgvault.pipeline import PipelineSpec  # zstandard + pyrage: not for every command's start-up
+
         return PipelineSpec(
             compression=self.compression,
             level=self.compression_level,

@@ -4,6 +4,7 @@ archive_command comes with base backups)."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import uuid
 from pathlib import Path
@@ -160,13 +161,20 @@ def test_async_push_uploads_the_backlog_and_confirms_only_stored_bytes(pg_cluste
         (status / f"{s}.ready").touch()
     first = pgvault(["wal", "push", f"pg_wal/{segs[0]}", "--pgdata", str(fake), "--json"], wal_env).json()
     assert first["name"] == segs[0]
-    spool = fake / "pg_wal" / "pgvault"
+    # One spool per repository and cluster, so a record can only confirm a push to this repository.
+    [spool] = list((fake / "pg_wal" / "pgvault").iterdir())
     # Nobody asked for the other two yet, but the pusher has stored and recorded them.
     _wait_for(lambda: all((spool / "archive" / f"{s}.ok").exists() for s in segs[1:]))
     for s in segs[1:]:
         pgvault(["wal", "push", f"pg_wal/{s}", "--pgdata", str(fake)], wal_env)
         (status / f"{s}.ready").rename(status / f"{s}.done")
     assert (spool / "pusher.log").exists()
+    # archive_command pointed at another repository while that pusher may still run: the new
+    # repository gets the segment too (a record made for one repository never confirms another).
+    other = {**wal_env, "PGVAULT_REPOSITORY_URL": str(tmp_path / "repo-b")}
+    (status / f"{segs[1]}.done").rename(status / f"{segs[1]}.ready") if (status / f"{segs[1]}.done").exists() else None
+    pgvault(["wal", "push", f"pg_wal/{segs[1]}", "--pgdata", str(fake)], other)
+    assert list((tmp_path / "repo-b").glob(f"**/{segs[1]}.zst.age"))
     out = tmp_path / "back"
     for s in segs:
         pgvault(["wal", "fetch", s, str(out), "--pgdata", str(tmp_path)], {**wal_env, "PGVAULT_RESTORE_PREFETCH": "0"})
@@ -190,8 +198,10 @@ def test_fetch_prefetches_ahead_and_keeps_the_exit_code_contract(pg_cluster, wal
         pgvault(["wal", "push", f"pg_wal/{s}", "--pgdata", str(pg_cluster.datadir)], wal_env)
     restoring = tmp_path / "restoring"
     (restoring / "pg_wal").mkdir(parents=True)
+    (restoring / "postmaster.pid").write_text(f"{os.getpid()}\n")  # the prefetcher serves a live server only
     pgvault(["wal", "fetch", segs[0], "pg_wal/RECOVERYXLOG", "--pgdata", str(restoring)], wal_env)
-    spool = restoring / "pg_wal" / "pgvault" / "fetch"
+    [spool_root] = list((restoring / "pg_wal" / "pgvault").iterdir())
+    spool = spool_root / "fetch"
     _wait_for(lambda: all((spool / s).exists() for s in segs[1:]))
     for s in segs[1:]:
         r = pgvault(["wal", "fetch", s, "pg_wal/RECOVERYXLOG", "--pgdata", str(restoring), "--json"], wal_env).json()

@@ -10,13 +10,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import pgvault
 from pgvault import log
 from pgvault.config import Settings, load_settings
 from pgvault.errors import INTERNAL_ERROR_EXIT, PgvaultError
-from pgvault.operations.context import Context, build_context
+
+if TYPE_CHECKING:
+    from pgvault.operations.context import Context
 
 
 def common_options() -> argparse.ArgumentParser:
@@ -45,6 +47,8 @@ def settings_from(args: argparse.Namespace, **extra: Any) -> Settings:
 
 def context_from(args: argparse.Namespace, **extra: Any) -> Context:
     """Settings plus the opened repository."""
+    from pgvault.operations.context import build_context
+
     return build_context(settings_from(args, **extra))
 
 

@@ -6,10 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from pgvault.cli import context_from, emit
-from pgvault.operations.archive import fetch, push
-from pgvault.operations.archive_async import fetch_prefetching, is_ready, passthrough_args, push_async, run_prefetcher, run_pusher
-from pgvault.storage import ObjectNotFound
+from pgvault.cli import context_from, emit, settings_from
+from pgvault.operations.archive_async import is_ready, passthrough_args, push_async
 
 # restore_command: exit 1 means "this file does not exist" and may end recovery; any other failure
 # must exit above 125 so that PostgreSQL aborts recovery instead of promoting early.
@@ -40,6 +38,8 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
 
 def fetch_exit_code(error: BaseException) -> int:
     """Exit status for restore_command: 1 only for a confirmed absence."""
+    from pgvault.storage import ObjectNotFound
+
     return FETCH_NOT_FOUND if isinstance(error, ObjectNotFound) else FETCH_FAILED
 
 
@@ -48,12 +48,17 @@ def _passthrough(args: argparse.Namespace) -> list[str]:
 
 
 def run_push(args: argparse.Namespace) -> int:
-    ctx = context_from(args)
+    from pgvault.operations.context import build_context
+
+    settings = settings_from(args)
     data_dir = Path(args.pgdata) if args.pgdata else Path.cwd()
-    if ctx.settings.archive_async and is_ready(data_dir, args.path):
-        r = push_async(ctx, args.path, pgdata=str(data_dir), passthrough=_passthrough(args))
+    if settings.archive_async and is_ready(data_dir, args.path):
+        r = push_async(settings, args.path, pgdata=str(data_dir), passthrough=_passthrough(args),
+                       make_context=lambda: build_context(settings))
     else:
-        r = push(ctx, args.path, pgdata=args.pgdata)
+        from pgvault.operations.archive import push
+
+        r = push(build_context(settings), args.path, pgdata=args.pgdata)
     emit(args, "wal_push", {"name": r.name, "key": r.key, "already_archived": r.already_archived,
                             "raw_size": r.raw_size, "stored_size": r.stored_size},
          lambda: f"{r.name}: {'already archived' if r.already_archived else 'archived'} as {r.key}")
@@ -61,6 +66,9 @@ def run_push(args: argparse.Namespace) -> int:
 
 
 def run_fetch(args: argparse.Namespace) -> int:
+    from pgvault.operations.archive import fetch
+    from pgvault.operations.archive_async import fetch_prefetching
+
     ctx = context_from(args)
     if ctx.settings.restore_prefetch > 0:
         res = fetch_prefetching(ctx, args.name, args.destination, pgdata=args.pgdata, passthrough=_passthrough(args))
@@ -73,8 +81,12 @@ def run_fetch(args: argparse.Namespace) -> int:
 
 
 def run_pusher_daemon(args: argparse.Namespace) -> int:
+    from pgvault.operations.archive_async import run_pusher
+
     return run_pusher(context_from(args), Path(args.pgdata))
 
 
 def run_prefetch_daemon(args: argparse.Namespace) -> int:
+    from pgvault.operations.archive_async import run_prefetcher
+
     return run_prefetcher(context_from(args), Path(args.pgdata))

@@ -21,17 +21,16 @@ is done on the raw sha256 in the sidecar; fetch verifies against it too.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import os
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pgvault import log
 from pgvault.errors import ConfigError, IntegrityError, NotFoundError, PgvaultError, StorageError, UsageError
+from pgvault.operations.archive_async import PushResult, file_sha256
 from pgvault.operations.context import Context
 from pgvault.pg import wal
 from pgvault.pg.control import read_major_version, read_segment_header, read_system_identifier
@@ -41,28 +40,6 @@ from pgvault.repository.catalog import ensure_cluster, read_cluster_info
 from pgvault.storage import ObjectNotFound
 
 META_FORMAT = 1
-
-
-@dataclass(frozen=True)
-class PushResult:
-    """What ``wal push`` did with one file."""
-
-    name: str
-    key: str
-    already_archived: bool
-    raw_size: int
-    stored_size: int
-    raw_sha256: str = ""
-
-
-def _raw_digest(path: Path) -> tuple[str, int]:
-    h = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-            size += len(chunk)
-    return h.hexdigest(), size
 
 
 def _kind(name: str) -> wal.WalFileKind:
@@ -132,7 +109,7 @@ def push(ctx: Context, path: str, *, pgdata: str | None = None) -> PushResult:
     if meta is not None:
         # Only a retry (the file is already stored) needs a separate read to compare content; the
         # normal path hashes while it uploads, so each segment is read once.
-        raw_sha, raw_size = _raw_digest(src)
+        raw_sha, raw_size = file_sha256(src)
         if meta.get("raw_sha256") == raw_sha and meta.get("raw_size") == raw_size:
             log.get().info("%s was already archived with identical content", name)
             return PushResult(name, str(meta["key"]), True, raw_size, int(meta.get("stored_size", 0)), raw_sha)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import fcntl
+import hashlib
 import json
 import os
 import subprocess
@@ -33,24 +34,59 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from pgvault import log
+from pgvault.config import Settings
 from pgvault.errors import PgvaultError, StorageError, error_of_kind
-from pgvault.operations.archive import PushResult, _raw_digest, fetch, push
-from pgvault.operations.context import Context
 from pgvault.pg import wal
-from pgvault.pipeline import StreamResult
-from pgvault.repository.catalog import read_cluster_info
-from pgvault.storage import ObjectNotFound
+
+if TYPE_CHECKING:
+    from pgvault.operations.context import Context
+    from pgvault.pipeline import StreamResult
+
+# The foreground of ``wal push`` runs once per segment and PostgreSQL waits for it: it imports
+# only what confirming needs (no pipeline, no storage client); the pushing code is imported by
+# the pusher, and by the foreground only when it has to push itself.
 
 POLL = 0.02
 IDLE_EXIT = 30.0  # the pusher stays this long after the backlog is empty
 PREFETCH_IDLE_EXIT = 15.0
 
 
-def spool_dir(ctx: Context, data_dir: Path) -> Path:
-    return Path(ctx.settings.spool_dir) if ctx.settings.spool_dir else data_dir / "pg_wal" / "pgvault"
+@dataclass(frozen=True)
+class PushResult:
+    """What ``wal push`` did with one file."""
+
+    name: str
+    key: str
+    already_archived: bool
+    raw_size: int
+    stored_size: int
+    raw_sha256: str = ""
+
+
+def spool_dir(settings: Settings, data_dir: Path) -> Path:
+    """Per repository and cluster: a pusher or a record made for one repository must never confirm
+    a segment for another (archive_command may be pointed elsewhere while a pusher still runs)."""
+    base = Path(settings.spool_dir) if settings.spool_dir else data_dir / "pg_wal" / "pgvault"
+    key = hashlib.sha256(f"{settings.repository_url}\n{settings.cluster}".encode()).hexdigest()[:12]
+    return base / key
+
+
+def _file_id(path: Path) -> list[int]:
+    st = os.stat(path)
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns]
+
+
+def file_sha256(path: Path) -> tuple[str, int]:
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+            size += len(chunk)
+    return h.hexdigest(), size
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -118,15 +154,15 @@ def is_ready(data_dir: Path, path: str) -> bool:
     return (data_dir / "pg_wal" / "archive_status" / f"{Path(path).name}.ready").exists()
 
 
-def push_async(ctx: Context, path: str, *, pgdata: str | None, passthrough: list[str],
-               clock: Callable[[], float] = time.monotonic) -> PushResult:
+def push_async(settings: Settings, path: str, *, pgdata: str | None, passthrough: list[str],
+               make_context: Callable[[], Context], clock: Callable[[], float] = time.monotonic) -> PushResult:
     """Foreground of ``wal push`` in async mode: return once the pusher confirmed these bytes."""
     data_dir = Path(pgdata) if pgdata else Path.cwd()
     src = Path(path) if Path(path).is_absolute() else data_dir / path
     name = src.name
-    paths = _Paths(spool_dir(ctx, data_dir))
+    paths = _Paths(spool_dir(settings, data_dir))
     paths.done.mkdir(parents=True, exist_ok=True)
-    deadline = clock() + ctx.settings.archive_wait_timeout
+    deadline = clock() + settings.archive_wait_timeout
     spawned_at: float | None = None
     while True:
         ok = paths.ok(name)
@@ -145,35 +181,53 @@ def push_async(ctx: Context, path: str, *, pgdata: str | None, passthrough: list
             raise error_of_kind(str(doc.get("kind", "storage")), f"background push of {name} failed: {doc.get('message')}",
                                 hint=f"the pusher's log is {paths.spool / 'pusher.log'}")
         if not _is_locked(paths.lock) and (spawned_at is None or clock() - spawned_at > 5.0):
-            if spawned_at is not None and clock() > deadline - ctx.settings.archive_wait_timeout / 2:
+            if spawned_at is not None and clock() > deadline - settings.archive_wait_timeout / 2:
                 break  # the pusher keeps dying: push in the foreground, which reports the real error
             spawn(["wal", "archive-daemon", "--pgdata", str(data_dir), *passthrough], paths.spool, "pusher.log")
             spawned_at = clock()
         if clock() > deadline:
             raise StorageError(f"{name} was not confirmed by the background pusher within "
-                               f"{ctx.settings.archive_wait_timeout:.0f}s", hint=f"see {paths.spool / 'pusher.log'}")
+                               f"{settings.archive_wait_timeout:.0f}s", hint=f"see {paths.spool / 'pusher.log'}")
         time.sleep(POLL)
-    return push(ctx, str(src), pgdata=str(data_dir))
+    from pgvault.operations.archive import push
+
+    return push(make_context(), str(src), pgdata=str(data_dir))
 
 
 def _confirm(ok: Path, src: Path) -> PushResult | None:
-    """The pusher's record, if it describes exactly the bytes of ``src``; the record is consumed."""
+    """The pusher's record, if it describes exactly the bytes of ``src``; the record is consumed.
+
+    The pusher records the file's identity (device, inode, size, mtime) next to the SHA-256 of the
+    bytes it uploaded: the same identity means the same, unmodified file, so it is not read again;
+    anything else is hashed and compared."""
     try:
         doc = json.loads(ok.read_text())
     except (OSError, ValueError):
         return None
-    sha, size = _raw_digest(src)
     ok.unlink(missing_ok=True)
-    if doc.get("raw_sha256") != sha or doc.get("raw_size") != size:
-        return None
-    return PushResult(src.name, str(doc.get("key", "")), True, size, int(doc.get("stored_size", 0)), sha)
+    size = int(doc.get("raw_size", -1))
+    sha = str(doc.get("raw_sha256", ""))
+    if not doc.get("file_id") or doc.get("file_id") != _file_id(src):
+        if (sha, size) != file_sha256(src):
+            return None
+    return PushResult(src.name, str(doc.get("key", "")), bool(doc.get("already_archived")), size,
+                      int(doc.get("stored_size", 0)), sha)
+
+
+def _push_one(ctx: Context, path: Path, data_dir: Path) -> tuple[PushResult, list[int] | None]:
+    from pgvault.operations.archive import push
+
+    before = _file_id(path)
+    r = push(ctx, str(path), pgdata=str(data_dir))
+    return r, (before if _file_id(path) == before else None)
 
 
 def run_pusher(ctx: Context, data_dir: Path, *, idle_exit: float = IDLE_EXIT,
                clock: Callable[[], float] = time.monotonic) -> int:
-    """The background pusher: upload every .ready file (oldest first, in parallel) until idle."""
+    """The background pusher: upload every .ready file (oldest first, in parallel) until idle,
+    or until the server is gone and nothing is left to push."""
     logger = log.get()
-    paths = _Paths(spool_dir(ctx, data_dir))
+    paths = _Paths(spool_dir(ctx.settings, data_dir))
     status = data_dir / "pg_wal" / "archive_status"
     with _try_lock(paths.lock) as mine:
         if not mine:
@@ -183,7 +237,7 @@ def run_pusher(ctx: Context, data_dir: Path, *, idle_exit: float = IDLE_EXIT,
         # Confirmed recently: the foreground consumes the .ok and PostgreSQL renames .ready to .done
         # a moment later; still ready after that (a crash before the rename) means push it again.
         pushed: dict[str, float] = {}
-        in_flight: dict[cf.Future[PushResult], str] = {}
+        in_flight: dict[cf.Future[tuple[PushResult, list[int] | None]], str] = {}
         last_work = clock()
         with cf.ThreadPoolExecutor(max_workers=ctx.settings.archive_parallel, thread_name_prefix="push") as pool:
             while True:
@@ -197,14 +251,14 @@ def run_pusher(ctx: Context, data_dir: Path, *, idle_exit: float = IDLE_EXIT,
                     if name in busy or clock() - pushed.get(name, -1e9) < 5.0 or paths.ok(name).exists() or clock() - failed_at.get(name, -1e9) < 1.0:
                         continue
                     paths.error(name).unlink(missing_ok=True)
-                    in_flight[pool.submit(push, ctx, str(data_dir / "pg_wal" / name), pgdata=str(data_dir))] = name
+                    in_flight[pool.submit(_push_one, ctx, data_dir / "pg_wal" / name, data_dir)] = name
                 if in_flight:
                     last_work = clock()
                     done, _ = cf.wait(list(in_flight), timeout=0.5, return_when=cf.FIRST_COMPLETED)
                     for fut in done:
                         name = in_flight.pop(fut)
                         try:
-                            r = fut.result()
+                            r, file_id = fut.result()
                         except Exception as e:  # noqa: BLE001 - reported to the foreground, which fails
                             failed_at[name] = clock()
                             kind = e.kind if isinstance(e, PgvaultError) else "internal"
@@ -214,11 +268,11 @@ def run_pusher(ctx: Context, data_dir: Path, *, idle_exit: float = IDLE_EXIT,
                             continue
                         pushed[name] = clock()
                         _write_atomic(paths.ok(name), json.dumps({
-                            "raw_sha256": r.raw_sha256, "raw_size": r.raw_size, "key": r.key,
-                            "stored_size": r.stored_size}).encode())
+                            "raw_sha256": r.raw_sha256, "raw_size": r.raw_size, "key": r.key, "file_id": file_id,
+                            "stored_size": r.stored_size, "already_archived": r.already_archived}).encode())
                     continue
                 _sweep(paths, status)
-                if clock() - last_work > idle_exit:
+                if clock() - last_work > idle_exit or not (data_dir / "postmaster.pid").exists():
                     return 0
                 time.sleep(0.05)
 
@@ -236,12 +290,14 @@ def _sweep(paths: _Paths, status: Path) -> None:
 
 
 def _fetch_dir(ctx: Context, data_dir: Path) -> Path:
-    return spool_dir(ctx, data_dir) / "fetch"
+    return spool_dir(ctx.settings, data_dir) / "fetch"
 
 
 def fetch_prefetching(ctx: Context, name: str, destination: str, *, pgdata: str | None,
                       passthrough: list[str]) -> StreamResult | None:
     """Foreground of ``wal fetch`` with prefetch: serve from the spool when ready, else fetch."""
+    from pgvault.operations.archive import fetch
+
     data_dir = Path(pgdata) if pgdata else Path.cwd()
     if wal.classify_or_none(name) is not wal.WalFileKind.SEGMENT:
         return fetch(ctx, name, destination, pgdata=pgdata)
@@ -274,6 +330,8 @@ def _fsync_dir(path: Path) -> None:
 def run_prefetcher(ctx: Context, data_dir: Path, *, idle_exit: float = PREFETCH_IDLE_EXIT,
                    clock: Callable[[], float] = time.monotonic) -> int:
     """Keep the ``restore.prefetch`` segments after the last one asked for ready in the spool."""
+    from pgvault.repository.catalog import read_cluster_info
+
     spool = _fetch_dir(ctx, data_dir)
     depth = ctx.settings.restore_prefetch
     info = read_cluster_info(ctx.storage, ctx.cluster) or {}
@@ -286,7 +344,7 @@ def run_prefetcher(ctx: Context, data_dir: Path, *, idle_exit: float = PREFETCH_
         last_want, last_change = "", clock()
         absent: dict[str, float] = {}
         with cf.ThreadPoolExecutor(max_workers=min(depth, ctx.settings.archive_parallel), thread_name_prefix="prefetch") as pool:
-            while clock() - last_change < idle_exit:
+            while clock() - last_change < idle_exit and (data_dir / "postmaster.pid").exists():
                 try:
                     want = (spool / ".want").read_text().strip()
                 except OSError:
@@ -313,6 +371,9 @@ def run_prefetcher(ctx: Context, data_dir: Path, *, idle_exit: float = PREFETCH_
 
 def _prefetch_one(ctx: Context, name: str, spool: Path, data_dir: Path) -> bool:
     """Download and verify one segment into the spool; False when it is not (yet) archived."""
+    from pgvault.operations.archive import fetch
+    from pgvault.storage import ObjectNotFound
+
     try:
         fetch(ctx, name, str(spool / name), pgdata=str(data_dir))
         return True
