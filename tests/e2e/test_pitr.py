@@ -238,6 +238,10 @@ def test_backup_under_load_with_a_moved_tablespace_restores_consistent(major, ar
         writer.join()
     committed = int(a.cluster.psql("SELECT count(*) FROM ticks"))
     a.switch_and_wait()
+    # On the production host the recorded location is the live tablespace: refused, even with --force.
+    r = pgvault(["restore-cluster", "-D", str(a.work / "same-host"), "--force"], a.env(), check=False)
+    assert r.returncode == 11 and "--tablespace" in r.stderr and not (a.work / "same-host").exists()
+    assert int(a.cluster.psql("SELECT count(*) FROM ticks")) == committed
     moved = a.work / "space1-moved"  # absent: restore-cluster creates it
     r, restored = a.restore("--tablespace", f"space1={moved}")
     assert r.json()["tablespaces"] and list(r.json()["tablespaces"].values()) == [str(moved)]

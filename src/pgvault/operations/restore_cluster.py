@@ -151,8 +151,9 @@ def _prepare(path: Path, what: str, force: bool, created: list[Path]) -> None:
         if _server_running(path):
             raise TargetBusyError(f"a PostgreSQL server is running in {path}; stop it first")
         if not force:
-            raise TargetExistsError(f"{what} {path} is not empty", hint="choose an empty directory, or pass --force "
-                                    "to delete its contents first")
+            hint = ("choose an empty directory, or pass --force to delete its contents first" if what == "data directory"
+                    else "move it with --tablespace NAME=PATH (an empty or new directory), or empty it yourself")
+            raise TargetExistsError(f"{what} {path} is not empty", hint=hint)
         log.get().warning("--force: removing the contents of %s", path)
         for child in path.iterdir():
             if child.is_dir() and not child.is_symlink():
@@ -311,7 +312,9 @@ def restore_cluster(ctx: Context, opts: RestoreOptions, plan: Plan | None = None
     _prepare(data_dir, "data directory", opts.force, created)
     try:
         for oid, home in homes.items():
-            _prepare(home, "tablespace location", opts.force, created)
+            # Never emptied, even with --force: on the production host the recorded location is the
+            # live cluster's tablespace, and nothing in it says so (no postmaster.pid).
+            _prepare(home, "tablespace location", False, created)
         files = _extract(ctx, b, b.base, data_dir, base=True)
         logger.info("base: %d files in %s", files, data_dir)
         for t in b.tablespaces:
