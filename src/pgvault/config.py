@@ -56,6 +56,7 @@ class Settings:
     # repr() so it can never end up in a log line or a traceback.
     age_identity: str | None = field(default=None, repr=False)
     exact_row_counts: bool = True
+    backup_parallel: int = 2
     archive_async: bool = True
     archive_parallel: int = 4
     spool_dir: str | None = None
@@ -153,6 +154,7 @@ SETTINGS: tuple[_Setting, ...] = (
     _Setting("encryption.age_identity_file", _to_opt_str, "age identity file, needed to restore"),
     _Setting("encryption.age_identity", _to_opt_str, "age secret key itself (environment only)"),
     _Setting("backup.exact_row_counts", _to_bool, "count every table's rows in the dump snapshot"),
+    _Setting("backup.parallel", _to_int, "base backup: tar streams written and restored in parallel"),
     _Setting("archive.async", _to_bool, "wal push: a background pusher uploads the .ready backlog in parallel"),
     _Setting("archive.parallel", _to_int, "wal push: uploads in flight in the background pusher"),
     _Setting("archive.spool_dir", _to_opt_str, "local state of async push / prefetching fetch (default PGDATA/pg_wal/pgvault)"),
@@ -259,6 +261,7 @@ def load_settings(
         age_identity_file=get("encryption.age_identity_file", None),
         age_identity=get("encryption.age_identity", None),
         exact_row_counts=get("backup.exact_row_counts", True),
+        backup_parallel=get("backup.parallel", 2),
         archive_async=get("archive.async", True),
         archive_parallel=get("archive.parallel", 4),
         spool_dir=get("archive.spool_dir", None),
@@ -287,6 +290,8 @@ def validate(s: Settings) -> list[str]:
         problems.append("repository.s3.part_size_mb: S3 requires parts of at least 5 MiB")
     if s.s3.max_concurrency < 1:
         problems.append("repository.s3.max_concurrency: must be at least 1")
+    if not 1 <= s.backup_parallel <= 32:
+        problems.append("backup.parallel: must be between 1 and 32")
     if s.archive_parallel < 1:
         problems.append("archive.parallel: must be at least 1")
     if s.restore_prefetch < 0:

@@ -93,7 +93,11 @@ def test_basebackup_under_load_restores_with_stock_tools(major, make_pg_cluster,
         cmd = f"age -d -i {key} {obj} | zstd -d | tar -x -f - -C {into}"
         subprocess.run(_as_postgres(["bash", "-o", "pipefail", "-c", cmd]), check=True, capture_output=True)
 
-    unpack(prefix / "base.tar.zst.age", target)
+    # The data directory comes in parts (backup.parallel): each is a complete tar, in any order.
+    parts = sorted(prefix.glob("base*.tar.zst.age"))
+    assert [p.name for p in parts] == ["base-1.tar.zst.age", "base.tar.zst.age"]
+    for part in parts:
+        unpack(part, target)
     unpack(prefix / f"tablespace-{oid}.tar.zst.age", new_space)
     assert (target / "backup_label").read_text() == m["backup_label"]
     # Point the tablespace at its new home (tablespace_map is read at recovery start).

@@ -254,7 +254,7 @@ def run_pusher(ctx: Context, data_dir: Path, *, idle_exit: float = IDLE_EXIT,
                     in_flight[pool.submit(_push_one, ctx, data_dir / "pg_wal" / name, data_dir)] = name
                 if in_flight:
                     last_work = clock()
-                    done, _ = cf.wait(list(in_flight), timeout=0.5, return_when=cf.FIRST_COMPLETED)
+                    done, _ = cf.wait(list(in_flight), timeout=0.05, return_when=cf.FIRST_COMPLETED)
                     for fut in done:
                         name = in_flight.pop(fut)
                         try:

@@ -93,12 +93,34 @@ def _walk(root: Path, *, exclude_contents: bool) -> Iterator[Path]:
             yield Path(dirpath) / name
 
 
-def _write_tar(out: IO[bytes], root: Path, *, base: bool, extra: Callable[[], dict[str, bytes]]) -> int:
-    """Stream ``root`` as a tar into ``out``; ``extra()`` supplies files appended at the end."""
+def split_parts(root: Path, paths: Iterator[Path], parts: int) -> list[list[Path]]:
+    """Spread the regular files over ``parts`` lists of about equal size (each file to the part
+    with the fewest bytes so far, in walk order); directories and links go to the first part.
+
+    Each part is a tar of its own, written and restored in parallel.  Every part is a complete tar
+    that ``tar -x`` unpacks on its own (it creates missing parent directories), in any order."""
+    out: list[list[Path]] = [[] for _ in range(max(1, parts))]
+    load = [0] * len(out)
+    for path in paths:
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            continue
+        if not stat.S_ISREG(st.st_mode):
+            out[0].append(path)
+            continue
+        i = load.index(min(load))
+        out[i].append(path)
+        load[i] += st.st_size
+    return out
+
+
+def _write_tar(out: IO[bytes], root: Path, paths: list[Path], *, base: bool, extra: Callable[[], dict[str, bytes]]) -> int:
+    """Stream ``paths`` (below ``root``) as a tar into ``out``; ``extra()`` supplies files appended at the end."""
     count = 0
     with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
         tar.copybufsize = _COPY_BUF  # type: ignore[attr-defined]
-        for path in _walk(root, exclude_contents=base):
+        for path in paths:
             arcname = str(path.relative_to(root))
             try:
                 st = os.lstat(path)
@@ -143,7 +165,7 @@ def _write_tar(out: IO[bytes], root: Path, *, base: bool, extra: Callable[[], di
 
 def _stream_tar(
     ctx: Context, key: str, label: str, root: Path, spec: PipelineSpec, *, base: bool,
-    extra: Callable[[], dict[str, bytes]] = dict,
+    extra: Callable[[], dict[str, bytes]] = dict, paths: list[Path] | None = None,
 ) -> tuple[StoredObject, int]:
     """Tar ``root`` in a thread into a pipe; the pipeline reads the pipe into ``key``."""
     rfd, wfd = os.pipe()
@@ -152,7 +174,8 @@ def _stream_tar(
     def produce() -> None:
         try:
             with os.fdopen(wfd, "wb", buffering=_COPY_BUF) as out:
-                result["files"] = _write_tar(out, root, base=base, extra=extra)
+                members = paths if paths is not None else list(_walk(root, exclude_contents=base))
+                result["files"] = _write_tar(out, root, members, base=base, extra=extra)
         except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
             result["error"] = e
 
@@ -236,8 +259,37 @@ def basebackup(ctx: Context, *, pgdata: str | None = None, fast: bool = True, ar
                         files["tablespace_map"] = stopped["spcmap"].encode()
                     return files
 
+                groups = split_parts(data_dir, _walk(data_dir, exclude_contents=True), ctx.settings.backup_parallel)
+                others: list[tuple[StoredObject, int] | BaseException | None] = [None] * (len(groups) - 1)
+
+                def other_part(i: int) -> None:
+                    try:
+                        others[i - 1] = _stream_tar(ctx, f"{prefix}base-{i}.tar{spec.suffix()}", f"base part {i}",
+                                                    data_dir, spec, base=True, paths=groups[i])
+                    except BaseException as e:  # noqa: BLE001 - re-raised below
+                        others[i - 1] = e
+
+                workers = [threading.Thread(target=other_part, args=(i,), name=f"base-part-{i}", daemon=True)
+                           for i in range(1, len(groups))]
+                for worker in workers:
+                    worker.start()
+
+                def stop_after_all_parts() -> dict[str, bytes]:
+                    for worker in workers:  # every file is copied before the backup is stopped
+                        worker.join()
+                    return stop()
+
                 base_obj, base_files = _stream_tar(ctx, f"{prefix}base.tar{spec.suffix()}", "base", data_dir, spec,
-                                                   base=True, extra=stop)
+                                                   base=True, extra=stop_after_all_parts, paths=groups[0])
+                for worker in workers:
+                    worker.join()
+                base_parts = []
+                for r in others:
+                    if isinstance(r, BaseException):
+                        raise r
+                    assert r is not None
+                    base_parts.append(r[0])
+                    base_files += r[1]
             except BaseException:
                 if not stopped:
                     try:
@@ -269,6 +321,7 @@ def basebackup(ctx: Context, *, pgdata: str | None = None, fast: bool = True, ar
                 pipeline=spec,
                 base=base_obj,
                 base_files=base_files,
+                base_parts=tuple(base_parts),
                 tablespaces=tuple(tablespaces),
                 host=socket.gethostname(),
                 pgvault_version=pgvault.__version__,

@@ -17,6 +17,7 @@ removed again if it fails before the server starts.
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import datetime as dt
 import os
 import re
@@ -32,11 +33,12 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Mapping
 
 from pgvault import log
-from pgvault.config import fetch_environment
+from pgvault.config import Settings, fetch_environment
 from pgvault.errors import (
     IntegrityError, NotFoundError, PgvaultError, RecoveryError, TargetBusyError, TargetExistsError, UsageError,
+    error_of_kind,
 )
-from pgvault.operations.context import Context
+from pgvault.operations.context import Context, build_context
 from pgvault.operations.pitr import Plan, RecoveryTarget, plan_recovery
 from pgvault.pg.bindir import bindir_for_major
 from pgvault.pipeline import read_stream
@@ -196,6 +198,11 @@ def _extract(ctx: Context, backup: PhysicalManifest, obj: StoredObject, into: Pa
                             continue  # re-created below, pointing at the new locations
                         if member.issym() and not base:
                             raise IntegrityError(f"unexpected symlink {member.name!r} in a tablespace archive")
+                        parent = PurePosixPath(member.name).parent
+                        if str(parent) != ".":
+                            # Parts unpack in parallel: make parents race-free (tarfile's own
+                            # makedirs fails if another part creates the directory first).
+                            os.makedirs(into / parent, exist_ok=True)
                         tar.extract(member, into, set_attrs=True, **_NO_FILTER)
                         state["files"] += member.isfile()
                 while pipe.read(1 << 20):  # drain tar's zero padding so the writer never blocks
@@ -225,6 +232,38 @@ def _extract(ctx: Context, backup: PhysicalManifest, obj: StoredObject, into: Pa
             raise err
         raise IntegrityError(f"cannot unpack {key}: {type(err).__name__}: {err}") from None
     return int(state["files"])
+
+
+def _extract_job(settings: Settings, environ: dict[str, str], backup: PhysicalManifest, obj: StoredObject,
+                 into: Path, base: bool) -> tuple[str, int | str, str]:
+    """One object, in a worker process: ("ok", files, "") or ("error", kind, message)."""
+    try:
+        ctx = build_context(settings, environ)
+        return ("ok", _extract(ctx, backup, obj, into, base=base), "")
+    except PgvaultError as e:
+        return ("error", e.kind, e.message)
+
+
+def _extract_all(ctx: Context, backup: PhysicalManifest, jobs: list[tuple[StoredObject, Path, bool]]) -> list[int]:
+    """Unpack every object, ``backup.parallel`` at a time in worker processes (the tar parsing is
+    Python and holds the GIL; processes let zstd, hashing and tar run on every core)."""
+    workers = min(ctx.settings.backup_parallel, len(jobs))
+    if workers <= 1:
+        return [_extract(ctx, backup, obj, into, base=base) for obj, into, base in jobs]
+    import multiprocessing
+
+    counts: list[int] = []
+    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        futures = [pool.submit(_extract_job, ctx.settings, dict(ctx.environ), backup, obj, into, base)
+                   for obj, into, base in jobs]
+        for fut in futures:
+            status, value, message = fut.result()
+            if status != "ok":
+                for other in futures:
+                    other.cancel()
+                raise error_of_kind(str(value), message)
+            counts.append(int(value))
+    return counts
 
 
 def _tablespace_homes(backup: PhysicalManifest, mapping: Mapping[str, str]) -> dict[str, Path]:
@@ -315,11 +354,10 @@ def restore_cluster(ctx: Context, opts: RestoreOptions, plan: Plan | None = None
             # Never emptied, even with --force: on the production host the recorded location is the
             # live cluster's tablespace, and nothing in it says so (no postmaster.pid).
             _prepare(home, "tablespace location", False, created)
-        files = _extract(ctx, b, b.base, data_dir, base=True)
-        logger.info("base: %d files in %s", files, data_dir)
-        for t in b.tablespaces:
-            n = _extract(ctx, b, t.object, homes[t.oid], base=False)
-            logger.info("tablespace %s: %d files in %s", t.name, n, homes[t.oid])
+        jobs = [(o, data_dir, True) for o in (b.base, *b.base_parts)]
+        jobs += [(t.object, homes[t.oid], False) for t in b.tablespaces]
+        for (obj, into, _base), n in zip(jobs, _extract_all(ctx, b, jobs)):
+            logger.info("%s: %d files in %s", obj.name, n, into)
         owner_ref = data_dir / "PG_VERSION"
         if not owner_ref.exists():
             raise IntegrityError(f"base backup {b.backup_id} has no PG_VERSION: not a data directory")

@@ -63,6 +63,9 @@ class PhysicalManifest(SizedBackup):
     # before these fields fall back to finished_at / unknown.
     stopped_at: str = ""
     next_xid: int | None = None
+    # The data directory is split into base.tar plus base-1.tar ... (backup.parallel), each a
+    # complete tar written and restored in parallel; older manifests have none.
+    base_parts: tuple[StoredObject, ...] = ()
 
     @property
     def stop_time(self) -> str:
@@ -70,7 +73,7 @@ class PhysicalManifest(SizedBackup):
 
     def objects(self) -> list[StoredObject]:
         """Every stored object of the backup."""
-        return [self.base] + [t.object for t in self.tablespaces]
+        return [self.base, *self.base_parts] + [t.object for t in self.tablespaces]
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -100,7 +103,8 @@ class PhysicalManifest(SizedBackup):
             "pipeline": self.pipeline.to_json(),
             "raw_size": self.raw_size,
             "stored_size": self.stored_size,
-            "base": {"files": self.base_files, "object": self.base.to_json()},
+            "base": {"files": self.base_files, "object": self.base.to_json(),
+                     "parts": [o.to_json() for o in self.base_parts]},
             "tablespaces": [t.to_json() for t in self.tablespaces],
             "host": self.host,
             "pgvault_version": self.pgvault_version,
@@ -128,6 +132,7 @@ class PhysicalManifest(SizedBackup):
                 host=d.get("host", ""), pgvault_version=d.get("pgvault_version", ""),
                 stopped_at=d.get("stopped_at") or "",
                 next_xid=int(d["next_xid"]) if d.get("next_xid") is not None else None,
+                base_parts=tuple(StoredObject.from_json(o) for o in d["base"].get("parts", [])),
             )
         except (ValueError, KeyError, TypeError) as e:
             raise IntegrityError(f"manifest {where} is unreadable: {type(e).__name__}: {e}") from None
