@@ -204,6 +204,15 @@ def test_restore_refuses_and_explains(major, archiving) -> None:  # type: ignore
     (a.work / "busy" / "precious").write_text("x")
     r = pgvault(["restore-cluster", "-D", str(a.work / "busy")], a.env(), check=False)
     assert r.returncode == 11 and (a.work / "busy" / "precious").exists()
+    # A hole in the archive: status shows it, and a target behind it is refused with its name.
+    names = [a.switch_and_wait() for _ in range(3)]
+    for f in Path(a.repo_url).glob(f"pitr/wal/*/{names[1]}.*"):
+        f.unlink()
+    archive = pgvault(["status", "--json"], a.env()).json()["archive"]
+    assert archive["gaps"] == [{"from": names[1], "to": names[1]}]
+    past = a.cluster.psql("SELECT pg_current_wal_lsn()")
+    r = pgvault(["restore-cluster", "-D", str(a.work / "z"), "--target-lsn", past], a.env(), check=False)
+    assert r.returncode == 5 and names[1] in r.stderr and not (a.work / "z").exists()
     # --dry-run shows the plan only.
     r = pgvault(["restore-cluster", "-D", str(a.work / "y"), "--dry-run", "--json"], a.env())
     assert r.json()["plan"]["backup_id"] == m["backup_id"] and not (a.work / "y").exists()
