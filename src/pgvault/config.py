@@ -62,6 +62,23 @@ class Settings:
     spool_dir: str | None = None
     archive_wait_timeout: float = 60.0
     restore_prefetch: int = 8
+    keep_last_logical: int | None = None
+    keep_within_logical: float | None = None
+    keep_daily: int = 0
+    keep_weekly: int = 0
+    keep_monthly: int = 0
+    keep_yearly: int = 0
+    min_keep_logical: int = 1
+    keep_last_physical: int | None = None
+    keep_within_physical: float | None = None
+    min_keep_physical: int = 1
+    pitr_window: float | None = None
+    debris_grace: float = 24 * 3600.0
+    smoke_queries: tuple[SmokeQuery, ...] = ()
+    drill_rto: float | None = None
+    drill_target_dsn: str = field(default="", repr=False)
+    backup_max_age: float = 48 * 3600.0
+    drill_max_age: float = 35 * 86400.0
     source: str = "defaults"
 
     def pipeline(self) -> PipelineSpec:
@@ -123,6 +140,79 @@ def _to_list(v: Any) -> tuple[str, ...]:
     raise ValueError(f"expected a list, got {type(v).__name__}")
 
 
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "y": 365 * 86400}
+
+
+def parse_duration(v: Any) -> float:
+    """Seconds from ``90``, ``90s``, ``15m``, ``36h``, ``7d``, ``2w``, ``1y`` (or combinations: ``1d12h``)."""
+    if isinstance(v, bool):
+        raise ValueError(f"expected a duration like 36h or 7d, got {v!r}")
+    if isinstance(v, (int, float)):
+        if v < 0:
+            raise ValueError("a duration must not be negative")
+        return float(v)
+    text = str(v).strip().lower().replace(" ", "")
+    if not text:
+        raise ValueError("empty duration")
+    total, number = 0.0, ""
+    for ch in text:
+        if ch.isdigit() or ch == ".":
+            number += ch
+        elif ch in _DURATION_UNITS and number:
+            total += float(number) * _DURATION_UNITS[ch]
+            number = ""
+        else:
+            raise ValueError(f"expected a duration like 36h or 7d, got {v!r}")
+    if number:
+        total += float(number)
+    return total
+
+
+def _to_opt_duration(v: Any) -> float | None:
+    return None if v is None or v == "" else parse_duration(v)
+
+
+@dataclass(frozen=True)
+class SmokeQuery:
+    """A drill's check: ``sql`` returns one value that must equal ``expect`` or be at least ``min``."""
+
+    name: str
+    sql: str
+    database: str | None = None
+    expect: str | None = None
+    min: float | None = None
+
+
+def _to_smoke(v: Any) -> tuple[SmokeQuery, ...]:
+    import json
+
+    if v is None or v == "":
+        return ()
+    if isinstance(v, str):  # from the environment: JSON
+        try:
+            v = json.loads(v)
+        except ValueError:
+            raise ValueError("expected a JSON list of {sql, expect | min} objects") from None
+    if not isinstance(v, list):
+        raise ValueError("expected a list of {sql, expect | min} entries")
+    out = []
+    for i, item in enumerate(v, 1):
+        if not isinstance(item, dict) or not isinstance(item.get("sql"), str) or not item["sql"].strip():
+            raise ValueError(f"entry {i} needs an 'sql' string")
+        unknown = set(item) - {"name", "sql", "database", "expect", "min"}
+        if unknown:
+            raise ValueError(f"entry {i} has unknown key(s) {', '.join(sorted(unknown))}")
+        if ("expect" in item) == ("min" in item):
+            raise ValueError(f"entry {i} needs exactly one of 'expect' or 'min'")
+        out.append(SmokeQuery(
+            name=str(item.get("name") or item["sql"].strip()[:60]), sql=item["sql"],
+            database=str(item["database"]) if item.get("database") else None,
+            expect=str(item["expect"]) if "expect" in item else None,
+            min=float(item["min"]) if "min" in item else None,
+        ))
+    return tuple(out)
+
+
 @dataclass(frozen=True)
 class _Setting:
     path: str
@@ -159,11 +249,28 @@ SETTINGS: tuple[_Setting, ...] = (
     _Setting("archive.parallel", _to_int, "wal push: uploads in flight in the background pusher"),
     _Setting("archive.spool_dir", _to_opt_str, "local state of async push / prefetching fetch (default PGDATA/pg_wal/pgvault)"),
     _Setting("archive.wait_timeout", _to_float, "wal push: seconds to wait for the pusher to confirm a segment"),
+    _Setting("retention.logical.keep_last", _to_opt_int, "logical backups: keep the newest N"),
+    _Setting("retention.logical.keep_within", _to_opt_duration, "logical backups: keep everything younger (e.g. 14d)"),
+    _Setting("retention.logical.daily", _to_int, "logical backups: keep the newest of each of the last N days"),
+    _Setting("retention.logical.weekly", _to_int, "logical backups: keep the newest of each of the last N ISO weeks"),
+    _Setting("retention.logical.monthly", _to_int, "logical backups: keep the newest of each of the last N months"),
+    _Setting("retention.logical.yearly", _to_int, "logical backups: keep the newest of each of the last N years"),
+    _Setting("retention.logical.min_keep", _to_int, "logical backups: never keep fewer than this"),
+    _Setting("retention.physical.keep_last", _to_opt_int, "base backups: keep the newest N"),
+    _Setting("retention.physical.keep_within", _to_opt_duration, "base backups: keep everything younger"),
+    _Setting("retention.physical.min_keep", _to_int, "base backups: never keep fewer than this"),
+    _Setting("retention.pitr_window", _to_opt_duration, "keep base backups + WAL to restore to any point this far back"),
+    _Setting("retention.debris_grace", _to_opt_duration, "objects without a manifest older than this are swept"),
+    _Setting("drill.smoke_queries", _to_smoke, "drill checks: list of {name, sql, database, expect | min}"),
+    _Setting("drill.rto", _to_opt_duration, "recovery-time objective: a drill whose restore is slower fails"),
+    _Setting("drill.target_dsn", _to_str, "logical drills restore into this server (default: a throwaway cluster)"),
+    _Setting("monitoring.backup_max_age", _to_opt_duration, "status: newest backup older than this is CRITICAL"),
+    _Setting("monitoring.drill_max_age", _to_opt_duration, "status: newest successful drill older than this is a WARNING"),
     _Setting("restore.prefetch", _to_int, "wal fetch: segments downloaded ahead during recovery (0: off)"),
 )
 _BY_PATH = {s.path: s for s in SETTINGS}
 _SECRET_PATHS = {"encryption.age_identity"}
-_NOT_ECHOED = _SECRET_PATHS | {"postgres.dsn"}  # a conninfo may hold a password
+_NOT_ECHOED = _SECRET_PATHS | {"postgres.dsn", "drill.target_dsn"}  # a conninfo may hold a password
 
 
 def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -267,6 +374,23 @@ def load_settings(
         spool_dir=get("archive.spool_dir", None),
         archive_wait_timeout=get("archive.wait_timeout", 60.0),
         restore_prefetch=get("restore.prefetch", 8),
+        keep_last_logical=get("retention.logical.keep_last", None),
+        keep_within_logical=get("retention.logical.keep_within", None),
+        keep_daily=get("retention.logical.daily", 0),
+        keep_weekly=get("retention.logical.weekly", 0),
+        keep_monthly=get("retention.logical.monthly", 0),
+        keep_yearly=get("retention.logical.yearly", 0),
+        min_keep_logical=get("retention.logical.min_keep", 1),
+        keep_last_physical=get("retention.physical.keep_last", None),
+        keep_within_physical=get("retention.physical.keep_within", None),
+        min_keep_physical=get("retention.physical.min_keep", 1),
+        pitr_window=get("retention.pitr_window", None),
+        debris_grace=get("retention.debris_grace", None) or 24 * 3600.0,
+        smoke_queries=get("drill.smoke_queries", ()),
+        drill_rto=get("drill.rto", None),
+        drill_target_dsn=get("drill.target_dsn", ""),
+        backup_max_age=get("monitoring.backup_max_age", None) or 48 * 3600.0,
+        drill_max_age=get("monitoring.drill_max_age", None) or 35 * 86400.0,
         source=source,
     )
     problems += validate(settings)
@@ -292,6 +416,14 @@ def validate(s: Settings) -> list[str]:
         problems.append("repository.s3.max_concurrency: must be at least 1")
     if not 1 <= s.backup_parallel <= 32:
         problems.append("backup.parallel: must be between 1 and 32")
+    for name, value in (("retention.logical.daily", s.keep_daily), ("retention.logical.weekly", s.keep_weekly),
+                        ("retention.logical.monthly", s.keep_monthly), ("retention.logical.yearly", s.keep_yearly),
+                        ("retention.logical.min_keep", s.min_keep_logical),
+                        ("retention.physical.min_keep", s.min_keep_physical),
+                        ("retention.logical.keep_last", s.keep_last_logical or 0),
+                        ("retention.physical.keep_last", s.keep_last_physical or 0)):
+        if value < 0:
+            problems.append(f"{name}: must be 0 or more")
     if s.archive_parallel < 1:
         problems.append("archive.parallel: must be at least 1")
     if s.restore_prefetch < 0:

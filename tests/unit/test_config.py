@@ -165,6 +165,25 @@ ENV_SAMPLES: dict[str, tuple[str, Callable[[Settings], Any], Any]] = {
     "archive.spool_dir": ("/var/spool/pgvault", lambda s: s.spool_dir, "/var/spool/pgvault"),
     "archive.wait_timeout": ("12.5", lambda s: s.archive_wait_timeout, 12.5),
     "restore.prefetch": ("0", lambda s: s.restore_prefetch, 0),
+    "retention.logical.keep_last": ("7", lambda s: s.keep_last_logical, 7),
+    "retention.logical.keep_within": ("14d", lambda s: s.keep_within_logical, 14 * 86400.0),
+    "retention.logical.daily": ("7", lambda s: s.keep_daily, 7),
+    "retention.logical.weekly": ("4", lambda s: s.keep_weekly, 4),
+    "retention.logical.monthly": ("36", lambda s: s.keep_monthly, 36),
+    "retention.logical.yearly": ("2", lambda s: s.keep_yearly, 2),
+    "retention.logical.min_keep": ("3", lambda s: s.min_keep_logical, 3),
+    "retention.physical.keep_last": ("2", lambda s: s.keep_last_physical, 2),
+    "retention.physical.keep_within": ("1d12h", lambda s: s.keep_within_physical, 36 * 3600.0),
+    "retention.physical.min_keep": ("2", lambda s: s.min_keep_physical, 2),
+    "retention.pitr_window": ("7d", lambda s: s.pitr_window, 7 * 86400.0),
+    "retention.debris_grace": ("6h", lambda s: s.debris_grace, 6 * 3600.0),
+    "drill.smoke_queries": ('[{"sql": "SELECT count(*) FROM orgs", "min": 1}]',
+                            lambda s: [(q.sql, q.min, q.expect) for q in s.smoke_queries],
+                            [("SELECT count(*) FROM orgs", 1.0, None)]),
+    "drill.rto": ("30m", lambda s: s.drill_rto, 1800.0),
+    "drill.target_dsn": ("host=drills port=5433", lambda s: s.drill_target_dsn, "host=drills port=5433"),
+    "monitoring.backup_max_age": ("36h", lambda s: s.backup_max_age, 36 * 3600.0),
+    "monitoring.drill_max_age": ("35d", lambda s: s.drill_max_age, 35 * 86400.0),
 }
 
 EXPECTED_ENV_NAMES = {
@@ -192,6 +211,23 @@ EXPECTED_ENV_NAMES = {
     "archive.spool_dir": "PGVAULT_ARCHIVE_SPOOL_DIR",
     "archive.wait_timeout": "PGVAULT_ARCHIVE_WAIT_TIMEOUT",
     "restore.prefetch": "PGVAULT_RESTORE_PREFETCH",
+    "retention.logical.keep_last": "PGVAULT_RETENTION_LOGICAL_KEEP_LAST",
+    "retention.logical.keep_within": "PGVAULT_RETENTION_LOGICAL_KEEP_WITHIN",
+    "retention.logical.daily": "PGVAULT_RETENTION_LOGICAL_DAILY",
+    "retention.logical.weekly": "PGVAULT_RETENTION_LOGICAL_WEEKLY",
+    "retention.logical.monthly": "PGVAULT_RETENTION_LOGICAL_MONTHLY",
+    "retention.logical.yearly": "PGVAULT_RETENTION_LOGICAL_YEARLY",
+    "retention.logical.min_keep": "PGVAULT_RETENTION_LOGICAL_MIN_KEEP",
+    "retention.physical.keep_last": "PGVAULT_RETENTION_PHYSICAL_KEEP_LAST",
+    "retention.physical.keep_within": "PGVAULT_RETENTION_PHYSICAL_KEEP_WITHIN",
+    "retention.physical.min_keep": "PGVAULT_RETENTION_PHYSICAL_MIN_KEEP",
+    "retention.pitr_window": "PGVAULT_RETENTION_PITR_WINDOW",
+    "retention.debris_grace": "PGVAULT_RETENTION_DEBRIS_GRACE",
+    "drill.smoke_queries": "PGVAULT_DRILL_SMOKE_QUERIES",
+    "drill.rto": "PGVAULT_DRILL_RTO",
+    "drill.target_dsn": "PGVAULT_DRILL_TARGET_DSN",
+    "monitoring.backup_max_age": "PGVAULT_MONITORING_BACKUP_MAX_AGE",
+    "monitoring.drill_max_age": "PGVAULT_MONITORING_DRILL_MAX_AGE",
 }
 
 
@@ -526,3 +562,19 @@ def test_pipeline_with_recipients_is_age() -> None:
 def test_default_pipeline() -> None:
     assert Settings().pipeline() == PipelineSpec()
     assert Settings().pipeline().suffix() == ".zst"
+
+
+def test_durations_and_smoke_queries() -> None:
+    from pgvault.config import parse_duration
+
+    assert parse_duration("90") == 90 and parse_duration("15m") == 900 and parse_duration("1d12h") == 129600
+    assert parse_duration(3.5) == 3.5 and parse_duration("2w") == 14 * 86400
+    for bad in ("", "12x", "h", -1, True):
+        with pytest.raises(ValueError):
+            parse_duration(bad)
+    s = load_settings(environ={"PGVAULT_DRILL_SMOKE_QUERIES": '[{"name": "orgs", "sql": "SELECT 1", "expect": 1}]'})
+    assert s.smoke_queries[0].name == "orgs" and s.smoke_queries[0].expect == "1"
+    for bad in ('[{"sql": "SELECT 1"}]', '[{"sql": "SELECT 1", "expect": 1, "min": 1}]', '[{"expect": 1}]',
+                '[{"sql": "x", "min": 1, "color": 2}]', "not json"):
+        with pytest.raises(ConfigError, match="drill.smoke_queries"):
+            load_settings(environ={"PGVAULT_DRILL_SMOKE_QUERIES": bad})
