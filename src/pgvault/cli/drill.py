@@ -1,0 +1,70 @@
+"""``pgvault drill``: restore a backup somewhere disposable and prove it; ``pgvault drill list``."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from pgvault.cli import context_from, emit
+from pgvault.errors import VerificationError
+from pgvault.output import human_duration, table
+
+
+def register(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("drill", parents=[common], help="restore drill: restore, verify, measure, clean up")
+    p.add_argument("what", nargs="?", default="latest", metavar="ID|latest|list",
+                   help="the backup to drill (default: latest), or 'list' for the drill history")
+    p.add_argument("--kind", choices=("logical", "physical"), default="logical")
+    p.add_argument("--target-dsn", help="logical: restore into scratch databases on this server "
+                   "(default: drill.target_dsn, else a throwaway server from local binaries)")
+    t = p.add_argument_group("physical drills: recovery target (default: the end of the archive)")
+    t.add_argument("--target-time")
+    t.add_argument("--target-lsn")
+    t.add_argument("--target-xid")
+    t.add_argument("--target-name")
+    t.add_argument("--pgvault-command", help="how the restored server runs pgvault in restore_command")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    ctx = context_from(args)
+    if args.what == "list":
+        return _list(args, ctx)
+    from pgvault.operations.drill import DrillRequest, run_drill
+    from pgvault.operations.pitr import RecoveryTarget
+
+    target = RecoveryTarget.parse(time=args.target_time, lsn=args.target_lsn, xid=args.target_xid, name=args.target_name,
+                                  action="promote" if (args.target_time or args.target_lsn or args.target_xid
+                                                       or args.target_name) else None)
+    report = run_drill(ctx, DrillRequest(kind=args.kind, ref=args.what,
+                                         target_dsn=args.target_dsn or ctx.settings.drill_target_dsn,
+                                         recovery_target=target, pgvault_command=args.pgvault_command))
+    doc = report.to_json()
+    args.job_details = {"ok": report.ok, "restore_seconds": report.restore_seconds}
+
+    def human() -> str:
+        lines = [f"drill {report.drill_id}: {report.backup_kind} backup {report.backup_id} into "
+                 f"{report.target.get('kind', '?')}: {'PASSED' if report.ok else 'FAILED'}",
+                 f"restore (recovery time): {human_duration(report.restore_seconds) if report.restore_seconds is not None else '-'}, "
+                 f"total {human_duration(report.total_seconds)}"]
+        if report.error:
+            lines.append(f"error: {report.error}")
+        lines.append(table(["check", "result", "took", "detail"],
+                           [(c.name, "ok" if c.ok else "FAILED", human_duration(c.seconds), c.detail) for c in report.checks]))
+        return "\n".join(lines)
+
+    emit(args, "drill", {"drill": doc}, human)
+    return 0 if report.ok else VerificationError.exit_code
+
+
+def _list(args: argparse.Namespace, ctx: Any) -> int:
+    from pgvault.repository.drills import list_drills
+
+    reports = list_drills(ctx.storage, ctx.cluster)
+    emit(args, "drill_list", {"cluster": ctx.cluster, "drills": [r.to_json() for r in reports]}, lambda: (
+        table(["drill", "kind", "backup", "result", "restore", "total", "failed checks"],
+              [(r.drill_id, r.backup_kind, r.backup_id, "ok" if r.ok else "FAILED",
+                human_duration(r.restore_seconds) if r.restore_seconds is not None else "-",
+                human_duration(r.total_seconds), ", ".join(c.name for c in r.checks if not c.ok) or r.error[:40])
+               for r in reports]) if reports else f"no drills of cluster {ctx.cluster!r} yet"))
+    return 0

@@ -1,0 +1,314 @@
+"""Restore drills: restore a backup somewhere disposable, prove it, measure it, always clean up.
+
+Template (both kinds): pick the backup → restore it into a scratch target (timed: that is the
+recovery time) → checks → cleanup (in ``finally``) → report into the repository, also when a
+step failed.  A drill never raises for a failed check or a failed restore: the report says what
+failed and the command's exit status says whether everything passed.
+
+* logical: a :class:`~pgvault.pg.scratch.ScratchServer` from local PostgreSQL binaries (the
+  backup's major or the next newer one), or scratch databases on a server the operator names
+  (``drill.target_dsn``); every database restored with the ordinary restore (which compares every
+  table's row count with the manifest), constraints and indexes checked, smoke queries run.
+* physical: ``restore-cluster`` into a scratch directory (tablespaces too), started local-only on
+  a free port with archiving off, followed to the end of the archive (or a target) and promoted;
+  then ``pg_amcheck`` when the binaries have it, and the smoke queries.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from pgvault import log
+from pgvault.config import SmokeQuery
+from pgvault.errors import PgvaultError, VerificationError
+from pgvault.operations.context import Context
+from pgvault.operations.pitr import RecoveryTarget
+from pgvault.pg.bindir import BinDir, available_bindirs
+from pgvault.pg.conn import ConnInfo, connect
+from pgvault.pg.scratch import ScratchServer, free_port, scratch_dir
+from pgvault.repository import layout
+from pgvault.repository.catalog import resolve_logical
+from pgvault.repository.drills import Check, DrillReport, list_drills, save_drill
+
+
+@dataclass(frozen=True)
+class DrillRequest:
+    kind: str = "logical"  # logical | physical
+    ref: str = "latest"
+    target_dsn: str = ""  # logical: restore into scratch databases on this server
+    recovery_target: RecoveryTarget = field(default_factory=RecoveryTarget)  # physical
+    pgvault_command: str | None = None  # physical: how the restored server runs 'wal fetch'
+
+
+def _new_drill_id(ctx: Context, now: dt.datetime) -> str:
+    taken = {r.drill_id for r in list_drills(ctx.storage, ctx.cluster)}
+    seq = 0
+    while layout.new_backup_id(now, seq) in taken:
+        seq += 1
+    return layout.new_backup_id(now, seq)
+
+
+def _server_bindir(major: int, extra: tuple[str, ...]) -> BinDir:
+    """Server programs of ``major``, else the oldest newer major (a restore into a newer server works)."""
+    candidates = sorted((b for b in available_bindirs(extra) if b.major >= major and (b.path / "postgres").exists()),
+                        key=lambda b: b.major)
+    if not candidates:
+        from pgvault.errors import ToolError
+
+        raise ToolError(f"no PostgreSQL {major} (or newer) server programs on this machine for a scratch server",
+                        hint="install postgresql-<major>, set PGVAULT_PG_BINDIRS, or name a server with drill.target_dsn")
+    return candidates[0]
+
+
+def _timed(checks: list[Check], name: str, fn: Callable[[], tuple[bool, str]]) -> bool:
+    t0 = time.monotonic()
+    try:
+        ok, detail = fn()
+    except PgvaultError as e:
+        ok, detail = False, e.message
+    except Exception as e:  # noqa: BLE001 - a check's failure is a result, not a crash
+        ok, detail = False, f"{type(e).__name__}: {str(e).strip()}"
+    checks.append(Check(name, ok, time.monotonic() - t0, detail))
+    return ok
+
+
+def check_constraints(info: ConnInfo, database: str) -> tuple[bool, str]:
+    """Validate every NOT VALID check / foreign key (the others were validated when the restore
+    created them) and require every index to be valid."""
+    conn = connect(info, dbname=database)
+    try:
+        pending = conn.execute(
+            "SELECT format('%s', conrelid::regclass), quote_ident(conname) FROM pg_constraint"
+            " WHERE NOT convalidated AND contype IN ('c', 'f')"
+        ).fetchall()
+        failed = []
+        for rel, name in pending:
+            try:
+                conn.execute(f"ALTER TABLE {rel} VALIDATE CONSTRAINT {name}")
+            except Exception as e:  # noqa: BLE001 - reported
+                failed.append(f"{rel}.{name}: {str(e).strip().splitlines()[0]}")
+        row = conn.execute(
+            "SELECT count(*) FROM pg_constraint c JOIN pg_namespace n ON n.oid = c.connamespace"
+            " WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND contype IN ('c', 'f', 'p', 'u', 'x')"
+        ).fetchone()
+        invalid = conn.execute(
+            "SELECT format('%s', indexrelid::regclass) FROM pg_index WHERE NOT indisvalid OR NOT indisready"
+        ).fetchall()
+    finally:
+        conn.close()
+    total = int(row[0]) if row else 0
+    problems = failed + [f"index {r[0]} is invalid" for r in invalid]
+    if problems:
+        return False, "; ".join(problems[:5])
+    return True, f"{total} constraints valid ({len(pending)} validated now), every index valid"
+
+
+def run_smoke(info: ConnInfo, q: SmokeQuery, database: str) -> tuple[bool, str]:
+    conn = connect(info, dbname=database)
+    try:
+        conn.execute("SET default_transaction_read_only = on")
+        row = conn.execute(q.sql).fetchone()  # the operator's own SQL
+    finally:
+        conn.close()
+    value = None if row is None else row[0]
+    shown = "no row" if row is None else ("NULL" if value is None else str(value))
+    if q.expect is not None:
+        return shown == q.expect, f"expected {q.expect}, got {shown}"
+    try:
+        ok = value is not None and float(value) >= float(q.min or 0)
+    except (TypeError, ValueError):
+        ok = False
+    return ok, f"expected at least {q.min:g}, got {shown}" if q.min is not None else shown
+
+
+def _smoke_all(checks: list[Check], info: ConnInfo, queries: tuple[SmokeQuery, ...], default_db: str,
+               dbmap: Callable[[str], str]) -> None:
+    for q in queries:
+        db = q.database or default_db
+        _timed(checks, f"smoke: {q.name}", lambda q=q, db=db: run_smoke(info, q, dbmap(db)))  # type: ignore[misc]
+
+
+def _logical(ctx: Context, req: DrillRequest, drill_id: str, checks: list[Check], target: dict[str, Any],
+             cleanups: list[Callable[[], None]]) -> tuple[str, float | None]:
+    from pgvault.operations.logical_restore import RestoreRequest, restore
+    from pgvault.pg.conn import connection
+
+    m = resolve_logical(ctx.storage, ctx.cluster, req.ref)
+    server: ScratchServer | None = None
+    if req.target_dsn:
+        info = ConnInfo.from_dsn(req.target_dsn, ctx.environ)
+        suffix = drill_id.lower().replace("-", "_")
+        names = {d.name: f"pgvault_drill_{suffix}_{layout.encode_name(d.name)}"[:63] for d in m.databases}
+        target.update(kind="named server", server=info.describe())
+
+        def drop() -> None:
+            with connection(info) as conn:
+                for name in names.values():
+                    conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+                    conn.execute(f'DROP DATABASE IF EXISTS "{name}"')  # noqa: S608 - our own generated name
+
+        cleanups.append(drop)
+    else:
+        bindir = _server_bindir(m.server_version_num // 10000, ctx.settings.pg_bin_dirs)
+        server = ScratchServer.create(bindir, environ=ctx.environ)
+        cleanups.append(server.destroy)
+        info = server.conninfo()
+        names = {d.name: d.name for d in m.databases}
+        target.update(kind="scratch server", server_version=bindir.version, port=server.port)
+    dctx = Context(settings=ctx.settings, storage=ctx.storage, conn=info, environ=ctx.environ)
+    restore_seconds = 0.0
+    restored: list[str] = []
+    for i, d in enumerate(m.databases):
+        name = names[d.name]
+        t0 = time.monotonic()
+        try:
+            r = restore(dctx, RestoreRequest(ref=m.backup_id, database=d.name, target_database=name,
+                                             restore_globals=server is not None and m.globals is not None and i == 0,
+                                             no_owner=server is None, jobs=2))
+            restore_seconds += time.monotonic() - t0
+            checks.append(Check(f"{d.name}: row counts", True, r.duration_seconds,
+                                f"{len(r.checks)} tables match the manifest" + ("" if r.counts_exact else " (estimates)")))
+            restored.append(d.name)
+        except VerificationError as e:
+            restore_seconds += time.monotonic() - t0
+            result = e.details
+            bad = [c for c in getattr(result, "checks", []) if not c.ok]
+            detail = "; ".join(f"{c.table}: manifest {c.expected}, restored {'missing' if c.actual is None else c.actual}"
+                               for c in bad[:5]) or e.message
+            checks.append(Check(f"{d.name}: row counts", False, time.monotonic() - t0, detail))
+            restored.append(d.name)
+        except PgvaultError as e:
+            checks.append(Check(f"{d.name}: restore", False, time.monotonic() - t0, e.message))
+            return m.backup_id, None
+    for dbname in restored:
+        _timed(checks, f"{dbname}: constraints", lambda dbname=dbname: check_constraints(info, names[dbname]))  # type: ignore[misc]
+    default_db = m.databases[0].name if len(m.databases) == 1 else "postgres"
+
+    def dbmap(db: str) -> str:
+        return names.get(db, db)
+
+    _smoke_all(checks, info, ctx.settings.smoke_queries, default_db, dbmap)
+    return m.backup_id, restore_seconds
+
+
+def _physical(ctx: Context, req: DrillRequest, drill_id: str, checks: list[Check], target: dict[str, Any],
+              cleanups: list[Callable[[], None]]) -> tuple[str, float | None]:
+    from pgvault.operations.restore_cluster import (
+        RestoreOptions, major_of, make_plan, restore_cluster, start_and_follow, stop_server,
+    )
+
+    rt = req.recovery_target
+    if rt.kind != "end":
+        rt = RecoveryTarget(rt.kind, rt.value, rt.timeline, rt.exclusive, "promote")
+    plan = make_plan(ctx, rt, None if req.ref == "latest" else req.ref)
+    b = plan.backup
+    base = scratch_dir()
+    cleanups.append(lambda: shutil.rmtree(base, ignore_errors=True))
+    port = free_port()
+    hba = base / "pg_hba.conf"
+    hba.write_text("local all all trust\n")
+    options = {"port": str(port), "listen_addresses": "", "unix_socket_directories": str(base),
+               "hba_file": str(hba), "logging_collector": "off"}
+    target.update(kind="scratch data directory", port=port, server_version=b.server_version,
+                  recovery_target=rt.describe())
+    t0 = time.monotonic()
+    try:
+        result = restore_cluster(ctx, RestoreOptions(
+            data_dir=base / "data", target=rt, backup_id=b.backup_id,
+            tablespace_map={t.oid: str(base / f"tablespace-{t.oid}") for t in b.tablespaces},
+            options=options, pgvault_command=req.pgvault_command), plan)
+        if os.geteuid() == 0:
+            st = (base / "data" / "PG_VERSION").stat()
+            os.chown(hba, st.st_uid, st.st_gid)
+            os.chown(base, st.st_uid, st.st_gid)
+        cleanups.insert(0, lambda: stop_server(base / "data", major_of(b), ctx.settings.pg_bin_dirs))
+        outcome = start_and_follow(result, major=major_of(b), bin_dirs=ctx.settings.pg_bin_dirs, environ=ctx.environ)
+    except PgvaultError as e:
+        checks.append(Check("restore and recovery", False, time.monotonic() - t0, e.message))
+        return b.backup_id, None
+    restore_seconds = time.monotonic() - t0
+    checks.append(Check("restore and recovery", True, restore_seconds,
+                        f"{outcome.segments_restored} WAL files replayed, {outcome.stop_detail or 'end of archive'}, "
+                        f"promoted on timeline {outcome.new_timeline}"))
+    info = _connectable(base, port, ctx)
+    bindir = _server_bindir(major_of(b), ctx.settings.pg_bin_dirs)
+    amcheck = bindir.program("pg_amcheck")
+    if amcheck.exists():
+        _timed(checks, "pg_amcheck", lambda: _run_amcheck(amcheck, info, ctx))
+    else:
+        checks.append(Check("pg_amcheck", True, 0.0, f"skipped: {amcheck} is not installed"))
+    _smoke_all(checks, info, ctx.settings.smoke_queries, "postgres", lambda db: db)
+    return b.backup_id, restore_seconds
+
+
+def _connectable(base: Path, port: int, ctx: Context) -> ConnInfo:
+    """The restored cluster's roles are the production ones: find a superuser we can connect as."""
+    import pwd
+
+    candidates = [ctx.conn.params.get("user") or "", "postgres", pwd.getpwuid((base / "data").stat().st_uid).pw_name]
+    last: PgvaultError | None = None
+    for user in dict.fromkeys(c for c in candidates if c):
+        info = ConnInfo({"host": str(base), "port": str(port), "user": user, "dbname": "postgres"})
+        try:
+            connect(info).close()
+            return info
+        except PgvaultError as e:
+            last = e
+    assert last is not None
+    raise last
+
+
+def _run_amcheck(program: Path, info: ConnInfo, ctx: Context) -> tuple[bool, str]:
+    env = info.child_env(ctx.environ)
+    r = subprocess.run([str(program), "--all", "--install-missing", "--heapallindexed"],
+                       env=env, capture_output=True, text=True, check=False, timeout=3600)
+    if r.returncode == 0:
+        return True, "no corruption found (heap and every B-tree index)"
+    out = (r.stdout + r.stderr).strip().splitlines()
+    return False, f"exit {r.returncode}: " + " | ".join(out[:5])
+
+
+def run_drill(ctx: Context, req: DrillRequest, *, now: Callable[[], dt.datetime] | None = None) -> DrillReport:
+    """Run one drill; the report is saved to the repository whatever happened."""
+    clock = now or (lambda: dt.datetime.now(dt.timezone.utc))
+    started = clock()
+    drill_id = _new_drill_id(ctx, started)
+    t0 = time.monotonic()
+    checks: list[Check] = []
+    target: dict[str, Any] = {}
+    cleanups: list[Callable[[], None]] = []
+    backup_id, restore_seconds, error = req.ref, None, ""
+    logger = log.get()
+    try:
+        if req.kind == "logical":
+            backup_id, restore_seconds = _logical(ctx, req, drill_id, checks, target, cleanups)
+        else:
+            backup_id, restore_seconds = _physical(ctx, req, drill_id, checks, target, cleanups)
+        rto = ctx.settings.drill_rto
+        if rto is not None and restore_seconds is not None:
+            checks.append(Check("recovery-time objective", restore_seconds <= rto, 0.0,
+                                f"restore took {restore_seconds:.1f}s, objective {rto:.0f}s"))
+    except PgvaultError as e:
+        error = e.message
+    finally:
+        for cleanup in cleanups:
+            try:
+                cleanup()
+            except Exception as e:  # noqa: BLE001 - keep cleaning; say what was left
+                logger.warning("drill cleanup step failed: %s: %s", type(e).__name__, e)
+    ok = not error and bool(checks) and all(c.ok for c in checks)
+    report = DrillReport(
+        drill_id=drill_id, cluster=ctx.cluster, backup_kind=req.kind, backup_id=backup_id,
+        started_at=started.isoformat(), finished_at=clock().isoformat(), ok=ok, restore_seconds=restore_seconds,
+        total_seconds=time.monotonic() - t0, checks=tuple(checks), target=target, rto_seconds=ctx.settings.drill_rto,
+        error=error,
+    )
+    save_drill(ctx.storage, report)
+    return report

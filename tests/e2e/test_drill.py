@@ -1,0 +1,130 @@
+"""Restore drills through the CLI: they pass on good backups, fail (and clean up) on corrupt
+objects, wrong row counts, failing smoke queries and a missed recovery-time objective, and leave
+a report in the repository every time."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from support.archiving import ArchivingCluster, make_archiving_cluster
+from support.cli import pgvault
+from support.pg_fixtures import pg_majors
+
+from .conftest import AgeKey
+
+SMOKE = [{"name": "films", "sql": "SELECT count(*) FROM film", "min": 1000},
+         {"name": "first film", "sql": "SELECT title FROM film WHERE film_id = 1", "expect": "ACADEMY DINOSAUR"}]
+
+
+def _leftovers() -> set[str]:
+    """Scratch directories and servers of drills still around."""
+    dirs = {str(p) for p in Path(tempfile.gettempdir()).glob("pgvault-drill-*")}
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    return dirs | {line for line in ps.splitlines() if "pgvault-drill-" in line and "postgres" in line}
+
+
+def _drill(env: dict[str, str], *args: str, ok: bool = True) -> dict:  # type: ignore[type-arg]
+    before = _leftovers()
+    r = pgvault(["drill", "--json", *args], env, check=False)
+    assert r.returncode == (0 if ok else 9), str(r)
+    assert _leftovers() <= before, "the drill left a scratch server or directory behind"
+    return dict(r.json()["drill"])
+
+
+def _check(report: dict, name: str) -> dict:  # type: ignore[type-arg]
+    [c] = [c for c in report["checks"] if c["name"] == name]
+    return dict(c)
+
+
+def test_logical_drill_passes_and_is_recorded(pg_cluster, pagila, local_env) -> None:  # type: ignore[no-untyped-def]
+    backup = pgvault(["backup", "--database", pagila, "--json"], local_env).json()["backup"]
+    env = {**local_env, "PGVAULT_DRILL_SMOKE_QUERIES": json.dumps(SMOKE)}
+    report = _drill(env)
+    assert report["ok"] and report["backup_id"] == backup["backup_id"] and report["backup_kind"] == "logical"
+    assert report["target"]["kind"] == "scratch server" and report["restore_seconds"] > 0
+    assert _check(report, "pagila: row counts")["ok"]
+    assert "constraints valid" in _check(report, "pagila: constraints")["detail"]
+    assert _check(report, "smoke: films")["ok"] and _check(report, "smoke: first film")["ok"]
+    assert all(c["seconds"] >= 0 for c in report["checks"])
+    # The report is in the repository, under drills/<YYYY>/<MM>/, and in the history.
+    stored = list(Path(local_env["PGVAULT_REPOSITORY_URL"]).glob(f"*/drills/*/*/{report['drill_id']}.json"))
+    assert len(stored) == 1 and json.loads(stored[0].read_text())["ok"] is True
+    history = pgvault(["drill", "list", "--json"], env).json()["drills"]
+    assert [d["drill_id"] for d in history] == [report["drill_id"]]
+    assert "PASSED" not in pgvault(["drill", "list"], env).stdout  # the table says ok/FAILED per drill
+
+
+def test_logical_drill_failures_are_reported_and_cleaned_up(pg_cluster, pagila, local_env) -> None:  # type: ignore[no-untyped-def]
+    backup = pgvault(["backup", "--database", pagila, "--json"], local_env).json()["backup"]
+    repo = Path(local_env["PGVAULT_REPOSITORY_URL"])
+    [folder] = [p.parent for p in repo.glob(f"*/logical/*/*/{backup['backup_id']}/manifest.json")]
+
+    # A smoke query that does not hold.
+    env = {**local_env, "PGVAULT_DRILL_SMOKE_QUERIES": json.dumps([{"name": "orgs", "sql": "SELECT count(*) FROM film",
+                                                                        "expect": "7"}])}
+    report = _drill(env, ok=False)
+    assert not _check(report, "smoke: orgs")["ok"] and "expected 7, got 1000" in _check(report, "smoke: orgs")["detail"]
+    assert _check(report, "pagila: row counts")["ok"]
+
+    # A recovery-time objective the restore cannot meet.
+    report = _drill({**local_env, "PGVAULT_DRILL_RTO": "0.001"}, ok=False)
+    assert not _check(report, "recovery-time objective")["ok"]
+
+    # A table's row count that does not match the manifest.
+    manifest = folder / "manifest.json"
+    original = manifest.read_text()
+    doc = json.loads(original)
+    actor = next(t for t in doc["databases"][0]["tables"] if t["name"] == "actor")
+    actor["rows"] += 1
+    manifest.write_text(json.dumps(doc))
+    report = _drill(local_env, ok=False)
+    assert "public.actor" in _check(report, "pagila: row counts")["detail"]
+    manifest.write_text(original)
+
+    # A corrupt stored object: the restore fails, the drill says so.
+    [obj] = folder.glob("pagila.dump.*")
+    data = bytearray(obj.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    obj.write_bytes(bytes(data))
+    report = _drill(local_env, ok=False)
+    assert not _check(report, "pagila: restore")["ok"] and report["restore_seconds"] is None
+
+    history = pgvault(["drill", "list", "--json"], local_env).json()["drills"]
+    assert [d["ok"] for d in history] == [False, False, False, False]
+
+
+@pytest.fixture
+def archiving(make_pg_cluster, pgvault_launcher: Path, age_key: AgeKey):  # type: ignore[no-untyped-def]
+    made: list[ArchivingCluster] = []
+
+    def make(major: int | None) -> ArchivingCluster:
+        a = make_archiving_cluster(make_pg_cluster, pgvault_launcher, age_key, major=major, cluster_name="drill")
+        made.append(a)
+        return a
+
+    yield make
+    for a in made:
+        a.close()
+
+
+@pytest.mark.parametrize("major", pg_majors()[-1:] or [None])
+def test_physical_drill_restores_checks_and_removes_a_scratch_cluster(major, archiving) -> None:  # type: ignore[no-untyped-def]
+    a = archiving(major)
+    a.cluster.psql("CREATE TABLE ticks(i int PRIMARY KEY); INSERT INTO ticks SELECT generate_series(1, 500)")
+    a.basebackup()
+    a.cluster.psql("INSERT INTO ticks SELECT generate_series(501, 800)")
+    a.switch_and_wait()
+    env = {**a.env(), "PGVAULT_DRILL_SMOKE_QUERIES": json.dumps([{"sql": "SELECT count(*) FROM ticks", "expect": 800}])}
+    report = _drill(env, "--kind", "physical", "--pgvault-command", str(a.launcher))
+    assert report["ok"] and report["backup_kind"] == "physical", report
+    assert _check(report, "restore and recovery")["ok"] and report["restore_seconds"] > 0
+    assert _check(report, "pg_amcheck")["ok"]
+    assert _check(report, "smoke: SELECT count(*) FROM ticks")["ok"]
+    # The production server was not touched and keeps archiving.
+    assert a.cluster.psql("SELECT count(*) FROM ticks") == "800"
+    a.switch_and_wait()
