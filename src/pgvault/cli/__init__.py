@@ -64,7 +64,7 @@ def emit(args: argparse.Namespace, kind: str, payload: dict[str, Any], human: Ca
 _MODULES = {
     "backup": "backup", "basebackup": "basebackup", "list": "catalog", "status": "catalog", "show": "catalog",
     "restore": "restore", "restore-cluster": "restore_cluster", "restore-point": "restore_cluster", "wal": "wal",
-    "config": "config_cmd",
+    "config": "config_cmd", "drill": "drill",
 }
 
 
