@@ -128,3 +128,21 @@ def test_physical_drill_restores_checks_and_removes_a_scratch_cluster(major, arc
     # The production server was not touched and keeps archiving.
     assert a.cluster.psql("SELECT count(*) FROM ticks") == "800"
     a.switch_and_wait()
+
+
+def test_logical_drill_from_s3_into_a_named_server(pg_cluster, pagila, s3_env, s3_bucket) -> None:  # type: ignore[no-untyped-def]
+    """Backups in SeaweedFS, restored into scratch databases on a server the operator names."""
+    from support.cli import clean_env
+
+    env = clean_env(
+        **pg_cluster.env(), **{k: v for k, v in s3_env.items() if k.startswith("AWS_")},
+        PGVAULT_REPOSITORY_URL=f"s3://{s3_bucket}/drills", PGVAULT_REPOSITORY_S3_ENDPOINT_URL=s3_env["PGVAULT_S3_ENDPOINT_URL"],
+        PGVAULT_REPOSITORY_S3_FORCE_PATH_STYLE="true", PGVAULT_CLUSTER=f"pg{pg_cluster.major}",
+        PGVAULT_DRILL_SMOKE_QUERIES=json.dumps(SMOKE[:1]),
+    )
+    pgvault(["backup", "-d", pagila], env)
+    report = _drill(env, "--target-dsn", pg_cluster.dsn())
+    assert report["ok"] and report["target"]["kind"] == "named server", report
+    # The scratch databases are gone again.
+    assert "pgvault_drill" not in pg_cluster.psql("SELECT string_agg(datname, ',') FROM pg_database")
+    assert pgvault(["drill", "list", "--json"], env).json()["drills"][0]["drill_id"] == report["drill_id"]
