@@ -168,6 +168,10 @@ def parse_duration(v: Any) -> float:
     return total
 
 
+def _default_if_none(value: float | None, default: float) -> float:
+    return default if value is None else value
+
+
 def _to_opt_duration(v: Any) -> float | None:
     return None if v is None or v == "" else parse_duration(v)
 
@@ -385,12 +389,12 @@ def load_settings(
         keep_within_physical=get("retention.physical.keep_within", None),
         min_keep_physical=get("retention.physical.min_keep", 1),
         pitr_window=get("retention.pitr_window", None),
-        debris_grace=get("retention.debris_grace", None) or 24 * 3600.0,
+        debris_grace=_default_if_none(get("retention.debris_grace", None), 24 * 3600.0),
         smoke_queries=get("drill.smoke_queries", ()),
         drill_rto=get("drill.rto", None),
         drill_target_dsn=get("drill.target_dsn", ""),
-        backup_max_age=get("monitoring.backup_max_age", None) or 48 * 3600.0,
-        drill_max_age=get("monitoring.drill_max_age", None) or 35 * 86400.0,
+        backup_max_age=_default_if_none(get("monitoring.backup_max_age", None), 48 * 3600.0),
+        drill_max_age=_default_if_none(get("monitoring.drill_max_age", None), 35 * 86400.0),
         source=source,
     )
     problems += validate(settings)

@@ -208,7 +208,9 @@ def test_restore_refuses_and_explains(major, archiving) -> None:  # type: ignore
     names = [a.switch_and_wait() for _ in range(3)]
     for f in Path(a.repo_url).glob(f"pitr/wal/*/{names[1]}.*"):
         f.unlink()
-    archive = pgvault(["status", "--json"], a.env()).json()["archive"]
+    st = pgvault(["status", "--json"], a.env(), check=False)
+    assert st.returncode == 2  # CRITICAL: a hole in the archive
+    archive = st.json()["archive"]
     assert archive["gaps"] == [{"from": names[1], "to": names[1]}]
     past = a.cluster.psql("SELECT pg_current_wal_lsn()")
     r = pgvault(["restore-cluster", "-D", str(a.work / "z"), "--target-lsn", past], a.env(), check=False)

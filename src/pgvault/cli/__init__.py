@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import pgvault
@@ -21,17 +22,48 @@ if TYPE_CHECKING:
     from pgvault.operations.context import Context
 
 
-def common_options() -> argparse.ArgumentParser:
-    """Options every subcommand accepts (so they may follow the subcommand name)."""
+_COMMON_DEFAULTS: dict[str, Any] = {
+    "config": None, "cluster": None, "repository": None, "dsn": None, "json": False, "log_level": "info",
+    "metrics_textfile": None,
+}
+# Common options that take a value (to find the subcommand name in argv without parsing it).
+_VALUE_OPTIONS = {"--config", "-c", "--cluster", "--repository", "-r", "--dsn", "--log-level", "--metrics-textfile"}
+
+
+def common_options(*, top_level: bool = True) -> argparse.ArgumentParser:
+    """Options every command accepts, before or after the subcommand name.
+
+    The subcommands' copy has no defaults (SUPPRESS): argparse applies a subparser's defaults
+    over what the main parser already parsed, which would silently drop ``pgvault --cluster x
+    status``'s ``--cluster``."""
     p = argparse.ArgumentParser(add_help=False)
+    p.set_defaults(**(_COMMON_DEFAULTS if top_level else {}))
+    none: dict[str, Any] = {} if top_level else {"default": argparse.SUPPRESS}
     g = p.add_argument_group("common options")
-    g.add_argument("--config", "-c", help="YAML config file (default: $PGVAULT_CONFIG)")
-    g.add_argument("--cluster", help="cluster name in the repository (default: main)")
-    g.add_argument("--repository", "-r", help="repository: a path, file:///path or s3://bucket/prefix")
-    g.add_argument("--dsn", help="libpq connection string (a password here is never passed to child programs' argv)")
-    g.add_argument("--json", action="store_true", help="machine-readable output ({\"format\": 1, ...})")
-    g.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    g.add_argument("--config", "-c", help="YAML config file (default: $PGVAULT_CONFIG)", **none)
+    g.add_argument("--cluster", help="cluster name in the repository (default: main)", **none)
+    g.add_argument("--repository", "-r", help="repository: a path, file:///path or s3://bucket/prefix", **none)
+    g.add_argument("--dsn", help="libpq connection string (a password here is never passed to child programs' argv)",
+                   **none)
+    g.add_argument("--json", action="store_true", help="machine-readable output ({\"format\": 1, ...})", **none)
+    g.add_argument("--log-level", choices=["debug", "info", "warning", "error"], **none)
+    g.add_argument("--metrics-textfile", metavar="PATH",
+                   help="scheduled jobs also write their outcome into this node_exporter textfile ($PGVAULT_METRICS_TEXTFILE)",
+                   **none)
     return p
+
+
+def _command_name(argv: Sequence[str]) -> str | None:
+    """The subcommand in ``argv``: the first word that is neither an option nor an option's value."""
+    skip = False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in _VALUE_OPTIONS:
+            skip = True
+        elif not a.startswith("-"):
+            return a
+    return None
 
 
 def settings_from(args: argparse.Namespace, **extra: Any) -> Settings:
@@ -64,8 +96,11 @@ def emit(args: argparse.Namespace, kind: str, payload: dict[str, Any], human: Ca
 _MODULES = {
     "backup": "backup", "basebackup": "basebackup", "list": "catalog", "status": "catalog", "show": "catalog",
     "restore": "restore", "restore-cluster": "restore_cluster", "restore-point": "restore_cluster", "wal": "wal",
-    "config": "config_cmd", "drill": "drill",
+    "config": "config_cmd", "drill": "drill", "expire": "expire", "verify": "verify", "metrics": "metrics",
 }
+# Commands run as scheduled jobs: their outcome is recorded for `status` and the metrics
+# (cli/metrics.py record_job); listed here so that other commands import nothing more.
+SCHEDULED_JOBS = frozenset({"backup", "basebackup", "expire", "verify", "drill", "restore-point"})
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -73,12 +108,12 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
     names = [_MODULES[command]] if command in _MODULES else sorted(set(_MODULES.values()))
     modules = [importlib.import_module(f"pgvault.cli.{n}") for n in names]
-    common = common_options()
     parser = argparse.ArgumentParser(
         prog="pgvault",
         description="PostgreSQL backup, restore and disaster recovery.",
-        parents=[common],
+        parents=[common_options()],
     )
+    common = common_options(top_level=False)
     parser.add_argument("--version", action="version", version=f"pgvault {pgvault.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in modules:
@@ -107,8 +142,7 @@ def _report(err: PgvaultError, as_json: bool) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    command = next((a for a in argv if not a.startswith("-")), None)
-    parser = build_parser(command)
+    parser = build_parser(_command_name(argv))
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
@@ -116,15 +150,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.setup(args.log_level)
     # Some commands have exit-status contracts of their own (restore_command): they remap.
     remap: Callable[[BaseException], int] | None = getattr(args, "remap_exit", None)
+    started = time.time()
+    error: BaseException | None = None
     try:
-        return int(args.func(args))
+        code = int(args.func(args))
     except PgvaultError as e:
         _report(e, args.json)
-        return remap(e) if remap else e.exit_code
-    except KeyboardInterrupt:
+        code, error = (remap(e) if remap else e.exit_code), e
+    except KeyboardInterrupt as e:
         print("pgvault: interrupted; nothing was published", file=sys.stderr)
-        return 130
+        code, error = 130, e
     except Exception as e:  # noqa: BLE001 - the one place that reports unexpected failures
         log.get().debug("internal error", exc_info=True)
         print(f"pgvault: internal error: {type(e).__name__}: {log.redact(str(e))}", file=sys.stderr)
-        return remap(e) if remap else INTERNAL_ERROR_EXIT
+        code, error = (remap(e) if remap else INTERNAL_ERROR_EXIT), e
+    if args.command in SCHEDULED_JOBS:  # best effort, never changes the exit status
+        from pgvault.cli.metrics import record_job
+
+        record_job(args, started=started, exit_code=code, error=error)
+    return code

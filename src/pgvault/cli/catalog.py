@@ -7,14 +7,19 @@ from typing import Any
 
 from pgvault.cli import context_from, emit
 from pgvault.repository.catalog import list_logical, list_physical, resolve_logical
-from pgvault.operations.status import ArchiveSummary, archive_summary
+from pgvault.operations.status import ArchiveSummary, StatusSnapshot, archive_summary
 from pgvault.output import human_bytes, human_duration, table
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("list", parents=[common], help="list backups in the repository")
     p.set_defaults(func=run_list)
-    st = sub.add_parser("status", parents=[common], help="backups and the recoverable window at a glance")
+    st = sub.add_parser("status", parents=[common], help="one screen for the on-call: backups, WAL archive, drills, verdict",
+                        description="Exit status: 0 OK, 1 WARNING, 2 CRITICAL (the Nagios plugin convention); "
+                                    "an error reading the repository exits with its own code (e.g. 4).")
+    st.add_argument("--pgdata", metavar="DIR", help="data directory whose .ready backlog to count "
+                    "(default: the server's data_directory when readable here)")
+    st.add_argument("--no-connect", action="store_true", help="do not connect to PostgreSQL (no pg_stat_archiver)")
     st.set_defaults(func=run_status)
     s = sub.add_parser("show", parents=[common], help="show one backup's manifest")
     s.add_argument("backup_id", metavar="ID", help="backup id or 'latest'")
@@ -129,27 +134,66 @@ def run_show(args: argparse.Namespace) -> int:
 
 
 def run_status(args: argparse.Namespace) -> int:
+    from pgvault.operations.status import VERDICT_EXIT, evaluate, gather_status, snapshot_json, verdict
+
     ctx = context_from(args)
-    logical = list_logical(ctx.storage, ctx.cluster)
-    physical = list_physical(ctx.storage, ctx.cluster)
-    archive = archive_summary(ctx, physical)
-    last_logical = logical[-1] if logical else None
-    last_physical = physical[-1] if physical else None
-    payload = {
-        "cluster": ctx.cluster,
-        "repository": ctx.storage.url,
-        "last_logical": {"backup_id": last_logical.backup_id, "finished_at": last_logical.finished_at} if last_logical else None,
-        "last_physical": {"backup_id": last_physical.backup_id, "finished_at": last_physical.finished_at,
-                          "stop_lsn": last_physical.stop_lsn} if last_physical else None,
-        "archive": archive.to_json() if archive else None,
-    }
+    snap = gather_status(ctx, pgdata=args.pgdata, connect=not args.no_connect)
+    reasons = evaluate(snap)
+    payload = snapshot_json(snap, reasons)
+    emit(args, "status", payload, lambda: describe_status(snap, payload))
+    return VERDICT_EXIT[verdict(reasons)]
 
-    def human() -> str:
-        lines = [f"cluster {ctx.cluster} in {ctx.storage.url}",
-                 f"last logical backup:  {last_logical.backup_id if last_logical else 'none'}",
-                 f"last base backup:     {last_physical.backup_id if last_physical else 'none'}"]
-        lines.append(describe_archive(archive) if archive else "WAL archive: empty")
-        return "\n".join(lines)
 
-    emit(args, "status", payload, human)
-    return 0
+def describe_status(snap: StatusSnapshot, doc: dict[str, Any]) -> str:
+    """The on-call's screen."""
+    from pgvault.operations.status import describe_age
+
+    def newest(d: dict[str, Any] | None, contents: str) -> str:
+        if not d:
+            return "none"
+        return (f"{d['backup_id']}, {describe_age(d['age_seconds'])} ago (took {human_duration(d['duration_seconds'])}, "
+                f"{human_bytes(d['stored_size'])}, {contents})")
+
+    logical, physical = doc["last_logical"], doc["last_physical"]
+    lines = [f"{doc['verdict']}: cluster {snap.cluster} in {snap.repository}"]
+    lines += [f"  {r['level']}: {r['message']}" for r in doc["reasons"]]
+    lines.append("")
+    lines.append("last logical backup:  " + newest(logical, ", ".join(logical["databases"]) if logical else ""))
+    lines.append("last base backup:     " + newest(physical, f"stop {physical['stop_lsn']}" if physical else ""))
+    lines.append(describe_archive(snap.archive) if snap.archive else "WAL archive: empty")
+    w = doc["recoverable_window"]
+    if w:
+        lines.append(f"recoverable window:   {describe_age(w['seconds'])} ({w['from'][:19].replace('T', ' ')} .. "
+                     f"{w['to'][:19].replace('T', ' ')})")
+    ar = snap.archiving
+    if ar.connection == "ok":
+        state = "FAILING" if ar.failing else "ok"
+        lines.append(f"archiver ({ar.server}): {state}, archive_mode {ar.archive_mode}, last archived "
+                     f"{ar.last_archived_wal or '-'} at {(ar.last_archived_time or '-')[:19].replace('T', ' ')}, "
+                     f"{ar.failed_count} failures")
+    elif ar.connection == "skipped":
+        lines.append("archiver: not checked (--no-connect)")
+    if ar.backlog_segments is not None:
+        lines.append(f"archiving backlog:    {ar.backlog_segments} file(s) waiting, lag "
+                     f"{describe_age(ar.lag_seconds or 0.0)} (from {ar.backlog_source})")
+    lines += [f"note: {n}" for n in ar.notes]
+    last, good = doc["last_drill"], doc["last_successful_drill"]
+    if last is None:
+        lines.append("last drill:           none")
+    else:
+        lines.append(f"last drill:           {last['drill_id']} {'passed' if last['ok'] else 'FAILED'}, "
+                     f"{describe_age(last['age_seconds'])} ago ({last['backup_kind']} backup {last['backup_id']}, restore "
+                     f"{human_duration(last['restore_seconds'])})")
+        if good is not None and good["drill_id"] != last["drill_id"]:
+            lines.append(f"last passed drill:    {good['drill_id']}, {describe_age(good['age_seconds'])} ago")
+    if snap.jobs:
+        rows = [(name, "ok" if j.ok else f"FAILED (exit {j.last_exit_code})", (j.last_finished_at or "-")[:19].replace("T", " "),
+                 human_duration(j.last_duration_seconds), (j.last_success_at or "never")[:19].replace("T", " "))
+                for name, j in sorted(snap.jobs.items())]
+        lines.append("")
+        lines.append(table(["job", "last run", "finished (UTC)", "took", "last success"], rows, right=(3,)))
+        lines.append("")
+    size = snap.size
+    areas = ", ".join(f"{k} {human_bytes(v)}" for k, v in sorted(size.by_area.items()))
+    lines.append(f"repository size:      {human_bytes(size.bytes)} in {size.objects} objects" + (f" ({areas})" if areas else ""))
+    return "\n".join(lines)

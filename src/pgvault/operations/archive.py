@@ -54,7 +54,8 @@ def _data_dir(pgdata: str | None) -> Path:
     return Path(pgdata) if pgdata else Path.cwd()
 
 
-def _load_meta(ctx: Context, name: str) -> dict[str, Any]:
+def load_meta(ctx: Context, name: str) -> dict[str, Any]:
+    """The checksum record (sidecar) of archived ``name``; :class:`IntegrityError` if absent or malformed."""
     key = layout.wal_meta(ctx.cluster, name)
     try:
         doc = json.loads(ctx.storage.read_bytes(key))
@@ -101,7 +102,7 @@ def push(ctx: Context, path: str, *, pgdata: str | None = None) -> PushResult:
     spec = ctx.settings.pipeline()
     key = layout.wal_object(ctx.cluster, name, spec.suffix())
     try:
-        meta = _load_meta(ctx, name)
+        meta = load_meta(ctx, name)
         stored = meta["key"]
         ctx.storage.stat(stored)
     except (IntegrityError, ObjectNotFound, KeyError):
@@ -171,7 +172,7 @@ def fetch(ctx: Context, name: str, destination: str, *, pgdata: str | None = Non
         if orphans:
             raise IntegrityError(f"{name} is archived as {orphans[0]} but its checksum record is missing") from None
         raise  # confirmed absent: the one case restore_command may report as "not found"
-    meta = _load_meta(ctx, name)
+    meta = load_meta(ctx, name)
     try:
         ctx.storage.stat(str(meta["key"]))
     except ObjectNotFound:

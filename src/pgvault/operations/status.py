@@ -1,16 +1,48 @@
-"""The recoverable window of a cluster: what ``list`` and ``status`` show about PITR."""
+"""What ``status`` and ``metrics`` report about a cluster: one snapshot of facts, then a verdict.
+
+:func:`gather_status` reads the repository (backups, WAL archive and recoverable window, drill
+reports, job records, sizes) and, when it can, the server (``pg_stat_archiver``, the ``.ready``
+backlog of a local data directory) into a :class:`StatusSnapshot`.  Connecting is optional: a
+server that cannot be reached is noted and the rest is still reported, because the repository is
+what must be judged when the database host is the thing that burned down.
+
+:func:`evaluate` is pure: it turns a snapshot into OK / WARNING / CRITICAL with one reason per
+finding.  ``status`` prints the snapshot and the reasons; ``metrics`` exports the same snapshot,
+so the screen and the alerts never disagree about the facts.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import datetime as dt
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from pgvault import log
+from pgvault.errors import DatabaseError, PgvaultError
 from pgvault.operations.context import Context
 from pgvault.operations.pitr import Window, archive_gaps, recoverable_windows
 from pgvault.operations.restore_cluster import archived_at
+from pgvault.pg import wal
+from pgvault.pg.conn import ConnInfo
 from pgvault.repository.archive_index import load_archive_index
-from pgvault.repository.catalog import read_cluster_info
+from pgvault.repository.catalog import load_logical, load_physical, logical_ids, physical_ids, read_cluster_info
+from pgvault.repository.drills import DrillReport, list_drills
+from pgvault.repository.jobs import JobRecord, list_jobs
+from pgvault.repository.manifest import LogicalManifest
 from pgvault.repository.physical import PhysicalManifest
+
+OK, WARNING, CRITICAL = "OK", "WARNING", "CRITICAL"
+# The Nagios / Icinga plugin convention, so `pgvault status` can be a check command as it is.
+VERDICT_EXIT = {OK: 0, WARNING: 1, CRITICAL: 2}
+# Archiving lag (age of the oldest WAL file waiting to be archived) that makes status complain.
+ARCHIVE_LAG_WARNING = 15 * 60.0
+ARCHIVE_LAG_CRITICAL = 60 * 60.0
+_LEVELS = {OK: 0, WARNING: 1, CRITICAL: 2}
+
+
+# --- the WAL archive and recoverable window (also used by `list`) ----------------------------------
 
 
 @dataclass(frozen=True)
@@ -70,3 +102,557 @@ def archive_summary(ctx: Context, backups: list[PhysicalManifest]) -> ArchiveSum
         restore_points=[p.to_json() for p in sorted(index.restore_points.values(), key=lambda p: p.lsn)],
         to_time=to_time,
     )
+
+
+# --- the snapshot ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BackupFacts:
+    """One complete backup, as much as status and metrics need of its manifest."""
+
+    kind: str  # logical | physical
+    backup_id: str
+    finished_at: str
+    duration_seconds: float
+    stored_size: int
+    databases: tuple[tuple[str, int], ...] = ()  # logical: (database, stored bytes of its dump)
+    stop_lsn: str | None = None  # physical
+
+    @classmethod
+    def of_logical(cls, m: LogicalManifest) -> "BackupFacts":
+        return cls("logical", m.backup_id, m.finished_at, m.duration_seconds, m.stored_size,
+                   tuple((d.name, d.object.result.stored_size) for d in m.databases))
+
+    @classmethod
+    def of_physical(cls, m: PhysicalManifest) -> "BackupFacts":
+        return cls("physical", m.backup_id, m.finished_at, m.duration_seconds, m.stored_size, stop_lsn=m.stop_lsn)
+
+    def to_json(self, now: dt.datetime) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "backup_id": self.backup_id, "finished_at": self.finished_at,
+            "age_seconds": round(age_seconds(now, self.finished_at) or 0.0, 3),
+            "duration_seconds": round(self.duration_seconds, 3), "stored_size": self.stored_size,
+        }
+        if self.kind == "logical":
+            doc["databases"] = [name for name, _ in self.databases]
+        else:
+            doc["stop_lsn"] = self.stop_lsn
+        return doc
+
+
+@dataclass(frozen=True)
+class ArchivingFacts:
+    """The server side of archiving.  ``connection`` is ``ok``, ``failed``, ``skipped`` or
+    ``other_cluster`` (the server's system identifier is not the repository's cluster)."""
+
+    connection: str = "skipped"
+    server: str | None = None
+    error: str | None = None
+    archive_mode: str | None = None
+    in_recovery: bool | None = None
+    archived_count: int | None = None
+    last_archived_wal: str | None = None
+    last_archived_time: str | None = None
+    failed_count: int | None = None
+    last_failed_wal: str | None = None
+    last_failed_time: str | None = None
+    current_wal: str | None = None
+    data_directory: str | None = None
+    backlog_segments: int | None = None  # WAL files waiting to be archived
+    backlog_source: str | None = None  # archive_status (the .ready files) | pg_stat_archiver (estimate)
+    lag_seconds: float | None = None  # age of the oldest waiting file; 0 when nothing waits
+    notes: tuple[str, ...] = ()
+
+    @property
+    def failing(self) -> bool:
+        """archive_command failed more recently than it succeeded (PostgreSQL keeps retrying)."""
+        if not self.last_failed_time:
+            return False
+        return not self.last_archived_time or _parse(self.last_failed_time) > _parse(self.last_archived_time)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "connection": self.connection, "server": self.server, "error": self.error,
+            "archive_mode": self.archive_mode, "in_recovery": self.in_recovery, "failing": self.failing,
+            "archived_count": self.archived_count, "last_archived_wal": self.last_archived_wal,
+            "last_archived_time": self.last_archived_time, "failed_count": self.failed_count,
+            "last_failed_wal": self.last_failed_wal, "last_failed_time": self.last_failed_time,
+            "current_wal": self.current_wal, "data_directory": self.data_directory,
+            "backlog_segments": self.backlog_segments, "backlog_source": self.backlog_source,
+            "lag_seconds": None if self.lag_seconds is None else round(self.lag_seconds, 3),
+            "notes": list(self.notes),
+        }
+
+
+@dataclass(frozen=True)
+class RepositorySize:
+    bytes: int = 0
+    objects: int = 0
+    by_area: dict[str, int] = field(default_factory=dict)  # logical, base, wal, drills, ...: bytes
+
+    def to_json(self) -> dict[str, Any]:
+        return {"bytes": self.bytes, "objects": self.objects, "by_area": dict(sorted(self.by_area.items()))}
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The thresholds status judges by (``monitoring.*``, ``retention.pitr_window``), in seconds."""
+
+    backup_max_age: float = 48 * 3600.0
+    drill_max_age: float = 35 * 86400.0
+    pitr_window: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"backup_max_age_seconds": self.backup_max_age, "drill_max_age_seconds": self.drill_max_age,
+                "pitr_window_seconds": self.pitr_window, "archive_lag_warning_seconds": ARCHIVE_LAG_WARNING,
+                "archive_lag_critical_seconds": ARCHIVE_LAG_CRITICAL}
+
+
+@dataclass(frozen=True)
+class StatusSnapshot:
+    """Everything status and metrics know about one cluster at ``taken_at``."""
+
+    cluster: str
+    repository: str
+    taken_at: dt.datetime
+    policy: Policy
+    logical: tuple[BackupFacts, ...] = ()  # oldest first
+    physical: tuple[BackupFacts, ...] = ()
+    archive: ArchiveSummary | None = None
+    archiving: ArchivingFacts = field(default_factory=ArchivingFacts)
+    drills: tuple[DrillReport, ...] = ()  # oldest first
+    drill_error: str | None = None
+    jobs: dict[str, JobRecord] = field(default_factory=dict)
+    jobs_error: str | None = None
+    size: RepositorySize = field(default_factory=RepositorySize)
+
+    def newest(self, kind: str) -> BackupFacts | None:
+        backups = self.logical if kind == "logical" else self.physical
+        return backups[-1] if backups else None
+
+    def newest_per_database(self) -> dict[str, BackupFacts]:
+        """Each database's newest logical backup holding it (so a database dumped by its own
+        schedule is judged by its own newest dump, and one that stopped being dumped ages)."""
+        out: dict[str, BackupFacts] = {}
+        for b in reversed(self.logical):
+            for name, _size in b.databases:
+                out.setdefault(name, b)
+        return dict(sorted(out.items()))
+
+    def window(self) -> tuple[dt.datetime, dt.datetime] | None:
+        """The recoverable window: from the oldest restorable base backup's end to the time the
+        last reachable WAL segment was archived."""
+        a = self.archive
+        if a is None or not a.windows or not a.to_time or not a.windows[0].from_time:
+            return None
+        return _parse(a.windows[0].from_time), _parse(a.to_time)
+
+    def last_drill(self, *, ok: bool | None = None, kind: str | None = None) -> DrillReport | None:
+        for r in sorted(self.drills, key=lambda r: r.finished_at, reverse=True):
+            if (ok is None or r.ok == ok) and (kind is None or r.backup_kind == kind):
+                return r
+        return None
+
+
+@dataclass(frozen=True)
+class Reason:
+    level: str  # WARNING | CRITICAL
+    code: str  # stable snake_case identifier
+    message: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"level": self.level, "code": self.code, "message": self.message}
+
+
+# --- gathering ------------------------------------------------------------------------------------
+
+
+class ManifestCache:
+    """Manifests by backup id: a backup's manifest never changes once written, so a long-running
+    ``metrics --serve`` reads each one once instead of on every scrape."""
+
+    def __init__(self) -> None:
+        self._logical: dict[str, LogicalManifest] = {}
+        self._physical: dict[str, PhysicalManifest] = {}
+
+    def logical(self, ctx: Context) -> list[LogicalManifest]:
+        ids = logical_ids(ctx.storage, ctx.cluster)
+        for i in ids:
+            if i not in self._logical:
+                self._logical[i] = load_logical(ctx.storage, ctx.cluster, i)
+        return [self._logical[i] for i in ids]
+
+    def physical(self, ctx: Context) -> list[PhysicalManifest]:
+        ids = physical_ids(ctx.storage, ctx.cluster)
+        for i in ids:
+            if i not in self._physical:
+                self._physical[i] = load_physical(ctx.storage, ctx.cluster, i)
+        return [self._physical[i] for i in ids]
+
+
+def gather_status(
+    ctx: Context, *, now: dt.datetime | None = None, pgdata: str | None = None, connect: bool = True,
+    cache: ManifestCache | None = None,
+) -> StatusSnapshot:
+    """Read the repository (and the server, when ``connect``) into a snapshot.
+
+    Repository errors propagate (status cannot judge what it cannot read); an unreadable drill
+    report or job record, or a server that cannot be reached, is recorded in the snapshot."""
+    now = now or dt.datetime.now(dt.timezone.utc)
+    cache = cache or ManifestCache()
+    logical = cache.logical(ctx)
+    physical = cache.physical(ctx)
+    archive = archive_summary(ctx, physical)
+    drills: tuple[DrillReport, ...] = ()
+    drill_error = None
+    try:
+        drills = tuple(list_drills(ctx.storage, ctx.cluster))
+    except PgvaultError as e:
+        drill_error = e.message
+    jobs: dict[str, JobRecord] = {}
+    jobs_error = None
+    try:
+        jobs = list_jobs(ctx.storage, ctx.cluster)
+    except PgvaultError as e:
+        jobs_error = e.message
+    info = read_cluster_info(ctx.storage, ctx.cluster) or {}
+    s = ctx.settings
+    return StatusSnapshot(
+        cluster=ctx.cluster, repository=ctx.storage.url, taken_at=now,
+        policy=Policy(backup_max_age=s.backup_max_age, drill_max_age=s.drill_max_age, pitr_window=s.pitr_window),
+        logical=tuple(BackupFacts.of_logical(m) for m in logical),
+        physical=tuple(BackupFacts.of_physical(m) for m in physical),
+        archive=archive,
+        archiving=probe_archiving(ctx.conn, pgdata=pgdata, connect=connect, now=now,
+                                  system_identifier=str(info["system_identifier"]) if info.get("system_identifier") else None),
+        drills=drills, drill_error=drill_error, jobs=jobs, jobs_error=jobs_error,
+        size=repository_size(ctx, ctx.cluster),
+    )
+
+
+def repository_size(ctx: Context, cluster: str) -> RepositorySize:
+    """Bytes and objects under ``<cluster>/``, by area (the key component after the cluster)."""
+    total = objects = 0
+    by_area: dict[str, int] = {}
+    for info in ctx.storage.list(f"{cluster}/"):
+        total += info.size
+        objects += 1
+        rest = info.key[len(cluster) + 1:]
+        area = rest.split("/", 1)[0] if "/" in rest else "meta"  # cluster.json
+        by_area[area] = by_area.get(area, 0) + info.size
+    return RepositorySize(total, objects, by_area)
+
+
+def probe_archiving(
+    conn: ConnInfo, *, pgdata: str | None, connect: bool, now: dt.datetime, system_identifier: str | None,
+) -> ArchivingFacts:
+    """``pg_stat_archiver`` (when the server can be reached) plus the ``.ready`` backlog (when the
+    data directory is readable here: ``pgdata`` or the server's ``data_directory``)."""
+    notes: list[str] = []
+    server: dict[str, Any] = {}
+    state, error = "skipped", None
+    if connect:
+        try:
+            server = _query_server(conn)
+            state = "ok"
+        except PgvaultError as e:
+            state, error = "failed", log.redact(e.message)
+            notes.append(f"PostgreSQL not reachable ({conn.describe()}): archiving lag from pg_stat_archiver unknown")
+        if state == "ok" and system_identifier and server.get("system_identifier") \
+                and server["system_identifier"] != system_identifier:
+            state = "other_cluster"
+            notes.append(f"the server at {conn.describe()} has system identifier {server['system_identifier']}, "
+                         f"not this cluster's {system_identifier}: its archiver is not reported")
+            server = {}
+    facts: dict[str, Any] = {k: server.get(k) for k in (
+        "archive_mode", "in_recovery", "archived_count", "last_archived_wal", "last_archived_time", "failed_count",
+        "last_failed_wal", "last_failed_time", "current_wal")}
+    data_directory = pgdata or server.get("data_directory")
+    backlog: int | None = None
+    source: str | None = None
+    lag: float | None = None
+    if data_directory:
+        try:
+            backlog, oldest = ready_backlog(Path(data_directory))
+            source = "archive_status"
+            lag = 0.0 if oldest is None else max(0.0, now.timestamp() - oldest)
+        except OSError as e:
+            notes.append(f"cannot read {Path(data_directory) / 'pg_wal' / 'archive_status'}: {e.strerror or e}")
+    if source is None and state == "ok":
+        backlog, lag = _estimate_backlog(server)
+        source = "pg_stat_archiver" if backlog is not None else None
+    if state == "ok" and server.get("archive_mode") == "off":
+        backlog = lag = None
+        source = None
+        notes.append("archive_mode is off on the server: no WAL is being archived")
+    return ArchivingFacts(
+        connection=state, server=conn.describe() if connect else None, error=error, data_directory=data_directory,
+        backlog_segments=backlog, backlog_source=source, lag_seconds=lag, notes=tuple(notes), **facts,
+    )
+
+
+def ready_backlog(pgdata: Path) -> tuple[int, float | None]:
+    """(number of files PostgreSQL marked ``.ready`` for archiving, mtime of the oldest one)."""
+    count, oldest = 0, None
+    with os.scandir(pgdata / "pg_wal" / "archive_status") as it:
+        for entry in it:
+            if not entry.name.endswith(".ready"):
+                continue
+            try:
+                mtime = entry.stat().st_mtime
+            except FileNotFoundError:  # archived (renamed to .done) while we looked
+                continue
+            count += 1
+            oldest = mtime if oldest is None else min(oldest, mtime)
+    return count, oldest
+
+
+def _estimate_backlog(server: dict[str, Any]) -> tuple[int | None, float | None]:
+    """Without the data directory: segments between the last archived one and the one being
+    written are waiting; the lag is then the time since the last successful archive."""
+    current, last, seg_size = server.get("current_wal"), server.get("last_archived_wal"), server.get("wal_segment_size")
+    if not current or not seg_size or server.get("in_recovery"):
+        return None, None
+    try:
+        tli, cur = wal.parse_segment_name(current, int(seg_size))
+        if not last:
+            return None, None
+        last_tli, done = wal.parse_segment_name(str(last)[:24], int(seg_size))
+    except wal.WalError:
+        return None, None
+    if last_tli != tli:  # a new timeline since: its first segments' state is not visible here
+        return None, None
+    waiting = max(0, cur - done - 1)
+    since = server.get("seconds_since_last_archived")
+    return waiting, (float(since) if waiting and since is not None else 0.0)
+
+
+def _query_server(info: ConnInfo) -> dict[str, Any]:
+    """Archiver statistics and the facts needed to interpret them (one short connection)."""
+    import psycopg
+
+    from pgvault.pg.conn import connection
+
+    params = dict(info.params)
+    params.setdefault("connect_timeout", "5")  # status must not hang on a dead host
+    params.setdefault("dbname", "postgres")  # libpq would default to the user's name, rarely a database
+    with connection(ConnInfo(params)) as conn:
+        try:
+            row = conn.execute(
+                "SELECT archived_count, last_archived_wal, last_archived_time, failed_count, last_failed_wal,"
+                " last_failed_time, extract(epoch FROM now() - last_archived_time), pg_is_in_recovery(),"
+                " current_setting('archive_mode'),"
+                " (SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size')"
+                " FROM pg_stat_archiver"
+            ).fetchone()
+            assert row is not None
+            out: dict[str, Any] = {
+                "archived_count": int(row[0]), "last_archived_wal": row[1], "last_archived_time": _iso(row[2]),
+                "failed_count": int(row[3]), "last_failed_wal": row[4], "last_failed_time": _iso(row[5]),
+                "seconds_since_last_archived": None if row[6] is None else float(row[6]),
+                "in_recovery": bool(row[7]), "archive_mode": str(row[8]), "wal_segment_size": row[9],
+                "current_wal": None,
+            }
+            if not out["in_recovery"]:
+                cur = conn.execute("SELECT pg_walfile_name(pg_current_wal_lsn())").fetchone()
+                out["current_wal"] = str(cur[0]) if cur else None
+        except psycopg.Error as e:
+            raise DatabaseError(f"reading pg_stat_archiver on {info.describe()} failed: {str(e).strip()}") from None
+        # Both need privileges a monitoring role may lack (pg_read_all_settings / pg_control_*).
+        out["data_directory"] = _optional(conn, "SELECT current_setting('data_directory')")
+        out["system_identifier"] = _optional(conn, "SELECT system_identifier::text FROM pg_control_system()")
+    return out
+
+
+def _optional(conn: Any, sql: str) -> str | None:
+    import psycopg
+
+    try:
+        row = conn.execute(sql).fetchone()
+    except psycopg.Error:
+        return None
+    return None if not row or row[0] is None else str(row[0])
+
+
+# --- judging --------------------------------------------------------------------------------------
+
+
+def evaluate(s: StatusSnapshot) -> list[Reason]:
+    """Every finding about ``s``, CRITICAL ones first.  Pure; the rules are listed in the README
+    ("status")."""
+    reasons: list[Reason] = []
+    p = s.policy
+
+    def add(level: str, code: str, message: str) -> None:
+        reasons.append(Reason(level, code, message))
+
+    # Backups: each kind the cluster uses must have a recent one.
+    if not s.logical and not s.physical:
+        add(CRITICAL, "no_backup", f"no backup of cluster {s.cluster!r} in the repository")
+    for kind in ("logical", "physical"):
+        b = s.newest(kind)
+        age = age_seconds(s.taken_at, b.finished_at) if b else None
+        if b is not None and age is not None and age > p.backup_max_age:
+            add(CRITICAL, "backup_stale", f"the newest {kind} backup {b.backup_id} finished {describe_age(age)} ago "
+                                          f"(monitoring.backup_max_age is {describe_age(p.backup_max_age)})")
+
+    # The WAL archive and the recoverable window.
+    a = s.archive
+    if a is not None and a.gaps:
+        shown = ", ".join(f"{x}..{y}" if x != y else x for x, y in a.gaps[:5])
+        more = f" and {len(a.gaps) - 5} more" if len(a.gaps) > 5 else ""
+        add(CRITICAL, "archive_gap", f"{len(a.gaps)} gap(s) in the WAL archive: {shown}{more} missing")
+    if s.physical and (a is None or not a.windows):
+        add(CRITICAL, "no_recoverable_window", "no base backup can be recovered: the WAL it needs is not all archived")
+    window = s.window()
+    if p.pitr_window and not s.physical:
+        add(WARNING, "window_short", f"retention.pitr_window is {describe_age(p.pitr_window)}, but there is no base backup")
+    elif p.pitr_window and window is not None and (window[1] - window[0]).total_seconds() < p.pitr_window:
+        add(WARNING, "window_short", f"the recoverable window covers {describe_age((window[1] - window[0]).total_seconds())}, "
+                                     f"less than retention.pitr_window ({describe_age(p.pitr_window)})")
+
+    # The server's archiver.
+    ar = s.archiving
+    if ar.connection == "ok":
+        if ar.failing:
+            add(WARNING, "archiver_failing",
+                f"archive_command is failing: last failure for {ar.last_failed_wal} at {_short(ar.last_failed_time)}, "
+                f"last success {ar.last_archived_wal or '-'} at {_short(ar.last_archived_time)} "
+                f"({ar.failed_count} failures since the statistics reset)")
+        if ar.archive_mode == "off" and a is not None:
+            add(WARNING, "archive_mode_off", "archive_mode is off on the server, but the repository holds its archived WAL: "
+                                             "the recoverable window no longer grows")
+    if ar.lag_seconds is not None and ar.lag_seconds >= ARCHIVE_LAG_WARNING:
+        level = CRITICAL if ar.lag_seconds >= ARCHIVE_LAG_CRITICAL else WARNING
+        add(level, "archive_lag", f"{ar.backlog_segments} WAL file(s) wait to be archived, the oldest for "
+                                  f"{describe_age(ar.lag_seconds)}")
+
+    # Drills: evidence that backups restore.
+    drill_failed = False
+    if s.drill_error:
+        add(WARNING, "drills_unreadable", f"drill reports cannot be read: {s.drill_error}")
+    else:
+        good = s.last_drill(ok=True)
+        good_age = age_seconds(s.taken_at, good.finished_at) if good else None
+        if good is None:
+            add(WARNING, "no_drill", "no successful restore drill yet (pgvault drill)")
+        elif good_age is not None and good_age > p.drill_max_age:
+            add(WARNING, "drill_stale", f"the last successful drill {good.drill_id} was {describe_age(good_age)} ago "
+                                        f"(monitoring.drill_max_age is {describe_age(p.drill_max_age)})")
+        last = s.last_drill()
+        if last is not None and not last.ok:
+            drill_failed = True
+            failed = ", ".join(c.name for c in last.checks if not c.ok)
+            add(WARNING, "drill_failed", f"the newest drill {last.drill_id} ({last.backup_kind} backup {last.backup_id}) failed: "
+                                         f"{last.error or failed or 'see pgvault drill list'}")
+
+    # Scheduled jobs.
+    if s.jobs_error:
+        add(WARNING, "jobs_unreadable", f"job records cannot be read: {s.jobs_error}")
+    for name, j in sorted(s.jobs.items()):
+        failures = _int(j.details.get("failures")) if name == "verify" else 0
+        if name == "verify" and (failures or (not j.ok and j.last_error_kind == "integrity")):
+            add(CRITICAL, "verify_failed", f"the last verify ({_short(j.last_finished_at)}) found "
+                                           f"{failures or 'integrity'} failure(s): {j.last_error or 'see pgvault verify'}")
+        elif not j.ok and not (name == "drill" and drill_failed):
+            add(WARNING, "job_failed", f"the last {name} run failed at {_short(j.last_finished_at)} "
+                                       f"(exit {j.last_exit_code}, {j.last_error_kind}): {j.last_error or '-'}")
+    reasons.sort(key=lambda r: -_LEVELS[r.level])
+    return reasons
+
+
+def verdict(reasons: list[Reason]) -> str:
+    """The worst level among ``reasons``; OK when there are none."""
+    return max((r.level for r in reasons), key=lambda lv: _LEVELS[lv], default=OK)
+
+
+def snapshot_json(s: StatusSnapshot, reasons: list[Reason]) -> dict[str, Any]:
+    """The ``status --json`` document (without format/kind)."""
+    v = verdict(reasons)
+    window = s.window()
+    last, good = s.last_drill(), s.last_drill(ok=True)
+    logical, physical = s.newest("logical"), s.newest("physical")
+    return {
+        "cluster": s.cluster, "repository": s.repository, "checked_at": s.taken_at.isoformat(),
+        "verdict": v, "exit_code": VERDICT_EXIT[v], "reasons": [r.to_json() for r in reasons],
+        "last_logical": logical.to_json(s.taken_at) if logical else None,
+        "last_physical": physical.to_json(s.taken_at) if physical else None,
+        "backups": {"logical": len(s.logical), "physical": len(s.physical)},
+        "databases": {name: {"backup_id": b.backup_id, "finished_at": b.finished_at}
+                      for name, b in s.newest_per_database().items()},
+        "archive": s.archive.to_json() if s.archive else None,
+        "recoverable_window": None if window is None else {
+            "from": window[0].isoformat(), "to": window[1].isoformat(),
+            "seconds": round((window[1] - window[0]).total_seconds(), 3)},
+        "archiving": s.archiving.to_json(),
+        "last_drill": _drill_json(last, s.taken_at),
+        "last_successful_drill": _drill_json(good, s.taken_at),
+        "jobs": {name: j.to_json() for name, j in sorted(s.jobs.items())},
+        "repository_size": s.size.to_json(),
+        "policy": s.policy.to_json(),
+    }
+
+
+def _drill_json(r: DrillReport | None, now: dt.datetime) -> dict[str, Any] | None:
+    if r is None:
+        return None
+    return {"drill_id": r.drill_id, "backup_kind": r.backup_kind, "backup_id": r.backup_id, "finished_at": r.finished_at,
+            "age_seconds": round(age_seconds(now, r.finished_at) or 0.0, 3), "ok": r.ok,
+            "restore_seconds": r.restore_seconds, "error": r.error,
+            "failed_checks": [c.name for c in r.checks if not c.ok]}
+
+
+# --- small helpers --------------------------------------------------------------------------------
+
+
+def _parse(text: str) -> dt.datetime:
+    t = dt.datetime.fromisoformat(text)
+    return t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc)
+
+
+def timestamp(text: str | None) -> float | None:
+    """Seconds since the epoch of an ISO timestamp (None stays None)."""
+    if not text:
+        return None
+    try:
+        return _parse(text).timestamp()
+    except ValueError:
+        return None
+
+
+def age_seconds(now: dt.datetime, text: str | None) -> float | None:
+    """How long before ``now`` the ISO timestamp ``text`` was (never negative)."""
+    t = timestamp(text)
+    return None if t is None else max(0.0, now.timestamp() - t)
+
+
+def describe_age(seconds: float) -> str:
+    """3h05m, 2d04h, 45s: for people."""
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def _short(text: str | None) -> str:
+    return (text or "-")[:19].replace("T", " ")
+
+
+def _iso(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, dt.datetime):
+        return value.astimezone(dt.timezone.utc).isoformat()
+    return str(value)
+
+
+def _int(value: Any) -> int:
+    try:
+        return int(value or 0)
+    except (TypeError, ValueError):
+        return 0

@@ -109,8 +109,10 @@ def load_archive_index(
 def _read_history(
     storage: Storage, cluster: str, name: str, identities: Callable[[], list[str]] | None
 ) -> list[wal.HistoryEntry]:
-    meta = json.loads(storage.read_bytes(layout.wal_meta(cluster, name)))
     try:
+        meta = json.loads(storage.read_bytes(layout.wal_meta(cluster, name)))
+        if not isinstance(meta, dict):
+            raise ValueError("not a JSON object")
         if "history" in meta:
             return wal.parse_history(str(meta["history"]))
         spec = PipelineSpec.from_json(meta["pipeline"])
@@ -121,8 +123,11 @@ def _read_history(
             read_stream(src, out, spec, identities=identities() if spec.encryption != "none" and identities else [],
                         expected=StreamResult.from_json(meta))
         return wal.parse_history(out.getvalue().decode())
-    except wal.WalError as e:
-        raise IntegrityError(f"archived timeline history {name} is invalid: {e}") from None
+    except ObjectNotFound:
+        raise IntegrityError(f"archived timeline history {name} lost its object") from None
+    except (wal.WalError, ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+        raise IntegrityError(f"archived timeline history {name} is unreadable: {type(e).__name__}: {e}",
+                             hint="run 'pgvault verify --all' for a full report") from None
 
 
 def restore_point_key(cluster: str, name: str) -> str:

@@ -1,0 +1,90 @@
+"""``pgvault expire``: the retention plan, with a reason for every backup; deletes only with ``--apply``."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+from typing import Any, Sequence
+
+from pgvault.cli import context_from, emit
+from pgvault.errors import UsageError
+from pgvault.operations.retention import Decision, RetentionPlan, fmt_duration, fmt_time
+from pgvault.output import human_bytes, table
+
+
+def register(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("expire", parents=[common], help="apply the retention policy (a dry run unless --apply)")
+    p.add_argument("--apply", action="store_true", help="delete what the plan says (default: only print the plan)")
+    p.add_argument("--now", metavar="ISO8601", help="plan as if it were this time (e.g. 2026-11-25T02:00:00Z)")
+    p.set_defaults(func=run)
+
+
+def parse_now(text: str) -> dt.datetime:
+    """``--now``: an ISO 8601 timestamp; without a zone it is UTC."""
+    try:
+        t = dt.datetime.fromisoformat(text.strip().replace(" UTC", "+00:00"))
+    except ValueError:
+        raise UsageError(f"--now: {text!r} is not an ISO 8601 timestamp like 2026-11-25T02:00:00Z") from None
+    return t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pgvault.operations.expire import expire
+
+    now = parse_now(args.now) if args.now else None
+    ctx = context_from(args)
+    result = expire(ctx, now=now, apply=args.apply)
+    plan = result.plan
+    payload = {"cluster": ctx.cluster, "repository": ctx.storage.url, "applied": result.applied is not None,
+               **plan.to_json(), "deleted": result.applied.to_json() if result.applied else None}
+    emit(args, "expire_plan", payload, lambda: render(plan, cluster=ctx.cluster, url=ctx.storage.url,
+                                                      applied=result.applied is not None, given_now=now is not None))
+    return 0
+
+
+def _decisions(title: str, policy: str, ds: Sequence[Decision]) -> list[str]:
+    lines = [f"{title} (policy: {policy})"]
+    if not ds:
+        return lines + ["  none"]
+    rows = [(d.backup_id, d.action, fmt_time(d.taken_at), human_bytes(d.size), "; ".join(d.reasons)) for d in ds]
+    lines.append(table(["id", "action", "taken (UTC)", "stored", "reasons"], rows, right=(3,)))
+    return lines
+
+
+def render(plan: RetentionPlan, *, cluster: str, url: str, applied: bool, given_now: bool) -> str:
+    """The plan for people: a table per kind, WAL ranges, debris, a summary line."""
+    when = f"as of {fmt_time(plan.now)} UTC" + (" (--now)" if given_now else "")
+    head = f"retention plan for cluster {cluster} in {url}, {when}"
+    lines = [head, "applied: what the plan marks 'delete' was deleted" if applied
+             else "dry run: nothing is deleted; run with --apply to delete", ""]
+    lines += [f"note: {n}" for n in plan.notes]
+    if plan.notes:
+        lines.append("")
+    lines += _decisions("logical backups", plan.policy.logical.describe(), plan.logical)
+    lines.append("")
+    lines += _decisions("base backups", plan.policy.physical.describe(), plan.physical)
+    lines.append("")
+    w = plan.wal
+    lines.append(f"WAL: {w.note}")
+    lines.append(f"  keep {w.kept_files} file(s), {human_bytes(w.kept_bytes)}")
+    ranges = w.ranges
+    if ranges:
+        lines.append(table(["timeline", "delete first", "delete last", "files", "stored"],
+                           [(r.timeline, r.first, r.last, r.files, human_bytes(r.bytes)) for r in ranges],
+                           right=(3, 4)))
+    else:
+        lines.append("  delete nothing")
+    lines.append("")
+    if plan.debris:
+        lines.append(f"debris (objects without a manifest or checksum record; grace {fmt_duration(plan.policy.debris_grace)})")
+        lines.append(table(["kind", "where", "action", "objects", "stored", "reason"],
+                           [(d.kind, d.where, "delete" if d.delete else "keep", len(d.keys), human_bytes(d.size), d.reason)
+                            for d in plan.debris], right=(3, 4)))
+    else:
+        lines.append("debris: none")
+    s = plan.summary()
+    verb = "deleted" if applied else "would delete"
+    lines += ["", (f"{verb}: {s['logical']['delete']} logical backup(s), {s['physical']['delete']} base backup(s), "
+                   f"{s['wal']['delete']} WAL file(s), {s['debris']['delete']} debris item(s); "
+                   f"{human_bytes(sum(s[k]['delete_bytes'] for k in ('logical', 'physical', 'wal', 'debris')))} in all")]
+    return "\n".join(lines)

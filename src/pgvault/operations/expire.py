@@ -1,0 +1,233 @@
+"""``pgvault expire``: list the repository, plan with :mod:`pgvault.operations.retention`, and with
+``apply`` delete what the plan says, in an order that is safe at every step.
+
+* A backup's ``manifest.json`` is deleted first: from that moment it is no longer a backup
+  (nothing lists, restores or plans from it), and a crash leaves only debris that a later run
+  sweeps.  Then its other objects go.
+* WAL goes only after the backups are handled, so a base backup is never left without the WAL it
+  needs.  Of each WAL file the object goes before its checksum record: ``wal push`` writes them in
+  the other order, so an object is never visible without its record.
+* The plan that is applied is made from a listing taken *after* the ``expire`` lock was acquired,
+  immediately before deleting, so two expires never race and nothing is deleted on the strength
+  of a stale listing.  A debris folder is re-checked (still no manifest, nothing new in it) just
+  before it is removed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import socket
+from dataclasses import dataclass, field
+from typing import Any
+
+from pgvault import log
+from pgvault.errors import IntegrityError, NotFoundError
+from pgvault.operations.context import Context
+from pgvault.operations.retention import (
+    Backup, Debris, Folder, Inventory, Policy, RetentionPlan, group_folders, group_wal, make_plan,
+)
+from pgvault.pg import wal
+from pgvault.repository import layout
+from pgvault.repository.catalog import load_physical, read_cluster_info
+from pgvault.storage import ObjectNotFound, Storage
+
+LOCK_OPERATION = "expire"
+# The lock names the backup operations hold while they write a folder (operations/logical.py and
+# operations/basebackup.py; not imported, because they pull in psycopg).  While one is live its
+# kind's folders are not swept.
+BACKUP_LOCKS = {"logical": "logical-backup", "base": "base-backup"}
+LOCK_TTL_SECONDS = 180.0  # repository/locks.py TTL_SECONDS: a heartbeat older than this is stale
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def _parse_time(text: str) -> dt.datetime | None:
+    try:
+        t = dt.datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc)
+
+
+def lock_holder(storage: Storage, cluster: str, operation: str, real_now: dt.datetime) -> str | None:
+    """Who holds ``operation``'s lock (a description), or None when it is absent or stale."""
+    try:
+        doc = json.loads(storage.read_bytes(layout.lock_key(cluster, operation)))
+    except ObjectNotFound:
+        return None
+    except ValueError:
+        return None  # unreadable: the next backup takes it over as stale (repository/locks.py)
+    if not isinstance(doc, dict):
+        return None
+    beat = _parse_time(str(doc.get("heartbeat_at", "")))
+    try:
+        ttl = float(doc.get("ttl_seconds", LOCK_TTL_SECONDS))
+        pid = int(doc.get("pid", 0))
+    except (TypeError, ValueError):
+        return None
+    if beat is None or (real_now - beat).total_seconds() > ttl:
+        return None
+    if doc.get("host") == socket.gethostname() and pid > 0:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass
+    return f"host {doc.get('host')}, pid {pid}"
+
+
+def _physical_record(storage: Storage, cluster: str, folder: Folder) -> Backup | None:
+    try:
+        m = load_physical(storage, cluster, folder.backup_id)
+    except NotFoundError:
+        return None  # the manifest went away since the listing (another expire, by hand)
+    except IntegrityError as e:
+        return Backup.from_id(folder.backup_id, size=folder.size, unreadable=e.message)
+    try:
+        ended = dt.datetime.fromisoformat(m.stop_time)
+        if ended.tzinfo is None:
+            ended = ended.replace(tzinfo=dt.timezone.utc)
+        start = wal.LSN.parse(m.start_lsn)
+    except (ValueError, wal.WalError) as e:
+        return Backup.from_id(folder.backup_id, size=folder.size, unreadable=str(e))
+    return Backup.from_id(folder.backup_id, size=folder.size, ended_at=ended, timeline=m.timeline, start_lsn=start)
+
+
+def collect(ctx: Context, real_now: dt.datetime | None = None) -> Inventory:
+    """List the cluster's part of the repository once and read the base backups' manifests."""
+    from pgvault.pipeline import all_suffixes  # zstandard + pyrage: only where needed
+
+    storage, cluster = ctx.storage, ctx.cluster
+    real_now = real_now or _utcnow()
+    notes: list[str] = []
+    folders: list[Folder] = []
+    for kind, root in (("logical", layout.logical_root(cluster)), ("base", layout.base_root(cluster))):
+        found, strays = group_folders(kind, storage.list(root), cluster)
+        folders += found
+        if strays:
+            notes.append(f"{strays} object(s) under {root} are not in a backup folder; left alone")
+    logical = tuple(Backup.from_id(f.backup_id, size=f.size) for f in folders if f.kind == "logical" and f.has_manifest)
+    physical = tuple(b for f in folders if f.kind == "base" and f.has_manifest
+                     if (b := _physical_record(storage, cluster, f)) is not None)
+    info = read_cluster_info(storage, cluster) or {}
+    seg_size: int | None = int(info["wal_segment_size"]) if info.get("wal_segment_size") else None
+    wal_files, strays = group_wal(storage.list(layout.wal_root(cluster)), cluster, all_suffixes())
+    if strays:
+        notes.append(f"{strays} object(s) under {layout.wal_root(cluster)} are not archived WAL files; left alone")
+    busy = set()
+    for kind, operation in BACKUP_LOCKS.items():
+        holder = lock_holder(storage, cluster, operation, real_now)
+        if holder:
+            busy.add(kind)
+            notes.append(f"a {operation} is running ({holder}): {kind} folders without a manifest are left alone")
+    return Inventory(logical=logical, physical=physical, folders=tuple(folders), wal=tuple(wal_files),
+                     seg_size=seg_size, busy=frozenset(busy), notes=tuple(notes))
+
+
+@dataclass
+class Applied:
+    """What ``--apply`` deleted."""
+
+    logical: list[str] = field(default_factory=list)
+    physical: list[str] = field(default_factory=list)
+    wal_files: int = 0
+    debris: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    objects: int = 0
+    bytes: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"logical": self.logical, "physical": self.physical, "wal_files": self.wal_files, "debris": self.debris,
+                "skipped": self.skipped, "objects": self.objects, "bytes": self.bytes}
+
+
+def _delete_backup(storage: Storage, prefix: str, done: Applied) -> None:
+    # The manifest first: from here on this is no backup, only debris, whatever happens next.
+    storage.delete(prefix + layout.MANIFEST_NAME)
+    done.objects += 1
+    for info in list(storage.list(prefix)):
+        storage.delete(info.key)
+        done.objects += 1
+        done.bytes += info.size
+
+
+def _sweep_folder(storage: Storage, d: Debris, now: dt.datetime, grace: float, done: Applied) -> None:
+    current = list(storage.list(d.where))
+    if any(o.key == d.where + layout.MANIFEST_NAME for o in current):
+        done.skipped.append(f"{d.where}: a manifest appeared since the listing")
+        return
+    if any((now - o.modified).total_seconds() <= grace for o in current):
+        done.skipped.append(f"{d.where}: new objects appeared since the listing")
+        return
+    for info in current:
+        storage.delete(info.key)
+        done.objects += 1
+        done.bytes += info.size
+    done.debris.append(d.where)
+
+
+def apply_plan(ctx: Context, plan: RetentionPlan) -> Applied:
+    """Delete what ``plan`` says, backups first (manifest first), then debris, then WAL."""
+    logger = log.get()
+    storage, cluster = ctx.storage, ctx.cluster
+    done = Applied()
+    for d in sorted(plan.deleted_backups("logical"), key=lambda d: d.taken_at):
+        logger.info("deleting logical backup %s: %s", d.backup_id, "; ".join(d.reasons))
+        _delete_backup(storage, layout.logical_prefix(cluster, d.backup_id), done)
+        done.logical.append(d.backup_id)
+    for d in sorted(plan.deleted_backups("physical"), key=lambda d: d.taken_at):
+        logger.info("deleting base backup %s: %s", d.backup_id, "; ".join(d.reasons))
+        _delete_backup(storage, layout.base_prefix(cluster, d.backup_id), done)
+        done.physical.append(d.backup_id)
+    for debris in plan.debris:
+        if not debris.delete:
+            continue
+        if debris.kind == "wal":
+            logger.info("deleting WAL debris %s: %s", debris.where, debris.reason)
+            for key in debris.keys:
+                storage.delete(key)
+                done.objects += 1
+            done.bytes += debris.size
+            done.debris.append(debris.where)
+        else:
+            logger.info("deleting debris %s: %s", debris.where, debris.reason)
+            _sweep_folder(storage, debris, plan.now, plan.policy.debris_grace, done)
+    # WAL last: every backup that still exists is one the plan keeps, and none needs these.
+    for r in plan.wal.ranges:
+        logger.info("deleting WAL %s..%s (timeline %d): %d files", r.first, r.last, r.timeline, r.files)
+    for f in plan.wal.delete:
+        for key in f.keys():
+            storage.delete(key)
+            done.objects += 1
+        done.bytes += f.size
+        done.wal_files += 1
+    return done
+
+
+@dataclass(frozen=True)
+class ExpireResult:
+    plan: RetentionPlan
+    applied: Applied | None
+    real_now: dt.datetime
+
+
+def expire(ctx: Context, *, now: dt.datetime | None = None, apply: bool = False) -> ExpireResult:
+    """Plan retention for ``ctx``'s cluster as of ``now`` (default: the current time); with
+    ``apply``, take the ``expire`` lock, re-list, re-plan and delete."""
+    from pgvault.repository.locks import RepositoryLock
+
+    policy = Policy.from_settings(ctx.settings)
+    real_now = _utcnow()
+    at = now or real_now
+    if not apply:
+        return ExpireResult(make_plan(collect(ctx, real_now), policy, at), None, real_now)
+    # No check_writable(): on a local path it would create a missing (mistyped, unmounted) root.
+    with RepositoryLock(ctx.storage, ctx.cluster, LOCK_OPERATION):
+        plan = make_plan(collect(ctx, _utcnow()), policy, at)
+        applied = apply_plan(ctx, plan)
+    return ExpireResult(plan, applied, real_now)

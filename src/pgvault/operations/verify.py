@@ -1,0 +1,840 @@
+"""``pgvault verify``: re-read what the repository stores and prove it can be restored, without PostgreSQL.
+
+Every stored object (logical dumps, base backup tars, archived WAL files) is first compared by
+size with its record (the manifest, or a WAL file's checksum sidecar), then streamed through the
+restore pipeline (:func:`pgvault.pipeline.read_stream` with the recorded :class:`StreamResult`)
+into a sink that discards: the stored sha256 and size, age authentication, zstd/gzip integrity
+and the raw sha256 and size are all checked, with memory bounded by one chunk.  Without an age
+identity (the backup host normally holds only the public key) encrypted objects are checked by
+their stored size and sha256 only; such items are reported as ``partial``, never as ``ok``.
+
+The WAL archive is checked the way recovery reads it (:mod:`pgvault.operations.pitr`): for each
+base backup, every segment from its start to the newest archived segment along the timeline
+recovery follows must be present (holes are reported as ranges of names), and each timeline
+history file must agree with its ancestors and with the archived segments around its switch
+point.  A checksum record whose object is missing counts as a missing segment, because that is
+what ``wal fetch`` answers for it.
+
+Nothing here connects to PostgreSQL.  Problems become findings in the report; only repository
+access failures (:class:`~pgvault.errors.StorageError`) and configuration errors abort the run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import io
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+from pgvault import log
+from pgvault.errors import IntegrityError, NotFoundError
+from pgvault.operations.archive import load_meta
+from pgvault.operations.context import Context
+from pgvault.operations.pitr import RecoveryTarget, archive_gaps, plan_recovery, reachable_end
+from pgvault.operations.progress import CountingReader
+from pgvault.output import human_bytes
+from pgvault.pg import wal
+from pgvault.pipeline import PipelineSpec, StreamResult, all_suffixes, read_stream
+from pgvault.repository import catalog, layout
+from pgvault.repository.archive_index import ArchiveIndex, load_archive_index
+from pgvault.repository.manifest import LogicalManifest, StoredObject
+from pgvault.repository.physical import PhysicalManifest
+from pgvault.storage import ObjectInfo, ObjectNotFound, Storage
+
+OK = "ok"
+PARTIAL = "partial"  # stored bytes verified, but not decrypted (no age identity)
+WARNING = "warning"
+FAILED = "failed"
+
+# A checksum record is written before its object is committed (see operations/archive.py), so a
+# record without an object is normal while a push is uploading.  Younger than this: a warning.
+PUSH_GRACE = dt.timedelta(minutes=10)
+NO_IDENTITY = "stored size and sha256 match; NOT decrypted or decompressed (no age identity configured)"
+
+_STORED_ONLY = PipelineSpec(compression="none", encryption="none")
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One line of the report: what was checked and what was found."""
+
+    kind: str  # logical | physical | wal | wal_continuity | timeline | archive
+    subject: str  # object name, WAL file or range, history file
+    status: str  # ok | partial | warning | failed
+    detail: str = ""
+    backup_id: str | None = None
+    key: str | None = None  # the repository key, for single objects
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "backup_id": self.backup_id, "subject": self.subject, "key": self.key,
+                "status": self.status, "detail": self.detail}
+
+
+@dataclass
+class VerifyReport:
+    """Everything ``verify`` found, plus what it read."""
+
+    cluster: str
+    repository: str
+    scope: str  # "all" or the backup id(s) verified
+    findings: list[Finding] = field(default_factory=list)
+    objects: int = 0  # objects streamed (or found missing / of the wrong size)
+    bytes_read: int = 0  # stored bytes read
+    undecrypted: int = 0  # encrypted objects checked without an identity (stored bytes only)
+
+    def add(self, finding: Finding) -> None:
+        self.findings.append(finding)
+
+    @property
+    def failures(self) -> int:
+        return sum(1 for f in self.findings if f.status == FAILED)
+
+    @property
+    def warnings(self) -> int:
+        return sum(1 for f in self.findings if f.status == WARNING)
+
+    @property
+    def ok(self) -> bool:
+        return self.failures == 0
+
+    @property
+    def decryption_checked(self) -> bool:
+        return self.undecrypted == 0
+
+    def job_details(self) -> dict[str, int]:
+        """What a scheduled job records about this run (for monitoring)."""
+        return {"checked": self.objects, "failures": self.failures, "bytes": self.bytes_read}
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "cluster": self.cluster,
+            "repository": self.repository,
+            "scope": self.scope,
+            "ok": self.ok,
+            "summary": {"objects": self.objects, "bytes_read": self.bytes_read, "failures": self.failures,
+                        "warnings": self.warnings, "decryption_checked": self.decryption_checked,
+                        "undecrypted_objects": self.undecrypted},
+            "items": [f.to_json() for f in self.findings],
+        }
+
+
+# --- reading objects ------------------------------------------------------------------------------
+
+
+class _Discard:
+    """A sink that keeps nothing: verification needs the digests, not the bytes."""
+
+    def write(self, data: bytes, /) -> int:
+        return len(data)
+
+
+def _stored_only(expected: StreamResult) -> StreamResult:
+    # The identity pipeline with raw = stored: compares exactly the stored size and sha256, which
+    # is all that can be checked without the private key.
+    return StreamResult(expected.stored_size, expected.stored_sha256, expected.stored_size, expected.stored_sha256)
+
+
+class ObjectChecker:
+    """Streams stored objects through the restore pipeline into nowhere; counts and logs progress."""
+
+    def __init__(self, storage: Storage, identities: Callable[[], list[str] | None], report: VerifyReport, *,
+                 every: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self._storage = storage
+        self._identities = identities
+        self._resolved: tuple[list[str] | None] | None = None
+        self.report = report
+        self._every = every
+        self._clock = clock
+        self._last = clock()
+
+    def identities(self) -> list[str] | None:
+        """The age identities, or None when none is configured (asked once, only if needed)."""
+        if self._resolved is None:
+            self._resolved = (self._identities(),)
+        return self._resolved[0]
+
+    def check(self, key: str, spec: PipelineSpec, expected: StreamResult, *, size: int | None = None,
+              keep: bool = False) -> tuple[str, str, bytes | None]:
+        """``(status, problem, raw bytes when keep and fully checked)`` of the object at ``key``.
+
+        ``size`` is the stored size if a listing already gave it (else the object is stat'ed)."""
+        self.report.objects += 1
+        try:
+            if size is None:
+                size = self._storage.stat(key).size
+            if size != expected.stored_size:
+                return FAILED, f"stored size is {size} bytes, the record says {expected.stored_size}", None
+            identities = self.identities() if spec.encryption != "none" else []
+            if identities is None:
+                self._stream(key, _STORED_ONLY, _stored_only(expected), _Discard(), [])
+                self.report.undecrypted += 1
+                return PARTIAL, NO_IDENTITY, None
+            sink: io.BytesIO | _Discard = io.BytesIO() if keep else _Discard()
+            try:
+                self._stream(key, spec, expected, sink, identities)
+            except IntegrityError as e:
+                if spec == _STORED_ONLY:
+                    raise
+                # Decoding stops at the first damaged byte, before the stored sha256 is complete.
+                # Reading the stored bytes once more tells corruption in the repository apart from
+                # intact bytes that do not decode (another identity, a damaged record).
+                self._stream(key, _STORED_ONLY, _stored_only(expected), _Discard(), [])
+                raise IntegrityError(f"the stored bytes match their record, but: {e.message}") from None
+        except ObjectNotFound:
+            return FAILED, "missing: the object is not in the repository", None
+        except IntegrityError as e:
+            return FAILED, " ".join(e.message.split()), None  # codec messages may span lines
+        return OK, "", sink.getvalue() if isinstance(sink, io.BytesIO) else None
+
+    def _stream(self, key: str, spec: PipelineSpec, expected: StreamResult, sink: io.BytesIO | _Discard,
+                identities: list[str]) -> None:
+        counted = CountingReader(self._storage.open_read(key), f"verify {key}", every=self._every, clock=self._clock)
+        try:
+            read_stream(counted, sink, spec, identities=identities, expected=expected)
+        finally:
+            counted.close()
+            self.report.bytes_read += counted.count
+            self._tick()
+
+    def _tick(self) -> None:
+        now = self._clock()
+        if now - self._last >= self._every:
+            self._last = now
+            r = self.report
+            log.get().info("verify: %d objects checked, %s read, %d problem(s) so far", r.objects,
+                           human_bytes(r.bytes_read), r.failures)
+
+
+# --- backups --------------------------------------------------------------------------------------
+
+
+def _verify_objects(checker: ObjectChecker, kind: str, backup_id: str, prefix: str, spec: PipelineSpec,
+                    objects: Sequence[StoredObject]) -> None:
+    for obj in objects:
+        status, problem, _ = checker.check(prefix + obj.key, spec, obj.result)
+        checker.report.add(Finding(kind, obj.key, status, problem, backup_id, prefix + obj.key))
+
+
+def _sysid_finding(kind: str, backup_id: str, key: str, manifest_sysid: str, sysid: str | None) -> Finding | None:
+    if sysid is None or manifest_sysid == sysid:
+        return None
+    return Finding(kind, layout.MANIFEST_NAME, FAILED,
+                   f"the backup is of system {manifest_sysid}, but the cluster is system {sysid}", backup_id, key)
+
+
+def _load_logical(ctx: Context, report: VerifyReport, backup_id: str) -> LogicalManifest | None:
+    try:
+        return catalog.load_logical(ctx.storage, ctx.cluster, backup_id)
+    except IntegrityError as e:
+        key = layout.logical_prefix(ctx.cluster, backup_id) + layout.MANIFEST_NAME
+        report.add(Finding("logical", layout.MANIFEST_NAME, FAILED, e.message, backup_id, key))
+        return None
+
+
+def _load_physical(ctx: Context, report: VerifyReport, backup_id: str) -> PhysicalManifest | None:
+    try:
+        return catalog.load_physical(ctx.storage, ctx.cluster, backup_id)
+    except IntegrityError as e:
+        key = layout.base_prefix(ctx.cluster, backup_id) + layout.MANIFEST_NAME
+        report.add(Finding("physical", layout.MANIFEST_NAME, FAILED, e.message, backup_id, key))
+        return None
+
+
+def _verify_logical(ctx: Context, checker: ObjectChecker, m: LogicalManifest, sysid: str | None) -> None:
+    prefix = layout.logical_prefix(ctx.cluster, m.backup_id)
+    bad = _sysid_finding("logical", m.backup_id, prefix + layout.MANIFEST_NAME, m.system_identifier, sysid)
+    if bad:
+        checker.report.add(bad)
+    _verify_objects(checker, "logical", m.backup_id, prefix, m.pipeline, m.objects())
+
+
+def _verify_physical_objects(ctx: Context, checker: ObjectChecker, b: PhysicalManifest, sysid: str | None) -> None:
+    prefix = layout.base_prefix(ctx.cluster, b.backup_id)
+    bad = _sysid_finding("physical", b.backup_id, prefix + layout.MANIFEST_NAME, b.system_identifier, sysid)
+    if bad:
+        checker.report.add(bad)
+    _verify_objects(checker, "physical", b.backup_id, prefix, b.pipeline, b.objects())
+
+
+# --- WAL continuity (pure) ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Continuity:
+    """The WAL a base backup's recovery reads, from its start segment to the newest archived one."""
+
+    backup_id: str
+    timeline: int  # the timeline recovery follows ('latest', or the backup's own when it branched off)
+    first_wal: str
+    newest_wal: str | None = None  # newest archived segment on that path
+    reachable_wal: str | None = None  # last segment recovery reaches without a hole
+    consistent_wal: str | None = None  # the backup's last segment: needed to make it consistent
+    segments: tuple[str, ...] = ()  # archived segments on the path, from the start on
+    gaps: tuple[tuple[str, str], ...] = ()  # (first missing, last missing)
+    problem: str | None = None  # why it cannot be restored, when that is not (only) a gap
+    note: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.gaps and self.problem is None
+
+    def subject(self) -> str:
+        return f"WAL {self.first_wal}..{self.newest_wal or '-'} (timeline {self.timeline})"
+
+    def describe(self) -> str:
+        parts = []
+        if self.gaps:
+            parts.append("missing " + ", ".join(a if a == b else f"{a}..{b}" for a, b in self.gaps))
+        if self.problem:
+            parts.append(self.problem)
+        if self.ok:
+            parts.append(f"{len(self.segments)} segments, no gap; restorable to the end of {self.reachable_wal}")
+        elif not self.problem:
+            # Names along one recovery path sort in path order (timeline ids grow with the position).
+            if self.reachable_wal is None or (self.consistent_wal and self.reachable_wal < self.consistent_wal):
+                parts.append(f"the backup cannot be made consistent (it needs WAL up to {self.consistent_wal})")
+            else:
+                parts.append(f"recovery stops after {self.reachable_wal}")
+        if self.note:
+            parts.append(self.note)
+        return "; ".join(parts)
+
+
+def wal_continuity(b: PhysicalManifest, index: ArchiveIndex) -> Continuity:
+    """Check that the archive holds every segment recovery from ``b`` reads, up to the newest one.
+
+    Recovery follows the newest timeline descending from the backup's (``latest``, PostgreSQL's
+    default); a backup that ended after that timeline branched off is checked along its own
+    timeline instead, with a note (it restores only with ``--target-timeline``)."""
+    seg = index.seg_size
+    first = b.first_wal
+    if b.wal_segment_size != seg:
+        return Continuity(b.backup_id, b.timeline, first,
+                          problem=f"its WAL segment size {b.wal_segment_size} differs from the archive's {seg}")
+    start, stop = wal.LSN.parse(b.start_lsn), wal.LSN.parse(b.stop_lsn)
+    start_segno = wal.segment_of(start, seg)
+    stop_segno = wal.segment_of(stop - 1, seg) if stop > start else start_segno
+    note = None
+    try:
+        tli = index.newest_timeline(b.timeline)
+        history = index.history(tli)
+        span = next((s for s in wal.timeline_spans(history, tli) if s.tli == b.timeline), None)
+        if span is None or (span.end is not None and stop > span.end):
+            why = (f"timeline {tli} does not descend from timeline {b.timeline}" if span is None else
+                   f"timeline {tli} branched off at {span.end}, before this backup ended")
+            note = (f"{why}, so the backup was checked along its own timeline {b.timeline} (restore it with "
+                    f"--target-timeline {b.timeline})")
+            tli = b.timeline
+            history = index.history(tli)
+        spans = wal.timeline_spans(history, tli)
+    except IntegrityError as e:
+        return Continuity(b.backup_id, b.timeline, first, problem=e.message)
+    except wal.WalError as e:
+        return Continuity(b.backup_id, b.timeline, first, problem=str(e))
+
+    owner = wal.segment_owner(history, tli, seg)
+    cuts = sorted({wal.segment_of(s.begin, seg) for s in spans})
+
+    def name(segno: int) -> str:
+        return wal.segment_name(owner(segno), segno, seg)
+
+    def runs(lo: int, hi: int) -> list[tuple[str, str]]:
+        # A run of missing segments never spans two timelines (as in wal.find_gaps).
+        out = []
+        while lo <= hi:
+            nxt = min([c for c in cuts if lo < c <= hi] + [hi + 1])
+            out.append((name(lo), name(nxt - 1)))
+            lo = nxt
+        return out
+
+    chain = {s.tli for s in spans}
+    present = sorted(s for t in chain for s in index.segments.get(t, ()) if s >= start_segno and owner(s) == t)
+    names = [name(s) for s in present]
+    gaps = runs(start_segno, present[0] - 1 if present else stop_segno)
+    gaps += wal.find_gaps(names, seg, timeline=tli, history=history)
+    if present and present[-1] < stop_segno:
+        gaps += runs(present[-1] + 1, stop_segno)
+    end = reachable_end(index, tli, history, start_segno)
+    problem = None
+    try:
+        plan_recovery([b], index, RecoveryTarget(timeline=str(tli)), backup_id=b.backup_id)
+    except NotFoundError as e:
+        if not gaps:  # a gap is the planner's reason too, and is reported as a range
+            problem = e.message.split(f"{b.backup_id}: ", 1)[-1]
+    return Continuity(
+        backup_id=b.backup_id, timeline=tli, first_wal=name(start_segno), newest_wal=names[-1] if names else None,
+        reachable_wal=name(end) if end is not None else None, consistent_wal=name(stop_segno), segments=tuple(names),
+        gaps=tuple(gaps),
+        problem=problem, note=note,
+    )
+
+
+def timeline_problems(index: ArchiveIndex, tli: int) -> tuple[list[str], list[str]]:
+    """``(problems, notes)`` about timeline ``tli``'s history file and its switch point.
+
+    The history must exist (timelines above 1), name only older timelines with switch points that
+    never go backwards, repeat each ancestor's own history exactly (PostgreSQL copies the parent's
+    file and appends one line), and the ancestors' history files must be archived.  Around the
+    switch the parent's archived WAL must reach the segment before the switch segment and the child
+    must hold the switch segment (recovery reads it from the child); a parent with no archived WAL
+    before the switch at all is only a note (expired by retention, or never archived)."""
+    problems: list[str] = []
+    notes: list[str] = []
+    if tli == 1:
+        return problems, notes
+    own_name = wal.history_file_name(tli)
+    h = index.histories.get(tli)
+    if h is None:
+        problems.append(f"timeline {tli} has no history file {own_name}; recovery cannot follow it")
+        return problems, notes
+    if not h:
+        problems.append(f"{own_name} lists no parent timeline")
+        return problems, notes
+    for i, e in enumerate(h):
+        if e.parent_tli >= tli:
+            problems.append(f"{own_name} names timeline {e.parent_tli} as an ancestor, which is not older")
+        if i and e.parent_tli <= h[i - 1].parent_tli:
+            problems.append(f"{own_name}: timelines do not increase at line {i + 1}")
+        if i and e.switch_lsn < h[i - 1].switch_lsn:
+            problems.append(f"{own_name}: switch point {e.switch_lsn} of timeline {e.parent_tli} goes backwards "
+                            f"(before {h[i - 1].switch_lsn})")
+    if problems:
+        return problems, notes
+    for i, e in enumerate(h):
+        if e.parent_tli == 1:
+            continue
+        parent = index.histories.get(e.parent_tli)
+        if parent is None:
+            problems.append(f"its ancestor timeline {e.parent_tli} has no history file "
+                            f"{wal.history_file_name(e.parent_tli)}")
+        elif [(x.parent_tli, x.switch_lsn) for x in parent] != [(x.parent_tli, x.switch_lsn) for x in h[:i]]:
+            problems.append(f"its ancestry up to timeline {e.parent_tli} differs from "
+                            f"{wal.history_file_name(e.parent_tli)}")
+
+    seg = index.seg_size
+    switch = h[-1]
+    parent_tli, switch_segno = switch.parent_tli, wal.segment_of(switch.switch_lsn, seg)
+    parent_begin = wal.segment_of(wal.timeline_spans(h, tli)[-2].begin, seg)
+    before = [s for s in index.segments.get(parent_tli, ()) if s < switch_segno]
+    if switch_segno - 1 < parent_begin:
+        pass  # the parent ended in the segment it began in: recovery reads none of its files
+    elif not before:
+        notes.append(f"timeline {parent_tli} has no archived WAL before the switch to timeline {tli} at "
+                     f"{switch.switch_lsn} (expired, or never archived)")
+    else:
+        if not index.has(parent_tli, switch_segno - 1):
+            last = max(before)
+            problems.append(
+                f"timeline {parent_tli}'s archived WAL stops at {wal.segment_name(parent_tli, last, seg)}, short of the "
+                f"switch to timeline {tli} at {switch.switch_lsn}: "
+                f"{wal.segment_name(parent_tli, last + 1, seg)}..{wal.segment_name(parent_tli, switch_segno - 1, seg)} missing")
+        own = index.segments.get(tli, frozenset())
+        if own and not index.has(tli, switch_segno) and min(own) > switch_segno:
+            problems.append(f"timeline {tli}'s archived WAL starts at {wal.segment_name(tli, min(own), seg)}, but recovery "
+                            f"reads the switch segment {wal.segment_name(tli, switch_segno, seg)} from it")
+    return problems, notes
+
+
+WalLine = tuple[str, str, str, str | None]  # (archived file name, status, problem, key)
+
+
+def _segno(name: str, seg_size: int | None) -> tuple[int, int] | None:
+    if seg_size is None or wal.classify_or_none(name) is not wal.WalFileKind.SEGMENT:
+        return None
+    try:
+        return wal.parse_segment_name(name, seg_size)
+    except wal.WalError:
+        return None
+
+
+def collapse(lines: Sequence[WalLine], backup_id: str | None = None, seg_size: int | None = None) -> list[Finding]:
+    """WAL file results in name order, as findings: consecutive files with the same good outcome
+    become one range, every problem stays a line of its own.  With ``seg_size`` a range also ends
+    where a segment is not the successor of the one before (a hole shows in the list too)."""
+    out: list[Finding] = []
+    run: list[WalLine] = []
+    last: tuple[int, int] | None = None  # the run's last segment
+
+    def flush() -> None:
+        if len(run) == 1:
+            out.append(Finding("wal", run[0][0], run[0][1], run[0][2], backup_id, run[0][3]))
+        elif run:
+            out.append(Finding("wal", f"{run[0][0]}..{run[-1][0]} ({len(run)} files)", run[0][1], run[0][2], backup_id))
+        run.clear()
+
+    for line in lines:
+        good = line[1] in (OK, PARTIAL)
+        here = _segno(line[0], seg_size)
+        follows = here is None or last is None or (here[0] == last[0] and here[1] == last[1] + 1)
+        if not (good and run and (run[-1][1], run[-1][2]) == (line[1], line[2]) and follows):
+            flush()
+            last = None
+        if good:
+            run.append(line)
+            last = here or last
+        else:
+            out.append(Finding("wal", line[0], line[1], line[2], backup_id, line[3]))
+    flush()
+    return out
+
+
+# --- the WAL archive ------------------------------------------------------------------------------
+
+
+@dataclass
+class ArchiveListing:
+    """One listing of ``<cluster>/wal/``: checksum records and stored objects by archived file name."""
+
+    records: dict[str, ObjectInfo] = field(default_factory=dict)  # name → its sidecar
+    objects: dict[str, ObjectInfo] = field(default_factory=dict)  # key → stored object
+    by_name: dict[str, list[str]] = field(default_factory=dict)  # name → keys of objects stored under it
+
+    @classmethod
+    def read(cls, storage: Storage, cluster: str) -> ArchiveListing:
+        out = cls()
+        suffixes = sorted(all_suffixes(), key=len, reverse=True)
+        for info in storage.list(layout.wal_root(cluster)):
+            base = info.key.rsplit("/", 1)[-1]
+            if base.endswith(".json") and wal.classify_or_none(base[: -len(".json")]) is not None:
+                out.records[base[: -len(".json")]] = info
+                continue
+            for suffix in suffixes:
+                name = base[: len(base) - len(suffix)]
+                if base.endswith(suffix) and wal.classify_or_none(name) is not None:
+                    out.objects[info.key] = info
+                    out.by_name.setdefault(name, []).append(info.key)
+                    break
+        return out
+
+
+def without(index: ArchiveIndex, names: set[str]) -> ArchiveIndex:
+    """``index`` minus the segments in ``names`` (records whose object is missing: not archived)."""
+    drop: dict[int, set[int]] = {}
+    for n in names:
+        if wal.classify_or_none(n) is wal.WalFileKind.SEGMENT:
+            t, s = wal.parse_segment_name(n, index.seg_size)
+            drop.setdefault(t, set()).add(s)
+    if not drop:
+        return index
+    return dataclasses.replace(index, segments={t: frozenset(s - drop.get(t, set())) for t, s in index.segments.items()})
+
+
+@dataclass(frozen=True)
+class _WalResult:
+    status: str
+    problem: str
+    key: str | None = None
+    missing: bool = False  # the record's object is not stored: recovery cannot fetch this file
+
+
+def _parse_time(value: object) -> dt.datetime | None:
+    try:
+        t = dt.datetime.fromisoformat(str(value))
+    except ValueError:
+        return None
+    return t if t.tzinfo else None
+
+
+def _check_wal_file(ctx: Context, checker: ObjectChecker, listing: ArchiveListing, name: str, sysid: str | None,
+                    now: dt.datetime) -> _WalResult:
+    """One archived file against its checksum record, the way ``wal fetch`` would read it."""
+    try:
+        meta = load_meta(ctx, name)
+    except IntegrityError as e:
+        return _WalResult(FAILED, e.message)
+    key = meta.get("key")
+    if not isinstance(key, str) or key.rsplit("/", 1)[-1][: len(name)] != name:
+        return _WalResult(FAILED, f"its checksum record names no valid object key ({key!r})")
+    if meta.get("name", name) != name:
+        return _WalResult(FAILED, f"its checksum record describes {meta.get('name')!r}", key)
+    if sysid is not None and meta.get("system_identifier") is not None and str(meta["system_identifier"]) != sysid:
+        return _WalResult(FAILED, f"archived from system {meta['system_identifier']}, but the cluster is system {sysid}", key)
+    try:
+        spec = PipelineSpec.from_json(meta.get("pipeline", {}))
+        expected = StreamResult.from_json(meta)
+    except IntegrityError as e:
+        return _WalResult(FAILED, f"checksum record: {e.message}", key)
+    info = listing.objects.get(key)
+    if info is None:
+        try:
+            info = ctx.storage.stat(key)  # archived after the listing
+        except ObjectNotFound:
+            written = _parse_time(meta.get("archived_at"))
+            if written is not None and now - written < PUSH_GRACE:
+                return _WalResult(WARNING, f"checksum record written at {written.isoformat()} but no object {key} yet "
+                                  "(a push in progress?)", key, missing=True)
+            return _WalResult(FAILED, f"checksum record without its object {key}: wal fetch treats {name} as not "
+                              "archived", key, missing=True)
+    is_history = wal.classify_or_none(name) is wal.WalFileKind.HISTORY
+    status, problem, raw = checker.check(key, spec, expected, size=info.size, keep=is_history)
+    if status == FAILED or not is_history:
+        return _WalResult(status, problem, key)
+    copy = meta.get("history")
+    text = raw.decode("utf-8", errors="replace") if raw is not None else copy
+    if raw is not None and isinstance(copy, str) and copy != text:
+        return _WalResult(FAILED, "the copy of the history in its checksum record differs from the archived file", key)
+    if isinstance(text, str):
+        try:
+            wal.parse_history(text)
+        except wal.WalError as e:
+            return _WalResult(FAILED, f"not a valid timeline history: {e}", key)
+    return _WalResult(status, problem, key)
+
+
+def _check_wal_files(ctx: Context, checker: ObjectChecker, listing: ArchiveListing, names: Sequence[str],
+                     sysid: str | None, now: dt.datetime) -> dict[str, _WalResult]:
+    return {n: _check_wal_file(ctx, checker, listing, n, sysid, now) for n in sorted(names)}
+
+
+def _orphans(listing: ArchiveListing, results: dict[str, _WalResult]) -> list[WalLine]:
+    """Stored WAL objects no checksum record points to."""
+    referenced = {r.key for r in results.values() if r.key}
+    out: list[WalLine] = []
+    for name, keys in sorted(listing.by_name.items()):
+        for key in keys:
+            if key in referenced:
+                continue
+            if name in listing.records:
+                out.append((name, WARNING, f"stray object {key}: the checksum record points to "
+                            f"{results[name].key if name in results else 'another object'}", key))
+            else:
+                out.append((name, FAILED, f"object {key} has no checksum record: wal fetch refuses it (exit 126), "
+                            "so recovery stops here", key))
+    return out
+
+
+def _wal_lines(results: dict[str, _WalResult], extra: Sequence[WalLine] = ()) -> list[WalLine]:
+    return sorted([(n, r.status, r.problem, r.key) for n, r in results.items()] + list(extra), key=lambda x: x[0])
+
+
+def _continuity_finding(c: Continuity, damaged: list[str]) -> Finding:
+    if damaged:
+        # Recovery fetches a damaged file, wal fetch exits 126, and recovery stops there.
+        bad = f"{len(damaged)} archived segment(s) on the way failed verification"
+        detail = f"{c.describe()}; also {bad} (first {damaged[0]})" if not c.ok else f"{bad}: recovery stops at {damaged[0]}"
+        return Finding("wal_continuity", c.subject(), FAILED, detail, c.backup_id)
+    status = FAILED if not c.ok else WARNING if c.note else OK
+    return Finding("wal_continuity", c.subject(), status, c.describe(), c.backup_id)
+
+
+def _timeline_findings(index: ArchiveIndex, timelines: Sequence[int]) -> list[Finding]:
+    out = []
+    for tli in timelines:
+        if tli == 1:
+            continue
+        problems, notes = timeline_problems(index, tli)
+        status = FAILED if problems else WARNING if notes else OK
+        out.append(Finding("timeline", wal.history_file_name(tli), status, "; ".join(problems or notes)))
+    return out
+
+
+def _segnos(a: str, b: str, seg: int) -> tuple[int, int, int]:
+    tli, lo = wal.parse_segment_name(a, seg)
+    return tli, lo, wal.parse_segment_name(b, seg)[1]
+
+
+def _uncovered_gaps(index: ArchiveIndex, reported: list[tuple[str, str]]) -> list[Finding]:
+    """Archive gaps no base backup's continuity already reported: not needed by any backup."""
+    seg = index.seg_size
+    known = [_segnos(a, b, seg) for a, b in reported]
+    out: list[Finding] = []
+    try:
+        gaps = archive_gaps(index)
+    except wal.WalError:  # an inconsistent history: reported with the timelines
+        return out
+    for a, b in gaps:
+        t, lo, hi = _segnos(a, b, seg)
+        if any(t == kt and lo <= khi and klo <= hi for kt, klo, khi in known):
+            continue
+        out.append(Finding("archive", a if a == b else f"{a}..{b}", WARNING,
+                           "missing from the archive; no base backup needs it"))
+    return out
+
+
+# --- the command ----------------------------------------------------------------------------------
+
+
+def _has_identity(ctx: Context) -> bool:
+    return bool(ctx.settings.age_identity or ctx.settings.age_identity_file)
+
+
+def _identities_of(ctx: Context) -> Callable[[], list[str] | None]:
+    def get() -> list[str] | None:
+        return ctx.identities() if _has_identity(ctx) else None
+
+    return get
+
+
+def _order(backup_id: str) -> tuple[str, int]:
+    # As catalog sorts ids: same-second ids carry "-N", compared as a number.
+    head, _, seq = backup_id.partition("-")
+    return head, int(seq or 0)
+
+
+def _exists(storage: Storage, key: str) -> bool:
+    try:
+        storage.stat(key)
+    except ObjectNotFound:
+        return False
+    return True
+
+
+def resolve(ctx: Context, ref: str) -> tuple[list[str], list[str]]:
+    """``(logical ids, physical ids)`` that ``ref`` (an id or ``latest``) names; NotFoundError if none."""
+    if ref == "latest":
+        newest = [(i, "logical") for i in catalog.logical_ids(ctx.storage, ctx.cluster)[-1:]]
+        newest += [(i, "physical") for i in catalog.physical_ids(ctx.storage, ctx.cluster)[-1:]]
+        if not newest:
+            raise NotFoundError(f"no backups of cluster {ctx.cluster!r} in {ctx.storage.url}", hint="see 'pgvault list'")
+        backup_id, kind = max(newest, key=lambda c: _order(c[0]))
+        return ([backup_id], []) if kind == "logical" else ([], [backup_id])
+    if not layout.is_backup_id(ref):
+        raise NotFoundError(f"{ref!r} is not a backup id", hint="see 'pgvault list', or use 'latest' or --all")
+    logical = _exists(ctx.storage, layout.logical_prefix(ctx.cluster, ref) + layout.MANIFEST_NAME)
+    physical = _exists(ctx.storage, layout.base_prefix(ctx.cluster, ref) + layout.MANIFEST_NAME)
+    if not logical and not physical:
+        raise NotFoundError(f"no backup {ref} of cluster {ctx.cluster!r} in {ctx.storage.url}", hint="see 'pgvault list'")
+    return ([ref] if logical else []), ([ref] if physical else [])
+
+
+def verify(ctx: Context, ref: str | None, *, now: dt.datetime | None = None,
+           clock: Callable[[], float] = time.monotonic) -> VerifyReport:
+    """Verify backup ``ref`` (an id or ``latest``), or with ``None`` every backup and the whole WAL
+    archive.  Problems are findings in the returned report; see the module docstring."""
+    now = now or dt.datetime.now(dt.timezone.utc)
+    info = catalog.read_cluster_info(ctx.storage, ctx.cluster) or {}
+    sysid = str(info["system_identifier"]) if info.get("system_identifier") is not None else None
+    seg_size = int(info["wal_segment_size"]) if info.get("wal_segment_size") else None
+    if ref is None:
+        logical_ids = catalog.logical_ids(ctx.storage, ctx.cluster)
+        physical_ids = catalog.physical_ids(ctx.storage, ctx.cluster)
+        if not logical_ids and not physical_ids and seg_size is None:
+            raise NotFoundError(f"nothing to verify: cluster {ctx.cluster!r} has no backups and no archived WAL in "
+                                f"{ctx.storage.url}", hint="check --repository and --cluster")
+    else:
+        logical_ids, physical_ids = resolve(ctx, ref)
+    scope = "all" if ref is None else " ".join(dict.fromkeys(logical_ids + physical_ids))  # an id may be both kinds
+    report = VerifyReport(ctx.cluster, ctx.storage.url, scope)
+    checker = ObjectChecker(ctx.storage, _identities_of(ctx), report, clock=clock)
+    log.get().info("verify: %s of cluster %s in %s", "every backup and the WAL archive" if ref is None else
+                   f"backup {report.scope}", ctx.cluster, ctx.storage.url)
+
+    for backup_id in logical_ids:
+        m = _load_logical(ctx, report, backup_id)
+        if m is not None:
+            _verify_logical(ctx, checker, m, sysid)
+    physical: list[PhysicalManifest] = []
+    for backup_id in physical_ids:
+        b = _load_physical(ctx, report, backup_id)
+        if b is not None:
+            _verify_physical_objects(ctx, checker, b, sysid)
+            physical.append(b)
+    if ref is None or physical:
+        _verify_archive(ctx, checker, physical, seg_size, sysid, now, whole=ref is None)
+    if report.undecrypted:
+        log.get().warning("verify: %d encrypted object(s) checked WITHOUT decryption (no age identity configured): "
+                          "only their stored size and sha256", report.undecrypted)
+    return report
+
+
+def _verify_archive(ctx: Context, checker: ObjectChecker, backups: list[PhysicalManifest], seg_size: int | None,
+                    sysid: str | None, now: dt.datetime, *, whole: bool) -> None:
+    """The WAL: every archived file (``whole``) or those ``backups`` need, their continuity and histories."""
+    report = checker.report
+    if seg_size is None:
+        for b in backups:
+            report.add(Finding("wal_continuity", f"WAL {b.first_wal}..", FAILED,
+                               f"no WAL has been archived for cluster {ctx.cluster!r}; the backup cannot be made consistent",
+                               b.backup_id))
+        return
+    listing = ArchiveListing.read(ctx.storage, ctx.cluster)
+    try:
+        identities = ctx.identities if _has_identity(ctx) else None
+        full_index = load_archive_index(ctx.storage, ctx.cluster, seg_size, identities=identities)
+    except (IntegrityError, ObjectNotFound, ValueError, KeyError, TypeError) as e:
+        why = e.message if isinstance(e, IntegrityError) else f"{type(e).__name__}: {e}"
+        report.add(Finding("archive", "WAL archive", FAILED, f"cannot read the archive's index: {why}; WAL continuity "
+                           "and timeline histories not checked"))
+        if whole:
+            results = _check_wal_files(ctx, checker, listing, list(listing.records), sysid, now)
+            report.findings += collapse(_wal_lines(results, _orphans(listing, results)), seg_size=seg_size)
+        return
+
+    if whole:
+        names = list(listing.records)
+    else:
+        wanted: set[str] = set()
+        for b in backups:
+            c = wal_continuity(b, full_index)
+            wanted.update(c.segments)
+            wanted.update(wal.history_file_name(t) for t in _chain(full_index, c.timeline) if t > 1)
+        names = [n for n in wanted if n in listing.records]
+    results = _check_wal_files(ctx, checker, listing, names, sysid, now)
+    # A record whose object is missing is not archived (wal fetch says so), unless a push is still
+    # uploading it (a warning): then it is counted, or a parallel push would look like a hole.
+    gone = {n for n, r in results.items() if r.missing and r.status == FAILED}
+    unchecked = {n for n in listing.records if n not in listing.by_name and n not in results}
+    index = without(full_index, gone | unchecked)
+    damaged = {n for n, r in results.items() if r.status == FAILED and not r.missing}
+
+    first_needed = min((wal.segment_of(wal.LSN.parse(b.start_lsn), seg_size) for b in backups), default=None)
+    reported_gaps: list[tuple[str, str]] = []
+    continuity: list[Finding] = []
+    timelines: set[int] = set()
+    for b in backups:
+        c = wal_continuity(b, index)
+        reported_gaps += c.gaps
+        timelines.update(_chain(index, c.timeline))
+        continuity.append(_continuity_finding(c, [n for n in c.segments if n in damaged]))
+    if whole:
+        timelines.update(t for t, segs in index.segments.items() if segs)
+        timelines.update(index.histories)
+        orphans = _orphans(listing, results)
+        lines = _unneeded_as_warnings(_wal_lines(results, orphans), gone, {o[0] for o in orphans if o[1] == FAILED},
+                                      reported_gaps, first_needed, seg_size)
+        report.findings += collapse(lines, seg_size=seg_size)
+    else:
+        backup_id = backups[0].backup_id if len(backups) == 1 else None
+        lines = _unneeded_as_warnings(_wal_lines(results), gone, set(), reported_gaps, first_needed, seg_size)
+        report.findings += collapse(lines, backup_id, seg_size)
+    report.findings += continuity
+    report.findings += _timeline_findings(index, sorted(timelines))
+    if whole and index.segments:
+        report.findings += _uncovered_gaps(index, reported_gaps)
+
+
+def _unneeded_as_warnings(lines: list[WalLine], gone: set[str], orphans: set[str], gaps: Sequence[tuple[str, str]],
+                          first_needed: int | None, seg_size: int) -> list[WalLine]:
+    """Files that cannot be fetched fail verification only where a base backup's recovery meets them.
+
+    A record without its object (``gone``) reads as "not archived": it matters inside a backup's
+    gap.  An object without its record makes ``wal fetch`` exit 126, which stops recovery, so it
+    matters anywhere recovery from a backup may ask for it: from the oldest backup's start on.
+    Elsewhere both are debris of an interrupted push or expire (which sweeps them): a warning.
+    Timeline history files are always needed."""
+    holes = [_segnos(a, b, seg_size) for a, b in gaps]
+    out = []
+    for line in lines:
+        name = line[0]
+        absent = name in gone or name in orphans
+        if line[1] == FAILED and absent and wal.classify_or_none(name) is not wal.WalFileKind.HISTORY:
+            here = _segno(name[:24], seg_size)
+            if name in gone:
+                needed = here is not None and wal.classify_or_none(name) is wal.WalFileKind.SEGMENT and any(
+                    t == here[0] and lo <= here[1] <= hi for t, lo, hi in holes)
+            else:
+                needed = here is not None and first_needed is not None and here[1] >= first_needed
+            if not needed:
+                line = (name, WARNING, line[2] + " (no base backup needs it)", line[3])
+        out.append(line)
+    return out
+
+
+def _chain(index: ArchiveIndex, tli: int) -> list[int]:
+    """Timelines recovery along ``tli`` passes through (just ``tli`` if its history is unreadable)."""
+    try:
+        return [s.tli for s in wal.timeline_spans(index.history(tli), tli)]
+    except (IntegrityError, wal.WalError):
+        return [tli]

@@ -1,0 +1,179 @@
+"""Job records: ``<cluster>/jobs/<job>.json``, the last outcome of each scheduled command.
+
+Every command that runs as a scheduled job (``backup``, ``basebackup``, ``expire``, ``verify``,
+``drill``, ``restore-point``) records when it last succeeded, when it last failed, how long the
+last run took, its exit code and error, and a small ``details`` dict the command may fill in
+(``verify``: objects checked, failures, bytes).  ``status`` and ``metrics`` read them, so a failed
+CronJob is visible without reading its logs.
+
+One small JSON object per job, rewritten after each run (read, merge, write): two hosts running
+the same job at the same instant may lose one update, which is acceptable for "the last outcome".
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from pgvault.errors import IntegrityError
+from pgvault.storage import ObjectNotFound, Storage
+
+RECORD_FORMAT = 1
+_ERROR_MAX = 500  # characters of the error message kept in the record
+
+
+@dataclass(frozen=True)
+class JobRun:
+    """One finished run of a scheduled command."""
+
+    job: str
+    started_at: dt.datetime
+    finished_at: dt.datetime
+    exit_code: int
+    error_kind: str | None = None
+    error: str | None = None  # already redacted by the caller
+    details: dict[str, Any] = field(default_factory=dict)
+    host: str = ""
+    pgvault_version: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
+
+    @property
+    def duration_seconds(self) -> float:
+        return max(0.0, (self.finished_at - self.started_at).total_seconds())
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """What the repository knows about one job: its last run and its last success and failure."""
+
+    cluster: str
+    job: str
+    last_status: str  # "ok" | "failed"
+    last_started_at: str
+    last_finished_at: str
+    last_duration_seconds: float
+    last_exit_code: int
+    last_error_kind: str | None = None
+    last_error: str | None = None
+    last_success_at: str | None = None
+    last_success_duration_seconds: float | None = None
+    last_failure_at: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+    host: str = ""
+    pgvault_version: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.last_status == "ok"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": RECORD_FORMAT, "kind": "job", "cluster": self.cluster, "job": self.job,
+            "last_status": self.last_status, "last_started_at": self.last_started_at,
+            "last_finished_at": self.last_finished_at, "last_duration_seconds": round(self.last_duration_seconds, 3),
+            "last_exit_code": self.last_exit_code, "last_error_kind": self.last_error_kind, "last_error": self.last_error,
+            "last_success_at": self.last_success_at,
+            "last_success_duration_seconds": None if self.last_success_duration_seconds is None
+            else round(self.last_success_duration_seconds, 3),
+            "last_failure_at": self.last_failure_at, "details": self.details, "host": self.host,
+            "pgvault_version": self.pgvault_version,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any], *, where: str = "job record") -> "JobRecord":
+        try:
+            if d.get("format") != RECORD_FORMAT or d.get("kind") != "job":
+                raise IntegrityError(f"{where} is not a format-{RECORD_FORMAT} job record")
+            success_duration = d.get("last_success_duration_seconds")
+            return cls(
+                cluster=str(d["cluster"]), job=str(d["job"]), last_status=str(d["last_status"]),
+                last_started_at=str(d["last_started_at"]), last_finished_at=str(d["last_finished_at"]),
+                last_duration_seconds=float(d["last_duration_seconds"]), last_exit_code=int(d["last_exit_code"]),
+                last_error_kind=d.get("last_error_kind"), last_error=d.get("last_error"),
+                last_success_at=d.get("last_success_at"),
+                last_success_duration_seconds=None if success_duration is None else float(success_duration),
+                last_failure_at=d.get("last_failure_at"), details=dict(d.get("details") or {}),
+                host=str(d.get("host", "")), pgvault_version=str(d.get("pgvault_version", "")),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise IntegrityError(f"{where} is unreadable: {type(e).__name__}: {e}") from None
+
+
+def merge_run(cluster: str, previous: JobRecord | None, run: JobRun) -> JobRecord:
+    """The record after ``run``: the last run replaces the "last_*" fields; the last success (or
+    failure) of ``previous`` is kept when this run is the other kind.  Pure."""
+    finished = run.finished_at.astimezone(dt.timezone.utc).isoformat()
+    error = run.error if run.error is None or len(run.error) <= _ERROR_MAX else run.error[: _ERROR_MAX - 3] + "..."
+    base = previous if previous is not None and previous.job == run.job else None
+    return JobRecord(
+        cluster=cluster, job=run.job, last_status="ok" if run.ok else "failed",
+        last_started_at=run.started_at.astimezone(dt.timezone.utc).isoformat(), last_finished_at=finished,
+        last_duration_seconds=run.duration_seconds, last_exit_code=run.exit_code,
+        last_error_kind=None if run.ok else (run.error_kind or "error"), last_error=None if run.ok else error,
+        last_success_at=finished if run.ok else (base.last_success_at if base else None),
+        last_success_duration_seconds=run.duration_seconds if run.ok else (base.last_success_duration_seconds if base else None),
+        last_failure_at=(base.last_failure_at if base else None) if run.ok else finished,
+        details=dict(run.details), host=run.host, pgvault_version=run.pgvault_version,
+    )
+
+
+def job_key(cluster: str, job: str) -> str:
+    """``<cluster>/jobs/<job>.json``."""
+    if not job or "/" in job or job.startswith("."):
+        raise ValueError(f"invalid job name {job!r}")
+    return f"{cluster}/jobs/{job}.json"
+
+
+def load_job(storage: Storage, cluster: str, job: str) -> JobRecord | None:
+    """The record of ``job``, or None if it never ran."""
+    key = job_key(cluster, job)
+    try:
+        data = storage.read_bytes(key)
+    except ObjectNotFound:
+        return None
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        raise IntegrityError(f"job record {key} is not valid JSON") from None
+    if not isinstance(doc, dict):
+        raise IntegrityError(f"job record {key} is not a JSON object")
+    return JobRecord.from_json(doc, where=key)
+
+
+def list_jobs(storage: Storage, cluster: str) -> dict[str, JobRecord]:
+    """Every job record of ``cluster`` by job name."""
+    out: dict[str, JobRecord] = {}
+    for info in storage.list(f"{cluster}/jobs/"):
+        name = info.key.rsplit("/", 1)[-1]
+        if not name.endswith(".json") or info.key.count("/") != 2:
+            continue
+        record = load_job(storage, cluster, name[: -len(".json")])
+        if record is not None:
+            out[record.job] = record
+    return out
+
+
+def save_job(storage: Storage, record: JobRecord) -> str:
+    key = job_key(record.cluster, record.job)
+    with storage.open_write(key) as w:
+        w.write((json.dumps(record.to_json(), indent=2) + "\n").encode())
+    return key
+
+
+def record_run(storage: Storage, cluster: str, run: JobRun) -> JobRecord:
+    """Merge ``run`` into the stored record of its job and write it back; returns the new record.
+
+    An unreadable old record is replaced rather than blocking the new outcome."""
+    try:
+        previous = load_job(storage, cluster, run.job)
+    except IntegrityError:
+        previous = None
+    record = merge_run(cluster, previous, run)
+    save_job(storage, record)
+    return record
+

@@ -1,0 +1,30 @@
+"""Common options work before and after the subcommand; the subcommand is found without parsing."""
+
+from __future__ import annotations
+
+import pytest
+
+from pgvault.cli import _command_name, build_parser
+
+
+@pytest.mark.parametrize("argv", [
+    ["--cluster", "foo", "--json", "-r", "/x", "status"],
+    ["status", "--cluster", "foo", "--json", "-r", "/x"],
+    ["--cluster", "foo", "status", "--json", "--repository", "/x"],
+])
+def test_common_options_anywhere(argv: list[str]) -> None:
+    args = build_parser(_command_name(argv)).parse_args(argv)
+    assert (args.cluster, args.json, args.repository, args.log_level) == ("foo", True, "/x", "info")
+
+
+def test_defaults_and_nested_subcommands() -> None:
+    args = build_parser("wal").parse_args(["wal", "push", "pg_wal/x"])
+    assert (args.cluster, args.json, args.config, args.log_level) == (None, False, None, "info")
+    args = build_parser("wal").parse_args(["--log-level", "debug", "wal", "fetch", "--cluster", "c", "a", "b"])
+    assert (args.cluster, args.log_level) == ("c", "debug")
+
+
+def test_command_name_skips_option_values() -> None:
+    assert _command_name(["--cluster", "expire", "verify"]) == "verify"
+    assert _command_name(["-c", "/etc/x.yaml", "--json", "drill", "list"]) == "drill"
+    assert _command_name(["--json"]) is None

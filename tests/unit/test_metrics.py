@@ -1,0 +1,354 @@
+"""Status verdicts, metric samples, job records and the textfile, on synthetic snapshots: no servers.
+
+Read like the on-call's rules: when the newest backup is older than the limit, then CRITICAL; when
+the last drill is old, then WARNING; when a job failed while the repository was down, then the
+textfile still says so.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import stat
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from pgvault.cli import main
+from pgvault.cli.metrics import parse_addr
+from pgvault.errors import UsageError
+from pgvault.operations import metrics
+from pgvault.operations.metrics import METRICS, Sample, merge_samples, parse, render, sample, snapshot_samples
+from pgvault.operations.pitr import Window
+from pgvault.operations.status import (
+    CRITICAL, OK, WARNING, ArchiveSummary, ArchivingFacts, BackupFacts, Policy, RepositorySize, StatusSnapshot,
+    evaluate, snapshot_json, verdict,
+)
+from pgvault.repository.drills import Check, DrillReport
+from pgvault.repository.jobs import JobRecord, JobRun, list_jobs, load_job, merge_run, record_run
+from pgvault.storage.memory import MemoryStorage
+
+NOW = dt.datetime(2026, 11, 25, 12, 0, 0, tzinfo=dt.timezone.utc)
+HOUR = 3600.0
+DAY = 86400.0
+
+
+def ago(seconds: float) -> str:
+    return (NOW - dt.timedelta(seconds=seconds)).isoformat()
+
+
+def logical(backup_id: str, age: float, *dbs: str) -> BackupFacts:
+    return BackupFacts("logical", backup_id, ago(age), 120.0, 1000 * len(dbs), tuple((d, 1000) for d in dbs))
+
+
+def physical(backup_id: str, age: float) -> BackupFacts:
+    return BackupFacts("physical", backup_id, ago(age), 600.0, 50_000, stop_lsn="0/5000100")
+
+
+def drill(drill_id: str, age: float, ok: bool = True, kind: str = "logical") -> DrillReport:
+    return DrillReport(drill_id=drill_id, cluster="c", backup_kind=kind, backup_id="20261124T020000Z",
+                       started_at=ago(age + 60), finished_at=ago(age), ok=ok, restore_seconds=42.0, total_seconds=60.0,
+                       checks=(Check("row counts", ok, 1.0, "" if ok else "public.t: 3 != 4"),))
+
+
+def job(name: str, ok: bool, age: float = HOUR, details: dict[str, object] | None = None, kind: str = "database") -> JobRecord:
+    run = JobRun(job=name, started_at=NOW - dt.timedelta(seconds=age + 10), finished_at=NOW - dt.timedelta(seconds=age),
+                 exit_code=0 if ok else 3, error_kind=None if ok else kind, error=None if ok else "boom",
+                 details=dict(details or {}))
+    return merge_run("c", None, run)
+
+
+def archive(*, gaps: list[tuple[str, str]] | None = None, window_from: float = 3 * DAY, window_to: float = 60.0) -> ArchiveSummary:
+    w = Window("20261122T120000Z", 1, "0/3000028", ago(window_from), "000000010000000000000009")
+    return ArchiveSummary(segments=9, newest_wal="000000010000000000000009", newest_wal_archived_at=ago(window_to),
+                          timelines=[1], gaps=gaps or [], windows=[w], restore_points=[], to_time=ago(window_to))
+
+
+def healthy(**changes: object) -> StatusSnapshot:
+    """A cluster in good shape: fresh backups of both kinds, a complete archive, a recent drill."""
+    s = StatusSnapshot(
+        cluster="c", repository="memory://", taken_at=NOW, policy=Policy(pitr_window=2 * DAY),
+        logical=(logical("20261123T020000Z", 2 * DAY, "app", "old"), logical("20261125T020000Z", 10 * HOUR, "app")),
+        physical=(physical("20261122T120000Z", 3 * DAY), physical("20261125T000000Z", 12 * HOUR)),
+        archive=archive(),
+        archiving=ArchivingFacts(connection="ok", server="db:5432/postgres", archive_mode="on", in_recovery=False,
+                                 archived_count=10, last_archived_wal="000000010000000000000009",
+                                 last_archived_time=ago(60), failed_count=0, current_wal="00000001000000000000000A",
+                                 backlog_segments=0, backlog_source="pg_stat_archiver", lag_seconds=0.0),
+        drills=(drill("20261110T000000Z", 15 * DAY),),
+        jobs={"backup": job("backup", True), "verify": job("verify", True, details={"checked": 9, "failures": 0})},
+        size=RepositorySize(123456, 40, {"logical": 2000, "base": 100000, "wal": 21456}),
+    )
+    return replace(s, **changes)  # type: ignore[arg-type]
+
+
+def codes(s: StatusSnapshot) -> dict[str, str]:
+    return {r.code: r.level for r in evaluate(s)}
+
+
+# --- the verdict ----------------------------------------------------------------------------------
+
+
+def test_a_healthy_cluster_is_ok() -> None:
+    s = healthy()
+    assert evaluate(s) == [] and verdict(evaluate(s)) == OK
+    doc = snapshot_json(s, evaluate(s))
+    assert doc["verdict"] == "OK" and doc["exit_code"] == 0
+    assert doc["last_logical"]["backup_id"] == "20261125T020000Z" and doc["last_logical"]["age_seconds"] == 10 * HOUR
+    assert doc["recoverable_window"]["seconds"] == 3 * DAY - 60
+
+
+def test_no_backup_at_all_is_critical() -> None:
+    assert codes(healthy(logical=(), physical=(), archive=None)) == {
+        "no_backup": CRITICAL, "window_short": WARNING}
+
+
+def test_a_backup_older_than_the_limit_is_critical_per_kind() -> None:
+    stale = healthy(logical=(logical("20261122T000000Z", 49 * HOUR, "app"),))
+    assert codes(stale) == {"backup_stale": CRITICAL}
+    assert "49h" not in evaluate(stale)[0].message and "2d01h" in evaluate(stale)[0].message
+    # The limit is the policy's: a 1-second limit makes anything stale.
+    assert codes(healthy(policy=Policy(backup_max_age=1.0))) == {"backup_stale": CRITICAL}
+    assert sum(r.code == "backup_stale" for r in evaluate(healthy(policy=Policy(backup_max_age=1.0)))) == 2
+
+
+def test_the_archive_window_and_gaps() -> None:
+    assert codes(healthy(archive=archive(gaps=[("00000001000000000000000A", "00000001000000000000000B")]))) == {
+        "archive_gap": CRITICAL}
+    assert codes(healthy(archive=archive(window_from=1 * DAY))) == {"window_short": WARNING}
+    assert codes(healthy(archive=replace(archive(), windows=[]))) == {"no_recoverable_window": CRITICAL}
+    assert codes(healthy(archive=archive(window_from=1 * DAY), policy=Policy(pitr_window=None))) == {}
+
+
+def test_the_archiver_failing_and_lagging() -> None:
+    failing = replace(healthy().archiving, failed_count=3, last_failed_wal="00000001000000000000000A",
+                      last_failed_time=ago(30))
+    assert failing.failing and codes(healthy(archiving=failing)) == {"archiver_failing": WARNING}
+    recovered = replace(failing, last_failed_time=ago(120))  # a success since the last failure
+    assert not recovered.failing and codes(healthy(archiving=recovered)) == {}
+    lagging = replace(healthy().archiving, backlog_segments=7, lag_seconds=20 * 60)
+    assert codes(healthy(archiving=lagging)) == {"archive_lag": WARNING}
+    assert codes(healthy(archiving=replace(lagging, lag_seconds=2 * HOUR))) == {"archive_lag": CRITICAL}
+    off = replace(healthy().archiving, archive_mode="off")
+    assert codes(healthy(archiving=off)) == {"archive_mode_off": WARNING}
+    # An unreachable server is a note, not a finding: the repository is what is judged.
+    assert codes(healthy(archiving=ArchivingFacts(connection="failed", error="refused"))) == {}
+
+
+def test_drills() -> None:
+    assert codes(healthy(drills=())) == {"no_drill": WARNING}
+    assert codes(healthy(drills=(drill("20261001T000000Z", 40 * DAY),))) == {"drill_stale": WARNING}
+    failed = (drill("20261110T000000Z", 15 * DAY), drill("20261124T000000Z", DAY, ok=False))
+    reasons = evaluate(healthy(drills=failed))
+    assert [r.code for r in reasons] == ["drill_failed"] and "row counts" in reasons[0].message
+    # The drill job's own failure is not reported twice.
+    assert codes(healthy(drills=failed, jobs={"drill": job("drill", False, kind="verification")})) == {
+        "drill_failed": WARNING}
+    assert codes(healthy(drill_error="bad JSON")) == {"drills_unreadable": WARNING}
+
+
+def test_jobs_and_verify() -> None:
+    assert codes(healthy(jobs={"backup": job("backup", False)})) == {"job_failed": WARNING}
+    bad = job("verify", False, details={"checked": 9, "failures": 2}, kind="integrity")
+    assert codes(healthy(jobs={"verify": bad})) == {"verify_failed": CRITICAL}
+    assert codes(healthy(jobs={"verify": job("verify", False, kind="integrity")})) == {"verify_failed": CRITICAL}
+    assert codes(healthy(jobs={"verify": job("verify", False, kind="storage")})) == {"job_failed": WARNING}
+    r = evaluate(healthy(jobs={"verify": bad}, drills=()))
+    assert [x.level for x in r] == [CRITICAL, WARNING] and verdict(r) == CRITICAL
+
+
+# --- the samples ----------------------------------------------------------------------------------
+
+
+def by_key(samples: list[Sample]) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {(s.name, s.labels): s.value for s in samples}
+
+
+def test_a_rich_snapshot_exports_every_documented_metric() -> None:
+    s = healthy(archiving=replace(healthy().archiving, backlog_segments=2, lag_seconds=30.0))
+    samples = snapshot_samples(s, evaluate(s))
+    assert {x.name for x in samples} == set(METRICS) - {"pgvault_job_last_failure_timestamp"}
+    failed = healthy(jobs={"backup": job("backup", False)})
+    assert "pgvault_job_last_failure_timestamp" in {x.name for x in snapshot_samples(failed, evaluate(failed))}
+    for x in samples:
+        assert tuple(k for k, _ in x.labels) == METRICS[x.name].labels
+
+
+def test_backup_series_keep_the_legacy_names_and_labels() -> None:
+    s = healthy()
+    v = by_key(snapshot_samples(s, evaluate(s)))
+    key = (("cluster", "c"), ("kind", "logical"), ("database", "app"))
+    assert v[("postgresql_backup_last_success_timestamp", key)] == (NOW - dt.timedelta(hours=10)).timestamp()
+    # A database no longer in the newest backup is judged by its own newest dump, and ages.
+    old = (("cluster", "c"), ("kind", "logical"), ("database", "old"))
+    assert v[("postgresql_backup_last_success_timestamp", old)] == (NOW - dt.timedelta(days=2)).timestamp()
+    phys = (("cluster", "c"), ("kind", "physical"), ("database", ""))
+    assert v[("postgresql_backup_duration_seconds", phys)] == 600.0
+    assert v[("postgresql_backup_size_bytes", phys)] == 50_000
+    assert v[("pgvault_status", (("cluster", "c"),))] == 0
+    assert v[("pgvault_recoverable_window_policy_seconds", (("cluster", "c"),))] == 2 * DAY
+
+
+def test_never_drilled_exports_zero_so_the_age_alert_fires() -> None:
+    s = healthy(drills=())
+    v = by_key(snapshot_samples(s, evaluate(s)))
+    assert v[("pgvault_drill_last_success_timestamp", (("cluster", "c"), ("kind", "logical")))] == 0
+    assert v[("pgvault_drill_last_success_timestamp", (("cluster", "c"), ("kind", "physical")))] == 0
+    assert v[("pgvault_status", (("cluster", "c"),))] == 1
+
+
+def test_exposition_round_trips() -> None:
+    s = healthy()
+    samples = snapshot_samples(s, evaluate(s))
+    text = render(samples).decode()
+    assert "# TYPE postgresql_backup_last_success_timestamp gauge" in text
+    assert sorted(by_key(parse(text)).items()) == sorted(by_key(samples).items())
+    with pytest.raises(ValueError):
+        sample("pgvault_up", 1, cluster="c", kind="x")
+
+
+# --- job records ----------------------------------------------------------------------------------
+
+
+def run(ok: bool, minutes: int, name: str = "backup") -> JobRun:
+    t = NOW + dt.timedelta(minutes=minutes)
+    return JobRun(job=name, started_at=t - dt.timedelta(seconds=30), finished_at=t, exit_code=0 if ok else 4,
+                  error_kind=None if ok else "storage", error=None if ok else "bucket gone")
+
+
+def test_a_failure_keeps_the_last_success_and_vice_versa() -> None:
+    r1 = merge_run("c", None, run(True, 0))
+    r2 = merge_run("c", r1, run(False, 10))
+    assert (r2.last_status, r2.last_exit_code, r2.last_error_kind) == ("failed", 4, "storage")
+    assert r2.last_success_at == r1.last_success_at and r2.last_failure_at == (NOW + dt.timedelta(minutes=10)).isoformat()
+    r3 = merge_run("c", r2, run(True, 20))
+    assert r3.ok and r3.last_failure_at == r2.last_failure_at and r3.last_error is None
+    assert r3.last_duration_seconds == 30.0
+
+
+def test_records_round_trip_through_the_repository() -> None:
+    storage = MemoryStorage()
+    assert load_job(storage, "c", "backup") is None
+    record_run(storage, "c", run(True, 0))
+    record_run(storage, "c", run(False, 5))
+    record_run(storage, "c", replace(run(True, 6, "verify"), details={"checked": 3, "failures": 0}))
+    jobs = list_jobs(storage, "c")
+    assert sorted(jobs) == ["backup", "verify"]
+    assert not jobs["backup"].ok and jobs["backup"].last_success_at == NOW.isoformat()
+    assert jobs["verify"].details == {"checked": 3, "failures": 0}
+    assert JobRecord.from_json(jobs["backup"].to_json()) == jobs["backup"]
+
+
+# --- the textfile ---------------------------------------------------------------------------------
+
+
+def job_series(cluster: str, name: str, ok: bool, when: float) -> list[Sample]:
+    return [sample("pgvault_job_last_success_timestamp" if ok else "pgvault_job_last_failure_timestamp", when,
+                   cluster=cluster, job=name),
+            sample("pgvault_job_last_status", 1 if ok else 0, cluster=cluster, job=name)]
+
+
+def test_merging_keeps_other_clusters_and_the_newest_run_of_each_job() -> None:
+    other = [sample("pgvault_up", 1, cluster="other")]
+    fallback = job_series("c", "backup", False, 2000.0)  # written while the repository was down
+    snapshot = [sample("pgvault_up", 1, cluster="c")] + job_series("c", "backup", True, 1000.0)
+    merged = by_key(merge_samples(other + fallback, snapshot, "c", whole_cluster=True))
+    assert merged[("pgvault_up", (("cluster", "other"),))] == 1
+    assert merged[("pgvault_job_last_status", (("cluster", "c"), ("job", "backup")))] == 0  # the newer failure stays
+    newer = job_series("c", "backup", True, 3000.0)
+    merged = by_key(merge_samples(other + fallback, [sample("pgvault_up", 1, cluster="c")] + newer, "c", whole_cluster=True))
+    assert merged[("pgvault_job_last_status", (("cluster", "c"), ("job", "backup")))] == 1
+    assert ("pgvault_job_last_failure_timestamp", (("cluster", "c"), ("job", "backup"))) not in merged
+    # A job fallback leaves the rest of the cluster's series alone.
+    merged = by_key(merge_samples(snapshot + job_series("c", "verify", True, 10.0), fallback, "c", whole_cluster=False))
+    assert merged[("pgvault_up", (("cluster", "c"),))] == 1
+    assert merged[("pgvault_job_last_status", (("cluster", "c"), ("job", "verify")))] == 1
+    assert merged[("pgvault_job_last_status", (("cluster", "c"), ("job", "backup")))] == 0
+
+
+def test_job_textfile_without_a_repository_remembers_the_last_success(tmp_path: Path) -> None:
+    path = tmp_path / "pgvault.prom"
+    metrics.write_job_textfile(path, "c", run(True, 0), None)
+    metrics.write_job_textfile(path, "c", run(False, 10), None)
+    v = by_key(parse(path.read_text()))
+    key = (("cluster", "c"), ("job", "backup"))
+    assert v[("pgvault_job_last_status", key)] == 0 and v[("pgvault_job_last_exit_code", key)] == 4
+    assert v[("pgvault_job_last_success_timestamp", key)] == NOW.timestamp()
+    assert v[("pgvault_job_last_failure_timestamp", key)] == (NOW + dt.timedelta(minutes=10)).timestamp()
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o644
+    assert [p.name for p in tmp_path.iterdir()] == ["pgvault.prom"]  # no temp file left behind
+    # A full snapshot written later into the same file keeps the job's newer state.
+    metrics.write_textfile(path, [sample("pgvault_up", 1, cluster="c")] + job_series("c", "backup", True, 5.0), "c")
+    v = by_key(parse(path.read_text()))
+    assert v[("pgvault_job_last_status", key)] == 0 and v[("pgvault_up", (("cluster", "c"),))] == 1
+    # The repository is back, with a record that never saw that failure: the file keeps its time.
+    fresh = record_run(MemoryStorage(), "c", run(True, 20))
+    metrics.write_job_textfile(path, "c", run(True, 20), fresh)
+    v = by_key(parse(path.read_text()))
+    assert v[("pgvault_job_last_status", key)] == 1
+    assert v[("pgvault_job_last_failure_timestamp", key)] == (NOW + dt.timedelta(minutes=10)).timestamp()
+
+
+def test_a_failing_job_is_recorded_even_when_the_repository_is_unreachable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    for k in list(os.environ):
+        if k.startswith(("PG", "PGVAULT_")) and k != "PGVAULT_PG_BINDIRS":
+            monkeypatch.delenv(k)
+    textfile = tmp_path / "jobs.prom"
+    monkeypatch.setenv("PGVAULT_METRICS_TEXTFILE", str(textfile))
+    missing_repo = tmp_path / "not-mounted"  # local storage never creates a missing root
+    code = main(["backup", "--database", "app", "--cluster", "c", "--repository", str(missing_repo),
+                 "--dsn", "host=127.0.0.1 port=9 connect_timeout=2 user=x password=y"])
+    assert code == 3  # the command's own exit status, whatever recording met
+    err = capsys.readouterr().err
+    assert "pgvault: error: cannot connect" in err and "could not record the backup job in the repository" in err
+    v = by_key(parse(textfile.read_text()))
+    assert v[("pgvault_job_last_status", (("cluster", "c"), ("job", "backup")))] == 0
+    assert v[("pgvault_job_last_exit_code", (("cluster", "c"), ("job", "backup")))] == 3
+    assert not missing_repo.exists()
+
+
+def test_parse_addr() -> None:
+    assert parse_addr("127.0.0.1:9187") == ("127.0.0.1", 9187)
+    assert parse_addr(":9187") == ("0.0.0.0", 9187) and parse_addr("9187") == ("0.0.0.0", 9187)
+    assert parse_addr("[::1]:0") == ("::1", 0)
+    with pytest.raises(UsageError):
+        parse_addr("localhost:http")
+
+
+def test_a_command_that_returns_its_exit_code_gets_its_error_kind() -> None:
+    from pgvault.cli.metrics import _error_kind
+
+    assert _error_kind(None, 0) is None
+    assert _error_kind(None, 6) == "integrity"  # verify prints its report and returns 6
+    assert _error_kind(None, 9) == "verification" and _error_kind(None, 99) == "error"
+    assert _error_kind(KeyboardInterrupt(), 130) == "interrupted" and _error_kind(RuntimeError(), 70) == "internal"
+
+
+def test_push_replaces_the_cluster_group_on_the_pushgateway() -> None:
+    import http.server
+    import threading
+
+    got: list[tuple[str, str, bytes]] = []
+
+    class Gateway(http.server.BaseHTTPRequestHandler):
+        def do_PUT(self) -> None:  # noqa: N802 - http.server's naming
+            got.append(("PUT", self.path, self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Gateway)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        metrics.push(f"http://127.0.0.1:{server.server_address[1]}", [sample("pgvault_up", 1, cluster="c/x")], "c/x")
+    finally:
+        server.shutdown()
+        server.server_close()
+    [(method, path, body)] = got
+    assert method == "PUT" and path.startswith("/metrics/job/pgvault/cluster")
+    assert b'pgvault_up{cluster="c/x"} 1.0' in body
