@@ -21,9 +21,10 @@ from pgvault.errors import UsageError
 from pgvault.operations import metrics
 from pgvault.operations.metrics import METRICS, Sample, merge_samples, parse, render, sample, snapshot_samples
 from pgvault.operations.pitr import Window
+from pgvault.operations.server_probe import ArchivingFacts
 from pgvault.operations.status import (
-    CRITICAL, OK, WARNING, ArchiveSummary, ArchivingFacts, BackupFacts, Policy, RepositorySize, StatusSnapshot,
-    evaluate, snapshot_json, verdict,
+    CRITICAL, OK, WARNING, ArchiveSummary, BackupFacts, Policy, RepositorySize, StatusSnapshot, evaluate,
+    snapshot_json, verdict,
 )
 from pgvault.repository.drills import Check, DrillReport
 from pgvault.repository.jobs import JobRecord, JobRun, list_jobs, load_job, merge_run, record_run

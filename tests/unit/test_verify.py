@@ -18,10 +18,8 @@ import pytest
 from pgvault.config import Settings
 from pgvault.errors import NotFoundError
 from pgvault.operations.context import Context
-from pgvault.operations.verify import (
-    FAILED, NO_IDENTITY, OK, PARTIAL, PUSH_GRACE, WARNING, VerifyReport, collapse, timeline_problems, verify,
-    wal_continuity,
-)
+from pgvault.operations.verify import NO_IDENTITY, PUSH_GRACE, VerifyReport, verify
+from pgvault.operations.wal_check import FAILED, OK, PARTIAL, WARNING, collapse, timeline_problems, wal_continuity
 from pgvault.pg import wal
 from pgvault.pg.conn import ConnInfo
 from pgvault.pipeline import PipelineSpec, StreamResult, write_stream
