@@ -25,9 +25,9 @@ def step(title: str) -> None:
     print(f"\n\033[1m==> {title}\033[0m" if sys.stdout.isatty() else f"\n==> {title}", flush=True)
 
 
-def run(args: list[str], env: dict[str, str]) -> None:
+def run(args: list[str], env: dict[str, str], *, check: bool = True) -> None:
     print("$ pgvault " + " ".join(args), flush=True)
-    subprocess.run([sys.executable, "-m", "pgvault", *args], env=env, check=True)
+    subprocess.run([sys.executable, "-m", "pgvault", *args], env=env, check=check)
 
 
 def main() -> int:
@@ -64,6 +64,13 @@ def main() -> int:
         run(["list"], env)
         step("restoring pagila into a new database and verifying it against the manifest")
         run(["restore", "latest", "--database", "pagila", "--target-database", "pagila_restored", "--jobs", "2"], env)
+        step("restore drill: the newest backup into a throwaway server, checked and removed again")
+        smoke = '[{"name": "films", "sql": "SELECT count(*) FROM film", "database": "pagila", "min": 1000}]'
+        run(["drill"], {**env, "PGVAULT_DRILL_SMOKE_QUERIES": smoke})
+        step("verifying every stored object (sizes, checksums, decryption, decompression)")
+        run(["verify", "--all"], env)
+        step("status for the on-call (exit 0 OK, 1 WARNING, 2 CRITICAL)")
+        run(["status"], env, check=False)
         step("done")
         print(f"repository: {demo / 'repo'}  (objects: {sum(1 for p in (demo / 'repo').rglob('*') if p.is_file())})")
     finally:

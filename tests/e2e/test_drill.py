@@ -42,13 +42,17 @@ def _check(report: dict, name: str) -> dict:  # type: ignore[type-arg]
 
 
 def test_logical_drill_passes_and_is_recorded(pg_cluster, pagila, local_env) -> None:  # type: ignore[no-untyped-def]
-    backup = pgvault(["backup", "--database", pagila, "--json"], local_env).json()["backup"]
-    env = {**local_env, "PGVAULT_DRILL_SMOKE_QUERIES": json.dumps(SMOKE)}
+    # With the "postgres" database too, which every scratch server already has (as with --all).
+    backup = pgvault(["backup", "-d", pagila, "-d", "postgres", "--json"], local_env).json()["backup"]
+    env = {**local_env, "PGVAULT_DRILL_SMOKE_QUERIES": json.dumps(
+        [{**q, "database": "pagila"} for q in SMOKE] + [{"sql": "SELECT current_database()", "database": "postgres",
+                                                         "expect": "pgvault_drill_postgres"}])}
     report = _drill(env)
     assert report["ok"] and report["backup_id"] == backup["backup_id"] and report["backup_kind"] == "logical"
     assert report["target"]["kind"] == "scratch server" and report["restore_seconds"] > 0
-    assert _check(report, "pagila: row counts")["ok"]
+    assert _check(report, "pagila: row counts")["ok"] and _check(report, "postgres: row counts")["ok"]
     assert "constraints valid" in _check(report, "pagila: constraints")["detail"]
+    assert _check(report, "smoke: SELECT current_database()")["ok"]
     assert _check(report, "smoke: films")["ok"] and _check(report, "smoke: first film")["ok"]
     assert all(c["seconds"] >= 0 for c in report["checks"])
     # The report is in the repository, under drills/<YYYY>/<MM>/, and in the history.

@@ -38,6 +38,9 @@ from pgvault.repository.catalog import resolve_logical
 from pgvault.repository.drills import Check, DrillReport, list_drills, save_drill
 
 
+_INITDB_DATABASES = {"postgres", "template1", "template0"}
+
+
 @dataclass(frozen=True)
 class DrillRequest:
     kind: str = "logical"  # logical | physical
@@ -160,7 +163,8 @@ def _logical(ctx: Context, req: DrillRequest, drill_id: str, checks: list[Check]
         server = ScratchServer.create(bindir, environ=ctx.environ)
         cleanups.append(server.destroy)
         info = server.conninfo()
-        names = {d.name: d.name for d in m.databases}
+        # initdb made postgres/template1 already: those restore under another name.
+        names = {d.name: d.name if d.name not in _INITDB_DATABASES else f"pgvault_drill_{d.name}" for d in m.databases}
         target.update(kind="scratch server", server_version=bindir.version, port=server.port)
     dctx = Context(settings=ctx.settings, storage=ctx.storage, conn=info, environ=ctx.environ)
     restore_seconds = 0.0
