@@ -179,3 +179,20 @@ def test_one_backup_per_cluster_and_killed_backup_leaves_no_trace(pg_cluster, sc
     assert pgvault(["list", "--json"], local_env).json()["backups"] == []
     pgvault(["backup", "-d", scratch_db], local_env)
     assert len(pgvault(["list", "--json"], local_env).json()["backups"]) == 1
+
+
+def test_row_count_mismatch_exits_9_with_one_json_document(pg_cluster, pagila, scratch_db, local_env) -> None:  # type: ignore[no-untyped-def]
+    import json
+    from pathlib import Path
+
+    backup = pgvault(["backup", "-d", pagila, "--json"], local_env).json()["backup"]
+    [manifest] = Path(local_env["PGVAULT_REPOSITORY_URL"]).glob(f"*/logical/*/*/{backup['backup_id']}/manifest.json")
+    doc = json.loads(manifest.read_text())
+    next(t for t in doc["databases"][0]["tables"] if t["name"] == "film")["rows"] += 5
+    manifest.write_text(json.dumps(doc))
+    res = pgvault(["restore", "latest", "-d", pagila, "-t", scratch_db, "--json"], local_env, check=False)
+    assert res.returncode == 9 and "does not match the manifest" in res.stderr
+    out = json.loads(res.stdout)  # exactly one document: the comparison
+    assert out["kind"] == "restore" and out["restore"]["verified"] is False
+    [bad] = [c for c in out["restore"]["checks"] if not c["ok"]]
+    assert bad["table"] == "public.film" and bad["expected"] == bad["actual"] + 5

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from pgvault.cli import context_from, emit
@@ -70,8 +71,11 @@ def run(args: argparse.Namespace) -> int:
         result = restore(ctx, req)
     except VerificationError as e:
         details = e.details
-        if isinstance(details, RestoreResult):
-            emit(args, "restore", {"restore": _payload(details)}, lambda: _render(details))
-        raise
+        if not isinstance(details, RestoreResult):
+            raise
+        # One document on stdout: the full comparison (verified: false); the reason on stderr.
+        emit(args, "restore", {"restore": _payload(details)}, lambda: _render(details))
+        print(f"pgvault: error: {e.message}", file=sys.stderr)
+        return e.exit_code
     emit(args, "restore", {"restore": _payload(result)}, lambda: _render(result))
     return 0
