@@ -593,10 +593,8 @@ def test_two_expires_exclude_each_other(tmp_path: Path) -> None:
 
 def test_backup_lock_names_match_the_backup_operations() -> None:
     from pgvault.operations import basebackup, logical
-    from pgvault.repository import locks
 
     assert expire_op.BACKUP_LOCKS == {"logical": logical.LOCK_OPERATION, "base": basebackup.LOCK_OPERATION}
-    assert expire_op.LOCK_TTL_SECONDS == locks.TTL_SECONDS
 
 
 class RecordingStorage(MemoryStorage):

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
-import socket
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +29,7 @@ from pgvault.operations.retention import (
 from pgvault.pg import wal
 from pgvault.repository import layout
 from pgvault.repository.catalog import load_physical, read_cluster_info
+from pgvault.repository.locks import stale_reason
 from pgvault.storage import ObjectNotFound, Storage
 
 LOCK_OPERATION = "expire"
@@ -38,7 +37,6 @@ LOCK_OPERATION = "expire"
 # operations/basebackup.py; not imported, because they pull in psycopg).  While one is live its
 # kind's folders are not swept.
 BACKUP_LOCKS = {"logical": "logical-backup", "base": "base-backup"}
-LOCK_TTL_SECONDS = 180.0  # repository/locks.py TTL_SECONDS: a heartbeat older than this is stale
 
 
 def _utcnow() -> dt.datetime:
@@ -54,31 +52,17 @@ def _parse_time(text: str) -> dt.datetime | None:
 
 
 def lock_holder(storage: Storage, cluster: str, operation: str, real_now: dt.datetime) -> str | None:
-    """Who holds ``operation``'s lock (a description), or None when it is absent or stale."""
+    """Who holds ``operation``'s lock (a description), or None when it is absent or stale
+    (the same judgement a backup makes before taking a stale lock over)."""
     try:
         doc = json.loads(storage.read_bytes(layout.lock_key(cluster, operation)))
     except ObjectNotFound:
         return None
     except ValueError:
-        return None  # unreadable: the next backup takes it over as stale (repository/locks.py)
-    if not isinstance(doc, dict):
+        return None  # unreadable: the next backup takes it over as stale
+    if stale_reason(doc, now=real_now) is not None:
         return None
-    beat = _parse_time(str(doc.get("heartbeat_at", "")))
-    try:
-        ttl = float(doc.get("ttl_seconds", LOCK_TTL_SECONDS))
-        pid = int(doc.get("pid", 0))
-    except (TypeError, ValueError):
-        return None
-    if beat is None or (real_now - beat).total_seconds() > ttl:
-        return None
-    if doc.get("host") == socket.gethostname() and pid > 0:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return None
-        except PermissionError:
-            pass
-    return f"host {doc.get('host')}, pid {pid}"
+    return f"host {doc.get('host')}, pid {doc.get('pid')}"
 
 
 def _physical_record(storage: Storage, cluster: str, folder: Folder) -> Backup | None:

@@ -64,22 +64,7 @@ class RepositoryLock:
         return json.dumps(doc).encode()
 
     def _stale_reason(self, doc: object) -> str | None:
-        # A lock someone damaged by hand must not wedge every future backup: unreadable = stale.
-        if not isinstance(doc, dict):
-            return "unreadable lock"
-        try:
-            beat = dt.datetime.fromisoformat(str(doc["heartbeat_at"]))
-            if beat.tzinfo is None:
-                beat = beat.replace(tzinfo=dt.timezone.utc)
-            ttl = float(doc.get("ttl_seconds", TTL_SECONDS))
-            pid = int(doc.get("pid", 0))
-        except (KeyError, ValueError, TypeError):
-            return "unreadable lock"
-        if doc.get("host") == socket.gethostname() and pid > 0 and not _pid_alive(pid):
-            return f"owner process {pid} is gone"
-        if (_now() - beat).total_seconds() > ttl:
-            return f"no heartbeat since {beat.isoformat()}"
-        return None
+        return stale_reason(doc)
 
     def acquire(self) -> None:
         """Take the lock or raise :class:`LockedError` naming the holder."""
@@ -137,3 +122,24 @@ class RepositoryLock:
 
     def __exit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
         self.release()
+
+
+def stale_reason(doc: object, *, now: dt.datetime | None = None) -> str | None:
+    """Why a lock document no longer holds (its owner is gone, no heartbeat), or None if it is live.
+
+    A lock someone damaged by hand must not wedge every future backup: unreadable = stale."""
+    if not isinstance(doc, dict):
+        return "unreadable lock"
+    try:
+        beat = dt.datetime.fromisoformat(str(doc["heartbeat_at"]))
+        if beat.tzinfo is None:
+            beat = beat.replace(tzinfo=dt.timezone.utc)
+        ttl = float(doc.get("ttl_seconds", TTL_SECONDS))
+        pid = int(doc.get("pid", 0))
+    except (KeyError, ValueError, TypeError):
+        return "unreadable lock"
+    if doc.get("host") == socket.gethostname() and pid > 0 and not _pid_alive(pid):
+        return f"owner process {pid} is gone"
+    if ((now or _now()) - beat).total_seconds() > ttl:
+        return f"no heartbeat since {beat.isoformat()}"
+    return None
