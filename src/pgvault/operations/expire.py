@@ -43,14 +43,6 @@ def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
-def _parse_time(text: str) -> dt.datetime | None:
-    try:
-        t = dt.datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    return t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc)
-
-
 def lock_holder(storage: Storage, cluster: str, operation: str, real_now: dt.datetime) -> str | None:
     """Who holds ``operation``'s lock (a description), or None when it is absent or stale
     (the same judgement a backup makes before taking a stale lock over)."""
