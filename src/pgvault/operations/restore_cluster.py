@@ -356,6 +356,7 @@ def restore_cluster(ctx: Context, opts: RestoreOptions, plan: Plan | None = None
             _prepare(home, "tablespace location", False, created)
         jobs = [(o, data_dir, True) for o in (b.base, *b.base_parts)]
         jobs += [(t.object, homes[t.oid], False) for t in b.tablespaces]
+        t_unpack = time.monotonic()
         for (obj, into, _base), n in zip(jobs, _extract_all(ctx, b, jobs)):
             logger.info("%s: %d files in %s", obj.name, n, into)
         owner_ref = data_dir / "PG_VERSION"
@@ -385,7 +386,11 @@ def restore_cluster(ctx: Context, opts: RestoreOptions, plan: Plan | None = None
         written += [data_dir / AUTO_CONF, data_dir / "recovery.signal"]
         _chown_like(written, owner_ref)
         _chown_like([data_dir, *homes.values()], owner_ref, trees=True)
+        t_sync = time.monotonic()
         os.sync()
+        logger.info("laid out in %.1fs: unpacking %.1fs (%d objects, %d at a time), sync %.1fs",
+                    time.monotonic() - t0, t_sync - t_unpack, len(jobs), min(ctx.settings.backup_parallel, len(jobs)),
+                    time.monotonic() - t_sync)
     except BaseException:
         for path in reversed(created):
             shutil.rmtree(path, ignore_errors=True)
