@@ -181,12 +181,25 @@ def _safe_member(member: tarfile.TarInfo) -> bool:
 _NO_FILTER: dict[str, Any] = {"filter": "fully_trusted"} if hasattr(tarfile, "fully_trusted_filter") else {}
 
 
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _extract(ctx: Context, backup: PhysicalManifest, obj: StoredObject, into: Path, *, base: bool) -> int:
     """Stream one stored tar into ``into``; the checksum is verified when the stream ends."""
     key = layout.base_prefix(backup.cluster, backup.backup_id) + obj.key
     identities = ctx.identities() if backup.pipeline.encryption != "none" else []
     rfd, wfd = os.pipe()
     state: dict[str, Any] = {"files": 0}
+    # Each file is flushed to disk in the background as soon as it is written, overlapping the
+    # disk's work with the unpacking of the next files (as pgBackRest does per file); the final
+    # sync then finds little left to do.
+    flusher = cf.ThreadPoolExecutor(max_workers=2, thread_name_prefix="fsync")
+    flushes: list[cf.Future[None]] = []
 
     def consume() -> None:
         try:
@@ -204,7 +217,9 @@ def _extract(ctx: Context, backup: PhysicalManifest, obj: StoredObject, into: Pa
                             # makedirs fails if another part creates the directory first).
                             os.makedirs(into / parent, exist_ok=True)
                         tar.extract(member, into, set_attrs=True, **_NO_FILTER)
-                        state["files"] += member.isfile()
+                        if member.isfile():
+                            state["files"] += 1
+                            flushes.append(flusher.submit(_fsync_file, into / member.name))
                 while pipe.read(1 << 20):  # drain tar's zero padding so the writer never blocks
                     pass
         except BaseException as e:  # noqa: BLE001 - re-raised in the caller
@@ -226,6 +241,10 @@ def _extract(ctx: Context, backup: PhysicalManifest, obj: StoredObject, into: Pa
             raise IntegrityError(f"base backup {backup.backup_id} is damaged: object {key} is missing") from None
     finally:
         consumer.join()
+        flusher.shutdown(wait=True)
+    for f in flushes:
+        if f.exception() is not None and "error" not in state:
+            state["error"] = f.exception()
     if "error" in state:
         err = state["error"]
         if isinstance(err, PgvaultError):
