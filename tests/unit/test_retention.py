@@ -19,9 +19,10 @@ from pgvault.errors import LockedError
 from pgvault.operations import expire as expire_op
 from pgvault.operations.context import Context, build_context
 from pgvault.operations.retention import (
-    DELETE_REASON, Backup, Decision, Folder, Inventory, LogicalPolicy, PhysicalPolicy, Policy, WalFile, fmt_duration,
-    group_folders, group_wal, make_plan, plan_debris, plan_logical, plan_physical, plan_wal,
+    DELETE_REASON, Backup, Decision, Folder, Inventory, LogicalPolicy, PhysicalPolicy, Policy, fmt_duration,
+    group_folders, make_plan, plan_debris, plan_logical, plan_physical,
 )
+from pgvault.operations.retention_wal import WalFile, group_wal, plan_wal
 from pgvault.pg import wal
 from pgvault.pg.conn import ConnInfo
 from pgvault.pipeline import PipelineSpec, StreamResult, all_suffixes

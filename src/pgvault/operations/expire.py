@@ -24,8 +24,9 @@ from pgvault import log
 from pgvault.errors import IntegrityError, NotFoundError
 from pgvault.operations.context import Context
 from pgvault.operations.retention import (
-    Backup, Debris, Folder, Inventory, Policy, RetentionPlan, group_folders, group_wal, make_plan,
+    Backup, Debris, Folder, Inventory, Policy, RetentionPlan, group_folders, make_plan,
 )
+from pgvault.operations.retention_wal import group_wal
 from pgvault.pg import wal
 from pgvault.repository import layout
 from pgvault.repository.catalog import load_physical, read_cluster_info
