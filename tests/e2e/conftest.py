@@ -6,10 +6,11 @@ import subprocess
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 
+from support.archiving import ArchivingCluster, make_archiving_cluster
 from support.cli import clean_env
 
 
@@ -77,3 +78,20 @@ def table_counts(cluster, dbname: str) -> dict[str, int]:  # type: ignore[no-unt
     for name in out.splitlines():
         counts[name.replace('"', "")] = int(cluster.psql(f"SELECT count(*) FROM ONLY {name}", dbname=dbname))
     return counts
+
+
+@pytest.fixture
+def archiving(make_pg_cluster, pgvault_launcher: Path, age_key: AgeKey) -> Iterator[Callable[..., ArchivingCluster]]:  # type: ignore[no-untyped-def]
+    """Factory for servers archiving into a pgvault repository (support/archiving.py):
+    ``archiving(major, s3=None, cluster_name="pitr", settings=None)``; restored copies are stopped
+    and everything removed after the test."""
+    made: list[ArchivingCluster] = []
+
+    def make(major: int | None, **kw: Any) -> ArchivingCluster:
+        a = make_archiving_cluster(make_pg_cluster, pgvault_launcher, age_key, major=major, **kw)
+        made.append(a)
+        return a
+
+    yield make
+    for a in made:
+        a.close()

@@ -11,11 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from support.archiving import ArchivingCluster, make_archiving_cluster
 from support.cli import pgvault
 from support.pg_fixtures import pg_majors
 
-from .conftest import AgeKey
 
 SMOKE = [{"name": "films", "sql": "SELECT count(*) FROM film", "min": 1000},
          {"name": "first film", "sql": "SELECT title FROM film WHERE film_id = 1", "expect": "ACADEMY DINOSAUR"}]
@@ -102,23 +100,11 @@ def test_logical_drill_failures_are_reported_and_cleaned_up(pg_cluster, pagila, 
     assert [d["ok"] for d in history] == [False, False, False, False]
 
 
-@pytest.fixture
-def archiving(make_pg_cluster, pgvault_launcher: Path, age_key: AgeKey):  # type: ignore[no-untyped-def]
-    made: list[ArchivingCluster] = []
-
-    def make(major: int | None) -> ArchivingCluster:
-        a = make_archiving_cluster(make_pg_cluster, pgvault_launcher, age_key, major=major, cluster_name="drill")
-        made.append(a)
-        return a
-
-    yield make
-    for a in made:
-        a.close()
 
 
 @pytest.mark.parametrize("major", pg_majors()[-1:] or [None])
 def test_physical_drill_restores_checks_and_removes_a_scratch_cluster(major, archiving) -> None:  # type: ignore[no-untyped-def]
-    a = archiving(major)
+    a = archiving(major, cluster_name="drill")
     a.cluster.psql("CREATE TABLE ticks(i int PRIMARY KEY); INSERT INTO ticks SELECT generate_series(1, 500)")
     a.basebackup()
     a.cluster.psql("INSERT INTO ticks SELECT generate_series(501, 800)")

@@ -10,11 +10,11 @@ import shutil
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import pytest
 
-from support.archiving import ArchivingCluster, make_archiving_cluster
+from support.archiving import ArchivingCluster
 from support.cli import clean_env, pgvault
 from support.pg_fixtures import pg_majors
 
@@ -160,18 +160,6 @@ def test_expire_sweeps_debris_older_than_the_grace_and_leaves_younger_alone(env:
 # --- base backups and WAL -----------------------------------------------------------------------
 
 
-@pytest.fixture
-def archiving(make_pg_cluster, pgvault_launcher: Path, age_key: AgeKey) -> Iterator[Any]:  # type: ignore[no-untyped-def]
-    made: list[ArchivingCluster] = []
-
-    def make(major: int | None) -> ArchivingCluster:
-        a = make_archiving_cluster(make_pg_cluster, pgvault_launcher, age_key, major=major)
-        made.append(a)
-        return a
-
-    yield make
-    for a in made:
-        a.close()
 
 
 def _ticks(a: ArchivingCluster, first: int, last: int) -> None:

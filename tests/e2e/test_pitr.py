@@ -14,28 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from support.archiving import ArchivingCluster, Restored, make_archiving_cluster
+from support.archiving import ArchivingCluster, Restored
 from support.cli import pgvault
 from support.pg_fixtures import pg_majors
 
-from .conftest import AgeKey
 
 N_ROWS = 200
 RESTORE_POINT_AT = 160
 
 
-@pytest.fixture
-def archiving(make_pg_cluster, pgvault_launcher: Path, age_key: AgeKey):  # type: ignore[no-untyped-def]
-    made: list[ArchivingCluster] = []
-
-    def make(major: int | None, **kw: object) -> ArchivingCluster:
-        a = make_archiving_cluster(make_pg_cluster, pgvault_launcher, age_key, major=major, **kw)  # type: ignore[arg-type]
-        made.append(a)
-        return a
-
-    yield make
-    for a in made:
-        a.close()
 
 
 @pytest.fixture(params=["local", "s3"])

@@ -18,7 +18,7 @@ from typing import Any, Iterator
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from support.archiving import ArchivingCluster, make_archiving_cluster
+from support.archiving import ArchivingCluster
 from support.cli import clean_env, pgvault, start
 from support.pg_fixtures import pg_majors
 from support.pgcluster import PgCluster, free_port
@@ -194,23 +194,11 @@ def test_the_metrics_endpoint_serves_the_documented_names_fresh_per_scrape(env: 
     assert proc.returncode == 0, err
 
 
-@pytest.fixture
-def archiving(make_pg_cluster, pgvault_launcher: Path, age_key: AgeKey) -> Iterator[Any]:  # type: ignore[no-untyped-def]
-    made: list[ArchivingCluster] = []
-
-    def make(major: int | None) -> ArchivingCluster:
-        a = make_archiving_cluster(make_pg_cluster, pgvault_launcher, age_key, major=major, cluster_name="mon")
-        made.append(a)
-        return a
-
-    yield make
-    for a in made:
-        a.close()
 
 
 @pytest.mark.parametrize("major", pg_majors()[-1:] or [None])
 def test_physical_backups_window_and_archiver(major: int | None, archiving: Any) -> None:
-    a: ArchivingCluster = archiving(major)
+    a: ArchivingCluster = archiving(major, cluster_name="mon")
     backup = a.basebackup()
     a.cluster.psql("CREATE TABLE t(i int); INSERT INTO t VALUES (1)")
     a.switch_and_wait()

@@ -10,25 +10,12 @@ from typing import Any
 
 import pytest
 
-from support.archiving import ArchivingCluster, make_archiving_cluster
+from support.archiving import ArchivingCluster
 from support.cli import Result, pgvault
 from support.pg_fixtures import pg_majors
 
-from .conftest import AgeKey
 
 
-@pytest.fixture
-def archiving(make_pg_cluster, pgvault_launcher: Path, age_key: AgeKey):  # type: ignore[no-untyped-def]
-    made: list[ArchivingCluster] = []
-
-    def make(major: int | None, **kw: object) -> ArchivingCluster:
-        a = make_archiving_cluster(make_pg_cluster, pgvault_launcher, age_key, major=major, **kw)  # type: ignore[arg-type]
-        made.append(a)
-        return a
-
-    yield make
-    for a in made:
-        a.close()
 
 
 def _no_postgres(a: ArchivingCluster, **extra: str) -> dict[str, str]:
