@@ -38,6 +38,7 @@ from pgvault.pipeline import PipelineSpec, StreamResult, all_suffixes, read_stre
 from pgvault.repository import layout
 from pgvault.repository.catalog import ensure_cluster, read_cluster_info
 from pgvault.storage import ObjectNotFound
+from pgvault.storage.local import fsync_path
 
 META_FORMAT = 1
 
@@ -68,8 +69,11 @@ def load_meta(ctx: Context, name: str) -> dict[str, Any]:
     return doc
 
 
-def push(ctx: Context, path: str, *, pgdata: str | None = None) -> PushResult:
-    """Archive one WAL file durably; idempotent for identical content, refuses different content."""
+def push(ctx: Context, path: str, *, pgdata: str | None = None, known: dict[str, Any] | None = None) -> PushResult:
+    """Archive one WAL file durably; idempotent for identical content, refuses different content.
+
+    ``known``: the cluster descriptor, when the caller already read it (the background pusher: a
+    descriptor with its segment size never changes, so one read serves every segment)."""
     src = Path(path)
     name = src.name
     kind = _kind(name)
@@ -82,7 +86,8 @@ def push(ctx: Context, path: str, *, pgdata: str | None = None) -> PushResult:
     else:
         sysid, seg_size = read_system_identifier(data_dir), None
     try:
-        known = read_cluster_info(ctx.storage, ctx.cluster)
+        if known is None or "wal_segment_size" not in known:
+            known = read_cluster_info(ctx.storage, ctx.cluster)
     except StorageError:
         # A local repository root is created only by the write check (so an unmounted volume is
         # never mistaken for an empty archive); the first push of a new archive makes it.
@@ -202,11 +207,7 @@ def fetch(ctx: Context, name: str, destination: str, *, pgdata: str | None = Non
         except OSError:
             pass
         raise
-    dir_fd = os.open(dest.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    fsync_path(dest.parent)
     return result
 
 

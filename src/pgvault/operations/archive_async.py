@@ -34,7 +34,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from pgvault import log
 from pgvault.config import Settings
@@ -214,11 +214,14 @@ def _confirm(ok: Path, src: Path) -> PushResult | None:
                       int(doc.get("stored_size", 0)), sha)
 
 
-def _push_one(ctx: Context, path: Path, data_dir: Path) -> tuple[PushResult, list[int] | None]:
+def _push_one(ctx: Context, path: Path, data_dir: Path, cache: dict[str, Any]) -> tuple[PushResult, list[int] | None]:
     from pgvault.operations.archive import push
+    from pgvault.repository.catalog import read_cluster_info
 
     before = _file_id(path)
-    r = push(ctx, str(path), pgdata=str(data_dir))
+    r = push(ctx, str(path), pgdata=str(data_dir), known=cache.get("cluster"))
+    if "cluster" not in cache:  # one read of the descriptor for the pusher's lifetime, not one per segment
+        cache["cluster"] = read_cluster_info(ctx.storage, ctx.cluster)
     return r, (before if _file_id(path) == before else None)
 
 
@@ -237,6 +240,7 @@ def run_pusher(ctx: Context, data_dir: Path, *, idle_exit: float = IDLE_EXIT,
         # Confirmed recently: the foreground consumes the .ok and PostgreSQL renames .ready to .done
         # a moment later; still ready after that (a crash before the rename) means push it again.
         pushed: dict[str, float] = {}
+        cluster_cache: dict[str, Any] = {}
         in_flight: dict[cf.Future[tuple[PushResult, list[int] | None]], str] = {}
         last_work = clock()
         with cf.ThreadPoolExecutor(max_workers=ctx.settings.archive_parallel, thread_name_prefix="push") as pool:
@@ -251,7 +255,7 @@ def run_pusher(ctx: Context, data_dir: Path, *, idle_exit: float = IDLE_EXIT,
                     if name in busy or clock() - pushed.get(name, -1e9) < 5.0 or paths.ok(name).exists() or clock() - failed_at.get(name, -1e9) < 1.0:
                         continue
                     paths.error(name).unlink(missing_ok=True)
-                    in_flight[pool.submit(_push_one, ctx, data_dir / "pg_wal" / name, data_dir)] = name
+                    in_flight[pool.submit(_push_one, ctx, data_dir / "pg_wal" / name, data_dir, cluster_cache)] = name
                 if in_flight:
                     last_work = clock()
                     done, _ = cf.wait(list(in_flight), timeout=0.05, return_when=cf.FIRST_COMPLETED)
@@ -297,6 +301,7 @@ def fetch_prefetching(ctx: Context, name: str, destination: str, *, pgdata: str 
                       passthrough: list[str]) -> StreamResult | None:
     """Foreground of ``wal fetch`` with prefetch: serve from the spool when ready, else fetch."""
     from pgvault.operations.archive import fetch
+    from pgvault.storage.local import fsync_path
 
     data_dir = Path(pgdata) if pgdata else Path.cwd()
     if wal.classify_or_none(name) is not wal.WalFileKind.SEGMENT:
@@ -309,7 +314,7 @@ def fetch_prefetching(ctx: Context, name: str, destination: str, *, pgdata: str 
     served: StreamResult | None = None
     try:
         os.replace(ready, dest)  # verified when the prefetcher wrote it; same file system as pg_wal
-        _fsync_dir(dest.parent)
+        fsync_path(dest.parent)
     except FileNotFoundError:
         served = fetch(ctx, name, destination, pgdata=pgdata)
     except OSError:  # another file system: copy (the prefetched file stays for cleanup)
@@ -317,14 +322,6 @@ def fetch_prefetching(ctx: Context, name: str, destination: str, *, pgdata: str 
     if not _is_locked(spool / "prefetch.lock"):
         spawn(["wal", "prefetch-daemon", "--pgdata", str(data_dir), *passthrough], spool, "prefetch.log")
     return served
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def run_prefetcher(ctx: Context, data_dir: Path, *, idle_exit: float = PREFETCH_IDLE_EXIT,

@@ -48,6 +48,7 @@ from pgvault.repository.catalog import list_physical, read_cluster_info
 from pgvault.repository.manifest import StoredObject
 from pgvault.repository.physical import PhysicalManifest
 from pgvault.storage import ObjectNotFound
+from pgvault.storage.local import fsync_path
 
 AUTO_CONF = "postgresql.auto.conf"
 _BLOCK_MARK = "# pgvault restore-cluster"
@@ -181,14 +182,6 @@ def _safe_member(member: tarfile.TarInfo) -> bool:
 _NO_FILTER: dict[str, Any] = {"filter": "fully_trusted"} if hasattr(tarfile, "fully_trusted_filter") else {}
 
 
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _extract(ctx: Context, backup: PhysicalManifest, obj: StoredObject, into: Path, *, base: bool) -> int:
     """Stream one stored tar into ``into``; the checksum is verified when the stream ends."""
     key = layout.base_prefix(backup.cluster, backup.backup_id) + obj.key
@@ -219,7 +212,7 @@ def _extract(ctx: Context, backup: PhysicalManifest, obj: StoredObject, into: Pa
                         tar.extract(member, into, set_attrs=True, **_NO_FILTER)
                         if member.isfile():
                             state["files"] += 1
-                            flushes.append(flusher.submit(_fsync_file, into / member.name))
+                            flushes.append(flusher.submit(fsync_path, into / member.name))
                 while pipe.read(1 << 20):  # drain tar's zero padding so the writer never blocks
                     pass
         except BaseException as e:  # noqa: BLE001 - re-raised in the caller

@@ -46,8 +46,9 @@ def _error(action: str, path: Path, exc: OSError) -> StorageError:
     return StorageError(f"cannot {action} {path}: {reason}", hint=_HINTS.get(exc.errno or 0))
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+def fsync_path(path: Path) -> None:
+    """Flush a file, or a directory's entries, to disk (the one fsync helper of the package)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         os.fsync(fd)
     finally:
@@ -89,7 +90,7 @@ class _LocalWriter(WriterContextMixin):
             self._file.close()
             os.replace(self._tmp, self._dest)
             self._state = "committed"
-            _fsync_dir(self._dest.parent)
+            fsync_path(self._dest.parent)
         except OSError as exc:
             if self._state != "committed":
                 self.abort()
@@ -155,7 +156,7 @@ class LocalStorage:
         for d in reversed(missing):
             try:
                 os.mkdir(d, _DIR_MODE)
-                _fsync_dir(d.parent)
+                fsync_path(d.parent)
             except FileExistsError:
                 if not d.is_dir():
                     raise _error("create directory", d, OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))) from None
@@ -213,7 +214,7 @@ class LocalStorage:
             except OSError:
                 pass
         try:
-            _fsync_dir(dest.parent)
+            fsync_path(dest.parent)
         except OSError as exc:
             raise _error("write", dest, exc) from exc
 
