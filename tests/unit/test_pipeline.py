@@ -558,6 +558,68 @@ def test_a_sink_failing_on_its_last_write_fails_write_stream(compression: str, e
         write_stream(io.BytesIO(data), FailsOnWrite(counter.writes), spec)
 
 
+class FailsOnce:
+    """A stream whose n-th call fails while the calls after it would succeed: a full disk that a
+    later, smaller write fits on again, or Ctrl-C landing in one read or write."""
+
+    def __init__(self, exc: BaseException, fail_on: int, data: bytes = b"") -> None:
+        self.exc = exc
+        self.calls = 0
+        self.calls_after_failure = 0
+        self._fail_on = fail_on
+        self._buf = io.BytesIO(data)
+
+    def _call(self) -> None:
+        self.calls += 1
+        if self.calls == self._fail_on:
+            raise self.exc
+        if self.calls > self._fail_on:
+            self.calls_after_failure += 1
+
+    def write(self, data: bytes) -> int:
+        self._call()
+        return len(data)
+
+    def read(self, size: int = -1) -> bytes:
+        self._call()
+        return self._buf.read(min(size, 8192))
+
+
+def _once_failures() -> list[BaseException]:
+    return [OSError(28, "No space left on device"), KeyboardInterrupt(), BrokenPipeError(32, "Broken pipe")]
+
+
+@pytest.mark.parametrize(("compression", "encryption"), COMBOS)
+@pytest.mark.parametrize("exc", _once_failures(), ids=lambda e: type(e).__name__)
+def test_a_sink_failing_once_is_reported_as_itself_not_as_corruption(
+    compression: str, encryption: str, exc: BaseException, key: AgeKey
+) -> None:
+    # Issue 8: a full spool disk or Ctrl-C during a restore came out as "corrupt compressed data":
+    # pyrage writes on after a failed write, the chunk that failed is missing downstream, and the
+    # decompressor's complaint about the gap replaced the real error.
+    spec = make_spec(compression, encryption, key)
+    stored, result = store(csv_like(20_000), spec)
+    sink = FailsOnce(exc, fail_on=2)
+    with pytest.raises(type(exc)) as raised:
+        read_stream(io.BytesIO(stored), sink, spec, identities=[key.secret], expected=result, chunk_size=16384)
+    assert raised.value is exc
+    assert sink.calls_after_failure == 0  # nothing after the gap reached the sink
+
+
+@pytest.mark.parametrize(("compression", "encryption"), COMBOS)
+@pytest.mark.parametrize("exc", _once_failures()[:2], ids=lambda e: type(e).__name__)
+def test_a_source_failing_once_is_reported_as_itself(compression: str, encryption: str, exc: BaseException, key: AgeKey) -> None:
+    spec = make_spec(compression, encryption, key)
+    data = csv_like(20_000)
+    stored, result = store(data, spec)
+    with pytest.raises(type(exc)) as raised:
+        read_stream(FailsOnce(exc, 3, stored), WriteOnlySink(), spec, identities=[key.secret], expected=result)
+    assert raised.value is exc
+    with pytest.raises(type(exc)) as raised:
+        write_stream(FailsOnce(exc, 3, data), io.BytesIO(), spec)
+    assert raised.value is exc
+
+
 # --- bounded memory ----------------------------------------------------------------------------------
 
 

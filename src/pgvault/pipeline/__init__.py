@@ -237,7 +237,9 @@ def read_stream(
     compressed data, truncation, an identity that does not match, stored or raw bytes that differ
     from ``expected`` - with a message saying which, never containing key material.  Returns
     the observed :class:`StreamResult`.  Raises :class:`ConfigError` for missing or unparsable
-    identities; exceptions from ``source`` and ``sink`` propagate unchanged.
+    identities; exceptions from ``source`` and ``sink`` propagate unchanged, and once the sink has
+    failed its failure is what this raises (the stream is then incomplete downstream, which is
+    not damage of the stored bytes).
     """
     _check_tuning(chunk_size, 0)
     codec = _codec_for_reading(spec)
@@ -252,10 +254,12 @@ def read_stream(
 
     stored = DigestReader(source, max_size=expected.stored_size if expected is not None else None)
     identity_pipeline = codec.name == "none" and spec.encryption == "none"
-    raw = None if identity_pipeline else DigestWriter(sink)
+    out = _SinkGuard(sink)
+    raw = None if identity_pipeline else DigestWriter(out)
+    failure: BaseException | None = None
     try:
         if raw is None:
-            _pump(stored, sink, chunk_size)
+            _pump(stored, out, chunk_size)
         else:
             decompressor = codec.decompressing_writer(raw, chunk_size=chunk_size)
             if spec.encryption == "age":
@@ -270,13 +274,19 @@ def read_stream(
             else:
                 _pump(stored, decompressor, chunk_size)
             decompressor.finish()
-    except IntegrityError:
-        # With the manifest's figures a short or altered object is named as such, which is more
-        # useful than whatever the decoder tripped over first.
-        better = _stored_mismatch(stored, expected) if stored.eof else None
-        if better is None:
+    except BaseException as exc:
+        if out.error is not None and exc is not out.error:
+            # The sink failed first (disk full, pg_restore gone, Ctrl-C in its write): whatever a
+            # stage said afterwards is a consequence; the stored bytes were never shown bad.
+            failure = out.error
+        elif isinstance(exc, IntegrityError) and stored.eof and _stored_mismatch(stored, expected) is not None:
+            # With the manifest's figures a short or altered object is named as such, which is
+            # more useful than whatever the decoder tripped over first.
+            failure = _stored_mismatch(stored, expected)
+        else:
             raise
-        raise better from None
+    if failure is not None:
+        raise failure  # outside the handler: not chained to what it explains
 
     raw_size, raw_sha = (stored.size, stored.hexdigest()) if raw is None else (raw.size, raw.hexdigest())
     result = StreamResult(raw_size, raw_sha, stored.size, stored.hexdigest())
@@ -358,6 +368,28 @@ def _drain(source: SupportsRead, chunk_size: int) -> None:
     """Read ``source`` to EOF; any byte found there is trailing garbage."""
     if source.read(chunk_size):
         raise IntegrityError("corrupt: bytes follow the end of the age stream")
+
+
+class _SinkGuard:
+    """The caller's sink, remembering its first failure so that a stage's later complaint (a gap
+    looks like corrupt data) can never be reported instead of it; after a failure it refuses
+    further writes, so nothing that follows a lost chunk reaches the sink."""
+
+    __slots__ = ("_sink", "error")
+
+    def __init__(self, sink: SupportsWrite) -> None:
+        self._sink = sink
+        self.error: BaseException | None = None
+
+    def write(self, data: bytes, /) -> int:
+        if self.error is not None:
+            raise self.error
+        try:
+            self._sink.write(data)
+        except BaseException as exc:
+            self.error = exc
+            raise
+        return len(data)
 
 
 class _Batcher:

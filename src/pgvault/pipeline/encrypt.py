@@ -173,12 +173,23 @@ def load_identities(text: str) -> list[str]:
 
 
 class _Guard:
-    """Remembers the first exception a callback raised, because pyrage flattens it to a string."""
+    """Remembers the first exception a callback raised, because pyrage flattens it to a string.
+
+    pyrage calls a failed writer once more (and a failed reader may be retried) before it gives
+    up: forwarding that call would push the chunk *after* the lost one downstream, where the
+    decompressor reports the gap as corrupt data and hides the real failure (a full disk, Ctrl-C).
+    So after the first failure every call fails again with that same exception, touching nothing.
+    """
 
     __slots__ = ("error",)
 
     def __init__(self) -> None:
         self.error: BaseException | None = None
+
+    def _failed(self, exc: BaseException) -> BaseException:
+        if self.error is None:
+            self.error = exc
+        return self.error
 
 
 class _GuardedReader(_Guard):
@@ -189,11 +200,12 @@ class _GuardedReader(_Guard):
         self._inner = inner
 
     def read(self, size: int = -1, /) -> bytes:
+        if self.error is not None:
+            raise self.error
         try:
             return self._inner.read(size)
         except BaseException as exc:  # KeyboardInterrupt too: it must not become "corrupt data"
-            self.error = exc
-            raise
+            raise self._failed(exc)
 
 
 class _GuardedWriter(_Guard):
@@ -204,11 +216,12 @@ class _GuardedWriter(_Guard):
         self._inner = inner
 
     def write(self, data: bytes, /) -> int:
+        if self.error is not None:
+            raise self.error
         try:
             self._inner.write(data)
         except BaseException as exc:
-            self.error = exc
-            raise
+            raise self._failed(exc)
         return len(data)
 
 
