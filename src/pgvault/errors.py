@@ -118,10 +118,17 @@ class RecoveryError(PgvaultError):
 
 
 class InterruptedError_(PgvaultError):
-    """The operation was interrupted by a signal; nothing was published."""
+    """The operation was interrupted by SIGINT (Ctrl-C); nothing was published."""
 
-    exit_code = 130
+    exit_code = 130  # 128 + SIGINT, the shell's convention
     kind = "interrupted"
+
+
+class TerminatedError(InterruptedError_):
+    """The operation was stopped by SIGTERM (Kubernetes, systemd, ``timeout``); nothing was published."""
+
+    exit_code = 143  # 128 + SIGTERM: PostgreSQL reads it from restore_command as "stopped by a shutdown"
+    kind = "terminated"
 
 
 INTERNAL_ERROR_EXIT = 70

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import pgvault
 from pgvault import log
 from pgvault.config import Settings, load_settings
-from pgvault.errors import INTERNAL_ERROR_EXIT, PgvaultError
+from pgvault.cli import interrupts
+from pgvault.errors import INTERNAL_ERROR_EXIT, InterruptedError_, PgvaultError
 
 if TYPE_CHECKING:
     from pgvault.operations.context import Context
@@ -152,20 +153,46 @@ def main(argv: Sequence[str] | None = None) -> int:
     remap: Callable[[BaseException], int] | None = getattr(args, "remap_exit", None)
     started = time.time()
     error: BaseException | None = None
-    try:
-        code = int(args.func(args))
-    except PgvaultError as e:
-        _report(e, args.json)
-        code, error = (remap(e) if remap else e.exit_code), e
-    except KeyboardInterrupt as e:
-        print("pgvault: interrupted; nothing was published", file=sys.stderr)
-        code, error = 130, e
-    except Exception as e:  # noqa: BLE001 - the one place that reports unexpected failures
+    with interrupts.handling():
+        try:
+            code = int(args.func(args))
+            interrupts.finished()  # a late signal must not change the outcome or cut the job record short
+        except BaseException as e:  # noqa: BLE001 - the one place that turns failures into exit statuses
+            interrupts.finished()
+            code, error = _outcome(e, args.json, remap)
+        signum = interrupts.received()
+        if signum is not None and error is None and code != 0:
+            # The command turned the interruption into a status of its own (a report's exit 6):
+            # it still was an interruption, and says so with 128 + signal.
+            error = interrupts.error_for(signum)
+            _report(error, args.json)
+            code = error.exit_code
+        if args.command in SCHEDULED_JOBS:  # best effort, never changes the exit status
+            from pgvault.cli.metrics import record_job
+
+            record_job(args, started=started, exit_code=code, error=error)
+    return code
+
+
+def _outcome(e: BaseException, as_json: bool, remap: Callable[[BaseException], int] | None) -> tuple[int, BaseException]:
+    """Report ``e`` and choose the exit status."""
+    signum = interrupts.received()
+    if signum is not None and isinstance(e, Exception | KeyboardInterrupt):
+        # Whatever the unwinding raised on its way out (pg_dump killed by the same signal is a
+        # ToolError, a cleanup may fail), the cause was the signal: 130 / 143, never remapped,
+        # so restore_command can never mistake it for "no such file" (1).
+        err: PgvaultError = interrupts.error_for(signum)
+        _report(err, as_json)
+        return err.exit_code, err
+    if isinstance(e, PgvaultError):
+        _report(e, as_json)
+        return (remap(e) if remap else e.exit_code), e
+    if isinstance(e, KeyboardInterrupt):  # raised without our handler (not the main thread)
+        err = InterruptedError_("interrupted; nothing was published")
+        _report(err, as_json)
+        return err.exit_code, err
+    if isinstance(e, Exception):
         log.get().debug("internal error", exc_info=True)
         print(f"pgvault: internal error: {type(e).__name__}: {log.redact(str(e))}", file=sys.stderr)
-        code, error = (remap(e) if remap else INTERNAL_ERROR_EXIT), e
-    if args.command in SCHEDULED_JOBS:  # best effort, never changes the exit status
-        from pgvault.cli.metrics import record_job
-
-        record_job(args, started=started, exit_code=code, error=error)
-    return code
+        return (remap(e) if remap else INTERNAL_ERROR_EXIT), e
+    raise e  # SystemExit, GeneratorExit: not ours to judge

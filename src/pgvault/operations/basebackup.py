@@ -56,15 +56,25 @@ _EXCLUDE_FILES = {
 _COPY_BUF = 1 << 20
 
 
+class _Cancelled(PgvaultError):
+    """Another part failed or the run was interrupted: this part stops (its object is aborted)."""
+
+
 class _Padded:
     """Reads exactly ``size`` bytes from a file that may shrink while we copy it (PostgreSQL may
-    truncate a relation during a hot backup; WAL replay restores the truth), padding with zeros."""
+    truncate a relation during a hot backup; WAL replay restores the truth), padding with zeros.
 
-    def __init__(self, f: IO[bytes], size: int) -> None:
+    ``cancel`` is checked per chunk: a 1 GiB relation segment must not keep a part's thread
+    writing for seconds after the run was given up."""
+
+    def __init__(self, f: IO[bytes], size: int, cancel: threading.Event) -> None:
         self.f = f
         self.left = size
+        self.cancel = cancel
 
     def read(self, n: int = -1) -> bytes:
+        if self.cancel.is_set():
+            raise _Cancelled("base backup cancelled")
         want = self.left if n < 0 else min(n, self.left)
         data = self.f.read(want)
         if len(data) < want:
@@ -115,7 +125,8 @@ def split_parts(root: Path, paths: Iterator[Path], parts: int) -> list[list[Path
     return out
 
 
-def _write_tar(out: IO[bytes], root: Path, paths: list[Path], *, base: bool, extra: Callable[[], dict[str, bytes]]) -> int:
+def _write_tar(out: IO[bytes], root: Path, paths: list[Path], *, base: bool, extra: Callable[[], dict[str, bytes]],
+               cancel: threading.Event) -> int:
     """Stream ``paths`` (below ``root``) as a tar into ``out``; ``extra()`` supplies files appended at the end."""
     count = 0
     with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
@@ -149,7 +160,7 @@ def _write_tar(out: IO[bytes], root: Path, paths: list[Path], *, base: bool, ext
                     continue
                 with f:
                     info.size = st.st_size
-                    tar.addfile(info, _Padded(f, st.st_size))
+                    tar.addfile(info, _Padded(f, st.st_size, cancel))
                 count += 1
         owner = os.stat(root)
         for name, data in extra().items():
@@ -165,9 +176,13 @@ def _write_tar(out: IO[bytes], root: Path, paths: list[Path], *, base: bool, ext
 
 def _stream_tar(
     ctx: Context, key: str, label: str, root: Path, spec: PipelineSpec, *, base: bool,
-    extra: Callable[[], dict[str, bytes]] = dict, paths: list[Path] | None = None,
+    extra: Callable[[], dict[str, bytes]] = dict, paths: list[Path] | None = None, cancel: threading.Event | None = None,
 ) -> tuple[StoredObject, int]:
-    """Tar ``root`` in a thread into a pipe; the pipeline reads the pipe into ``key``."""
+    """Tar ``root`` in a thread into a pipe; the pipeline reads the pipe into ``key``.
+
+    ``cancel`` is shared by every part of one backup: set when any of them fails (or the run is
+    interrupted), so the others stop too and abort their objects."""
+    cancel = cancel or threading.Event()
     rfd, wfd = os.pipe()
     result: dict[str, Any] = {}
 
@@ -175,7 +190,7 @@ def _stream_tar(
         try:
             with os.fdopen(wfd, "wb", buffering=_COPY_BUF) as out:
                 members = paths if paths is not None else list(_walk(root, exclude_contents=base))
-                result["files"] = _write_tar(out, root, members, base=base, extra=extra)
+                result["files"] = _write_tar(out, root, members, base=base, extra=extra, cancel=cancel)
         except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
             result["error"] = e
 
@@ -187,6 +202,9 @@ def _stream_tar(
             producer.join()
             if "error" in result:
                 raise result["error"]
+    except BaseException:
+        cancel.set()
+        raise
     finally:
         producer.join(timeout=5)
     return StoredObject(name=label, key=key.rsplit("/", 1)[-1], result=stream), int(result.get("files", 0))
@@ -237,10 +255,15 @@ def basebackup(ctx: Context, *, pgdata: str | None = None, fast: bool = True, ar
             logger.info("base backup %s started at %s (%s)", backup_id, start, data_dir)
             stopped: dict[str, str] = {}
             tablespaces = []
+            # Set when the run is given up (a part failed, SIGTERM): the other parts' threads stop
+            # and abort their objects before we return, instead of being cut off mid-write at exit.
+            cancel = threading.Event()
+            workers: list[threading.Thread] = []
+            others: list[tuple[StoredObject, int] | BaseException | None] = []
             try:
                 for oid, name, location in spaces:
                     obj, files = _stream_tar(ctx, f"{prefix}tablespace-{oid}.tar{spec.suffix()}", f"tablespace {name}",
-                                             Path(location), spec, base=False)
+                                             Path(location), spec, base=False, cancel=cancel)
                     tablespaces.append(TablespaceEntry(oid=oid, name=name, location=location, object=obj, files=files))
 
                 def stop() -> dict[str, bytes]:
@@ -260,27 +283,29 @@ def basebackup(ctx: Context, *, pgdata: str | None = None, fast: bool = True, ar
                     return files
 
                 groups = split_parts(data_dir, _walk(data_dir, exclude_contents=True), ctx.settings.backup_parallel)
-                others: list[tuple[StoredObject, int] | BaseException | None] = [None] * (len(groups) - 1)
+                others += [None] * (len(groups) - 1)
 
                 def other_part(i: int) -> None:
                     try:
                         others[i - 1] = _stream_tar(ctx, f"{prefix}base-{i}.tar{spec.suffix()}", f"base part {i}",
-                                                    data_dir, spec, base=True, paths=groups[i])
+                                                    data_dir, spec, base=True, paths=groups[i], cancel=cancel)
                     except BaseException as e:  # noqa: BLE001 - re-raised below
                         others[i - 1] = e
 
-                workers = [threading.Thread(target=other_part, args=(i,), name=f"base-part-{i}", daemon=True)
-                           for i in range(1, len(groups))]
+                workers += [threading.Thread(target=other_part, args=(i,), name=f"base-part-{i}", daemon=True)
+                            for i in range(1, len(groups))]
                 for worker in workers:
                     worker.start()
 
                 def stop_after_all_parts() -> dict[str, bytes]:
                     for worker in workers:  # every file is copied before the backup is stopped
                         worker.join()
+                    if cancel.is_set():  # a part failed: the caller stops the backup and reports why
+                        raise _Cancelled("base backup cancelled")
                     return stop()
 
                 base_obj, base_files = _stream_tar(ctx, f"{prefix}base.tar{spec.suffix()}", "base", data_dir, spec,
-                                                   base=True, extra=stop_after_all_parts, paths=groups[0])
+                                                   base=True, extra=stop_after_all_parts, paths=groups[0], cancel=cancel)
                 for worker in workers:
                     worker.join()
                 base_parts = []
@@ -290,12 +315,19 @@ def basebackup(ctx: Context, *, pgdata: str | None = None, fast: bool = True, ar
                     assert r is not None
                     base_parts.append(r[0])
                     base_files += r[1]
-            except BaseException:
+            except BaseException as e:
+                cancel.set()
+                for worker in workers:
+                    worker.join(timeout=60)  # each aborts its object (S3: AbortMultipartUpload)
                 if not stopped:
                     try:
                         conn.execute("SELECT pg_backup_stop(false)")
                     except Exception:  # noqa: BLE001 - the session may be gone; it aborts the backup itself
                         pass
+                if isinstance(e, _Cancelled):  # stopped because another part failed: report that failure
+                    cause = next((r for r in others if isinstance(r, BaseException) and not isinstance(r, _Cancelled)), None)
+                    if cause is not None:
+                        raise cause from None
                 raise
             stop_lsn = wal.LSN.parse(stopped["lsn"])
             timeline = _label_timeline(stopped["label"])

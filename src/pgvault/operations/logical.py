@@ -172,6 +172,7 @@ def _dump_database(
     ctx: Context, runner: ToolRunner, prefix: str, spec: PipelineSpec, db: str, meta: tuple[str, str, str, int], exact: bool
 ) -> DatabaseEntry:
     snap = connect(ctx.conn, dbname=db, autocommit=False)
+    counter: _Counter | None = None
     try:
         snap.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         snap.read_only = True
@@ -195,7 +196,13 @@ def _dump_database(
             proc, ctx.storage, key, spec, ctx.settings.compression_threads, db, before_commit=counts_done
         )
     finally:
+        if counter is not None and counter.is_alive():
+            # Given up mid-count (pg_dump failed, SIGTERM): closing a connection another thread is
+            # using is unsafe in libpq, so cancel its query and let the thread end first.
+            snap.cancel_safe(timeout=5)
+            counter.join(timeout=10)
         snap.close()
+    assert counter is not None
     encoding, collate, ctype, size = meta
     return DatabaseEntry(
         name=db,
