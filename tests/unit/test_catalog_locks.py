@@ -134,6 +134,54 @@ def test_load_logical_of_a_corrupt_manifest_names_the_key(repo: MemoryStorage) -
         catalog.load_logical(repo, "main", "20260101T000000Z")
 
 
+@pytest.mark.parametrize("data", [b"{\"format\": 1, \"kind\": \"log", b"[]", b'{"format": 1, "kind": "logical"}'],
+                         ids=["truncated", "not-an-object", "missing-fields"])
+def test_a_damaged_manifest_is_listed_apart_and_hides_nothing(repo: MemoryStorage, data: bytes) -> None:
+    put_backup(repo, "20260101T000000Z")
+    key = layout.logical_prefix("main", "20260102T000000Z") + layout.MANIFEST_NAME
+    repo.put_if_absent(key, data)
+    put_backup(repo, "20260103T000000Z")
+    good, damaged = catalog.scan_logical(repo, "main")
+    assert [m.backup_id for m in good] == ["20260101T000000Z", "20260103T000000Z"]
+    [d] = damaged
+    assert (d.kind, d.backup_id, d.key) == ("logical", "20260102T000000Z", key) and key in d.reason
+    assert [m.backup_id for m in catalog.list_logical(repo, "main")] == ["20260101T000000Z", "20260103T000000Z"]
+    # Asked for by its id it is an integrity error (exit 6) that says what is wrong and what to do.
+    with pytest.raises(catalog.DamagedManifestError) as exc:
+        catalog.resolve_logical(repo, "main", "20260102T000000Z")
+    assert exc.value.exit_code == 6 and "logical backup 20260102T000000Z is damaged" in exc.value.message
+    assert exc.value.hint and "pgvault list" in exc.value.hint
+
+
+def test_latest_passes_over_a_damaged_manifest_with_a_warning(repo: MemoryStorage, caplog: pytest.LogCaptureFixture) -> None:
+    put_backup(repo, "20260101T000000Z")
+    repo.put_if_absent(layout.logical_prefix("main", "20260102T000000Z") + layout.MANIFEST_NAME, b"{trunc")
+    assert catalog.resolve_logical(repo, "main", "latest").backup_id == "20260101T000000Z"
+    assert "20260102T000000Z" in caplog.text
+
+
+def test_a_damaged_base_manifest_is_listed_apart(repo: MemoryStorage) -> None:
+    key = layout.base_prefix("main", "20260102T000000Z") + layout.MANIFEST_NAME
+    repo.put_if_absent(key, b"\x00garbage")
+    good, damaged = catalog.scan_physical(repo, "main")
+    assert good == [] and [(d.kind, d.backup_id) for d in damaged] == [("physical", "20260102T000000Z")]
+    with pytest.raises(catalog.DamagedManifestError, match="base backup 20260102T000000Z is damaged"):
+        catalog.load_physical(repo, "main", "20260102T000000Z")
+
+
+def test_scan_caches_good_manifests_only(repo: MemoryStorage) -> None:
+    put_backup(repo, "20260101T000000Z")
+    key = layout.logical_prefix("main", "20260102T000000Z") + layout.MANIFEST_NAME
+    repo.put_if_absent(key, b"{trunc")
+    cache: dict[str, LogicalManifest] = {}
+    assert len(catalog.scan_logical(repo, "main", cache=cache)[1]) == 1
+    assert list(cache) == ["20260101T000000Z"]
+    repo.delete(key)
+    put_backup(repo, "20260102T000000Z")  # repaired: counts again
+    good, damaged = catalog.scan_logical(repo, "main", cache=cache)
+    assert [m.backup_id for m in good] == ["20260101T000000Z", "20260102T000000Z"] and damaged == []
+
+
 def test_resolve_by_id(repo: MemoryStorage) -> None:
     put_backup(repo, "20260101T000000Z")
     put_backup(repo, "20260102T000000Z")

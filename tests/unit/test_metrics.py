@@ -149,6 +149,17 @@ def test_drills() -> None:
     assert codes(healthy(drill_error="bad JSON")) == {"drills_unreadable": WARNING}
 
 
+def test_a_damaged_manifest_is_a_warning_naming_it() -> None:
+    from pgvault.repository.catalog import DamagedManifest
+
+    bad = DamagedManifest("logical", "20261125T030000Z", "c/logical/2026/11/20261125T030000Z/manifest.json",
+                          "manifest c/logical/2026/11/20261125T030000Z/manifest.json is unreadable: JSONDecodeError")
+    s = healthy(damaged=(bad,))
+    [r] = evaluate(s)
+    assert (r.level, r.code) == (WARNING, "manifest_damaged") and "20261125T030000Z" in r.message
+    assert snapshot_json(s, [r])["damaged"][0]["backup_id"] == "20261125T030000Z"
+
+
 def test_jobs_and_verify() -> None:
     assert codes(healthy(jobs={"backup": job("backup", False)})) == {"job_failed": WARNING}
     bad = job("verify", False, details={"checked": 9, "failures": 2}, kind="integrity")

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from pgvault import log
 from pgvault.cli import context_from, emit
-from pgvault.repository.catalog import list_logical, list_physical, resolve_logical
+from pgvault.repository.catalog import resolve_logical, scan_logical, scan_physical
 from pgvault.operations.status import ArchiveSummary, StatusSnapshot, archive_summary
 from pgvault.output import human_bytes, human_duration, table
 
@@ -28,8 +29,11 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
 
 def run_list(args: argparse.Namespace) -> int:
     ctx = context_from(args)
-    backups = list_logical(ctx.storage, ctx.cluster)
-    physical = list_physical(ctx.storage, ctx.cluster)
+    # A damaged manifest is a row of its own, not a reason to show nothing (one bad file must
+    # not hide every good backup from the person about to restore).
+    backups, damaged = scan_logical(ctx.storage, ctx.cluster)
+    physical, damaged_physical = scan_physical(ctx.storage, ctx.cluster)
+    damaged += damaged_physical
     summary: list[dict[str, Any]] = [
         {
             "backup_id": m.backup_id,
@@ -65,17 +69,22 @@ def run_list(args: argparse.Namespace) -> int:
         for p in physical
     ]
     summary.sort(key=lambda d: (d["started_at"], d["kind"]))
+    for d in damaged:
+        log.get().warning("%s backup %s is damaged: %s", d.kind, d.backup_id, d.reason)
 
     def human() -> str:
-        if not summary:
+        if not summary and not damaged:
             return f"no backups of cluster {ctx.cluster!r} in {ctx.storage.url}"
         rows = [
-            (d["backup_id"], d["kind"], d["started_at"][:19].replace("T", " "), human_duration(d["duration_seconds"]),
+            (d["backup_id"], d["kind"], "ok", d["started_at"][:19].replace("T", " "), human_duration(d["duration_seconds"]),
              ",".join(d["databases"]) if "databases" in d else f"{d['start_lsn']}..{d['stop_lsn']} tl {d['timeline']}",
              human_bytes(d["stored_size"]), d["server_version"])
             for d in summary
         ]
-        return table(["id", "kind", "started (UTC)", "took", "contents", "stored", "server"], rows, right=(3, 5))
+        # The id is the start time: damaged rows sort in among the others, the reason in "contents".
+        rows += [(d.backup_id, d.kind, "damaged", "", "", d.reason, "", "") for d in damaged]
+        rows.sort(key=lambda r: (r[0], r[1]))
+        return table(["id", "kind", "state", "started (UTC)", "took", "contents", "stored", "server"], rows, right=(4, 6))
 
     archive = archive_summary(ctx, physical)
 
@@ -86,6 +95,7 @@ def run_list(args: argparse.Namespace) -> int:
         return text
 
     emit(args, "backup_list", {"cluster": ctx.cluster, "repository": ctx.storage.url, "backups": summary,
+                               "damaged": [d.to_json() for d in damaged],
                                "archive": archive.to_json() if archive else None}, human_all)
     return 0
 

@@ -44,7 +44,7 @@ from pgvault.pg.bindir import bindir_for_major
 from pgvault.pipeline import read_stream
 from pgvault.repository import layout
 from pgvault.repository.archive_index import load_archive_index
-from pgvault.repository.catalog import list_physical, read_cluster_info
+from pgvault.repository.catalog import list_physical, load_physical, read_cluster_info
 from pgvault.repository.manifest import StoredObject
 from pgvault.repository.physical import PhysicalManifest
 from pgvault.storage import ObjectNotFound
@@ -110,6 +110,8 @@ def make_plan(ctx: Context, target: RecoveryTarget, backup_id: str | None = None
     info = read_cluster_info(ctx.storage, ctx.cluster)
     if info is None:
         raise NotFoundError(f"cluster {ctx.cluster!r} has nothing in {ctx.storage.url}")
+    if backup_id is not None:  # named: its damaged manifest is exit 6, not "no such backup" (skipped below)
+        load_physical(ctx.storage, ctx.cluster, backup_id)
     backups = list_physical(ctx.storage, ctx.cluster)
     if not backups:
         raise NotFoundError(f"no base backup of cluster {ctx.cluster!r} in {ctx.storage.url}",

@@ -24,7 +24,7 @@ from pgvault.operations.pitr import Window, archive_gaps, recoverable_windows
 from pgvault.operations.restore_cluster import archived_at
 from pgvault.operations.server_probe import ArchivingFacts, probe_archiving
 from pgvault.repository.archive_index import load_archive_index
-from pgvault.repository.catalog import load_logical, load_physical, logical_ids, physical_ids, read_cluster_info
+from pgvault.repository.catalog import DamagedManifest, read_cluster_info, scan_logical, scan_physical
 from pgvault.repository.drills import DrillReport, list_drills
 from pgvault.repository.jobs import JobRecord, list_jobs
 from pgvault.repository.manifest import LogicalManifest
@@ -179,6 +179,7 @@ class StatusSnapshot:
     jobs: dict[str, JobRecord] = field(default_factory=dict)
     jobs_error: str | None = None
     size: RepositorySize = field(default_factory=RepositorySize)
+    damaged: tuple[DamagedManifest, ...] = ()  # backups whose manifest cannot be read (not in logical/physical)
 
     def newest(self, kind: str) -> BackupFacts | None:
         backups = self.logical if kind == "logical" else self.physical
@@ -228,20 +229,18 @@ class ManifestCache:
     def __init__(self) -> None:
         self._logical: dict[str, LogicalManifest] = {}
         self._physical: dict[str, PhysicalManifest] = {}
+        # Unreadable manifests of the last read (never cached): judged, not fatal.
+        self.damaged: list[DamagedManifest] = []
 
     def logical(self, ctx: Context) -> list[LogicalManifest]:
-        ids = logical_ids(ctx.storage, ctx.cluster)
-        for i in ids:
-            if i not in self._logical:
-                self._logical[i] = load_logical(ctx.storage, ctx.cluster, i)
-        return [self._logical[i] for i in ids]
+        good, damaged = scan_logical(ctx.storage, ctx.cluster, cache=self._logical)
+        self.damaged = [d for d in self.damaged if d.kind != "logical"] + damaged
+        return good
 
     def physical(self, ctx: Context) -> list[PhysicalManifest]:
-        ids = physical_ids(ctx.storage, ctx.cluster)
-        for i in ids:
-            if i not in self._physical:
-                self._physical[i] = load_physical(ctx.storage, ctx.cluster, i)
-        return [self._physical[i] for i in ids]
+        good, damaged = scan_physical(ctx.storage, ctx.cluster, cache=self._physical)
+        self.damaged = [d for d in self.damaged if d.kind != "physical"] + damaged
+        return good
 
 
 def gather_status(
@@ -279,7 +278,7 @@ def gather_status(
         archive=archive,
         archiving=probe_archiving(ctx.conn, pgdata=pgdata, connect=connect, now=now,
                                   system_identifier=str(info["system_identifier"]) if info.get("system_identifier") else None),
-        drills=drills, drill_error=drill_error, jobs=jobs, jobs_error=jobs_error,
+        drills=drills, drill_error=drill_error, jobs=jobs, jobs_error=jobs_error, damaged=tuple(cache.damaged),
         size=repository_size(ctx, ctx.cluster),
     )
 
@@ -372,6 +371,10 @@ def evaluate(s: StatusSnapshot) -> list[Reason]:
     # Scheduled jobs.
     if s.jobs_error:
         add(WARNING, "jobs_unreadable", f"job records cannot be read: {s.jobs_error}")
+    # A damaged manifest is judged by what it leaves: the rules above already ignore it (an
+    # unusable newest backup makes the next one "newest"); the damage itself needs a person.
+    for d in s.damaged:
+        add(WARNING, "manifest_damaged", f"{d.kind} backup {d.backup_id} cannot be restored: {d.reason}")
     for name, j in sorted(s.jobs.items()):
         failures = _int(j.details.get("failures")) if name == "verify" else 0
         if name == "verify" and (failures or (not j.ok and j.last_error_kind == "integrity")):
@@ -411,6 +414,7 @@ def snapshot_json(s: StatusSnapshot, reasons: list[Reason]) -> dict[str, Any]:
         "last_drill": _drill_json(last, s.taken_at),
         "last_successful_drill": _drill_json(good, s.taken_at),
         "jobs": {name: j.to_json() for name, j in sorted(s.jobs.items())},
+        "damaged": [d.to_json() for d in s.damaged],
         "repository_size": s.size.to_json(),
         "policy": s.policy.to_json(),
     }
