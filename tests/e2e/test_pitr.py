@@ -170,8 +170,9 @@ def test_corrupt_wal_stops_recovery_instead_of_promoting(major, archiving) -> No
 
 
 def _log(r: Restored) -> str:
-    p = r.data_dir.parent / f"{r.data_dir.name}-recovery.log"
-    return p.read_text() if p.exists() else ""
+    """This restore's server log (one file per run, beside the data directory)."""
+    logs = sorted(r.data_dir.parent.glob(f"{r.data_dir.name}-recovery-*.log"), key=lambda p: p.stat().st_mtime)
+    return logs[-1].read_text() if logs else ""
 
 
 @pytest.mark.parametrize("major", pg_majors()[-1:] or [None])
@@ -201,8 +202,11 @@ def test_restore_refuses_and_explains(major, archiving) -> None:  # type: ignore
     past = a.cluster.psql("SELECT pg_current_wal_lsn()")
     r = pgvault(["restore-cluster", "-D", str(a.work / "z"), "--target-lsn", past], a.env(), check=False)
     assert r.returncode == 5 and names[1] in r.stderr and not (a.work / "z").exists()
-    # --dry-run shows the plan only.
-    r = pgvault(["restore-cluster", "-D", str(a.work / "y"), "--dry-run", "--json"], a.env())
+    # The end of the archive lies behind the hole: refused up front, naming it (never promoted at it).
+    r = pgvault(["restore-cluster", "-D", str(a.work / "y"), "--dry-run"], a.env(), check=False)
+    assert r.returncode == 5 and f"hole at {names[1]}" in r.stderr and not (a.work / "y").exists(), r
+    # --dry-run shows the plan only; a target before the hole is planned.
+    r = pgvault(["restore-cluster", "-D", str(a.work / "y"), "--dry-run", "--json", "--target-immediate"], a.env())
     assert r.json()["plan"]["backup_id"] == m["backup_id"] and not (a.work / "y").exists()
 
 

@@ -112,6 +112,10 @@ def describe_archive(a: ArchiveSummary) -> str:
         lines.append("recoverable: nothing (no base backup whose WAL is complete)")
     for a_, b_ in a.gaps:
         lines.append(f"GAP in the archive: {a_} .. {b_} missing")
+    for n in a.unfinished:
+        lines.append(f"HOLE: {n} has a checksum record but no object")
+    if a.in_flight:
+        lines.append(f"in flight (uploading now): {', '.join(a.in_flight)}")
     for p in a.restore_points:
         lines.append(f"restore point {p['name']!r} at {p['lsn']} ({p['time'][:19]})")
     return "\n".join(lines)

@@ -114,6 +114,8 @@ def _describe(r: dict[str, Any]) -> str:
                                    else f"after {rec['last_segment']}")
     lines.append(f"recovery {rec['state']} after {human_duration(rec['seconds'])}, {rec['segments_restored']} WAL files: "
                  f"stopped {where}")
+    if rec.get("confirmed_by"):
+        lines.append(f"confirmed by the server: {rec['confirmed_by']}")
     if rec["new_timeline"]:
         lines.append(f"new timeline {rec['new_timeline']}")
     if rec["state"] == "paused":

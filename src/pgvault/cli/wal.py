@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -69,11 +70,21 @@ def run_fetch(args: argparse.Namespace) -> int:
     from pgvault.operations.archive import fetch
     from pgvault.operations.archive_async import fetch_prefetching
 
+    from pgvault.storage import ObjectNotFound
+
     ctx = context_from(args)
-    if ctx.settings.restore_prefetch > 0:
-        res = fetch_prefetching(ctx, args.name, args.destination, pgdata=args.pgdata, passthrough=_passthrough(args))
-    else:
-        res = fetch(ctx, args.name, args.destination, pgdata=args.pgdata)
+    try:
+        if ctx.settings.restore_prefetch > 0:
+            res = fetch_prefetching(ctx, args.name, args.destination, pgdata=args.pgdata,
+                                    passthrough=_passthrough(args))
+        else:
+            res = fetch(ctx, args.name, args.destination, pgdata=args.pgdata)
+    except ObjectNotFound as e:
+        # Routine: PostgreSQL probes for the next timeline's history and for the segment after the
+        # end of the archive.  One quiet line in the server log, not an "error" for the on-call.
+        why = e.message if e.message.startswith(args.name) else f"{args.name} is not in the archive"
+        print(f"pgvault: info: {why} (routine at the end of recovery)", file=sys.stderr)
+        return FETCH_NOT_FOUND
     if args.json:
         emit(args, "wal_fetch", {"name": args.name, "prefetched": res is None,
                                  "raw_size": res.raw_size if res else None}, lambda: "")

@@ -36,6 +36,7 @@ from pgvault.pg import wal
 from pgvault.pg.control import read_major_version, read_segment_header, read_system_identifier
 from pgvault.pipeline import PipelineSpec, StreamResult, all_suffixes, read_stream, write_stream
 from pgvault.repository import layout
+from pgvault.repository.archive_index import stored_name
 from pgvault.repository.catalog import ensure_cluster, read_cluster_info
 from pgvault.storage import ObjectNotFound
 from pgvault.storage.local import fsync_path
@@ -147,12 +148,15 @@ def push(ctx: Context, path: str, *, pgdata: str | None = None, known: dict[str,
     return PushResult(name, key, False, result.raw_size, result.stored_size, result.raw_sha256)
 
 
-def fetch(ctx: Context, name: str, destination: str, *, pgdata: str | None = None) -> StreamResult:
+def fetch(ctx: Context, name: str, destination: str, *, pgdata: str | None = None, foreground: bool = True) -> StreamResult:
     """Restore one archived WAL file to ``destination`` (atomically, fsynced).
 
-    Raises :class:`ObjectNotFound` only when the repository confirms the file is absent.
+    Raises :class:`ObjectNotFound` only when the repository confirms the file is absent *and*, for
+    a segment, that nothing after it on its timeline is archived: PostgreSQL takes "not found" as
+    the end of the archive and promotes, so a hole must stop recovery instead.  ``foreground=False``
+    (the prefetcher) skips that look-ahead and never waits: its "not found" only means "not yet".
     """
-    _kind(name)
+    kind = _kind(name)
     data_dir = _data_dir(pgdata)
     known = read_cluster_info(ctx.storage, ctx.cluster)
     if known is None:
@@ -165,6 +169,7 @@ def fetch(ctx: Context, name: str, destination: str, *, pgdata: str | None = Non
                 [f"refusing to restore {name}: this data directory is system {sysid}, cluster {ctx.cluster!r} "
                  f"in {ctx.storage.url} is system {known.get('system_identifier')}"]
             )
+    segment = kind is wal.WalFileKind.SEGMENT
     meta_key = layout.wal_meta(ctx.cluster, name)
     try:
         ctx.storage.stat(meta_key)
@@ -176,14 +181,19 @@ def fetch(ctx: Context, name: str, destination: str, *, pgdata: str | None = Non
         orphans = [i.key for i in ctx.storage.list(folder) if i.key.rsplit("/", 1)[-1] in stored_names]
         if orphans:
             raise IntegrityError(f"{name} is archived as {orphans[0]} but its checksum record is missing") from None
+        if segment and foreground:
+            _refuse_hole(ctx, name, f"{name} is not in the archive")
         raise  # confirmed absent: the one case restore_command may report as "not found"
     meta = load_meta(ctx, name)
-    try:
-        ctx.storage.stat(str(meta["key"]))
-    except ObjectNotFound:
-        # A push that died between record and object: PostgreSQL never saw it succeed, so for
-        # recovery the file does not exist (yet).
-        raise ObjectNotFound(f"{name} is not (completely) archived") from None
+    if not _object_arrives(ctx, meta, wait=foreground):
+        what = f"{name} has a checksum record but its object {meta.get('key')} is missing"
+        if not (segment and foreground):
+            raise IntegrityError(f"{what} (a push that did not finish, or a deleted object)",
+                                 hint="run 'pgvault verify --all'")
+        _refuse_hole(ctx, name, what)
+        # Nothing after it: a push that died mid-upload (PostgreSQL never saw it succeed), e.g. on
+        # a primary that was lost.  The archive ends before this segment, and the plan said so.
+        raise ObjectNotFound(f"{what}; no later WAL is archived, so the archive ends before it")
     spec = PipelineSpec.from_json(meta["pipeline"])
     identities = ctx.identities() if spec.encryption != "none" else []
     dest = Path(destination)
@@ -195,7 +205,7 @@ def fetch(ctx: Context, name: str, destination: str, *, pgdata: str | None = Non
             try:
                 src = ctx.storage.open_read(str(meta["key"]))
             except ObjectNotFound:
-                raise IntegrityError(f"{name}: checksum record exists but object {meta['key']} is missing") from None
+                raise IntegrityError(f"{name}: checksum record exists but object {meta['key']} vanished") from None
             with src:
                 result = read_stream(src, out, spec, identities=identities, expected=StreamResult.from_json(meta))
             out.flush()
@@ -209,6 +219,58 @@ def fetch(ctx: Context, name: str, destination: str, *, pgdata: str | None = Non
         raise
     fsync_path(dest.parent)
     return result
+
+
+def _object_arrives(ctx: Context, meta: dict[str, Any], *, wait: bool) -> bool:
+    """Whether the record's object is stored; a young record (an upload under way: the record goes
+    in first) is given until :data:`IN_FLIGHT_GRACE` after it was written."""
+    from pgvault.repository.archive_index import IN_FLIGHT_GRACE
+
+    key = str(meta.get("key"))
+    try:
+        written = dt.datetime.fromisoformat(str(meta.get("archived_at")))
+    except ValueError:
+        written = None
+    while True:
+        try:
+            ctx.storage.stat(key)
+            return True
+        except ObjectNotFound:
+            pass
+        if not wait or written is None or written.tzinfo is None:
+            return False
+        age = dt.datetime.now(dt.timezone.utc) - written
+        if age >= IN_FLIGHT_GRACE:
+            return False
+        log.get().info("%s: object not stored yet (record written %.0fs ago); waiting for the upload", key,
+                       age.total_seconds())
+        time.sleep(min(1.0, (IN_FLIGHT_GRACE - age).total_seconds()))
+
+
+def _refuse_hole(ctx: Context, name: str, what: str) -> None:
+    """Raise :class:`IntegrityError` when WAL after segment ``name`` on its timeline is archived.
+
+    Looks in the segment's own folder and the next one (two small listings, also for a standby
+    polling every few seconds), so a hole longer than the rest of a log id plus the next one
+    (4 GiB of WAL with 16 MiB segments) is not seen here; restore-cluster's plan, which reads the
+    whole archive, refuses those before recovery starts."""
+    tli_log = name[:16]
+    nxt = f"{name[:8]}{int(name[8:16], 16) + 1:08X}"
+    later: str | None = None
+    for folder in (tli_log, nxt):
+        for info in ctx.storage.list(f"{layout.wal_root(ctx.cluster)}{folder}/"):
+            base = info.key.rsplit("/", 1)[-1]
+            stem = None if base.endswith(".json") else stored_name(base)  # objects: WAL that can be read
+            if stem and wal.classify_or_none(stem) is wal.WalFileKind.SEGMENT and stem[:8] == name[:8] and stem > name:
+                later = stem
+                break
+        if later:
+            break
+    if later:
+        raise IntegrityError(
+            f"{what}, but later WAL of its timeline is archived ({later}): the archive has a hole; recovery must "
+            "not end here", hint="run 'pgvault verify --all'; to recover up to the hole, restore with a target "
+            f"before {name} (--target-time / --target-lsn)")
 
 
 def wait_for_archived(ctx: Context, names: list[str], timeout: float, *, what: str) -> None:

@@ -372,7 +372,7 @@ def _prefetch_one(ctx: Context, name: str, spool: Path, data_dir: Path) -> bool:
     from pgvault.storage import ObjectNotFound
 
     try:
-        fetch(ctx, name, str(spool / name), pgdata=str(data_dir))
+        fetch(ctx, name, str(spool / name), pgdata=str(data_dir), foreground=False)
         return True
     except ObjectNotFound:
         return False

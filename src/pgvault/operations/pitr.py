@@ -126,6 +126,9 @@ class Plan:
     needed_until: str | None  # the segment holding the target, when the target is a position
     passed_over: tuple[tuple[str, str], ...] = field(default_factory=tuple)
     warnings: tuple[str, ...] = ()
+    # Recovery to the end of the archive must restore at least up to this segment (what is stored
+    # now, uploads still under way not counted): stopping earlier means WAL was lost on the way.
+    must_reach: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -138,6 +141,7 @@ class Plan:
             "needed_until": self.needed_until,
             "passed_over": [{"backup_id": b, "reason": r} for b, r in self.passed_over],
             "warnings": list(self.warnings),
+            "must_reach": self.must_reach,
         }
 
 
@@ -165,10 +169,31 @@ def reachable_end(index: ArchiveIndex, tli: int, history: Sequence[wal.HistoryEn
     return segno
 
 
+def first_after_hole(index: ArchiveIndex, tli: int, history: Sequence[wal.HistoryEntry], end: int) -> int | None:
+    """The first segment number after ``end`` that is stored on the path to ``tli``, when
+    ``end + 1`` is not: WAL beyond a hole, which recovery can never reach.  None when the archive
+    simply ends at ``end`` (checksum records without objects after it add no WAL: a warning)."""
+    owner = wal.segment_owner(history, tli, index.seg_size)
+    later = {s for t, segs in index.segments.items() for s in segs if s > end + 1 and owner(s) == t}
+    return min(later, default=None)
+
+
+def _hole_text(index: ArchiveIndex, name: Callable[[int], str], end: int, after: int) -> str:
+    first, last = name(end + 1), name(after - 1)
+    text = first if first == last else f"{first}..{last}"
+    unfinished = [name(s) for s in range(end + 1, after) if name(s) in index.unfinished]
+    if unfinished:
+        text += f" ({', '.join(unfinished[:3])}{' ...' if len(unfinished) > 3 else ''}: checksum record without object)"
+    return text
+
+
 def _check_backup(
     b: PhysicalManifest, index: ArchiveIndex, target: RecoveryTarget, archived_at: Callable[[str], str | None],
+    *, refuse_holes: bool = True,
 ) -> tuple[str | None, Plan | None]:
-    """(reason this backup cannot reach the target, or None and its plan)."""
+    """(reason this backup cannot reach the target, or None and its plan).  ``refuse_holes``: an
+    end-of-archive target with WAL beyond a hole is refused (planning a restore), rather than
+    reported as recoverable up to the hole (the recoverable window)."""
     seg = index.seg_size
     if b.wal_segment_size != seg:
         return f"its WAL segment size {b.wal_segment_size} differs from the archive's {seg}", None
@@ -200,6 +225,15 @@ def _check_backup(
 
     needed_until: str | None = None
     warnings: list[str] = []
+    after = first_after_hole(index, tli, history, end)
+    if after is not None and (refuse_holes and target.kind == "end"):
+        return (f"the archive has a hole at {_hole_text(index, name, end, after)} and WAL after it (from "
+                f"{name(after)}): recovery to the end of the archive would stop at the hole and silently lose what "
+                f"follows; repair the archive, or choose a target before {name(end + 1)} (--target-time, --target-lsn)"
+                ), None
+    if name(end + 1) in index.unfinished:
+        warnings.append(f"WAL {name(end + 1)} has a checksum record but no object (a push that did not finish, or a "
+                        f"deleted object): recovery ends at {name(end)}")
     if target.kind == "time":
         t = parse_time(target.value)
         stopped = dt.datetime.fromisoformat(b.stop_time)
@@ -285,7 +319,7 @@ def recoverable_windows(backups: Sequence[PhysicalManifest], index: ArchiveIndex
     """One window per base backup that the archive makes restorable (following 'latest')."""
     out = []
     for b in backups:
-        _reason, plan = _check_backup(b, index, RecoveryTarget(), lambda _name: None)
+        _reason, plan = _check_backup(b, index, RecoveryTarget(), lambda _name: None, refuse_holes=False)
         if plan is not None:
             out.append(Window(b.backup_id, plan.timeline, b.stop_lsn, b.stop_time, plan.last_reachable_wal))
     return out

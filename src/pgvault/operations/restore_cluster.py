@@ -18,12 +18,12 @@ removed again if it fails before the server starts.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import dataclasses
 import datetime as dt
 import os
 import re
 import shlex
 import shutil
-import subprocess
 import sys
 import tarfile
 import threading
@@ -39,8 +39,10 @@ from pgvault.errors import (
     error_of_kind,
 )
 from pgvault.operations.context import Context, build_context
-from pgvault.operations.pitr import Plan, RecoveryTarget, plan_recovery
-from pgvault.pg.bindir import bindir_for_major
+from pgvault.operations import recovery
+from pgvault.operations.pitr import Plan, RecoveryTarget, plan_recovery, reachable_end
+from pgvault.operations.recovery import RecoveryOutcome, stop_server
+from pgvault.pg import wal
 from pgvault.pipeline import read_stream
 from pgvault.repository import layout
 from pgvault.repository.archive_index import load_archive_index
@@ -64,25 +66,6 @@ class RestoreOptions:
     archive: bool = False
     options: Mapping[str, str] = field(default_factory=dict)  # extra postgresql.auto.conf settings
     pgvault_command: str | None = None
-
-
-@dataclass
-class RecoveryOutcome:
-    """What the started server did, read from its log."""
-
-    state: str = "starting"  # paused | promoted | shutdown
-    stop_detail: str = ""
-    consistent_at: str = ""
-    redo_done_at: str = ""
-    last_transaction_time: str = ""
-    new_timeline: int | None = None
-    segments_restored: int = 0
-    last_segment: str = ""
-    seconds: float = 0.0
-    log_file: str = ""
-
-    def to_json(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items()}
 
 
 @dataclass
@@ -117,8 +100,17 @@ def make_plan(ctx: Context, target: RecoveryTarget, backup_id: str | None = None
         raise NotFoundError(f"no base backup of cluster {ctx.cluster!r} in {ctx.storage.url}",
                             hint="run 'pgvault basebackup' first")
     seg_size = int(info.get("wal_segment_size") or backups[-1].wal_segment_size)
-    index = load_archive_index(ctx.storage, ctx.cluster, seg_size, identities=ctx.identities)
-    return plan_recovery(backups, index, target, backup_id=backup_id, archived_at=lambda n: archived_at(ctx, n))
+    strict = load_archive_index(ctx.storage, ctx.cluster, seg_size, identities=ctx.identities)
+    # Uploads still under way count as archived (wal fetch waits for them), but recovery to the end
+    # of the archive is only required to get as far as what is stored now.
+    index = strict.counting_in_flight(dt.datetime.now(dt.timezone.utc))
+    plan = plan_recovery(backups, index, target, backup_id=backup_id, archived_at=lambda n: archived_at(ctx, n))
+    first = wal.parse_segment_name(plan.first_wal, seg_size)[1]
+    end = reachable_end(strict, plan.timeline, strict.history(plan.timeline), first)
+    if end is None:
+        return plan
+    owner = wal.segment_owner(strict.history(plan.timeline), plan.timeline, seg_size)
+    return dataclasses.replace(plan, must_reach=wal.segment_name(owner(end), end, seg_size))
 
 
 def archived_at(ctx: Context, name: str) -> str | None:
@@ -138,22 +130,12 @@ def _is_empty(path: Path) -> bool:
     return not path.exists() or (path.is_dir() and not any(path.iterdir()))
 
 
-def _server_running(data_dir: Path) -> bool:
-    pid_file = data_dir / "postmaster.pid"
-    try:
-        pid = int(pid_file.read_text().split("\n", 1)[0])
-        os.kill(pid, 0)
-    except (OSError, ValueError):
-        return False
-    return True
-
-
 def _prepare(path: Path, what: str, force: bool, created: list[Path]) -> None:
     """``path`` must be absent or empty; with ``force`` its contents are removed first."""
     if path.exists() and not path.is_dir():
         raise TargetExistsError(f"{what} {path} exists and is not a directory")
     if not _is_empty(path):
-        if _server_running(path):
+        if recovery.server_running(path):
             raise TargetBusyError(f"a PostgreSQL server is running in {path}; stop it first")
         if not force:
             hint = ("choose an empty directory, or pass --force to delete its contents first" if what == "data directory"
@@ -412,128 +394,19 @@ def restore_cluster(ctx: Context, opts: RestoreOptions, plan: Plan | None = None
     return RestoreClusterResult(plan, data_dir, {oid: str(h) for oid, h in homes.items()}, settings, time.monotonic() - t0)
 
 
-# --- starting the restored server and following recovery -----------------------------------------
-
-_EVENTS: list[tuple[re.Pattern[str], str]] = [
-    (re.compile(r'restored log file "([0-9A-F]{24})" from archive'), "restored"),
-    (re.compile(r"consistent recovery state reached at ([0-9A-F]+/[0-9A-F]+)"), "consistent"),
-    (re.compile(r"recovery stopping (.*)"), "stopping"),
-    (re.compile(r"(pausing at the end of recovery|recovery has paused)"), "paused"),
-    (re.compile(r"selected new timeline ID: (\d+)"), "timeline"),
-    (re.compile(r"redo done at ([0-9A-F]+/[0-9A-F]+)"), "redo_done"),
-    (re.compile(r"last completed transaction was at log time (.*)"), "last_tx"),
-    (re.compile(r"database system is ready to accept connections"), "ready"),
-    (re.compile(r"shutdown at recovery target"), "shutdown_target"),
-    (re.compile(r"(?:FATAL|PANIC):\s+(.*)"), "fatal"),
-]
-
-
-def _postmaster_alive(data_dir: Path) -> bool:
-    return _server_running(data_dir)
-
-
-def _run_as_owner(cmd: list[str], data_dir: Path) -> list[str]:
-    if os.geteuid() != 0:
-        return cmd
-    import pwd
-
-    owner = pwd.getpwuid(data_dir.stat().st_uid).pw_name
-    return ["runuser", "-u", owner, "--", *cmd]
+# --- starting the restored server (operations/recovery.py follows it and checks the stop point) ---
 
 
 def start_and_follow(
     result: RestoreClusterResult, *, major: int, bin_dirs: tuple[str, ...] = (), port: int | None = None,
     environ: Mapping[str, str] | None = None, timeout: float | None = None,
-    progress: Callable[[RecoveryOutcome], None] | None = None, clock: Callable[[], float] = time.monotonic,
+    progress: Callable[[RecoveryOutcome], None] | None = None, users: tuple[str, ...] = (),
 ) -> RecoveryOutcome:
-    """Start the restored server and read its log until recovery ends at the target (or fails)."""
-    data_dir = result.data_dir
-    bindir = bindir_for_major(major, bin_dirs)
-    log_file = data_dir.parent / f"{data_dir.name}-recovery.log"
-    log_file.touch()
-    _chown_like([log_file], data_dir / "PG_VERSION")
-    server_opts = "-c lc_messages=C -c logging_collector=off"
-    if port:
-        server_opts += f" -p {port}"
-    cmd = _run_as_owner([str(bindir.program("pg_ctl")), "-D", str(data_dir), "-l", str(log_file), "-W",
-                         "-o", server_opts, "start"], data_dir)
-    t0 = clock()
-    r = subprocess.run(cmd, env=dict(environ or os.environ), capture_output=True, text=True, check=False)
-    if r.returncode != 0:
-        raise RecoveryError(f"pg_ctl could not start the restored server: {r.stderr.strip() or r.stdout.strip()}")
-    outcome = RecoveryOutcome(log_file=str(log_file))
-    action = result.plan.target.action if result.plan.target.kind != "end" else "promote"
-    fatals: list[str] = []
-    seen_pid = False
-    last_report = t0
-    with open(log_file, encoding="utf-8", errors="replace") as f:
-        while True:
-            line = f.readline()
-            if line:
-                _apply(outcome, line.rstrip("\n"), fatals)
-                if outcome.state in ("paused",) and action == "pause":
-                    break
-                if outcome.state == "promoted":
-                    break
-                continue
-            alive = _postmaster_alive(data_dir)
-            seen_pid = seen_pid or alive
-            if not alive and (seen_pid or clock() - t0 > 10):
-                rest = f.read()
-                for ln in rest.splitlines():
-                    _apply(outcome, ln, fatals)
-                if outcome.state == "shutdown":
-                    break
-                detail = "; ".join(fatals[-3:]) or "the server exited"
-                raise RecoveryError(f"recovery failed: {detail} (log: {log_file})",
-                                    hint="nothing was promoted; fix the cause and run restore-cluster again "
-                                    "(with --force), or start the server by hand to retry")
-            if timeout is not None and clock() - t0 > timeout:
-                raise RecoveryError(f"recovery did not reach its target within {timeout:.0f}s; the server is still "
-                                    f"running (log: {log_file})")
-            if progress and clock() - last_report >= 5:
-                last_report = clock()
-                outcome.seconds = clock() - t0
-                progress(outcome)
-            time.sleep(0.1)
-    outcome.seconds = clock() - t0
-    return outcome
-
-
-def _apply(outcome: RecoveryOutcome, line: str, fatals: list[str]) -> None:
-    for pattern, event in _EVENTS:
-        m = pattern.search(line)
-        if not m:
-            continue
-        if event == "restored":
-            outcome.segments_restored += 1
-            outcome.last_segment = m.group(1)
-        elif event == "consistent":
-            outcome.consistent_at = m.group(1)
-        elif event == "stopping":
-            outcome.stop_detail = m.group(1)
-        elif event == "paused":
-            outcome.state = "paused"
-        elif event == "timeline":
-            outcome.new_timeline = int(m.group(1))
-        elif event == "redo_done":
-            outcome.redo_done_at = m.group(1)
-        elif event == "last_tx":
-            outcome.last_transaction_time = m.group(1)
-        elif event == "ready":
-            outcome.state = "promoted"
-        elif event == "shutdown_target":
-            outcome.state = "shutdown"
-        elif event == "fatal":
-            fatals.append(m.group(1))
-        return
-
-
-def stop_server(data_dir: Path, major: int, bin_dirs: tuple[str, ...] = ()) -> None:
-    """Fast shutdown of a server this module started (drills and tests)."""
-    bindir = bindir_for_major(major, bin_dirs)
-    subprocess.run(_run_as_owner([str(bindir.program("pg_ctl")), "-D", str(data_dir), "-m", "fast", "-w", "stop"],
-                                 data_dir), capture_output=True, check=False)
+    """Start the restored server, follow recovery, confirm it with the server and hold the stop
+    point against the plan (see :mod:`pgvault.operations.recovery`)."""
+    return recovery.start_and_follow(
+        result.data_dir, result.plan, major=major, bin_dirs=bin_dirs, port=port, environ=environ, timeout=timeout,
+        progress=progress, expected_wal=result.plan.must_reach, users=users)
 
 
 def major_of(backup: PhysicalManifest) -> int:

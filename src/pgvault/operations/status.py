@@ -52,6 +52,8 @@ class ArchiveSummary:
     windows: list[Window]
     restore_points: list[dict[str, Any]]
     to_time: str | None = None
+    in_flight: list[str] = field(default_factory=list)  # records whose object is still uploading
+    unfinished: list[str] = field(default_factory=list)  # records without object, too old to be uploads: holes
 
     def recoverable_from(self) -> dict[str, str] | None:
         if not self.windows:
@@ -72,6 +74,8 @@ class ArchiveSummary:
             "newest_wal_archived_at": self.newest_wal_archived_at,
             "timelines": self.timelines,
             "gaps": [{"from": a, "to": b} for a, b in self.gaps],
+            "in_flight": self.in_flight,
+            "records_without_object": self.unfinished,
             "recoverable_from": self.recoverable_from(),
             "recoverable_to": self.recoverable_to(),
             "windows": [w.to_json() for w in self.windows],
@@ -84,7 +88,12 @@ def archive_summary(ctx: Context, backups: list[PhysicalManifest]) -> ArchiveSum
     info = read_cluster_info(ctx.storage, ctx.cluster)
     if not info or not info.get("wal_segment_size"):
         return None
-    index = load_archive_index(ctx.storage, ctx.cluster, int(info["wal_segment_size"]))
+    stored = load_archive_index(ctx.storage, ctx.cluster, int(info["wal_segment_size"]))
+    # A record whose object is missing is a hole (wal fetch cannot serve it), unless it is young
+    # enough to be an upload under way: the parallel pusher finishes segments out of order.
+    now = dt.datetime.now(dt.timezone.utc)
+    in_flight = sorted(stored.in_flight(now))
+    index = stored.counting_in_flight(now)
     names = index.names()
     newest = names[-1] if names else None
     windows = recoverable_windows(backups, index)
@@ -98,6 +107,8 @@ def archive_summary(ctx: Context, backups: list[PhysicalManifest]) -> ArchiveSum
         windows=windows,
         restore_points=[p.to_json() for p in sorted(index.restore_points.values(), key=lambda p: p.lsn)],
         to_time=to_time,
+        in_flight=in_flight,
+        unfinished=sorted(index.unfinished),
     )
 
 
@@ -324,6 +335,10 @@ def evaluate(s: StatusSnapshot) -> list[Reason]:
         shown = ", ".join(f"{x}..{y}" if x != y else x for x, y in a.gaps[:5])
         more = f" and {len(a.gaps) - 5} more" if len(a.gaps) > 5 else ""
         add(CRITICAL, "archive_gap", f"{len(a.gaps)} gap(s) in the WAL archive: {shown}{more} missing")
+    if a is not None and a.unfinished:
+        add(CRITICAL, "wal_object_missing",
+            f"{len(a.unfinished)} archived WAL file(s) have a checksum record but no object (recovery cannot read "
+            f"them): {', '.join(a.unfinished[:5])}{' ...' if len(a.unfinished) > 5 else ''}")
     if s.physical and (a is None or not a.windows):
         add(CRITICAL, "no_recoverable_window", "no base backup can be recovered: the WAL it needs is not all archived")
     window = s.window()

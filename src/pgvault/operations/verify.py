@@ -40,14 +40,15 @@ from pgvault.output import human_bytes
 from pgvault.pg import wal
 from pgvault.pipeline import PipelineSpec, StreamResult, all_suffixes, read_stream
 from pgvault.repository import catalog, layout
-from pgvault.repository.archive_index import load_archive_index
+from pgvault.repository.archive_index import IN_FLIGHT_GRACE, load_archive_index
 from pgvault.repository.manifest import LogicalManifest, StoredObject
 from pgvault.repository.physical import PhysicalManifest
 from pgvault.storage import ObjectInfo, ObjectNotFound, Storage
 
 # A checksum record is written before its object is committed (see operations/archive.py), so a
-# record without an object is normal while a push is uploading.  Younger than this: a warning.
-PUSH_GRACE = dt.timedelta(minutes=10)
+# record without an object is normal while a push is uploading.  Younger than this: a warning
+# ("in flight"); older: a hole, because wal fetch cannot serve it (one rule with status and planning).
+PUSH_GRACE = IN_FLIGHT_GRACE
 NO_IDENTITY = "stored size and sha256 match; NOT decrypted or decompressed (no age identity configured)"
 
 _STORED_ONLY = PipelineSpec(compression="none", encryption="none")
@@ -469,8 +470,9 @@ def _verify_archive(ctx: Context, checker: ObjectChecker, backups: list[Physical
         names = list(listing.records)
     else:
         wanted: set[str] = set()
+        recorded = full_index.including(set(full_index.unfinished))  # check every record, objects or not
         for b in backups:
-            c = wal_continuity(b, full_index)
+            c = wal_continuity(b, recorded)
             wanted.update(c.segments)
             wanted.update(wal.history_file_name(t) for t in timeline_chain(full_index, c.timeline) if t > 1)
         names = [n for n in wanted if n in listing.records]
@@ -479,7 +481,8 @@ def _verify_archive(ctx: Context, checker: ObjectChecker, backups: list[Physical
     # uploading it (a warning): then it is counted, or a parallel push would look like a hole.
     gone = {n for n, r in results.items() if r.missing and r.status == FAILED}
     unchecked = {n for n in listing.records if n not in listing.by_name and n not in results}
-    index = without(full_index, gone | unchecked)
+    flying = {n for n, r in results.items() if r.missing and r.status != FAILED}
+    index = without(full_index.including(flying), gone | unchecked)
     damaged = {n for n, r in results.items() if r.status == FAILED and not r.missing}
 
     first_needed = min((wal.segment_of(wal.LSN.parse(b.start_lsn), seg_size) for b in backups), default=None)

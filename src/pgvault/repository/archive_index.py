@@ -1,13 +1,17 @@
 """What the WAL archive of one cluster holds: file names, timeline histories, restore points.
 
-Built from one listing of ``<cluster>/wal/`` (the checksum sidecars: a file counts as archived
-once its sidecar exists, which ``wal fetch`` also requires) plus the history files and the restore
-point records, which are small.  Everything that reasons about it (:mod:`pgvault.operations.pitr`)
+Built from one listing of ``<cluster>/wal/`` plus the history files and the restore point
+records, which are small.  A segment counts as archived when ``wal fetch`` can serve it: its
+checksum sidecar *and* its object are stored.  A sidecar without its object (``unfinished``) is
+either a push still uploading (the sidecar is written first) or damage; either way recovery cannot
+read that segment, so it is a hole for planning, ``status`` and ``verify`` alike.  Everything that reasons about it (:mod:`pgvault.operations.pitr`)
 is pure and works on this snapshot.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import io
 import json
 from dataclasses import dataclass, field
@@ -15,9 +19,14 @@ from typing import Any, Callable
 
 from pgvault.errors import IntegrityError
 from pgvault.pg import wal
-from pgvault.pipeline import PipelineSpec, StreamResult, read_stream
+from pgvault.pipeline import PipelineSpec, StreamResult, all_suffixes, read_stream
 from pgvault.repository import layout
 from pgvault.storage import ObjectNotFound, Storage
+
+# A checksum record without its object younger than this is taken for an upload still under way
+# (the record is written first; a 16 MiB segment uploads in well under a minute even on a slow
+# link); older, it is a hole: a push that died, or an object deleted from the repository.
+IN_FLIGHT_GRACE = dt.timedelta(seconds=120)
 
 
 @dataclass(frozen=True)
@@ -46,6 +55,8 @@ class ArchiveIndex:
     histories: dict[int, list[wal.HistoryEntry]]
     restore_points: dict[str, RestorePoint] = field(default_factory=dict)
     partials: frozenset[str] = frozenset()
+    # Segment name -> when its sidecar was written, for sidecars whose object is not stored.
+    unfinished: dict[str, dt.datetime] = field(default_factory=dict)
 
     def has(self, tli: int, segno: int) -> bool:
         return segno in self.segments.get(tli, frozenset())
@@ -72,6 +83,27 @@ class ArchiveIndex:
     def timelines(self) -> list[int]:
         return sorted(set(self.segments) | set(self.histories) | {1})
 
+    def in_flight(self, now: dt.datetime, grace: dt.timedelta = IN_FLIGHT_GRACE) -> set[str]:
+        """Unfinished segments young enough to be uploads still under way (not yet holes)."""
+        return {n for n, t in self.unfinished.items() if now - t < grace}
+
+    def counting_in_flight(self, now: dt.datetime, grace: dt.timedelta = IN_FLIGHT_GRACE) -> "ArchiveIndex":
+        """This index with uploads still under way counted as archived: the parallel pusher finishes
+        segments out of order, and ``wal fetch`` waits for such an object instead of failing."""
+        return self.including(self.in_flight(now, grace))
+
+    def including(self, flying: set[str]) -> "ArchiveIndex":
+        """This index with the unfinished segments ``flying`` counted as archived."""
+        flying = flying & set(self.unfinished)
+        if not flying:
+            return self
+        segments = {t: set(s) for t, s in self.segments.items()}
+        for n in flying:
+            t, segno = wal.parse_segment_name(n, self.seg_size)
+            segments.setdefault(t, set()).add(segno)
+        return dataclasses.replace(self, segments={t: frozenset(s) for t, s in segments.items()},
+                                   unfinished={n: w for n, w in self.unfinished.items() if n not in flying})
+
 
 def load_archive_index(
     storage: Storage, cluster: str, seg_size: int, identities: Callable[[], list[str]] | None = None
@@ -83,19 +115,30 @@ def load_archive_index(
     segments: dict[int, set[int]] = {}
     history_names: list[str] = []
     partials: set[str] = set()
+    records: dict[str, dt.datetime] = {}
+    objects: set[str] = set()
     for info in storage.list(layout.wal_root(cluster)):
         base = info.key.rsplit("/", 1)[-1]
         if not base.endswith(".json"):
+            stem = stored_name(base)
+            if stem:
+                objects.add(stem)
             continue
         name = base[: -len(".json")]
         kind = wal.classify_or_none(name)
         if kind is wal.WalFileKind.SEGMENT:
-            tli, segno = wal.parse_segment_name(name, seg_size)
-            segments.setdefault(tli, set()).add(segno)
+            records[name] = info.modified
         elif kind is wal.WalFileKind.HISTORY:
             history_names.append(name)
         elif kind is wal.WalFileKind.PARTIAL:
             partials.add(name)
+    unfinished: dict[str, dt.datetime] = {}
+    for name, written in records.items():
+        if name not in objects:
+            unfinished[name] = _archived_at(storage, cluster, name) or written
+            continue
+        tli, segno = wal.parse_segment_name(name, seg_size)
+        segments.setdefault(tli, set()).add(segno)
     histories = {int(n[:8], 16): _read_history(storage, cluster, n, identities) for n in history_names}
     return ArchiveIndex(
         seg_size=seg_size,
@@ -103,7 +146,29 @@ def load_archive_index(
         histories=histories,
         restore_points=load_restore_points(storage, cluster),
         partials=frozenset(partials),
+        unfinished=unfinished,
     )
+
+
+def _archived_at(storage: Storage, cluster: str, name: str) -> dt.datetime | None:
+    """When the push of ``name`` wrote its record (the rare records without object only: the age
+    decides between an upload under way and a hole, by the same clock as ``wal fetch``)."""
+    try:
+        t = dt.datetime.fromisoformat(str(json.loads(storage.read_bytes(layout.wal_meta(cluster, name)))["archived_at"]))
+    except (ObjectNotFound, ValueError, KeyError, TypeError):
+        return None
+    return t if t.tzinfo else None
+
+
+_SUFFIXES = sorted(all_suffixes(), key=len, reverse=True)
+
+
+def stored_name(base: str) -> str | None:
+    """The WAL file name an archived object's base name stores (``X.zst.age`` -> ``X``), or None."""
+    for suffix in _SUFFIXES:
+        if suffix and base.endswith(suffix):
+            return base[: -len(suffix)]
+    return base if "." not in base else None
 
 
 def _read_history(
