@@ -140,4 +140,6 @@ def error_of_kind(kind: str, message: str, *, hint: str | None = None) -> Pgvaul
                 TargetBusyError, VerificationError, ToolError, TargetExistsError, RecoveryError):
         if cls.kind == kind:
             return cls(message, hint=hint)
+    if kind == ConfigError.kind:  # e.g. the pusher refusing another cluster's WAL: 2, as in the foreground
+        return ConfigError([message], hint=hint)
     return PgvaultError(message, hint=hint)

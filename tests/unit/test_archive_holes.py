@@ -192,3 +192,13 @@ def test_history_files_are_unaffected(repo: MemoryStorage, tmp_path: Path) -> No
     with pytest.raises(ObjectNotFound):
         get(repo, "00000003.history", tmp_path)
     assert dataclasses.is_dataclass(load_archive_index(repo, C, SEG))
+
+
+def test_errors_from_another_process_keep_their_exit_code() -> None:
+    """The pusher reports errors by kind; the foreground rebuilds them.  A refusal of another
+    cluster's WAL is a configuration error (2) there too, not a generic 1."""
+    from pgvault.errors import ConfigError, IntegrityError, error_of_kind
+
+    assert isinstance(error_of_kind("config", "refusing to archive X"), ConfigError)
+    assert error_of_kind("config", "x").exit_code == 2
+    assert error_of_kind("integrity", "x").exit_code == IntegrityError.exit_code

@@ -98,7 +98,7 @@ def bindir_for_server(server_major: int, extra: Sequence[str] = ()) -> BinDir:
     have = ", ".join(f"{b.major} ({b.path})" for b in found) or "none"
     raise ToolError(
         f"no PostgreSQL client programs of major version {server_major} or newer found (found: {have})",
-        hint="install postgresql-client-<major> or set PGVAULT_PG_BINDIRS / pg.bin_dirs to the bin directory",
+        hint="install postgresql-client-<major> or set PGVAULT_PG_BINDIRS / postgres.bin_dirs to the bin directory",
     )
 
 
