@@ -99,8 +99,9 @@ def test_latest_timeline_follows_history_and_skips_backups_past_the_branch_point
     assert "branched off" in plan.passed_over[0][1]
     # Timeline 1 explicitly: B2 again.
     assert plan_recovery([B1, B2], idx, RecoveryTarget.parse(timeline="1")).backup is B2
-    windows = recoverable_windows([B1, B2], idx)
-    assert [(w.backup_id, w.timeline, w.to_wal) for w in windows] == [(B1.backup_id, 2, wal.segment_name(2, 14, SEG))]
+    windows = recoverable_windows([B1, B2], idx)  # B2 along its own timeline (see the test below)
+    assert [(w.backup_id, w.timeline, w.to_wal) for w in windows] == [
+        (B1.backup_id, 2, wal.segment_name(2, 14, SEG)), (B2.backup_id, 1, wal.segment_name(1, 11, SEG))]
 
 
 def test_parent_missing_before_the_switch_is_a_gap() -> None:
@@ -143,3 +144,13 @@ def test_target_parsing_and_settings() -> None:
                 dict(xid="abc"), dict(name="x", exclusive=True), dict(action="promote"), dict(timeline="sideways")):
         with pytest.raises(UsageError):
             RecoveryTarget.parse(**bad)  # type: ignore[arg-type]
+
+
+def test_a_backup_past_the_branch_point_keeps_a_window_on_its_own_timeline() -> None:
+    # Both timelines in one repository: B2 ended on timeline 1 after timeline 2 branched off.
+    # Its window runs along timeline 1 instead of vanishing ("nothing recoverable").
+    history2 = f"1\t{seg_lsn(8, 0x500)}\tbefore 2026-11-25 11:30:00+00\n"
+    idx = index({1: range(2, 12), 2: range(8, 15)}, {2: history2})
+    windows = {w.backup_id: w for w in recoverable_windows([B1, B2], idx)}
+    assert windows[B1.backup_id].timeline == 2 and windows[B1.backup_id].to_wal == wal.segment_name(2, 14, SEG)
+    assert windows[B2.backup_id].timeline == 1 and windows[B2.backup_id].to_wal == wal.segment_name(1, 11, SEG)

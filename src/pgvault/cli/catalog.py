@@ -108,6 +108,9 @@ def describe_archive(a: ArchiveSummary) -> str:
     if start and end:
         lines.append(f"recoverable: from {start['time'][:19].replace('T', ' ')} ({start['lsn']}, backup "
                      f"{start['backup_id']}) to {end['wal']} (archived {(end['archived_at'] or '-')[:19].replace('T', ' ')})")
+        if len({w.timeline for w in a.windows}) > 1:  # a branch in this repository: each timeline's reach
+            for w in a.windows:
+                lines.append(f"  backup {w.backup_id}: timeline {w.timeline}, to {w.to_wal}")
     else:
         lines.append("recoverable: nothing (no base backup whose WAL is complete)")
     for a_, b_ in a.gaps:

@@ -316,10 +316,14 @@ class Window:
 
 
 def recoverable_windows(backups: Sequence[PhysicalManifest], index: ArchiveIndex) -> list[Window]:
-    """One window per base backup that the archive makes restorable (following 'latest')."""
+    """One window per base backup that the archive makes restorable (following 'latest'; a backup
+    that ended after the newest timeline branched off is restorable along its own timeline)."""
     out = []
     for b in backups:
         _reason, plan = _check_backup(b, index, RecoveryTarget(), lambda _name: None, refuse_holes=False)
+        if plan is None:
+            _reason, plan = _check_backup(b, index, RecoveryTarget(timeline="current"), lambda _name: None,
+                                          refuse_holes=False)
         if plan is not None:
             out.append(Window(b.backup_id, plan.timeline, b.stop_lsn, b.stop_time, plan.last_reachable_wal))
     return out
