@@ -225,11 +225,48 @@ def _push_one(ctx: Context, path: Path, data_dir: Path, cache: dict[str, Any]) -
     return r, (before if _file_id(path) == before else None)
 
 
+def postmaster_alive(data_dir: Path) -> bool:
+    """True while the server of ``data_dir`` runs: ``postmaster.pid`` exists *and* names a live
+    process.  The file alone is not enough: ``kill -9`` of the postmaster leaves it behind."""
+    try:
+        pid = int((data_dir / "postmaster.pid").read_text().split("\n", 1)[0])
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError):
+        return True  # being written at start-up, or unreadable: never give up work on a guess
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # another user's process: it exists
+    return True
+
+
+class _ServerWatch:
+    """:func:`postmaster_alive`, asked at most once per ``every`` seconds (the loops poll every 50 ms)."""
+
+    def __init__(self, data_dir: Path, clock: Callable[[], float], every: float = 1.0) -> None:
+        self.data_dir, self.clock, self.every = data_dir, clock, every
+        self.checked_at, self.alive = -1e9, True
+
+    def __call__(self) -> bool:
+        if self.clock() - self.checked_at >= self.every:
+            self.checked_at, self.alive = self.clock(), postmaster_alive(self.data_dir)
+        return self.alive
+
+
 def run_pusher(ctx: Context, data_dir: Path, *, idle_exit: float = IDLE_EXIT,
                clock: Callable[[], float] = time.monotonic) -> int:
     """The background pusher: upload every .ready file (oldest first, in parallel) until idle,
-    or until the server is gone and nothing is left to push."""
+    or until the server is gone and what it left has been pushed once.
+
+    "Gone" is noticed within a second (:func:`postmaster_alive`); from then on nothing is retried
+    or re-pushed, so a pusher never outlives a killed postmaster by more than its last uploads
+    (a failing repository used to keep it retrying for ever).  The next server start offers the
+    remaining .ready files again."""
     logger = log.get()
+    server_alive = _ServerWatch(data_dir, clock)
     paths = _Paths(spool_dir(ctx.settings, data_dir))
     status = data_dir / "pg_wal" / "archive_status"
     with _try_lock(paths.lock) as mine:
@@ -249,9 +286,12 @@ def run_pusher(ctx: Context, data_dir: Path, *, idle_exit: float = IDLE_EXIT,
                     return 0  # the cluster is gone
                 ready = sorted(p.name[: -len(".ready")] for p in status.iterdir() if p.name.endswith(".ready"))
                 busy = set(in_flight.values())
+                gone = not server_alive()
                 for name in ready:
                     if len(in_flight) >= ctx.settings.archive_parallel:
                         break
+                    if gone and (name in pushed or name in failed_at):
+                        continue  # the server is gone: push what it left once, retry nothing
                     if name in busy or clock() - pushed.get(name, -1e9) < 5.0 or paths.ok(name).exists() or clock() - failed_at.get(name, -1e9) < 1.0:
                         continue
                     paths.error(name).unlink(missing_ok=True)
@@ -276,7 +316,7 @@ def run_pusher(ctx: Context, data_dir: Path, *, idle_exit: float = IDLE_EXIT,
                             "stored_size": r.stored_size, "already_archived": r.already_archived}).encode())
                     continue
                 _sweep(paths, status)
-                if clock() - last_work > idle_exit or not (data_dir / "postmaster.pid").exists():
+                if clock() - last_work > idle_exit or gone:
                     return 0
                 time.sleep(0.05)
 
@@ -340,8 +380,9 @@ def run_prefetcher(ctx: Context, data_dir: Path, *, idle_exit: float = PREFETCH_
             return 0
         last_want, last_change = "", clock()
         absent: dict[str, float] = {}
+        server_alive = _ServerWatch(data_dir, clock)  # recovery killed with -9: stop within a second
         with cf.ThreadPoolExecutor(max_workers=min(depth, ctx.settings.archive_parallel), thread_name_prefix="prefetch") as pool:
-            while clock() - last_change < idle_exit and (data_dir / "postmaster.pid").exists():
+            while clock() - last_change < idle_exit and server_alive():
                 try:
                     want = (spool / ".want").read_text().strip()
                 except OSError:

@@ -42,6 +42,7 @@ from pgvault.operations.context import Context, build_context
 from pgvault.operations import recovery
 from pgvault.operations.pitr import Plan, RecoveryTarget, plan_recovery, reachable_end
 from pgvault.operations.recovery import RecoveryOutcome, stop_server
+from pgvault.operations.workers import layout_lock, worker_pool
 from pgvault.pg import wal
 from pgvault.pipeline import read_stream
 from pgvault.repository import layout
@@ -246,10 +247,8 @@ def _extract_all(ctx: Context, backup: PhysicalManifest, jobs: list[tuple[Stored
     workers = min(ctx.settings.backup_parallel, len(jobs))
     if workers <= 1:
         return [_extract(ctx, backup, obj, into, base=base) for obj, into, base in jobs]
-    import multiprocessing
-
     counts: list[int] = []
-    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork")) as pool:
+    with worker_pool(workers) as pool:  # workers die with us (kill -9 included), see operations/workers.py
         futures = [pool.submit(_extract_job, ctx.settings, dict(ctx.environ), backup, obj, into, base)
                    for obj, into, base in jobs]
         for fut in futures:
@@ -331,6 +330,11 @@ def _chown_like(paths: list[Path], reference: Path, *, trees: bool = False) -> N
 
 def restore_cluster(ctx: Context, opts: RestoreOptions, plan: Plan | None = None) -> RestoreClusterResult:
     """Lay out the chosen base backup in ``opts.data_dir`` with recovery settings (not started)."""
+    with layout_lock(opts.data_dir.resolve()):  # never while an earlier run's workers still write there
+        return _layout(ctx, opts, plan)
+
+
+def _layout(ctx: Context, opts: RestoreOptions, plan: Plan | None) -> RestoreClusterResult:
     logger = log.get()
     plan = plan or make_plan(ctx, opts.target, opts.backup_id)
     b = plan.backup

@@ -1,0 +1,137 @@
+"""Worker processes that die with their parent, and the lock that keeps two layouts apart.
+
+``restore-cluster`` unpacks base backup parts in forked worker processes.  A forked child does not
+die with its parent: after ``kill -9`` of ``restore-cluster`` its workers went on unpacking for
+minutes, into a directory a rerun was meanwhile emptying (``--force``) and filling.  So:
+
+* :func:`worker_pool` starts each worker with ``prctl(PR_SET_PDEATHSIG, SIGKILL)`` (Linux): the
+  kernel kills it the moment the thread that forked it (ours, which waits for the pool) is gone,
+  however it went.  ``getppid()`` is checked right after, for a parent that died before the call.
+  Elsewhere (macOS, BSD: no PDEATHSIG) a watchdog thread in the worker polls ``getppid()`` every
+  second instead.  When the parent fails or is interrupted, it kills its workers itself before it
+  removes what they were writing, rather than waiting for them to finish (``shutdown(wait=True)``).
+* :func:`layout_lock`: an ``flock`` on ``.<name>.pgvault-lock`` beside the data directory, taken
+  before anything in the directory is touched.  The workers inherit the descriptor, and an
+  ``flock`` lasts until the last descriptor of it is closed, so a rerun waits while any process of
+  the earlier run, parent or worker, still lives; it never empties a directory being written to.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import ctypes
+import ctypes.util
+import fcntl
+import hashlib
+import os
+import signal
+import sys
+import tempfile
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from pgvault import log
+from pgvault.errors import LockedError
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+LOCK_WAIT = 10.0  # seconds a rerun waits for an earlier run's processes to be gone
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Pool initializer: make this worker die when ``parent_pid`` does."""
+    if not _pdeathsig():
+        threading.Thread(target=_watch_parent, args=(parent_pid,), name="parent-watch", daemon=True).start()
+    if os.getppid() != parent_pid:  # the parent died before the kernel was told: we are an orphan already
+        os._exit(1)
+
+
+def _pdeathsig() -> bool:
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        return int(libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _watch_parent(parent_pid: int) -> None:
+    while os.getppid() == parent_pid:
+        time.sleep(1.0)
+    os._exit(1)
+
+
+@contextmanager
+def worker_pool(workers: int) -> Iterator[cf.ProcessPoolExecutor]:
+    """A forked process pool whose workers die with this process and are killed when the body fails.
+
+    Forked, not spawned: the workers inherit the imported modules and the layout lock's descriptor."""
+    import multiprocessing
+
+    pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork"),
+                                  initializer=die_with_parent, initargs=(os.getpid(),))
+    try:
+        yield pool
+    except BaseException:
+        # What they write is about to be removed, and waiting could take minutes: stop them now.
+        kill_workers(pool)
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+
+
+def kill_workers(pool: cf.ProcessPoolExecutor) -> None:
+    """SIGKILL every worker of ``pool`` and reap it."""
+    procs = list((getattr(pool, "_processes", None) or {}).values())  # no public API before Python 3.14
+    for p in procs:
+        try:
+            p.kill()
+        except (OSError, ValueError):
+            pass  # already gone
+    for p in procs:
+        p.join(timeout=10)
+
+
+def _lock_path(data_dir: Path) -> Path:
+    beside = data_dir.parent / f".{data_dir.name}.pgvault-lock"
+    if os.access(data_dir.parent, os.W_OK) or beside.exists():
+        return beside
+    # The parent is not ours to write (an empty mount point owned by the database user): a
+    # per-path lock in the temporary directory excludes runs on this host all the same.
+    digest = hashlib.sha256(str(data_dir).encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"pgvault-layout-{digest}.lock"
+
+
+@contextmanager
+def layout_lock(data_dir: Path, *, wait: float = LOCK_WAIT) -> Iterator[None]:
+    """Hold the layout lock of ``data_dir`` (an absolute path) for the body; :class:`LockedError`
+    (exit 7) if another run, or the workers of a killed one, still hold it after ``wait`` seconds.
+
+    Released by closing our descriptor, never by ``LOCK_UN``: that would release it for workers
+    that still run as well.  The lock file stays (removing it would race with a waiting rerun)."""
+    path = _lock_path(data_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)  # CLOEXEC: a started postmaster must not hold it
+    try:
+        deadline = time.monotonic() + wait
+        warned = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise LockedError(
+                        f"another restore-cluster is writing into {data_dir} (or the unpack workers of an "
+                        f"interrupted one are still exiting)", hint=f"wait for it to finish; the lock is {path}",
+                    ) from None
+                if not warned:
+                    log.get().warning("waiting for an earlier restore-cluster into %s to be gone", data_dir)
+                    warned = True
+                time.sleep(0.1)
+        yield
+    finally:
+        os.close(fd)
