@@ -13,7 +13,14 @@ from hypothesis import strategies as st
 from pgvault.errors import IntegrityError
 from pgvault.pipeline import PipelineSpec, StreamResult
 from pgvault.repository import layout
-from pgvault.repository.manifest import DatabaseEntry, LogicalManifest, StoredObject, TableCount
+from pgvault.repository.manifest import (
+    DatabaseEntry,
+    DatabaseProperties,
+    Grant,
+    LogicalManifest,
+    StoredObject,
+    TableCount,
+)
 from pgvault.storage.base import validate_key
 
 UTC = dt.timezone.utc
@@ -193,6 +200,11 @@ def sample_manifest(**changes: object) -> LogicalManifest:
                 size_bytes=8_000_000,
                 row_counts_exact=True,
                 tables=(TableCount("public", "users", 10), TableCount("audit", "log", 0)),
+                properties=DatabaseProperties(
+                    owner="app_owner", acl=(Grant(None, "TEMPORARY"), Grant("app_owner", "CONNECT", True)),
+                    comment="the app", connection_limit=20, settings=("search_path=app, public",),
+                    role_settings=(("reporting", ("statement_timeout=5min", "work_mem=64MB")),),
+                ),
             ),
             DatabaseEntry(
                 name="my.db",
@@ -238,6 +250,31 @@ def test_manifest_round_trip() -> None:
     assert LogicalManifest.loads(m.dumps(), where="k") == m
 
 
+def test_database_properties_json_form_and_manifests_without_them() -> None:
+    doc = json.loads(sample_manifest().dumps())
+    assert doc["databases"][0]["properties"] == {
+        "owner": "app_owner",
+        "acl": [{"grantee": None, "privilege": "TEMPORARY", "grantable": False},
+                {"grantee": "app_owner", "privilege": "CONNECT", "grantable": True}],
+        "comment": "the app", "connection_limit": 20, "is_template": False, "tablespace": "pg_default",
+        "settings": ["search_path=app, public"],
+        "role_settings": {"reporting": ["statement_timeout=5min", "work_mem=64MB"]},
+    }
+    # Manifests written before database properties were recorded stay loadable.
+    assert "properties" not in doc["databases"][1]
+    del doc["databases"][0]["properties"]
+    old = LogicalManifest.loads(json.dumps(doc).encode(), where="k")
+    assert old.databases[0].properties is None and old.databases[0].tables == sample_manifest().databases[0].tables
+
+
+@pytest.mark.parametrize("damage", ["x", {"acl": [1]}, {"owner": "o", "role_settings": ["r"]}, {"owner": "o", "acl": ["x"]}])
+def test_damaged_database_properties_are_integrity_errors(damage: object) -> None:
+    doc = json.loads(sample_manifest().dumps())
+    doc["databases"][0]["properties"] = damage
+    with pytest.raises(IntegrityError, match="manifest k is unreadable"):
+        LogicalManifest.loads(json.dumps(doc).encode(), where="k")
+
+
 def test_manifest_without_globals_round_trips() -> None:
     m = sample_manifest(globals=None)
     assert json.loads(m.dumps())["globals"] is None
@@ -274,6 +311,19 @@ _entries = st.builds(
     size_bytes=st.integers(0, 2**50),
     row_counts_exact=st.booleans(),
     tables=st.lists(_tables, max_size=4).map(tuple),
+    properties=st.none() | st.builds(
+        DatabaseProperties,
+        owner=_names,
+        acl=st.lists(st.builds(Grant, st.none() | _names, st.sampled_from(["CREATE", "CONNECT", "TEMPORARY"]),
+                               st.booleans()), max_size=4).map(tuple),
+        comment=st.none() | st.text(max_size=10),
+        connection_limit=st.integers(-1, 1000),
+        is_template=st.booleans(),
+        tablespace=_names,
+        settings=st.lists(st.text(max_size=12), max_size=3).map(tuple),
+        role_settings=st.dictionaries(_names, st.lists(st.text(max_size=12), max_size=3).map(tuple),
+                                      max_size=3).map(lambda d: tuple(d.items())),
+    ),
 )
 _pipelines = st.builds(
     PipelineSpec,

@@ -25,6 +25,7 @@ from psycopg import sql
 import pgvault
 from pgvault import log
 from pgvault.errors import NotFoundError, PgvaultError, ToolError, UsageError
+from pgvault.operations import dbprops
 from pgvault.operations.context import Context
 from pgvault.operations.progress import CountingReader
 from pgvault.pg.bindir import bindir_for_server
@@ -180,6 +181,9 @@ def _dump_database(
         assert row is not None
         snapshot = str(row[0])
         tables = [(str(r[0]), str(r[1]), int(r[2])) for r in snap.execute(_TABLES_SQL).fetchall()]
+        # Owner, privileges, settings...: pg_restore would apply them only under the original
+        # name (--create); read in the dump's snapshot so they match the dumped contents.
+        properties = dbprops.read(snap, db)
         proc = runner.start(
             "pg_dump", ["--format=custom", "--compress=0", f"--snapshot={snapshot}", "--no-password"], env=ctx.child_env(db)
         )
@@ -213,6 +217,7 @@ def _dump_database(
         size_bytes=size,
         row_counts_exact=exact,
         tables=tuple(counter.counts),
+        properties=properties,
     )
 
 

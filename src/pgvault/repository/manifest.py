@@ -61,6 +61,80 @@ class TableCount:
 
 
 @dataclass(frozen=True)
+class Grant:
+    """One privilege on a database: ``grantee`` None is PUBLIC."""
+
+    grantee: str | None
+    privilege: str  # CREATE | CONNECT | TEMPORARY
+    grantable: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {"grantee": self.grantee, "privilege": self.privilege, "grantable": self.grantable}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "Grant":
+        d = _mapping(d, "a grant")
+        grantee = d.get("grantee")
+        return cls(grantee=None if grantee is None else str(grantee), privilege=str(d["privilege"]),
+                   grantable=bool(d.get("grantable", False)))
+
+
+def _mapping(value: Any, what: str) -> dict[str, Any]:
+    # TypeError is what LogicalManifest.loads turns into "manifest ... is unreadable".
+    if not isinstance(value, dict):
+        raise TypeError(f"{what} must be a JSON object, not {type(value).__name__}")
+    return value
+
+
+@dataclass(frozen=True)
+class DatabaseProperties:
+    """What belongs to a database rather than to its contents, read in the dump's snapshot.
+
+    ``pg_dump --create`` would emit these for the original name only; pgvault restores under
+    other names (a scratch name, ``--target-database``), so it records them here and reapplies
+    them itself.  ``acl`` is the effective privilege list (the default one spelled out when
+    ``datacl`` is NULL); ``settings`` are ``ALTER DATABASE ... SET`` items and ``role_settings``
+    ``ALTER ROLE ... IN DATABASE ... SET`` items, both as ``name=value`` like pg_db_role_setting.
+    """
+
+    owner: str
+    acl: tuple[Grant, ...] = ()
+    comment: str | None = None
+    connection_limit: int = -1
+    is_template: bool = False
+    tablespace: str = "pg_default"
+    settings: tuple[str, ...] = ()
+    role_settings: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "owner": self.owner,
+            "acl": [g.to_json() for g in self.acl],
+            "comment": self.comment,
+            "connection_limit": self.connection_limit,
+            "is_template": self.is_template,
+            "tablespace": self.tablespace,
+            "settings": list(self.settings),
+            "role_settings": {role: list(items) for role, items in self.role_settings},
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "DatabaseProperties":
+        d = _mapping(d, "database properties")
+        return cls(
+            owner=str(d["owner"]),
+            acl=tuple(Grant.from_json(g) for g in d.get("acl", [])),
+            comment=d.get("comment"),
+            connection_limit=int(d.get("connection_limit", -1)),
+            is_template=bool(d.get("is_template", False)),
+            tablespace=str(d.get("tablespace", "pg_default")),
+            settings=tuple(str(x) for x in d.get("settings", [])),
+            role_settings=tuple((str(r), tuple(str(x) for x in items))
+                                for r, items in _mapping(d.get("role_settings", {}), "role settings").items()),
+        )
+
+
+@dataclass(frozen=True)
 class DatabaseEntry:
     """One dumped database."""
 
@@ -72,6 +146,8 @@ class DatabaseEntry:
     size_bytes: int
     row_counts_exact: bool
     tables: tuple[TableCount, ...] = ()
+    # None in manifests written before pgvault recorded them: restores then say so.
+    properties: DatabaseProperties | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -83,6 +159,7 @@ class DatabaseEntry:
             "size_bytes": self.size_bytes,
             "row_counts_exact": self.row_counts_exact,
             "tables": [asdict(t) for t in self.tables],
+            **({"properties": self.properties.to_json()} if self.properties is not None else {}),
         }
 
     @classmethod
@@ -96,6 +173,7 @@ class DatabaseEntry:
             size_bytes=int(d.get("size_bytes", 0)),
             row_counts_exact=bool(d.get("row_counts_exact", False)),
             tables=tuple(TableCount(**t) for t in d.get("tables", [])),
+            properties=DatabaseProperties.from_json(d["properties"]) if d.get("properties") else None,
         )
 
 
