@@ -36,6 +36,9 @@ class S3Options:
     profile: str | None = None
     part_size_mb: int = 16
     max_concurrency: int = 4
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+    retries: int = 3
 
 
 @dataclass(frozen=True)
@@ -238,6 +241,9 @@ SETTINGS: tuple[_Setting, ...] = (
     _Setting("repository.s3.profile", _to_opt_str, "AWS config profile"),
     _Setting("repository.s3.part_size_mb", _to_int, "multipart upload part size in MiB"),
     _Setting("repository.s3.max_concurrency", _to_int, "parts uploaded in parallel"),
+    _Setting("repository.s3.connect_timeout", parse_duration, "S3: give up connecting after this long (default 10s)"),
+    _Setting("repository.s3.read_timeout", parse_duration, "S3: give up when no byte arrives for this long (default 60s)"),
+    _Setting("repository.s3.retries", _to_int, "S3: retries of a failed or timed-out request (default 3)"),
     _Setting("postgres.dsn", _to_str, "libpq conninfo; PG* environment variables also apply"),
     _Setting("postgres.bin_dirs", _to_list, "extra PostgreSQL bin directories"),
     _Setting("compression.algorithm", _to_str, "zstd (default), gzip or none"),
@@ -358,6 +364,9 @@ def load_settings(
         profile=get("repository.s3.profile", None),
         part_size_mb=get("repository.s3.part_size_mb", 16),
         max_concurrency=get("repository.s3.max_concurrency", 4),
+        connect_timeout=get("repository.s3.connect_timeout", 10.0),
+        read_timeout=get("repository.s3.read_timeout", 60.0),
+        retries=get("repository.s3.retries", 3),
     )
     settings = Settings(
         cluster=get("cluster", "main"),
@@ -418,6 +427,11 @@ def validate(s: Settings) -> list[str]:
         problems.append("repository.s3.part_size_mb: S3 requires parts of at least 5 MiB")
     if s.s3.max_concurrency < 1:
         problems.append("repository.s3.max_concurrency: must be at least 1")
+    for name, value in (("connect_timeout", s.s3.connect_timeout), ("read_timeout", s.s3.read_timeout)):
+        if not value > 0:
+            problems.append(f"repository.s3.{name}: must be positive")
+    if s.s3.retries < 0:
+        problems.append("repository.s3.retries: must be 0 or more")
     if not 1 <= s.backup_parallel <= 32:
         problems.append("backup.parallel: must be between 1 and 32")
     for name, value in (("retention.logical.daily", s.keep_daily), ("retention.logical.weekly", s.keep_weekly),
@@ -471,6 +485,9 @@ def fetch_environment(s: Settings) -> dict[str, str]:
         env["PGVAULT_REPOSITORY_S3_FORCE_PATH_STYLE"] = "true"
     if s.s3.profile:
         env["PGVAULT_REPOSITORY_S3_PROFILE"] = s.s3.profile
+    for name in ("connect_timeout", "read_timeout", "retries"):
+        if getattr(s.s3, name) != getattr(S3Options, name):
+            env[f"PGVAULT_REPOSITORY_S3_{name.upper()}"] = str(getattr(s.s3, name))
     if s.age_identity_file:
         env["PGVAULT_ENCRYPTION_AGE_IDENTITY_FILE"] = str(Path(s.age_identity_file).resolve())
     if s.restore_prefetch != 8:

@@ -215,6 +215,70 @@ def test_put_if_absent_has_exactly_one_winner(storage: Storage) -> None:
     assert storage.read_bytes("contended") == f"writer-{winners[0]}".encode() * 100
 
 
+@pytest.mark.parametrize("size", [100, PART + 10], ids=["single", "multipart"])
+def test_conditional_write_creates_once(storage: Storage, size: int) -> None:
+    first, second = payload(size, seed=1), payload(size, seed=2)
+    with storage.open_write("wal/seg", if_absent=True) as w:
+        w.write(first)
+    assert storage.read_bytes("wal/seg") == first
+    w2 = storage.open_write("wal/seg", if_absent=True)
+    w2.write(second)
+    with pytest.raises(ObjectExists) as info:
+        w2.commit()
+    assert isinstance(info.value, StorageError) and "wal/seg" in str(info.value)
+    assert storage.read_bytes("wal/seg") == first  # never replaced
+    assert keys(storage) == ["wal/seg"]  # and nothing of the loser is left
+    with pytest.raises(ValueError):
+        w2.write(b"more")  # a refused commit discards the writer
+    with pytest.raises(ObjectExists):
+        with storage.open_write("wal/seg", if_absent=True) as w3:
+            w3.write(second)
+    assert storage.read_bytes("wal/seg") == first
+    # The condition is checked at commit, not at open: a key created meanwhile wins.
+    late = storage.open_write("other", if_absent=True)
+    late.write(second)
+    storage.put_if_absent("other", b"created meanwhile")
+    with pytest.raises(ObjectExists):
+        late.commit()
+    assert storage.read_bytes("other") == b"created meanwhile"
+
+
+@pytest.mark.parametrize("size", [1000, PART + 1000], ids=["single", "multipart"])
+def test_conditional_write_has_exactly_one_winner(storage: Storage, size: int) -> None:
+    if isinstance(storage, S3Storage) and size > PART:
+        # SeaweedFS (4.48) checks If-None-Match on CompleteMultipartUpload before the write, not
+        # atomically with it: concurrent conditional multipart commits can all succeed (AWS S3
+        # makes it atomic). pgvault never relies on it: see docs/design.md "WAL archiving".
+        pytest.xfail("SeaweedFS: conditional CompleteMultipartUpload is not atomic under concurrency")
+    n = 6
+    writers = []
+    for i in range(n):
+        w = storage.open_write("contended", if_absent=True)
+        w.write(payload(size, seed=i))
+        writers.append(w)
+    barrier = threading.Barrier(n)
+    outcome: dict[int, str] = {}
+
+    def commit(i: int) -> None:
+        barrier.wait()
+        try:
+            writers[i].commit()
+            outcome[i] = "won"
+        except ObjectExists:
+            outcome[i] = "exists"
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            outcome[i] = repr(exc)
+
+    threads = [threading.Thread(target=commit, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    winners = [i for i, r in outcome.items() if r == "won"]
+    assert sorted(outcome.values()) == ["exists"] * (n - 1) + ["won"], outcome
+    assert storage.read_bytes("contended") == payload(size, seed=winners[0])
+
+
 def test_missing_object_is_object_not_found(storage: Storage) -> None:
     write(storage, "present/x", b"1")
     for call in (storage.stat, storage.open_read, storage.read_bytes):
@@ -409,6 +473,19 @@ def test_s3_large_objects_use_multipart_and_leave_no_uploads(
     assert client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", []) == []
     write(st, "small", b"tiny")
     assert "-" not in client.head_object(Bucket=s3_bucket, Key="small")["ETag"]
+
+
+@pytest.mark.s3
+def test_s3_refused_conditional_commit_leaves_no_upload(seaweed: Any, s3_bucket: str, s3_settings: S3Settings) -> None:
+    st = S3Storage(s3_bucket, "", small_s3(s3_settings))
+    st.put_if_absent("k", b"first")
+    w = st.open_write("k", if_absent=True)
+    w.write(payload(2 * PART))
+    with pytest.raises(ObjectExists):
+        w.commit()
+    client = seaweed.client()
+    assert client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", []) == []
+    assert st.read_bytes("k") == b"first"
 
 
 @pytest.mark.s3

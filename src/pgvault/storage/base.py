@@ -26,7 +26,7 @@ class ObjectNotFound(NotFoundError):
 
 
 class ObjectExists(StorageError):
-    """``put_if_absent``: an object already exists under the key."""
+    """``put_if_absent`` or a conditional writer's ``commit``: an object already exists under the key."""
 
 
 @dataclass(frozen=True)
@@ -65,8 +65,13 @@ class Storage(Protocol):
 
     url: str  # display form, never containing credentials
 
-    def open_write(self, key: str) -> ObjectWriter:
-        """Start writing ``key``; the object appears only on ``commit`` (replacing any old one)."""
+    def open_write(self, key: str, *, if_absent: bool = False) -> ObjectWriter:
+        """Start writing ``key``; the object appears only on ``commit`` (replacing any old one).
+
+        With ``if_absent`` the commit is atomic create-only: if ``key`` exists at that moment,
+        ``commit`` raises :class:`ObjectExists`, discards what was written and leaves the existing
+        object untouched; of concurrent conditional writers exactly one commits.
+        """
         ...
 
     def put_if_absent(self, key: str, data: bytes) -> None:

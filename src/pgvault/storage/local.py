@@ -2,7 +2,8 @@
 
 Atomicity comes from the POSIX rename/link rules: an object is written to a ``.tmp-*`` file in its
 destination directory (same file system, so the final step is a rename, never a copy), fsynced,
-then renamed (``open_write``) or hard-linked (``put_if_absent``, which must fail if the key exists;
+then renamed (``open_write``) or hard-linked (``open_write(if_absent=True)``, ``put_if_absent``: they
+must fail if the key exists;
 ``rename`` would silently replace it). The directory is fsynced afterwards because a rename is
 only durable once its directory entry is. A killed writer leaves only a ``.tmp-*`` file, which
 listings skip and a later sweep may remove.
@@ -62,8 +63,10 @@ def _mtime(st: os.stat_result) -> dt.datetime:
 class _LocalWriter(WriterContextMixin):
     """Writes ``.tmp-*`` in the destination directory; ``commit`` fsyncs and renames it into place."""
 
-    def __init__(self, storage: LocalStorage, key: str) -> None:
+    def __init__(self, storage: LocalStorage, key: str, if_absent: bool = False) -> None:
         self._key = key
+        self._url = storage.url
+        self._if_absent = if_absent
         self._dest = storage._path(key)
         self._tmp, fd = storage._create_temp(self._dest.parent)
         self._file = os.fdopen(fd, "wb")
@@ -79,7 +82,8 @@ class _LocalWriter(WriterContextMixin):
             raise _error("write", self._dest, exc) from exc
 
     def commit(self) -> None:
-        """fsync, rename into place, fsync the directory; a second ``commit`` is a no-op."""
+        """fsync, rename (or, if_absent, hard-link) into place, fsync the directory; a second
+        ``commit`` is a no-op."""
         if self._state == "committed":
             return
         if self._state == "aborted":
@@ -88,13 +92,37 @@ class _LocalWriter(WriterContextMixin):
             self._file.flush()
             os.fsync(self._file.fileno())
             self._file.close()
-            os.replace(self._tmp, self._dest)
+            if self._if_absent:
+                self._link()
+            else:
+                os.replace(self._tmp, self._dest)
             self._state = "committed"
             fsync_path(self._dest.parent)
         except OSError as exc:
             if self._state != "committed":
                 self.abort()
             raise _error("write", self._dest, exc) from exc
+
+    def _link(self) -> None:
+        """Publish the temp file only if the key is free: link(2) fails with EEXIST instead of
+        replacing (rename would silently replace), so of concurrent writers exactly one wins."""
+        try:
+            os.link(self._tmp, self._dest)
+        except FileExistsError:
+            self.abort()
+            raise ObjectExists(f"object {self._key!r} already exists in {self._url}") from None
+        except OSError as exc:
+            if exc.errno in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
+                self.abort()
+                raise StorageError(
+                    f"cannot create {self._dest}: {exc.strerror}",
+                    hint="the repository file system must support hard links (used for atomic create)",
+                ) from exc
+            raise
+        try:
+            os.unlink(self._tmp)
+        except OSError:
+            pass  # the object is in place; a leftover .tmp-* link is invisible and swept later
 
     def abort(self) -> None:
         """Discard the temporary file; a no-op after ``commit`` or a previous ``abort``."""
@@ -180,43 +208,14 @@ class LocalStorage:
 
     # -- the Storage contract ------------------------------------------------------------------
 
-    def open_write(self, key: str) -> ObjectWriter:
-        """Start writing ``key``; the object appears only on ``commit`` (replacing any old one)."""
-        return _LocalWriter(self, key)
+    def open_write(self, key: str, *, if_absent: bool = False) -> ObjectWriter:
+        """Start writing ``key``; the object appears only on ``commit`` (see ``Storage.open_write``)."""
+        return _LocalWriter(self, key, if_absent)
 
     def put_if_absent(self, key: str, data: bytes) -> None:
         """Atomically create ``key`` with ``data``; raise :class:`ObjectExists` if it already exists."""
-        dest = self._path(key)
-        tmp, fd = self._create_temp(dest.parent)
-        try:
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
-            except OSError as exc:
-                raise _error("write", dest, exc) from exc
-            try:
-                # link(2) fails with EEXIST instead of replacing: the atomic "create if absent".
-                os.link(tmp, dest)
-            except FileExistsError:
-                raise ObjectExists(f"object {key!r} already exists in {self.url}") from None
-            except OSError as exc:
-                if exc.errno in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
-                    raise StorageError(
-                        f"cannot create {dest}: {exc.strerror}",
-                        hint="the repository file system must support hard links (used for atomic create)",
-                    ) from exc
-                raise _error("write", dest, exc) from exc
-        finally:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-        try:
-            fsync_path(dest.parent)
-        except OSError as exc:
-            raise _error("write", dest, exc) from exc
+        with self.open_write(key, if_absent=True) as w:
+            w.write(data)
 
     def open_read(self, key: str) -> BinaryIO:
         """Open ``key`` as a buffered binary file; raise :class:`ObjectNotFound` if it does not exist."""

@@ -23,9 +23,10 @@ def _now() -> dt.datetime:
 class _MemoryWriter(WriterContextMixin):
     """Buffers the whole object and publishes it under the storage lock on ``commit``."""
 
-    def __init__(self, storage: MemoryStorage, key: str) -> None:
+    def __init__(self, storage: MemoryStorage, key: str, if_absent: bool) -> None:
         self._storage = storage
         self._key = key
+        self._if_absent = if_absent
         self._buf = bytearray()
         self._state = "open"  # open → committed | aborted
 
@@ -42,7 +43,11 @@ class _MemoryWriter(WriterContextMixin):
             return
         if self._state == "aborted":
             raise ValueError(f"commit of an aborted writer for {self._key!r}")
-        self._storage._publish(self._key, bytes(self._buf))
+        try:
+            self._storage._publish(self._key, bytes(self._buf), if_absent=self._if_absent)
+        except ObjectExists:
+            self.abort()
+            raise
         self._buf = bytearray()
         self._state = "committed"
 
@@ -62,8 +67,10 @@ class MemoryStorage:
         self._objects: dict[str, tuple[bytes, dt.datetime]] = {}
         self._lock = threading.Lock()
 
-    def _publish(self, key: str, data: bytes) -> None:
+    def _publish(self, key: str, data: bytes, *, if_absent: bool = False) -> None:
         with self._lock:
+            if if_absent and key in self._objects:
+                raise ObjectExists(f"object {key!r} already exists in {self.url}")
             self._objects[key] = (data, _now())
 
     def _get(self, key: str) -> tuple[bytes, dt.datetime]:
@@ -74,17 +81,13 @@ class MemoryStorage:
             except KeyError:
                 raise ObjectNotFound(f"object {key!r} does not exist in {self.url}") from None
 
-    def open_write(self, key: str) -> ObjectWriter:
-        """Start writing ``key``; the object appears only on ``commit`` (replacing any old one)."""
-        return _MemoryWriter(self, validate_key(key))
+    def open_write(self, key: str, *, if_absent: bool = False) -> ObjectWriter:
+        """Start writing ``key``; the object appears only on ``commit`` (see ``Storage.open_write``)."""
+        return _MemoryWriter(self, validate_key(key), if_absent)
 
     def put_if_absent(self, key: str, data: bytes) -> None:
         """Atomically create ``key`` with ``data``; raise :class:`ObjectExists` if it already exists."""
-        validate_key(key)
-        with self._lock:
-            if key in self._objects:
-                raise ObjectExists(f"object {key!r} already exists in {self.url}")
-            self._objects[key] = (bytes(data), _now())
+        self._publish(validate_key(key), bytes(data), if_absent=True)
 
     def open_read(self, key: str) -> BinaryIO:
         """Open ``key`` for reading; raise :class:`ObjectNotFound` if it does not exist."""

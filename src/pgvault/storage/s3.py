@@ -19,7 +19,8 @@ import io
 import logging
 import secrets
 import threading
-from typing import TYPE_CHECKING, Any, BinaryIO, Iterator, cast
+import time
+from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Iterator, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import boto3
@@ -27,10 +28,10 @@ import botocore.config
 import botocore.exceptions as bce
 
 from pgvault.errors import ConfigError, PgvaultError, StorageError
+from pgvault.storage.s3_read import ResumingBody
 from pgvault.storage.base import WriterContextMixin, ObjectExists, ObjectInfo, ObjectNotFound, ObjectWriter, validate_key, validate_prefix
 
 if TYPE_CHECKING:
-    from _typeshed import WriteableBuffer
     from mypy_boto3_s3.client import S3Client
     from mypy_boto3_s3.type_defs import CompletedPartTypeDef
 
@@ -49,6 +50,10 @@ _ACCESS_CODES = frozenset(
         "TokenRefreshRequired", "AllAccessDisabled", "AccountProblem", "InvalidClientTokenId", "Forbidden", "403",
     }
 )  # fmt: skip
+_STALL_HINT = (
+    "check that the object store is up and reachable; the waits are repository.s3.connect_timeout, "
+    "repository.s3.read_timeout and repository.s3.retries"
+)
 _ACCESS_HINT = (
     "set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or an AWS profile; the key needs s3:GetObject, s3:PutObject, "
     "s3:DeleteObject and s3:ListBucket (without ListBucket, S3 reports a missing object as 403)"
@@ -69,7 +74,17 @@ class S3Settings:
     profile: str | None = None
     part_size: int = 16 * MiB  # first part size; grows for huge objects (see _S3Writer)
     max_concurrency: int = 4  # parts of one object uploaded in parallel
-    max_attempts: int = 5  # botocore's retries.max_attempts (retries after the first try)
+    max_attempts: int = 3  # botocore's retries.max_attempts (retries after the first try)
+    # Without these a stalled store (accepting connections, never answering) blocks a backup for
+    # ever. read_timeout bounds each wait for the next byte, not a whole transfer.
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+    read_resumes: int = 5  # ranged re-opens of a download in a row without progress (see s3_read)
+
+    @property
+    def call_bound(self) -> float:
+        """The longest one S3 call can go unanswered: every attempt times out (backoff not counted)."""
+        return (self.max_attempts + 1) * (self.connect_timeout + self.read_timeout)
 
     def __post_init__(self) -> None:
         problems = []
@@ -79,8 +94,28 @@ class S3Settings:
             problems.append(f"s3 max_concurrency must be at least 1, got {self.max_concurrency}")
         if self.max_attempts < 0:
             problems.append(f"s3 max_attempts must not be negative, got {self.max_attempts}")
+        for name in ("connect_timeout", "read_timeout"):
+            if not getattr(self, name) > 0:
+                problems.append(f"s3 {name} must be positive, got {getattr(self, name)}")
+        if self.read_resumes < 0:
+            problems.append(f"s3 read_resumes must not be negative, got {self.read_resumes}")
         if problems:
             raise ConfigError(problems)
+
+
+class _Unresponsive(bce.BotoCoreError):
+    """Raised before sending while the breaker is open (see ``S3Storage._refuse_while_unresponsive``)."""
+
+    fmt = "S3 endpoint did not answer a moment ago"
+
+
+def _is_timeout(exc: BaseException) -> bool:
+    """Did the endpoint fail to answer in time? A send that times out (the server stopped reading
+    an upload) arrives as ConnectionClosedError wrapping urllib3's ProtocolError(TimeoutError)."""
+    if isinstance(exc, (bce.ConnectTimeoutError, bce.ReadTimeoutError, _Unresponsive, TimeoutError)):
+        return True
+    inner = getattr(exc, "kwargs", {}).get("error") if isinstance(exc, bce.ConnectionClosedError) else None
+    return inner is not None and any(isinstance(a, TimeoutError) for a in getattr(inner, "args", ()))
 
 
 def _display_endpoint(url: str) -> str:
@@ -99,39 +134,15 @@ def _code_status(exc: bce.ClientError) -> tuple[str, int]:
     return code, status
 
 
-class _BodyReader(io.RawIOBase):
-    """A raw stream over a GetObject body that maps network errors to :class:`StorageError`."""
-
-    def __init__(self, body: Any, storage: S3Storage, key: str) -> None:
-        super().__init__()
-        self._body = body
-        self._storage = storage
-        self._key = key
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: WriteableBuffer, /) -> int:
-        view = memoryview(buffer).cast("B")
-        try:
-            data: bytes = self._body.read(len(view))
-        except (bce.BotoCoreError, OSError) as exc:
-            raise self._storage._translate(exc, "read", self._key) from exc
-        view[: len(data)] = data
-        return len(data)
-
-    def close(self) -> None:
-        if not self.closed:
-            self._body.close()
-        super().close()
-
-
 class _S3Writer(WriterContextMixin):
     """Buffers one part; uploads full parts in a thread pool; completes or aborts the upload."""
 
-    def __init__(self, storage: S3Storage, key: str) -> None:
+    def __init__(self, storage: S3Storage, key: str, if_absent: bool = False) -> None:
         self._s = storage
         self._key = key
+        # S3 conditional writes: PutObject and CompleteMultipartUpload both take If-None-Match: *
+        # and answer 412 when the key exists, so the check and the write are one atomic step.
+        self._condition: dict[str, Any] = {"IfNoneMatch": "*"} if if_absent else {}
         self._full = storage._full(key)
         self._buf = bytearray()
         self._upload_id: str | None = None
@@ -217,22 +228,42 @@ class _S3Writer(WriterContextMixin):
         s = self._s
         try:
             if self._upload_id is None:
-                with s._errors("write", self._key):
-                    s._client.put_object(Bucket=s.bucket, Key=self._full, Body=bytes(self._buf))
+                body = bytes(self._buf)
+                self._publish(lambda: s._client.put_object(Bucket=s.bucket, Key=self._full, Body=body, **self._condition))
             else:
                 if self._buf:
                     self._send_part()
                 parts = [f.result() for f in self._futures]  # re-raises the first failed part
-                with s._errors("write", self._key):
-                    s._client.complete_multipart_upload(
-                        Bucket=s.bucket, Key=self._full, UploadId=self._upload_id, MultipartUpload={"Parts": parts}
-                    )
+                upload_id = self._upload_id
+                self._publish(lambda: s._client.complete_multipart_upload(
+                    Bucket=s.bucket, Key=self._full, UploadId=upload_id, MultipartUpload={"Parts": parts},
+                    **self._condition,
+                ))  # fmt: skip
         except BaseException:
             self.abort()
             raise
         self._state = "committed"
         self._buf = bytearray()
         self._shutdown()
+
+    def _publish(self, call: Callable[[], object]) -> None:
+        """Run the call that makes the object visible; 412 on a conditional write → ObjectExists.
+
+        AWS answers 409 while another conditional write to the key is in flight; a retry then
+        resolves to success or 412. If a retried conditional PUT follows one whose response was
+        lost, the retry sees our own object and reports ObjectExists: callers that care compare
+        what is stored (archive push does).
+        """
+        for attempt in range(3):
+            try:
+                call()
+                return
+            except bce.ClientError as exc:
+                if self._condition and _code_status(exc)[1] == 409 and attempt < 2:
+                    continue
+                raise self._s._translate(exc, "write", self._key) from exc
+            except bce.BotoCoreError as exc:
+                raise self._s._translate(exc, "write", self._key) from exc
 
     def abort(self) -> None:
         """Abort the multipart upload (best effort); a no-op after ``commit`` or ``abort``."""
@@ -273,6 +304,7 @@ class S3Storage:
         self.prefix = prefix
         self.settings = settings if settings is not None else S3Settings()
         self.url = f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}"
+        self._unresponsive_until = 0.0  # monotonic time until which requests fail at once
         self._client = self._make_client()
         self.endpoint = _display_endpoint(self._client.meta.endpoint_url)
         # Mirror s3transfer: with botocore's default "when_supported" checksums, multipart uploads
@@ -294,14 +326,48 @@ class S3Storage:
             raise ConfigError([f"AWS profile {st.profile!r} not found"], hint="check ~/.aws/config or AWS_PROFILE") from None
         config = botocore.config.Config(
             retries={"max_attempts": st.max_attempts, "mode": "standard"},
+            connect_timeout=st.connect_timeout,
+            read_timeout=st.read_timeout,
             s3={"addressing_style": "path" if st.force_path_style else "auto"},
             max_pool_connections=max(10, st.max_concurrency + 2),
         )
         try:
-            return session.client("s3", endpoint_url=st.endpoint_url, config=config)
+            client = session.client("s3", endpoint_url=st.endpoint_url, config=config)
         except ValueError:  # a malformed endpoint URL
             shown = _display_endpoint(st.endpoint_url or "")
             raise ConfigError([f"invalid s3 endpoint_url {shown!r}"], hint="e.g. https://s3.example.com:9000") from None
+        client.meta.events.register("before-send.s3", self._refuse_while_unresponsive)
+        return client
+
+    def _refuse_while_unresponsive(self, **_: Any) -> None:
+        """Fail a request at once while the endpoint is known not to answer (a circuit breaker).
+
+        Once a call has waited out every attempt, the cleanup that follows the failure (aborting
+        the multipart upload, releasing the lock, recording the job) would each wait as long
+        again: a stalled store would turn one bounded wait into several. For ``call_bound``
+        seconds after such a timeout, requests fail immediately instead; later ones try again,
+        so a long-running pusher recovers by itself. The exception is not one botocore retries.
+        """
+        if time.monotonic() < self._unresponsive_until:
+            raise _Unresponsive()
+
+    def _timed_out(self, exc: Exception, action: str, where: str) -> StorageError:
+        """The StorageError for an endpoint that did not answer; opens the breaker."""
+        st = self.settings
+        if isinstance(exc, _Unresponsive):
+            return StorageError(
+                f"S3 endpoint {self.endpoint} did not answer a moment ago; not trying again yet to {action} {where}",
+                hint=_STALL_HINT,
+            )
+        self._unresponsive_until = time.monotonic() + st.call_bound
+        connect = isinstance(exc, bce.ConnectTimeoutError)
+        what, limit = ("accept a connection", st.connect_timeout) if connect else ("answer", st.read_timeout)
+        attempts = st.max_attempts + 1
+        tries = f"{attempts} attempts" if attempts > 1 else "1 attempt"
+        return StorageError(
+            f"S3 endpoint {self.endpoint} did not {what} within {limit:g}s ({tries}) to {action} {where}",
+            hint=_STALL_HINT,
+        )
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -334,6 +400,8 @@ class S3Storage:
             if code == "NoSuchKey" and key is not None:
                 return ObjectNotFound(f"object {key!r} does not exist in {self.url}")
             return StorageError(f"cannot {action} {where}: S3 error {code or '?'} (HTTP {status}) from {self.endpoint}")
+        if _is_timeout(exc):
+            return self._timed_out(exc, action, where)
         if isinstance(exc, (bce.NoCredentialsError, bce.PartialCredentialsError, bce.CredentialRetrievalError)):
             return StorageError(
                 f"no usable S3 credentials for {self.url}",
@@ -378,36 +446,21 @@ class S3Storage:
 
     # -- the Storage contract ------------------------------------------------------------------
 
-    def open_write(self, key: str) -> ObjectWriter:
-        """Start writing ``key``; the object appears only on ``commit`` (replacing any old one)."""
-        return _S3Writer(self, key)
+    def open_write(self, key: str, *, if_absent: bool = False) -> ObjectWriter:
+        """Start writing ``key``; the object appears only on ``commit`` (see ``Storage.open_write``)."""
+        return _S3Writer(self, key, if_absent)
 
     def put_if_absent(self, key: str, data: bytes) -> None:
-        """Create ``key`` unless it exists (``If-None-Match: *``); raise :class:`ObjectExists` if it does.
-
-        If a retried PUT follows one whose response was lost, the retry sees our own object and
-        reports :class:`ObjectExists`; callers that care compare the stored bytes (archive does).
-        """
-        full = self._full(key)
-        for attempt in range(3):
-            try:
-                self._client.put_object(Bucket=self.bucket, Key=full, Body=bytes(data), IfNoneMatch="*")
-                return
-            except bce.ClientError as exc:
-                # AWS answers 409 while another conditional write to the key is in flight; a retry
-                # then resolves to success or 412 (ObjectExists).
-                if _code_status(exc)[1] == 409 and attempt < 2:
-                    continue
-                raise self._translate(exc, "write", key) from exc
-            except bce.BotoCoreError as exc:
-                raise self._translate(exc, "write", key) from exc
+        """Create ``key`` unless it exists (``If-None-Match: *``); raise :class:`ObjectExists` if it does."""
+        with self.open_write(key, if_absent=True) as w:
+            w.write(data)
 
     def open_read(self, key: str) -> BinaryIO:
         """Open ``key`` as a buffered stream; raise :class:`ObjectNotFound` if it does not exist."""
         full = self._full(key)
         with self._errors("read", key, lookup=True):
             resp = self._client.get_object(Bucket=self.bucket, Key=full)
-        return io.BufferedReader(_BodyReader(resp["Body"], self, key), buffer_size=256 * 1024)
+        return io.BufferedReader(ResumingBody(self, key, full, resp), buffer_size=256 * 1024)
 
     def read_bytes(self, key: str) -> bytes:
         """Return the whole object; raise :class:`ObjectNotFound` if it does not exist."""

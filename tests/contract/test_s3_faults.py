@@ -1,0 +1,140 @@
+"""S3 under network faults: SeaweedFS behind :class:`support.faultproxy.FaultProxy`.
+
+A stalled store must fail every call within the configured timeouts with a message naming the
+endpoint; throttling (503 Slow Down) must be retried; a download whose connection breaks must
+resume where it stopped and never mix two versions of an object.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import random
+import time
+from typing import Any, Callable, Iterator
+
+import pytest
+
+from pgvault.errors import StorageError
+from pgvault.storage import ObjectNotFound
+from pgvault.storage.s3 import S3Settings, S3Storage
+from support.faultproxy import FaultProxy
+
+pytestmark = pytest.mark.s3
+
+MiB = 1 << 20
+
+
+@pytest.fixture
+def proxy(seaweed: Any) -> Iterator[FaultProxy]:
+    with FaultProxy("127.0.0.1", seaweed.s3_port) as p:
+        yield p
+
+
+def via(proxy: FaultProxy, settings: S3Settings, bucket: str, **changes: Any) -> S3Storage:
+    """A repository in ``bucket`` reached through the proxy."""
+    changed = dataclasses.replace(settings, endpoint_url=proxy.endpoint_url, part_size=5 * MiB, **changes)
+    return S3Storage(bucket, "faults", changed)
+
+
+def payload(size: int) -> bytes:
+    return random.Random(size).randbytes(size)
+
+
+def timed(call: Callable[[], object]) -> tuple[StorageError, float]:
+    start = time.monotonic()
+    with pytest.raises(StorageError) as info:
+        call()
+    return info.value, time.monotonic() - start
+
+
+def test_stalled_store_fails_every_call_within_the_timeouts(proxy: FaultProxy, s3_bucket: str, s3_settings: S3Settings) -> None:
+    st = via(proxy, s3_settings, s3_bucket, connect_timeout=1, read_timeout=1, max_attempts=1)
+    st.put_if_absent("present", b"x")
+    proxy.stall()
+    err, took = timed(lambda: st.stat("present"))
+    assert not isinstance(err, ObjectNotFound)
+    assert f"S3 endpoint {proxy.endpoint_url} did not answer within 1s (2 attempts)" in str(err), err
+    assert "faults/present" in str(err) and err.hint and "read_timeout" in err.hint
+    assert err.exit_code == 4
+    # Two attempts of 1 s each plus botocore's backoff (< 1 s): bounded, not 6 x 60 s.
+    assert 2 <= took < 5, took
+    # Right after a confirmed stall, further calls (cleanup, lock release) fail at once.
+    for call in (lambda: st.read_bytes("present"), lambda: list(st.list()), lambda: st.put_if_absent("k", b"y")):
+        err, took = timed(call)
+        assert "did not answer" in str(err) and took < 0.5, (err, took)
+
+
+def test_breaker_closes_again_and_stalled_writes_are_bounded(proxy: FaultProxy, s3_bucket: str, s3_settings: S3Settings) -> None:
+    st = via(proxy, s3_settings, s3_bucket, connect_timeout=1, read_timeout=1, max_attempts=0, max_concurrency=2)
+    w = st.open_write("big")
+    w.write(payload(5 * MiB))  # the first part is uploading
+    proxy.stall()
+    err, took = timed(lambda: (w.write(payload(6 * MiB)), w.commit()))
+    assert "did not answer within 1s (1 attempt)" in str(err), err
+    assert took < 6, took
+    proxy.passthrough()
+    time.sleep(st.settings.call_bound)  # the breaker only holds for one call's worth of waiting
+    st.put_if_absent("after", b"ok")
+    assert st.read_bytes("after") == b"ok"
+    with pytest.raises(ObjectNotFound):
+        st.stat("big")
+
+
+def test_throttling_503_is_retried_until_it_succeeds(proxy: FaultProxy, s3_bucket: str, s3_settings: S3Settings) -> None:
+    st = via(proxy, s3_settings, s3_bucket, max_attempts=3)
+    data = payload(6 * MiB)  # a multipart upload: create, two parts, complete
+    proxy.http_errors(3)
+    with st.open_write("obj") as w:
+        w.write(data)
+    proxy.http_errors(2)
+    assert st.read_bytes("obj") == data
+    proxy.http_errors(3)
+    st.put_if_absent("small", b"s")
+    assert proxy.errors_sent == 8
+    # More failures in a row than retries: a clear S3 error, not a hang.
+    proxy.http_errors(10)
+    err, _ = timed(lambda: st.stat("obj"))
+    assert "503" in str(err) and proxy.endpoint_url in str(err)
+
+
+def test_a_download_resumes_after_connection_resets(proxy: FaultProxy, s3_bucket: str, s3_settings: S3Settings) -> None:
+    st = via(proxy, s3_settings, s3_bucket)
+    data = payload(7 * MiB + 12345)
+    with st.open_write("big") as w:  # multipart: the ETag is of the "md5-N" kind
+        w.write(data)
+    proxy.reset_after(1 * MiB)  # every connection dies after ~1 MiB of the answer
+    out = bytearray()
+    with st.open_read("big") as f:
+        while chunk := f.read(300_000):
+            out += chunk
+        resumes = f.raw.resumes  # type: ignore[attr-defined]
+    assert hashlib.sha256(out).hexdigest() == hashlib.sha256(data).hexdigest()
+    assert resumes >= 7 and proxy.resets >= 7, (resumes, proxy.resets)
+
+
+def test_a_resumed_download_never_mixes_two_versions(proxy: FaultProxy, s3_bucket: str, s3_settings: S3Settings, seaweed: Any) -> None:
+    st = via(proxy, s3_settings, s3_bucket)
+    old, new = payload(3 * MiB), payload(3 * MiB + 1)
+    with st.open_write("obj") as w:
+        w.write(old)
+    proxy.reset_after(1 * MiB)
+    with st.open_read("obj") as f:
+        assert f.read(512 * 1024) == old[: 512 * 1024]
+        seaweed.client().put_object(Bucket=s3_bucket, Key="faults/obj", Body=new)  # replaced meanwhile
+        with pytest.raises(StorageError, match="replaced or deleted while it was being read") as info:
+            f.read()
+    assert not isinstance(info.value, ObjectNotFound)
+
+
+def test_a_download_that_never_progresses_gives_up(proxy: FaultProxy, s3_bucket: str, s3_settings: S3Settings) -> None:
+    st = via(proxy, s3_settings, s3_bucket, read_resumes=2, max_attempts=0)
+    with st.open_write("obj") as w:
+        w.write(payload(2 * MiB))
+    proxy.reset_after(256 * 1024)  # the first answer is cut early
+    with st.open_read("obj") as f:
+        assert len(f.read(64 * 1024)) == 64 * 1024
+        proxy.reset_after(0, hard=True)  # from now on every connection is reset before any byte
+        with pytest.raises(StorageError) as info:
+            f.read()
+    assert proxy.endpoint_url in str(info.value) and "faults/obj" in str(info.value)
