@@ -95,14 +95,24 @@ def kill_workers(pool: cf.ProcessPoolExecutor) -> None:
         p.join(timeout=10)
 
 
-def _lock_path(data_dir: Path) -> Path:
-    beside = data_dir.parent / f".{data_dir.name}.pgvault-lock"
-    if os.access(data_dir.parent, os.W_OK) or beside.exists():
-        return beside
-    # The parent is not ours to write (an empty mount point owned by the database user): a
-    # per-path lock in the temporary directory excludes runs on this host all the same.
+def _lock_paths(data_dir: Path) -> list[Path]:
     digest = hashlib.sha256(str(data_dir).encode()).hexdigest()[:16]
-    return Path(tempfile.gettempdir()) / f"pgvault-layout-{digest}.lock"
+    # Beside the data directory first; the temporary directory when its parent is not ours to
+    # write (an empty mount point owned by the database user) or the file there not ours to open.
+    return [data_dir.parent / f".{data_dir.name}.pgvault-lock",
+            Path(tempfile.gettempdir()) / f"pgvault-layout-{digest}.lock"]
+
+
+def _open_lock(data_dir: Path) -> tuple[int, Path] | None:
+    for path in _lock_paths(data_dir):
+        try:
+            # Read-only is enough for flock, and 0644 lets root and the database's OS user, who may
+            # take turns restoring into the same path, share one lock file.  CLOEXEC: a postmaster
+            # started afterwards must not hold it.
+            return os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644), path
+        except OSError:
+            continue
+    return None
 
 
 @contextmanager
@@ -112,9 +122,12 @@ def layout_lock(data_dir: Path, *, wait: float = LOCK_WAIT) -> Iterator[None]:
 
     Released by closing our descriptor, never by ``LOCK_UN``: that would release it for workers
     that still run as well.  The lock file stays (removing it would race with a waiting rerun)."""
-    path = _lock_path(data_dir)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)  # CLOEXEC: a started postmaster must not hold it
+    opened = _open_lock(data_dir)
+    if opened is None:  # a safety net only (workers die with us anyway): never a reason to refuse
+        log.get().warning("no lock file for %s could be created; not guarding against a concurrent layout", data_dir)
+        yield
+        return
+    fd, path = opened
     try:
         deadline = time.monotonic() + wait
         warned = False
