@@ -23,8 +23,11 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import socket
 import tempfile
+import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +41,8 @@ from pgvault.pipeline import PipelineSpec, StreamResult, all_suffixes, read_stre
 from pgvault.repository import layout
 from pgvault.repository.archive_index import stored_name
 from pgvault.repository.catalog import ensure_cluster, read_cluster_info
-from pgvault.storage import ObjectNotFound
+from pgvault.repository.locks import pid_alive
+from pgvault.storage import ObjectExists, ObjectNotFound
 from pgvault.storage.local import fsync_path
 
 META_FORMAT = 1
@@ -68,6 +72,123 @@ def load_meta(ctx: Context, name: str) -> dict[str, Any]:
     if not isinstance(doc, dict) or doc.get("format") != META_FORMAT:
         raise IntegrityError(f"checksum record {key} has an unsupported format")
     return doc
+
+
+# A record whose object never appeared is an unfinished push. It is taken over when its process
+# is gone (same host), or after this long: far beyond one commit (a single S3 request, bounded by
+# the storage timeouts), so a push that is merely slow is not mistaken for a dead one.
+PUSH_STALE_SECONDS = 900.0
+# A push whose record-to-commit step took longer than this checks that its record is still its own.
+_RECHECK_AFTER = 60.0
+# Pushes running in this process (the background pusher runs many in threads): a record with our
+# own pid is in flight only if its push_id is here, otherwise an earlier attempt of ours failed.
+_in_flight: set[str] = set()
+_in_flight_lock = threading.Lock()
+
+
+def _lookup(ctx: Context, meta_key: str) -> tuple[dict[str, Any] | None, bool]:
+    """(the checksum record or None if absent, whether the object it names exists).
+
+    An unreadable record is ``{}``: it describes nothing, so it is taken over like a dead push's."""
+    try:
+        raw = ctx.storage.read_bytes(meta_key)
+    except ObjectNotFound:
+        return None, False
+    try:
+        meta = json.loads(raw)
+    except ValueError:
+        return {}, False
+    if not isinstance(meta, dict) or meta.get("format") != META_FORMAT or not isinstance(meta.get("key"), str):
+        return {}, False
+    try:
+        ctx.storage.stat(meta["key"])
+    except ObjectNotFound:
+        return meta, False
+    return meta, True
+
+
+def _abandoned(meta: dict[str, Any]) -> str | None:
+    """Why the push that wrote ``meta`` (a record without object) is over, or None if it may still run."""
+    if not meta:
+        return "unreadable record"
+    pid = meta.get("pid")
+    if meta.get("host") == socket.gethostname() and isinstance(pid, int) and pid > 0:
+        if pid == os.getpid():
+            with _in_flight_lock:
+                if meta.get("push_id") not in _in_flight:
+                    return "an earlier attempt in this process failed"
+        elif not pid_alive(pid):
+            return f"process {pid} is gone"
+    try:
+        at = dt.datetime.fromisoformat(str(meta.get("archived_at")))
+    except ValueError:
+        return "unreadable record"
+    if at.tzinfo is None:
+        at = at.replace(tzinfo=dt.timezone.utc)
+    if (dt.datetime.now(dt.timezone.utc) - at).total_seconds() > PUSH_STALE_SECONDS:
+        return f"no object since {at.isoformat()}"
+    return None
+
+
+def _in_progress(name: str, meta: dict[str, Any]) -> StorageError:
+    return StorageError(
+        f"another push of {name} is in progress (host {meta.get('host')}, pid {meta.get('pid')}, "
+        f"since {meta.get('archived_at')}); not archived by this call",
+        hint="PostgreSQL retries archive_command; this resolves once the other push finishes",
+    )
+
+
+def _same_or_refuse(ctx: Context, name: str, src: Path, meta: dict[str, Any]) -> PushResult:
+    """The name is archived (record and object): succeed for identical content, refuse different."""
+    # Only a retry needs a separate read to compare content; the normal path hashes while it
+    # uploads, so each segment is read once.
+    raw_sha, raw_size = file_sha256(src)
+    if meta.get("raw_sha256") == raw_sha and meta.get("raw_size") == raw_size:
+        log.get().info("%s was already archived with identical content", name)
+        return PushResult(name, str(meta["key"]), True, raw_size, int(meta.get("stored_size", 0)), raw_sha)
+    raise IntegrityError(
+        f"{name} is already archived in {ctx.storage.url} with different content "
+        f"(sha256 {str(meta.get('raw_sha256'))[:16]}..., ours {raw_sha[:16]}...); refusing to overwrite it",
+        hint="two servers may be archiving into the same cluster name, or this server was restored without "
+        "a new timeline; investigate before removing anything",
+    )
+
+
+def _settle_after_race(ctx: Context, name: str, src: Path, meta_key: str) -> PushResult:
+    """Another push claimed the record first: the same rules as a retry."""
+    meta, stored = _lookup(ctx, meta_key)
+    if stored:
+        assert meta is not None
+        return _same_or_refuse(ctx, name, src, meta)
+    raise _in_progress(name, meta or {})
+
+
+def _drop_own_record(ctx: Context, meta_key: str, push_id: str) -> None:
+    """After a failed commit, remove our record (best effort), so the next push need not wait
+    for it to go stale; one left behind is harmless (a record without object means "absent")."""
+    try:
+        meta, _ = _lookup(ctx, meta_key)
+        if meta and meta.get("push_id") == push_id:
+            ctx.storage.delete(meta_key)
+    except Exception as exc:  # noqa: BLE001 - the original error is the one to report
+        log.get().debug("could not remove the record of a failed push: %s", exc)
+
+
+def _object_was_there(ctx: Context, name: str, src: Path, meta_key: str, push_id: str) -> PushResult:
+    """We hold the record, but the object key was taken. Either a push we took for dead committed
+    after all (it then puts its own record back: wait a moment for that), or the object has no
+    record at all (a damaged archive). Never overwrite; never leave our record describing it."""
+    time.sleep(1.0)
+    meta, stored = _lookup(ctx, meta_key)
+    if stored and meta and meta.get("push_id") != push_id:
+        return _same_or_refuse(ctx, name, src, meta)
+    if meta and meta.get("push_id") == push_id:
+        ctx.storage.delete(meta_key)  # ours: it describes bytes that were never stored
+    raise IntegrityError(
+        f"{name}: {ctx.storage.url} already holds an object for it that no checksum record describes; "
+        "refusing to overwrite it",
+        hint="the archive was modified by hand or two pushes raced; investigate before removing anything",
+    )
 
 
 def push(ctx: Context, path: str, *, pgdata: str | None = None, known: dict[str, Any] | None = None) -> PushResult:
@@ -107,44 +228,79 @@ def push(ctx: Context, path: str, *, pgdata: str | None = None, known: dict[str,
         )
     spec = ctx.settings.pipeline()
     key = layout.wal_object(ctx.cluster, name, spec.suffix())
-    try:
-        meta = load_meta(ctx, name)
-        stored = meta["key"]
-        ctx.storage.stat(stored)
-    except (IntegrityError, ObjectNotFound, KeyError):
-        meta = None
+    meta_key = layout.wal_meta(ctx.cluster, name)
+    meta, stored = _lookup(ctx, meta_key)
+    if stored:
+        assert meta is not None
+        return _same_or_refuse(ctx, name, src, meta)
+    takeover = meta is not None
     if meta is not None:
-        # Only a retry (the file is already stored) needs a separate read to compare content; the
-        # normal path hashes while it uploads, so each segment is read once.
-        raw_sha, raw_size = file_sha256(src)
-        if meta.get("raw_sha256") == raw_sha and meta.get("raw_size") == raw_size:
-            log.get().info("%s was already archived with identical content", name)
-            return PushResult(name, str(meta["key"]), True, raw_size, int(meta.get("stored_size", 0)), raw_sha)
-        raise IntegrityError(
-            f"{name} is already archived in {ctx.storage.url} with different content "
-            f"(sha256 {str(meta.get('raw_sha256'))[:16]}..., ours {raw_sha[:16]}...); refusing to overwrite it",
-            hint="two servers may be archiving into the same cluster name, or this server was restored without "
-            "a new timeline; investigate before removing anything",
-        )
-    with open(src, "rb") as f, ctx.storage.open_write(key) as writer:
-        result = write_stream(f, writer, spec, threads=0)
-        # The sidecar goes in before the object is committed: an object is never visible without
-        # the record that lets push compare and fetch verify it.
-        doc = {
-            "format": META_FORMAT,
-            "name": name,
-            "kind": kind.name.lower(),
-            "key": key,
-            "system_identifier": sysid,
+        reason = _abandoned(meta)
+        if reason is None:
+            raise _in_progress(name, meta)
+        log.get().warning("taking over the record of an unfinished push of %s: %s", name, reason)
+    push_id = uuid.uuid4().hex
+    with _in_flight_lock:
+        _in_flight.add(push_id)
+    try:
+        return _upload(ctx, name, src, key, meta_key, push_id, takeover, doc={
+            "format": META_FORMAT, "name": name, "kind": kind.name.lower(), "key": key, "system_identifier": sysid,
+        })  # fmt: skip
+    finally:
+        with _in_flight_lock:
+            _in_flight.discard(push_id)
+
+
+def _upload(ctx: Context, name: str, src: Path, key: str, meta_key: str, push_id: str, takeover: bool,
+            doc: dict[str, Any]) -> PushResult:
+    """Stream the file into a create-only object, claim (or take over) the record, commit."""
+    spec = ctx.settings.pipeline()
+    kind = _kind(name)
+    claimed = False
+    writer = ctx.storage.open_write(key, if_absent=True)
+    try:
+        with open(src, "rb") as f:
+            result = write_stream(f, writer, spec, threads=0)
+        doc.update({
             "pipeline": spec.to_json(),
             "archived_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+            # Who is pushing: lets a later push tell a crashed push from one still in flight.
+            "push_id": push_id, "host": socket.gethostname(), "pid": os.getpid(),
             **result.to_json(),
-        }
+        })  # fmt: skip
         if kind is wal.WalFileKind.HISTORY:
             # Tiny and not secret: planning a recovery (and 'list') reads it without the private key.
             doc["history"] = src.read_text(encoding="utf-8", errors="replace")
-        with ctx.storage.open_write(layout.wal_meta(ctx.cluster, name)) as m:
-            m.write(json.dumps(doc, indent=1).encode())
+        body = json.dumps(doc, indent=1).encode()
+        # The record goes in before the object is committed, so an object is never visible without
+        # the record that lets push compare and fetch verify it. Claiming it with put_if_absent
+        # makes this push the only one that may commit an object for the name.
+        claimed_at = time.monotonic()
+        if takeover:
+            with ctx.storage.open_write(meta_key) as m:
+                m.write(body)
+        else:
+            try:
+                ctx.storage.put_if_absent(meta_key, body)
+            except ObjectExists:
+                writer.abort()
+                return _settle_after_race(ctx, name, src, meta_key)
+        claimed = True
+        writer.commit()  # create-only: never replaces an object, whoever wrote it
+    except ObjectExists:
+        return _object_was_there(ctx, name, src, meta_key, push_id)
+    except BaseException:
+        writer.abort()
+        if claimed:
+            _drop_own_record(ctx, meta_key, push_id)
+        raise
+    if time.monotonic() - claimed_at > _RECHECK_AFTER:
+        # So slow that another push may have taken us for dead and replaced our record: the
+        # object is ours, so the record must be too.
+        again, _ = _lookup(ctx, meta_key)
+        if not again or again.get("push_id") != push_id:
+            with ctx.storage.open_write(meta_key) as m:
+                m.write(body)
     return PushResult(name, key, False, result.raw_size, result.stored_size, result.raw_sha256)
 
 
