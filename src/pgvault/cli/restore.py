@@ -24,7 +24,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--globals", action="store_true", help="also restore roles and tablespaces")
     p.add_argument("--force", action="store_true", help="terminate sessions connected to the target")
     p.add_argument("--no-owner", action="store_true", help="do not restore ownership and privileges")
-    p.add_argument("--scratch-dir", help="directory for the spooled archive when --jobs > 1")
+    p.add_argument("--scratch-dir", help="directory for the decrypted archive spooled with --jobs > 1 or --table")
     p.set_defaults(func=run)
 
 
@@ -35,7 +35,15 @@ def _render(r: RestoreResult) -> str:
         f"{human_duration(r.duration_seconds)}: row counts {status}"
     )
     rows = [(c.table, c.expected, "missing" if c.actual is None else c.actual, "ok" if c.ok else "MISMATCH") for c in r.checks]
-    return head + "\n" + table(["table", "manifest", "restored", "check"], rows, right=(1, 2))
+    lines = [head]
+    lines += [f"swept {item}" for item in r.swept]
+    if r.properties is not None:
+        applied = ", ".join(r.properties.applied) or "nothing to change"
+        lines.append(f"database properties restored: {applied}" if r.properties.recorded else "database properties: not recorded")
+        if r.properties.asked:
+            lines.append(f"database properties not restored, as asked: {', '.join(sorted(r.properties.asked))}")
+        lines += [f"warning: {w}" for w in r.properties.warnings]
+    return "\n".join(lines) + "\n" + table(["table", "manifest", "restored", "check"], rows, right=(1, 2))
 
 
 def _payload(r: RestoreResult) -> dict[str, Any]:
@@ -49,6 +57,8 @@ def _payload(r: RestoreResult) -> dict[str, Any]:
         "row_counts_exact": r.counts_exact,
         "pg_restore_version": r.pg_restore_version,
         "checks": [{"table": c.table, "expected": c.expected, "actual": c.actual, "ok": c.ok} for c in r.checks],
+        "properties": None if r.properties is None else {**r.properties.to_json(), "warnings": r.properties.warnings},
+        "swept": list(r.swept),
     }
 
 

@@ -36,6 +36,7 @@ from pgvault.pg.scratch import ScratchServer, free_port, scratch_dir
 from pgvault.repository import layout
 from pgvault.repository.catalog import resolve_logical
 from pgvault.repository.drills import Check, DrillReport, list_drills, save_drill
+from pgvault.repository.manifest import DatabaseEntry
 
 
 _INITDB_DATABASES = {"postgres", "template1", "template0"}
@@ -87,6 +88,8 @@ def check_constraints(info: ConnInfo, database: str) -> tuple[bool, str]:
     created them) and require every index to be valid."""
     conn = connect(info, dbname=database)
     try:
+        # The restored database may carry ALTER DATABASE ... SET default_transaction_read_only.
+        conn.execute("SET default_transaction_read_only = off")
         pending = conn.execute(
             "SELECT format('%s', conrelid::regclass), quote_ident(conname) FROM pg_constraint"
             " WHERE NOT convalidated AND contype IN ('c', 'f')"
@@ -111,6 +114,16 @@ def check_constraints(info: ConnInfo, database: str) -> tuple[bool, str]:
     if problems:
         return False, "; ".join(problems[:5])
     return True, f"{total} constraints valid ({len(pending)} validated now), every index valid"
+
+
+def _check_properties(info: ConnInfo, database: str, entry: DatabaseEntry, outcome: Any) -> tuple[bool, str]:
+    from pgvault.operations import dbprops
+
+    conn = connect(info)
+    try:
+        return dbprops.check(conn, database, entry.properties, outcome)
+    finally:
+        conn.close()
 
 
 def run_smoke(info: ConnInfo, q: SmokeQuery, database: str) -> tuple[bool, str]:
@@ -169,6 +182,7 @@ def _logical(ctx: Context, req: DrillRequest, drill_id: str, checks: list[Check]
     dctx = Context(settings=ctx.settings, storage=ctx.storage, conn=info, environ=ctx.environ)
     restore_seconds = 0.0
     restored: list[str] = []
+    applied: dict[str, Any] = {}  # database -> what its restore did with the recorded properties
     for i, d in enumerate(m.databases):
         name = names[d.name]
         t0 = time.monotonic()
@@ -180,6 +194,7 @@ def _logical(ctx: Context, req: DrillRequest, drill_id: str, checks: list[Check]
             checks.append(Check(f"{d.name}: row counts", True, r.duration_seconds,
                                 f"{len(r.checks)} tables match the manifest" + ("" if r.counts_exact else " (estimates)")))
             restored.append(d.name)
+            applied[d.name] = r.properties
         except VerificationError as e:
             restore_seconds += time.monotonic() - t0
             result = e.details
@@ -188,11 +203,17 @@ def _logical(ctx: Context, req: DrillRequest, drill_id: str, checks: list[Check]
                                for c in bad[:5]) or e.message
             checks.append(Check(f"{d.name}: row counts", False, time.monotonic() - t0, detail))
             restored.append(d.name)
+            applied[d.name] = getattr(result, "properties", None)
         except PgvaultError as e:
             checks.append(Check(f"{d.name}: restore", False, time.monotonic() - t0, e.message))
             return m.backup_id, None
+    entries = {d.name: d for d in m.databases}
     for dbname in restored:
         _timed(checks, f"{dbname}: constraints", lambda dbname=dbname: check_constraints(info, names[dbname]))  # type: ignore[misc]
+        # Owner, privileges, comment, settings as the manifest records them (what the restore
+        # could not apply, e.g. for a role missing on a named server, is named, not failed).
+        _timed(checks, f"{dbname}: database properties",
+               lambda dbname=dbname: _check_properties(info, names[dbname], entries[dbname], applied.get(dbname)))  # type: ignore[misc]
     default_db = m.databases[0].name if len(m.databases) == 1 else "postgres"
 
     def dbmap(db: str) -> str:

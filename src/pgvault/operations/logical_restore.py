@@ -1,25 +1,26 @@
 """Restoring a logical backup: a whole database, or selected tables, verified against the manifest.
 
-Nothing existing is lost on a bad backup:
-- into a new database: created, restored, dropped again if anything fails;
-- over an existing database (``--clean``): restored beside it under a scratch name, verified, and
-  only then swapped in by two renames; the old database is dropped last;
-- selected tables over an existing database: one ``pg_restore --single-transaction --clean``, so a
-  failure rolls back.  The stream feeding pg_restore is verified (age and zstd authenticate every
-  chunk, sha256 at the end) before pg_restore's stdin is closed; on a mismatch pg_restore is killed
-  before it can commit.
+Nothing existing is lost on a bad backup, a failure or a kill:
+- a whole database (new, or over an existing one with ``--clean``) is restored under a scratch
+  name, verified, given the recorded database properties (owner, privileges, settings: see
+  ``dbprops``) and only then renamed to its target in one transaction, which moves an existing
+  target aside in the same breath; the old database is dropped last (``restore_scratch``);
+- selected tables over an existing database: one transaction, committed only after the whole
+  object was verified.  The stream feeding pg_restore is verified (age and zstd authenticate
+  every chunk, sha256 at the end) before pg_restore's stdin is closed; on a mismatch pg_restore
+  is killed before it can commit.
+
+What killed restores leave behind (scratch databases, decrypted spool files) is swept by the next
+restore once their process is gone.
 
 ``--jobs N`` needs a seekable archive (pg_restore cannot restore in parallel from a pipe), so the
-verified, decrypted archive is spooled to a private temporary file first and deleted afterwards.
+verified, decrypted archive is spooled to a private temporary file and deleted afterwards.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
@@ -31,16 +32,26 @@ from pgvault import log
 from pgvault.errors import (
     DatabaseError,
     NotFoundError,
-    TargetBusyError,
+    PgvaultError,
     TargetExistsError,
-    ToolError,
     UsageError,
     VerificationError,
 )
-from pgvault.operations import toc
+from pgvault.operations import dbprops, toc
 from pgvault.operations.context import Context
+from pgvault.operations.restore_scratch import (
+    Identity,
+    SpoolFile,
+    check_sessions,
+    drop_database,
+    drop_quietly,
+    put_in_place,
+    scratch_name,
+    sweep_databases,
+    sweep_files,
+)
 from pgvault.pg.bindir import bindir_for_server, parse_major
-from pgvault.pg.conn import connection, database_exists, database_sessions, server_facts
+from pgvault.pg.conn import connection, database_exists, server_facts
 from pgvault.pg.tools import Process, ToolRunner
 from pgvault.pipeline import read_stream
 from pgvault.repository import layout
@@ -90,6 +101,8 @@ class RestoreResult:
     counts_exact: bool = True
     checks: list[CountCheck] = field(default_factory=list)
     pg_restore_version: str = ""
+    properties: dbprops.Outcome | None = None  # None: selected tables into an existing database
+    swept: list[str] = field(default_factory=list)  # leftovers of killed restores removed first
 
     @property
     def verified(self) -> bool:
@@ -99,7 +112,7 @@ class RestoreResult:
 class _ProcessSink:
     """A program's stdin as a pipeline sink that tolerates the program exiting early."""
 
-    def __init__(self, proc: Process, tee: BinaryIO | None = None) -> None:
+    def __init__(self, proc: Process, tee: SpoolFile | None = None) -> None:
         self.proc = proc
         self.tee = tee
         self.broken = False
@@ -148,52 +161,35 @@ def _selected(entry: DatabaseEntry, tables: tuple[str, ...]) -> list[TableCount]
     return chosen
 
 
-def _check_sessions(conn: psycopg.Connection[Any], target: str, force: bool) -> None:
-    sessions = database_sessions(conn, target)
-    if not sessions:
-        return
-    desc = ", ".join(f"pid {p} ({u or '?'}{'/' + a if a else ''}, {s or '?'})" for p, u, a, s in sessions)
-    if not force:
-        raise TargetBusyError(
-            f"database {target!r} has {len(sessions)} connected session(s): {desc}",
-            hint="stop the application first, or pass --force to terminate these sessions",
-        )
-    log.get().warning("terminating %d session(s) on %s: %s", len(sessions), target, desc)
-    conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()", (target,))
-
-
-def _create_database(conn: psycopg.Connection[Any], name: str, entry: DatabaseEntry) -> None:
+def _create_database(conn: psycopg.Connection[Any], name: str, entry: DatabaseEntry, tablespace: str | None) -> None:
     ident = sql.Identifier(name)
+    where = sql.SQL(" TABLESPACE {}").format(sql.Identifier(tablespace)) if tablespace else sql.SQL("")
     try:
         conn.execute(
-            sql.SQL("CREATE DATABASE {} TEMPLATE template0 ENCODING {} LC_COLLATE {} LC_CTYPE {}").format(
-                ident, sql.Literal(entry.encoding), sql.Literal(entry.collate), sql.Literal(entry.ctype)
+            sql.SQL("CREATE DATABASE {} TEMPLATE template0 ENCODING {} LC_COLLATE {} LC_CTYPE {}{}").format(
+                ident, sql.Literal(entry.encoding), sql.Literal(entry.collate), sql.Literal(entry.ctype), where
             )
         )
     except psycopg.errors.InvalidParameterValue:
         # The source's locale may not exist on this machine; fall back to the server default.
-        conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0 ENCODING {}").format(ident, sql.Literal(entry.encoding)))
+        conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0 ENCODING {}{}").format(ident, sql.Literal(entry.encoding), where))
     except psycopg.Error as e:
         raise DatabaseError(f"cannot create database {name!r}: {str(e).strip()}") from None
 
 
-def _drop_database(conn: psycopg.Connection[Any], name: str) -> None:
-    conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()", (name,))
-    conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
-
-
 class _Restorer:
-    def __init__(self, ctx: Context, manifest: LogicalManifest, req: RestoreRequest) -> None:
+    def __init__(self, ctx: Context, manifest: LogicalManifest, req: RestoreRequest, me: Identity) -> None:
         self.ctx = ctx
         self.manifest = manifest
         self.req = req
+        self.me = me
         self.identities = ctx.identities() if manifest.pipeline.encryption != "none" else []
         self.prefix = layout.logical_prefix(ctx.cluster, manifest.backup_id)
 
     def open_object(self, obj: StoredObject) -> BinaryIO:
         return self.ctx.storage.open_read(self.prefix + obj.key)
 
-    def stream_into(self, obj: StoredObject, proc: Process, *, tee: BinaryIO | None = None) -> None:
+    def stream_into(self, obj: StoredObject, proc: Process, *, tee: SpoolFile | None = None) -> None:
         """Feed a verified object into ``proc``'s stdin; kill it on any problem so nothing commits.
 
         A program may exit before reading everything (pg_restore stops once it has what a table
@@ -209,16 +205,20 @@ class _Restorer:
             raise
         sink.close()
 
-    def spool(self, obj: StoredObject) -> str:
-        """Verify the whole object into a private temporary file; return its path."""
-        fd, path = tempfile.mkstemp(prefix="pgvault-restore-", suffix=".dump", dir=self.req.scratch_dir)
+    def new_spool(self, obj: StoredObject) -> SpoolFile:
+        return SpoolFile(self.me, "restore", self.req.scratch_dir, ".dump", needed=obj.result.raw_size)
+
+    def spool(self, obj: StoredObject) -> SpoolFile:
+        """Verify the whole object into a private temporary file."""
+        out = self.new_spool(obj)
         try:
-            with os.fdopen(fd, "wb") as out, self.open_object(obj) as src:
+            with self.open_object(obj) as src:
                 read_stream(src, out, self.manifest.pipeline, identities=self.identities, expected=obj.result)
+            out.close()
         except BaseException:
-            os.unlink(path)
+            out.remove()
             raise
-        return path
+        return out
 
     def restore_globals(self, runner: ToolRunner) -> None:
         if self.manifest.globals is None:
@@ -255,16 +255,16 @@ class _Restorer:
         # restore after, the schema and data are streamed into one pg_restore while the same
         # bytes are written to the spool file; only post-data (indexes, constraints: the part
         # that parallelises well) then runs with --jobs from the spool.
-        fd, spool = tempfile.mkstemp(prefix="pgvault-restore-", suffix=".dump", dir=self.req.scratch_dir)
+        spool = self.new_spool(entry.object)
         try:
-            with os.fdopen(fd, "wb") as spool_file:
-                proc = runner.start("pg_restore", [*args, "--section=pre-data", "--section=data"], env=env, stdin=True, stdout=False)
-                self.stream_into(entry.object, proc, tee=spool_file)
-                proc.check(f"into {target!r}")
-            post = [*args, "--section=post-data", f"--jobs={self.req.jobs}", spool]
+            proc = runner.start("pg_restore", [*args, "--section=pre-data", "--section=data"], env=env, stdin=True, stdout=False)
+            self.stream_into(entry.object, proc, tee=spool)
+            spool.close()
+            proc.check(f"into {target!r}")
+            post = [*args, "--section=post-data", f"--jobs={self.req.jobs}", spool.path]
             runner.start("pg_restore", post, env=env, stdout=False).check(f"(post-data) into {target!r}")
         finally:
-            os.unlink(spool)
+            spool.remove()
 
     def restore_tables(
         self, runner: ToolRunner, entry: DatabaseEntry, target: str, tables: list[TableCount], *, new_database: bool, superuser: bool
@@ -280,8 +280,9 @@ class _Restorer:
         # Nothing reaches the database before the whole stream is verified: pg_restore stops
         # reading as soon as it has the selected entries, before a checksum mismatch at the end
         # of the stream could be noticed.
-        spool = self.spool(entry.object)
-        listing = None
+        spool_file = self.spool(entry.object)
+        spool = spool_file.path
+        listing: SpoolFile | None = None
         try:
             env = self.ctx.child_env(target)
             entries = toc.parse_toc(runner.run("pg_restore", ["-l", spool], env=env))
@@ -301,10 +302,10 @@ class _Restorer:
                                      missing_schemas={s for s, _ in missing} - schemas)
                 )
                 chosen = [e for e in entries if e in wanted]
-            fd, listing = tempfile.mkstemp(prefix="pgvault-toc-", suffix=".list", dir=self.req.scratch_dir)
-            with os.fdopen(fd, "w") as f:
-                f.write(toc.list_file(chosen))
-            script = runner.start("pg_restore", ["-L", listing, "-f", "-", *self._ownership_args(), spool], env=env)
+            listing = SpoolFile(self.me, "toc", self.req.scratch_dir, ".list")
+            listing.write(toc.list_file(chosen).encode())
+            listing.close()
+            script = runner.start("pg_restore", ["-L", listing.path, "-f", "-", *self._ownership_args(), spool], env=env)
             loader = runner.start("psql", ["-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", "-"], env=self._env(target),
                                   stdin=True, stdout=False)
             # We write BEGIN and COMMIT ourselves: COMMIT goes in only after pg_restore has exited
@@ -332,9 +333,9 @@ class _Restorer:
                 raise
             loader.check(f"(loading tables into {target!r})")
         finally:
-            os.unlink(spool)
+            spool_file.remove()
             if listing:
-                os.unlink(listing)
+                listing.remove()
 
     def verify(self, target: str, tables: list[TableCount]) -> list[CountCheck]:
         checks = []
@@ -362,52 +363,98 @@ def restore(ctx: Context, req: RestoreRequest) -> RestoreResult:
         raise NotFoundError(f"backup {manifest.backup_id} has no database {req.database!r} (it has: {have})")
     tables = _selected(entry, req.tables)
     target = req.target_database or req.database
-    restorer = _Restorer(ctx, manifest, req)
     result = RestoreResult(manifest.backup_id, req.database, target, req.tables, counts_exact=entry.row_counts_exact)
     t0 = time.monotonic()
-    with connection(ctx.conn) as conn:
-        facts = server_facts(conn)
-        # pg_restore must be at least as new as the pg_dump that wrote the archive.
-        dump_major = parse_major(manifest.pg_dump_version) or facts.major
-        bindir = bindir_for_server(max(facts.major, dump_major), ctx.settings.pg_bin_dirs)
-        runner = ToolRunner(bindir.path)
-        result.pg_restore_version = runner.version("pg_restore", ctx.environ)
-        exists = database_exists(conn, target)
-        if exists and not req.clean:
-            raise TargetExistsError(
-                f"database {target!r} already exists on {ctx.conn.describe()}",
-                hint="restore into a new database with --target-database NAME, or replace it with --clean",
-            )
-        if exists:
-            _check_sessions(conn, target, req.force)
-        if req.restore_globals:
-            restorer.restore_globals(runner)
-        if req.tables and exists:
-            logger.info("restoring %d table(s) of %s into existing %s", len(tables), req.database, target)
-            restorer.restore_tables(runner, entry, target, tables, new_database=False, superuser=facts.is_superuser)
-            result.checks = restorer.verify(target, tables)
-        else:
-            build = target if not exists else f"{target[:40]}_pgvault_{uuid.uuid4().hex[:8]}"
-            logger.info("restoring %s from backup %s into %s", req.database, manifest.backup_id, build)
-            _create_database(conn, build, entry)
-            try:
-                if req.tables:
-                    restorer.restore_tables(runner, entry, build, tables, new_database=True, superuser=facts.is_superuser)
-                else:
-                    restorer.restore_database(runner, entry, build)
-                result.checks = restorer.verify(build, tables)
-                if exists:
-                    if entry.row_counts_exact and not result.verified:
-                        raise _mismatch(result)  # never replace a good database with a bad copy
-                    _swap(conn, build, target, req.force)
-            except BaseException:
-                _drop_database(conn, build)
-                raise
+    try:
+        with connection(ctx.conn) as conn:
+            me = Identity.current(conn)
+            restorer = _Restorer(ctx, manifest, req, me)
+            # Leftovers of killed restores: scratch databases and decrypted spool files.
+            result.swept = sweep_databases(conn, me) + sweep_files(req.scratch_dir, me)
+            for item in result.swept:
+                logger.warning("swept %s", item)
+            facts = server_facts(conn)
+            # pg_restore must be at least as new as the pg_dump that wrote the archive.
+            dump_major = parse_major(manifest.pg_dump_version) or facts.major
+            bindir = bindir_for_server(max(facts.major, dump_major), ctx.settings.pg_bin_dirs)
+            runner = ToolRunner(bindir.path)
+            result.pg_restore_version = runner.version("pg_restore", ctx.environ)
+            exists = database_exists(conn, target)
+            if exists and not req.clean:
+                raise TargetExistsError(
+                    f"database {target!r} already exists on {ctx.conn.describe()}",
+                    hint="restore into a new database with --target-database NAME, or replace it with --clean",
+                )
+            if exists:
+                check_sessions(conn, target, req.force)
+            if req.restore_globals:
+                restorer.restore_globals(runner)
+            if req.tables and exists:
+                logger.info("restoring %d table(s) of %s into existing %s", len(tables), req.database, target)
+                restorer.restore_tables(runner, entry, target, tables, new_database=False, superuser=facts.is_superuser)
+                result.checks = restorer.verify(target, tables)
+            else:
+                _restore_copy(conn, restorer, runner, entry, tables, result, replace=exists, superuser=facts.is_superuser)
+    except psycopg.Error as e:
+        # Whatever query failed, it is a database error with a stable exit code, not a crash.
+        raise DatabaseError(f"restoring {req.database!r} into {target!r}: {_first_line(e)}") from None
     result.duration_seconds = time.monotonic() - t0
     if entry.row_counts_exact and not result.verified:
         # A new database is kept for inspection; an existing one was never replaced.
         raise _mismatch(result)
     return result
+
+
+def _restore_copy(conn: psycopg.Connection[Any], restorer: _Restorer, runner: ToolRunner, entry: DatabaseEntry,
+                  tables: list[TableCount], result: RestoreResult, *, replace: bool, superuser: bool) -> None:
+    """A whole database (or a new one with selected tables) via a scratch copy renamed at the end."""
+    req, target, me = restorer.req, result.target_database, restorer.me
+    build = scratch_name(target)
+    log.get().info("restoring %s from backup %s into %s (renamed to %s once verified)",
+                   req.database, restorer.manifest.backup_id, build, target)
+    outcome = result.properties = dbprops.Outcome(recorded=entry.properties is not None)
+    _create_database(conn, build, entry, dbprops.tablespace_for(conn, entry.properties, outcome))
+    old, swapping = None, False
+    try:
+        # The mark says whose copy this is, so that the next run can tell a dead run's leftover.
+        conn.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(sql.Identifier(build), sql.Literal(me.mark("copy", target))))
+        if req.tables:
+            restorer.restore_tables(runner, entry, build, tables, new_database=True, superuser=superuser)
+        else:
+            restorer.restore_database(runner, entry, build)
+        result.checks = restorer.verify(build, tables)
+        if replace and entry.row_counts_exact and not result.verified:
+            raise _mismatch(result)  # never replace a good database with a bad copy
+        if entry.properties is not None:
+            dbprops.apply(conn, build, entry.properties, outcome, no_owner=req.no_owner)
+        swapping = True  # from here on, put_in_place's errors say what became of the target
+        old = put_in_place(conn, build, target, me, replace=replace, force=req.force,
+                           final=dbprops.final_statements(entry.properties, target, outcome))
+    except BaseException as e:
+        # Every way out says where each database is: the target, and the copy (dropped here).
+        where = drop_quietly(conn, build)
+        if not swapping:
+            where += f"; {target!r} was not touched" if replace else f"; {target!r} was not created"
+        if isinstance(e, PgvaultError) and not isinstance(e, VerificationError):
+            e.message = f"{e.message}; {where}"
+        elif isinstance(e, psycopg.Error):
+            raise DatabaseError(f"restoring {req.database!r} into {target!r}: {_first_line(e)}; {where}") from None
+        else:
+            log.get().warning("restore stopped: %s", where)
+        raise
+    if old is not None:
+        try:
+            drop_database(conn, old)
+        except psycopg.Error as e:
+            raise DatabaseError(
+                f"restored {target!r}, but the previous database, now {old!r}, could not be dropped: {_first_line(e)}",
+                hint=f"DROP DATABASE {old} when convenient; the next pgvault restore on this server drops it otherwise",
+            ) from None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def _mismatch(result: RestoreResult) -> VerificationError:
@@ -416,18 +463,3 @@ def _mismatch(result: RestoreResult) -> VerificationError:
     err = VerificationError(f"restored database {result.target_database!r} does not match the manifest: {shown}")
     err.details = result  # the CLI prints the full comparison
     return err
-
-
-def _swap(conn: psycopg.Connection[Any], build: str, target: str, force: bool) -> None:
-    """Put the verified copy in place of ``target``; the old database is dropped only afterwards."""
-    old = f"{target[:40]}_pgvault_old_{uuid.uuid4().hex[:8]}"
-    _check_sessions(conn, target, force)
-    try:
-        conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(target), sql.Identifier(old)))
-    except psycopg.Error as e:
-        raise TargetBusyError(f"cannot replace database {target!r}: {str(e).strip()}", hint="retry with --force") from None
-    conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(build), sql.Identifier(target)))
-    try:
-        _drop_database(conn, old)
-    except psycopg.Error as e:
-        raise ToolError(f"restored {target!r}, but could not drop the previous copy {old!r}: {str(e).strip()}") from None
