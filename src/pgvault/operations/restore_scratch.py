@@ -172,7 +172,12 @@ def sweep_databases(conn: psycopg.Connection[Any], me: Identity) -> list[str]:
         if info is None or _maker_alive(conn, info, me):
             continue
         what = "moved-aside previous copy" if info.get("role") == "old" else "partial copy"
-        drop_database(conn, str(name))
+        try:
+            drop_database(conn, str(name))
+        except psycopg.Error as e:
+            # Not ours to drop (another role's restore) or busy: the restore at hand goes on.
+            log.get().warning("could not sweep %s, left by a restore that is gone: %s", name, _first_line(e))
+            continue
         swept.append(f"database {name} ({what} of {info.get('target')!r} left by pid {info.get('pid')} on "
                      f"{info.get('host')} at {info.get('created')})")
     return swept
