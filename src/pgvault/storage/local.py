@@ -7,6 +7,13 @@ must fail if the key exists;
 ``rename`` would silently replace it). The directory is fsynced afterwards because a rename is
 only durable once its directory entry is. A killed writer leaves only a ``.tmp-*`` file, which
 listings skip and a later sweep may remove.
+
+Ownership: a repository is shared by processes running as different OS users (the archiver as
+the database's user, a base backup or restore started as root). Running as root, everything
+pgvault creates (directories, temporary files and so the objects they become) takes the owner
+and group of the repository root directory, like pgBackRest's repository ownership; a root that
+root creates itself takes the owner of the nearest existing parent. Not running as root, a
+permission error names the user owning the path, i.e. the one to run pgvault as.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from __future__ import annotations
 import datetime as dt
 import errno
 import os
+import pwd
 import secrets
 import stat
 from pathlib import Path
@@ -30,9 +38,8 @@ TEMP_PREFIX = ".tmp-"
 _FILE_MODE = 0o640
 _DIR_MODE = 0o750
 
+_READS = frozenset({"read", "stat", "list", "access"})
 _HINTS = {
-    errno.EACCES: "repository path is not writable",
-    errno.EPERM: "repository path is not writable",
     errno.EROFS: "repository path is not writable (read-only file system)",
     errno.ENOSPC: "no space left on device",
     errno.EDQUOT: "disk quota exceeded on the repository file system",
@@ -41,9 +48,34 @@ _HINTS = {
 }
 
 
+def _user(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
+
+
+def _permission_hint(action: str, path: Path) -> str:
+    """Whose path it is and whom to run as: "not writable" only where a write was refused."""
+    me = os.geteuid()
+    what = "readable" if action in _READS else "writable"
+    for candidate in (path, *path.parents):
+        try:
+            owner = candidate.stat().st_uid
+        except OSError:
+            continue
+        if owner != me:
+            return (f"{candidate} belongs to {_user(owner)} and is not {what} by {_user(me)}: run pgvault as "
+                    f"{_user(owner)} (e.g. runuser -u {_user(owner)} -- pgvault ...), or fix the permissions")
+        break
+    return f"the repository is not {what} by {_user(me)}: check the permissions of {path}"
+
+
 def _error(action: str, path: Path, exc: OSError) -> StorageError:
     """Turn an OSError into a one-line StorageError naming the path, plus a hint when we know one."""
     reason = exc.strerror or exc.__class__.__name__
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return StorageError(f"cannot {action} {path}: {reason}", hint=_permission_hint(action, path))
     return StorageError(f"cannot {action} {path}: {reason}", hint=_HINTS.get(exc.errno or 0))
 
 
@@ -146,6 +178,32 @@ class LocalStorage:
     def __init__(self, root: Path) -> None:
         self.root = Path(root).expanduser().absolute()
         self.url = self.root.as_uri()
+        self._owner: tuple[int, int] | None = None  # (uid, gid) to give what we create; None: keep ours
+
+    def _owner_for_new(self) -> tuple[int, int] | None:
+        """As root, the root directory's owner and group (see the module docstring); else None."""
+        if os.geteuid() != 0:
+            return None
+        if self._owner is None:
+            try:
+                st = os.stat(self.root)
+            except OSError as exc:
+                raise _error("access", self.root, exc) from exc
+            self._owner = (st.st_uid, st.st_gid)
+        return None if self._owner == (0, 0) else self._owner
+
+    def _give(self, path: Path, fd: int | None = None) -> None:
+        """Hand a file or directory we just created to the repository's owner (when root)."""
+        owner = self._owner_for_new()
+        if owner is None:
+            return
+        try:
+            if fd is not None:
+                os.fchown(fd, *owner)
+            else:
+                os.chown(path, *owner)
+        except OSError as exc:
+            raise _error("change the owner of", path, exc) from exc
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -184,6 +242,7 @@ class LocalStorage:
         for d in reversed(missing):
             try:
                 os.mkdir(d, _DIR_MODE)
+                self._give(d)
                 fsync_path(d.parent)
             except FileExistsError:
                 if not d.is_dir():
@@ -200,7 +259,25 @@ class LocalStorage:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)
         except OSError as exc:
             raise _error("write", tmp, exc) from exc
+        try:
+            self._give(tmp, fd)
+        except StorageError:
+            os.close(fd)
+            os.unlink(tmp)
+            raise
         return tmp, fd
+
+    def _create_root(self) -> None:
+        """``mkdir -p`` the root; as root, new directories take the nearest existing parent's owner,
+        so a repository that root creates in the database user's directory stays that user's."""
+        missing = [d for d in (self.root, *self.root.parents) if not d.exists()]
+        self.root.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
+        if os.geteuid() == 0 and missing:
+            parent = missing[-1].parent.stat()
+            if (parent.st_uid, parent.st_gid) != (0, 0):
+                for d in missing:
+                    os.chown(d, parent.st_uid, parent.st_gid)
+        self._owner = None  # read again from the root
 
     def _missing(self, key: str) -> ObjectNotFound:
         self._require_root()
@@ -300,7 +377,7 @@ class LocalStorage:
     def check_writable(self) -> None:
         """Create the root if missing, then create, fsync and remove a probe file in it."""
         try:
-            self.root.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
+            self._create_root()
         except FileExistsError:
             raise StorageError(
                 f"repository path {self.root} exists and is not a directory", hint="choose another repository path"
