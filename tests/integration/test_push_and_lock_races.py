@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import random
 import secrets
 import socket
@@ -24,7 +23,7 @@ from typing import Any, Callable
 import pytest
 
 from pgvault.config import Settings
-from pgvault.errors import IntegrityError, LockedError, PgvaultError, StorageError
+from pgvault.errors import IntegrityError, LockedError, StorageError
 from pgvault.operations import archive
 from pgvault.operations.context import Context
 from pgvault.pg.conn import ConnInfo
@@ -266,6 +265,3 @@ def test_a_live_lock_is_never_taken_over(storage: Storage) -> None:
         with pytest.raises(LockedError, match="is running"):
             RepositoryLock(storage, CLUSTER, "base-backup").acquire()
 
-
-def test_errors_are_pgvault_errors() -> None:
-    assert issubclass(LockedError, PgvaultError) and os.name == "posix"
