@@ -110,3 +110,26 @@ def test_throttled_store_is_retried_and_the_backup_succeeds(pg_cluster, s3_env, 
     proxy.http_errors(3)
     assert pgvault(["list", "--json"], env).json()["backups"][0]["backup_id"] == backup_id
     assert proxy.errors_sent == 6
+
+
+def test_status_answers_within_seconds_when_the_store_stalls(pg_cluster, s3_env, s3_bucket, proxy, pagila) -> None:  # type: ignore[no-untyped-def]
+    """The default S3 timeouts allow minutes per call; status must still answer the on-call in
+    seconds, CRITICAL, with what the server says about archiving."""
+    env = _env(pg_cluster, s3_env, s3_bucket, proxy, PGVAULT_REPOSITORY_S3_CONNECT_TIMEOUT="10",
+               PGVAULT_REPOSITORY_S3_READ_TIMEOUT="60", PGVAULT_REPOSITORY_S3_RETRIES="3")
+    pgvault(["backup", "-d", pagila], env)
+    assert pgvault(["status", "--timeout", "5"], env, check=False).returncode in (0, 1, 2)  # readable: judged as usual
+    proxy.stall()
+    started = time.monotonic()
+    res = pgvault(["status", "--json", "--timeout", "5", "--pgdata", str(pg_cluster.datadir)], env, check=False,
+                  timeout=120)
+    took = time.monotonic() - started
+    assert res.returncode == 2, res
+    doc = res.json()
+    assert doc["verdict"] == "CRITICAL" and doc["repository_error"].endswith("did not answer within 5s"), doc
+    assert [r["code"] for r in doc["reasons"]][0] == "repository_unreachable"
+    assert doc["archiving"]["connection"] == "ok" and doc["archiving"]["backlog_source"] == "archive_status", doc
+    assert took < 20, took
+    print(f"status answered {took:.1f}s after the store stalled")
+    human = pgvault(["status", "--timeout", "3"], env, check=False, timeout=120)
+    assert human.returncode == 2 and "repository: NOT READ" in human.stdout, human

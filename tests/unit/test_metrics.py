@@ -364,3 +364,15 @@ def test_push_replaces_the_cluster_group_on_the_pushgateway() -> None:
     [(method, path, body)] = got
     assert method == "PUT" and path.startswith("/metrics/job/pgvault/cluster")
     assert b'pgvault_up{cluster="c/x"} 1.0' in body
+
+
+def test_an_unreadable_repository_is_critical_and_the_server_is_still_judged() -> None:
+    failing = replace(healthy().archiving, failed_count=7, last_failed_wal="00000001000000000000000A",
+                      last_failed_time=ago(30), lag_seconds=2 * HOUR, backlog_segments=40)
+    s = healthy(logical=(), physical=(), archive=None, drills=(), jobs={}, archiving=failing,
+                repository_error="the repository s3://b/p did not answer within 15s")
+    found = evaluate(s)
+    assert found[0].code == "repository_unreachable" and found[0].level == CRITICAL
+    assert {r.code for r in found} >= {"archive_lag"}
+    assert not {r.code for r in found} & {"no_backup", "window_short", "no_drill"}  # nothing judged on no evidence
+    assert snapshot_json(s, found)["repository_error"].endswith("within 15s")

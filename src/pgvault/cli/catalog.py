@@ -16,11 +16,14 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("list", parents=[common], help="list backups in the repository")
     p.set_defaults(func=run_list)
     st = sub.add_parser("status", parents=[common], help="one screen for the on-call: backups, WAL archive, drills, verdict",
-                        description="Exit status: 0 OK, 1 WARNING, 2 CRITICAL (the Nagios plugin convention); "
-                                    "an error reading the repository exits with its own code (e.g. 4).")
+                        description="Exit status: 0 OK, 1 WARNING, 2 CRITICAL (the Nagios plugin convention). A "
+                                    "repository that cannot be read within --timeout is CRITICAL, with what the "
+                                    "server says about archiving.")
     st.add_argument("--pgdata", metavar="DIR", help="data directory whose .ready backlog to count "
                     "(default: the server's data_directory when readable here)")
     st.add_argument("--no-connect", action="store_true", help="do not connect to PostgreSQL (no pg_stat_archiver)")
+    st.add_argument("--timeout", type=float, default=15.0, metavar="SECONDS",
+                    help="answer CRITICAL with what is known if the repository has not been read by then (default 15)")
     st.set_defaults(func=run_status)
     s = sub.add_parser("show", parents=[common], help="show one backup's manifest")
     s.add_argument("backup_id", metavar="ID", help="backup id or 'latest'")
@@ -154,7 +157,7 @@ def run_status(args: argparse.Namespace) -> int:
     from pgvault.operations.status import VERDICT_EXIT, evaluate, gather_status, snapshot_json, verdict
 
     ctx = context_from(args)
-    snap = gather_status(ctx, pgdata=args.pgdata, connect=not args.no_connect)
+    snap = gather_status(ctx, pgdata=args.pgdata, connect=not args.no_connect, repository_timeout=args.timeout)
     reasons = evaluate(snap)
     payload = snapshot_json(snap, reasons)
     emit(args, "status", payload, lambda: describe_status(snap, payload))
@@ -177,7 +180,10 @@ def describe_status(snap: StatusSnapshot, doc: dict[str, Any]) -> str:
     lines.append("")
     lines.append("last logical backup:  " + newest(logical, ", ".join(logical["databases"]) if logical else ""))
     lines.append("last base backup:     " + newest(physical, f"stop {physical['stop_lsn']}" if physical else ""))
-    lines.append(describe_archive(snap.archive) if snap.archive else "WAL archive: empty")
+    if snap.repository_error:
+        lines.append(f"repository: NOT READ ({snap.repository_error})")
+    else:
+        lines.append(describe_archive(snap.archive) if snap.archive else "WAL archive: empty")
     w = doc["recoverable_window"]
     if w:
         lines.append(f"recoverable window:   {describe_age(w['seconds'])} ({w['from'][:19].replace('T', ' ')} .. "

@@ -15,10 +15,12 @@ so the screen and the alerts never disagree about the facts.
 from __future__ import annotations
 
 import datetime as dt
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from pgvault.errors import PgvaultError
+from pgvault import log
+from pgvault.errors import PgvaultError, StorageError
 from pgvault.operations.context import Context
 from pgvault.operations.pitr import Window, archive_gaps, recoverable_windows
 from pgvault.operations.restore_cluster import archived_at
@@ -191,6 +193,7 @@ class StatusSnapshot:
     jobs_error: str | None = None
     size: RepositorySize = field(default_factory=RepositorySize)
     damaged: tuple[DamagedManifest, ...] = ()  # backups whose manifest cannot be read (not in logical/physical)
+    repository_error: str | None = None  # the repository could not be read (in time): only the server is judged
 
     def newest(self, kind: str) -> BackupFacts | None:
         backups = self.logical if kind == "logical" else self.physical
@@ -256,14 +259,54 @@ class ManifestCache:
 
 def gather_status(
     ctx: Context, *, now: dt.datetime | None = None, pgdata: str | None = None, connect: bool = True,
-    cache: ManifestCache | None = None,
+    cache: ManifestCache | None = None, repository_timeout: float | None = None,
 ) -> StatusSnapshot:
     """Read the repository (and the server, when ``connect``) into a snapshot.
 
-    Repository errors propagate (status cannot judge what it cannot read); an unreadable drill
-    report or job record, or a server that cannot be reached, is recorded in the snapshot."""
+    The repository is read within ``repository_timeout`` seconds (None: no limit).  When it cannot
+    be read in that time, or not at all (a stalled or dead object store, wrong credentials), the
+    snapshot holds only what the server says (archiver failures, the ``.ready`` backlog) plus
+    ``repository_error``: the on-call needs an answer in seconds exactly when the repository is
+    the thing that broke.  Configuration errors still propagate; an unreadable drill report or
+    job record, or a server that cannot be reached, is recorded in the snapshot."""
     now = now or dt.datetime.now(dt.timezone.utc)
     cache = cache or ManifestCache()
+    outcome: dict[str, Any] = {}
+
+    if repository_timeout is None:  # metrics: a scrape fails rather than exporting an empty repository
+        return _read_repository(ctx, cache, now=now, pgdata=pgdata, connect=connect)
+
+    def read() -> None:
+        try:
+            outcome["snapshot"] = _read_repository(ctx, cache, now=now, pgdata=pgdata, connect=connect)
+        except StorageError as e:
+            outcome["error"] = e.message
+        except BaseException as e:  # noqa: BLE001 - handed to the caller's thread below
+            outcome["raise"] = e
+
+    # A daemon thread: a call stuck on a dead store must not keep the process alive (every storage
+    # call is bounded by the S3 timeouts; this bounds the sum of them).
+    reader = threading.Thread(target=read, name="status-repository", daemon=True)
+    reader.start()
+    reader.join(repository_timeout)
+    if reader.is_alive():
+        outcome["error"] = f"the repository {ctx.storage.url} did not answer within {repository_timeout:g}s"
+    if "raise" in outcome:
+        raise outcome["raise"]
+    if "snapshot" in outcome:
+        snapshot: StatusSnapshot = outcome["snapshot"]
+        return snapshot
+    s = ctx.settings
+    return StatusSnapshot(
+        cluster=ctx.cluster, repository=ctx.storage.url, taken_at=now,
+        policy=Policy(backup_max_age=s.backup_max_age, drill_max_age=s.drill_max_age, pitr_window=s.pitr_window),
+        archiving=probe_archiving(ctx.conn, pgdata=pgdata, connect=connect, now=now, system_identifier=None),
+        repository_error=log.redact(str(outcome["error"])),
+    )
+
+
+def _read_repository(ctx: Context, cache: ManifestCache, *, now: dt.datetime, pgdata: str | None,
+                     connect: bool) -> StatusSnapshot:
     logical = cache.logical(ctx)
     physical = cache.physical(ctx)
     archive = archive_summary(ctx, physical)
@@ -319,8 +362,12 @@ def evaluate(s: StatusSnapshot) -> list[Reason]:
     def add(level: str, code: str, message: str) -> None:
         reasons.append(Reason(level, code, message))
 
+    if s.repository_error:
+        # Nothing about backups, the archive or drills can be judged; the server's archiver can.
+        add(CRITICAL, "repository_unreachable", f"{s.repository_error}: backups, WAL archive and drills cannot be "
+                                                "checked; WAL archiving into it is probably failing too")
     # Backups: each kind the cluster uses must have a recent one.
-    if not s.logical and not s.physical:
+    elif not s.logical and not s.physical:
         add(CRITICAL, "no_backup", f"no backup of cluster {s.cluster!r} in the repository")
     for kind in ("logical", "physical"):
         b = s.newest(kind)
@@ -342,7 +389,7 @@ def evaluate(s: StatusSnapshot) -> list[Reason]:
     if s.physical and (a is None or not a.windows):
         add(CRITICAL, "no_recoverable_window", "no base backup can be recovered: the WAL it needs is not all archived")
     window = s.window()
-    if p.pitr_window and not s.physical:
+    if p.pitr_window and not s.physical and not s.repository_error:
         add(WARNING, "window_short", f"retention.pitr_window is {describe_age(p.pitr_window)}, but there is no base backup")
     elif p.pitr_window and window is not None and (window[1] - window[0]).total_seconds() < p.pitr_window:
         add(WARNING, "window_short", f"the recoverable window covers {describe_age((window[1] - window[0]).total_seconds())}, "
@@ -366,7 +413,9 @@ def evaluate(s: StatusSnapshot) -> list[Reason]:
 
     # Drills: evidence that backups restore.
     drill_failed = False
-    if s.drill_error:
+    if s.repository_error:
+        pass
+    elif s.drill_error:
         add(WARNING, "drills_unreadable", f"drill reports cannot be read: {s.drill_error}")
     else:
         good = s.last_drill(ok=True)
@@ -416,6 +465,7 @@ def snapshot_json(s: StatusSnapshot, reasons: list[Reason]) -> dict[str, Any]:
     return {
         "cluster": s.cluster, "repository": s.repository, "checked_at": s.taken_at.isoformat(),
         "verdict": v, "exit_code": VERDICT_EXIT[v], "reasons": [r.to_json() for r in reasons],
+        "repository_error": s.repository_error,
         "last_logical": logical.to_json(s.taken_at) if logical else None,
         "last_physical": physical.to_json(s.taken_at) if physical else None,
         "backups": {"logical": len(s.logical), "physical": len(s.physical)},
