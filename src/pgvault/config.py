@@ -12,6 +12,7 @@ Domain code receives a :class:`Settings` and never reads the environment itself.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
@@ -133,6 +134,28 @@ def _to_opt_str(v: Any) -> str | None:
     return None if v is None or v == "" else _to_str(v)
 
 
+def _to_endpoint(v: Any) -> str | None:
+    """An S3 endpoint is a URL with its scheme.  botocore reads ``127.0.0.1:8333`` as a URL whose
+    scheme is ``127.0.0.1`` (or fails only inside the first request, far from the setting), so
+    a missing or odd scheme is reported here, with the URL it probably should have been."""
+    from urllib.parse import urlsplit
+
+    text = _to_opt_str(v)
+    if text is None:
+        return None
+    example = "a URL like http://127.0.0.1:8333 or https://s3.eu-west-1.amazonaws.com"
+    if "://" not in text:
+        raise ValueError(f"the URL has no scheme: write it as 'http://{text}' or 'https://{text}'")
+    parts = urlsplit(text)
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        raise ValueError(f"the port is not a number: expected {example}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"expected {example} (scheme http or https, then a host)")
+    return text
+
+
 def _to_list(v: Any) -> tuple[str, ...]:
     if v is None:
         return ()
@@ -144,6 +167,9 @@ def _to_list(v: Any) -> tuple[str, ...]:
 
 
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "y": 365 * 86400}
+_NUMBER_RE = re.compile(r"\d+(\.\d+)?|\.\d+")
+_DURATION_PART_RE = re.compile(r"(\d+(?:\.\d+)?|\.\d+)([smhdwy])")
+_DURATION_RE = re.compile(r"((\d+(\.\d+)?|\.\d+)[smhdwy])+|\d+(\.\d+)?|\.\d+")
 
 
 def parse_duration(v: Any) -> float:
@@ -157,18 +183,14 @@ def parse_duration(v: Any) -> float:
     text = str(v).strip().lower().replace(" ", "")
     if not text:
         raise ValueError("empty duration")
-    total, number = 0.0, ""
-    for ch in text:
-        if ch.isdigit() or ch == ".":
-            number += ch
-        elif ch in _DURATION_UNITS and number:
-            total += float(number) * _DURATION_UNITS[ch]
-            number = ""
-        else:
-            raise ValueError(f"expected a duration like 36h or 7d, got {v!r}")
-    if number:
-        total += float(number)
-    return total
+    # A bare number means seconds only on its own: in ``1w2`` the 2 is a missing unit (weeks?
+    # days?), and silently adding 2 seconds would make a retention window mean something else.
+    if not _DURATION_RE.fullmatch(text):
+        raise ValueError(f"expected a duration like 90s, 15m, 36h, 7d, 2w or 1d12h "
+                         f"(a number with a unit s/m/h/d/w/y after each part; a number alone is seconds), got {v!r}")
+    if _NUMBER_RE.fullmatch(text):
+        return float(text)
+    return sum(float(n) * _DURATION_UNITS[u] for n, u in _DURATION_PART_RE.findall(text))
 
 
 def _default_if_none(value: float | None, default: float) -> float:
@@ -235,7 +257,7 @@ class _Setting:
 SETTINGS: tuple[_Setting, ...] = (
     _Setting("cluster", _to_str, "cluster name used in repository keys"),
     _Setting("repository.url", _to_str, "repository: a path, file:///path or s3://bucket/prefix"),
-    _Setting("repository.s3.endpoint_url", _to_opt_str, "S3 endpoint URL (MinIO, SeaweedFS, Ceph)"),
+    _Setting("repository.s3.endpoint_url", _to_endpoint, "S3 endpoint URL (MinIO, SeaweedFS, Ceph)"),
     _Setting("repository.s3.region", _to_opt_str, "S3 region"),
     _Setting("repository.s3.force_path_style", _to_bool, "use path-style S3 addressing"),
     _Setting("repository.s3.profile", _to_opt_str, "AWS config profile"),
@@ -299,10 +321,12 @@ def load_settings(
     *,
     environ: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
+    check_identities: bool = False,
 ) -> Settings:
     """Build :class:`Settings` from a YAML file, the environment and explicit overrides.
 
     ``config_path`` defaults to ``$PGVAULT_CONFIG``; no file at all means defaults + environment.
+    ``check_identities`` also parses the age secret key(s) (:func:`identity_problems`).
     Raises :class:`ConfigError` listing every problem found.
     """
     env = dict(os.environ if environ is None else environ)
@@ -407,6 +431,8 @@ def load_settings(
         source=source,
     )
     problems += validate(settings)
+    if check_identities:
+        problems += identity_problems(settings)
     if problems:
         raise ConfigError(problems, hint="run 'pgvault config check' to see every problem")
     return settings
@@ -460,6 +486,41 @@ def validate(s: Settings) -> list[str]:
             problems.append(f"postgres.dsn: not a valid libpq connection string ({type(e).__name__})")
     if s.age_identity_file and not Path(s.age_identity_file).is_file():
         problems.append(f"encryption.age_identity_file: {s.age_identity_file} does not exist")
+    return problems
+
+
+_IDENTITY_FORMAT = ("expected what age-keygen writes: lines 'AGE-SECRET-KEY-1...' plus '#' comments and blank lines "
+                    "(or an unencrypted OpenSSH private key)")
+
+
+def identity_problems(s: Settings) -> list[str]:
+    """Every problem with the age identity settings, found by parsing the key(s) with pyrage.
+
+    Not part of every load: reading the key file and importing pyrage would cost every command
+    (``wal push`` runs once per segment), and a host that only backs up may deliberately be unable
+    to read it.  ``config check`` asks, and so does every command that decrypts
+    (``Context.identities``).  A key is never quoted: only the setting, the file and line numbers."""
+    from pgvault.pipeline.encrypt import load_identities
+
+    problems: list[str] = []
+    if s.age_identity:
+        try:
+            load_identities(s.age_identity)
+        except ConfigError as e:
+            why = "; ".join(p.replace("the identity file", "the value").replace(" of the identity file", "")
+                            for p in e.problems)
+            problems.append(f"encryption.age_identity ({_BY_PATH['encryption.age_identity'].env}) = <secret>: {why}; "
+                            f"{_IDENTITY_FORMAT}")
+    path = s.age_identity_file
+    if path and Path(path).is_file():
+        try:
+            load_identities(Path(path).read_text(encoding="utf-8"))
+        except OSError as e:
+            problems.append(f"encryption.age_identity_file: cannot read {path}: {e.strerror or e}")
+        except UnicodeDecodeError:
+            problems.append(f"encryption.age_identity_file: {path} is not a text file; {_IDENTITY_FORMAT}")
+        except ConfigError as e:
+            problems.append(f"encryption.age_identity_file: {path}: {'; '.join(e.problems)}; {_IDENTITY_FORMAT}")
     return problems
 
 

@@ -586,3 +586,113 @@ def test_durations_and_smoke_queries() -> None:
                 '[{"sql": "x", "min": 1, "color": 2}]', "not json"):
         with pytest.raises(ConfigError, match="drill.smoke_queries"):
             load_settings(environ={"PGVAULT_DRILL_SMOKE_QUERIES": bad})
+
+
+# --- issue 8: values that used to pass `config check` ----------------------------------------------
+
+
+def _check_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+               env: dict[str, str], yaml_text: str = "") -> tuple[int, list[str], str]:
+    """``pgvault config check --json`` in-process: exit status, the listed problems, all output."""
+    from pgvault.cli import main
+
+    for name in [k for k in __import__("os").environ if k.startswith(("PGVAULT_", "PG", "AWS_"))]:
+        monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    argv = ["config", "check", "--json"]
+    if yaml_text:
+        argv += ["--config", write_yaml(tmp_path, yaml_text)]
+    code = main(argv)
+    out = capsys.readouterr()
+    doc = json.loads(out.out) if out.out.strip() else {}
+    return code, list(doc.get("problems") or ([doc["message"]] if "message" in doc else [])), out.out + out.err
+
+
+def test_an_s3_endpoint_without_a_scheme_is_a_problem(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    code, problems, _ = _check_cli(tmp_path, monkeypatch, capsys, {}, "repository:\n  url: s3://b/p\n"
+                                   "  s3:\n    endpoint_url: 127.0.0.1:8333\n")
+    assert code == 2, problems
+    (problem,) = problems
+    assert problem.startswith("repository.s3.endpoint_url (PGVAULT_REPOSITORY_S3_ENDPOINT_URL) = '127.0.0.1:8333'")
+    assert "no scheme" in problem and "'http://127.0.0.1:8333'" in problem
+    for bad in ("localhost:9000", "ftp://s3.example.com", "http://s3:port"):
+        with pytest.raises(ConfigError, match=r"repository\.s3\.endpoint_url .*(scheme|http://)"):
+            load_settings(environ={"PGVAULT_REPOSITORY_S3_ENDPOINT_URL": bad})
+    for good in ("http://127.0.0.1:8333", "https://s3.eu-west-1.amazonaws.com", "http://[::1]:9000/"):
+        assert load_settings(environ={"PGVAULT_REPOSITORY_S3_ENDPOINT_URL": good}).s3.endpoint_url == good
+
+
+@pytest.mark.parametrize("bad", ["1w2", "1d12", "2h30", "1..5h", "1.2.3"])
+def test_a_duration_with_a_unitless_tail_is_a_problem(bad: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    code, problems, _ = _check_cli(tmp_path, monkeypatch, capsys, {"PGVAULT_RETENTION_LOGICAL_KEEP_WITHIN": bad})
+    assert code == 2, problems
+    (problem,) = problems
+    assert problem.startswith(f"retention.logical.keep_within (PGVAULT_RETENTION_LOGICAL_KEEP_WITHIN) = {bad!r}: ")
+    assert "expected a duration like" in problem and "36h" in problem and "1d12h" in problem
+
+
+def test_durations_that_stay_valid() -> None:
+    from pgvault.config import parse_duration
+
+    assert parse_duration("1w2d") == 9 * 86400 and parse_duration("1.5h") == 5400 and parse_duration(".5m") == 30
+    assert parse_duration("45") == 45 and parse_duration("1h 30m") == 5400
+
+
+@pytest.mark.parametrize("content", [
+    "hello world\n",  # no key line at all
+    "# created: 2026-12-01\n# public key: age1xyz\n",  # comments only: the key line was lost
+    "AGE-SECRET-KEY-1QQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQ\n",  # pyrage cannot parse it
+    RECIPIENT + "\n",  # the public key pasted instead
+])
+def test_a_garbage_identity_file_is_a_problem(content: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    keyfile = tmp_path / "key.txt"
+    keyfile.write_text(content)
+    code, problems, output = _check_cli(tmp_path, monkeypatch, capsys,
+                                        {"PGVAULT_ENCRYPTION_AGE_IDENTITY_FILE": str(keyfile)})
+    assert code == 2, problems
+    (problem,) = problems
+    assert problem.startswith(f"encryption.age_identity_file: {keyfile}: ")
+    assert "AGE-SECRET-KEY-1..." in problem and "age-keygen" in problem
+    assert content.strip() not in output or content.startswith("#")
+
+
+def test_a_garbage_identity_in_the_environment_is_a_problem_never_printed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    damaged = SECRET[:-6] + ("QQQQQQ" if not SECRET.endswith("QQQQQQ") else "PPPPPP")
+    for bad in (damaged, "not-a-key", RECIPIENT):
+        code, problems, output = _check_cli(tmp_path, monkeypatch, capsys, {"PGVAULT_ENCRYPTION_AGE_IDENTITY": bad})
+        assert code == 2, (bad == damaged, problems)
+        (problem,) = problems
+        assert problem.startswith("encryption.age_identity (PGVAULT_ENCRYPTION_AGE_IDENTITY) = <secret>: ")
+        assert "AGE-SECRET-KEY-1..." in problem
+        assert bad not in output and (len(bad) < 40 or bad[16:40] not in output)
+
+
+def test_a_good_identity_passes_and_every_problem_is_listed_together(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    keyfile = tmp_path / "key.txt"
+    keyfile.write_text(f"# created by age-keygen\n# public key: {RECIPIENT}\n{SECRET}\n")
+    code, _problems, output = _check_cli(tmp_path, monkeypatch, capsys, {
+        "PGVAULT_ENCRYPTION_AGE_IDENTITY_FILE": str(keyfile), "PGVAULT_ENCRYPTION_AGE_RECIPIENTS": RECIPIENT})
+    assert code == 0, output
+    keyfile.write_text("garbage\n")
+    code, problems, output = _check_cli(tmp_path, monkeypatch, capsys, {
+        "PGVAULT_ENCRYPTION_AGE_IDENTITY_FILE": str(keyfile), "PGVAULT_REPOSITORY_S3_ENDPOINT_URL": "minio:9000",
+        "PGVAULT_MONITORING_BACKUP_MAX_AGE": "1w2"})
+    assert code == 2
+    assert [p.split(" ", 1)[0].rstrip(":") for p in problems] == [
+        "repository.s3.endpoint_url", "monitoring.backup_max_age", "encryption.age_identity_file"]
+    # Other commands do not read the key file (wal push runs once per segment; a backup-only host
+    # may be unable to read it); the commands that decrypt say the same as `config check`.
+    s = load_settings(environ={"PGVAULT_ENCRYPTION_AGE_IDENTITY_FILE": str(keyfile)})
+    from pgvault.operations.context import Context
+    from pgvault.pg.conn import ConnInfo
+    from pgvault.storage import open_storage
+
+    ctx = Context(settings=s, storage=open_storage("memory://t"), conn=ConnInfo({}))
+    with pytest.raises(ConfigError, match=r"encryption\.age_identity_file: .*key\.txt: line 1 of the identity file"):
+        ctx.identities()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from pgvault.cli import emit, settings_from
-from pgvault.config import describe
+from pgvault.cli import emit
+from pgvault.config import describe, load_settings
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -19,7 +19,11 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    s = settings_from(args)  # raises ConfigError listing every problem
+    # Raises ConfigError listing every problem; unlike other commands' loads, this one also
+    # parses the age secret key(s), so a damaged key file shows up before the restore that needs it.
+    s = load_settings(getattr(args, "config", None), check_identities=True, overrides={
+        "cluster": getattr(args, "cluster", None), "repository.url": getattr(args, "repository", None),
+        "postgres.dsn": getattr(args, "dsn", None)})
     payload = {
         "valid": True,
         "source": s.source,

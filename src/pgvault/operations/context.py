@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Mapping
 
-from pgvault.config import Settings
+from pgvault.config import Settings, identity_problems
 from pgvault.errors import ConfigError
 from pgvault.pg.conn import ConnInfo
 from pgvault.pipeline import load_identities
@@ -37,6 +37,13 @@ class Context:
     def identities(self) -> list[str]:
         """age identities for decryption, from the identity file or the environment."""
         s = self.settings
+        if s.age_identity or s.age_identity_file:
+            # The same sentences as `config check`: the setting, the file, the expected format.
+            # Only the key in use is judged (the environment's wins over the file).
+            used = s if not s.age_identity else replace(s, age_identity_file=None)
+            problems = identity_problems(used)
+            if problems:
+                raise ConfigError(problems)
         if s.age_identity:
             return load_identities(s.age_identity)
         if s.age_identity_file:
