@@ -183,10 +183,16 @@ def database_exists(conn: psycopg.Connection[Any], name: str) -> bool:
 
 
 def database_sessions(conn: psycopg.Connection[Any], name: str) -> list[tuple[int, str, str, str]]:
-    """(pid, user, application, state) of every other session connected to ``name``."""
+    """(pid, user, application, state) of every other client session connected to ``name``.
+
+    Only client backends: an autovacuum worker is no one's session (PostgreSQL itself ends it
+    when the database is renamed or dropped), and refusing a restore because autovacuum happened
+    to visit the target made restores fail at random; a parallel worker belongs to a client
+    session that is counted anyway."""
     rows = conn.execute(
         "SELECT pid, coalesce(usename, ''), coalesce(application_name, ''), coalesce(state, '')"
-        " FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid() ORDER BY pid",
+        " FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()"
+        " AND backend_type = 'client backend' ORDER BY pid",
         (name,),
     ).fetchall()
     return [(int(r[0]), str(r[1]), str(r[2]), str(r[3])) for r in rows]
