@@ -24,6 +24,7 @@ cluster, excluded from base backups).  One pusher / prefetcher per spool, by ``f
 from __future__ import annotations
 
 import concurrent.futures as cf
+import errno
 import fcntl
 import hashlib
 import json
@@ -91,8 +92,33 @@ def file_sha256(path: Path) -> tuple[str, int]:
 
 def _write_atomic(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)  # a full spool must not also fill up with half-written records
+        raise
+
+
+def _spool_error(spool: Path, e: OSError) -> StorageError:
+    """The foreground's error for a spool it cannot write: nothing was (or can be) confirmed."""
+    hint = f"free space in {spool}, or point archive.spool_dir at a file system with room (or set archive.async: false)"
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StorageError(f"disk full in the WAL spool {spool} (no space left on device): the background pusher "
+                            "cannot record what it uploaded, so nothing is confirmed", hint=hint)
+    return StorageError(f"cannot write the WAL spool {spool}: {e.strerror or e}", hint=hint)
+
+
+def _probe_spool(spool: Path) -> None:
+    """Raise the spool's error if a small record can no longer be written there."""
+    probe = spool / f".probe.{os.getpid()}"
+    try:
+        with open(probe, "wb", buffering=0) as f:
+            f.write(b"x" * 512)
+    except OSError as e:
+        raise _spool_error(spool, e) from None
+    finally:
+        probe.unlink(missing_ok=True)
 
 
 @contextmanager
@@ -161,7 +187,10 @@ def push_async(settings: Settings, path: str, *, pgdata: str | None, passthrough
     src = Path(path) if Path(path).is_absolute() else data_dir / path
     name = src.name
     paths = _Paths(spool_dir(settings, data_dir))
-    paths.done.mkdir(parents=True, exist_ok=True)
+    try:
+        paths.done.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise _spool_error(paths.spool, e) from None
     deadline = clock() + settings.archive_wait_timeout
     spawned_at: float | None = None
     while True:
@@ -181,6 +210,11 @@ def push_async(settings: Settings, path: str, *, pgdata: str | None, passthrough
             raise error_of_kind(str(doc.get("kind", "storage")), f"background push of {name} failed: {doc.get('message')}",
                                 hint=f"the pusher's log is {paths.spool / 'pusher.log'}")
         if not _is_locked(paths.lock) and (spawned_at is None or clock() - spawned_at > 5.0):
+            if spawned_at is not None:
+                # The pusher we started is gone without a word about this segment.  A full spool
+                # is the usual reason (it cannot write the .ok, nor the .error): fail, PostgreSQL
+                # retries; never confirm what no record vouches for.
+                _probe_spool(paths.spool)
             if spawned_at is not None and clock() > deadline - settings.archive_wait_timeout / 2:
                 break  # the pusher keeps dying: push in the foreground, which reports the real error
             spawn(["wal", "archive-daemon", "--pgdata", str(data_dir), *passthrough], paths.spool, "pusher.log")
@@ -308,12 +342,20 @@ def run_pusher(ctx: Context, data_dir: Path, *, idle_exit: float = IDLE_EXIT,
                             kind = e.kind if isinstance(e, PgvaultError) else "internal"
                             text = e.message if isinstance(e, PgvaultError) else f"{type(e).__name__}: {e}"
                             logger.error("push of %s failed: %s", name, text)
-                            _write_atomic(paths.error(name), json.dumps({"kind": kind, "message": text}).encode())
-                            continue
-                        pushed[name] = clock()
-                        _write_atomic(paths.ok(name), json.dumps({
-                            "raw_sha256": r.raw_sha256, "raw_size": r.raw_size, "key": r.key, "file_id": file_id,
-                            "stored_size": r.stored_size, "already_archived": r.already_archived}).encode())
+                            record, body = paths.error(name), json.dumps({"kind": kind, "message": text}).encode()
+                        else:
+                            pushed[name] = clock()
+                            record, body = paths.ok(name), json.dumps({
+                                "raw_sha256": r.raw_sha256, "raw_size": r.raw_size, "key": r.key, "file_id": file_id,
+                                "stored_size": r.stored_size, "already_archived": r.already_archived}).encode()
+                        try:
+                            _write_atomic(record, body)
+                        except OSError as e:
+                            # A full spool: no segment can be confirmed (nor its failure reported)
+                            # from here.  Stop: the waiting foreground notices and fails, and each
+                            # later wal push starts a pusher again once there is room.
+                            logger.error("cannot write %s, stopping: %s", record, e.strerror or e)
+                            return 1
                     continue
                 _sweep(paths, status)
                 if clock() - last_work > idle_exit or gone:
