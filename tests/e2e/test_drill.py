@@ -21,9 +21,9 @@ SMOKE = [{"name": "films", "sql": "SELECT count(*) FROM film", "min": 1000},
 
 def _leftovers() -> set[str]:
     """Scratch directories and servers of drills still around."""
-    dirs = {str(p) for p in Path(tempfile.gettempdir()).glob("pgvault-drill-*")}
+    dirs = {str(p) for p in Path(tempfile.gettempdir()).glob("pgvault-drill*")}
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-    return dirs | {line for line in ps.splitlines() if "pgvault-drill-" in line and "postgres" in line}
+    return dirs | {line for line in ps.splitlines() if "pgvault-drill" in line and "postgres" in line}
 
 
 def _drill(env: dict[str, str], *args: str, ok: bool = True) -> dict:  # type: ignore[type-arg]

@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import shutil
+import signal
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ from pgvault.operations.context import Context
 from pgvault.operations.pitr import RecoveryTarget
 from pgvault.pg.bindir import BinDir, available_bindirs
 from pgvault.pg.conn import ConnInfo, connect
-from pgvault.pg.scratch import ScratchServer, free_port, scratch_dir
+from pgvault.pg.scratch import ScratchServer, free_port, scratch_dir, sweep_scratch_dirs
 from pgvault.repository import layout
 from pgvault.repository.catalog import resolve_logical
 from pgvault.repository.drills import Check, DrillReport, list_drills, save_drill
@@ -311,6 +312,10 @@ def run_drill(ctx: Context, req: DrillRequest, *, now: Callable[[], dt.datetime]
     cleanups: list[Callable[[], None]] = []
     backup_id, restore_seconds, error = req.ref, None, ""
     logger = log.get()
+    # Scratch servers of drills killed with -9 on this host: stopped and removed first.
+    for item in sweep_scratch_dirs(ctx.settings.pg_bin_dirs):
+        logger.warning("swept %s", item)
+    interrupted: KeyboardInterrupt | None = None
     try:
         if req.kind == "logical":
             backup_id, restore_seconds = _logical(ctx, req, drill_id, checks, target, cleanups)
@@ -322,12 +327,21 @@ def run_drill(ctx: Context, req: DrillRequest, *, now: Callable[[], dt.datetime]
                                 f"restore took {restore_seconds:.1f}s, objective {rto:.0f}s"))
     except PgvaultError as e:
         error = e.message
+    except KeyboardInterrupt as e:
+        # SIGTERM / Ctrl-C (cli/interrupts.py): clean up as for any failure, save the report
+        # that says so (the job record alone does not say which drill, or where it stopped),
+        # then let the interruption end the command (exit 143 / 130).
+        interrupted = e
+        signum = getattr(e, "signum", None)
+        error = f"interrupted by {signal.Signals(signum).name if signum else 'Ctrl-C'}"
     finally:
         for cleanup in cleanups:
             try:
                 cleanup()
             except Exception as e:  # noqa: BLE001 - keep cleaning; say what was left
                 logger.warning("drill cleanup step failed: %s: %s", type(e).__name__, e)
+                if interrupted is not None:
+                    error += f"; cleanup step failed: {type(e).__name__}: {e}"
     ok = not error and bool(checks) and all(c.ok for c in checks)
     report = DrillReport(
         drill_id=drill_id, cluster=ctx.cluster, backup_kind=req.kind, backup_id=backup_id,
@@ -336,4 +350,6 @@ def run_drill(ctx: Context, req: DrillRequest, *, now: Callable[[], dt.datetime]
         error=error,
     )
     save_drill(ctx.storage, report)
+    if interrupted is not None:
+        raise interrupted
     return report

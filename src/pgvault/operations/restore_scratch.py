@@ -23,11 +23,9 @@ import errno
 import json
 import os
 import re
-import socket
 import tempfile
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -36,42 +34,13 @@ from psycopg import sql
 from pgvault import log
 from pgvault.errors import DatabaseError, PgvaultError, StorageError, TargetBusyError, TargetExistsError
 from pgvault.pg.conn import database_sessions
+from pgvault.procs import host_tag, process_alive, process_start  # tests still import the process_* from here
 
 MARK = "pgvault restore scratch "
 # What the sweep looks at: names we generate (the comment must match too).
 _NAME_PATTERN = r"_pgvault_(old_)?[0-9a-f]{8}$"
 _SPOOL_RE = re.compile(r"^pgvault-(?:restore|toc)\.([A-Za-z0-9-]+)\.(\d+)\.(\d+)\.")
 _SWAP_ATTEMPTS = 3  # a session can sneak in between ending sessions and the rename; retry that
-
-
-def process_start(pid: int) -> int | None:
-    """Start time of process ``pid`` in clock ticks since boot; None if there is no such process."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return None
-    except OSError:
-        return 0
-    try:
-        return int(stat.rsplit(")", 1)[1].split()[19])
-    except (IndexError, ValueError):
-        return 0
-
-
-def process_alive(pid: int, started: int) -> bool:
-    """True if ``pid`` runs and is the process that started at ``started`` (0: unknown, any)."""
-    now = process_start(pid)
-    if now is None:
-        if not Path("/proc").is_dir():  # no procfs: ask the kernel whether the pid exists
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                return False
-            except PermissionError:
-                return True
-            return True
-        return False
-    return started == 0 or now == 0 or now == started
 
 
 @dataclass(frozen=True)
@@ -89,7 +58,7 @@ class Identity:
         row = conn.execute("SELECT pg_backend_pid(), extract(epoch FROM backend_start)::text FROM pg_stat_activity"
                            " WHERE pid = pg_backend_pid()").fetchone()
         pid = os.getpid()
-        host = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
+        host = host_tag()
         return cls(host, pid, process_start(pid) or 0, int(row[0]) if row else 0, str(row[1]) if row else "")
 
     def mark(self, role: str, target: str) -> str:

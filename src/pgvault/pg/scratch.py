@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import os
 import pwd
+import re
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -19,9 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
+from pgvault import log
 from pgvault.errors import ToolError
-from pgvault.pg.bindir import BinDir
+from pgvault.pg.bindir import BinDir, available_bindirs
 from pgvault.pg.conn import ConnInfo
+from pgvault.procs import host_tag, process_alive, process_start
 
 DEFAULT_OS_USER = "postgres"
 # Durability settings stay at their defaults: the restore time a drill measures should be the
@@ -44,9 +48,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def scratch_dir(prefix: str = "pgvault-drill-") -> Path:
-    """A private temporary directory the server's OS user owns."""
-    path = Path(tempfile.mkdtemp(prefix=prefix))
+PREFIX = "pgvault-drill"
+# pgvault-drill.<host>.<pid>.<process start>.<random>: whose it is, so that a drill killed with
+# -9 (its `finally` never ran, its server still running) can be recognised and swept.
+_DIR_RE = re.compile(rf"^{PREFIX}\.([A-Za-z0-9-]+)\.(\d+)\.(\d+)\.")
+
+
+def scratch_dir(directory: str | None = None) -> Path:
+    """A private temporary directory the server's OS user owns, named after this process."""
+    pid = os.getpid()
+    path = Path(tempfile.mkdtemp(prefix=f"{PREFIX}.{host_tag()}.{pid}.{process_start(pid) or 0}.", dir=directory))
     user = _owner_for_root()
     if user:
         try:
@@ -58,6 +69,88 @@ def scratch_dir(prefix: str = "pgvault-drill-") -> Path:
         os.chown(path, pw.pw_uid, pw.pw_gid)
     path.chmod(0o700)
     return path
+
+
+def _postmaster_pid(data_dir: Path) -> int | None:
+    """The pid in ``postmaster.pid`` if that process still runs and is a postgres (a pid file
+    left by a killed server may name a reused pid: never signal that one)."""
+    try:
+        pid = int((data_dir / "postmaster.pid").read_text().split("\n", 1)[0])
+    except (OSError, ValueError):
+        return None
+    if not process_alive(pid, 0):
+        return None
+    try:
+        if Path(f"/proc/{pid}/comm").read_text().strip() != "postgres":
+            return None
+    except OSError:
+        pass  # no procfs: the pid file is all there is to go by
+    return pid
+
+
+def _stop_stale(data_dir: Path, bin_dirs: tuple[str, ...]) -> str | None:
+    """Stop the postmaster of a dead drill's ``data_dir`` as ``pg_ctl stop -m immediate`` does;
+    None when stopped (or not running), else why not."""
+    pid = _postmaster_pid(data_dir)
+    if pid is None:
+        return None
+    try:
+        major = int((data_dir / "PG_VERSION").read_text().strip())
+        owner: str | None = pwd.getpwuid(data_dir.stat().st_uid).pw_name
+    except (OSError, ValueError, KeyError):
+        major, owner = 0, None
+    bindir = next((b for b in available_bindirs(bin_dirs) if b.major == major and b.program("pg_ctl").exists()), None)
+    try:
+        if bindir is not None:
+            env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+            subprocess.run(as_owner([str(bindir.program("pg_ctl")), "-D", str(data_dir), "-m", "immediate", "-w", "stop"],
+                                    owner if owner != "root" else None),
+                           capture_output=True, env=env, timeout=60, check=False)
+        else:  # no binaries of that major any more: SIGQUIT is what pg_ctl -m immediate sends
+            os.kill(pid, signal.SIGQUIT)
+    except (OSError, subprocess.SubprocessError) as e:
+        return f"could not stop its postmaster (pid {pid}): {e}"
+    deadline = time.monotonic() + 15
+    while _postmaster_pid(data_dir) == pid and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if _postmaster_pid(data_dir) == pid:
+        return f"its postmaster (pid {pid}) did not stop"
+    return None
+
+
+def sweep_scratch_dirs(bin_dirs: tuple[str, ...] = (), directory: str | None = None) -> list[str]:
+    """Stop and remove the scratch servers of drills on this host whose process is gone.
+
+    A drill killed with -9 (OOM, a node drain's grace period exceeded) runs no cleanup: its
+    scratch server keeps running, holding memory, a port and disk.  Each drill first sweeps those
+    (pid *and* start time dead: a reused pid does not keep one alive).  A server that cannot be
+    stopped is left in place, with a warning saying how to stop it: deleting a running
+    server's directory would leave it running with its files gone.  Returns one line per directory."""
+    where = Path(directory or tempfile.gettempdir())
+    me = host_tag()
+    swept: list[str] = []
+    try:
+        entries = list(os.scandir(where))
+    except OSError:
+        return swept
+    for entry in entries:
+        m = _DIR_RE.match(entry.name)
+        if not m or m.group(1) != me or not entry.is_dir(follow_symlinks=False):
+            continue
+        if process_alive(int(m.group(2)), int(m.group(3))):
+            continue  # a drill still running (this one, or another in parallel)
+        base = Path(entry.path)
+        running = _postmaster_pid(base / "data")
+        problem = _stop_stale(base / "data", bin_dirs)
+        if problem:
+            log.get().warning("left %s of a drill that is gone (pid %s) in place: %s; stop it with "
+                              "`pg_ctl -D %s stop -m immediate` and remove the directory", base, m.group(2), problem,
+                              base / "data")
+            continue
+        shutil.rmtree(base, ignore_errors=True)
+        swept.append(f"scratch directory {base} of drill pid {m.group(2)}"
+                     + (f" (its server, pid {running}, stopped)" if running else ""))
+    return swept
 
 
 def as_owner(cmd: list[str], owner: str | None) -> list[str]:
@@ -87,10 +180,16 @@ class ScratchServer:
         base = base or scratch_dir()
         owner = _owner_for_root()
         server = cls(bindir, base, base / "data", free_port(), owner)
-        server._run([str(bindir.program("initdb")), "-D", str(server.data_dir), "-U", server.user, "--auth=trust",
-                     "-E", "UTF8", "--locale=C", "--no-sync"], what="initdb", environ=environ)
-        server.configure({})
-        server.start(environ=environ)
+        try:
+            server._run([str(bindir.program("initdb")), "-D", str(server.data_dir), "-U", server.user, "--auth=trust",
+                         "-E", "UTF8", "--locale=C", "--no-sync"], what="initdb", environ=environ)
+            server.configure({})
+            server.start(environ=environ)
+        except BaseException:
+            # The caller gets no server to destroy: a failed initdb, or SIGTERM while pg_ctl
+            # started it, must not leave a directory (or a running postmaster) behind.
+            server.destroy()
+            raise
         return server
 
     def configure(self, extra: Mapping[str, str]) -> None:

@@ -1,0 +1,45 @@
+"""Is the process that left something behind still alive?  A pid alone cannot say: pids are
+reused, so what pgvault leaves behind (scratch databases, spool files, drill scratch servers)
+records the pid *and* its start time, and a process only counts as the same one when both match."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from pathlib import Path
+
+
+def process_start(pid: int) -> int | None:
+    """Start time of process ``pid`` in clock ticks since boot; None if there is no such process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return 0
+    try:
+        return int(stat.rsplit(")", 1)[1].split()[19])
+    except (IndexError, ValueError):
+        return 0
+
+
+def process_alive(pid: int, started: int) -> bool:
+    """True if ``pid`` runs and is the process that started at ``started`` (0: unknown, any)."""
+    now = process_start(pid)
+    if now is None:
+        if not Path("/proc").is_dir():  # no procfs: ask the kernel whether the pid exists
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return False
+            except PermissionError:
+                return True
+            return True
+        return False
+    return started == 0 or now == 0 or now == started
+
+
+def host_tag() -> str:
+    """This host's name as a file-name component (``[A-Za-z0-9-]``): pids mean nothing elsewhere."""
+    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
