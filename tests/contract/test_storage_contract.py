@@ -11,6 +11,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import io
+import os
 import random
 import secrets
 import signal
@@ -346,6 +347,65 @@ def test_url_is_a_display_form_without_secrets(storage: Storage) -> None:
         assert storage.settings.secret_access_key and storage.settings.secret_access_key not in storage.url
 
 
+# -- unfinished writes ----------------------------------------------------------------------------
+
+
+def _unfinished(storage: Storage, key: str, size: int) -> ObjectWriter:
+    """A writer that has written ``size`` bytes and will never commit: a killed process's, in effect."""
+    w = storage.open_write(key)
+    w.write(payload(size))
+    for part in getattr(w, "_futures", []):  # S3: parts upload in the background; wait until they are stored
+        part.result()
+    return w
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def test_unfinished_writes_are_listed_in_key_order_and_never_as_objects(storage: Storage) -> None:
+    assert list(storage.unfinished_writes()) == []
+    write(storage, "done/obj", b"committed")
+    _unfinished(storage, "b/pending", PART + 10)  # on S3 a multipart upload with one part stored
+    _unfinished(storage, "a/x/pending", 100)  # on S3 nothing stored yet: no upload either
+    found = list(storage.unfinished_writes())
+    assert [u.key.split("/")[0] for u in found] == (["b"] if isinstance(storage, S3Storage) else ["a", "b"])
+    u = found[-1]
+    assert u.key.startswith("b/")  # local: the temp file "b/.tmp-..."; S3, memory: "b/pending"
+    assert PART <= u.size <= PART + 10  # S3: the part it stored; the rest is still in the writer's buffer
+    assert u.modified.utcoffset() == dt.timedelta(0) and abs(_utcnow() - u.modified) < dt.timedelta(minutes=5)
+    assert [x.key for x in storage.unfinished_writes("b/")] == [u.key]
+    assert list(storage.unfinished_writes("done/")) == [] and list(storage.unfinished_writes("c")) == []
+    assert keys(storage) == ["done/obj"]
+
+
+def test_an_unfinished_write_is_removed_only_when_idle_since_the_cutoff(storage: Storage) -> None:
+    start = _utcnow() - dt.timedelta(seconds=5)  # S3 times are whole seconds
+    write(storage, "area/done", b"committed")
+    w = _unfinished(storage, "area/pending", PART + 10)
+    _unfinished(storage, "other/pending", PART + 10)
+    [u] = storage.unfinished_writes("area/")
+    # Written to after the cutoff: a writer at work, left alone.
+    assert storage.remove_unfinished(u, idle_since=start) is False
+    assert [x.key for x in storage.unfinished_writes("area/")] == [u.key]
+    # Idle since before the cutoff: removed; its writer can no longer commit anything.
+    later = _utcnow() + dt.timedelta(minutes=1)
+    assert storage.remove_unfinished(u, idle_since=later) is True
+    assert list(storage.unfinished_writes("area/")) == []
+    assert storage.remove_unfinished(u, idle_since=later) is False  # gone already
+    with pytest.raises(StorageError):
+        w.commit()
+    with pytest.raises(ObjectNotFound):
+        storage.stat("area/pending")
+    assert keys(storage) == ["area/done"] and storage.read_bytes("area/done") == b"committed"
+    assert [x.key.split("/")[0] for x in storage.unfinished_writes()] == ["other"]
+    # Committed and aborted writes are not unfinished.
+    with storage.open_write("area/next") as w2:
+        w2.write(payload(PART + 10))
+    _unfinished(storage, "area/aborted", PART + 10).abort()
+    assert list(storage.unfinished_writes("area/")) == []
+
+
 # -- local directory ------------------------------------------------------------------------------
 
 
@@ -398,6 +458,49 @@ def test_local_temp_names_are_reserved_and_never_listed(tmp_path: Path) -> None:
     assert keys(st) == [".hidden-but-valid"]
     with pytest.raises(ValueError):
         st.open_write("dir/.tmp-mine")
+
+
+def test_local_unfinished_writes_are_temp_files_and_removing_them_removes_emptied_directories(tmp_path: Path) -> None:
+    st = LocalStorage(tmp_path)
+    write(st, "a/keep/obj", b"kept")
+    _unfinished(st, "a/b/c/obj", 100_000)  # more than the file's buffer: on disk, as a killed writer leaves it
+    _unfinished(st, "top", 50_000)  # e.g. a killed write probe in the root
+    # A conditional writer killed between link(2) and unlink(2): the temp name is a second link of
+    # a committed object; removing it frees nothing, so it counts no bytes.
+    write(st, "x/linked", b"object")
+    os.link(tmp_path / "x" / "linked", tmp_path / "x" / ".tmp-0123456789abcdef")
+    found = {u.key.rsplit("/", 1)[0] if "/" in u.key else "": u for u in st.unfinished_writes()}
+    assert set(found) == {"a/b/c", "", "x"}
+    assert all(u.key.rsplit("/", 1)[-1].startswith(".tmp-") for u in found.values())
+    assert (found["a/b/c"].size, found[""].size, found["x"].size) == (100_000, 50_000, 0)
+    later = _utcnow() + dt.timedelta(minutes=1)
+    for u in found.values():
+        assert st.remove_unfinished(u, idle_since=later)
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == [
+        "a", "a/keep", "a/keep/obj", "x", "x/linked"]  # a/b/c and a/b went with the temp file; the root stays
+    assert st.read_bytes("x/linked") == b"object"
+    assert list(st.unfinished_writes()) == []
+
+
+def test_local_a_writer_whose_new_directory_is_swept_meanwhile_still_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A sweep may remove a directory a writer has just created and not yet put its temp file in.
+    st = LocalStorage(tmp_path)
+    made = LocalStorage._makedirs
+    swept: list[Path] = []
+
+    def makedirs_then_sweep(self: LocalStorage, directory: Path) -> None:
+        made(self, directory)
+        if not swept:
+            swept.append(directory)
+            directory.rmdir()
+            directory.parent.rmdir()
+
+    monkeypatch.setattr(LocalStorage, "_makedirs", makedirs_then_sweep)
+    write(st, "new/dir/obj", b"data")
+    assert swept == [tmp_path / "new" / "dir"]
+    assert st.read_bytes("new/dir/obj") == b"data"
 
 
 def test_local_missing_root_is_a_storage_error_not_a_missing_object(tmp_path: Path) -> None:
@@ -500,6 +603,38 @@ def test_s3_abort_removes_the_multipart_upload(seaweed: Any, s3_bucket: str, s3_
     w.abort()
     assert client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", []) == []
     assert client.list_objects_v2(Bucket=s3_bucket).get("Contents", []) == []
+
+
+@pytest.mark.s3
+def test_s3_incomplete_multipart_uploads_are_listed_under_the_prefix_and_aborted(
+    seaweed: Any, s3_bucket: str, s3_settings: S3Settings
+) -> None:
+    # What a kill -9 (or an abort that could not reach the store) leaves: an upload begun, a part
+    # stored, never completed.  Made with boto3 directly, as any other client would leave it.
+    client = seaweed.client()
+    started = {}
+    for key in (f"{S3_PREFIX}/c/wal/left", f"{S3_PREFIX}ed/sibling", "other/left"):
+        upload = client.create_multipart_upload(Bucket=s3_bucket, Key=key)["UploadId"]
+        client.upload_part(Bucket=s3_bucket, Key=key, UploadId=upload, PartNumber=1, Body=b"p" * 1000)
+        started[key] = upload
+    try:
+        listed = client.list_multipart_uploads(Bucket=s3_bucket)
+    except Exception as exc:  # noqa: BLE001 - any refusal means the store cannot list uploads
+        pytest.xfail(f"SeaweedFS does not support ListMultipartUploads: {exc}")
+    assert sorted(u["Key"] for u in listed.get("Uploads", [])) == sorted(started)
+    assert all(isinstance(u["Initiated"], dt.datetime) for u in listed["Uploads"])
+    st = S3Storage(s3_bucket, S3_PREFIX, small_s3(s3_settings))
+    [u] = st.unfinished_writes()
+    assert (u.key, u.size) == ("c/wal/left", 1000)
+    assert abs(_utcnow() - u.modified) < dt.timedelta(minutes=5)
+    assert list(st.unfinished_writes("c/base/")) == []
+    assert st.remove_unfinished(u, idle_since=u.modified - dt.timedelta(seconds=1)) is False
+    assert st.remove_unfinished(u, idle_since=_utcnow() + dt.timedelta(minutes=1)) is True
+    left = sorted(x["Key"] for x in client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", []))
+    assert left == sorted([f"{S3_PREFIX}ed/sibling", "other/left"])  # outside the repository: not ours
+    assert list(st.unfinished_writes()) == []
+    for key in left:
+        client.abort_multipart_upload(Bucket=s3_bucket, Key=key, UploadId=started[key])
 
 
 @pytest.mark.s3

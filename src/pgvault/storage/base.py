@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import datetime as dt
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import BinaryIO, Iterator, Protocol, Self, runtime_checkable
 
 from pgvault.errors import NotFoundError, StorageError
 
-__all__ = ["WriterContextMixin", "ObjectInfo", "ObjectNotFound", "ObjectExists", "Storage", "ObjectWriter", "validate_key", "validate_prefix", "StorageError"]
+__all__ = ["WriterContextMixin", "ObjectInfo", "ObjectNotFound", "ObjectExists", "Storage", "ObjectWriter",
+           "UnfinishedWrite", "validate_key", "validate_prefix", "StorageError"]
 
 
 class ObjectNotFound(NotFoundError):
@@ -36,6 +37,18 @@ class ObjectInfo:
     key: str
     size: int
     modified: dt.datetime  # timezone-aware UTC
+
+
+@dataclass(frozen=True)
+class UnfinishedWrite:
+    """A write that was begun and neither committed nor aborted: what a killed writer leaves (a
+    local ``.tmp-*`` file, an S3 multipart upload), or a writer still at work. Only its age tells
+    the two apart, so callers judge it by ``modified`` against a grace period."""
+
+    key: str  # local: the temp file's path under the root; S3, memory: the key it was to create
+    size: int  # bytes it holds in the store (S3: its uploaded parts; a part still buffered is not there)
+    modified: dt.datetime  # its last sign of activity, UTC: the temp file's mtime, an S3 upload's newest part
+    token: str = field(default="", repr=False)  # what tells it apart to remove it (S3: the upload id)
 
 
 @runtime_checkable
@@ -100,6 +113,22 @@ class Storage(Protocol):
 
     def check_writable(self) -> None:
         """Fail fast with a clear :class:`StorageError` if the repository cannot be written."""
+        ...
+
+    def unfinished_writes(self, prefix: str = "") -> Iterator[UnfinishedWrite]:
+        """Yield every write begun under ``prefix`` and neither committed nor aborted, in key order.
+
+        They are invisible to ``list``, ``stat`` and reads, yet hold storage until removed."""
+        ...
+
+    def remove_unfinished(self, write: UnfinishedWrite, *, idle_since: dt.datetime) -> bool:
+        """Discard ``write`` (from ``unfinished_writes``) if it has shown no activity after
+        ``idle_since``; return whether it was removed.
+
+        False: it was written to after ``idle_since`` (checked again here, not taken from the
+        listing), or it is gone (committed, aborted, removed by someone else). A writer whose write
+        was removed fails to commit with a :class:`StorageError`; nothing partial ever appears.
+        Local storage also removes the directories this leaves empty (never the root)."""
         ...
 
 

@@ -6,7 +6,9 @@ then renamed (``open_write``) or hard-linked (``open_write(if_absent=True)``, ``
 must fail if the key exists;
 ``rename`` would silently replace it). The directory is fsynced afterwards because a rename is
 only durable once its directory entry is. A killed writer leaves only a ``.tmp-*`` file, which
-listings skip and a later sweep may remove.
+listings skip; ``unfinished_writes`` lists them and ``remove_unfinished`` (``expire``) removes
+them with the directories they leave empty. Because such a directory may be one a writer has just
+created, a writer whose directory vanishes before its temp file is in it creates it again.
 
 Ownership: a repository is shared by processes running as different OS users (the archiver as
 the database's user, a base backup or restore started as root). Running as root, everything
@@ -28,7 +30,10 @@ from pathlib import Path
 from typing import BinaryIO, Iterator
 
 from pgvault.errors import StorageError
-from pgvault.storage.base import WriterContextMixin, ObjectExists, ObjectInfo, ObjectNotFound, ObjectWriter, validate_key, validate_prefix
+from pgvault.storage.base import (
+    ObjectExists, ObjectInfo, ObjectNotFound, ObjectWriter, UnfinishedWrite, WriterContextMixin, validate_key,
+    validate_prefix,
+)
 
 __all__ = ["LocalStorage", "TEMP_PREFIX"]
 
@@ -248,17 +253,26 @@ class LocalStorage:
                 if not d.is_dir():
                     raise _error("create directory", d, OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))) from None
                 continue  # a concurrent writer created it
+            except FileNotFoundError:
+                raise  # a sweep removed the parent meanwhile: _create_temp starts over
             except OSError as exc:
                 raise _error("create directory", d, exc) from exc
 
     def _create_temp(self, directory: Path) -> tuple[Path, int]:
         """Create a fresh ``.tmp-*`` file in ``directory`` and return its path and fd."""
-        self._makedirs(directory)
         tmp = directory / f"{TEMP_PREFIX}{secrets.token_hex(8)}"
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)
-        except OSError as exc:
-            raise _error("write", tmp, exc) from exc
+        for attempt in range(3):
+            try:
+                self._makedirs(directory)
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)
+                break
+            except FileNotFoundError as exc:
+                # A sweep (remove_unfinished) removed an empty directory between our mkdir and
+                # this open: make it again. Once the temp file is in it, rmdir cannot remove it.
+                if attempt == 2:
+                    raise _error("write", tmp, exc) from exc
+            except OSError as exc:
+                raise _error("write", tmp, exc) from exc
         try:
             self._give(tmp, fd)
         except StorageError:
@@ -327,14 +341,18 @@ class LocalStorage:
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         """Yield every object whose key starts with ``prefix`` (recursively), in key order."""
+        return (ObjectInfo(key=key, size=st.st_size, modified=_mtime(st)) for key, st in self._files(prefix, temp=False))
+
+    def _files(self, prefix: str, *, temp: bool) -> Iterator[tuple[str, os.stat_result]]:
+        """``(key, stat)`` of the objects (or, ``temp``, the ``.tmp-*`` files) under ``prefix``, in key order."""
         validate_prefix(prefix)
         self._require_root()
         # Start at the deepest directory the prefix names completely; filter the rest by string.
         base, _, _ = prefix.rpartition("/")
         start = self.root.joinpath(*base.split("/")) if base else self.root
-        return self._walk(start, f"{base}/" if base else "", prefix)
+        return self._walk(start, f"{base}/" if base else "", prefix, temp)
 
-    def _walk(self, directory: Path, key_prefix: str, prefix: str) -> Iterator[ObjectInfo]:
+    def _walk(self, directory: Path, key_prefix: str, prefix: str, temp: bool) -> Iterator[tuple[str, os.stat_result]]:
         try:
             with os.scandir(directory) as it:
                 entries = [(e, e.is_dir()) for e in it]
@@ -350,15 +368,15 @@ class LocalStorage:
             if is_dir:
                 sub = key + "/"
                 if sub.startswith(prefix) or prefix.startswith(sub):
-                    yield from self._walk(Path(entry.path), sub, prefix)
-            elif key.startswith(prefix) and not entry.name.startswith(TEMP_PREFIX):
+                    yield from self._walk(Path(entry.path), sub, prefix, temp)
+            elif key.startswith(prefix) and entry.name.startswith(TEMP_PREFIX) == temp:
                 try:
                     st = entry.stat()
                 except FileNotFoundError:
-                    continue  # deleted while we were listing
+                    continue  # deleted (or committed) while we were listing
                 except OSError as exc:
                     raise _error("stat", Path(entry.path), exc) from exc
-                yield ObjectInfo(key=key, size=st.st_size, modified=_mtime(st))
+                yield key, st
 
     def delete(self, key: str) -> None:
         """Delete ``key``; deleting an absent key is not an error.
@@ -373,6 +391,40 @@ class LocalStorage:
             self._require_root()
         except OSError as exc:
             raise _error("delete", path, exc) from exc
+
+    def unfinished_writes(self, prefix: str = "") -> Iterator[UnfinishedWrite]:
+        """Yield the ``.tmp-*`` files under ``prefix``, keyed by their path under the root, in key order."""
+        for key, st in self._files(prefix, temp=True):
+            # A second link (a conditional writer killed between link and unlink) is a committed
+            # object's other name: removing it frees nothing.
+            yield UnfinishedWrite(key=key, size=st.st_size if st.st_nlink == 1 else 0, modified=_mtime(st))
+
+    def remove_unfinished(self, write: UnfinishedWrite, *, idle_since: dt.datetime) -> bool:
+        """Unlink the temp file if its mtime is still before ``idle_since``, then the directories
+        this leaves empty up to the root; see ``Storage.remove_unfinished``."""
+        parts = write.key.split("/")
+        if not parts[-1].startswith(TEMP_PREFIX) or any(p in ("", ".", "..") for p in parts):
+            raise ValueError(f"not an unfinished write of a local repository: {write.key!r}")
+        path = self.root.joinpath(*parts)
+        try:
+            st = os.stat(path, follow_symlinks=False)
+            if not stat.S_ISREG(st.st_mode) or _mtime(st) >= idle_since:
+                return False
+            # A writer that writes in the instant between this stat and the unlink loses its temp
+            # file and fails to commit: it never publishes anything partial.
+            os.unlink(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return False  # committed, aborted or removed meanwhile
+        except OSError as exc:
+            raise _error("delete", path, exc) from exc
+        d = path.parent
+        while d != self.root:
+            try:
+                os.rmdir(d)  # only ever removes an empty directory (a writer's retry recreates it)
+            except OSError:
+                break  # not empty (ENOTEMPTY/EEXIST), already gone, or not ours to remove
+            d = d.parent
+        return True
 
     def check_writable(self) -> None:
         """Create the root if missing, then create, fsync and remove a probe file in it."""

@@ -1,17 +1,24 @@
 """In-memory storage: the reference backend of the contract suite and the test double for unit tests.
 
 It implements the contract in the most literal way (a dict guarded by one lock), so when a real
-backend and this one disagree in ``tests/contract``, the real backend is the one to fix.
+backend and this one disagree in ``tests/contract``, the real backend is the one to fix. Its
+unfinished writes are its own writers neither committed nor aborted: a test drops one to play a
+killed writer.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import io
+import secrets
 import threading
 from typing import BinaryIO, Iterator
 
-from pgvault.storage.base import WriterContextMixin, ObjectExists, ObjectInfo, ObjectNotFound, ObjectWriter, validate_key, validate_prefix
+from pgvault.errors import StorageError
+from pgvault.storage.base import (
+    ObjectExists, ObjectInfo, ObjectNotFound, ObjectWriter, UnfinishedWrite, WriterContextMixin, validate_key,
+    validate_prefix,
+)
 
 __all__ = ["MemoryStorage"]
 
@@ -29,11 +36,15 @@ class _MemoryWriter(WriterContextMixin):
         self._if_absent = if_absent
         self._buf = bytearray()
         self._state = "open"  # open → committed | aborted
+        self.token = secrets.token_hex(8)
+        self.modified = _now()
+        storage._begin(self)
 
     def write(self, data: bytes | bytearray | memoryview, /) -> int:
         """Append ``data``; return the number of bytes accepted."""
         if self._state != "open":
             raise ValueError(f"write to a {self._state} writer for {self._key!r}")
+        self._storage._touch(self)
         self._buf += data
         return memoryview(data).nbytes
 
@@ -44,8 +55,8 @@ class _MemoryWriter(WriterContextMixin):
         if self._state == "aborted":
             raise ValueError(f"commit of an aborted writer for {self._key!r}")
         try:
-            self._storage._publish(self._key, bytes(self._buf), if_absent=self._if_absent)
-        except ObjectExists:
+            self._storage._publish(self._key, bytes(self._buf), if_absent=self._if_absent, writer=self)
+        except StorageError:  # ObjectExists, or removed by remove_unfinished
             self.abort()
             raise
         self._buf = bytearray()
@@ -56,6 +67,7 @@ class _MemoryWriter(WriterContextMixin):
         if self._state == "open":
             self._buf = bytearray()
             self._state = "aborted"
+            self._storage._end(self)
 
 
 
@@ -65,10 +77,27 @@ class MemoryStorage:
     def __init__(self, name: str = "") -> None:
         self.url = f"memory://{name}"
         self._objects: dict[str, tuple[bytes, dt.datetime]] = {}
+        self._pending: dict[str, _MemoryWriter] = {}  # token → writer neither committed nor aborted
         self._lock = threading.Lock()
 
-    def _publish(self, key: str, data: bytes, *, if_absent: bool = False) -> None:
+    def _begin(self, writer: _MemoryWriter) -> None:
         with self._lock:
+            self._pending[writer.token] = writer
+
+    def _touch(self, writer: _MemoryWriter) -> None:
+        with self._lock:
+            if writer.token not in self._pending:
+                raise StorageError(f"the write of {writer._key!r} to {self.url} was removed as unfinished")
+            writer.modified = _now()
+
+    def _end(self, writer: _MemoryWriter) -> None:
+        with self._lock:
+            self._pending.pop(writer.token, None)
+
+    def _publish(self, key: str, data: bytes, *, if_absent: bool = False, writer: _MemoryWriter | None = None) -> None:
+        with self._lock:
+            if writer is not None and self._pending.pop(writer.token, None) is None:
+                raise StorageError(f"the write of {key!r} to {self.url} was removed as unfinished")
             if if_absent and key in self._objects:
                 raise ObjectExists(f"object {key!r} already exists in {self.url}")
             self._objects[key] = (data, _now())
@@ -118,3 +147,21 @@ class MemoryStorage:
 
     def check_writable(self) -> None:
         """Memory is always writable."""
+
+    def unfinished_writes(self, prefix: str = "") -> Iterator[UnfinishedWrite]:
+        """Yield this storage's writers under ``prefix`` neither committed nor aborted, in key order."""
+        validate_prefix(prefix)
+        with self._lock:
+            found = [UnfinishedWrite(w._key, len(w._buf), w.modified, w.token)
+                     for w in self._pending.values() if w._key.startswith(prefix)]
+        return iter(sorted(found, key=lambda u: (u.key, u.token)))
+
+    def remove_unfinished(self, write: UnfinishedWrite, *, idle_since: dt.datetime) -> bool:
+        """Forget the writer if it has not written since ``idle_since``; its commit then fails."""
+        with self._lock:
+            w = self._pending.get(write.token)
+            if w is None or w.modified >= idle_since:
+                return False
+            del self._pending[write.token]
+            w._buf = bytearray()
+            return True

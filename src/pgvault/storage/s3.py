@@ -29,7 +29,10 @@ import botocore.exceptions as bce
 
 from pgvault.errors import ConfigError, PgvaultError, StorageError
 from pgvault.storage.s3_read import ResumingBody
-from pgvault.storage.base import WriterContextMixin, ObjectExists, ObjectInfo, ObjectNotFound, ObjectWriter, validate_key, validate_prefix
+from pgvault.storage.base import (
+    ObjectExists, ObjectInfo, ObjectNotFound, ObjectWriter, UnfinishedWrite, WriterContextMixin, validate_key,
+    validate_prefix,
+)
 
 if TYPE_CHECKING:
     from mypy_boto3_s3.client import S3Client
@@ -56,7 +59,9 @@ _STALL_HINT = (
 )
 _ACCESS_HINT = (
     "set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or an AWS profile; the key needs s3:GetObject, s3:PutObject, "
-    "s3:DeleteObject and s3:ListBucket (without ListBucket, S3 reports a missing object as 403)"
+    "s3:DeleteObject and s3:ListBucket (without ListBucket, S3 reports a missing object as 403); expire, verify and "
+    "status also list and abort incomplete multipart uploads (s3:ListBucketMultipartUploads, "
+    "s3:ListMultipartUploadParts, s3:AbortMultipartUpload)"
 )
 
 
@@ -505,6 +510,18 @@ class S3Storage:
                 self._client.delete_object(Bucket=self.bucket, Key=full)
         except ObjectNotFound:
             pass  # S3 answers 204 for an absent key; some compatible stores answer 404
+
+    def unfinished_writes(self, prefix: str = "") -> Iterator[UnfinishedWrite]:
+        """Yield the incomplete multipart uploads under ``prefix``, in key order (see ``s3_uploads``)."""
+        from pgvault.storage.s3_uploads import list_uploads
+
+        return iter(list_uploads(self, prefix))
+
+    def remove_unfinished(self, write: UnfinishedWrite, *, idle_since: dt.datetime) -> bool:
+        """Abort the upload if no part arrived since ``idle_since`` (see ``Storage.remove_unfinished``)."""
+        from pgvault.storage.s3_uploads import abort_if_idle
+
+        return abort_if_idle(self, write, idle_since)
 
     def check_writable(self) -> None:
         """Check that the bucket exists, then put and delete a probe object under the prefix.
