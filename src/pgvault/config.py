@@ -292,7 +292,7 @@ SETTINGS: tuple[_Setting, ...] = (
     _Setting("retention.physical.keep_within", _to_opt_duration, "base backups: keep everything younger"),
     _Setting("retention.physical.min_keep", _to_int, "base backups: never keep fewer than this"),
     _Setting("retention.pitr_window", _to_opt_duration, "keep base backups + WAL to restore to any point this far back"),
-    _Setting("retention.debris_grace", _to_opt_duration, "objects without a manifest older than this are swept"),
+    _Setting("retention.debris_grace", _to_opt_duration, "debris and unfinished writes older than this are swept"),
     _Setting("drill.smoke_queries", _to_smoke, "drill checks: list of {name, sql, database, expect | min}"),
     _Setting("drill.rto", _to_opt_duration, "recovery-time objective: a drill whose restore is slower fails"),
     _Setting("drill.target_dsn", _to_str, "logical drills restore into this server (default: a throwaway cluster)"),

@@ -219,4 +219,6 @@ def describe_status(snap: StatusSnapshot, doc: dict[str, Any]) -> str:
     size = snap.size
     areas = ", ".join(f"{k} {human_bytes(v)}" for k, v in sorted(size.by_area.items()))
     lines.append(f"repository size:      {human_bytes(size.bytes)} in {size.objects} objects" + (f" ({areas})" if areas else ""))
+    if snap.unfinished is not None:
+        lines.append(f"unfinished writes:    {snap.unfinished.describe()}")
     return "\n".join(lines)

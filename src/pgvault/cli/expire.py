@@ -82,9 +82,20 @@ def render(plan: RetentionPlan, *, cluster: str, url: str, applied: bool, given_
                             for d in plan.debris], right=(3, 4)))
     else:
         lines.append("debris: none")
+    lines.append("")
+    if plan.unfinished:
+        lines.append("unfinished writes (local .tmp-* files, incomplete S3 multipart uploads of killed writers; "
+                     f"grace {fmt_duration(plan.policy.debris_grace)})")
+        lines.append(table(["where", "action", "last written (UTC)", "stored", "reason"],
+                           [(u.write.key, "delete" if u.delete else "keep", fmt_time(u.write.modified),
+                             human_bytes(u.write.size), u.reason) for u in plan.unfinished], right=(3,)))
+    else:
+        lines.append("unfinished writes: none")
     s = plan.summary()
     verb = "deleted" if applied else "would delete"
+    kinds = ("logical", "physical", "wal", "debris", "unfinished_writes")
     lines += ["", (f"{verb}: {s['logical']['delete']} logical backup(s), {s['physical']['delete']} base backup(s), "
-                   f"{s['wal']['delete']} WAL file(s), {s['debris']['delete']} debris item(s); "
-                   f"{human_bytes(sum(s[k]['delete_bytes'] for k in ('logical', 'physical', 'wal', 'debris')))} in all")]
+                   f"{s['wal']['delete']} WAL file(s), {s['debris']['delete']} debris item(s), "
+                   f"{s['unfinished_writes']['delete']} unfinished write(s); "
+                   f"{human_bytes(sum(s[k]['delete_bytes'] for k in kinds))} in all")]
     return "\n".join(lines)

@@ -10,7 +10,7 @@
 * The plan that is applied is made from a listing taken *after* the ``expire`` lock was acquired,
   immediately before deleting, so two expires never race and nothing is deleted on the strength
   of a stale listing.  A debris folder is re-checked (still no manifest, nothing new in it) just
-  before it is removed.
+  before it is removed, and so is an unfinished write (not written to since the cutoff).
 """
 
 from __future__ import annotations
@@ -21,17 +21,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pgvault import log
-from pgvault.errors import IntegrityError, NotFoundError
+from pgvault.errors import IntegrityError, NotFoundError, StorageError
 from pgvault.operations.context import Context
 from pgvault.operations.retention import (
-    Backup, Debris, Folder, Inventory, Policy, RetentionPlan, group_folders, make_plan,
+    Backup, Debris, Folder, Inventory, Leftover, Policy, RetentionPlan, group_folders, make_plan,
 )
 from pgvault.operations.retention_wal import group_wal
 from pgvault.pg import wal
 from pgvault.repository import layout
 from pgvault.repository.catalog import load_physical, read_cluster_info
 from pgvault.repository.locks import stale_reason
-from pgvault.storage import ObjectNotFound, Storage
+from pgvault.storage import ObjectNotFound, Storage, UnfinishedWrite
 
 LOCK_OPERATION = "expire"
 # The lock names the backup operations hold while they write a folder (operations/logical.py and
@@ -101,9 +101,17 @@ def collect(ctx: Context, real_now: dt.datetime | None = None) -> Inventory:
         holder = lock_holder(storage, cluster, operation, real_now)
         if holder:
             busy.add(kind)
-            notes.append(f"a {operation} is running ({holder}): {kind} folders without a manifest are left alone")
+            notes.append(f"a {operation} is running ({holder}): {kind} folders without a manifest and its unfinished "
+                         "writes are left alone")
+    # Listed after the locks were read: a backup starting now writes only new (young) temp files.
+    unfinished: tuple[UnfinishedWrite, ...] = ()
+    try:
+        unfinished = tuple(storage.unfinished_writes(f"{cluster}/"))
+    except StorageError as e:
+        # E.g. a key without s3:ListBucketMultipartUploads: expire still does everything else.
+        notes.append(f"unfinished writes could not be listed, none are swept: {e.message}")
     return Inventory(logical=logical, physical=physical, folders=tuple(folders), wal=tuple(wal_files),
-                     seg_size=seg_size, busy=frozenset(busy), notes=tuple(notes))
+                     seg_size=seg_size, busy=frozenset(busy), notes=tuple(notes), unfinished=unfinished)
 
 
 @dataclass
@@ -117,9 +125,12 @@ class Applied:
     skipped: list[str] = field(default_factory=list)
     objects: int = 0
     bytes: int = 0
+    unfinished: int = 0  # unfinished writes removed (not counted in objects and bytes)
+    unfinished_bytes: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {"logical": self.logical, "physical": self.physical, "wal_files": self.wal_files, "debris": self.debris,
+                "unfinished_writes": {"count": self.unfinished, "bytes": self.unfinished_bytes},
                 "skipped": self.skipped, "objects": self.objects, "bytes": self.bytes}
 
 
@@ -148,6 +159,16 @@ def _sweep_folder(storage: Storage, d: Debris, now: dt.datetime, grace: float, d
     done.debris.append(d.where)
 
 
+def _sweep_unfinished(storage: Storage, u: Leftover, idle_since: dt.datetime, done: Applied) -> None:
+    # The storage checks the write's age again: a writer that was only slow and wrote since the
+    # listing keeps its file or upload.
+    if storage.remove_unfinished(u.write, idle_since=idle_since):
+        done.unfinished += 1
+        done.unfinished_bytes += u.write.size
+    else:
+        done.skipped.append(f"{u.write.key}: written to since the listing")
+
+
 def apply_plan(ctx: Context, plan: RetentionPlan) -> Applied:
     """Delete what ``plan`` says, backups first (manifest first), then debris, then WAL."""
     logger = log.get()
@@ -174,6 +195,11 @@ def apply_plan(ctx: Context, plan: RetentionPlan) -> Applied:
         else:
             logger.info("deleting debris %s: %s", debris.where, debris.reason)
             _sweep_folder(storage, debris, plan.now, plan.policy.debris_grace, done)
+    idle_since = plan.now - dt.timedelta(seconds=plan.policy.debris_grace)
+    for u in plan.unfinished:
+        if u.delete:
+            logger.info("removing unfinished write %s: %s", u.write.key, u.reason)
+            _sweep_unfinished(storage, u, idle_since, done)
     # WAL last: every backup that still exists is one the plan keeps, and none needs these.
     for r in plan.wal.ranges:
         logger.info("deleting WAL %s..%s (timeline %d): %d files", r.first, r.last, r.timeline, r.files)

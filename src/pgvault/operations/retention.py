@@ -21,6 +21,10 @@ rule that keeps it and every deleted one says why.  The rules:
 * **Debris**: backup folders without a manifest and WAL files missing their object or their
   checksum record, once their newest object is older than the grace period (and, for folders, no
   backup of that kind holds its lock).
+* **Unfinished writes** (:meth:`pgvault.storage.Storage.unfinished_writes`: a killed writer's local
+  ``.tmp-*`` files, incomplete S3 multipart uploads) once they were last written to longer ago
+  than the same grace period, and never under ``logical/`` or ``base/`` while a backup of that kind
+  holds its lock (a dump may write nothing for hours while it waits for a table lock).
 
 The newest backup of each kind is always kept (``min_keep`` below 1 counts as 1): no policy can
 empty the repository.  With no policy configured for a kind, everything of that kind is kept.
@@ -35,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 from pgvault.operations.retention_wal import WalFile, WalPlan, plan_wal
 from pgvault.pg import wal
 from pgvault.repository import layout
-from pgvault.storage.base import ObjectInfo
+from pgvault.storage.base import ObjectInfo, UnfinishedWrite
 
 if TYPE_CHECKING:
     from pgvault.config import Settings
@@ -392,9 +396,7 @@ def plan_debris(
     g = fmt_duration(grace)
     held = set(busy)
 
-    def old(age: float) -> str:
-        return fmt_duration(age - age % 60 if age >= 3600 else age)  # "2d3m", not "2d3m8s"
-
+    old = _rounded
     out: list[Debris] = []
     for f in sorted(folders, key=lambda f: f.prefix):
         if f.has_manifest or not f.objects:
@@ -422,6 +424,50 @@ def plan_debris(
     return out
 
 
+@dataclass(frozen=True)
+class Leftover:
+    """One unfinished write and what expire does with it."""
+
+    write: UnfinishedWrite
+    delete: bool
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"where": self.write.key, "action": "delete" if self.delete else "keep", "reason": self.reason,
+                "bytes": self.write.size, "modified": self.write.modified.isoformat()}
+
+
+def write_area(key: str) -> str:
+    """The area of ``<cluster>/<area>/...`` (logical, base, wal, jobs, ...); "" for a key outside one."""
+    parts = key.split("/")
+    return parts[1] if len(parts) > 2 else ""
+
+
+def plan_unfinished(writes: Iterable[UnfinishedWrite], now: dt.datetime, grace: float,
+                    busy: Iterable[str] = ()) -> list[Leftover]:
+    """Unfinished writes (keys under ``<cluster>/``) last written to longer ago than ``grace`` are
+    deleted; younger ones may be a writer at work, and those of a kind in ``busy`` belong to the
+    backup holding its lock, whatever their age.  In key order."""
+    g = fmt_duration(grace)
+    held = set(busy)
+    out = []
+    for w in sorted(writes, key=lambda w: (w.key, w.token)):
+        age = (now - w.modified).total_seconds()
+        kind = write_area(w.key)
+        if kind in held:
+            delete, reason = False, f"unfinished write, but a {kind} backup is running (its lock is held)"
+        elif age > grace:
+            delete, reason = True, f"unfinished write, last written {_rounded(age)} ago (grace {g})"
+        else:
+            delete, reason = False, f"unfinished write, younger than the grace {g}: a write may be in progress"
+        out.append(Leftover(w, delete, reason))
+    return out
+
+
+def _rounded(age: float) -> str:
+    return fmt_duration(age - age % 60 if age >= 3600 else age)  # "2d3m", not "2d3m8s"
+
+
 # --- the whole plan -----------------------------------------------------------------------------
 
 
@@ -436,6 +482,7 @@ class Inventory:
     seg_size: int | None = None
     busy: frozenset[str] = frozenset()
     notes: tuple[str, ...] = ()
+    unfinished: tuple[UnfinishedWrite, ...] = ()  # under <cluster>/
 
 
 @dataclass(frozen=True)
@@ -447,6 +494,7 @@ class RetentionPlan:
     wal: WalPlan
     debris: tuple[Debris, ...]
     notes: tuple[str, ...] = ()
+    unfinished: tuple[Leftover, ...] = ()
 
     def deleted_backups(self, kind: str) -> list[Decision]:
         return [d for d in (self.logical if kind == "logical" else self.physical) if not d.keep]
@@ -460,12 +508,16 @@ class RetentionPlan:
                 "wal": {"keep": self.wal.kept_files, "delete": len(self.wal.delete),
                         "delete_bytes": sum(f.size for f in self.wal.delete)},
                 "debris": {"keep": len(self.debris) - len(swept), "delete": len(swept),
-                           "delete_bytes": sum(d.size for d in swept)}}
+                           "delete_bytes": sum(d.size for d in swept)},
+                "unfinished_writes": {"keep": sum(1 for u in self.unfinished if not u.delete),
+                                      "delete": sum(1 for u in self.unfinished if u.delete),
+                                      "delete_bytes": sum(u.write.size for u in self.unfinished if u.delete)}}
 
     def to_json(self) -> dict[str, Any]:
         return {"now": self.now.isoformat(), "policy": self.policy.to_json(),
                 "logical": [d.to_json() for d in self.logical], "physical": [d.to_json() for d in self.physical],
-                "wal": self.wal.to_json(), "debris": [d.to_json() for d in self.debris], "notes": list(self.notes),
+                "wal": self.wal.to_json(), "debris": [d.to_json() for d in self.debris],
+                "unfinished_writes": [u.to_json() for u in self.unfinished], "notes": list(self.notes),
                 "summary": self.summary()}
 
 
@@ -484,4 +536,6 @@ def make_plan(inv: Inventory, policy: Policy, now: dt.datetime) -> RetentionPlan
     kept = [b for b in inv.physical if b.backup_id in kept_ids]
     wal_plan = plan_wal(inv.wal, kept, inv.seg_size, configured=policy.physical.configured)
     debris = plan_debris(inv.folders, inv.wal, now, policy.debris_grace, inv.busy)
-    return RetentionPlan(now, policy, tuple(logical), tuple(physical), wal_plan, tuple(debris), tuple(notes))
+    unfinished = plan_unfinished(inv.unfinished, now, policy.debris_grace, inv.busy)
+    return RetentionPlan(now, policy, tuple(logical), tuple(physical), wal_plan, tuple(debris), tuple(notes),
+                         tuple(unfinished))

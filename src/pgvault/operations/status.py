@@ -25,6 +25,7 @@ from pgvault.operations.context import Context
 from pgvault.operations.pitr import Window, archive_gaps, recoverable_windows
 from pgvault.operations.restore_cluster import archived_at
 from pgvault.operations.server_probe import ArchivingFacts, probe_archiving
+from pgvault.operations.unfinished import UnfinishedSummary, scan
 from pgvault.repository.archive_index import load_archive_index
 from pgvault.repository.catalog import DamagedManifest, read_cluster_info, scan_logical, scan_physical
 from pgvault.repository.drills import DrillReport, list_drills
@@ -194,6 +195,7 @@ class StatusSnapshot:
     size: RepositorySize = field(default_factory=RepositorySize)
     damaged: tuple[DamagedManifest, ...] = ()  # backups whose manifest cannot be read (not in logical/physical)
     repository_error: str | None = None  # the repository could not be read (in time): only the server is judged
+    unfinished: UnfinishedSummary | None = None  # unfinished writes under the cluster (None: not read)
 
     def newest(self, kind: str) -> BackupFacts | None:
         backups = self.logical if kind == "logical" else self.physical
@@ -333,7 +335,7 @@ def _read_repository(ctx: Context, cache: ManifestCache, *, now: dt.datetime, pg
         archiving=probe_archiving(ctx.conn, pgdata=pgdata, connect=connect, now=now,
                                   system_identifier=str(info["system_identifier"]) if info.get("system_identifier") else None),
         drills=drills, drill_error=drill_error, jobs=jobs, jobs_error=jobs_error, damaged=tuple(cache.damaged),
-        size=repository_size(ctx, ctx.cluster),
+        size=repository_size(ctx, ctx.cluster), unfinished=scan(ctx.storage, ctx.cluster, now, s.debris_grace),
     )
 
 
@@ -439,6 +441,9 @@ def evaluate(s: StatusSnapshot) -> list[Reason]:
     # unusable newest backup makes the next one "newest"); the damage itself needs a person.
     for d in s.damaged:
         add(WARNING, "manifest_damaged", f"{d.kind} backup {d.backup_id} cannot be restored: {d.reason}")
+    # Space that no listing shows, left by killed writers; younger ones may be a backup at work.
+    if s.unfinished is not None and (leftovers := s.unfinished.warning()):
+        add(WARNING, "unfinished_writes", leftovers)
     for name, j in sorted(s.jobs.items()):
         failures = _int(j.details.get("failures")) if name == "verify" else 0
         if name == "verify" and (failures or (not j.ok and j.last_error_kind == "integrity")):
@@ -481,6 +486,7 @@ def snapshot_json(s: StatusSnapshot, reasons: list[Reason]) -> dict[str, Any]:
         "jobs": {name: j.to_json() for name, j in sorted(s.jobs.items())},
         "damaged": [d.to_json() for d in s.damaged],
         "repository_size": s.size.to_json(),
+        "unfinished_writes": s.unfinished.to_json() if s.unfinished is not None else None,
         "policy": s.policy.to_json(),
     }
 

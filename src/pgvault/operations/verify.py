@@ -15,6 +15,10 @@ history file must agree with its ancestors and with the archived segments around
 point (the pure rules are in :mod:`pgvault.operations.wal_check`).  A checksum record whose
 object is missing counts as a missing segment, because that is what ``wal fetch`` answers for it.
 
+``--all`` also counts the unfinished writes under the cluster (a killed writer's ``.tmp-*`` files,
+incomplete S3 multipart uploads: :mod:`pgvault.operations.unfinished`), a warning when any is older
+than ``retention.debris_grace``: they hold space that no listing shows.
+
 Nothing here connects to PostgreSQL.  Problems become findings in the report; only repository
 access failures (:class:`~pgvault.errors.StorageError`) and configuration errors abort the run.
 """
@@ -32,6 +36,7 @@ from pgvault.errors import IntegrityError, NotFoundError
 from pgvault.operations.archive import load_meta
 from pgvault.operations.context import Context
 from pgvault.operations.progress import CountingReader
+from pgvault.operations.unfinished import UnfinishedSummary, scan
 from pgvault.operations.wal_check import (
     FAILED, OK, PARTIAL, WARNING, Finding, WalLine, collapse, continuity_finding, timeline_chain, timeline_findings,
     uncovered_gaps, unneeded_as_warnings, wal_continuity, without,
@@ -65,6 +70,7 @@ class VerifyReport:
     objects: int = 0  # objects streamed (or found missing / of the wrong size)
     bytes_read: int = 0  # stored bytes read
     undecrypted: int = 0  # encrypted objects checked without an identity (stored bytes only)
+    unfinished: UnfinishedSummary | None = None  # --all: unfinished writes under the cluster
 
     def add(self, finding: Finding) -> None:
         self.findings.append(finding)
@@ -90,14 +96,17 @@ class VerifyReport:
         return {"checked": self.objects, "failures": self.failures, "bytes": self.bytes_read}
 
     def to_json(self) -> dict[str, Any]:
+        summary: dict[str, Any] = {
+            "objects": self.objects, "bytes_read": self.bytes_read, "failures": self.failures, "warnings": self.warnings,
+            "decryption_checked": self.decryption_checked, "undecrypted_objects": self.undecrypted}
+        if self.unfinished is not None:
+            summary["unfinished_writes"] = self.unfinished.to_json()
         return {
             "cluster": self.cluster,
             "repository": self.repository,
             "scope": self.scope,
             "ok": self.ok,
-            "summary": {"objects": self.objects, "bytes_read": self.bytes_read, "failures": self.failures,
-                        "warnings": self.warnings, "decryption_checked": self.decryption_checked,
-                        "undecrypted_objects": self.undecrypted},
+            "summary": summary,
             "items": [f.to_json() for f in self.findings],
         }
 
@@ -437,10 +446,23 @@ def verify(ctx: Context, ref: str | None, *, now: dt.datetime | None = None,
             physical.append(b)
     if ref is None or physical:
         _verify_archive(ctx, checker, physical, seg_size, sysid, now, whole=ref is None)
+    if ref is None:
+        _count_unfinished(ctx, report, now)
     if report.undecrypted:
         log.get().warning("verify: %d encrypted object(s) checked WITHOUT decryption (no age identity configured): "
                           "only their stored size and sha256", report.undecrypted)
     return report
+
+
+def _count_unfinished(ctx: Context, report: VerifyReport, now: dt.datetime) -> None:
+    """One item for the cluster's unfinished writes: a warning when any is older than the grace
+    (or they could not be listed), else a note that writes are in progress."""
+    u = report.unfinished = scan(ctx.storage, ctx.cluster, now, ctx.settings.debris_grace)
+    if u.error:
+        report.add(Finding("unfinished", "unfinished writes", WARNING, f"could not be listed: {u.error}"))
+    elif u.count:
+        report.add(Finding("unfinished", f"{u.count} unfinished write(s), {human_bytes(u.bytes)}",
+                           WARNING if u.stale else OK, u.judgement()))
 
 
 def _verify_archive(ctx: Context, checker: ObjectChecker, backups: list[PhysicalManifest], seg_size: int | None,
