@@ -120,6 +120,29 @@ def test_physical_drill_restores_checks_and_removes_a_scratch_cluster(major, arc
     a.switch_and_wait()
 
 
+@pytest.mark.parametrize("major", pg_majors()[-1:] or [None])
+def test_a_failed_physical_drill_keeps_the_cause_in_its_report(major, archiving) -> None:  # type: ignore[no-untyped-def]
+    """The scratch directory and the server log in it are deleted after a drill: the report must
+    carry the server's own words about why recovery failed (issue 8)."""
+    from pathlib import Path
+
+    a = archiving(major, cluster_name="drill")
+    a.cluster.psql("CREATE TABLE ticks(i int PRIMARY KEY); INSERT INTO ticks SELECT generate_series(1, 500)")
+    m = a.basebackup()
+    a.cluster.psql("INSERT INTO ticks SELECT generate_series(501, 30000)")
+    a.switch_and_wait()
+    victims = sorted(p for p in Path(a.repo_url).glob("drill/wal/*/*.zst.age") if m["last_wal"] < p.name.split(".")[0])
+    data = bytearray(victims[0].read_bytes())
+    data[len(data) // 2] ^= 0x40
+    victims[0].write_bytes(bytes(data))
+    report = _drill(a.env(), "--kind", "physical", "--pgvault-command", str(a.launcher), ok=False)
+    check = _check(report, "restore and recovery")
+    assert not check["ok"] and "last server log lines" in check["detail"], check
+    assert victims[0].name.split(".")[0] in check["detail"], check  # which file, in the server's log lines
+    listed = pgvault(["drill", "list", "--json"], a.env()).json()
+    assert listed["drills"][-1]["ok"] is False
+
+
 def test_logical_drill_from_s3_into_a_named_server(pg_cluster, pagila, s3_env, s3_bucket) -> None:  # type: ignore[no-untyped-def]
     """Backups in SeaweedFS, restored into scratch databases on a server the operator names."""
     from support.cli import clean_env

@@ -128,7 +128,8 @@ def test_status_answers_within_seconds_when_the_store_stalls(pg_cluster, s3_env,
     doc = res.json()
     assert doc["verdict"] == "CRITICAL" and doc["repository_error"].endswith("did not answer within 5s"), doc
     assert [r["code"] for r in doc["reasons"]][0] == "repository_unreachable"
-    assert doc["archiving"]["connection"] == "ok" and doc["archiving"]["backlog_source"] == "archive_status", doc
+    # The server's side is still reported (this test server does not archive: archive_mode is off).
+    assert doc["archiving"]["connection"] == "ok" and doc["archiving"]["archive_mode"] == "off", doc["archiving"]
     assert took < 20, took
     print(f"status answered {took:.1f}s after the store stalled")
     human = pgvault(["status", "--timeout", "3"], env, check=False, timeout=120)
