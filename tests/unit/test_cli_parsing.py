@@ -28,3 +28,17 @@ def test_command_name_skips_option_values() -> None:
     assert _command_name(["--cluster", "expire", "verify"]) == "verify"
     assert _command_name(["-c", "/etc/x.yaml", "--json", "drill", "list"]) == "drill"
     assert _command_name(["--json"]) is None
+
+
+def test_an_unexpected_postgresql_error_is_a_database_error_not_internal(capsys: pytest.CaptureFixture[str]) -> None:
+    """A query failing where no operation expected it (server restart, statement timeout) exits 3
+    with PostgreSQL's message, never 70 "internal error"."""
+    import psycopg
+
+    from pgvault.cli import _outcome
+
+    code, err = _outcome(psycopg.errors.AdminShutdown("terminating connection due to administrator command"), False, None)
+    assert code == 3 and err.kind == "database"
+    assert "AdminShutdown: terminating connection" in capsys.readouterr().err
+    code, _err = _outcome(ValueError("a real bug"), False, None)
+    assert code == 70

@@ -17,7 +17,7 @@ import pgvault
 from pgvault import log
 from pgvault.config import Settings, load_settings
 from pgvault.cli import interrupts
-from pgvault.errors import INTERNAL_ERROR_EXIT, InterruptedError_, PgvaultError
+from pgvault.errors import INTERNAL_ERROR_EXIT, DatabaseError, InterruptedError_, PgvaultError
 
 if TYPE_CHECKING:
     from pgvault.operations.context import Context
@@ -184,6 +184,10 @@ def _outcome(e: BaseException, as_json: bool, remap: Callable[[BaseException], i
         err: PgvaultError = interrupts.error_for(signum)
         _report(err, as_json)
         return err.exit_code, err
+    if isinstance(e, Exception) and type(e).__module__.split(".")[0] == "psycopg":
+        # A query that failed where no operation expected it (the server restarted, a statement
+        # timeout, a cancelled query): the database's error with its exit code (3), not "internal".
+        e = DatabaseError(f"PostgreSQL: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}")
     if isinstance(e, PgvaultError):
         _report(e, as_json)
         return (remap(e) if remap else e.exit_code), e
