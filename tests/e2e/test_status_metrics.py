@@ -108,9 +108,11 @@ def test_status_is_ok_after_a_fresh_backup_and_critical_when_it_is_stale(env: di
     r = pgvault(["status"], stale, check=False)
     assert r.returncode == 2 and r.stdout.startswith("CRITICAL: ") and "backup_max_age" in r.stdout
 
-    # A repository that cannot be read is an error with its own code, not a verdict.
-    r = pgvault(["status"], {**env, "PGVAULT_REPOSITORY_URL": str(Path(env["PGVAULT_REPOSITORY_URL"]) / "nope")}, check=False)
-    assert r.returncode == 4 and "does not exist" in r.stderr
+    # A repository that cannot be read is CRITICAL (the on-call gets an answer, with the reason).
+    r = pgvault(["status", "--json"], {**env, "PGVAULT_REPOSITORY_URL": str(Path(env["PGVAULT_REPOSITORY_URL"]) / "nope")},
+                check=False)
+    assert r.returncode == 2 and "does not exist" in r.json()["repository_error"], r
+    assert r.json()["reasons"][0]["code"] == "repository_unreachable"
 
 
 def test_a_failed_backup_job_is_visible_in_the_textfile_without_reading_logs(
