@@ -450,7 +450,9 @@ class Sample:
 
     def script(self) -> Iterator[str]:
         """A psql script (COPY ... FROM stdin blocks) that creates and fills the sample, in chunks."""
-        yield f"-- pgvault sample database, scale {self.scale}, seed {self.seed}\nBEGIN;\n"
+        # The encoding is stated, as pg_dump does, because psql would otherwise take the client's
+        # locale (SQL_ASCII under LC_ALL=C) and the names are not all ASCII.
+        yield f"-- pgvault sample database, scale {self.scale}, seed {self.seed}\nSET client_encoding = 'UTF8';\nBEGIN;\n"
         yield _PRE_DATA
         for table in TABLES:
             yield f"COPY {table} ({_COLUMNS[table]}) FROM stdin;\n"

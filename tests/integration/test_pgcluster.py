@@ -1,5 +1,6 @@
-"""The PostgreSQL test harness itself: real clusters of each major start, load sample data, and
-enforce password authentication over TCP."""
+"""The PostgreSQL test harness itself: real clusters of each major start, load the third-party
+sample databases (skipped without ../shared/testdata, see support/testdata.py), and enforce
+password authentication over TCP.  The generated sample database: test_sample_db.py."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import pytest
 
 from support.pg_fixtures import pg_majors
 from support.pgcluster import PgCluster, PgClusterError
-from support.pgcluster import testdata_dir as _testdata_dir  # not collected as a test
+from support.testdata import CHINOOK, PAGILA, require_testdata
 
 pytestmark = pytest.mark.pg
 
@@ -23,7 +24,7 @@ def _pagila_copy_counts() -> dict[str, int]:
     """Rows per table in pagila-data.sql, counted from its COPY blocks."""
     counts: dict[str, int] = {}
     table: str | None = None
-    with (_testdata_dir() / "pagila" / "pagila-data.sql").open(encoding="utf-8") as f:
+    with (require_testdata(*PAGILA) / "pagila" / "pagila-data.sql").open(encoding="utf-8") as f:
         for line in f:
             if table is None:
                 if line.startswith("COPY "):
@@ -78,8 +79,8 @@ def test_session_fixtures_cover_expected_majors(pg15: PgCluster, pg_latest: PgCl
 
 
 def test_pagila_loads_completely(pg_cluster: PgCluster, fresh_db: str) -> None:
-    pg_cluster.load_pagila(fresh_db)
     expected = _pagila_copy_counts()
+    pg_cluster.load_pagila(fresh_db)
     assert expected["public.film"] == 1000 and expected["public.rental"] == 16044
     actual = {
         table: int(pg_cluster.psql(f"SELECT count(*) FROM ONLY {table}", dbname=fresh_db)) for table in expected
@@ -94,6 +95,7 @@ def test_pagila_loads_completely(pg_cluster: PgCluster, fresh_db: str) -> None:
 
 
 def test_chinook_loads(pg_cluster: PgCluster) -> None:
+    require_testdata(*CHINOOK)
     db = pg_cluster.load_chinook()
     assert db == "chinook_auto_increment"
     counts = {

@@ -25,6 +25,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Mapping, Sequence
 
+from pgvault import sample
 from pgvault.pg.bindir import BinDir, bindir_for_major
 
 #: OS user the server runs as when the tests run as root.
@@ -87,7 +88,10 @@ def postgres_tmpdir(prefix: str = "pgvault-test-") -> Path:
 
 
 def testdata_dir() -> Path:
-    """The shared sample data: ``$PGVAULT_TESTDATA`` if set, else ``<repo>/../shared/testdata``."""
+    """Third-party sample databases (Pagila, Chinook): ``$PGVAULT_TESTDATA`` if set, else
+    ``<repo>/../shared/testdata``.  They cannot be copied into the repository, so a fresh clone has
+    none: code that must run there uses :meth:`PgCluster.load_sample` (support/testdata.py skips
+    the tests that need these)."""
     env = os.environ.get(_TESTDATA_ENV)
     if env:
         return Path(env)
@@ -98,7 +102,10 @@ def testdata_dir() -> Path:
 def _testdata_file(*parts: str) -> Path:
     path = testdata_dir().joinpath(*parts)
     if not path.is_file():
-        raise PgClusterError(f"sample data file {path} not found (set {_TESTDATA_ENV} to the testdata dir)")
+        raise PgClusterError(
+            f"third-party sample data file {path} not found: it comes from ../shared/testdata next to the "
+            f"repository (or ${_TESTDATA_ENV}), which a fresh clone does not have; load_sample() needs nothing"
+        )
     return path
 
 
@@ -390,6 +397,43 @@ class PgCluster:
         self.psql(f"DROP DATABASE IF EXISTS {quote_ident(name)} WITH (FORCE)")
 
     # --- sample data ----------------------------------------------------------------------------
+
+    def load_sample(self, dbname: str, *, scale: int = sample.DEFAULT_SCALE, seed: int = sample.DEFAULT_SEED,
+                    timeout: float = 1800) -> str:
+        """Create ``dbname`` (it must not exist) and fill it with pgvault's generated sample database
+        (``pgvault.sample``), streamed into psql; returns ``dbname``.  A failed load drops the
+        database again, so that a fixture checking "does it exist" never finds a half-made one."""
+        self.create_database(dbname)
+        cmd = [os.fspath(self.bindir.program("psql")), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", dbname, "-f", "-"]
+        ok = False
+        # stderr to a file, not a pipe: a pipe nobody reads while we write stdin could fill and hang.
+        with tempfile.TemporaryFile() as errors:
+            try:
+                proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=errors,
+                                        env=self.client_env())
+                assert proc.stdin is not None
+                try:
+                    for chunk in sample.Sample(scale, seed).script():
+                        proc.stdin.write(chunk.encode())
+                    proc.stdin.close()
+                except BrokenPipeError:  # psql stopped at an error: its stderr says which
+                    pass
+                finally:
+                    try:
+                        rc = proc.wait(timeout=timeout)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+                        proc.wait()
+                        raise PgClusterError(f"loading the sample into {dbname} took over {timeout:.0f}s") from None
+                errors.seek(0)
+                if rc != 0:
+                    raise PgClusterError(f"psql failed (exit {rc}) loading the sample into {dbname} on {self!r}\n"
+                                         f"{errors.read().decode(errors='replace').strip()}")
+                ok = True
+            finally:
+                if not ok:
+                    self.drop_database(dbname)
+        return dbname
 
     def load_pagila(self, dbname: str) -> str:
         """Load the Pagila sample database into ``dbname`` (created if missing); returns ``dbname``."""

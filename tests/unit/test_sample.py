@@ -20,7 +20,7 @@ SCALE_1_COUNTS = {
     "organizations": 25, "projects": 109, "configs": 1284, "config_history": 3752,
     "config_history_2023": 1106, "config_history_2024": 2346, "config_history_2025": 300, "config_history_default": 0,
 }
-SCALE_1_SHA256 = "81636f63f1e7f20ece4684ddc68362bb66fbeec6784e1ac45d2ecc9c3e17de2b"
+SCALE_1_SHA256 = "b7687559264c635d94ac70f96ea982d52392dfd97d4da53369f27c93db11bdeb"
 
 
 def _unescape(field: str) -> str | None:
