@@ -15,10 +15,11 @@ written against it, so **the names below are a stable interface** (README "Sampl
     config_history  id (bigserial), config_id → configs, changed_at, changed_by, old_value (NULL when
                     the config was created), new_value; partitioned by year of changed_at:
                     config_history_2023, _2024, _2025 and config_history_default
-    view config_changes (who changed which key of which project, when), materialized view
-    organization_summary, triggers on configs: configs_touch (a changed value bumps version,
-    updated_at, updated_by) and configs_audit (every insert or change is recorded in
-    config_history, changed_by from the ``app.actor`` setting or current_user).
+    view config_changes (who changed which key of which project, when); materialized view
+    reporting.organization_summary (in a schema of its own, as reporting often is); triggers on
+    configs: configs_touch (a changed value bumps version, updated_at, updated_by) and configs_audit
+    (every insert or change is recorded in config_history, changed_by from the ``app.actor``
+    setting or current_user).
 
 Determinism: the same ``scale`` and ``seed`` give byte-identical output on any machine and Python
 version.  Every row draws its values from its own splitmix64 stream keyed by (seed, table, id)
@@ -375,7 +376,8 @@ CREATE VIEW config_changes AS
     JOIN configs c ON c.id = h.config_id
     JOIN projects p ON p.id = c.project_id
     JOIN organizations o ON o.id = p.organization_id;
-CREATE MATERIALIZED VIEW organization_summary AS
+CREATE SCHEMA reporting;
+CREATE MATERIALIZED VIEW reporting.organization_summary AS
     SELECT o.id, o.slug, o.plan, count(DISTINCT p.id) AS projects, count(c.id) AS configs,
            max(c.updated_at) AS last_change
     FROM organizations o

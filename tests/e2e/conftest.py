@@ -10,10 +10,8 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from pgvault import sample
 from support.archiving import ArchivingCluster, make_archiving_cluster
 from support.cli import clean_env
-from support.testdata import PAGILA, require_testdata
 
 
 @dataclass(frozen=True)
@@ -36,30 +34,6 @@ def make_age_key(directory: Path) -> AgeKey:
 @pytest.fixture(scope="session")
 def age_key(tmp_path_factory: pytest.TempPathFactory) -> AgeKey:
     return make_age_key(tmp_path_factory.mktemp("age"))
-
-
-@pytest.fixture(scope="session")
-def sample_db(pg_cluster) -> str:  # type: ignore[no-untyped-def]
-    """pgvault's generated sample database (``pgvault.sample``, scale 1), once per cluster: the
-    default data of these tests, since it needs nothing outside the repository. Tests must not
-    modify it (restore it into ``scratch_db`` and change that)."""
-    name = sample.DATABASE
-    if not pg_cluster.database_exists(name):
-        pg_cluster.load_sample(name)
-    return name
-
-
-@pytest.fixture(scope="session")
-def pagila(pg_cluster) -> str:  # type: ignore[no-untyped-def]
-    """A database loaded with Pagila, once per cluster, for the tests that want a schema written by
-    someone else; skipped without ../shared/testdata (support/testdata.py). Tests must not modify it."""
-    require_testdata(*PAGILA)
-    name = "pagila"
-    if not pg_cluster.database_exists(name):
-        pg_cluster.create_database(name)
-        pg_cluster.load_pagila(name)
-        pg_cluster.psql("ANALYZE", dbname=name)
-    return name
 
 
 @pytest.fixture

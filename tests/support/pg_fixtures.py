@@ -10,6 +10,11 @@ Fixtures:
 - ``make_pg_cluster`` (function): ``make_pg_cluster(major=None, **create_kwargs) -> PgCluster`` makes
   private clusters (default major: the newest), destroyed after the test -- for restores, PITR, and
   anything that stops or reconfigures a server.
+- ``sample_db`` (session): name of the database in ``pg_cluster`` holding pgvault's generated sample
+  (``pgvault.sample``, scale 1) -- the default "realistic database"; don't modify it.
+  ``sample_db_large``: the same at a larger scale, for faults that need a longer restore.
+- ``pagila`` (session): name of a database in ``pg_cluster`` holding Pagila from ../shared/testdata;
+  skipped when that is missing (failed under ``PGVAULT_REQUIRE_TESTDATA``, see support/testdata.py).
 
 Environment: ``PGVAULT_TEST_PG_MAJORS="15,18"`` restricts the majors; ``PGVAULT_REQUIRE_PG=1`` turns
 "no PostgreSQL server programs" into a failure instead of a skip (and then the wanted majors default
@@ -28,11 +33,14 @@ from typing import Callable, Iterator
 
 import pytest
 
+from pgvault import sample
 from pgvault.pg.bindir import available_bindirs
 from support.pgcluster import PgCluster, postgres_tmpdir
+from support.testdata import PAGILA, require_testdata
 
 DEFAULT_MAJORS = (15, 18)
-PG_FIXTURES = {"pg_cluster", "pg15", "pg_latest", "fresh_db", "make_pg_cluster"}
+PG_FIXTURES = {"pg_cluster", "pg15", "pg_latest", "fresh_db", "make_pg_cluster", "sample_db", "sample_db_large",
+               "pagila"}
 
 
 def _add_setup_pg18_bindir() -> None:
@@ -219,6 +227,45 @@ def make_pg_cluster() -> Iterator[Callable[..., PgCluster]]:
                 continue
             cluster.destroy()
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def sample_db(pg_cluster: PgCluster) -> str:
+    """pgvault's generated sample database (``pgvault.sample``, scale 1), once per cluster: the
+    default data of these tests, since it needs nothing outside the repository. Tests must not
+    modify it (restore it into ``scratch_db`` and change that)."""
+    name = sample.DATABASE
+    if not pg_cluster.database_exists(name):
+        pg_cluster.load_sample(name)
+    return name
+
+
+#: Scale of ``sample_db_large``: its uncompressed dump (~4 MB) overflows the 2 MiB scratch tmpfs
+#: of the disk-full test, and a restore lasts long enough to be interrupted on purpose.
+LARGE_SCALE = 8
+
+
+@pytest.fixture(scope="session")
+def sample_db_large(pg_cluster: PgCluster) -> str:
+    """The sample at scale ``LARGE_SCALE`` (about 40,000 rows), once per cluster, for tests whose
+    fault needs a restore that takes a while or a dump bigger than a small disk. Don't modify it."""
+    name = f"{sample.DATABASE}_large"
+    if not pg_cluster.database_exists(name):
+        pg_cluster.load_sample(name, scale=LARGE_SCALE)
+    return name
+
+
+@pytest.fixture(scope="session")
+def pagila(pg_cluster: PgCluster) -> str:
+    """A database loaded with Pagila, once per cluster, for the tests that want a schema written by
+    someone else; skipped without ../shared/testdata (support/testdata.py). Tests must not modify it."""
+    require_testdata(*PAGILA)
+    name = "pagila"
+    if not pg_cluster.database_exists(name):
+        pg_cluster.create_database(name)
+        pg_cluster.load_pagila(name)
+        pg_cluster.psql("ANALYZE", dbname=name)
+    return name
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

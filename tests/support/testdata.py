@@ -28,8 +28,8 @@ def require_testdata(*files: str) -> Path:
     root = testdata_dir()
     missing = [f for f in files if not (root / f).is_file()]
     if missing:
-        msg = (f"third-party sample data {', '.join(str(root / f) for f in missing)} not found: it comes from "
-               "../shared/testdata next to the repository (or $PGVAULT_TESTDATA), which a fresh clone does not have")
+        msg = ("needs ../shared/testdata next to the repository (or $PGVAULT_TESTDATA), third-party data a fresh "
+               f"clone does not have; missing: {', '.join(str(root / f) for f in missing)}")
         if os.environ.get(REQUIRE_ENV, "") not in ("", "0"):
             pytest.fail(f"{msg} ({REQUIRE_ENV} is set)", pytrace=False)
         pytest.skip(msg)

@@ -20,7 +20,7 @@ SCALE_1_COUNTS = {
     "organizations": 25, "projects": 109, "configs": 1284, "config_history": 3752,
     "config_history_2023": 1106, "config_history_2024": 2346, "config_history_2025": 300, "config_history_default": 0,
 }
-SCALE_1_SHA256 = "b7687559264c635d94ac70f96ea982d52392dfd97d4da53369f27c93db11bdeb"
+SCALE_1_SHA256 = "101fe6143621a562e4d09223455e480f1aba227300664a99647f6d342fb7144e"
 
 
 def _unescape(field: str) -> str | None:
