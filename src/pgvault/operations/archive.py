@@ -33,7 +33,7 @@ from typing import Any
 
 from pgvault import log
 from pgvault.errors import ConfigError, IntegrityError, NotFoundError, PgvaultError, StorageError, UsageError
-from pgvault.operations.archive_async import PushResult, file_sha256
+from pgvault.fs import file_sha256, fsync_path
 from pgvault.operations.context import Context
 from pgvault.pg import wal
 from pgvault.pg.control import read_major_version, read_segment_header, read_system_identifier
@@ -41,11 +41,11 @@ from pgvault.pipeline import PipelineSpec, StreamResult, all_suffixes, read_stre
 from pgvault.repository import layout
 from pgvault.repository.archive_index import stored_name
 from pgvault.repository.catalog import ensure_cluster, read_cluster_info
+from pgvault.repository.wal_record import RECORD_FORMAT, PushResult, load_record
 from pgvault.repository.locks import pid_alive
 from pgvault.storage import ObjectExists, ObjectNotFound
-from pgvault.storage.local import fsync_path
 
-META_FORMAT = 1
+META_FORMAT = RECORD_FORMAT
 
 
 def _kind(name: str) -> wal.WalFileKind:
@@ -62,16 +62,7 @@ def _data_dir(pgdata: str | None) -> Path:
 
 def load_meta(ctx: Context, name: str) -> dict[str, Any]:
     """The checksum record (sidecar) of archived ``name``; :class:`IntegrityError` if absent or malformed."""
-    key = layout.wal_meta(ctx.cluster, name)
-    try:
-        doc = json.loads(ctx.storage.read_bytes(key))
-    except ObjectNotFound:
-        raise IntegrityError(f"archived {name} has no checksum record {key}; the archive is damaged") from None
-    except ValueError:
-        raise IntegrityError(f"checksum record {key} is not valid JSON") from None
-    if not isinstance(doc, dict) or doc.get("format") != META_FORMAT:
-        raise IntegrityError(f"checksum record {key} has an unsupported format")
-    return doc
+    return load_record(ctx.storage, ctx.cluster, name)
 
 
 # A record whose object never appeared is an unfinished push. It is taken over when its process

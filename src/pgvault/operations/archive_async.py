@@ -40,7 +40,9 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 from pgvault import log
 from pgvault.config import Settings
 from pgvault.errors import PgvaultError, StorageError, error_of_kind
+from pgvault.fs import file_sha256, fsync_path, write_atomic
 from pgvault.pg import wal
+from pgvault.repository.wal_record import PushResult
 
 if TYPE_CHECKING:
     from pgvault.operations.context import Context
@@ -53,18 +55,6 @@ if TYPE_CHECKING:
 POLL = 0.02
 IDLE_EXIT = 30.0  # the pusher stays this long after the backlog is empty
 PREFETCH_IDLE_EXIT = 15.0
-
-
-@dataclass(frozen=True)
-class PushResult:
-    """What ``wal push`` did with one file."""
-
-    name: str
-    key: str
-    already_archived: bool
-    raw_size: int
-    stored_size: int
-    raw_sha256: str = ""
 
 
 def spool_dir(settings: Settings, data_dir: Path) -> Path:
@@ -80,24 +70,10 @@ def _file_id(path: Path) -> list[int]:
     return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns]
 
 
-def file_sha256(path: Path) -> tuple[str, int]:
-    h = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-            size += len(chunk)
-    return h.hexdigest(), size
-
-
 def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    except OSError:
-        tmp.unlink(missing_ok=True)  # a full spool must not also fill up with half-written records
-        raise
+    # Not fsynced: a spool record lost in a crash only costs a re-push (push is idempotent), and
+    # an fsync per segment would slow archiving for nothing.
+    write_atomic(path, data, durable=False)
 
 
 def _spool_error(spool: Path, e: OSError) -> StorageError:
@@ -383,7 +359,6 @@ def fetch_prefetching(ctx: Context, name: str, destination: str, *, pgdata: str 
                       passthrough: list[str]) -> StreamResult | None:
     """Foreground of ``wal fetch`` with prefetch: serve from the spool when ready, else fetch."""
     from pgvault.operations.archive import fetch
-    from pgvault.storage.local import fsync_path
 
     data_dir = Path(pgdata) if pgdata else Path.cwd()
     if wal.classify_or_none(name) is not wal.WalFileKind.SEGMENT:

@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
+from pgvault.fs import write_atomic
 from pgvault.operations.status import (
     VERDICT_EXIT, Reason, StatusSnapshot, timestamp, verdict,
 )
@@ -346,18 +346,7 @@ def write_textfile(path: str | os.PathLike[str], samples: Sequence[Sample], clus
             existing = []
         new = update(existing) if update else list(samples)
         data = render(merge_samples(existing, new, cluster, whole_cluster=whole_cluster))
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{target.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o644)  # node_exporter runs as another user
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        os.fsync(dfd)
+        write_atomic(target, data, mode=0o644)  # 0644: node_exporter runs as another user
     finally:
         os.close(dfd)
 

@@ -50,8 +50,9 @@ from pgvault.repository.archive_index import load_archive_index
 from pgvault.repository.catalog import list_physical, load_physical, read_cluster_info
 from pgvault.repository.manifest import StoredObject
 from pgvault.repository.physical import PhysicalManifest
+from pgvault.repository.wal_record import archived_at_iso
 from pgvault.storage import ObjectNotFound
-from pgvault.storage.local import fsync_path
+from pgvault.fs import fsync_path, write_atomic
 
 AUTO_CONF = "postgresql.auto.conf"
 _BLOCK_MARK = "# pgvault restore-cluster"
@@ -116,12 +117,7 @@ def make_plan(ctx: Context, target: RecoveryTarget, backup_id: str | None = None
 
 def archived_at(ctx: Context, name: str) -> str | None:
     """When ``name`` was archived (its checksum record), or None."""
-    import json
-
-    try:
-        return str(json.loads(ctx.storage.read_bytes(layout.wal_meta(ctx.cluster, name))).get("archived_at") or "") or None
-    except (ObjectNotFound, ValueError):
-        return None
+    return archived_at_iso(ctx.storage, ctx.cluster, name)
 
 
 # --- laying out the data directory ----------------------------------------------------------------
@@ -305,9 +301,7 @@ def write_recovery_settings(data_dir: Path, settings: Mapping[str, str], note: s
     kept = [ln for ln in lines if not ((m := _ASSIGN_RE.match(ln)) and m.group(1).lower() in names)]
     kept.append(f"{_BLOCK_MARK}: {note}")
     kept += [f"{k} = {_conf_quote(v)}" for k, v in settings.items()]
-    tmp = conf.with_name(AUTO_CONF + ".pgvault")
-    tmp.write_text("\n".join(kept) + "\n", encoding="utf-8")
-    os.replace(tmp, conf)
+    write_atomic(conf, ("\n".join(kept) + "\n").encode("utf-8"))
     (data_dir / "recovery.signal").write_bytes(b"")
     (data_dir / "standby.signal").unlink(missing_ok=True)
 

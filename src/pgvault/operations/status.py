@@ -23,13 +23,13 @@ from pgvault import log
 from pgvault.errors import PgvaultError, StorageError
 from pgvault.operations.context import Context
 from pgvault.operations.pitr import Window, archive_gaps, recoverable_windows
-from pgvault.operations.restore_cluster import archived_at
 from pgvault.operations.server_probe import ArchivingFacts, probe_archiving
 from pgvault.operations.unfinished import UnfinishedSummary, scan
 from pgvault.repository.archive_index import load_archive_index
 from pgvault.repository.catalog import DamagedManifest, read_cluster_info, scan_logical, scan_physical
 from pgvault.repository.drills import DrillReport, list_drills
 from pgvault.repository.jobs import JobRecord, list_jobs
+from pgvault.repository.wal_record import archived_at_iso
 from pgvault.repository.manifest import LogicalManifest
 from pgvault.repository.physical import PhysicalManifest
 
@@ -100,11 +100,11 @@ def archive_summary(ctx: Context, backups: list[PhysicalManifest]) -> ArchiveSum
     names = index.names()
     newest = names[-1] if names else None
     windows = recoverable_windows(backups, index)
-    to_time = archived_at(ctx, windows[-1].to_wal) if windows else None
+    to_time = archived_at_iso(ctx.storage, ctx.cluster, windows[-1].to_wal) if windows else None
     return ArchiveSummary(
         segments=len(names),
         newest_wal=newest,
-        newest_wal_archived_at=archived_at(ctx, newest) if newest else None,
+        newest_wal_archived_at=archived_at_iso(ctx.storage, ctx.cluster, newest) if newest else None,
         timelines=index.timelines(),
         gaps=archive_gaps(index) if names else [],
         windows=windows,

@@ -33,7 +33,6 @@ from typing import Any, Callable, Sequence
 
 from pgvault import log
 from pgvault.errors import IntegrityError, NotFoundError
-from pgvault.operations.archive import load_meta
 from pgvault.operations.context import Context
 from pgvault.operations.progress import CountingReader
 from pgvault.operations.unfinished import UnfinishedSummary, scan
@@ -46,6 +45,7 @@ from pgvault.pg import wal
 from pgvault.pipeline import PipelineSpec, StreamResult, all_suffixes, read_stream
 from pgvault.repository import catalog, layout
 from pgvault.repository.archive_index import IN_FLIGHT_GRACE, load_archive_index
+from pgvault.repository.wal_record import load_record
 from pgvault.repository.manifest import LogicalManifest, StoredObject
 from pgvault.repository.physical import PhysicalManifest
 from pgvault.storage import ObjectInfo, ObjectNotFound, Storage
@@ -298,7 +298,7 @@ def _check_wal_file(ctx: Context, checker: ObjectChecker, listing: ArchiveListin
                     now: dt.datetime) -> _WalResult:
     """One archived file against its checksum record, the way ``wal fetch`` would read it."""
     try:
-        meta = load_meta(ctx, name)
+        meta = load_record(ctx.storage, ctx.cluster, name)
     except IntegrityError as e:
         return _WalResult(FAILED, e.message)
     key = meta.get("key")

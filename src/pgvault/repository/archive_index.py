@@ -21,6 +21,7 @@ from pgvault.errors import IntegrityError
 from pgvault.pg import wal
 from pgvault.pipeline import PipelineSpec, StreamResult, all_suffixes, read_stream
 from pgvault.repository import layout
+from pgvault.repository.wal_record import archived_at
 from pgvault.storage import ObjectNotFound, Storage
 
 # A checksum record without its object younger than this is taken for an upload still under way
@@ -135,7 +136,9 @@ def load_archive_index(
     unfinished: dict[str, dt.datetime] = {}
     for name, written in records.items():
         if name not in objects:
-            unfinished[name] = _archived_at(storage, cluster, name) or written
+            # The record's own time, by the same clock as wal fetch (the rare records without
+            # object only: its age decides between an upload under way and a hole).
+            unfinished[name] = archived_at(storage, cluster, name) or written
             continue
         tli, segno = wal.parse_segment_name(name, seg_size)
         segments.setdefault(tli, set()).add(segno)
@@ -148,16 +151,6 @@ def load_archive_index(
         partials=frozenset(partials),
         unfinished=unfinished,
     )
-
-
-def _archived_at(storage: Storage, cluster: str, name: str) -> dt.datetime | None:
-    """When the push of ``name`` wrote its record (the rare records without object only: the age
-    decides between an upload under way and a hole, by the same clock as ``wal fetch``)."""
-    try:
-        t = dt.datetime.fromisoformat(str(json.loads(storage.read_bytes(layout.wal_meta(cluster, name)))["archived_at"]))
-    except (ObjectNotFound, ValueError, KeyError, TypeError):
-        return None
-    return t if t.tzinfo else None
 
 
 _SUFFIXES = sorted(all_suffixes(), key=len, reverse=True)

@@ -29,6 +29,7 @@ import stat
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
+from pgvault.fs import fsync_path
 from pgvault.errors import StorageError
 from pgvault.storage.base import (
     ObjectExists, ObjectInfo, ObjectNotFound, ObjectWriter, UnfinishedWrite, WriterContextMixin, validate_key,
@@ -82,15 +83,6 @@ def _error(action: str, path: Path, exc: OSError) -> StorageError:
     if exc.errno in (errno.EACCES, errno.EPERM):
         return StorageError(f"cannot {action} {path}: {reason}", hint=_permission_hint(action, path))
     return StorageError(f"cannot {action} {path}: {reason}", hint=_HINTS.get(exc.errno or 0))
-
-
-def fsync_path(path: Path) -> None:
-    """Flush a file, or a directory's entries, to disk (the one fsync helper of the package)."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _mtime(st: os.stat_result) -> dt.datetime:
