@@ -11,12 +11,14 @@ from pathlib import Path
 
 import pytest
 
+from pgvault.sample import Sample
 from support.cli import pgvault
 from support.pg_fixtures import pg_majors
 
-
-SMOKE = [{"name": "films", "sql": "SELECT count(*) FROM film", "min": 1000},
-         {"name": "first film", "sql": "SELECT title FROM film WHERE film_id = 1", "expect": "ACADEMY DINOSAUR"}]
+ORGANIZATIONS = Sample().counts()["organizations"]
+FIRST_SLUG = next(Sample().rows("organizations")).split("\t")[1]
+SMOKE = [{"name": "organizations", "sql": "SELECT count(*) FROM organizations", "min": ORGANIZATIONS},
+         {"name": "first organization", "sql": "SELECT slug FROM organizations WHERE id = 1", "expect": FIRST_SLUG}]
 
 
 def _leftovers() -> set[str]:
@@ -39,19 +41,19 @@ def _check(report: dict, name: str) -> dict:  # type: ignore[type-arg]
     return dict(c)
 
 
-def test_logical_drill_passes_and_is_recorded(pg_cluster, pagila, local_env) -> None:  # type: ignore[no-untyped-def]
+def test_logical_drill_passes_and_is_recorded(pg_cluster, sample_db, local_env) -> None:  # type: ignore[no-untyped-def]
     # With the "postgres" database too, which every scratch server already has (as with --all).
-    backup = pgvault(["backup", "-d", pagila, "-d", "postgres", "--json"], local_env).json()["backup"]
+    backup = pgvault(["backup", "-d", sample_db, "-d", "postgres", "--json"], local_env).json()["backup"]
     env = {**local_env, "PGVAULT_DRILL_SMOKE_QUERIES": json.dumps(
-        [{**q, "database": "pagila"} for q in SMOKE] + [{"sql": "SELECT current_database()", "database": "postgres",
-                                                         "expect": "pgvault_drill_postgres"}])}
+        [{**q, "database": sample_db} for q in SMOKE] + [{"sql": "SELECT current_database()", "database": "postgres",
+                                                          "expect": "pgvault_drill_postgres"}])}
     report = _drill(env)
     assert report["ok"] and report["backup_id"] == backup["backup_id"] and report["backup_kind"] == "logical"
     assert report["target"]["kind"] == "scratch server" and report["restore_seconds"] > 0
-    assert _check(report, "pagila: row counts")["ok"] and _check(report, "postgres: row counts")["ok"]
-    assert "constraints valid" in _check(report, "pagila: constraints")["detail"]
+    assert _check(report, f"{sample_db}: row counts")["ok"] and _check(report, "postgres: row counts")["ok"]
+    assert "constraints valid" in _check(report, f"{sample_db}: constraints")["detail"]
     assert _check(report, "smoke: SELECT current_database()")["ok"]
-    assert _check(report, "smoke: films")["ok"] and _check(report, "smoke: first film")["ok"]
+    assert _check(report, "smoke: organizations")["ok"] and _check(report, "smoke: first organization")["ok"]
     assert all(c["seconds"] >= 0 for c in report["checks"])
     # The report is in the repository, under drills/<YYYY>/<MM>/, and in the history.
     stored = list(Path(local_env["PGVAULT_REPOSITORY_URL"]).glob(f"*/drills/*/*/{report['drill_id']}.json"))
@@ -61,17 +63,18 @@ def test_logical_drill_passes_and_is_recorded(pg_cluster, pagila, local_env) -> 
     assert "PASSED" not in pgvault(["drill", "list"], env).stdout  # the table says ok/FAILED per drill
 
 
-def test_logical_drill_failures_are_reported_and_cleaned_up(pg_cluster, pagila, local_env) -> None:  # type: ignore[no-untyped-def]
-    backup = pgvault(["backup", "--database", pagila, "--json"], local_env).json()["backup"]
+def test_logical_drill_failures_are_reported_and_cleaned_up(pg_cluster, sample_db, local_env) -> None:  # type: ignore[no-untyped-def]
+    backup = pgvault(["backup", "--database", sample_db, "--json"], local_env).json()["backup"]
     repo = Path(local_env["PGVAULT_REPOSITORY_URL"])
     [folder] = [p.parent for p in repo.glob(f"*/logical/*/*/{backup['backup_id']}/manifest.json")]
 
     # A smoke query that does not hold.
-    env = {**local_env, "PGVAULT_DRILL_SMOKE_QUERIES": json.dumps([{"name": "orgs", "sql": "SELECT count(*) FROM film",
+    env = {**local_env, "PGVAULT_DRILL_SMOKE_QUERIES": json.dumps([{"name": "orgs", "sql": "SELECT count(*) FROM organizations",
                                                                         "expect": "7"}])}
     report = _drill(env, ok=False)
-    assert not _check(report, "smoke: orgs")["ok"] and "expected 7, got 1000" in _check(report, "smoke: orgs")["detail"]
-    assert _check(report, "pagila: row counts")["ok"]
+    detail = _check(report, "smoke: orgs")["detail"]
+    assert not _check(report, "smoke: orgs")["ok"] and f"expected 7, got {ORGANIZATIONS}" in detail, detail
+    assert _check(report, f"{sample_db}: row counts")["ok"]
 
     # A recovery-time objective the restore cannot meet.
     report = _drill({**local_env, "PGVAULT_DRILL_RTO": "0.001"}, ok=False)
@@ -81,20 +84,20 @@ def test_logical_drill_failures_are_reported_and_cleaned_up(pg_cluster, pagila, 
     manifest = folder / "manifest.json"
     original = manifest.read_text()
     doc = json.loads(original)
-    actor = next(t for t in doc["databases"][0]["tables"] if t["name"] == "actor")
-    actor["rows"] += 1
+    orgs = next(t for t in doc["databases"][0]["tables"] if t["name"] == "organizations")
+    orgs["rows"] += 1
     manifest.write_text(json.dumps(doc))
     report = _drill(local_env, ok=False)
-    assert "public.actor" in _check(report, "pagila: row counts")["detail"]
+    assert "public.organizations" in _check(report, f"{sample_db}: row counts")["detail"]
     manifest.write_text(original)
 
     # A corrupt stored object: the restore fails, the drill says so.
-    [obj] = folder.glob("pagila.dump.*")
+    [obj] = folder.glob(f"{sample_db}.dump.*")
     data = bytearray(obj.read_bytes())
     data[len(data) // 2] ^= 0x01
     obj.write_bytes(bytes(data))
     report = _drill(local_env, ok=False)
-    assert not _check(report, "pagila: restore")["ok"] and report["restore_seconds"] is None
+    assert not _check(report, f"{sample_db}: restore")["ok"] and report["restore_seconds"] is None
 
     history = pgvault(["drill", "list", "--json"], local_env).json()["drills"]
     assert [d["ok"] for d in history] == [False, False, False, False]
@@ -143,7 +146,7 @@ def test_a_failed_physical_drill_keeps_the_cause_in_its_report(major, archiving)
     assert listed["drills"][-1]["ok"] is False
 
 
-def test_logical_drill_from_s3_into_a_named_server(pg_cluster, pagila, s3_env, s3_bucket) -> None:  # type: ignore[no-untyped-def]
+def test_logical_drill_from_s3_into_a_named_server(pg_cluster, sample_db, s3_env, s3_bucket) -> None:  # type: ignore[no-untyped-def]
     """Backups in SeaweedFS, restored into scratch databases on a server the operator names."""
     from support.cli import clean_env
 
@@ -153,7 +156,7 @@ def test_logical_drill_from_s3_into_a_named_server(pg_cluster, pagila, s3_env, s
         PGVAULT_REPOSITORY_S3_FORCE_PATH_STYLE="true", PGVAULT_CLUSTER=f"pg{pg_cluster.major}",
         PGVAULT_DRILL_SMOKE_QUERIES=json.dumps(SMOKE[:1]),
     )
-    pgvault(["backup", "-d", pagila], env)
+    pgvault(["backup", "-d", sample_db], env)
     report = _drill(env, "--target-dsn", pg_cluster.dsn())
     assert report["ok"] and report["target"]["kind"] == "named server", report
     # The scratch databases are gone again.

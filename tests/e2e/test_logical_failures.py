@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from pgvault.sample import Sample
 from support.cli import clean_env, pgvault, start
 
 from .conftest import make_age_key
@@ -74,39 +75,39 @@ def test_config_check_lists_every_problem(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("damage", ["flip", "truncate"])
-def test_corrupt_object_fails_restore_and_creates_nothing(pg_cluster, pagila, scratch_db, local_env, damage: str) -> None:
-    pgvault(["backup", "-d", pagila, "--no-globals"], local_env)
-    obj = _object(local_env, "pagila.dump.zst.age")
+def test_corrupt_object_fails_restore_and_creates_nothing(pg_cluster, sample_db, scratch_db, local_env, damage: str) -> None:
+    pgvault(["backup", "-d", sample_db, "--no-globals"], local_env)
+    obj = _object(local_env, f"{sample_db}.dump.zst.age")
     data = bytearray(obj.read_bytes())
     if damage == "flip":
         data[len(data) // 2] ^= 0x01
     else:
         del data[len(data) - 70000:]
     obj.write_bytes(bytes(data))
-    res = pgvault(["restore", "latest", "-d", pagila, "-t", scratch_db], local_env, check=False)
+    res = pgvault(["restore", "latest", "-d", sample_db, "-t", scratch_db], local_env, check=False)
     assert res.returncode == 6, res
     assert any(w in _one_error_line(res.stderr) for w in ("corrupt", "truncated", "checksum", "decrypt"))
     assert not pg_cluster.database_exists(scratch_db)
 
 
-def test_corrupt_object_never_damages_existing_tables(pg_cluster, pagila, scratch_db, local_env) -> None:
-    pgvault(["backup", "-d", pagila, "--no-globals"], local_env)
-    pgvault(["restore", "latest", "-d", pagila, "-t", scratch_db], local_env)
-    obj = _object(local_env, "pagila.dump.zst.age")
+def test_corrupt_object_never_damages_existing_tables(pg_cluster, sample_db, scratch_db, local_env) -> None:
+    pgvault(["backup", "-d", sample_db, "--no-globals"], local_env)
+    pgvault(["restore", "latest", "-d", sample_db, "-t", scratch_db], local_env)
+    obj = _object(local_env, f"{sample_db}.dump.zst.age")
     data = bytearray(obj.read_bytes())
     data[-100] ^= 0x40  # the last chunk: pg_restore has already received most of the stream
     obj.write_bytes(bytes(data))
-    before = pg_cluster.psql("SELECT count(*) FROM rental", dbname=scratch_db)
-    res = pgvault(["restore", "latest", "-d", pagila, "-t", scratch_db, "--table", "public.rental", "--clean"], local_env, check=False)
+    before = pg_cluster.psql("SELECT count(*) FROM configs", dbname=scratch_db)
+    res = pgvault(["restore", "latest", "-d", sample_db, "-t", scratch_db, "--table", "public.configs", "--clean"], local_env, check=False)
     assert res.returncode == 6, res
-    assert pg_cluster.psql("SELECT count(*) FROM rental", dbname=scratch_db) == before == "16044"
+    assert pg_cluster.psql("SELECT count(*) FROM configs", dbname=scratch_db) == before == str(Sample().counts()["configs"])
 
 
-def test_wrong_age_identity(pg_cluster, pagila, scratch_db, local_env, tmp_path: Path) -> None:
-    pgvault(["backup", "-d", pagila, "--no-globals"], local_env)
+def test_wrong_age_identity(pg_cluster, sample_db, scratch_db, local_env, tmp_path: Path) -> None:
+    pgvault(["backup", "-d", sample_db, "--no-globals"], local_env)
     other = make_age_key(tmp_path)
     env = {**local_env, "PGVAULT_ENCRYPTION_AGE_IDENTITY_FILE": str(other.identity_file)}
-    res = pgvault(["restore", "latest", "-d", pagila, "-t", scratch_db], env, check=False)
+    res = pgvault(["restore", "latest", "-d", sample_db, "-t", scratch_db], env, check=False)
     assert res.returncode == 6
     assert "decrypt" in _one_error_line(res.stderr)
     assert other.secret not in res.stderr + res.stdout
@@ -114,7 +115,7 @@ def test_wrong_age_identity(pg_cluster, pagila, scratch_db, local_env, tmp_path:
     # The secret key may also come from the environment (a Kubernetes secret), never from argv.
     env = {**local_env, "PGVAULT_ENCRYPTION_AGE_IDENTITY": other.secret}
     del env["PGVAULT_ENCRYPTION_AGE_IDENTITY_FILE"]
-    res = pgvault(["restore", "latest", "-d", pagila, "-t", scratch_db], env, check=False)
+    res = pgvault(["restore", "latest", "-d", sample_db, "-t", scratch_db], env, check=False)
     assert res.returncode == 6 and other.secret not in res.stderr + res.stdout
 
 
@@ -181,18 +182,18 @@ def test_one_backup_per_cluster_and_killed_backup_leaves_no_trace(pg_cluster, sc
     assert len(pgvault(["list", "--json"], local_env).json()["backups"]) == 1
 
 
-def test_row_count_mismatch_exits_9_with_one_json_document(pg_cluster, pagila, scratch_db, local_env) -> None:  # type: ignore[no-untyped-def]
+def test_row_count_mismatch_exits_9_with_one_json_document(pg_cluster, sample_db, scratch_db, local_env) -> None:  # type: ignore[no-untyped-def]
     import json
     from pathlib import Path
 
-    backup = pgvault(["backup", "-d", pagila, "--json"], local_env).json()["backup"]
+    backup = pgvault(["backup", "-d", sample_db, "--json"], local_env).json()["backup"]
     [manifest] = Path(local_env["PGVAULT_REPOSITORY_URL"]).glob(f"*/logical/*/*/{backup['backup_id']}/manifest.json")
     doc = json.loads(manifest.read_text())
-    next(t for t in doc["databases"][0]["tables"] if t["name"] == "film")["rows"] += 5
+    next(t for t in doc["databases"][0]["tables"] if t["name"] == "configs")["rows"] += 5
     manifest.write_text(json.dumps(doc))
-    res = pgvault(["restore", "latest", "-d", pagila, "-t", scratch_db, "--json"], local_env, check=False)
+    res = pgvault(["restore", "latest", "-d", sample_db, "-t", scratch_db, "--json"], local_env, check=False)
     assert res.returncode == 9 and "does not match the manifest" in res.stderr
     out = json.loads(res.stdout)  # exactly one document: the comparison
     assert out["kind"] == "restore" and out["restore"]["verified"] is False
     [bad] = [c for c in out["restore"]["checks"] if not c["ok"]]
-    assert bad["table"] == "public.film" and bad["expected"] == bad["actual"] + 5
+    assert bad["table"] == "public.configs" and bad["expected"] == bad["actual"] + 5

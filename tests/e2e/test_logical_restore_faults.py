@@ -19,6 +19,7 @@ from typing import Callable, Iterator
 import pytest
 
 from support.cli import pgvault, start
+from support.pg_fixtures import LARGE_SCALE
 from support.pgcluster import quote_ident
 
 
@@ -73,9 +74,9 @@ def tiny_dir(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(d)], check=False)
 
 
-def test_full_scratch_dir_is_disk_full_not_corruption(pg_cluster, pagila, scratch_db, local_env, tiny_dir: Path) -> None:
-    pgvault(["backup", "-d", pagila, "--no-globals"], local_env)
-    res = pgvault(["restore", "latest", "-d", pagila, "-t", scratch_db, "--jobs", "2", "--scratch-dir", str(tiny_dir)],
+def test_full_scratch_dir_is_disk_full_not_corruption(pg_cluster, sample_db_large, scratch_db, local_env, tiny_dir: Path) -> None:
+    pgvault(["backup", "-d", sample_db_large, "--no-globals"], local_env)
+    res = pgvault(["restore", "latest", "-d", sample_db_large, "-t", scratch_db, "--jobs", "2", "--scratch-dir", str(tiny_dir)],
                   local_env, check=False)
     assert res.returncode == 4, res
     line = _error_line(res.stderr)
@@ -85,13 +86,13 @@ def test_full_scratch_dir_is_disk_full_not_corruption(pg_cluster, pagila, scratc
     assert _scratch_databases(pg_cluster) == []
     assert list(tiny_dir.iterdir()) == []  # the partial spool file is gone
     # The backup was intact all along.
-    pgvault(["restore", "latest", "-d", pagila, "-t", scratch_db, "--jobs", "2"], local_env)
+    pgvault(["restore", "latest", "-d", sample_db_large, "-t", scratch_db, "--jobs", "2"], local_env)
 
 
 @pytest.mark.parametrize("jobs", ["1", "2"])
-def test_sigint_during_restore_is_an_interruption(pg_cluster, pagila, scratch_db, local_env, jobs: str) -> None:
-    pgvault(["backup", "-d", pagila, "--no-globals"], local_env)
-    proc = start(["restore", "latest", "-d", pagila, "-t", scratch_db, "--jobs", jobs], local_env)
+def test_sigint_during_restore_is_an_interruption(pg_cluster, sample_db_large, scratch_db, local_env, jobs: str) -> None:
+    pgvault(["backup", "-d", sample_db_large, "--no-globals"], local_env)
+    proc = start(["restore", "latest", "-d", sample_db_large, "-t", scratch_db, "--jobs", jobs], local_env)
     try:
         # Ctrl-C while the object streams into pg_restore: pg_restore is paused so that the
         # pipe fills and pgvault sits in a write to it, in the middle of the pipeline.
@@ -156,15 +157,15 @@ class _Intruder:
         return err
 
 
-def test_clean_restore_ends_sessions_on_its_scratch_copy_and_swaps(pg_cluster, pagila, scratch_db, local_env) -> None:
+def test_clean_restore_ends_sessions_on_its_scratch_copy_and_swaps(pg_cluster, sample_db_large, scratch_db, local_env) -> None:
     """Issue 8 item 3: a session on the scratch copy made the second rename fail (exit 70) after
     the first had moved the target away: the target name no longer existed."""
-    pgvault(["backup", "-d", pagila, "--no-globals"], local_env)
-    pgvault(["restore", "latest", "-d", pagila, "-t", scratch_db], local_env)
+    pgvault(["backup", "-d", sample_db_large, "--no-globals"], local_env)
+    pgvault(["restore", "latest", "-d", sample_db_large, "-t", scratch_db], local_env)
     pg_cluster.psql("CREATE TABLE marks_the_old_copy(i int)", dbname=scratch_db)
     intruder = _Intruder(pg_cluster, scratch_db, "SELECT pg_sleep(600)")
     try:
-        res = pgvault(["restore", "latest", "-d", pagila, "-t", scratch_db, "--clean"], local_env, check=False)
+        res = pgvault(["restore", "latest", "-d", sample_db_large, "-t", scratch_db, "--clean"], local_env, check=False)
     finally:
         intruder_stderr = intruder.close()
     assert intruder.database is not None and intruder.proc is not None
@@ -180,7 +181,7 @@ def test_a_swap_that_cannot_happen_changes_nothing_and_says_where_everything_is(
     # where each database is.
     cluster = make_pg_cluster(15, settings={"max_prepared_transactions": 2})
     env = {**local_env, **cluster.env()}
-    cluster.load_pagila("app")
+    cluster.load_sample("app", scale=LARGE_SCALE)  # a restore that lasts long enough for the intruder
     pgvault(["backup", "-d", "app", "--no-globals"], env)
     cluster.psql("CREATE TABLE before_restore(i int)", dbname="app")
     intruder = _Intruder(cluster, "app", "BEGIN; CREATE TABLE intruder(i int); PREPARE TRANSACTION 'intruder'")
@@ -208,12 +209,12 @@ def test_a_swap_that_cannot_happen_changes_nothing_and_says_where_everything_is(
 # --- item 11: kill -9 -------------------------------------------------------------------------
 
 
-def test_kill_9_mid_restore_leaves_no_target_and_the_next_run_sweeps(pg_cluster, pagila, scratch_db, local_env,
+def test_kill_9_mid_restore_leaves_no_target_and_the_next_run_sweeps(pg_cluster, sample_db_large, scratch_db, local_env,
                                                                       tmp_path: Path) -> None:
-    pgvault(["backup", "-d", pagila, "--no-globals"], local_env)
+    pgvault(["backup", "-d", sample_db_large, "--no-globals"], local_env)
     spool_dir = tmp_path / "spool"
     spool_dir.mkdir()
-    args = ["restore", "latest", "-d", pagila, "-t", scratch_db, "--jobs", "2", "--scratch-dir", str(spool_dir)]
+    args = ["restore", "latest", "-d", sample_db_large, "-t", scratch_db, "--jobs", "2", "--scratch-dir", str(spool_dir)]
     proc = start(args, local_env)
     try:
         _wait_for(lambda: _children(proc.pid, "pg_restore") and any(spool_dir.iterdir()), interval=0.01)
@@ -238,16 +239,16 @@ def test_kill_9_mid_restore_leaves_no_target_and_the_next_run_sweeps(pg_cluster,
     assert list(spool_dir.iterdir()) == []
 
 
-def test_a_running_restore_is_not_swept_by_another(pg_cluster, pagila, scratch_db, local_env) -> None:
-    pgvault(["backup", "-d", pagila, "--no-globals"], local_env)
-    first = start(["restore", "latest", "-d", pagila, "-t", scratch_db], local_env)
+def test_a_running_restore_is_not_swept_by_another(pg_cluster, sample_db_large, scratch_db, local_env) -> None:
+    pgvault(["backup", "-d", sample_db_large, "--no-globals"], local_env)
+    first = start(["restore", "latest", "-d", sample_db_large, "-t", scratch_db], local_env)
     other = scratch_db + "_b"
     try:
         _wait_for(lambda: _children(first.pid, "pg_restore"), interval=0.01)
         [restorer] = _children(first.pid, "pg_restore")
         os.kill(restorer, signal.SIGSTOP)  # the first restore is alive, just slow
         try:
-            out = pgvault(["restore", "latest", "-d", pagila, "-t", other, "--json"], local_env).json()["restore"]
+            out = pgvault(["restore", "latest", "-d", sample_db_large, "-t", other, "--json"], local_env).json()["restore"]
         finally:
             os.kill(restorer, signal.SIGCONT)
         assert out["swept"] == []

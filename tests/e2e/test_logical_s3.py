@@ -23,9 +23,9 @@ def _env(pg_cluster, s3_env, bucket: str, **extra: str) -> dict[str, str]:  # ty
     )
 
 
-def test_backup_and_parallel_restore_via_s3(pg_cluster, pagila, scratch_db, s3_env, s3_bucket) -> None:
+def test_backup_and_parallel_restore_via_s3(pg_cluster, sample_db, scratch_db, s3_env, s3_bucket) -> None:
     env = _env(pg_cluster, s3_env, s3_bucket, PGVAULT_COMPRESSION_ALGORITHM="gzip")
-    manifest = pgvault(["backup", "-d", pagila, "--json"], env).json()["backup"]
+    manifest = pgvault(["backup", "-d", sample_db, "--json"], env).json()["backup"]
     backup_id = manifest["backup_id"]
     client = boto3.client(
         "s3", endpoint_url=s3_env["PGVAULT_S3_ENDPOINT_URL"], region_name="us-east-1",
@@ -34,16 +34,16 @@ def test_backup_and_parallel_restore_via_s3(pg_cluster, pagila, scratch_db, s3_e
     )
     keys = sorted(o["Key"] for o in client.list_objects_v2(Bucket=s3_bucket)["Contents"])
     prefix = f"backups/prod/pg{pg_cluster.major}/logical/{backup_id[:4]}/{backup_id[4:6]}/{backup_id}/"
-    assert f"{prefix}manifest.json" in keys and f"{prefix}pagila.dump.gz" in keys and f"{prefix}globals.sql.gz" in keys
+    assert f"{prefix}manifest.json" in keys and f"{prefix}{sample_db}.dump.gz" in keys and f"{prefix}globals.sql.gz" in keys
     # The gzip object is a plain gzip stream of a pg_dump custom archive.
-    body = client.get_object(Bucket=s3_bucket, Key=f"{prefix}pagila.dump.gz")["Body"].read()
+    body = client.get_object(Bucket=s3_bucket, Key=f"{prefix}{sample_db}.dump.gz")["Body"].read()
     import gzip
 
     assert gzip.decompress(body)[:5] == b"PGDMP"
     assert pgvault(["list", "--json"], env).json()["backups"][0]["backup_id"] == backup_id
-    res = pgvault(["restore", backup_id, "-d", pagila, "-t", scratch_db, "-j", "2", "--json"], env).json()["restore"]
+    res = pgvault(["restore", backup_id, "-d", sample_db, "-t", scratch_db, "-j", "2", "--json"], env).json()["restore"]
     assert res["verified"] is True
-    assert table_counts(pg_cluster, scratch_db) == table_counts(pg_cluster, pagila)
+    assert table_counts(pg_cluster, scratch_db) == table_counts(pg_cluster, sample_db)
 
 
 def test_missing_bucket_is_a_clear_storage_error(pg_cluster, s3_env) -> None:

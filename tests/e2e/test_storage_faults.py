@@ -102,22 +102,22 @@ def test_list_against_a_stalled_store_fails_within_the_timeout(pg_cluster, s3_en
     print(f"list failed after {took:.1f}s")
 
 
-def test_throttled_store_is_retried_and_the_backup_succeeds(pg_cluster, s3_env, s3_bucket, proxy, pagila) -> None:  # type: ignore[no-untyped-def]
+def test_throttled_store_is_retried_and_the_backup_succeeds(pg_cluster, s3_env, s3_bucket, proxy, sample_db) -> None:  # type: ignore[no-untyped-def]
     env = _env(pg_cluster, s3_env, s3_bucket, proxy, PGVAULT_REPOSITORY_S3_RETRIES="3")
     proxy.http_errors(3)  # 503 Slow Down for the next three requests, whichever they are
-    backup_id = pgvault(["backup", "-d", pagila, "--json"], env).json()["backup"]["backup_id"]
+    backup_id = pgvault(["backup", "-d", sample_db, "--json"], env).json()["backup"]["backup_id"]
     assert proxy.errors_sent == 3
     proxy.http_errors(3)
     assert pgvault(["list", "--json"], env).json()["backups"][0]["backup_id"] == backup_id
     assert proxy.errors_sent == 6
 
 
-def test_status_answers_within_seconds_when_the_store_stalls(pg_cluster, s3_env, s3_bucket, proxy, pagila) -> None:  # type: ignore[no-untyped-def]
+def test_status_answers_within_seconds_when_the_store_stalls(pg_cluster, s3_env, s3_bucket, proxy, sample_db) -> None:  # type: ignore[no-untyped-def]
     """The default S3 timeouts allow minutes per call; status must still answer the on-call in
     seconds, CRITICAL, with what the server says about archiving."""
     env = _env(pg_cluster, s3_env, s3_bucket, proxy, PGVAULT_REPOSITORY_S3_CONNECT_TIMEOUT="10",
                PGVAULT_REPOSITORY_S3_READ_TIMEOUT="60", PGVAULT_REPOSITORY_S3_RETRIES="3")
-    pgvault(["backup", "-d", pagila], env)
+    pgvault(["backup", "-d", sample_db], env)
     assert pgvault(["status", "--timeout", "5"], env, check=False).returncode in (0, 1, 2)  # readable: judged as usual
     proxy.stall()
     started = time.monotonic()
