@@ -3,7 +3,9 @@
 # (scripts/env.sh) and runs pytest with any arguments given, e.g.
 #   scripts/test.sh                                   # everything under tests/
 #   scripts/test.sh tests/integration -k pagila -x
-# With CI=true a missing PostgreSQL or S3 server fails the run instead of skipping tests.
+# With CI=true a missing PostgreSQL or S3 server, or a missing ../shared/testdata (the third-party
+# Pagila and Chinook databases, which a fresh clone does not have), fails the run instead of
+# skipping tests.
 # PGVAULT_SKIP_SETUP=1 skips scripts/setup.sh (faster when you know the machine is set up).
 set -euo pipefail
 
@@ -14,7 +16,7 @@ fi
 # shellcheck source=scripts/env.sh
 source "$ROOT/scripts/env.sh"
 if [[ "${CI:-}" == "true" ]]; then
-    export PGVAULT_REQUIRE_S3=1 PGVAULT_REQUIRE_PG=1
+    export PGVAULT_REQUIRE_S3=1 PGVAULT_REQUIRE_PG=1 PGVAULT_REQUIRE_TESTDATA=1
 fi
 cd "$ROOT"
 exec python -m pytest -q -p no:cacheprovider "$@"
