@@ -517,9 +517,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(sample.counts(), indent=2))
         return 0
     try:
+        # Bytes, not text: the script says it is UTF-8, whatever this process's locale would pick.
+        out = sys.stdout.buffer
         for chunk in sample.script():
-            sys.stdout.write(chunk)
-        sys.stdout.flush()
+            out.write(chunk.encode())
+        out.flush()
     except BrokenPipeError:  # `| head`: not an error worth a traceback
         return 1
     return 0
