@@ -19,9 +19,10 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -29,6 +30,7 @@ import logical  # noqa: E402  (also puts tests/ and src/ on sys.path)
 import psycopg  # noqa: E402
 import yaml  # noqa: E402
 from logical import StepError, log  # noqa: E402
+
 from support.pgcluster import PG_OS_USER, PgCluster  # noqa: E402
 
 REPO = logical.REPO

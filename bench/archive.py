@@ -57,9 +57,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -67,6 +68,7 @@ import _common as cm  # noqa: E402
 import logical  # noqa: E402
 import psycopg  # noqa: E402
 from logical import MiB, StepError, log  # noqa: E402
+
 from support.pgcluster import PgCluster, PgClusterError, postgres_tmpdir  # noqa: E402
 
 TOOLS = ("pgvault", "pgbackrest")

@@ -72,9 +72,10 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -82,6 +83,7 @@ import _common as cm  # noqa: E402
 import logical  # noqa: E402
 import psycopg  # noqa: E402
 from logical import DB, MiB, StepError, log  # noqa: E402
+
 from support.cli import clean_env  # noqa: E402
 from support.pgcluster import (  # noqa: E402
     PG_OS_USER,

@@ -48,8 +48,9 @@ import json
 import sys
 import time
 import unicodedata
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 #: Default database name for the sample in the demo and the tests.
 DATABASE = "app"

@@ -11,7 +11,8 @@ import dataclasses
 import hashlib
 import random
 import time
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 

@@ -20,8 +20,9 @@ import subprocess
 import sys
 import textwrap
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
@@ -101,7 +102,7 @@ def test_round_trip(storage: Storage) -> None:
     info = storage.stat("x/y/obj.bin")
     assert (info.key, info.size) == ("x/y/obj.bin", len(data))
     assert info.modified.utcoffset() == dt.timedelta(0)
-    assert abs(dt.datetime.now(dt.timezone.utc) - info.modified) < dt.timedelta(minutes=5)
+    assert abs(dt.datetime.now(dt.UTC) - info.modified) < dt.timedelta(minutes=5)
     assert [(i.key, i.size) for i in storage.list()] == [("x/y/obj.bin", len(data))]
 
 
@@ -293,7 +294,7 @@ def test_missing_object_is_object_not_found(storage: Storage) -> None:
 
 def test_list_is_recursive_key_ordered_and_prefix_filtered(storage: Storage) -> None:
     names = ["a/b", "a/x/y", "a-c", "a0", "ab/x", "b", "a/c", "a/b2", "z/z/z/z"]
-    for i, key in enumerate(random.Random(7).sample(names, len(names))):
+    for key in random.Random(7).sample(names, len(names)):
         write(storage, key, b"#" * len(key))
     assert keys(storage) == sorted(names)  # "a-c" < "a/b" < "a0": plain UTF-8 byte order
     assert [(i.key, i.size) for i in storage.list()] == [(k, len(k)) for k in sorted(names)]
@@ -360,7 +361,7 @@ def _unfinished(storage: Storage, key: str, size: int) -> ObjectWriter:
 
 
 def _utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 def test_unfinished_writes_are_listed_in_key_order_and_never_as_objects(storage: Storage) -> None:

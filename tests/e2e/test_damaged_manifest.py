@@ -5,8 +5,8 @@ as a finding, and only asking for that backup by its id fails (exit 6)."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 

@@ -14,8 +14,8 @@ import shutil
 import signal
 import subprocess
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -118,7 +118,7 @@ def test_the_drill_after_a_kill_9_stops_and_removes_the_killed_drills_scratch_se
 def _many_backups(repo: Path, cluster: str, count: int, objects: int) -> None:
     """``count`` logical backups (manifest plus ``objects`` dumps each), a second apart, a month
     ago: expire lists them from their keys and deletes all but the newest (keep_last 1)."""
-    t0 = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=30)
+    t0 = dt.datetime.now(dt.UTC) - dt.timedelta(days=30)
     for i in range(count):
         t = t0 + dt.timedelta(seconds=i)
         folder = repo / cluster / "logical" / f"{t:%Y}" / f"{t:%m}" / f"{t:%Y%m%dT%H%M%SZ}"

@@ -13,14 +13,13 @@ import subprocess
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
 
 from support.cli import pgvault, start
 from support.pg_fixtures import LARGE_SCALE
-from support.pgcluster import quote_ident
 
 
 def _error_line(stderr: str) -> str:

@@ -18,7 +18,6 @@ from support.archiving import ArchivingCluster, Restored
 from support.cli import pgvault
 from support.pg_fixtures import pg_majors
 
-
 N_ROWS = 200
 RESTORE_POINT_AT = 160
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from support.cli import clean_env, pgvault
 from support.pgcluster import PgCluster

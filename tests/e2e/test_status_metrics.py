@@ -12,8 +12,9 @@ import datetime as dt
 import time
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -65,7 +66,7 @@ def passed_drill(env: dict[str, str], backup_id: str) -> None:
     from pgvault.repository.layout import new_backup_id
     from pgvault.storage import open_storage
 
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     save_drill(open_storage(env["PGVAULT_REPOSITORY_URL"]), DrillReport(
         drill_id=new_backup_id(now), cluster=env["PGVAULT_CLUSTER"], backup_kind="logical", backup_id=backup_id,
         started_at=(now - dt.timedelta(seconds=20)).isoformat(), finished_at=now.isoformat(), ok=True,

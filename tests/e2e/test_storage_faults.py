@@ -8,7 +8,8 @@ on the production database and ``status`` took 361 s. Every storage call is now 
 from __future__ import annotations
 
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 

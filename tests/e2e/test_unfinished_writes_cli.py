@@ -11,8 +11,8 @@ import os
 import signal
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -104,7 +104,7 @@ def test_a_backup_killed_mid_upload_is_counted_by_status_and_verify_and_swept_by
     assert [u["action"] for u in done["unfinished_writes"]] == ["keep"] * count
     assert _temp_files(repo) == left
     # ...and sweeps it, with the folder it leaves empty, once the clock is past the grace.
-    later = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=1, hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    later = (dt.datetime.now(dt.UTC) + dt.timedelta(days=1, hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
     plan = pgvault(["expire", "--now", later, "--json"], env).json()
     assert plan["summary"]["unfinished_writes"] == {"keep": 0, "delete": count, "delete_bytes": size}
     assert _temp_files(repo) == left  # the dry run removed nothing

@@ -15,9 +15,6 @@ from support.cli import Result, pgvault
 from support.pg_fixtures import pg_majors
 
 
-
-
-
 def _no_postgres(a: ArchivingCluster, **extra: str) -> dict[str, str]:
     """The repository settings only: a port nothing listens on, so any connection attempt would fail."""
     return {**a.env(), "PGHOST": "127.0.0.1", "PGPORT": "1", "PGPASSWORD": "", **extra}

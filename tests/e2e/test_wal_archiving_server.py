@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from support.cli import clean_env, pgvault
-from support.pg_fixtures import pg_majors
 from support.launcher import postgres_writable_dir, server_config
+from support.pg_fixtures import pg_majors
 
 from .conftest import AgeKey
 

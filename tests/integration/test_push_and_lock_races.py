@@ -17,8 +17,9 @@ import socket
 import struct
 import subprocess
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
@@ -236,7 +237,7 @@ def test_exactly_one_process_takes_over_a_stale_lock(storage: Storage) -> None:
         storage.put_if_absent(key, json.dumps(stale).encode())
         n = 6
         locks = [RepositoryLock(storage, CLUSTER, "logical-backup") for _ in range(n)]
-        outcome = run_together(n, lambda i: locks[i].acquire())
+        outcome = run_together(n, lambda i, locks=locks: locks[i].acquire())
         holders = [i for i, r in outcome.items() if r is None]
         assert len(holders) == 1, (round_, outcome)
         for i, r in outcome.items():

@@ -12,8 +12,8 @@ import pwd
 import shutil
 import subprocess
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 

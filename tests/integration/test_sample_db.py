@@ -5,7 +5,7 @@ later issues rehearse -- ``DELETE FROM organizations`` -- really empties every t
 from __future__ import annotations
 
 import uuid
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import psycopg
 import pytest

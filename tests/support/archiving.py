@@ -8,9 +8,10 @@ import os
 import shutil
 import subprocess
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from support.cli import Result, clean_env, pgvault
 from support.launcher import postgres_writable_dir, server_config

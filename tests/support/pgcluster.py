@@ -20,10 +20,10 @@ import socket
 import subprocess
 import tempfile
 import weakref
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
 from types import TracebackType
-from typing import Mapping, Sequence
 
 from pgvault import sample
 from pgvault.pg.bindir import BinDir, bindir_for_major
@@ -146,7 +146,7 @@ def _tail(path: Path, lines: int = 40) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-_live: "weakref.WeakSet[PgCluster]" = weakref.WeakSet()
+_live: weakref.WeakSet[PgCluster] = weakref.WeakSet()
 
 
 @atexit.register

@@ -7,7 +7,7 @@ are skipped, unless ``PGVAULT_REQUIRE_S3=1`` (CI), where a missing server is a f
 from __future__ import annotations
 
 import os
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 

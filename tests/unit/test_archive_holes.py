@@ -47,7 +47,7 @@ def push(storage: MemoryStorage, file_name: str, *, archived_at: dt.datetime | N
     key = layout.wal_object(C, file_name, SPEC.suffix())
     out = io.BytesIO()
     result = write_stream(io.BytesIO(file_name.encode() * 10), out, SPEC)
-    when = archived_at or dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=1)
+    when = archived_at or dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
     doc = {"format": 1, "name": file_name, "kind": "segment", "key": key, "system_identifier": SYSID,
            "pipeline": SPEC.to_json(), "archived_at": when.isoformat(), **result.to_json()}
     storage.put_if_absent(layout.wal_meta(C, file_name), json.dumps(doc).encode())
@@ -80,15 +80,15 @@ def test_a_record_without_its_object_is_not_archived(repo: MemoryStorage) -> Non
     idx = load_archive_index(repo, C, SEG)
     assert idx.segments == {1: frozenset({2, 3, 5})}
     assert set(idx.unfinished) == {name(4)}
-    assert idx.in_flight(dt.datetime.now(dt.timezone.utc)) == set()  # an hour old: a hole, not an upload
+    assert idx.in_flight(dt.datetime.now(dt.UTC)) == set()  # an hour old: a hole, not an upload
 
 
 def test_a_young_record_is_an_upload_under_way(repo: MemoryStorage) -> None:
     push(repo, name(2))
-    push(repo, name(3), archived_at=dt.datetime.now(dt.timezone.utc), obj=False)
+    push(repo, name(3), archived_at=dt.datetime.now(dt.UTC), obj=False)
     push(repo, name(4))  # the parallel pusher finished the next one first
     idx = load_archive_index(repo, C, SEG)
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     assert idx.in_flight(now) == {name(3)}
     assert idx.counting_in_flight(now).segments == {1: frozenset({2, 3, 4})}
     assert idx.counting_in_flight(now + IN_FLIGHT_GRACE).segments == {1: frozenset({2, 4})}
@@ -169,7 +169,7 @@ def test_fetch_waits_for_an_upload_under_way(repo: MemoryStorage, tmp_path: Path
     import threading
 
     push(repo, name(2))
-    push(repo, name(3), archived_at=dt.datetime.now(dt.timezone.utc), obj=False)
+    push(repo, name(3), archived_at=dt.datetime.now(dt.UTC), obj=False)
     out = io.BytesIO()
     write_stream(io.BytesIO(name(3).encode() * 10), out, SPEC)
     timer = threading.Timer(1.5, lambda: repo.put_if_absent(layout.wal_object(C, name(3), SPEC.suffix()), out.getvalue()))
@@ -182,7 +182,7 @@ def test_the_prefetcher_never_waits_or_looks_ahead(repo: MemoryStorage, tmp_path
     push(repo, name(3))
     with pytest.raises(ObjectNotFound):  # its "not found" only means "not yet"; the foreground decides
         fetch(ctx(repo), name(2), str(tmp_path / "x"), pgdata=str(tmp_path), foreground=False)
-    push(repo, name(4), archived_at=dt.datetime.now(dt.timezone.utc), obj=False)
+    push(repo, name(4), archived_at=dt.datetime.now(dt.UTC), obj=False)
     with pytest.raises(IntegrityError):
         fetch(ctx(repo), name(4), str(tmp_path / "x"), pgdata=str(tmp_path), foreground=False)
 

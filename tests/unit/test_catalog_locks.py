@@ -302,7 +302,7 @@ def lock_doc(repo: MemoryStorage) -> dict[str, object]:
 
 def write_foreign_lock(repo: MemoryStorage, *, host: str, pid: int, age_seconds: float, ttl: float = TTL_SECONDS) -> str:
     token = uuid.uuid4().hex
-    beat = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=age_seconds)
+    beat = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=age_seconds)
     doc = {"host": host, "pid": pid, "token": token, "operation": "backup", "heartbeat_at": beat.isoformat(), "ttl_seconds": ttl}
     repo.put_if_absent(LOCK_KEY, json.dumps(doc).encode())
     return token
@@ -326,7 +326,7 @@ def test_lock_is_held_inside_and_gone_after(repo: MemoryStorage) -> None:
         assert doc["operation"] == "backup"
         assert doc["ttl_seconds"] == TTL_SECONDS
         beat = dt.datetime.fromisoformat(str(doc["heartbeat_at"]))
-        assert abs((dt.datetime.now(dt.timezone.utc) - beat).total_seconds()) < 60
+        assert abs((dt.datetime.now(dt.UTC) - beat).total_seconds()) < 60
     assert [i.key for i in repo.list("main/locks/")] == []
 
 

@@ -23,7 +23,7 @@ from pgvault.repository.manifest import (
 )
 from pgvault.storage.base import validate_key
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 SAFE = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-%")
 
 # --- backup ids -----------------------------------------------------------------------------------

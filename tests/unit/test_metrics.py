@@ -23,14 +23,23 @@ from pgvault.operations.metrics import METRICS, Sample, merge_samples, parse, re
 from pgvault.operations.pitr import Window
 from pgvault.operations.server_probe import ArchivingFacts
 from pgvault.operations.status import (
-    CRITICAL, OK, WARNING, ArchiveSummary, BackupFacts, Policy, RepositorySize, StatusSnapshot, evaluate,
-    snapshot_json, verdict,
+    CRITICAL,
+    OK,
+    WARNING,
+    ArchiveSummary,
+    BackupFacts,
+    Policy,
+    RepositorySize,
+    StatusSnapshot,
+    evaluate,
+    snapshot_json,
+    verdict,
 )
 from pgvault.repository.drills import Check, DrillReport
 from pgvault.repository.jobs import JobRecord, JobRun, list_jobs, load_job, merge_run, record_run
 from pgvault.storage.memory import MemoryStorage
 
-NOW = dt.datetime(2026, 11, 25, 12, 0, 0, tzinfo=dt.timezone.utc)
+NOW = dt.datetime(2026, 11, 25, 12, 0, 0, tzinfo=dt.UTC)
 HOUR = 3600.0
 DAY = 86400.0
 

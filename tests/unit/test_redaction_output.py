@@ -6,7 +6,7 @@ import datetime as dt
 import io
 import json
 import logging
-from typing import Iterator
+from collections.abc import Iterator
 
 import pyrage
 import pytest

@@ -13,7 +13,14 @@ import pytest
 
 from pgvault.errors import StorageError
 from pgvault.operations import dbprops
-from pgvault.operations.restore_scratch import Identity, SpoolFile, process_alive, process_start, scratch_name, sweep_files
+from pgvault.operations.restore_scratch import (
+    Identity,
+    SpoolFile,
+    process_alive,
+    process_start,
+    scratch_name,
+    sweep_files,
+)
 from pgvault.repository.manifest import DatabaseProperties, Grant
 
 

@@ -7,8 +7,8 @@ import datetime as dt
 import json
 import os
 import socket
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import pytest
 from hypothesis import given, settings
@@ -19,8 +19,20 @@ from pgvault.errors import LockedError
 from pgvault.operations import expire as expire_op
 from pgvault.operations.context import Context, build_context
 from pgvault.operations.retention import (
-    DELETE_REASON, Backup, Decision, Folder, Inventory, LogicalPolicy, PhysicalPolicy, Policy, fmt_duration,
-    group_folders, make_plan, plan_debris, plan_logical, plan_physical,
+    DELETE_REASON,
+    Backup,
+    Decision,
+    Folder,
+    Inventory,
+    LogicalPolicy,
+    PhysicalPolicy,
+    Policy,
+    fmt_duration,
+    group_folders,
+    make_plan,
+    plan_debris,
+    plan_logical,
+    plan_physical,
 )
 from pgvault.operations.retention_wal import WalFile, group_wal, plan_wal
 from pgvault.pg import wal
@@ -32,7 +44,7 @@ from pgvault.repository.physical import PhysicalManifest
 from pgvault.storage import ObjectInfo
 from pgvault.storage.memory import MemoryStorage
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 NOW = dt.datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 SEG = 16 << 20
 DAY = 86400.0

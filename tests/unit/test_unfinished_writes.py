@@ -31,7 +31,7 @@ from pgvault.repository.catalog import ensure_cluster
 from pgvault.storage import UnfinishedWrite
 from pgvault.storage.memory import MemoryStorage
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 NOW = dt.datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 HOUR = 3600.0
 DAY = 86400.0

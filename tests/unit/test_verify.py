@@ -34,7 +34,7 @@ SEG = 16 << 20
 SHA = "0" * 64
 C = "main"
 SYSID = "7300000000000000042"
-NOW = dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.timezone.utc)
+NOW = dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.UTC)
 IDENTITY = pyrage.x25519.Identity.generate()
 RECIPIENT = str(IDENTITY.to_public())
 OTHER_IDENTITY = str(pyrage.x25519.Identity.generate())

@@ -11,12 +11,13 @@ import argparse
 import json
 import sys
 import time
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import pgvault
 from pgvault import log
-from pgvault.config import Settings, load_settings
 from pgvault.cli import interrupts
+from pgvault.config import Settings, load_settings
 from pgvault.errors import INTERNAL_ERROR_EXIT, DatabaseError, InterruptedError_, PgvaultError
 
 if TYPE_CHECKING:

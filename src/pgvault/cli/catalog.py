@@ -7,9 +7,9 @@ from typing import Any
 
 from pgvault import log
 from pgvault.cli import context_from, emit
-from pgvault.repository.catalog import resolve_logical, scan_logical, scan_physical
 from pgvault.operations.status import ArchiveSummary, StatusSnapshot, archive_summary
 from pgvault.output import human_bytes, human_duration, table
+from pgvault.repository.catalog import resolve_logical, scan_logical, scan_physical
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:

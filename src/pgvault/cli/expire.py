@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from pgvault.cli import context_from, emit
 from pgvault.errors import UsageError
@@ -25,7 +26,7 @@ def parse_now(text: str) -> dt.datetime:
         t = dt.datetime.fromisoformat(text.strip().replace(" UTC", "+00:00"))
     except ValueError:
         raise UsageError(f"--now: {text!r} is not an ISO 8601 timestamp like 2026-11-25T02:00:00Z") from None
-    return t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc)
+    return t if t.tzinfo else t.replace(tzinfo=dt.UTC)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -162,8 +162,8 @@ def _record(args: argparse.Namespace, started: float, exit_code: int, error: Bas
         return
     details = getattr(args, "job_details", None)
     run = JobRun(
-        job=job, started_at=dt.datetime.fromtimestamp(started, dt.timezone.utc),
-        finished_at=dt.datetime.now(dt.timezone.utc), exit_code=exit_code,
+        job=job, started_at=dt.datetime.fromtimestamp(started, dt.UTC),
+        finished_at=dt.datetime.now(dt.UTC), exit_code=exit_code,
         error_kind=_error_kind(error, exit_code),
         error=None if error is None else log.redact(getattr(error, "message", None) or f"{type(error).__name__}: {error}"),
         details=dict(details) if isinstance(details, dict) else {},

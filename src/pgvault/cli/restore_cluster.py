@@ -11,7 +11,12 @@ from pgvault.cli import context_from, emit
 from pgvault.errors import UsageError
 from pgvault.operations.pitr import ACTIONS, RecoveryTarget
 from pgvault.operations.restore_cluster import (
-    RecoveryOutcome, RestoreOptions, major_of, make_plan, restore_cluster, start_and_follow,
+    RecoveryOutcome,
+    RestoreOptions,
+    major_of,
+    make_plan,
+    restore_cluster,
+    start_and_follow,
 )
 from pgvault.operations.restore_point import create_restore_point
 from pgvault.output import human_duration

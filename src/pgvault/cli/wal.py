@@ -69,7 +69,6 @@ def run_push(args: argparse.Namespace) -> int:
 def run_fetch(args: argparse.Namespace) -> int:
     from pgvault.operations.archive import fetch
     from pgvault.operations.archive_async import fetch_prefetching
-
     from pgvault.storage import ObjectNotFound
 
     ctx = context_from(args)

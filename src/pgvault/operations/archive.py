@@ -41,8 +41,8 @@ from pgvault.pipeline import PipelineSpec, StreamResult, all_suffixes, read_stre
 from pgvault.repository import layout
 from pgvault.repository.archive_index import stored_name
 from pgvault.repository.catalog import ensure_cluster, read_cluster_info
-from pgvault.repository.wal_record import RECORD_FORMAT, PushResult, load_record
 from pgvault.repository.locks import pid_alive
+from pgvault.repository.wal_record import RECORD_FORMAT, PushResult, load_record
 from pgvault.storage import ObjectExists, ObjectNotFound
 
 META_FORMAT = RECORD_FORMAT
@@ -115,8 +115,8 @@ def _abandoned(meta: dict[str, Any]) -> str | None:
     except ValueError:
         return "unreadable record"
     if at.tzinfo is None:
-        at = at.replace(tzinfo=dt.timezone.utc)
-    if (dt.datetime.now(dt.timezone.utc) - at).total_seconds() > PUSH_STALE_SECONDS:
+        at = at.replace(tzinfo=dt.UTC)
+    if (dt.datetime.now(dt.UTC) - at).total_seconds() > PUSH_STALE_SECONDS:
         return f"no object since {at.isoformat()}"
     return None
 
@@ -254,7 +254,7 @@ def _upload(ctx: Context, name: str, src: Path, key: str, meta_key: str, push_id
             result = write_stream(f, writer, spec, threads=0)
         doc.update({
             "pipeline": spec.to_json(),
-            "archived_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+            "archived_at": dt.datetime.now(dt.UTC).isoformat(),
             # Who is pushing: lets a later push tell a crashed push from one still in flight.
             "push_id": push_id, "host": socket.gethostname(), "pid": os.getpid(),
             **result.to_json(),
@@ -386,7 +386,7 @@ def _object_arrives(ctx: Context, meta: dict[str, Any], *, wait: bool) -> bool:
             pass
         if not wait or written is None or written.tzinfo is None:
             return False
-        age = dt.datetime.now(dt.timezone.utc) - written
+        age = dt.datetime.now(dt.UTC) - written
         if age >= IN_FLIGHT_GRACE:
             return False
         log.get().info("%s: object not stored yet (record written %.0fs ago); waiting for the upload", key,

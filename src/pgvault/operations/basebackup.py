@@ -23,9 +23,10 @@ import stat
 import tarfile
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Callable, Iterator
+from typing import IO, Any
 
 import pgvault
 from pgvault import log
@@ -244,7 +245,7 @@ def basebackup(ctx: Context, *, pgdata: str | None = None, fast: bool = True, ar
         ensure_cluster(ctx.storage, ctx.cluster, system_identifier=facts.system_identifier, server_major=facts.major,
                        wal_segment_size=seg_size)
         with RepositoryLock(ctx.storage, ctx.cluster, LOCK_OPERATION):
-            started_at = dt.datetime.now(dt.timezone.utc)
+            started_at = dt.datetime.now(dt.UTC)
             t0 = time.monotonic()
             backup_id = layout.new_backup_id(started_at)
             prefix = layout.base_prefix(ctx.cluster, backup_id)
@@ -276,7 +277,7 @@ def basebackup(ctx: Context, *, pgdata: str | None = None, fast: bool = True, ar
                     ).fetchone()
                     assert r is not None
                     stopped.update(lsn=str(r[0]), label=str(r[1]), spcmap=str(r[2] or ""),
-                                   time=r[3].astimezone(dt.timezone.utc).isoformat(), next_xid=str(r[4]))
+                                   time=r[3].astimezone(dt.UTC).isoformat(), next_xid=str(r[4]))
                     files = {"backup_label": stopped["label"].encode()}
                     if stopped["spcmap"]:
                         files["tablespace_map"] = stopped["spcmap"].encode()
@@ -346,7 +347,7 @@ def basebackup(ctx: Context, *, pgdata: str | None = None, fast: bool = True, ar
                 first_wal=needed[0],
                 last_wal=needed[-1],
                 started_at=started_at.isoformat(),
-                finished_at=dt.datetime.now(dt.timezone.utc).isoformat(),
+                finished_at=dt.datetime.now(dt.UTC).isoformat(),
                 duration_seconds=time.monotonic() - t0,
                 backup_label=stopped["label"],
                 tablespace_map=stopped["spcmap"],

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING
 
 from pgvault.config import Settings, identity_problems
 from pgvault.errors import ConfigError
@@ -58,7 +59,7 @@ class Context:
         )
 
 
-def s3_settings(s: Settings) -> "S3Settings":
+def s3_settings(s: Settings) -> S3Settings:
     """Storage-layer S3 settings from the config (credentials stay with boto3's usual chain)."""
     from pgvault.storage.s3 import S3Settings  # boto3 costs ~70 ms and 12 MB: only for s3://
 

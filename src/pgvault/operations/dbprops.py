@@ -16,8 +16,9 @@ restore says so; everything skipped is left out of the comparison a drill makes.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import psycopg
 from psycopg import sql

@@ -22,9 +22,10 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from pgvault import log
 from pgvault.config import SmokeQuery
@@ -38,7 +39,6 @@ from pgvault.repository import layout
 from pgvault.repository.catalog import resolve_logical
 from pgvault.repository.drills import Check, DrillReport, list_drills, save_drill
 from pgvault.repository.manifest import DatabaseEntry
-
 
 _INITDB_DATABASES = {"postgres", "template1", "template0"}
 
@@ -227,7 +227,12 @@ def _logical(ctx: Context, req: DrillRequest, drill_id: str, checks: list[Check]
 def _physical(ctx: Context, req: DrillRequest, drill_id: str, checks: list[Check], target: dict[str, Any],
               cleanups: list[Callable[[], None]]) -> tuple[str, float | None]:
     from pgvault.operations.restore_cluster import (
-        RestoreOptions, major_of, make_plan, restore_cluster, start_and_follow, stop_server,
+        RestoreOptions,
+        major_of,
+        make_plan,
+        restore_cluster,
+        start_and_follow,
+        stop_server,
     )
 
     rt = req.recovery_target
@@ -303,7 +308,7 @@ def _run_amcheck(program: Path, info: ConnInfo, ctx: Context) -> tuple[bool, str
 
 def run_drill(ctx: Context, req: DrillRequest, *, now: Callable[[], dt.datetime] | None = None) -> DrillReport:
     """Run one drill; the report is saved to the repository whatever happened."""
-    clock = now or (lambda: dt.datetime.now(dt.timezone.utc))
+    clock = now or (lambda: dt.datetime.now(dt.UTC))
     started = clock()
     drill_id = _new_drill_id(ctx, started)
     t0 = time.monotonic()

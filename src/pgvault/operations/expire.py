@@ -24,7 +24,15 @@ from pgvault import log
 from pgvault.errors import IntegrityError, NotFoundError, StorageError
 from pgvault.operations.context import Context
 from pgvault.operations.retention import (
-    Backup, Debris, Folder, Inventory, Leftover, Policy, RetentionPlan, group_folders, make_plan,
+    Backup,
+    Debris,
+    Folder,
+    Inventory,
+    Leftover,
+    Policy,
+    RetentionPlan,
+    group_folders,
+    make_plan,
 )
 from pgvault.operations.retention_wal import group_wal
 from pgvault.pg import wal
@@ -41,7 +49,7 @@ BACKUP_LOCKS = {"logical": "logical-backup", "base": "base-backup"}
 
 
 def _utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 def lock_holder(storage: Storage, cluster: str, operation: str, real_now: dt.datetime) -> str | None:
@@ -68,7 +76,7 @@ def _physical_record(storage: Storage, cluster: str, folder: Folder) -> Backup |
     try:
         ended = dt.datetime.fromisoformat(m.stop_time)
         if ended.tzinfo is None:
-            ended = ended.replace(tzinfo=dt.timezone.utc)
+            ended = ended.replace(tzinfo=dt.UTC)
         start = wal.LSN.parse(m.start_lsn)
     except (ValueError, wal.WalError) as e:
         return Backup.from_id(folder.backup_id, size=folder.size, unreadable=str(e))

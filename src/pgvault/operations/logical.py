@@ -16,8 +16,9 @@ import datetime as dt
 import socket
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -72,7 +73,7 @@ class _DumpPlan:
 
 
 def _utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 def _plan(ctx: Context, req: BackupRequest) -> _DumpPlan:

@@ -22,13 +22,18 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 from pgvault.fs import write_atomic
 from pgvault.operations.status import (
-    VERDICT_EXIT, Reason, StatusSnapshot, timestamp, verdict,
+    VERDICT_EXIT,
+    Reason,
+    StatusSnapshot,
+    timestamp,
+    verdict,
 )
 from pgvault.repository.jobs import JobRecord, JobRun, merge_run
 
@@ -254,7 +259,7 @@ def previous_job(samples: Iterable[Sample], cluster: str, job: str) -> JobRecord
 
     def iso(name: str) -> str | None:
         v = values.get(name)
-        return dt.datetime.fromtimestamp(v, dt.timezone.utc).isoformat() if v else None
+        return dt.datetime.fromtimestamp(v, dt.UTC).isoformat() if v else None
 
     ok = values.get("pgvault_job_last_status") == 1
     return JobRecord(cluster=cluster, job=job, last_status="ok" if ok else "failed", last_started_at="",

@@ -15,8 +15,9 @@ segment from the newest timeline that began in or before it, and ``recovery_targ
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from pgvault.errors import IntegrityError, NotFoundError, UsageError
 from pgvault.pg import wal
@@ -40,7 +41,7 @@ class RecoveryTarget:
     @classmethod
     def parse(cls, *, time: str | None = None, lsn: str | None = None, xid: str | None = None,
               name: str | None = None, immediate: bool = False, timeline: str | None = None,
-              exclusive: bool = False, action: str | None = None) -> "RecoveryTarget":
+              exclusive: bool = False, action: str | None = None) -> RecoveryTarget:
         given = [(k, v) for k, v in (("time", time), ("lsn", lsn), ("xid", xid), ("name", name)) if v is not None]
         if immediate:
             given.append(("immediate", ""))

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from typing import IO, Callable
+from collections.abc import Callable
+from typing import IO
 
 from pgvault import log
 from pgvault.output import human_bytes

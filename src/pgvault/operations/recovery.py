@@ -27,9 +27,10 @@ import re
 import struct
 import subprocess
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from pgvault.errors import PgvaultError, RecoveryError
 from pgvault.operations.pitr import Plan
@@ -143,7 +144,7 @@ def run_as_owner(cmd: list[str], data_dir: Path) -> list[str]:
 
 
 def new_log_file(data_dir: Path) -> Path:
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     return data_dir.parent / f"{data_dir.name}-recovery-{stamp}-{os.getpid()}.log"
 
 

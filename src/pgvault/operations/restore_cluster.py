@@ -28,18 +28,25 @@ import sys
 import tarfile
 import threading
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from pgvault import log
 from pgvault.config import Settings, fetch_environment
 from pgvault.errors import (
-    IntegrityError, NotFoundError, PgvaultError, RecoveryError, TargetBusyError, TargetExistsError, UsageError,
+    IntegrityError,
+    NotFoundError,
+    PgvaultError,
+    TargetBusyError,
+    TargetExistsError,
+    UsageError,
     error_of_kind,
 )
-from pgvault.operations.context import Context, build_context
+from pgvault.fs import fsync_path, write_atomic
 from pgvault.operations import recovery
+from pgvault.operations.context import Context, build_context
 from pgvault.operations.pitr import Plan, RecoveryTarget, plan_recovery, reachable_end
 from pgvault.operations.recovery import RecoveryOutcome, stop_server
 from pgvault.operations.workers import layout_lock, worker_pool
@@ -52,7 +59,6 @@ from pgvault.repository.manifest import StoredObject
 from pgvault.repository.physical import PhysicalManifest
 from pgvault.repository.wal_record import archived_at_iso
 from pgvault.storage import ObjectNotFound
-from pgvault.fs import fsync_path, write_atomic
 
 AUTO_CONF = "postgresql.auto.conf"
 _BLOCK_MARK = "# pgvault restore-cluster"
@@ -105,7 +111,7 @@ def make_plan(ctx: Context, target: RecoveryTarget, backup_id: str | None = None
     strict = load_archive_index(ctx.storage, ctx.cluster, seg_size, identities=ctx.identities)
     # Uploads still under way count as archived (wal fetch waits for them), but recovery to the end
     # of the archive is only required to get as far as what is stored now.
-    index = strict.counting_in_flight(dt.datetime.now(dt.timezone.utc))
+    index = strict.counting_in_flight(dt.datetime.now(dt.UTC))
     plan = plan_recovery(backups, index, target, backup_id=backup_id, archived_at=lambda n: archived_at(ctx, n))
     first = wal.parse_segment_name(plan.first_wal, seg_size)[1]
     end = reachable_end(strict, plan.timeline, strict.history(plan.timeline), first)
@@ -344,7 +350,7 @@ def _layout(ctx: Context, opts: RestoreOptions, plan: Plan | None) -> RestoreClu
     t0 = time.monotonic()
     _prepare(data_dir, "data directory", opts.force, created)
     try:
-        for oid, home in homes.items():
+        for home in homes.values():
             # Never emptied, even with --force: on the production host the recorded location is the
             # live cluster's tablespace, and nothing in it says so (no postmaster.pid).
             _prepare(home, "tablespace location", False, created)
@@ -375,7 +381,7 @@ def _layout(ctx: Context, opts: RestoreOptions, plan: Plan | None) -> RestoreClu
             settings["archive_mode"] = "off"
         settings.update(opts.target.settings())
         settings.update(opts.options)
-        note = f"backup {b.backup_id}, {dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')}"
+        note = f"backup {b.backup_id}, {dt.datetime.now(dt.UTC).isoformat(timespec='seconds')}"
         write_recovery_settings(data_dir, settings, note)
         written += [data_dir / AUTO_CONF, data_dir / "recovery.signal"]
         _chown_like(written, owner_ref)

@@ -54,7 +54,7 @@ class Identity:
     backend_start: str
 
     @classmethod
-    def current(cls, conn: psycopg.Connection[Any]) -> "Identity":
+    def current(cls, conn: psycopg.Connection[Any]) -> Identity:
         row = conn.execute("SELECT pg_backend_pid(), extract(epoch FROM backend_start)::text FROM pg_stat_activity"
                            " WHERE pid = pg_backend_pid()").fetchone()
         pid = os.getpid()
@@ -66,7 +66,7 @@ class Identity:
         return MARK + json.dumps({
             "role": role, "target": target, "host": self.host, "pid": self.pid, "started": self.started,
             "backend_pid": self.backend_pid, "backend_start": self.backend_start,
-            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         })
 
     def spool_prefix(self, kind: str) -> str:

@@ -33,8 +33,9 @@ empty the repository.  With no policy configured for a kind, everything of that 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from pgvault.operations.retention_wal import WalFile, WalPlan, plan_wal
 from pgvault.pg import wal
@@ -45,7 +46,7 @@ if TYPE_CHECKING:
     from pgvault.config import Settings
 
 DELETE_REASON = "no rule keeps it"
-UTC = dt.timezone.utc
+UTC = dt.UTC
 
 
 def fmt_duration(seconds: float) -> str:
@@ -147,7 +148,7 @@ class Policy:
         return self.logical.configured or self.physical.configured
 
     @classmethod
-    def from_settings(cls, s: Settings) -> "Policy":
+    def from_settings(cls, s: Settings) -> Policy:
         """The policy the ``retention.*`` settings describe."""
         return cls(
             logical=LogicalPolicy(keep_last=s.keep_last_logical, keep_within=s.keep_within_logical, daily=s.keep_daily,
@@ -184,7 +185,7 @@ class Backup:
     unreadable: str | None = None  # the manifest could not be read: always kept, never counted
 
     @classmethod
-    def from_id(cls, backup_id: str, **kw: Any) -> "Backup":
+    def from_id(cls, backup_id: str, **kw: Any) -> Backup:
         return cls(backup_id, layout.parse_backup_id(backup_id), **kw)
 
     @property
@@ -218,7 +219,7 @@ class Decision:
 _Tier = tuple[str, Callable[[dt.datetime], tuple[int, ...]], Callable[[dt.datetime], str]]
 TIERS: tuple[_Tier, ...] = (
     ("daily", lambda t: (t.year, t.month, t.day), lambda t: f"{t:%Y-%m-%d}"),
-    ("weekly", lambda t: tuple(t.isocalendar())[:2], lambda t: "{0}-W{1:02d}".format(*t.isocalendar())),
+    ("weekly", lambda t: tuple(t.isocalendar())[:2], lambda t: "{}-W{:02d}".format(*t.isocalendar())),
     ("monthly", lambda t: (t.year, t.month), lambda t: f"{t:%Y-%m}"),
     ("yearly", lambda t: (t.year,), lambda t: f"{t:%Y}"),
 )

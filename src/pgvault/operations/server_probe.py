@@ -205,12 +205,12 @@ def _optional(conn: Any, sql: str) -> str | None:
 def _parse(text: str) -> dt.datetime:
     # As status's helper: the server's timestamps carry a zone; one without is taken as UTC.
     t = dt.datetime.fromisoformat(text)
-    return t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc)
+    return t if t.tzinfo else t.replace(tzinfo=dt.UTC)
 
 
 def _iso(value: Any) -> str | None:
     if value is None:
         return None
     if isinstance(value, dt.datetime):
-        return value.astimezone(dt.timezone.utc).isoformat()
+        return value.astimezone(dt.UTC).isoformat()
     return str(value)

@@ -29,9 +29,9 @@ from pgvault.repository.archive_index import load_archive_index
 from pgvault.repository.catalog import DamagedManifest, read_cluster_info, scan_logical, scan_physical
 from pgvault.repository.drills import DrillReport, list_drills
 from pgvault.repository.jobs import JobRecord, list_jobs
-from pgvault.repository.wal_record import archived_at_iso
 from pgvault.repository.manifest import LogicalManifest
 from pgvault.repository.physical import PhysicalManifest
+from pgvault.repository.wal_record import archived_at_iso
 
 OK, WARNING, CRITICAL = "OK", "WARNING", "CRITICAL"
 # The Nagios / Icinga plugin convention, so `pgvault status` can be a check command as it is.
@@ -94,7 +94,7 @@ def archive_summary(ctx: Context, backups: list[PhysicalManifest]) -> ArchiveSum
     stored = load_archive_index(ctx.storage, ctx.cluster, int(info["wal_segment_size"]))
     # A record whose object is missing is a hole (wal fetch cannot serve it), unless it is young
     # enough to be an upload under way: the parallel pusher finishes segments out of order.
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     in_flight = sorted(stored.in_flight(now))
     index = stored.counting_in_flight(now)
     names = index.names()
@@ -131,12 +131,12 @@ class BackupFacts:
     stop_lsn: str | None = None  # physical
 
     @classmethod
-    def of_logical(cls, m: LogicalManifest) -> "BackupFacts":
+    def of_logical(cls, m: LogicalManifest) -> BackupFacts:
         return cls("logical", m.backup_id, m.finished_at, m.duration_seconds, m.stored_size,
                    tuple((d.name, d.object.result.stored_size) for d in m.databases))
 
     @classmethod
-    def of_physical(cls, m: PhysicalManifest) -> "BackupFacts":
+    def of_physical(cls, m: PhysicalManifest) -> BackupFacts:
         return cls("physical", m.backup_id, m.finished_at, m.duration_seconds, m.stored_size, stop_lsn=m.stop_lsn)
 
     def to_json(self, now: dt.datetime) -> dict[str, Any]:
@@ -271,7 +271,7 @@ def gather_status(
     ``repository_error``: the on-call needs an answer in seconds exactly when the repository is
     the thing that broke.  Configuration errors still propagate; an unreadable drill report or
     job record, or a server that cannot be reached, is recorded in the snapshot."""
-    now = now or dt.datetime.now(dt.timezone.utc)
+    now = now or dt.datetime.now(dt.UTC)
     cache = cache or ManifestCache()
     outcome: dict[str, Any] = {}
 
@@ -505,7 +505,7 @@ def _drill_json(r: DrillReport | None, now: dt.datetime) -> dict[str, Any] | Non
 
 def _parse(text: str) -> dt.datetime:
     t = dt.datetime.fromisoformat(text)
-    return t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc)
+    return t if t.tzinfo else t.replace(tzinfo=dt.UTC)
 
 
 def timestamp(text: str | None) -> float | None:

@@ -14,8 +14,8 @@ script introduces each entry with ``-- Name: <tag>; Type: <type>; Schema: <schem
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Iterable, Mapping
 
 # Longest first, so "TABLE DATA" wins over "TABLE".
 _TYPES = sorted(

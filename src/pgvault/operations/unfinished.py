@@ -11,8 +11,9 @@ younger one may be a backup at work, so it is counted but not judged.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 from pgvault.errors import StorageError
 from pgvault.operations.retention import fmt_duration

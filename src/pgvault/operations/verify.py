@@ -28,8 +28,9 @@ from __future__ import annotations
 import datetime as dt
 import io
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from pgvault import log
 from pgvault.errors import IntegrityError, NotFoundError
@@ -37,17 +38,29 @@ from pgvault.operations.context import Context
 from pgvault.operations.progress import CountingReader
 from pgvault.operations.unfinished import UnfinishedSummary, scan
 from pgvault.operations.wal_check import (
-    FAILED, OK, PARTIAL, WARNING, Finding, WalLine, collapse, continuity_finding, timeline_chain, timeline_findings,
-    uncovered_gaps, unneeded_as_warnings, wal_continuity, without,
+    FAILED,
+    OK,
+    PARTIAL,
+    WARNING,
+    Finding,
+    WalLine,
+    collapse,
+    continuity_finding,
+    timeline_chain,
+    timeline_findings,
+    uncovered_gaps,
+    unneeded_as_warnings,
+    wal_continuity,
+    without,
 )
 from pgvault.output import human_bytes
 from pgvault.pg import wal
 from pgvault.pipeline import PipelineSpec, StreamResult, all_suffixes, read_stream
 from pgvault.repository import catalog, layout
 from pgvault.repository.archive_index import IN_FLIGHT_GRACE, load_archive_index
-from pgvault.repository.wal_record import load_record
 from pgvault.repository.manifest import LogicalManifest, StoredObject
 from pgvault.repository.physical import PhysicalManifest
+from pgvault.repository.wal_record import load_record
 from pgvault.storage import ObjectInfo, ObjectNotFound, Storage
 
 # A checksum record is written before its object is committed (see operations/archive.py), so a
@@ -416,7 +429,7 @@ def verify(ctx: Context, ref: str | None, *, now: dt.datetime | None = None,
            clock: Callable[[], float] = time.monotonic) -> VerifyReport:
     """Verify backup ``ref`` (an id or ``latest``), or with ``None`` every backup and the whole WAL
     archive.  Problems are findings in the returned report; see the module docstring."""
-    now = now or dt.datetime.now(dt.timezone.utc)
+    now = now or dt.datetime.now(dt.UTC)
     info = catalog.read_cluster_info(ctx.storage, ctx.cluster) or {}
     sysid = str(info["system_identifier"]) if info.get("system_identifier") is not None else None
     seg_size = int(info["wal_segment_size"]) if info.get("wal_segment_size") else None

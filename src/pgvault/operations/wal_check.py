@@ -16,8 +16,9 @@ names) lives here so that both modules share it.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from pgvault.errors import IntegrityError, NotFoundError
 from pgvault.operations.pitr import RecoveryTarget, archive_gaps, plan_recovery, reachable_end

@@ -8,9 +8,10 @@ the machine via ``ps``.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
 from pgvault.errors import DatabaseError, NotFoundError
 
@@ -64,7 +65,7 @@ class ConnInfo:
     params: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def from_dsn(cls, dsn: str, environ: Mapping[str, str]) -> "ConnInfo":
+    def from_dsn(cls, dsn: str, environ: Mapping[str, str]) -> ConnInfo:
         """Merge a conninfo string over the ``PG*`` variables of ``environ`` (conninfo wins)."""
         params: dict[str, str] = {}
         for kw, var in _ENV_FOR_KEYWORD.items():
@@ -76,7 +77,7 @@ class ConnInfo:
             params.update({k: str(v) for k, v in conninfo_to_dict(dsn).items() if v is not None})
         return cls(params)
 
-    def with_db(self, dbname: str) -> "ConnInfo":
+    def with_db(self, dbname: str) -> ConnInfo:
         """The same server, another database."""
         return ConnInfo({**self.params, "dbname": dbname})
 

@@ -17,9 +17,9 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 from pgvault import log
 from pgvault.errors import ToolError
@@ -175,7 +175,7 @@ class ScratchServer:
         return self.base / "server.log"
 
     @classmethod
-    def create(cls, bindir: BinDir, *, base: Path | None = None, environ: Mapping[str, str] | None = None) -> "ScratchServer":
+    def create(cls, bindir: BinDir, *, base: Path | None = None, environ: Mapping[str, str] | None = None) -> ScratchServer:
         """initdb a new cluster (superuser ``postgres``) and start it."""
         base = base or scratch_dir()
         owner = _owner_for_root()

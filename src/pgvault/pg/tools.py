@@ -11,9 +11,10 @@ from __future__ import annotations
 import collections
 import subprocess
 import threading
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Mapping, Sequence
+from typing import IO
 
 from pgvault.errors import ToolError
 from pgvault.log import redact

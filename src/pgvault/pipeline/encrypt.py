@@ -205,7 +205,7 @@ class _GuardedReader(_Guard):
         try:
             return self._inner.read(size)
         except BaseException as exc:  # KeyboardInterrupt too: it must not become "corrupt data"
-            raise self._failed(exc)
+            raise self._failed(exc)  # noqa: B904 - the first failure itself (usually exc), not a new error
 
 
 class _GuardedWriter(_Guard):
@@ -221,7 +221,7 @@ class _GuardedWriter(_Guard):
         try:
             self._inner.write(data)
         except BaseException as exc:
-            raise self._failed(exc)
+            raise self._failed(exc)  # noqa: B904 - the first failure itself (usually exc), not a new error
         return len(data)
 
 

@@ -14,8 +14,9 @@ import dataclasses
 import datetime as dt
 import io
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from pgvault.errors import IntegrityError
 from pgvault.pg import wal
@@ -43,7 +44,7 @@ class RestorePoint:
         return {"name": self.name, "lsn": str(self.lsn), "time": self.time, "timeline": self.timeline}
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "RestorePoint":
+    def from_json(cls, d: dict[str, Any]) -> RestorePoint:
         return cls(str(d["name"]), wal.LSN.parse(str(d["lsn"])), str(d["time"]), int(d["timeline"]))
 
 
@@ -88,12 +89,12 @@ class ArchiveIndex:
         """Unfinished segments young enough to be uploads still under way (not yet holes)."""
         return {n for n, t in self.unfinished.items() if now - t < grace}
 
-    def counting_in_flight(self, now: dt.datetime, grace: dt.timedelta = IN_FLIGHT_GRACE) -> "ArchiveIndex":
+    def counting_in_flight(self, now: dt.datetime, grace: dt.timedelta = IN_FLIGHT_GRACE) -> ArchiveIndex:
         """This index with uploads still under way counted as archived: the parallel pusher finishes
         segments out of order, and ``wal fetch`` waits for such an object instead of failing."""
         return self.including(self.in_flight(now, grace))
 
-    def including(self, flying: set[str]) -> "ArchiveIndex":
+    def including(self, flying: set[str]) -> ArchiveIndex:
         """This index with the unfinished segments ``flying`` counted as archived."""
         flying = flying & set(self.unfinished)
         if not flying:

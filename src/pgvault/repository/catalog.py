@@ -8,8 +8,9 @@ passes over it with a warning naming it, and only asking for that backup by its 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 from pgvault import log
 from pgvault.errors import IntegrityError, NotFoundError

@@ -31,7 +31,7 @@ class Check:
         return {"name": self.name, "ok": self.ok, "seconds": round(self.seconds, 3), "detail": self.detail}
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "Check":
+    def from_json(cls, d: dict[str, Any]) -> Check:
         return cls(str(d["name"]), bool(d["ok"]), float(d.get("seconds", 0.0)), str(d.get("detail", "")))
 
 
@@ -62,7 +62,7 @@ class DrillReport:
         }
 
     @classmethod
-    def from_json(cls, d: dict[str, Any], *, where: str = "drill report") -> "DrillReport":
+    def from_json(cls, d: dict[str, Any], *, where: str = "drill report") -> DrillReport:
         try:
             if d.get("format") != REPORT_FORMAT or d.get("kind") != "drill":
                 raise IntegrityError(f"{where} is not a format-{REPORT_FORMAT} drill report")

@@ -85,7 +85,7 @@ class JobRecord:
         }
 
     @classmethod
-    def from_json(cls, d: dict[str, Any], *, where: str = "job record") -> "JobRecord":
+    def from_json(cls, d: dict[str, Any], *, where: str = "job record") -> JobRecord:
         try:
             if d.get("format") != RECORD_FORMAT or d.get("kind") != "job":
                 raise IntegrityError(f"{where} is not a format-{RECORD_FORMAT} job record")
@@ -107,12 +107,12 @@ class JobRecord:
 def merge_run(cluster: str, previous: JobRecord | None, run: JobRun) -> JobRecord:
     """The record after ``run``: the last run replaces the "last_*" fields; the last success (or
     failure) of ``previous`` is kept when this run is the other kind.  Pure."""
-    finished = run.finished_at.astimezone(dt.timezone.utc).isoformat()
+    finished = run.finished_at.astimezone(dt.UTC).isoformat()
     error = run.error if run.error is None or len(run.error) <= _ERROR_MAX else run.error[: _ERROR_MAX - 3] + "..."
     base = previous if previous is not None and previous.job == run.job else None
     return JobRecord(
         cluster=cluster, job=run.job, last_status="ok" if run.ok else "failed",
-        last_started_at=run.started_at.astimezone(dt.timezone.utc).isoformat(), last_finished_at=finished,
+        last_started_at=run.started_at.astimezone(dt.UTC).isoformat(), last_finished_at=finished,
         last_duration_seconds=run.duration_seconds, last_exit_code=run.exit_code,
         last_error_kind=None if run.ok else (run.error_kind or "error"), last_error=None if run.ok else error,
         last_success_at=finished if run.ok else (base.last_success_at if base else None),

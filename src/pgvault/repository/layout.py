@@ -25,7 +25,7 @@ _SAFE = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
 
 def new_backup_id(now: dt.datetime, seq: int = 0) -> str:
     """Sortable id from a UTC time, e.g. ``20261125T123456Z`` (``-2`` etc. on a same-second clash)."""
-    base = now.astimezone(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    base = now.astimezone(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     return base if seq == 0 else f"{base}-{seq}"
 
 
@@ -35,7 +35,7 @@ def parse_backup_id(backup_id: str) -> dt.datetime:
     if not m:
         raise ValueError(f"not a backup id: {backup_id!r}")
     y, mo, d, h, mi, s = (int(x) for x in m.groups()[:6])
-    return dt.datetime(y, mo, d, h, mi, s, tzinfo=dt.timezone.utc)
+    return dt.datetime(y, mo, d, h, mi, s, tzinfo=dt.UTC)
 
 
 def is_backup_id(text: str) -> bool:

@@ -38,7 +38,7 @@ TAKEOVER_TTL_SECONDS = 60.0
 
 
 def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 def pid_alive(pid: int) -> bool:
@@ -164,7 +164,7 @@ class RepositoryLock:
         except (ObjectNotFound, ValueError):
             pass
 
-    def __enter__(self) -> "RepositoryLock":
+    def __enter__(self) -> RepositoryLock:
         self.acquire()
         return self
 
@@ -198,7 +198,7 @@ def stale_reason(doc: object, *, now: dt.datetime | None = None) -> str | None:
     try:
         beat = dt.datetime.fromisoformat(str(doc["heartbeat_at"]))
         if beat.tzinfo is None:
-            beat = beat.replace(tzinfo=dt.timezone.utc)
+            beat = beat.replace(tzinfo=dt.UTC)
         ttl = float(doc.get("ttl_seconds", TTL_SECONDS))
         pid = int(doc.get("pid", 0))
     except (KeyError, ValueError, TypeError):

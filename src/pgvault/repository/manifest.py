@@ -28,7 +28,7 @@ class StoredObject:
         return {"name": self.name, "key": self.key, **self.result.to_json()}
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "StoredObject":
+    def from_json(cls, d: dict[str, Any]) -> StoredObject:
         return cls(name=d["name"], key=d["key"], result=StreamResult.from_json(d))
 
 
@@ -72,7 +72,7 @@ class Grant:
         return {"grantee": self.grantee, "privilege": self.privilege, "grantable": self.grantable}
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "Grant":
+    def from_json(cls, d: dict[str, Any]) -> Grant:
         d = _mapping(d, "a grant")
         grantee = d.get("grantee")
         return cls(grantee=None if grantee is None else str(grantee), privilege=str(d["privilege"]),
@@ -119,7 +119,7 @@ class DatabaseProperties:
         }
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "DatabaseProperties":
+    def from_json(cls, d: dict[str, Any]) -> DatabaseProperties:
         d = _mapping(d, "database properties")
         return cls(
             owner=str(d["owner"]),
@@ -163,7 +163,7 @@ class DatabaseEntry:
         }
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "DatabaseEntry":
+    def from_json(cls, d: dict[str, Any]) -> DatabaseEntry:
         return cls(
             name=d["name"],
             object=StoredObject.from_json(d["object"]),
@@ -236,7 +236,7 @@ class LogicalManifest(SizedBackup):
         return (json.dumps(self.to_json(), indent=2) + "\n").encode("utf-8")
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "LogicalManifest":
+    def from_json(cls, d: dict[str, Any]) -> LogicalManifest:
         if d.get("format") != MANIFEST_FORMAT or d.get("kind") != "logical":
             raise IntegrityError(f"unsupported manifest (format {d.get('format')!r}, kind {d.get('kind')!r})")
         return cls(
@@ -259,7 +259,7 @@ class LogicalManifest(SizedBackup):
         )
 
     @classmethod
-    def loads(cls, data: bytes, *, where: str) -> "LogicalManifest":
+    def loads(cls, data: bytes, *, where: str) -> LogicalManifest:
         """Parse manifest bytes; ``where`` names the key for error messages."""
         try:
             doc = json.loads(data)

@@ -26,7 +26,7 @@ class TablespaceEntry:
                 "object": self.object.to_json()}
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "TablespaceEntry":
+    def from_json(cls, d: dict[str, Any]) -> TablespaceEntry:
         return cls(str(d["oid"]), d["name"], d["location"], StoredObject.from_json(d["object"]), int(d.get("files", 0)))
 
 
@@ -114,7 +114,7 @@ class PhysicalManifest(SizedBackup):
         return (json.dumps(self.to_json(), indent=2) + "\n").encode("utf-8")
 
     @classmethod
-    def loads(cls, data: bytes, *, where: str) -> "PhysicalManifest":
+    def loads(cls, data: bytes, *, where: str) -> PhysicalManifest:
         try:
             d = json.loads(data)
             if not isinstance(d, dict) or d.get("format") != MANIFEST_FORMAT or d.get("kind") != "physical":

@@ -13,7 +13,15 @@ from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
 from pgvault.errors import ConfigError
-from pgvault.storage.base import ObjectExists, ObjectInfo, ObjectNotFound, ObjectWriter, Storage, StorageError, UnfinishedWrite
+from pgvault.storage.base import (
+    ObjectExists,
+    ObjectInfo,
+    ObjectNotFound,
+    ObjectWriter,
+    Storage,
+    StorageError,
+    UnfinishedWrite,
+)
 
 if TYPE_CHECKING:
     from pgvault.storage.memory import MemoryStorage

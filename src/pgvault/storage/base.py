@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import datetime as dt
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import BinaryIO, Iterator, Protocol, Self, runtime_checkable
+from typing import BinaryIO, Protocol, Self, runtime_checkable
 
 from pgvault.errors import NotFoundError, StorageError
 
@@ -67,7 +68,7 @@ class ObjectWriter(Protocol):
 
     def abort(self) -> None: ...
 
-    def __enter__(self) -> "ObjectWriter": ...
+    def __enter__(self) -> ObjectWriter: ...
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None: ...
 

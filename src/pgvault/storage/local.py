@@ -26,13 +26,20 @@ import os
 import pwd
 import secrets
 import stat
+from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
-from pgvault.fs import fsync_path
 from pgvault.errors import StorageError
+from pgvault.fs import fsync_path
 from pgvault.storage.base import (
-    ObjectExists, ObjectInfo, ObjectNotFound, ObjectWriter, UnfinishedWrite, WriterContextMixin, validate_key,
+    ObjectExists,
+    ObjectInfo,
+    ObjectNotFound,
+    ObjectWriter,
+    UnfinishedWrite,
+    WriterContextMixin,
+    validate_key,
     validate_prefix,
 )
 
@@ -86,7 +93,7 @@ def _error(action: str, path: Path, exc: OSError) -> StorageError:
 
 
 def _mtime(st: os.stat_result) -> dt.datetime:
-    return dt.datetime.fromtimestamp(st.st_mtime_ns / 1e9, tz=dt.timezone.utc)
+    return dt.datetime.fromtimestamp(st.st_mtime_ns / 1e9, tz=dt.UTC)
 
 
 class _LocalWriter(WriterContextMixin):

@@ -12,11 +12,18 @@ import datetime as dt
 import io
 import secrets
 import threading
-from typing import BinaryIO, Iterator
+from collections.abc import Iterator
+from typing import BinaryIO
 
 from pgvault.errors import StorageError
 from pgvault.storage.base import (
-    ObjectExists, ObjectInfo, ObjectNotFound, ObjectWriter, UnfinishedWrite, WriterContextMixin, validate_key,
+    ObjectExists,
+    ObjectInfo,
+    ObjectNotFound,
+    ObjectWriter,
+    UnfinishedWrite,
+    WriterContextMixin,
+    validate_key,
     validate_prefix,
 )
 
@@ -24,7 +31,7 @@ __all__ = ["MemoryStorage"]
 
 
 def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 class _MemoryWriter(WriterContextMixin):

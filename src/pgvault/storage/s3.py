@@ -20,7 +20,8 @@ import logging
 import secrets
 import threading
 import time
-from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Iterator, cast
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, BinaryIO, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import boto3
@@ -28,11 +29,17 @@ import botocore.config
 import botocore.exceptions as bce
 
 from pgvault.errors import ConfigError, PgvaultError, StorageError
-from pgvault.storage.s3_read import ResumingBody
 from pgvault.storage.base import (
-    ObjectExists, ObjectInfo, ObjectNotFound, ObjectWriter, UnfinishedWrite, WriterContextMixin, validate_key,
+    ObjectExists,
+    ObjectInfo,
+    ObjectNotFound,
+    ObjectWriter,
+    UnfinishedWrite,
+    WriterContextMixin,
+    validate_key,
     validate_prefix,
 )
+from pgvault.storage.s3_read import ResumingBody
 
 if TYPE_CHECKING:
     from mypy_boto3_s3.client import S3Client
@@ -477,7 +484,7 @@ class S3Storage:
         full = self._full(key)
         with self._errors("stat", key, lookup=True):
             resp = self._client.head_object(Bucket=self.bucket, Key=full)
-        return ObjectInfo(key=key, size=resp["ContentLength"], modified=resp["LastModified"].astimezone(dt.timezone.utc))
+        return ObjectInfo(key=key, size=resp["ContentLength"], modified=resp["LastModified"].astimezone(dt.UTC))
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         """Yield every object whose key starts with ``prefix`` (recursively), in key order.
@@ -497,7 +504,7 @@ class S3Storage:
                         validate_key(key)
                     except ValueError:
                         continue  # "dir/" markers made by consoles and sync tools are not objects
-                    modified = obj["LastModified"].astimezone(dt.timezone.utc)
+                    modified = obj["LastModified"].astimezone(dt.UTC)
                     items.append(ObjectInfo(key=key, size=obj["Size"], modified=modified))
         items.sort(key=lambda o: o.key)
         return iter(items)

@@ -74,7 +74,7 @@ def list_uploads(s: S3Storage, prefix: str) -> list[UnfinishedWrite]:
                 size, newest = parts
                 started = upload["Initiated"]
                 modified = max(started, newest) if newest is not None else started
-                found.append(UnfinishedWrite(key, size, modified.astimezone(dt.timezone.utc), upload_id))
+                found.append(UnfinishedWrite(key, size, modified.astimezone(dt.UTC), upload_id))
     found.sort(key=lambda u: (u.key, u.token))
     return found
 
