@@ -1,5 +1,6 @@
-"""Shared by bench/archive.py and bench/physical.py: everything a server-side benchmark needs on top
-of bench/logical.py (which it imports for its process sampling, runner and data generator).
+"""Shared by the benchmarks: what a server-side benchmark (bench/archive.py, bench/physical.py) needs
+on top of bench/_procs.py (process sampling, the runner, logging) and bench/_datagen.py (the data
+generator); bench/logical.py uses its age key and connection helpers too.
 
 * a ``pgvault`` launcher the ``postgres`` OS user can execute (the server runs archive_command and
   restore_command as that user): the runtime venv under /var/cache/pgvault plus a *copy* of src/
@@ -26,14 +27,14 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import logical  # noqa: E402  (also puts tests/ and src/ on sys.path)
+import _procs  # noqa: E402  (also puts tests/ and src/ on sys.path)
 import psycopg  # noqa: E402
 import yaml  # noqa: E402
-from logical import StepError, log  # noqa: E402
+from _procs import StepError, log  # noqa: E402
 
 from support.pgcluster import PG_OS_USER, PgCluster  # noqa: E402
 
-REPO = logical.REPO
+REPO = _procs.REPO
 AS_ROOT = os.geteuid() == 0
 SEGMENT_NAME_LEN = 24
 

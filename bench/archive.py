@@ -65,9 +65,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common as cm  # noqa: E402
-import logical  # noqa: E402
+import _procs as pr  # noqa: E402
 import psycopg  # noqa: E402
-from logical import MiB, StepError, log  # noqa: E402
+from _procs import MiB, StepError, log  # noqa: E402
 
 from support.pgcluster import PgCluster, PgClusterError, postgres_tmpdir  # noqa: E402
 
@@ -180,7 +180,7 @@ class ArchiverCpu:
 
     def __init__(self, archiver_pid: int, marker: str) -> None:
         self.archiver_pid = archiver_pid
-        st = logical._read_stat(archiver_pid)
+        st = pr.read_stat(archiver_pid)
         self.children0 = st[3] if st else 0.0
         self.children = self.children0
         REAPER.reap()
@@ -188,12 +188,12 @@ class ArchiverCpu:
         self.running0: dict[int, float] = {}  # helpers alive now: pid -> CPU so far
         for e in os.listdir("/proc"):
             if e.isdigit() and int(e) != os.getpid():
-                pst = logical._read_stat(int(e))
+                pst = pr.read_stat(int(e))
                 if pst is not None and pst[0] != "postgres" and cm.mentions(int(e), marker):
                     self.running0[int(e)] = pst[2] + pst[3]
 
     def sample(self) -> None:
-        st = logical._read_stat(self.archiver_pid)
+        st = pr.read_stat(self.archiver_pid)
         if st is not None:
             self.children = st[3]
         REAPER.reap()
@@ -395,14 +395,14 @@ class Bench:
         cluster.psql("CHECKPOINT")
 
         # --- the timed load ---
-        postmaster = logical._postmaster_pid(cluster)
+        postmaster = pr.postmaster_pid(cluster)
         with contextlib.closing(cm.connect(cluster)) as conn:
             archiver = int(cm.scalar(conn, "SELECT pid FROM pg_stat_activity WHERE backend_type = 'archiver'"))
             arch_cpu = run.archiver_cpu = ArchiverCpu(archiver, str(self.base))
             base_stats = cm.archiver_stats(conn)
             lsn0 = int(cm.scalar(conn, WAL_POSITION))
-            busy0, steal0 = logical.machine_cpu()
-            srv0, self0 = logical.server_cpu(postmaster), _self_cpu()
+            busy0, steal0 = pr.machine_cpu()
+            srv0, self0 = pr.server_cpu(postmaster), _self_cpu()
             t0 = time.monotonic()
             sampler = ArchiveSampler(cluster, t0, lsn0, base_stats, arch_cpu)
             sampler.start()
@@ -436,8 +436,8 @@ class Bench:
             finally:
                 sampler.stop()
             arch_cpu.sample()
-            busy1, steal1 = logical.machine_cpu()
-            srv1, self1 = logical.server_cpu(postmaster), _self_cpu()
+            busy1, steal1 = pr.machine_cpu()
+            srv1, self1 = pr.server_cpu(postmaster), _self_cpu()
             end_stats = cm.archiver_stats(conn)
         wall = time.monotonic() - t0
         if sampler.error:
@@ -464,12 +464,12 @@ class Bench:
         err = self.work / "pgbench.stderr"
         with open(err, "wb") as ef:
             p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=ef, env=env, start_new_session=True)
-            logical._LIVE[p.pid] = p
+            pr.LIVE[p.pid] = p
             assert p.stdout is not None
             out = p.stdout.read().decode(errors="replace")
             _, status, ru = os.wait4(p.pid, 0)
             p.returncode = os.waitstatus_to_exitcode(status)
-            logical._LIVE.pop(p.pid, None)
+            pr.LIVE.pop(p.pid, None)
         if p.returncode != 0:
             tail = " | ".join(err.read_text(errors="replace").strip().splitlines()[-6:])
             raise StepError(f"pgbench exited {p.returncode}: {tail}")
@@ -479,7 +479,7 @@ class Bench:
         a = self.args
         self.info.update(
             host=platform.node(), cpus=os.cpu_count(), python=platform.python_version(),
-            loadavg_start=logical._loadavg(), major=a.major, scale=a.scale, duration_s=a.duration,
+            loadavg_start=pr.loadavg(), major=a.major, scale=a.scale, duration_s=a.duration,
             clients=a.clients, threads=a.threads, drain_timeout_s=a.drain_timeout,
             pgbench=f"pgbench -c {a.clients} -j {a.threads} -T {a.duration} -N -M prepared (after pgbench -i -s {a.scale})",
             server_settings={**SERVER_SETTINGS, "fsync": "off", "wal_level": "replica", "archive_command": "(per run)"},
@@ -493,7 +493,7 @@ class Bench:
                 self.runs[tool].error = str(e)
                 errors.append(f"{TITLES[tool]}: {e}")
                 log(f"[{TITLES[tool]}] FAILED: {e}")
-        self.info["loadavg_end"] = logical._loadavg()
+        self.info["loadavg_end"] = pr.loadavg()
         return errors
 
 
@@ -655,7 +655,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:  # noqa: BLE001 - StepError or a bug: reported, then a nonzero exit
         fatal, status = f"{type(e).__name__}: {e}", 1
     finally:
-        logical._kill_live()
+        pr.kill_live()
         if bench is not None and bench.cluster is not None:
             bench.teardown(bench.cluster)
         cm.kill_strays(str(base))

@@ -3,9 +3,9 @@
 
 Not a test: a report.  It starts a throwaway PostgreSQL server (tests/support/pgcluster.py, the
 settings of bench/logical.py: fsync off, 256 MB shared_buffers, autovacuum off), fills database
-``benchdb`` with at least ``--size-gb`` GiB of realistic data (bench/logical.py's generator, about
-35 s per GiB) while archive_command is ``true``, and stops it.  Then, one after the other, for each
-of
+``benchdb`` with at least ``--size-gb`` GiB of realistic data (bench/_datagen.py, as logical.py,
+about 35 s per GiB) while archive_command is ``true``, and stops it.  Then, one after the other,
+for each of
 
   pgvault-age    pgvault, defaults (zstd level 3, 2 threads) + age encryption to a fresh key
   pgvault-plain  pgvault, defaults, no age recipients (pgvault encrypts whenever recipients are set)
@@ -80,9 +80,11 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common as cm  # noqa: E402
-import logical  # noqa: E402
+import _datagen as datagen  # noqa: E402
+import _procs as pr  # noqa: E402
 import psycopg  # noqa: E402
-from logical import DB, MiB, StepError, log  # noqa: E402
+from _datagen import DB  # noqa: E402
+from _procs import MiB, StepError, log  # noqa: E402
 
 from support.cli import clean_env  # noqa: E402
 from support.pgcluster import (  # noqa: E402
@@ -94,7 +96,7 @@ from support.pgcluster import (  # noqa: E402
 )
 
 SERVER_SETTINGS: dict[str, str | int | bool] = {
-    **logical.SERVER_SETTINGS,
+    **datagen.SERVER_SETTINGS,
     "archive_mode": "on",
     "archive_command": "true",  # while the data is generated; switched per tool afterwards
 }
@@ -254,7 +256,7 @@ class Bench:
         assert v.repo is not None
         if not any(p.name.startswith(segment) and not p.name.endswith(".json") for p in v.repo.rglob("*")):
             raise StepError(f"segment {segment} was reported archived but is not in {v.repo}")
-        runner = logical.Runner(self.work, logical._postmaster_pid(cluster))
+        runner = pr.Runner(self.work, pr.postmaster_pid(cluster))
         self.settle(cluster)
         if v.key == "pgbackrest":
             cmd = self.br.argv("--type=full", "backup")
@@ -299,14 +301,14 @@ class Bench:
         port = free_port()
         os.sync()
         try:
-            busy0, steal0 = logical.machine_cpu()
+            busy0, steal0 = pr.machine_cpu()
             t0 = time.monotonic()
             if v.key == "pgbackrest":
                 self._restore_pgbackrest(dest, port, res)
             else:
                 self._restore_pgvault(v, dest, port, res)
             res.wall = time.monotonic() - t0
-            busy1, steal1 = logical.machine_cpu()
+            busy1, steal1 = pr.machine_cpu()
             res.machine_busy, res.steal = busy1 - busy0, steal1 - steal0
             res.extra["rows_verified"] = self.verify(dest, port)
         finally:  # success or not: nothing of this restore may run on into the next step
@@ -416,7 +418,7 @@ class Bench:
         a = self.args
         self.info.update(
             host=platform.node(), cpus=os.cpu_count(), python=platform.python_version(),
-            loadavg_start=logical._loadavg(), major=a.major, size_gb_requested=a.size_gb,
+            loadavg_start=pr.loadavg(), major=a.major, size_gb_requested=a.size_gb,
             server_settings={**SERVER_SETTINGS, "fsync": "off", "wal_level": "replica", "archive_command": "(per tool)"},
             pgbackrest_version=cm.pgbackrest_version(), pgbackrest_settings=self.br.settings(),
         )
@@ -424,7 +426,7 @@ class Bench:
         cluster = self.source = PgCluster.create(a.major, self.base / "pg", settings=SERVER_SETTINGS)
         self.info["server_version"] = cluster.bindir.version
         log(f"generating >= {a.size_gb} GiB of data in {DB} (archive_command = true)")
-        gen = logical.generate(cluster, a.size_gb)
+        gen = datagen.generate(cluster, a.size_gb)
         self.info["data"] = gen
         self.info["source_rows"] = gen["rows"]
         self.info["cluster_size_bytes"] = int(cluster.psql("SELECT sum(pg_database_size(oid)) FROM pg_database"))
@@ -440,7 +442,7 @@ class Bench:
         for v in self.variants:
             if v.backup_id is not None:
                 self.step(f"restore:{v.key}", f"restore {v.label}", functools.partial(self.restore, v))
-        self.info["loadavg_end"] = logical._loadavg()
+        self.info["loadavg_end"] = pr.loadavg()
 
     def errors(self) -> list[str]:
         return [f"{r.title}: {r.error}" for r in self.results.values() if r.error]
@@ -577,7 +579,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:  # noqa: BLE001 - StepError or a bug: reported, then a nonzero exit
         fatal, status = f"{type(e).__name__}: {e}", 1
     finally:
-        logical._kill_live()
+        pr.kill_live()
         if bench is not None:
             for dest in bench.restored:
                 with contextlib.suppress(Exception):
