@@ -89,11 +89,12 @@ class Settings:
     def pipeline(self) -> PipelineSpec:
         """The write pipeline these settings describe."""
         from pgvault.pipeline import PipelineSpec  # zstandard + pyrage: not for every command's start-up
+        from pgvault.pipeline.encryption import scheme_for_recipients
 
         return PipelineSpec(
             compression=self.compression,
             level=self.compression_level,
-            encryption="age" if self.age_recipients else "none",
+            encryption=scheme_for_recipients(self.age_recipients),
             recipients=self.age_recipients,
         )
 

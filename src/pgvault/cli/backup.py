@@ -8,6 +8,7 @@ from typing import Any
 from pgvault.cli import context_from, emit
 from pgvault.operations.logical import BackupRequest, backup
 from pgvault.output import human_bytes, human_duration, table
+from pgvault.pipeline.compress import CODECS  # loaded by operations.logical anyway
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -16,7 +17,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--all", action="store_true", help="every database that accepts connections")
     p.add_argument("--no-globals", action="store_true", help="skip roles and tablespaces (pg_dumpall --globals-only)")
     p.add_argument("--no-exact-counts", action="store_true", help="record estimated row counts instead of counting (huge databases)")
-    p.add_argument("--compression", choices=["zstd", "gzip", "none"], help="override compression.algorithm")
+    p.add_argument("--compression", choices=list(CODECS), help="override compression.algorithm")
     p.set_defaults(func=run)
 
 

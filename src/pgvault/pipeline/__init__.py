@@ -27,10 +27,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from pgvault.errors import ConfigError, IntegrityError
-from pgvault.pipeline import compress, encrypt
+from pgvault.pipeline import compress
 from pgvault.pipeline.compress import CODECS, get_codec, unknown_codec_problem
 from pgvault.pipeline.digest import DigestReader, DigestWriter, SupportsRead, SupportsWrite
 from pgvault.pipeline.encrypt import load_identities
+from pgvault.pipeline.encryption import (
+    SCHEMES,
+    EncryptionScheme,
+    get_scheme,
+    recipient_syntax_problems,
+    unknown_scheme_problem,
+)
 
 __all__ = [
     "PipelineSpec",
@@ -43,8 +50,7 @@ __all__ = [
     "ENCRYPTIONS",
 ]
 
-ENCRYPTIONS = ("age", "none")
-_AGE_SUFFIX = ".age"
+ENCRYPTIONS = tuple(SCHEMES)  # the names of pgvault.pipeline.encryption.SCHEMES
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
@@ -58,8 +64,8 @@ class PipelineSpec:
 
     compression: str = "zstd"  # a key of pgvault.pipeline.compress.CODECS
     level: int | None = None  # None = codec default (zstd 3, gzip 6)
-    encryption: str = "none"  # "age" | "none"
-    recipients: tuple[str, ...] = ()  # age1... / ssh-ed25519 ... / ssh-rsa ... public keys
+    encryption: str = "none"  # a key of pgvault.pipeline.encryption.SCHEMES
+    recipients: tuple[str, ...] = ()  # the scheme's public keys (age: age1... / ssh-ed25519 ... / ssh-rsa ...)
 
     def __post_init__(self) -> None:
         # A list from YAML/JSON would make the frozen spec unhashable and mutable through the back
@@ -72,12 +78,7 @@ class PipelineSpec:
 
         Object names carry it so a person can undo the stages by hand with stock tools.
         """
-        suffix = get_codec(self.compression).suffix
-        if self.encryption == "age":
-            return suffix + _AGE_SUFFIX
-        if self.encryption != "none":
-            raise ConfigError([_unknown_encryption_problem(self.encryption)])
-        return suffix
+        return get_codec(self.compression).suffix + get_scheme(self.encryption).suffix
 
     def validate(self) -> list[str]:
         """Return every problem with this spec as a sentence (empty list when it is usable)."""
@@ -92,15 +93,12 @@ class PipelineSpec:
                 level_problem = codec.level_problem(self.level)
                 if level_problem:
                     problems.append(level_problem)
-        if self.encryption not in ENCRYPTIONS:
-            problems.append(_unknown_encryption_problem(self.encryption))
-        elif self.encryption == "age" and not self.recipients:
-            problems.append("encryption is age but no recipients are given: add at least one age public key (age1...)")
-        elif self.encryption == "none" and self.recipients:
-            # Most likely someone expects encrypted backups and forgot one setting: refuse rather
-            # than silently store plaintext.
-            problems.append("recipients are given but encryption is none: set encryption to age or remove the recipients")
-        problems.extend(encrypt.recipient_problems(self.recipients))
+        scheme = SCHEMES.get(self.encryption) if isinstance(self.encryption, str) else None
+        if scheme is None:
+            problems.append(unknown_scheme_problem(self.encryption))
+            problems.extend(recipient_syntax_problems(self.recipients))
+        else:
+            problems.extend(scheme.problems(self.recipients))
         return problems
 
     def to_json(self) -> dict[str, Any]:
@@ -199,19 +197,17 @@ def write_stream(
         raise ConfigError(problems)
     _check_tuning(chunk_size, threads)
     codec = get_codec(spec.compression)
+    scheme = get_scheme(spec.encryption)
 
     raw = DigestReader(source)
-    if codec.name == "none" and spec.encryption == "none":
+    if codec.name == "none" and scheme.identity:
         # Identity pipeline: stored bytes are the raw bytes, so hash them once, not twice.
         _pump(raw, sink, chunk_size)
         return StreamResult(raw.size, raw.hexdigest(), raw.size, raw.hexdigest())
 
     stored = DigestWriter(sink)
     compressed = codec.compressing_reader(raw, level=spec.level, threads=threads, chunk_size=chunk_size)
-    if spec.encryption == "age":
-        encrypt.encrypt(compressed, stored, encrypt.parse_recipients(spec.recipients))
-    else:
-        _pump(compressed, stored, chunk_size)
+    scheme.encrypt(compressed, stored, spec.recipients, chunk_size=chunk_size)
     return StreamResult(raw.size, raw.hexdigest(), stored.size, stored.hexdigest())
 
 
@@ -227,7 +223,7 @@ def read_stream(
     """Pull stored bytes from ``source`` and push the restored raw bytes into ``sink.write``.
 
     ``identities`` are secret-key strings (see :func:`load_identities`), needed only when the
-    spec says age.  With ``expected`` (the manifest's :class:`StreamResult`) the stored and raw
+    spec's encryption scheme ``needs_identities`` (age).  With ``expected`` (the manifest's :class:`StreamResult`) the stored and raw
     sizes and SHA-256s are compared at EOF; a stored object longer than recorded fails as soon as
     the extra byte arrives.  Without it, only what the formats themselves protect is checked
     (zstd frame checksums, gzip CRC, age authentication): an uncompressed, unencrypted stream
@@ -242,18 +238,11 @@ def read_stream(
     not damage of the stored bytes).
     """
     _check_tuning(chunk_size, 0)
-    codec = _codec_for_reading(spec)
-    age_identities: list[encrypt.AgeIdentity] = []
-    if spec.encryption == "age":
-        if not identities:
-            raise ConfigError(
-                ["the object is encrypted with age but no identity (secret key) was given"],
-                hint="pass the age identity file whose public key was configured as a recipient",
-            )
-        age_identities = encrypt.parse_identities(identities)
+    codec, scheme = _stages_for_reading(spec)
+    keys = scheme.prepare_identities(identities)
 
     stored = DigestReader(source, max_size=expected.stored_size if expected is not None else None)
-    identity_pipeline = codec.name == "none" and spec.encryption == "none"
+    identity_pipeline = codec.name == "none" and scheme.identity
     out = _SinkGuard(sink)
     raw = None if identity_pipeline else DigestWriter(out)
     failure: BaseException | None = None
@@ -262,17 +251,7 @@ def read_stream(
             _pump(stored, out, chunk_size)
         else:
             decompressor = codec.decompressing_writer(raw, chunk_size=chunk_size)
-            if spec.encryption == "age":
-                # age hands out 8 KiB pieces; feeding those one by one to zstd and the sink costs
-                # more Python calls than the decompression itself.
-                batched = _Batcher(decompressor, chunk_size)
-                encrypt.decrypt(stored, batched, age_identities, recipients=spec.recipients)
-                batched.flush()
-                # pyrage reads to EOF already (and rejects trailing bytes); draining keeps the
-                # stored digest complete regardless.
-                _drain(stored, chunk_size)
-            else:
-                _pump(stored, decompressor, chunk_size)
+            scheme.decrypt(stored, decompressor, keys, recipients=spec.recipients, chunk_size=chunk_size)
             decompressor.finish()
     except BaseException as exc:
         if out.error is not None and exc is not out.error:
@@ -307,10 +286,6 @@ def read_stream(
 # --- helpers -----------------------------------------------------------------------------------
 
 
-def _unknown_encryption_problem(name: object) -> str:
-    return f"unknown encryption {name!r}: choose one of {', '.join(ENCRYPTIONS)}"
-
-
 def _check_tuning(chunk_size: int, threads: int) -> None:
     # Programming errors of the caller, not user errors: config validation bounds these first.
     if chunk_size < 1:
@@ -319,21 +294,22 @@ def _check_tuning(chunk_size: int, threads: int) -> None:
         raise ValueError(f"threads must be 0 (in-caller) or a worker count, got {threads}")
 
 
-def _codec_for_reading(spec: PipelineSpec) -> compress.Codec:
+def _stages_for_reading(spec: PipelineSpec) -> tuple[compress.Codec, EncryptionScheme]:
     # Only what decoding needs is checked: levels and recipients do not matter for a restore, and
     # a recorded recipient this version cannot parse must not block reading the backup.
     problems = []
     codec = CODECS.get(spec.compression) if isinstance(spec.compression, str) else None
     if codec is None:
         problems.append(unknown_codec_problem(spec.compression))
-    if spec.encryption not in ENCRYPTIONS:
-        problems.append(_unknown_encryption_problem(spec.encryption))
-    if codec is None or problems:
+    scheme = SCHEMES.get(spec.encryption) if isinstance(spec.encryption, str) else None
+    if scheme is None:
+        problems.append(unknown_scheme_problem(spec.encryption))
+    if codec is None or scheme is None or problems:
         raise IntegrityError(
             "cannot read the stored object: " + "; ".join(problems),
             hint="the manifest was written by a newer pgvault or is damaged",
         )
-    return codec
+    return codec, scheme
 
 
 def _stored_mismatch(stored: DigestReader, expected: StreamResult | None) -> IntegrityError | None:
@@ -364,12 +340,6 @@ def _pump(source: SupportsRead, sink: SupportsWrite, chunk_size: int) -> None:
         write(data)
 
 
-def _drain(source: SupportsRead, chunk_size: int) -> None:
-    """Read ``source`` to EOF; any byte found there is trailing garbage."""
-    if source.read(chunk_size):
-        raise IntegrityError("corrupt: bytes follow the end of the age stream")
-
-
 class _SinkGuard:
     """The caller's sink, remembering its first failure so that a stage's later complaint (a gap
     looks like corrupt data) can never be reported instead of it; after a failure it refuses
@@ -392,31 +362,6 @@ class _SinkGuard:
         return len(data)
 
 
-class _Batcher:
-    """Collects small writes into ``size``-byte writes (plus a final :meth:`flush`)."""
-
-    __slots__ = ("_sink", "_size", "_buf")
-
-    def __init__(self, sink: SupportsWrite, size: int) -> None:
-        self._sink = sink
-        self._size = size
-        self._buf = bytearray()
-
-    def write(self, data: bytes, /) -> int:
-        self._buf += data
-        if len(self._buf) >= self._size:
-            self.flush()
-        return len(data)
-
-    def flush(self) -> None:
-        """Forward whatever is collected."""
-        if self._buf:
-            # bytes(): the sink may keep a reference to what it is given; the buffer is reused.
-            self._sink.write(bytes(self._buf))
-            self._buf.clear()
-
-
 def all_suffixes() -> set[str]:
     """Every object-name suffix some pipeline can produce (``""``, ``.zst``, ``.gz.age``, ...)."""
-    return {PipelineSpec(compression=c, encryption="none").suffix() + (_AGE_SUFFIX if e == "age" else "")
-            for c in compress.CODECS for e in ENCRYPTIONS}
+    return {codec.suffix + scheme.suffix for codec in CODECS.values() for scheme in SCHEMES.values()}
