@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 from pgvault import sample  # noqa: E402
+from pgvault.config import environment_value  # noqa: E402
 from pgvault.pg.bindir import available_bindirs  # noqa: E402
 from support.pgcluster import PgCluster, postgres_tmpdir  # noqa: E402
 
@@ -37,7 +38,7 @@ def run(args: list[str], env: dict[str, str], *, check: bool = True) -> None:
 
 def server_majors() -> list[int]:
     """PostgreSQL majors whose server programs are installed (not only the client)."""
-    return sorted({b.major for b in available_bindirs() if (b.path / "postgres").exists() and (b.path / "initdb").exists()})
+    return sorted({b.major for b in available_bindirs(environment_value("postgres.bin_dirs")) if (b.path / "postgres").exists() and (b.path / "initdb").exists()})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         recipient = next(ln.split(":", 1)[1].strip() for ln in key.read_text().splitlines() if "public key" in ln)
         print(f"public key {recipient}; private key in {key} (keep it OUT of the repository)")
 
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "PGVAULT_")) or k == "PGVAULT_PG_BINDIRS"}
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "PGVAULT_")) or k in ("PGVAULT_POSTGRES_BIN_DIRS", "PGVAULT_PG_BINDIRS")}
         env.update(cluster.env())
         env.update(
             PGVAULT_REPOSITORY_URL=str(demo / "repo"),

@@ -1,6 +1,7 @@
 # shellcheck shell=bash
 # Source me:  . scripts/env.sh
-# Puts the repo's .venv first on PATH and points PGVAULT_PG_BINDIRS at the PostgreSQL 18 that
+# Puts the repo's .venv first on PATH and points PGVAULT_POSTGRES_BIN_DIRS (the postgres.bin_dirs
+# setting, colon-separated here) at the PostgreSQL 18 that
 # scripts/setup.sh unpacked (read from ${PGVAULT_CACHE:-/var/cache/pgvault}/pg18.bindir) and at
 # Debian's /usr/lib/postgresql/<major>/bin, so that both 15 and 18 are found.  Safe to source
 # repeatedly and under `set -euo pipefail`.
@@ -15,7 +16,7 @@ esac
 export PATH
 export VIRTUAL_ENV="$_pgv_root/.venv"
 
-_pgv_dirs="${PGVAULT_PG_BINDIRS:-}"
+_pgv_dirs="${PGVAULT_POSTGRES_BIN_DIRS:-${PGVAULT_PG_BINDIRS:-}}"
 _pgv_add() {
     [[ -d "$1" ]] || return 0
     case ":$_pgv_dirs:" in
@@ -29,6 +30,9 @@ fi
 for _pgv_d in /usr/lib/postgresql/*/bin; do
     _pgv_add "$_pgv_d"
 done
+export PGVAULT_POSTGRES_BIN_DIRS="$_pgv_dirs"
+# The deprecated name too, for scripts that still read it themselves (bench); pgvault reads it only
+# when PGVAULT_POSTGRES_BIN_DIRS is unset, so it is never a second, different list.
 export PGVAULT_PG_BINDIRS="$_pgv_dirs"
 unset -f _pgv_add
 unset _pgv_root _pgv_cache _pgv_dirs _pgv_d

@@ -28,77 +28,6 @@ if TYPE_CHECKING:
 MiB = 1 << 20
 
 
-@dataclass(frozen=True)
-class S3Options:
-    """S3-compatible store settings; credentials come from the usual AWS chain unless set."""
-
-    endpoint_url: str | None = None
-    region: str | None = None
-    force_path_style: bool = False
-    profile: str | None = None
-    part_size_mb: int = 16
-    max_concurrency: int = 4
-    connect_timeout: float = 10.0
-    read_timeout: float = 60.0
-    retries: int = 3
-
-
-@dataclass(frozen=True)
-class Settings:
-    """Everything a pgvault command may need, validated."""
-
-    cluster: str = "main"
-    repository_url: str = "./pgvault-repo"
-    s3: S3Options = field(default_factory=S3Options)
-    dsn: str = ""
-    pg_bin_dirs: tuple[str, ...] = ()
-    compression: str = "zstd"
-    compression_level: int | None = None
-    compression_threads: int = 2
-    age_recipients: tuple[str, ...] = ()
-    age_identity_file: str | None = None
-    # The secret key itself may come from the environment (Kubernetes secrets); it is kept out of
-    # repr() so it can never end up in a log line or a traceback.
-    age_identity: str | None = field(default=None, repr=False)
-    exact_row_counts: bool = True
-    backup_parallel: int = 2
-    archive_async: bool = True
-    archive_parallel: int = 4
-    spool_dir: str | None = None
-    archive_wait_timeout: float = 60.0
-    restore_prefetch: int = 8
-    keep_last_logical: int | None = None
-    keep_within_logical: float | None = None
-    keep_daily: int = 0
-    keep_weekly: int = 0
-    keep_monthly: int = 0
-    keep_yearly: int = 0
-    min_keep_logical: int = 1
-    keep_last_physical: int | None = None
-    keep_within_physical: float | None = None
-    min_keep_physical: int = 1
-    pitr_window: float | None = None
-    debris_grace: float = 24 * 3600.0
-    smoke_queries: tuple[SmokeQuery, ...] = ()
-    drill_rto: float | None = None
-    drill_target_dsn: str = field(default="", repr=False)
-    backup_max_age: float = 48 * 3600.0
-    drill_max_age: float = 35 * 86400.0
-    source: str = "defaults"
-
-    def pipeline(self) -> PipelineSpec:
-        """The write pipeline these settings describe."""
-        from pgvault.pipeline import PipelineSpec  # zstandard + pyrage: not for every command's start-up
-        from pgvault.pipeline.encryption import scheme_for_recipients
-
-        return PipelineSpec(
-            compression=self.compression,
-            level=self.compression_level,
-            encryption=scheme_for_recipients(self.age_recipients),
-            recipients=self.age_recipients,
-        )
-
-
 def _to_bool(v: Any) -> bool:
     if isinstance(v, bool):
         return v
@@ -195,10 +124,6 @@ def parse_duration(v: Any) -> float:
     return sum(float(n) * _DURATION_UNITS[u] for n, u in _DURATION_PART_RE.findall(text))
 
 
-def _default_if_none(value: float | None, default: float) -> float:
-    return default if value is None else value
-
-
 def _to_opt_duration(v: Any) -> float | None:
     return None if v is None or v == "" else parse_duration(v)
 
@@ -244,11 +169,23 @@ def _to_smoke(v: Any) -> tuple[SmokeQuery, ...]:
     return tuple(out)
 
 
+def _to_dirs(v: Any) -> tuple[str, ...]:
+    """Directories: a YAML list, or a string separated by commas or the OS path separator (``:``),
+    as in ``PATH`` (the deprecated ``PGVAULT_PG_BINDIRS`` was ``:``-separated)."""
+    if isinstance(v, str):
+        v = v.replace(os.pathsep, ",")
+    return _to_list(v)
+
+
 @dataclass(frozen=True)
 class _Setting:
+    """One setting: YAML path, parser, meaning, its one default, and deprecated environment names."""
+
     path: str
     parse: Callable[[Any], Any]
     doc: str
+    default: Any = None
+    aliases: tuple[str, ...] = ()  # old environment names, still read (with a warning) when ``env`` is unset
 
     @property
     def env(self) -> str:
@@ -257,54 +194,138 @@ class _Setting:
 
 # The one table of settings: YAML path, parser, meaning. Environment names derive from the path.
 SETTINGS: tuple[_Setting, ...] = (
-    _Setting("cluster", _to_str, "cluster name used in repository keys"),
-    _Setting("repository.url", _to_str, "repository: a path, file:///path or s3://bucket/prefix"),
+    _Setting("cluster", _to_str, "cluster name used in repository keys", "main"),
+    _Setting("repository.url", _to_str, "repository: a path, file:///path or s3://bucket/prefix", "./pgvault-repo"),
     _Setting("repository.s3.endpoint_url", _to_endpoint, "S3 endpoint URL (MinIO, SeaweedFS, Ceph)"),
     _Setting("repository.s3.region", _to_opt_str, "S3 region"),
-    _Setting("repository.s3.force_path_style", _to_bool, "use path-style S3 addressing"),
+    _Setting("repository.s3.force_path_style", _to_bool, "use path-style S3 addressing", False),
     _Setting("repository.s3.profile", _to_opt_str, "AWS config profile"),
-    _Setting("repository.s3.part_size_mb", _to_int, "multipart upload part size in MiB"),
-    _Setting("repository.s3.max_concurrency", _to_int, "parts uploaded in parallel"),
-    _Setting("repository.s3.connect_timeout", parse_duration, "S3: give up connecting after this long (default 10s)"),
-    _Setting("repository.s3.read_timeout", parse_duration, "S3: give up when no byte arrives for this long (default 60s)"),
-    _Setting("repository.s3.retries", _to_int, "S3: retries of a failed or timed-out request (default 3)"),
-    _Setting("postgres.dsn", _to_str, "libpq conninfo; PG* environment variables also apply"),
-    _Setting("postgres.bin_dirs", _to_list, "extra PostgreSQL bin directories"),
-    _Setting("compression.algorithm", _to_str, "zstd (default), gzip or none"),
+    _Setting("repository.s3.part_size_mb", _to_int, "multipart upload part size in MiB", 16),
+    _Setting("repository.s3.max_concurrency", _to_int, "parts uploaded in parallel", 4),
+    _Setting("repository.s3.connect_timeout", parse_duration, "S3: give up connecting after this long (default 10s)", 10.0),
+    _Setting("repository.s3.read_timeout", parse_duration, "S3: give up when no byte arrives for this long (default 60s)", 60.0),
+    _Setting("repository.s3.retries", _to_int, "S3: retries of a failed or timed-out request (default 3)", 3),
+    _Setting("postgres.dsn", _to_str, "libpq conninfo; PG* environment variables also apply", ""),
+    _Setting("postgres.bin_dirs", _to_dirs, "extra PostgreSQL bin directories (comma- or colon-separated)", (),
+             aliases=("PGVAULT_PG_BINDIRS",)),
+    _Setting("compression.algorithm", _to_str, "zstd (default), gzip or none", "zstd"),
     _Setting("compression.level", _to_opt_int, "compression level"),
-    _Setting("compression.threads", _to_int, "zstd worker threads"),
-    _Setting("encryption.age_recipients", _to_list, "age public keys; encryption is on when set"),
+    _Setting("compression.threads", _to_int, "zstd worker threads", 2),
+    _Setting("encryption.age_recipients", _to_list, "age public keys; encryption is on when set", ()),
     _Setting("encryption.age_recipients_file", _to_opt_str, "file with age public keys, one a line"),
     _Setting("encryption.age_identity_file", _to_opt_str, "age identity file, needed to restore"),
     _Setting("encryption.age_identity", _to_opt_str, "age secret key itself (environment only)"),
-    _Setting("backup.exact_row_counts", _to_bool, "count every table's rows in the dump snapshot"),
-    _Setting("backup.parallel", _to_int, "base backup: tar streams written and restored in parallel"),
-    _Setting("archive.async", _to_bool, "wal push: a background pusher uploads the .ready backlog in parallel"),
-    _Setting("archive.parallel", _to_int, "wal push: uploads in flight in the background pusher"),
+    _Setting("backup.exact_row_counts", _to_bool, "count every table's rows in the dump snapshot", True),
+    _Setting("backup.parallel", _to_int, "base backup: tar streams written and restored in parallel", 2),
+    _Setting("archive.async", _to_bool, "wal push: a background pusher uploads the .ready backlog in parallel", True),
+    _Setting("archive.parallel", _to_int, "wal push: uploads in flight in the background pusher", 4),
     _Setting("archive.spool_dir", _to_opt_str, "local state of async push / prefetching fetch (default PGDATA/pg_wal/pgvault)"),
-    _Setting("archive.wait_timeout", _to_float, "wal push: seconds to wait for the pusher to confirm a segment"),
+    _Setting("archive.wait_timeout", _to_float, "wal push: seconds to wait for the pusher to confirm a segment", 60.0),
     _Setting("retention.logical.keep_last", _to_opt_int, "logical backups: keep the newest N"),
     _Setting("retention.logical.keep_within", _to_opt_duration, "logical backups: keep everything younger (e.g. 14d)"),
-    _Setting("retention.logical.daily", _to_int, "logical backups: keep the newest of each of the last N days"),
-    _Setting("retention.logical.weekly", _to_int, "logical backups: keep the newest of each of the last N ISO weeks"),
-    _Setting("retention.logical.monthly", _to_int, "logical backups: keep the newest of each of the last N months"),
-    _Setting("retention.logical.yearly", _to_int, "logical backups: keep the newest of each of the last N years"),
-    _Setting("retention.logical.min_keep", _to_int, "logical backups: never keep fewer than this"),
+    _Setting("retention.logical.daily", _to_int, "logical backups: keep the newest of each of the last N days", 0),
+    _Setting("retention.logical.weekly", _to_int, "logical backups: keep the newest of each of the last N ISO weeks", 0),
+    _Setting("retention.logical.monthly", _to_int, "logical backups: keep the newest of each of the last N months", 0),
+    _Setting("retention.logical.yearly", _to_int, "logical backups: keep the newest of each of the last N years", 0),
+    _Setting("retention.logical.min_keep", _to_int, "logical backups: never keep fewer than this", 1),
     _Setting("retention.physical.keep_last", _to_opt_int, "base backups: keep the newest N"),
     _Setting("retention.physical.keep_within", _to_opt_duration, "base backups: keep everything younger"),
-    _Setting("retention.physical.min_keep", _to_int, "base backups: never keep fewer than this"),
+    _Setting("retention.physical.min_keep", _to_int, "base backups: never keep fewer than this", 1),
     _Setting("retention.pitr_window", _to_opt_duration, "keep base backups + WAL to restore to any point this far back"),
-    _Setting("retention.debris_grace", _to_opt_duration, "debris and unfinished writes older than this are swept"),
-    _Setting("drill.smoke_queries", _to_smoke, "drill checks: list of {name, sql, database, expect | min}"),
+    _Setting("retention.debris_grace", _to_opt_duration, "debris and unfinished writes older than this are swept", 24 * 3600.0),
+    _Setting("drill.smoke_queries", _to_smoke, "drill checks: list of {name, sql, database, expect | min}", ()),
     _Setting("drill.rto", _to_opt_duration, "recovery-time objective: a drill whose restore is slower fails"),
-    _Setting("drill.target_dsn", _to_str, "logical drills restore into this server (default: a throwaway cluster)"),
-    _Setting("monitoring.backup_max_age", _to_opt_duration, "status: newest backup older than this is CRITICAL"),
-    _Setting("monitoring.drill_max_age", _to_opt_duration, "status: newest successful drill older than this is a WARNING"),
-    _Setting("restore.prefetch", _to_int, "wal fetch: segments downloaded ahead during recovery (0: off)"),
+    _Setting("drill.os_user", _to_str, "as root, drills run their scratch PostgreSQL as this OS user", "postgres"),
+    _Setting("drill.target_dsn", _to_str, "logical drills restore into this server (default: a throwaway cluster)", ""),
+    _Setting("monitoring.backup_max_age", _to_opt_duration, "status: newest backup older than this is CRITICAL", 48 * 3600.0),
+    _Setting("monitoring.drill_max_age", _to_opt_duration, "status: newest successful drill older than this is a WARNING", 35 * 86400.0),
+    _Setting("metrics.textfile", _to_opt_str, "scheduled jobs also write their outcome into this node_exporter textfile"),
+    _Setting("restore.prefetch", _to_int, "wal fetch: segments downloaded ahead during recovery (0: off)", 8),
 )
 _BY_PATH = {s.path: s for s in SETTINGS}
 _SECRET_PATHS = {"encryption.age_identity"}
 _NOT_ECHOED = _SECRET_PATHS | {"postgres.dsn", "drill.target_dsn"}  # a conninfo may hold a password
+# Each default is written once, in the table; the dataclasses below take theirs from here.
+_DEFAULTS: dict[str, Any] = {s.path: s.default for s in SETTINGS}
+
+
+@dataclass(frozen=True)
+class S3Options:
+    """S3-compatible store settings; credentials come from the usual AWS chain unless set."""
+
+    endpoint_url: str | None = _DEFAULTS["repository.s3.endpoint_url"]
+    region: str | None = _DEFAULTS["repository.s3.region"]
+    force_path_style: bool = _DEFAULTS["repository.s3.force_path_style"]
+    profile: str | None = _DEFAULTS["repository.s3.profile"]
+    part_size_mb: int = _DEFAULTS["repository.s3.part_size_mb"]
+    max_concurrency: int = _DEFAULTS["repository.s3.max_concurrency"]
+    connect_timeout: float = _DEFAULTS["repository.s3.connect_timeout"]
+    read_timeout: float = _DEFAULTS["repository.s3.read_timeout"]
+    retries: int = _DEFAULTS["repository.s3.retries"]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a pgvault command may need, validated."""
+
+    cluster: str = _DEFAULTS["cluster"]
+    repository_url: str = _DEFAULTS["repository.url"]
+    s3: S3Options = field(default_factory=S3Options)
+    dsn: str = _DEFAULTS["postgres.dsn"]
+    pg_bin_dirs: tuple[str, ...] = _DEFAULTS["postgres.bin_dirs"]
+    compression: str = _DEFAULTS["compression.algorithm"]
+    compression_level: int | None = _DEFAULTS["compression.level"]
+    compression_threads: int = _DEFAULTS["compression.threads"]
+    age_recipients: tuple[str, ...] = _DEFAULTS["encryption.age_recipients"]
+    age_identity_file: str | None = _DEFAULTS["encryption.age_identity_file"]
+    # The secret key itself may come from the environment (Kubernetes secrets); it is kept out of
+    # repr() so it can never end up in a log line or a traceback.
+    age_identity: str | None = field(default=_DEFAULTS["encryption.age_identity"], repr=False)
+    exact_row_counts: bool = _DEFAULTS["backup.exact_row_counts"]
+    backup_parallel: int = _DEFAULTS["backup.parallel"]
+    archive_async: bool = _DEFAULTS["archive.async"]
+    archive_parallel: int = _DEFAULTS["archive.parallel"]
+    spool_dir: str | None = _DEFAULTS["archive.spool_dir"]
+    archive_wait_timeout: float = _DEFAULTS["archive.wait_timeout"]
+    restore_prefetch: int = _DEFAULTS["restore.prefetch"]
+    keep_last_logical: int | None = _DEFAULTS["retention.logical.keep_last"]
+    keep_within_logical: float | None = _DEFAULTS["retention.logical.keep_within"]
+    keep_daily: int = _DEFAULTS["retention.logical.daily"]
+    keep_weekly: int = _DEFAULTS["retention.logical.weekly"]
+    keep_monthly: int = _DEFAULTS["retention.logical.monthly"]
+    keep_yearly: int = _DEFAULTS["retention.logical.yearly"]
+    min_keep_logical: int = _DEFAULTS["retention.logical.min_keep"]
+    keep_last_physical: int | None = _DEFAULTS["retention.physical.keep_last"]
+    keep_within_physical: float | None = _DEFAULTS["retention.physical.keep_within"]
+    min_keep_physical: int = _DEFAULTS["retention.physical.min_keep"]
+    pitr_window: float | None = _DEFAULTS["retention.pitr_window"]
+    debris_grace: float = _DEFAULTS["retention.debris_grace"]
+    smoke_queries: tuple[SmokeQuery, ...] = _DEFAULTS["drill.smoke_queries"]
+    drill_rto: float | None = _DEFAULTS["drill.rto"]
+    drill_target_dsn: str = field(default=_DEFAULTS["drill.target_dsn"], repr=False)
+    drill_os_user: str = _DEFAULTS["drill.os_user"]
+    metrics_textfile: str | None = _DEFAULTS["metrics.textfile"]
+    backup_max_age: float = _DEFAULTS["monitoring.backup_max_age"]
+    drill_max_age: float = _DEFAULTS["monitoring.drill_max_age"]
+    source: str = "defaults"
+
+    def pipeline(self) -> PipelineSpec:
+        """The write pipeline these settings describe."""
+        from pgvault.pipeline import PipelineSpec  # zstandard + pyrage: not for every command's start-up
+        from pgvault.pipeline.encryption import scheme_for_recipients
+
+        return PipelineSpec(
+            compression=self.compression,
+            level=self.compression_level,
+            encryption=scheme_for_recipients(self.age_recipients),
+            recipients=self.age_recipients,
+        )
+
+
+def _warn_alias(old: str, new: str) -> None:
+    from pgvault import log
+
+    log.get().warning("%s is deprecated: set %s instead", old, new)
 
 
 def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -358,6 +379,12 @@ def load_settings(
     for s in SETTINGS:
         if s.env in env:
             raw[s.path] = env[s.env]
+            continue
+        for alias in s.aliases:
+            if alias in env:
+                _warn_alias(alias, s.env)
+                raw[s.path] = env[alias]
+                break
     for key, value in (overrides or {}).items():
         if value is not None:
             raw[key] = value
@@ -380,56 +407,59 @@ def load_settings(
         except OSError as e:
             problems.append(f"encryption.age_recipients_file: cannot read {rfile}: {e.strerror or e}")
 
-    def get(key: str, default: Any) -> Any:
-        return values.get(key, default)
+    def get(key: str) -> Any:  # unset, or set empty where the parser allows it (None): the table's default
+        value = values.get(key)
+        return _DEFAULTS[key] if value is None else value
 
     s3 = S3Options(
-        endpoint_url=get("repository.s3.endpoint_url", None),
-        region=get("repository.s3.region", None),
-        force_path_style=get("repository.s3.force_path_style", False),
-        profile=get("repository.s3.profile", None),
-        part_size_mb=get("repository.s3.part_size_mb", 16),
-        max_concurrency=get("repository.s3.max_concurrency", 4),
-        connect_timeout=get("repository.s3.connect_timeout", 10.0),
-        read_timeout=get("repository.s3.read_timeout", 60.0),
-        retries=get("repository.s3.retries", 3),
+        endpoint_url=get("repository.s3.endpoint_url"),
+        region=get("repository.s3.region"),
+        force_path_style=get("repository.s3.force_path_style"),
+        profile=get("repository.s3.profile"),
+        part_size_mb=get("repository.s3.part_size_mb"),
+        max_concurrency=get("repository.s3.max_concurrency"),
+        connect_timeout=get("repository.s3.connect_timeout"),
+        read_timeout=get("repository.s3.read_timeout"),
+        retries=get("repository.s3.retries"),
     )
     settings = Settings(
-        cluster=get("cluster", "main"),
-        repository_url=get("repository.url", "./pgvault-repo"),
+        cluster=get("cluster"),
+        repository_url=get("repository.url"),
         s3=s3,
-        dsn=get("postgres.dsn", ""),
-        pg_bin_dirs=get("postgres.bin_dirs", ()),
-        compression=get("compression.algorithm", "zstd"),
-        compression_level=get("compression.level", None),
-        compression_threads=get("compression.threads", 2),
+        dsn=get("postgres.dsn"),
+        pg_bin_dirs=get("postgres.bin_dirs"),
+        compression=get("compression.algorithm"),
+        compression_level=get("compression.level"),
+        compression_threads=get("compression.threads"),
         age_recipients=recipients,
-        age_identity_file=get("encryption.age_identity_file", None),
-        age_identity=get("encryption.age_identity", None),
-        exact_row_counts=get("backup.exact_row_counts", True),
-        backup_parallel=get("backup.parallel", 2),
-        archive_async=get("archive.async", True),
-        archive_parallel=get("archive.parallel", 4),
-        spool_dir=get("archive.spool_dir", None),
-        archive_wait_timeout=get("archive.wait_timeout", 60.0),
-        restore_prefetch=get("restore.prefetch", 8),
-        keep_last_logical=get("retention.logical.keep_last", None),
-        keep_within_logical=get("retention.logical.keep_within", None),
-        keep_daily=get("retention.logical.daily", 0),
-        keep_weekly=get("retention.logical.weekly", 0),
-        keep_monthly=get("retention.logical.monthly", 0),
-        keep_yearly=get("retention.logical.yearly", 0),
-        min_keep_logical=get("retention.logical.min_keep", 1),
-        keep_last_physical=get("retention.physical.keep_last", None),
-        keep_within_physical=get("retention.physical.keep_within", None),
-        min_keep_physical=get("retention.physical.min_keep", 1),
-        pitr_window=get("retention.pitr_window", None),
-        debris_grace=_default_if_none(get("retention.debris_grace", None), 24 * 3600.0),
-        smoke_queries=get("drill.smoke_queries", ()),
-        drill_rto=get("drill.rto", None),
-        drill_target_dsn=get("drill.target_dsn", ""),
-        backup_max_age=_default_if_none(get("monitoring.backup_max_age", None), 48 * 3600.0),
-        drill_max_age=_default_if_none(get("monitoring.drill_max_age", None), 35 * 86400.0),
+        age_identity_file=get("encryption.age_identity_file"),
+        age_identity=get("encryption.age_identity"),
+        exact_row_counts=get("backup.exact_row_counts"),
+        backup_parallel=get("backup.parallel"),
+        archive_async=get("archive.async"),
+        archive_parallel=get("archive.parallel"),
+        spool_dir=get("archive.spool_dir"),
+        archive_wait_timeout=get("archive.wait_timeout"),
+        restore_prefetch=get("restore.prefetch"),
+        keep_last_logical=get("retention.logical.keep_last"),
+        keep_within_logical=get("retention.logical.keep_within"),
+        keep_daily=get("retention.logical.daily"),
+        keep_weekly=get("retention.logical.weekly"),
+        keep_monthly=get("retention.logical.monthly"),
+        keep_yearly=get("retention.logical.yearly"),
+        min_keep_logical=get("retention.logical.min_keep"),
+        keep_last_physical=get("retention.physical.keep_last"),
+        keep_within_physical=get("retention.physical.keep_within"),
+        min_keep_physical=get("retention.physical.min_keep"),
+        pitr_window=get("retention.pitr_window"),
+        debris_grace=get("retention.debris_grace"),
+        smoke_queries=get("drill.smoke_queries"),
+        drill_rto=get("drill.rto"),
+        drill_target_dsn=get("drill.target_dsn"),
+        drill_os_user=get("drill.os_user"),
+        metrics_textfile=get("metrics.textfile"),
+        backup_max_age=get("monitoring.backup_max_age"),
+        drill_max_age=get("monitoring.drill_max_age"),
         source=source,
     )
     problems += validate(settings)
@@ -526,9 +556,34 @@ def identity_problems(s: Settings) -> list[str]:
     return problems
 
 
+def environment_value(path: str, environ: Mapping[str, str] | None = None) -> Any:
+    """One setting from the environment alone (its variable, else a deprecated alias, with the
+    warning), parsed; the table's default when unset or not parseable.
+
+    For the few places that need a setting when the whole configuration may not load (a failed
+    job still writes its textfile) or before there is a command (test and demo harnesses finding
+    PostgreSQL bin directories).  Everything else takes :class:`Settings`."""
+    s = _BY_PATH[path]
+    env = os.environ if environ is None else environ
+    raw = env.get(s.env)
+    if raw is None:
+        alias = next((a for a in s.aliases if a in env), None)
+        if alias is not None:
+            _warn_alias(alias, s.env)
+            raw = env[alias]
+    if raw is None:
+        return s.default
+    try:
+        value = s.parse(raw)
+    except (TypeError, ValueError):
+        return s.default
+    return s.default if value is None else value
+
+
 def describe() -> list[tuple[str, str, str]]:
-    """(setting, environment variable, meaning) for every setting, for help and docs."""
-    return [(s.path, s.env, s.doc) for s in SETTINGS]
+    """(setting, environment variable, meaning) for every setting, for help and docs; a deprecated
+    environment name still read is named in the meaning."""
+    return [(s.path, s.env, s.doc + "".join(f" (deprecated alias: {a})" for a in s.aliases)) for s in SETTINGS]
 
 
 def fetch_environment(s: Settings) -> dict[str, str]:
@@ -553,7 +608,7 @@ def fetch_environment(s: Settings) -> dict[str, str]:
             env[f"PGVAULT_REPOSITORY_S3_{name.upper()}"] = str(getattr(s.s3, name))
     if s.age_identity_file:
         env["PGVAULT_ENCRYPTION_AGE_IDENTITY_FILE"] = str(Path(s.age_identity_file).resolve())
-    if s.restore_prefetch != 8:
+    if s.restore_prefetch != _DEFAULTS["restore.prefetch"]:
         env["PGVAULT_RESTORE_PREFETCH"] = str(s.restore_prefetch)
     if s.spool_dir:
         env["PGVAULT_ARCHIVE_SPOOL_DIR"] = s.spool_dir

@@ -60,7 +60,7 @@ def fresh_clone(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _env(repo: Path, **extra: str) -> dict[str, str]:
     # Nothing of this session's configuration leaks in (PGVAULT_TESTDATA would point back at
-    # ../shared); scripts/env.sh rebuilds PATH and PGVAULT_PG_BINDIRS as on a new shell.
+    # ../shared); scripts/env.sh rebuilds PATH and PGVAULT_POSTGRES_BIN_DIRS as on a new shell.
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "PGVAULT_", "AWS_", "PYTEST", "CI"))}
     # COLUMNS: pytest cuts its summary lines to the terminal's width, and the reasons are long.
     env.update(PGVAULT_SKIP_SETUP="1", PYTHONPATH=str(repo / "src"), PYTHONDONTWRITEBYTECODE="1", COLUMNS="400", **extra)

@@ -11,14 +11,16 @@ from dataclasses import dataclass
 from typing import Any
 
 _STRIP = ("PG", "PGVAULT_", "AWS_")
+_KEEP = ("PGVAULT_POSTGRES_BIN_DIRS", "PGVAULT_PG_BINDIRS")
 
 
 def clean_env(**extra: str) -> dict[str, str]:
     """The test process's environment without any PG*/PGVAULT_*/AWS_* leakage, plus ``extra``.
 
-    PGVAULT_PG_BINDIRS is kept: it tells pgvault where this machine's PostgreSQL versions live.
+    PGVAULT_POSTGRES_BIN_DIRS (and its deprecated alias PGVAULT_PG_BINDIRS) is kept: it tells
+    pgvault where this machine's PostgreSQL versions live.
     """
-    env = {k: v for k, v in os.environ.items() if not k.startswith(_STRIP) or k == "PGVAULT_PG_BINDIRS"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_STRIP) or k in _KEEP}
     env.update(extra)
     return env
 

@@ -34,6 +34,7 @@ from pathlib import Path
 import pytest
 
 from pgvault import sample
+from pgvault.config import environment_value
 from pgvault.pg.bindir import available_bindirs
 from support.pgcluster import PgCluster, postgres_tmpdir
 from support.testdata import PAGILA, require_testdata
@@ -50,9 +51,9 @@ def _add_setup_pg18_bindir() -> None:
         bindir = marker.read_text().strip()
     except OSError:
         return
-    dirs = [d for d in os.environ.get("PGVAULT_PG_BINDIRS", "").split(os.pathsep) if d]
+    dirs = list(environment_value("postgres.bin_dirs"))
     if bindir and bindir not in dirs:
-        os.environ["PGVAULT_PG_BINDIRS"] = os.pathsep.join([*dirs, bindir])
+        os.environ["PGVAULT_POSTGRES_BIN_DIRS"] = os.pathsep.join([*dirs, bindir])
 
 
 _add_setup_pg18_bindir()
@@ -70,7 +71,7 @@ def _wanted_majors() -> list[int] | None:
 
 
 def _server_majors() -> set[int]:
-    return {b.major for b in available_bindirs() if (b.path / "postgres").exists() and (b.path / "initdb").exists()}
+    return {b.major for b in available_bindirs(environment_value("postgres.bin_dirs")) if (b.path / "postgres").exists() and (b.path / "initdb").exists()}
 
 
 def pg_majors() -> list[int]:

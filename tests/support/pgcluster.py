@@ -26,6 +26,7 @@ from pathlib import Path
 from types import TracebackType
 
 from pgvault import sample
+from pgvault.config import environment_value
 from pgvault.pg.bindir import BinDir, bindir_for_major
 
 #: OS user the server runs as when the tests run as root.
@@ -198,7 +199,7 @@ class PgCluster:
         ``port=None`` picks a free one (and retries with another if it is taken by the time the
         server binds).  ``settings`` are extra postgresql.conf settings.
         """
-        bindir = bindir_for_major(major)
+        bindir = bindir_for_major(major, environment_value("postgres.bin_dirs"))
         base_dir = Path(base_dir).absolute()
         base_dir.mkdir(parents=True, exist_ok=True)
         if any(base_dir.iterdir()):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any
 import pyrage
 import pytest
 
-from pgvault.config import SETTINGS, S3Options, Settings, describe, load_settings
+from pgvault.config import SETTINGS, S3Options, Settings, describe, environment_value, load_settings
 from pgvault.errors import ConfigError
 from pgvault.pipeline import PipelineSpec
 
@@ -132,9 +133,67 @@ def test_empty_yaml_file_means_defaults(tmp_path: Path) -> None:
 
 
 def test_unrelated_pgvault_variables_are_ignored() -> None:
-    # PGVAULT_PG_BINDIRS belongs to bin-dir discovery (scripts/env.sh sets it), not to a setting.
-    s = load_settings(environ={"PGVAULT_PG_BINDIRS": "/x", "PGVAULT_NOT_A_SETTING": "1", "PGHOST": "db"})
+    s = load_settings(environ={"PGVAULT_NOT_A_SETTING": "1", "PGVAULT_TESTDATA": "/x", "PGHOST": "db"})
     assert s == Settings()
+
+
+# --- deprecated environment names ---------------------------------------------------------------
+
+def test_pg_bindirs_is_a_deprecated_alias_of_postgres_bin_dirs(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING):
+        s = load_settings(environ={"PGVAULT_PG_BINDIRS": "/opt/pg18/bin:/opt/pg15/bin"})
+    assert s.pg_bin_dirs == ("/opt/pg18/bin", "/opt/pg15/bin")  # the old name was colon-separated, like PATH
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == ["PGVAULT_PG_BINDIRS is deprecated: set PGVAULT_POSTGRES_BIN_DIRS instead"]
+
+
+def test_the_new_name_wins_over_its_alias_without_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING):
+        s = load_settings(environ={"PGVAULT_PG_BINDIRS": "/old", "PGVAULT_POSTGRES_BIN_DIRS": "/new:/newer"})
+    assert s.pg_bin_dirs == ("/new", "/newer")
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_an_alias_overrides_the_config_file_as_its_new_name_does(tmp_path: Path) -> None:
+    path = write_yaml(tmp_path, "postgres:\n  bin_dirs: [/from/yaml]\n")
+    assert load_settings(path, environ={"PGVAULT_PG_BINDIRS": "/env"}).pg_bin_dirs == ("/env",)
+    assert load_settings(path, environ={}).pg_bin_dirs == ("/from/yaml",)
+
+
+def test_drill_os_user_and_metrics_textfile_are_settings() -> None:
+    s = load_settings(environ={"PGVAULT_DRILL_OS_USER": "pgdrill", "PGVAULT_METRICS_TEXTFILE": "/var/lib/ne/pgvault.prom"})
+    assert (s.drill_os_user, s.metrics_textfile) == ("pgdrill", "/var/lib/ne/pgvault.prom")
+    assert (Settings().drill_os_user, Settings().metrics_textfile) == ("postgres", None)
+
+
+def test_environment_value_reads_one_setting_through_the_table(caplog: pytest.LogCaptureFixture) -> None:
+    assert environment_value("metrics.textfile", {}) is None
+    assert environment_value("cluster", {}) == "main"
+    assert environment_value("cluster", {"PGVAULT_CLUSTER": "c9"}) == "c9"
+    with caplog.at_level(logging.WARNING):
+        assert environment_value("postgres.bin_dirs", {"PGVAULT_PG_BINDIRS": "/a:/b"}) == ("/a", "/b")
+    assert "set PGVAULT_POSTGRES_BIN_DIRS instead" in caplog.text
+    assert environment_value("postgres.bin_dirs", {"PGVAULT_POSTGRES_BIN_DIRS": "/a,/b"}) == ("/a", "/b")
+
+
+def test_each_default_is_the_tables() -> None:
+    # The dataclasses take their defaults from the table: there is no second copy to drift.
+    defaults = {s.path: s.default for s in SETTINGS}
+    assert Settings().cluster == defaults["cluster"] and Settings().compression == defaults["compression.algorithm"]
+    assert S3Options().read_timeout == defaults["repository.s3.read_timeout"]
+    assert Settings().debris_grace == defaults["retention.debris_grace"] == 24 * 3600.0
+    assert load_settings(environ={"PGVAULT_RETENTION_DEBRIS_GRACE": ""}).debris_grace == 24 * 3600.0
+
+
+def test_config_keys_lists_the_new_names_and_the_alias(capsys: pytest.CaptureFixture[str]) -> None:
+    from pgvault.cli import main
+
+    assert main(["config", "keys", "--json"]) == 0
+    rows = {r["setting"]: r for r in json.loads(capsys.readouterr().out)["settings"]}
+    assert rows["postgres.bin_dirs"]["env"] == "PGVAULT_POSTGRES_BIN_DIRS"
+    assert "deprecated alias: PGVAULT_PG_BINDIRS" in rows["postgres.bin_dirs"]["doc"]
+    assert rows["drill.os_user"]["env"] == "PGVAULT_DRILL_OS_USER"
+    assert rows["metrics.textfile"]["env"] == "PGVAULT_METRICS_TEXTFILE"
 
 
 # --- one environment variable per setting -------------------------------------------------------
@@ -153,7 +212,7 @@ ENV_SAMPLES: dict[str, tuple[str, Callable[[Settings], Any], Any]] = {
     "repository.s3.read_timeout": ("1m", lambda s: s.s3.read_timeout, 60.0),
     "repository.s3.retries": ("0", lambda s: s.s3.retries, 0),
     "postgres.dsn": ("host=h dbname=d", lambda s: s.dsn, "host=h dbname=d"),
-    "postgres.bin_dirs": ("/a, /b\n/c", lambda s: s.pg_bin_dirs, ("/a", "/b", "/c")),
+    "postgres.bin_dirs": ("/a, /b\n/c:/d", lambda s: s.pg_bin_dirs, ("/a", "/b", "/c", "/d")),
     "compression.algorithm": ("none", lambda s: s.compression, "none"),
     "compression.level": ("12", lambda s: s.compression_level, 12),
     "compression.threads": ("6", lambda s: s.compression_threads, 6),
@@ -186,6 +245,8 @@ ENV_SAMPLES: dict[str, tuple[str, Callable[[Settings], Any], Any]] = {
                             [("SELECT count(*) FROM orgs", 1.0, None)]),
     "drill.rto": ("30m", lambda s: s.drill_rto, 1800.0),
     "drill.target_dsn": ("host=drills port=5433", lambda s: s.drill_target_dsn, "host=drills port=5433"),
+    "drill.os_user": ("pgdrill", lambda s: s.drill_os_user, "pgdrill"),
+    "metrics.textfile": ("/tmp/j.prom", lambda s: s.metrics_textfile, "/tmp/j.prom"),
     "monitoring.backup_max_age": ("36h", lambda s: s.backup_max_age, 36 * 3600.0),
     "monitoring.drill_max_age": ("35d", lambda s: s.drill_max_age, 35 * 86400.0),
 }
@@ -233,6 +294,8 @@ EXPECTED_ENV_NAMES = {
     "drill.smoke_queries": "PGVAULT_DRILL_SMOKE_QUERIES",
     "drill.rto": "PGVAULT_DRILL_RTO",
     "drill.target_dsn": "PGVAULT_DRILL_TARGET_DSN",
+    "drill.os_user": "PGVAULT_DRILL_OS_USER",
+    "metrics.textfile": "PGVAULT_METRICS_TEXTFILE",
     "monitoring.backup_max_age": "PGVAULT_MONITORING_BACKUP_MAX_AGE",
     "monitoring.drill_max_age": "PGVAULT_MONITORING_DRILL_MAX_AGE",
 }
@@ -246,7 +309,7 @@ def test_the_tables_here_cover_every_setting() -> None:
 def test_environment_names_derive_from_paths_and_are_unique() -> None:
     assert {s.path: s.env for s in SETTINGS} == EXPECTED_ENV_NAMES
     assert len({s.env for s in SETTINGS}) == len(SETTINGS)
-    assert describe() == [(s.path, s.env, s.doc) for s in SETTINGS]
+    assert [(p, e) for p, e, _ in describe()] == [(s.path, s.env) for s in SETTINGS]
     assert all(doc for _, _, doc in describe())
 
 

