@@ -10,6 +10,12 @@ listings skip; ``unfinished_writes`` lists them and ``remove_unfinished`` (``exp
 them with the directories they leave empty. Because such a directory may be one a writer has just
 created, a writer whose directory vanishes before its temp file is in it creates it again.
 
+A signal (``cli.interrupts`` raises on SIGTERM/SIGINT at the next bytecode boundary) can arrive
+after a temp file is created but before the ``with`` statement owning its writer has entered, so
+no ``abort`` ever runs for it. Every temp file this process created and has neither published nor
+discarded is therefore remembered, and removed when the process exits (not by a forked child, which
+inherits the list but not the writers).
+
 Ownership: a repository is shared by processes running as different OS users (the archiver as
 the database's user, a base backup or restore started as root). Running as root, everything
 pgvault creates (directories, temporary files and so the objects they become) takes the owner
@@ -20,6 +26,7 @@ permission error names the user owning the path, i.e. the one to run pgvault as.
 
 from __future__ import annotations
 
+import atexit
 import datetime as dt
 import errno
 import os
@@ -50,6 +57,24 @@ TEMP_PREFIX = ".tmp-"
 # Backups hold a copy of the whole database: readable by the owner and its group only.
 _FILE_MODE = 0o640
 _DIR_MODE = 0o750
+
+# Temp files this process created and has not yet renamed, linked or removed, with the pid that
+# created them (see the module docstring): removed at exit. Plain dict operations, atomic under
+# the GIL, so that registering a new file cannot itself be cut short by a signal handler.
+_open_temps: dict[Path, int] = {}
+
+
+@atexit.register
+def _remove_open_temps() -> None:
+    pid = os.getpid()
+    for path, owner in list(_open_temps.items()):
+        _open_temps.pop(path, None)
+        if owner == pid:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass  # published meanwhile by a thread still running, or already gone
+
 
 _READS = frozenset({"read", "stat", "list", "access"})
 _HINTS = {
@@ -132,6 +157,7 @@ class _LocalWriter(WriterContextMixin):
                 self._link()
             else:
                 os.replace(self._tmp, self._dest)
+                _open_temps.pop(self._tmp, None)
             self._state = "committed"
             fsync_path(self._dest.parent)
         except OSError as exc:
@@ -157,6 +183,7 @@ class _LocalWriter(WriterContextMixin):
             raise
         try:
             os.unlink(self._tmp)
+            _open_temps.pop(self._tmp, None)
         except OSError:
             pass  # the object is in place; a leftover .tmp-* link is invisible and swept later
 
@@ -171,6 +198,7 @@ class _LocalWriter(WriterContextMixin):
             pass  # e.g. ENOSPC while flushing the buffer: the bytes are being discarded anyway
         try:
             os.unlink(self._tmp)
+            _open_temps.pop(self._tmp, None)
         except OSError:
             pass  # a leftover .tmp-* file is invisible to readers and swept later
 
@@ -264,6 +292,7 @@ class LocalStorage:
             try:
                 self._makedirs(directory)
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)
+                _open_temps[tmp] = os.getpid()
                 break
             except FileNotFoundError as exc:
                 # A sweep (remove_unfinished) removed an empty directory between our mkdir and
@@ -277,6 +306,7 @@ class LocalStorage:
         except StorageError:
             os.close(fd)
             os.unlink(tmp)
+            _open_temps.pop(tmp, None)
             raise
         return tmp, fd
 
