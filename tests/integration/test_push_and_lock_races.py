@@ -25,7 +25,7 @@ import pytest
 
 from pgvault.config import Settings
 from pgvault.errors import IntegrityError, LockedError, StorageError
-from pgvault.operations import archive
+from pgvault.operations.archive import push_fetch as archive
 from pgvault.operations.context import Context
 from pgvault.pg.conn import ConnInfo
 from pgvault.repository import layout

@@ -2,7 +2,7 @@
 -Fc`` of the generated sample database (and of Pagila when ../shared/testdata is there), read back
 with ``pg_restore -l`` / ``pg_restore -s`` of each major.
 
-The selection code itself is pure (pgvault.operations.toc); the archives are not committed because
+The selection code itself is pure (pgvault.policy.toc); the archives are not committed because
 they would be pg_dump output of whatever schema they hold, and for Pagila that is a third party's.
 Between them the two schemas cover identity columns and serial sequences, partitions with their
 index and constraint attachments, triggers, comments, materialized views, foreign keys in and out.
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from pgvault.operations import toc
+from pgvault.policy import toc
 from support.pgcluster import PgCluster
 
 pytestmark = pytest.mark.pg

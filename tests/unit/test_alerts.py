@@ -1,5 +1,5 @@
 """deploy/prometheus/alerts.yaml: well-formed Prometheus rule groups that only name metrics pgvault
-exports (the exported names come from pgvault.operations.metrics.METRICS, not from a list here)."""
+exports (the exported names come from pgvault.operations.maintenance.metrics.METRICS, not from a list here)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from pgvault.operations.metrics import exported_metric_names
+from pgvault.operations.maintenance.metrics import exported_metric_names
 
 ALERTS = Path(__file__).resolve().parents[2] / "deploy" / "prometheus" / "alerts.yaml"
 

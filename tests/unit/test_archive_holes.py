@@ -19,14 +19,15 @@ import pytest
 
 from pgvault.config import Settings
 from pgvault.errors import IntegrityError, NotFoundError
-from pgvault.operations.archive import fetch
+from pgvault.operations.archive.push_fetch import fetch
 from pgvault.operations.context import Context
-from pgvault.operations.pitr import RecoveryTarget, plan_recovery, recoverable_windows
 from pgvault.pg import wal
 from pgvault.pg.conn import ConnInfo
 from pgvault.pipeline import PipelineSpec, write_stream
+from pgvault.policy.pitr import RecoveryTarget, plan_recovery, recoverable_windows
 from pgvault.repository import layout
-from pgvault.repository.archive_index import IN_FLIGHT_GRACE, load_archive_index
+from pgvault.repository.archive_index import IN_FLIGHT_GRACE
+from pgvault.repository.archive_scan import load_archive_index
 from pgvault.repository.catalog import ensure_cluster
 from pgvault.storage import ObjectNotFound
 from pgvault.storage.memory import MemoryStorage

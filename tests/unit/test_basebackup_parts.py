@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pgvault.operations.basebackup import split_parts
+from pgvault.operations.physical.basebackup import split_parts
 
 
 def test_files_are_balanced_by_size_and_directories_stay_in_the_first_part(tmp_path: Path) -> None:

@@ -18,11 +18,17 @@ import pytest
 from pgvault.cli import main
 from pgvault.cli.metrics import parse_addr
 from pgvault.errors import UsageError
-from pgvault.operations import metrics
-from pgvault.operations.metrics import METRICS, Sample, merge_samples, parse, render, sample, snapshot_samples
-from pgvault.operations.pitr import Window
-from pgvault.operations.server_probe import ArchivingFacts
-from pgvault.operations.status import (
+from pgvault.operations.maintenance import metrics
+from pgvault.operations.maintenance.metrics import (
+    METRICS,
+    Sample,
+    merge_samples,
+    parse,
+    render,
+    sample,
+    snapshot_samples,
+)
+from pgvault.operations.maintenance.status import (
     CRITICAL,
     OK,
     WARNING,
@@ -35,6 +41,8 @@ from pgvault.operations.status import (
     snapshot_json,
     verdict,
 )
+from pgvault.operations.server_probe import ArchivingFacts
+from pgvault.policy.pitr import Window
 from pgvault.repository.drills import Check, DrillReport
 from pgvault.repository.jobs import JobRecord, JobRun, list_jobs, load_job, merge_run, record_run
 from pgvault.storage.memory import MemoryStorage

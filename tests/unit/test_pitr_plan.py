@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from pgvault.errors import NotFoundError, UsageError
-from pgvault.operations.pitr import RecoveryTarget, archive_gaps, full_xid, plan_recovery, recoverable_windows
 from pgvault.pg import wal
 from pgvault.pipeline import PipelineSpec, StreamResult
+from pgvault.policy.pitr import RecoveryTarget, archive_gaps, full_xid, plan_recovery, recoverable_windows
 from pgvault.repository.archive_index import ArchiveIndex, RestorePoint
 from pgvault.repository.manifest import StoredObject
 from pgvault.repository.physical import PhysicalManifest

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from pgvault.errors import StorageError
-from pgvault.operations import dbprops
-from pgvault.operations.restore_scratch import (
+from pgvault.operations.logical import dbprops
+from pgvault.operations.logical.scratch import (
     Identity,
     SpoolFile,
     process_alive,

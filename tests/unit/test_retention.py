@@ -16,9 +16,12 @@ from hypothesis import strategies as st
 
 from pgvault.config import load_settings
 from pgvault.errors import LockedError
-from pgvault.operations import expire as expire_op
 from pgvault.operations.context import Context, build_context
-from pgvault.operations.retention import (
+from pgvault.operations.maintenance import expire as expire_op
+from pgvault.pg import wal
+from pgvault.pg.conn import ConnInfo
+from pgvault.pipeline import PipelineSpec, StreamResult, all_suffixes
+from pgvault.policy.retention import (
     DELETE_REASON,
     Backup,
     Decision,
@@ -34,10 +37,7 @@ from pgvault.operations.retention import (
     plan_logical,
     plan_physical,
 )
-from pgvault.operations.retention_wal import WalFile, group_wal, plan_wal
-from pgvault.pg import wal
-from pgvault.pg.conn import ConnInfo
-from pgvault.pipeline import PipelineSpec, StreamResult, all_suffixes
+from pgvault.policy.retention_wal import WalFile, group_wal, plan_wal
 from pgvault.repository import layout
 from pgvault.repository.manifest import StoredObject
 from pgvault.repository.physical import PhysicalManifest
@@ -605,7 +605,8 @@ def test_two_expires_exclude_each_other(tmp_path: Path) -> None:
 
 
 def test_backup_lock_names_match_the_backup_operations() -> None:
-    from pgvault.operations import basebackup, logical
+    from pgvault.operations.logical import backup as logical
+    from pgvault.operations.physical import basebackup
 
     assert expire_op.BACKUP_LOCKS == {"logical": logical.LOCK_OPERATION, "base": basebackup.LOCK_OPERATION}
 

@@ -17,15 +17,15 @@ import socket
 from pathlib import Path
 
 from pgvault.config import Settings, load_settings
-from pgvault.operations import expire as expire_op
 from pgvault.operations.context import Context, build_context
-from pgvault.operations.retention import Inventory, Policy, make_plan, plan_unfinished
-from pgvault.operations.status import WARNING, evaluate, gather_status, snapshot_json
-from pgvault.operations.unfinished import UnfinishedSummary, summarize
-from pgvault.operations.verify import verify
-from pgvault.operations.wal_check import OK
-from pgvault.operations.wal_check import WARNING as VERIFY_WARNING
+from pgvault.operations.maintenance import expire as expire_op
+from pgvault.operations.maintenance.status import WARNING, evaluate, gather_status, snapshot_json
+from pgvault.operations.maintenance.unfinished import UnfinishedSummary, summarize
+from pgvault.operations.maintenance.verify import verify
 from pgvault.pg.conn import ConnInfo
+from pgvault.policy.retention import Inventory, Policy, make_plan, plan_unfinished
+from pgvault.policy.wal_check import OK
+from pgvault.policy.wal_check import WARNING as VERIFY_WARNING
 from pgvault.repository import layout
 from pgvault.repository.catalog import ensure_cluster
 from pgvault.storage import UnfinishedWrite

@@ -18,11 +18,11 @@ import pytest
 from pgvault.config import Settings
 from pgvault.errors import NotFoundError
 from pgvault.operations.context import Context
-from pgvault.operations.verify import NO_IDENTITY, PUSH_GRACE, VerifyReport, verify
-from pgvault.operations.wal_check import FAILED, OK, PARTIAL, WARNING, collapse, timeline_problems, wal_continuity
+from pgvault.operations.maintenance.verify import NO_IDENTITY, PUSH_GRACE, VerifyReport, verify
 from pgvault.pg import wal
 from pgvault.pg.conn import ConnInfo
 from pgvault.pipeline import PipelineSpec, StreamResult, write_stream
+from pgvault.policy.wal_check import FAILED, OK, PARTIAL, WARNING, collapse, timeline_problems, wal_continuity
 from pgvault.repository import layout
 from pgvault.repository.archive_index import ArchiveIndex
 from pgvault.repository.catalog import ensure_cluster

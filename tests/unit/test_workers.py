@@ -80,7 +80,7 @@ def _alive(pid: int) -> bool:
 
 
 def test_a_postmaster_pid_file_left_by_kill_9_is_not_a_live_server(tmp_path: Path) -> None:
-    from pgvault.operations.archive_async import postmaster_alive
+    from pgvault.operations.archive.background import postmaster_alive
 
     assert not postmaster_alive(tmp_path)  # no file: stopped cleanly
     dead = subprocess.Popen(["true"])

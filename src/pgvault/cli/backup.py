@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from pgvault.cli import context_from, emit
-from pgvault.operations.logical import BackupRequest, backup
+from pgvault.operations.logical.backup import BackupRequest, backup
 from pgvault.output import human_bytes, human_duration, table
 from pgvault.pipeline.compress import CODECS  # loaded by operations.logical anyway
 

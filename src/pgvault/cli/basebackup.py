@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from pgvault.cli import context_from, emit
-from pgvault.operations.basebackup import basebackup
+from pgvault.operations.physical.basebackup import basebackup
 from pgvault.output import human_bytes, human_duration
 
 

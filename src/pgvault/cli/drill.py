@@ -30,8 +30,8 @@ def run(args: argparse.Namespace) -> int:
     ctx = context_from(args)
     if args.what == "list":
         return _list(args, ctx)
-    from pgvault.operations.drill import DrillRequest, run_drill
-    from pgvault.operations.pitr import RecoveryTarget
+    from pgvault.operations.maintenance.drill import DrillRequest, run_drill
+    from pgvault.policy.pitr import RecoveryTarget
 
     target = RecoveryTarget.parse(time=args.target_time, lsn=args.target_lsn, xid=args.target_xid, name=args.target_name,
                                   action="promote" if (args.target_time or args.target_lsn or args.target_xid

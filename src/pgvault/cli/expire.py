@@ -9,8 +9,8 @@ from typing import Any
 
 from pgvault.cli import context_from, emit
 from pgvault.errors import UsageError
-from pgvault.operations.retention import Decision, RetentionPlan, fmt_duration, fmt_time
 from pgvault.output import human_bytes, table
+from pgvault.policy.retention import Decision, RetentionPlan, fmt_duration, fmt_time
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -30,7 +30,7 @@ def parse_now(text: str) -> dt.datetime:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pgvault.operations.expire import expire
+    from pgvault.operations.maintenance.expire import expire
 
     now = parse_now(args.now) if args.now else None
     ctx = context_from(args)

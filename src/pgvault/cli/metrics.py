@@ -31,8 +31,8 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
 
 def run_metrics(args: argparse.Namespace) -> int:
     from pgvault.cli import context_from
-    from pgvault.operations import metrics
-    from pgvault.operations.status import ManifestCache, evaluate, gather_status
+    from pgvault.operations.maintenance import metrics
+    from pgvault.operations.maintenance.status import ManifestCache, evaluate, gather_status
 
     if args.serve and (args.textfile or args.push):
         raise UsageError("--serve runs until stopped: use it without --textfile / --push")
@@ -85,7 +85,7 @@ def parse_addr(text: str) -> tuple[str, int]:
 def _serve(addr: str, cluster: str, take: Any) -> int:
     import signal
 
-    from pgvault.operations import metrics
+    from pgvault.operations.maintenance import metrics
 
     host, port = parse_addr(addr)
     logger = log.get()
@@ -183,8 +183,7 @@ def _record(args: argparse.Namespace, started: float, exit_code: int, error: Bas
     record: JobRecord | None = None
     if settings is not None:
         try:
-            from pgvault.operations.context import s3_settings
-            from pgvault.storage import open_storage
+            from pgvault.storage import open_storage, s3_settings
 
             url = settings.repository_url
             storage = open_storage(url, s3=s3_settings(settings) if url.startswith("s3://") else None)
@@ -193,7 +192,7 @@ def _record(args: argparse.Namespace, started: float, exit_code: int, error: Bas
             logger.warning("could not record the %s job in the repository: %s", job, log.redact(str(e)))
     path = getattr(args, "metrics_textfile", None) or textfile
     if path:
-        from pgvault.operations.metrics import write_job_textfile
+        from pgvault.operations.maintenance.metrics import write_job_textfile
 
         try:
             write_job_textfile(path, cluster, run, record)

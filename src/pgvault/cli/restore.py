@@ -8,7 +8,7 @@ from typing import Any
 
 from pgvault.cli import context_from, emit
 from pgvault.errors import VerificationError
-from pgvault.operations.logical_restore import RestoreRequest, RestoreResult, restore
+from pgvault.operations.logical.restore import RestoreRequest, RestoreResult, restore
 from pgvault.output import human_duration, table
 
 

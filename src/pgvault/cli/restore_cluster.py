@@ -9,8 +9,7 @@ from typing import Any
 
 from pgvault.cli import context_from, emit
 from pgvault.errors import UsageError
-from pgvault.operations.pitr import ACTIONS, RecoveryTarget
-from pgvault.operations.restore_cluster import (
+from pgvault.operations.physical.restore_cluster import (
     RecoveryOutcome,
     RestoreOptions,
     major_of,
@@ -18,8 +17,9 @@ from pgvault.operations.restore_cluster import (
     restore_cluster,
     start_and_follow,
 )
-from pgvault.operations.restore_point import create_restore_point
+from pgvault.operations.physical.restore_point import create_restore_point
 from pgvault.output import human_duration
+from pgvault.policy.pitr import ACTIONS, RecoveryTarget
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:

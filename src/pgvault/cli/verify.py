@@ -8,7 +8,7 @@ from typing import Any
 
 from pgvault.cli import context_from, emit
 from pgvault.errors import IntegrityError, UsageError
-from pgvault.operations.verify import NO_IDENTITY, VerifyReport, verify
+from pgvault.operations.maintenance.verify import NO_IDENTITY, VerifyReport, verify
 from pgvault.output import human_bytes, table
 
 

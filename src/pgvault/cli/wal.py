@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from pgvault.cli import context_from, emit, settings_from
-from pgvault.operations.archive_async import is_ready, passthrough_args, push_async
+from pgvault.operations.archive.background import is_ready, passthrough_args, push_async
 
 # restore_command: exit 1 means "this file does not exist" and may end recovery; any other failure
 # must exit above 125 so that PostgreSQL aborts recovery instead of promoting early.
@@ -28,7 +28,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     fs.add_argument("destination", help="where to write it (%%p)")
     fs.add_argument("--pgdata", help="data directory (default: the current directory)")
     fs.set_defaults(func=run_fetch, remap_exit=fetch_exit_code)
-    # Started by push / fetch themselves (see operations/archive_async.py); not for people.
+    # Started by push / fetch themselves (see operations/archive/background.py); not for people.
     ad = wsub.add_parser("archive-daemon", parents=[common])
     ad.add_argument("--pgdata", required=True)
     ad.set_defaults(func=run_pusher_daemon)
@@ -57,7 +57,7 @@ def run_push(args: argparse.Namespace) -> int:
         r = push_async(settings, args.path, pgdata=str(data_dir), passthrough=_passthrough(args),
                        make_context=lambda: build_context(settings))
     else:
-        from pgvault.operations.archive import push
+        from pgvault.operations.archive.push_fetch import push
 
         r = push(build_context(settings), args.path, pgdata=args.pgdata)
     emit(args, "wal_push", {"name": r.name, "key": r.key, "already_archived": r.already_archived,
@@ -67,8 +67,8 @@ def run_push(args: argparse.Namespace) -> int:
 
 
 def run_fetch(args: argparse.Namespace) -> int:
-    from pgvault.operations.archive import fetch
-    from pgvault.operations.archive_async import fetch_prefetching
+    from pgvault.operations.archive.background import fetch_prefetching
+    from pgvault.operations.archive.push_fetch import fetch
     from pgvault.storage import ObjectNotFound
 
     ctx = context_from(args)
@@ -91,12 +91,12 @@ def run_fetch(args: argparse.Namespace) -> int:
 
 
 def run_pusher_daemon(args: argparse.Namespace) -> int:
-    from pgvault.operations.archive_async import run_pusher
+    from pgvault.operations.archive.background import run_pusher
 
     return run_pusher(context_from(args), Path(args.pgdata))
 
 
 def run_prefetch_daemon(args: argparse.Namespace) -> int:
-    from pgvault.operations.archive_async import run_prefetcher
+    from pgvault.operations.archive.background import run_prefetcher
 
     return run_prefetcher(context_from(args), Path(args.pgdata))

@@ -5,16 +5,12 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
 
 from pgvault.config import Settings, identity_problems
 from pgvault.errors import ConfigError
 from pgvault.pg.conn import ConnInfo
 from pgvault.pipeline import load_identities
-from pgvault.storage import Storage, open_storage
-
-if TYPE_CHECKING:
-    from pgvault.storage.s3 import S3Settings
+from pgvault.storage import Storage, open_storage, s3_settings
 
 
 @dataclass(frozen=True)
@@ -57,23 +53,6 @@ class Context:
             ["this backup is encrypted but no age identity is configured"],
             hint="set encryption.age_identity_file (or PGVAULT_ENCRYPTION_AGE_IDENTITY_FILE)",
         )
-
-
-def s3_settings(s: Settings) -> S3Settings:
-    """Storage-layer S3 settings from the config (credentials stay with boto3's usual chain)."""
-    from pgvault.storage.s3 import S3Settings  # boto3 costs ~70 ms and 12 MB: only for s3://
-
-    return S3Settings(
-        endpoint_url=s.s3.endpoint_url,
-        region=s.s3.region,
-        force_path_style=s.s3.force_path_style,
-        profile=s.s3.profile,
-        part_size=s.s3.part_size_mb << 20,
-        max_concurrency=s.s3.max_concurrency,
-        connect_timeout=s.s3.connect_timeout,
-        read_timeout=s.s3.read_timeout,
-        max_attempts=s.s3.retries,
-    )
 
 
 def build_context(settings: Settings, environ: Mapping[str, str] | None = None) -> Context:

@@ -6,7 +6,7 @@ DSN sets one) for ``pg_stat_archiver`` and the facts needed to interpret it, and
 ``data_directory``); without it the backlog is estimated from the WAL file being written.  A
 server that cannot be reached, or that belongs to another cluster, and an unreadable data
 directory are notes in the returned :class:`ArchivingFacts`, not errors: the repository must
-still be judged when the database host is gone.  :mod:`pgvault.operations.status` puts the facts
+still be judged when the database host is gone.  :mod:`pgvault.operations.maintenance.status` puts the facts
 into its snapshot.
 """
 

@@ -98,7 +98,7 @@ class PhysicalManifest(SizedBackup):
             "backup_label": self.backup_label,
             "tablespace_map": self.tablespace_map,
             # Only BASE_BACKUP over the replication protocol produces a server backup_manifest;
-            # the low-level API we use does not (see operations/basebackup.py).
+            # the low-level API we use does not (see operations/physical/basebackup.py).
             "server_backup_manifest": None,
             "pipeline": self.pipeline.to_json(),
             "raw_size": self.raw_size,

@@ -24,6 +24,7 @@ from pgvault.storage.base import (
 )
 
 if TYPE_CHECKING:
+    from pgvault.config import Settings
     from pgvault.storage.memory import MemoryStorage
     from pgvault.storage.s3 import S3Settings
 
@@ -36,6 +37,7 @@ __all__ = [
     "StorageError",
     "UnfinishedWrite",
     "open_storage",
+    "s3_settings",
 ]
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
@@ -43,6 +45,23 @@ _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 # memory://name gives every caller in the process the same repository, like a real URL would.
 _memory: dict[str, MemoryStorage] = {}
 _memory_lock = threading.Lock()
+
+
+def s3_settings(s: Settings) -> S3Settings:
+    """Storage-layer S3 settings from the config (credentials stay with boto3's usual chain)."""
+    from pgvault.storage.s3 import S3Settings  # boto3 costs ~70 ms and 12 MB: only for s3://
+
+    return S3Settings(
+        endpoint_url=s.s3.endpoint_url,
+        region=s.s3.region,
+        force_path_style=s.s3.force_path_style,
+        profile=s.s3.profile,
+        part_size=s.s3.part_size_mb << 20,
+        max_concurrency=s.s3.max_concurrency,
+        connect_timeout=s.s3.connect_timeout,
+        read_timeout=s.s3.read_timeout,
+        max_attempts=s.s3.retries,
+    )
 
 
 def open_storage(url: str, *, s3: S3Settings | None = None) -> Storage:

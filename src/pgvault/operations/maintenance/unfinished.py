@@ -1,5 +1,5 @@
 """How many unfinished writes a cluster's part of the repository holds: what ``verify --all`` and
-``status`` report (``expire`` plans their removal in :mod:`pgvault.operations.retention`).
+``status`` report (``expire`` plans their removal in :mod:`pgvault.policy.retention`).
 
 An unfinished write (:class:`pgvault.storage.UnfinishedWrite`: a local ``.tmp-*`` file, an
 incomplete S3 multipart upload) is invisible to every listing, so without this count the space a
@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from pgvault.errors import StorageError
-from pgvault.operations.retention import fmt_duration
 from pgvault.output import human_bytes
+from pgvault.policy.retention import fmt_duration
 from pgvault.storage import Storage, UnfinishedWrite
 
 __all__ = ["UnfinishedSummary", "scan", "summarize"]

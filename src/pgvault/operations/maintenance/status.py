@@ -22,10 +22,10 @@ from typing import Any
 from pgvault import log
 from pgvault.errors import PgvaultError, StorageError
 from pgvault.operations.context import Context
-from pgvault.operations.pitr import Window, archive_gaps, recoverable_windows
+from pgvault.operations.maintenance.unfinished import UnfinishedSummary, scan
 from pgvault.operations.server_probe import ArchivingFacts, probe_archiving
-from pgvault.operations.unfinished import UnfinishedSummary, scan
-from pgvault.repository.archive_index import load_archive_index
+from pgvault.policy.pitr import Window, archive_gaps, recoverable_windows
+from pgvault.repository.archive_scan import load_archive_index
 from pgvault.repository.catalog import DamagedManifest, read_cluster_info, scan_logical, scan_physical
 from pgvault.repository.drills import DrillReport, list_drills
 from pgvault.repository.jobs import JobRecord, list_jobs

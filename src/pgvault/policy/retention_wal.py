@@ -4,7 +4,7 @@ Every segment a kept base backup needs to reach every point of its recovery wind
 everything from the oldest kept backup's start segment onward, on every timeline; WAL of a lower
 segment number (segments, ``.partial`` files, backup history files) is deleted; timeline history
 files are tiny and all kept.  The backups themselves are planned in
-:mod:`pgvault.operations.retention`, which calls :func:`plan_wal` with the ones it keeps.
+:mod:`pgvault.policy.retention`, which calls :func:`plan_wal` with the ones it keeps.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pgvault.repository import layout
 from pgvault.storage.base import ObjectInfo
 
 if TYPE_CHECKING:
-    from pgvault.operations.retention import Backup
+    from pgvault.policy.retention import Backup
 
 
 _WAL_NAME = re.compile(r"([0-9A-F]{24}(?:\.partial|\.[0-9A-F]{8}\.backup)?|[0-9A-F]{8}\.history)(.*)")

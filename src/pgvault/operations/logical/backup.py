@@ -26,8 +26,8 @@ from psycopg import sql
 import pgvault
 from pgvault import log
 from pgvault.errors import NotFoundError, PgvaultError, ToolError, UsageError
-from pgvault.operations import dbprops
 from pgvault.operations.context import Context
+from pgvault.operations.logical import dbprops
 from pgvault.operations.progress import CountingReader
 from pgvault.pg.bindir import bindir_for_server
 from pgvault.pg.conn import ServerFacts, connect, connection, list_databases, server_facts

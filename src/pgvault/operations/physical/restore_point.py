@@ -12,11 +12,11 @@ from __future__ import annotations
 import json
 
 from pgvault.errors import TargetExistsError, UsageError
-from pgvault.operations.archive import wait_for_archived
 from pgvault.operations.context import Context
 from pgvault.pg import wal
 from pgvault.pg.conn import connect, server_facts
-from pgvault.repository.archive_index import RestorePoint, load_restore_points, restore_point_key
+from pgvault.repository.archive_index import RestorePoint
+from pgvault.repository.archive_scan import load_restore_points, restore_point_key, wait_until_archived
 from pgvault.repository.catalog import ensure_cluster
 from pgvault.storage import ObjectExists
 
@@ -55,5 +55,5 @@ def create_restore_point(ctx: Context, name: str, *, switch_wal: bool = True, ar
     finally:
         conn.close()
     if switch_wal:
-        wait_for_archived(ctx, [walfile], archive_timeout, what=f"restore point {name!r}")
+        wait_until_archived(ctx.storage, ctx.cluster, [walfile], archive_timeout, what=f"restore point {name!r}")
     return point

@@ -33,9 +33,9 @@ from pathlib import Path
 from typing import Any
 
 from pgvault.errors import PgvaultError, RecoveryError
-from pgvault.operations.pitr import Plan
 from pgvault.pg import wal
 from pgvault.pg.bindir import bindir_for_major
+from pgvault.policy.pitr import Plan
 
 # catalog/pg_control.h: system_identifier u64, pg_control_version u32, catalog_version_no u32,
 # state (enum DBState) at offset 16; stable since PostgreSQL 9.x.

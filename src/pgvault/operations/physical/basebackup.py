@@ -31,12 +31,12 @@ from typing import IO, Any
 import pgvault
 from pgvault import log
 from pgvault.errors import ConfigError, DatabaseError, PgvaultError, UsageError
-from pgvault.operations.archive import wait_for_archived
 from pgvault.operations.context import Context
 from pgvault.pg import wal
 from pgvault.pg.conn import connect, server_facts
 from pgvault.pipeline import PipelineSpec, write_stream
 from pgvault.repository import layout
+from pgvault.repository.archive_scan import wait_until_archived
 from pgvault.repository.catalog import ensure_cluster
 from pgvault.repository.locks import RepositoryLock
 from pgvault.repository.manifest import StoredObject
@@ -333,7 +333,7 @@ def basebackup(ctx: Context, *, pgdata: str | None = None, fast: bool = True, ar
             stop_lsn = wal.LSN.parse(stopped["lsn"])
             timeline = _label_timeline(stopped["label"])
             needed = list(wal.segments_between(timeline, start, stop_lsn, seg_size))
-            wait_for_archived(ctx, needed, archive_timeout, what="the base backup")
+            wait_until_archived(ctx.storage, ctx.cluster, needed, archive_timeout, what="the base backup")
             manifest = PhysicalManifest(
                 backup_id=backup_id,
                 cluster=ctx.cluster,

@@ -9,7 +9,7 @@ Python start-up plus one upload round trip, in series.  So, as pgBackRest's ``ar
   so "0" still means "these exact bytes are durable in the repository", as the docs demand.
 * the **pusher** (``wal archive-daemon``) scans ``pg_wal/archive_status/*.ready`` and uploads the
   backlog oldest first with ``archive.parallel`` uploads in flight, each through the ordinary
-  :func:`~pgvault.operations.archive.push` (same no-overwrite rule, same identity checks).  A
+  :func:`~pgvault.operations.archive.push_fetch.push` (same no-overwrite rule, same identity checks).  A
   failure is written as ``<name>.error``, which the foreground reports and PostgreSQL retries.
   It exits after a quiet period; the next foreground call starts it again.
 * **fetch** (``restore_command``): the foreground serves a segment from the spool when the
@@ -200,7 +200,7 @@ def push_async(settings: Settings, path: str, *, pgdata: str | None, passthrough
             raise StorageError(f"{name} was not confirmed by the background pusher within "
                                f"{settings.archive_wait_timeout:.0f}s", hint=f"see {paths.spool / 'pusher.log'}")
         time.sleep(POLL)
-    from pgvault.operations.archive import push
+    from pgvault.operations.archive.push_fetch import push
 
     return push(make_context(), str(src), pgdata=str(data_dir))
 
@@ -226,7 +226,7 @@ def _confirm(ok: Path, src: Path) -> PushResult | None:
 
 
 def _push_one(ctx: Context, path: Path, data_dir: Path, cache: dict[str, Any]) -> tuple[PushResult, list[int] | None]:
-    from pgvault.operations.archive import push
+    from pgvault.operations.archive.push_fetch import push
     from pgvault.repository.catalog import read_cluster_info
 
     before = _file_id(path)
@@ -359,7 +359,7 @@ def _fetch_dir(ctx: Context, data_dir: Path) -> Path:
 def fetch_prefetching(ctx: Context, name: str, destination: str, *, pgdata: str | None,
                       passthrough: list[str]) -> StreamResult | None:
     """Foreground of ``wal fetch`` with prefetch: serve from the spool when ready, else fetch."""
-    from pgvault.operations.archive import fetch
+    from pgvault.operations.archive.push_fetch import fetch
 
     data_dir = Path(pgdata) if pgdata else Path.cwd()
     if wal.classify_or_none(name) is not wal.WalFileKind.SEGMENT:
@@ -427,7 +427,7 @@ def run_prefetcher(ctx: Context, data_dir: Path, *, idle_exit: float = PREFETCH_
 
 def _prefetch_one(ctx: Context, name: str, spool: Path, data_dir: Path) -> bool:
     """Download and verify one segment into the spool; False when it is not (yet) archived."""
-    from pgvault.operations.archive import fetch
+    from pgvault.operations.archive.push_fetch import fetch
     from pgvault.storage import ObjectNotFound
 
     try:

@@ -1,6 +1,6 @@
 """Retention, purely: which backups, WAL files and debris ``pgvault expire`` keeps or deletes, and why.
 
-No I/O (design rule 5): :mod:`pgvault.operations.expire` lists the repository and passes simple
+No I/O (design rule 5): :mod:`pgvault.operations.maintenance.expire` lists the repository and passes simple
 records plus ``now``; :func:`make_plan` returns a plan in which every kept backup names *every*
 rule that keeps it and every deleted one says why.  The rules:
 
@@ -13,7 +13,7 @@ rule that keeps it and every deleted one says why.  The rules:
 * **Base backups**: ``keep_last``, ``keep_within`` and ``min_keep`` as above, and ``pitr_window``
   W: the newest backup that ended at or before ``now - W`` (the one a recovery to the oldest point
   of the window starts from) plus every newer one.
-* **WAL** (:mod:`pgvault.operations.retention_wal`): every segment a kept base backup needs to
+* **WAL** (:mod:`pgvault.policy.retention_wal`): every segment a kept base backup needs to
   reach every point of its recovery window, i.e. everything from the oldest kept backup's start segment onward, on every timeline.  WAL of a lower
   segment number (any timeline: segments, ``.partial`` files, backup history files) is deleted;
   timeline history files are tiny and all kept.  Without a base backup nothing says which WAL is
@@ -37,8 +37,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from pgvault.operations.retention_wal import WalFile, WalPlan, plan_wal
 from pgvault.pg import wal
+from pgvault.policy.retention_wal import WalFile, WalPlan, plan_wal
 from pgvault.repository import layout
 from pgvault.storage.base import ObjectInfo, UnfinishedWrite
 
@@ -474,7 +474,7 @@ def _rounded(age: float) -> str:
 
 @dataclass(frozen=True)
 class Inventory:
-    """What the repository holds, as listed once (see :func:`pgvault.operations.expire.collect`)."""
+    """What the repository holds, as listed once (see :func:`pgvault.operations.maintenance.expire.collect`)."""
 
     logical: tuple[Backup, ...] = ()
     physical: tuple[Backup, ...] = ()

@@ -37,9 +37,9 @@ from pgvault.errors import (
     UsageError,
     VerificationError,
 )
-from pgvault.operations import dbprops, toc
 from pgvault.operations.context import Context
-from pgvault.operations.restore_scratch import (
+from pgvault.operations.logical import dbprops
+from pgvault.operations.logical.scratch import (
     Identity,
     SpoolFile,
     check_sessions,
@@ -54,6 +54,7 @@ from pgvault.pg.bindir import bindir_for_server, parse_major
 from pgvault.pg.conn import connection, database_exists, server_facts
 from pgvault.pg.tools import Process, ToolRunner
 from pgvault.pipeline import read_stream
+from pgvault.policy import toc
 from pgvault.repository import layout
 from pgvault.repository.catalog import resolve_logical
 from pgvault.repository.manifest import DatabaseEntry, LogicalManifest, StoredObject, TableCount

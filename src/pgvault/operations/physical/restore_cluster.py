@@ -1,6 +1,6 @@
 """``pgvault restore-cluster``: lay out a base backup for point-in-time recovery, optionally start it.
 
-Template: plan (:mod:`pgvault.operations.pitr`) → check the destinations are empty → stream each
+Template: plan (:mod:`pgvault.policy.pitr`) → check the destinations are empty → stream each
 tar (base, then tablespaces) out of the repository straight into place → point the tablespaces
 at their new homes (``tablespace_map``) → write the recovery settings → optionally start the
 server and follow its log until recovery reaches the target.
@@ -45,15 +45,15 @@ from pgvault.errors import (
     error_of_kind,
 )
 from pgvault.fs import fsync_path, write_atomic
-from pgvault.operations import recovery
 from pgvault.operations.context import Context, build_context
-from pgvault.operations.pitr import Plan, RecoveryTarget, plan_recovery, reachable_end
-from pgvault.operations.recovery import RecoveryOutcome, stop_server
+from pgvault.operations.physical import recovery
+from pgvault.operations.physical.recovery import RecoveryOutcome, stop_server
 from pgvault.operations.workers import layout_lock, worker_pool
 from pgvault.pg import wal
 from pgvault.pipeline import read_stream
+from pgvault.policy.pitr import Plan, RecoveryTarget, plan_recovery, reachable_end
 from pgvault.repository import layout
-from pgvault.repository.archive_index import load_archive_index
+from pgvault.repository.archive_scan import load_archive_index
 from pgvault.repository.catalog import list_physical, load_physical, read_cluster_info
 from pgvault.repository.manifest import StoredObject
 from pgvault.repository.physical import PhysicalManifest
@@ -398,7 +398,7 @@ def _layout(ctx: Context, opts: RestoreOptions, plan: Plan | None) -> RestoreClu
     return RestoreClusterResult(plan, data_dir, {oid: str(h) for oid, h in homes.items()}, settings, time.monotonic() - t0)
 
 
-# --- starting the restored server (operations/recovery.py follows it and checks the stop point) ---
+# --- starting the restored server (operations/physical/recovery.py follows it and checks the stop point) ---
 
 
 def start_and_follow(
@@ -407,7 +407,7 @@ def start_and_follow(
     progress: Callable[[RecoveryOutcome], None] | None = None, users: tuple[str, ...] = (),
 ) -> RecoveryOutcome:
     """Start the restored server, follow recovery, confirm it with the server and hold the stop
-    point against the plan (see :mod:`pgvault.operations.recovery`)."""
+    point against the plan (see :mod:`pgvault.operations.physical.recovery`)."""
     return recovery.start_and_follow(
         result.data_dir, result.plan, major=major, bin_dirs=bin_dirs, port=port, environ=environ, timeout=timeout,
         progress=progress, expected_wal=result.plan.must_reach, users=users)

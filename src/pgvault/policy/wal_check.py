@@ -1,14 +1,14 @@
 """Pure WAL checks for ``verify``: continuity per base backup, timeline histories, report lines.
 
 :func:`wal_continuity` checks the WAL archive the way recovery reads it
-(:mod:`pgvault.operations.pitr`): for one base backup, every segment from its start to the newest
+(:mod:`pgvault.policy.pitr`): for one base backup, every segment from its start to the newest
 archived segment along the timeline recovery follows must be present; holes are reported as
 ranges of names.  :func:`timeline_problems` checks that a timeline history file agrees with its
 ancestors and with the archived segments around its switch point.  The rest turns per-file
 results into report lines (:func:`collapse`) and decides which problems matter for recovery.
 
 Everything here takes an :class:`~pgvault.repository.archive_index.ArchiveIndex` (or manifests,
-names and results) and returns values: no storage, no I/O.  :mod:`pgvault.operations.verify`
+names and results) and returns values: no storage, no I/O.  :mod:`pgvault.operations.maintenance.verify`
 reads the repository and calls these.  The report's vocabulary (:class:`Finding` and the status
 names) lives here so that both modules share it.
 """
@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from pgvault.errors import IntegrityError, NotFoundError
-from pgvault.operations.pitr import RecoveryTarget, archive_gaps, plan_recovery, reachable_end
 from pgvault.pg import wal
+from pgvault.policy.pitr import RecoveryTarget, archive_gaps, plan_recovery, reachable_end
 from pgvault.repository.archive_index import ArchiveIndex
 from pgvault.repository.physical import PhysicalManifest
 

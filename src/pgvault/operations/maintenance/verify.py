@@ -8,15 +8,15 @@ and the raw sha256 and size are all checked, with memory bounded by one chunk.  
 identity (the backup host normally holds only the public key) encrypted objects are checked by
 their stored size and sha256 only; such items are reported as ``partial``, never as ``ok``.
 
-The WAL archive is checked the way recovery reads it (:mod:`pgvault.operations.pitr`): for each
+The WAL archive is checked the way recovery reads it (:mod:`pgvault.policy.pitr`): for each
 base backup, every segment from its start to the newest archived segment along the timeline
 recovery follows must be present (holes are reported as ranges of names), and each timeline
 history file must agree with its ancestors and with the archived segments around its switch
-point (the pure rules are in :mod:`pgvault.operations.wal_check`).  A checksum record whose
+point (the pure rules are in :mod:`pgvault.policy.wal_check`).  A checksum record whose
 object is missing counts as a missing segment, because that is what ``wal fetch`` answers for it.
 
 ``--all`` also counts the unfinished writes under the cluster (a killed writer's ``.tmp-*`` files,
-incomplete S3 multipart uploads: :mod:`pgvault.operations.unfinished`), a warning when any is older
+incomplete S3 multipart uploads: :mod:`pgvault.operations.maintenance.unfinished`), a warning when any is older
 than ``retention.debris_grace``: they hold space that no listing shows.
 
 Nothing here connects to PostgreSQL.  Problems become findings in the report; only repository
@@ -35,9 +35,12 @@ from typing import Any
 from pgvault import log
 from pgvault.errors import IntegrityError, NotFoundError
 from pgvault.operations.context import Context
+from pgvault.operations.maintenance.unfinished import UnfinishedSummary, scan
 from pgvault.operations.progress import CountingReader
-from pgvault.operations.unfinished import UnfinishedSummary, scan
-from pgvault.operations.wal_check import (
+from pgvault.output import human_bytes
+from pgvault.pg import wal
+from pgvault.pipeline import PipelineSpec, StreamResult, all_suffixes, read_stream
+from pgvault.policy.wal_check import (
     FAILED,
     OK,
     PARTIAL,
@@ -53,17 +56,15 @@ from pgvault.operations.wal_check import (
     wal_continuity,
     without,
 )
-from pgvault.output import human_bytes
-from pgvault.pg import wal
-from pgvault.pipeline import PipelineSpec, StreamResult, all_suffixes, read_stream
 from pgvault.repository import catalog, layout
-from pgvault.repository.archive_index import IN_FLIGHT_GRACE, load_archive_index
+from pgvault.repository.archive_index import IN_FLIGHT_GRACE
+from pgvault.repository.archive_scan import load_archive_index
 from pgvault.repository.manifest import LogicalManifest, StoredObject
 from pgvault.repository.physical import PhysicalManifest
 from pgvault.repository.wal_record import load_record
 from pgvault.storage import ObjectInfo, ObjectNotFound, Storage
 
-# A checksum record is written before its object is committed (see operations/archive.py), so a
+# A checksum record is written before its object is committed (see operations/archive/push_fetch.py), so a
 # record without an object is normal while a push is uploading.  Younger than this: a warning
 # ("in flight"); older: a hole, because wal fetch cannot serve it (one rule with status and planning).
 PUSH_GRACE = IN_FLIGHT_GRACE

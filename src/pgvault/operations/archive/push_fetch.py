@@ -32,14 +32,14 @@ from pathlib import Path
 from typing import Any
 
 from pgvault import log
-from pgvault.errors import ConfigError, IntegrityError, NotFoundError, PgvaultError, StorageError, UsageError
+from pgvault.errors import ConfigError, IntegrityError, NotFoundError, StorageError, UsageError
 from pgvault.fs import file_sha256, fsync_path
 from pgvault.operations.context import Context
 from pgvault.pg import wal
 from pgvault.pg.control import read_major_version, read_segment_header, read_system_identifier
 from pgvault.pipeline import PipelineSpec, StreamResult, all_suffixes, read_stream, write_stream
 from pgvault.repository import layout
-from pgvault.repository.archive_index import stored_name
+from pgvault.repository.archive_scan import stored_name
 from pgvault.repository.catalog import ensure_cluster, read_cluster_info
 from pgvault.repository.locks import pid_alive
 from pgvault.repository.wal_record import RECORD_FORMAT, PushResult, load_record
@@ -418,25 +418,3 @@ def _refuse_hole(ctx: Context, name: str, what: str) -> None:
             f"{what}, but later WAL of its timeline is archived ({later}): the archive has a hole; recovery must "
             "not end here", hint="run 'pgvault verify --all'; to recover up to the hole, restore with a target "
             f"before {name} (--target-time / --target-lsn)")
-
-
-def wait_for_archived(ctx: Context, names: list[str], timeout: float, *, what: str) -> None:
-    """Block until every file in ``names`` is in this repository (its checksum record exists)."""
-    deadline = time.monotonic() + timeout
-    missing = list(names)
-    while missing:
-        still = []
-        for name in missing:
-            try:
-                ctx.storage.stat(layout.wal_meta(ctx.cluster, name))
-            except ObjectNotFound:
-                still.append(name)
-        missing = still
-        if missing:
-            if time.monotonic() > deadline:
-                raise PgvaultError(
-                    f"WAL {missing[0]}{' .. ' + missing[-1] if len(missing) > 1 else ''} needed by {what} "
-                    f"did not reach {ctx.storage.url} within {timeout:.0f}s",
-                    hint="is archive_command = 'pgvault wal push %p' set, with the same repository and cluster?",
-                )
-            time.sleep(0.5)

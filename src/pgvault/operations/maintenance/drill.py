@@ -31,10 +31,10 @@ from pgvault import log
 from pgvault.config import SmokeQuery
 from pgvault.errors import PgvaultError, VerificationError
 from pgvault.operations.context import Context
-from pgvault.operations.pitr import RecoveryTarget
 from pgvault.pg.bindir import BinDir, available_bindirs
 from pgvault.pg.conn import ConnInfo, connect
 from pgvault.pg.scratch import ScratchServer, free_port, scratch_dir, sweep_scratch_dirs
+from pgvault.policy.pitr import RecoveryTarget
 from pgvault.repository import layout
 from pgvault.repository.catalog import resolve_logical
 from pgvault.repository.drills import Check, DrillReport, list_drills, save_drill
@@ -118,7 +118,7 @@ def check_constraints(info: ConnInfo, database: str) -> tuple[bool, str]:
 
 
 def _check_properties(info: ConnInfo, database: str, entry: DatabaseEntry, outcome: Any) -> tuple[bool, str]:
-    from pgvault.operations import dbprops
+    from pgvault.operations.logical import dbprops
 
     conn = connect(info)
     try:
@@ -154,7 +154,7 @@ def _smoke_all(checks: list[Check], info: ConnInfo, queries: tuple[SmokeQuery, .
 
 def _logical(ctx: Context, req: DrillRequest, drill_id: str, checks: list[Check], target: dict[str, Any],
              cleanups: list[Callable[[], None]]) -> tuple[str, float | None]:
-    from pgvault.operations.logical_restore import RestoreRequest, restore
+    from pgvault.operations.logical.restore import RestoreRequest, restore
     from pgvault.pg.conn import connection
 
     m = resolve_logical(ctx.storage, ctx.cluster, req.ref)
@@ -226,7 +226,7 @@ def _logical(ctx: Context, req: DrillRequest, drill_id: str, checks: list[Check]
 
 def _physical(ctx: Context, req: DrillRequest, drill_id: str, checks: list[Check], target: dict[str, Any],
               cleanups: list[Callable[[], None]]) -> tuple[str, float | None]:
-    from pgvault.operations.restore_cluster import (
+    from pgvault.operations.physical.restore_cluster import (
         RestoreOptions,
         major_of,
         make_plan,

@@ -1,4 +1,4 @@
-"""``pgvault expire``: list the repository, plan with :mod:`pgvault.operations.retention`, and with
+"""``pgvault expire``: list the repository, plan with :mod:`pgvault.policy.retention`, and with
 ``apply`` delete what the plan says, in an order that is safe at every step.
 
 * A backup's ``manifest.json`` is deleted first: from that moment it is no longer a backup
@@ -23,7 +23,8 @@ from typing import Any
 from pgvault import log
 from pgvault.errors import IntegrityError, NotFoundError, StorageError
 from pgvault.operations.context import Context
-from pgvault.operations.retention import (
+from pgvault.pg import wal
+from pgvault.policy.retention import (
     Backup,
     Debris,
     Folder,
@@ -34,16 +35,15 @@ from pgvault.operations.retention import (
     group_folders,
     make_plan,
 )
-from pgvault.operations.retention_wal import group_wal
-from pgvault.pg import wal
+from pgvault.policy.retention_wal import group_wal
 from pgvault.repository import layout
 from pgvault.repository.catalog import load_physical, read_cluster_info
 from pgvault.repository.locks import stale_reason
 from pgvault.storage import ObjectNotFound, Storage, UnfinishedWrite
 
 LOCK_OPERATION = "expire"
-# The lock names the backup operations hold while they write a folder (operations/logical.py and
-# operations/basebackup.py; not imported, because they pull in psycopg).  While one is live its
+# The lock names the backup operations hold while they write a folder (operations/logical/backup.py and
+# operations/physical/basebackup.py; not imported, because they pull in psycopg).  While one is live its
 # kind's folders are not swept.
 BACKUP_LOCKS = {"logical": "logical-backup", "base": "base-backup"}
 
