@@ -11,17 +11,39 @@ printed and may be copied into tickets.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Self
+
+
+@dataclass(frozen=True)
+class Report:
+    """A command's full answer, printed before it fails: ``verify`` that found problems, a restore
+    whose row counts differ, a drill that failed.  The one exit point (``cli.main``) prints it on
+    stdout instead of the bare error document (so ``--json`` still gives exactly one document),
+    then the error on stderr, and exits with the error's code."""
+
+    kind: str  # the JSON document's "kind"
+    payload: dict[str, Any]
+    human: Callable[[], str]
+
 
 class PgvaultError(Exception):
     """Root of all expected pgvault failures."""
 
     exit_code: int = 1
     kind: str = "error"
+    report: Report | None = None
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint
+
+    def with_report(self, kind: str, payload: dict[str, Any], human: Callable[[], str]) -> Self:
+        """This error, carrying the report the command prints before failing (see :class:`Report`)."""
+        self.report = Report(kind, payload, human)
+        return self
 
     def __str__(self) -> str:
         return self.message

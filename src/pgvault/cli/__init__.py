@@ -18,7 +18,7 @@ import pgvault
 from pgvault import log
 from pgvault.cli import interrupts
 from pgvault.config import Settings, load_settings
-from pgvault.errors import INTERNAL_ERROR_EXIT, DatabaseError, InterruptedError_, PgvaultError
+from pgvault.errors import INTERNAL_ERROR_EXIT, DatabaseError, InterruptedError_, PgvaultError, Report
 
 if TYPE_CHECKING:
     from pgvault.operations.context import Context
@@ -123,8 +123,15 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def _report(err: PgvaultError, as_json: bool) -> None:
-    if as_json:
+def _report(err: PgvaultError, as_json: bool, report: Report | None = None) -> None:
+    """The error on stderr; on stdout the command's report if it failed with one (``report``, or the
+    one ``err`` carries), else with ``--json`` the error document."""
+    report = report or err.report
+    if report is not None:
+        from pgvault.output import to_json
+
+        print(to_json(report.kind, report.payload) if as_json else report.human())
+    elif as_json:
         doc = {"format": 1, "kind": "error", "error": err.kind, "exit_code": err.exit_code, "message": log.redact(err.message)}
         if err.hint:
             doc["hint"] = err.hint
@@ -183,7 +190,7 @@ def _outcome(e: BaseException, as_json: bool, remap: Callable[[BaseException], i
         # ToolError, a cleanup may fail), the cause was the signal: 130 / 143, never remapped,
         # so restore_command can never mistake it for "no such file" (1).
         err: PgvaultError = interrupts.error_for(signum)
-        _report(err, as_json)
+        _report(err, as_json, getattr(e, "report", None))  # a drill's report says where it was stopped
         return err.exit_code, err
     if isinstance(e, Exception) and type(e).__module__.split(".")[0] == "psycopg":
         # A query that failed where no operation expected it (the server restarted, a statement

@@ -53,8 +53,13 @@ def run(args: argparse.Namespace) -> int:
                            [(c.name, "ok" if c.ok else "FAILED", human_duration(c.seconds), c.detail) for c in report.checks]))
         return "\n".join(lines)
 
+    if not report.ok:
+        failed = [c.name for c in report.checks if not c.ok]
+        why = report.error or f"{len(failed)} check(s) failed: {', '.join(failed[:5])}"
+        raise VerificationError(f"drill {report.drill_id} of backup {report.backup_id} FAILED: {why}").with_report(
+            "drill", {"drill": doc}, human)
     emit(args, "drill", {"drill": doc}, human)
-    return 0 if report.ok else VerificationError.exit_code
+    return 0
 
 
 def _list(args: argparse.Namespace, ctx: Any) -> int:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
 
 from pgvault.cli import context_from, emit
@@ -81,11 +80,9 @@ def run(args: argparse.Namespace) -> int:
         result = restore(ctx, req)
     except VerificationError as e:
         details = e.details
-        if not isinstance(details, RestoreResult):
-            raise
-        # One document on stdout: the full comparison (verified: false); the reason on stderr.
-        emit(args, "restore", {"restore": _payload(details)}, lambda: _render(details))
-        print(f"pgvault: error: {e.message}", file=sys.stderr)
-        return e.exit_code
+        if isinstance(details, RestoreResult):
+            # One document on stdout: the full comparison (verified: false); the reason on stderr.
+            raise e.with_report("restore", {"restore": _payload(details)}, lambda: _render(details)) from None
+        raise
     emit(args, "restore", {"restore": _payload(result)}, lambda: _render(result))
     return 0

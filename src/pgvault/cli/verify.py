@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
 
 from pgvault.cli import context_from, emit
@@ -51,10 +50,10 @@ def run(args: argparse.Namespace) -> int:
     report = verify(ctx, None if args.all_backups else args.backup_id)
     # Picked up by whoever records scheduled jobs' outcomes (metrics); harmless otherwise.
     args.job_details = report.job_details()
-    emit(args, "verify", report.to_json(), lambda: render(report))
     if not report.ok:
-        # The report above is the full answer (one JSON document with --json), so this is not
-        # raised as an error; the exit status is the integrity one (README: exit codes).
-        print(f"pgvault: error: verify found {report.failures} problem(s) in {report.repository}", file=sys.stderr)
-        return IntegrityError.exit_code
+        # The report is the full answer (one JSON document with --json); the exit status is the
+        # integrity one (README: exit codes).
+        raise IntegrityError(f"verify found {report.failures} problem(s) in {report.repository}").with_report(
+            "verify", report.to_json(), lambda: render(report))
+    emit(args, "verify", report.to_json(), lambda: render(report))
     return 0
