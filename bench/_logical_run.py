@@ -18,6 +18,7 @@ import _common as cm
 from _datagen import DB, SERVER_SETTINGS, generate
 from _procs import LIVE, MiB, ProcInfo, Run, Runner, StepError, loadavg, log, postmaster_pid
 
+from pgvault.config import environment_value
 from pgvault.pg.bindir import BinDir, bindir_for_server
 from support.cli import clean_env
 from support.pgcluster import PgCluster
@@ -73,9 +74,8 @@ class Bench:
         self.runner = Runner(workdir, postmaster_pid(cluster))
         self.steps: dict[str, Step] = {}
         self.info: dict[str, Any] = {}
-        pgdirs = os.environ.get("PGVAULT_PG_BINDIRS", "")
         # The bin dir pgvault itself picks for this server (same function, same search path).
-        self.bindir: BinDir = bindir_for_server(cluster.major, tuple(d for d in pgdirs.split(os.pathsep) if d))
+        self.bindir: BinDir = bindir_for_server(cluster.major, environment_value("postgres.bin_dirs"))
         self.pg_env = cluster.client_env()
         self.gz = workdir / "benchdb.sql.gz"
         self.repo = workdir / "repo"

@@ -31,8 +31,5 @@ for _pgv_d in /usr/lib/postgresql/*/bin; do
     _pgv_add "$_pgv_d"
 done
 export PGVAULT_POSTGRES_BIN_DIRS="$_pgv_dirs"
-# The deprecated name too, for scripts that still read it themselves (bench); pgvault reads it only
-# when PGVAULT_POSTGRES_BIN_DIRS is unset, so it is never a second, different list.
-export PGVAULT_PG_BINDIRS="$_pgv_dirs"
 unset -f _pgv_add
 unset _pgv_root _pgv_cache _pgv_dirs _pgv_d
