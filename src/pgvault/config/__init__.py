@@ -12,7 +12,6 @@ Domain code receives a :class:`Settings` and never reads the environment itself.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,161 +19,27 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from pgvault.config.values import (
+    SmokeQuery,
+    parse_duration,
+    to_bool,
+    to_dirs,
+    to_endpoint,
+    to_float,
+    to_int,
+    to_list,
+    to_opt_duration,
+    to_opt_int,
+    to_opt_str,
+    to_smoke,
+    to_str,
+)
 from pgvault.errors import ConfigError
 
 if TYPE_CHECKING:
     from pgvault.pipeline import PipelineSpec
 
 MiB = 1 << 20
-
-
-def _to_bool(v: Any) -> bool:
-    if isinstance(v, bool):
-        return v
-    s = str(v).strip().lower()
-    if s in ("1", "true", "yes", "on"):
-        return True
-    if s in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"expected a boolean (true/false), got {v!r}")
-
-
-def _to_int(v: Any) -> int:
-    if isinstance(v, bool) or (isinstance(v, float) and not v.is_integer()):
-        raise ValueError(f"expected an integer, got {v!r}")
-    return int(v)
-
-
-def _to_float(v: Any) -> float:
-    if isinstance(v, bool):
-        raise ValueError(f"expected a number, got {v!r}")
-    return float(v)
-
-
-def _to_opt_int(v: Any) -> int | None:
-    return None if v is None or v == "" else _to_int(v)
-
-
-def _to_str(v: Any) -> str:
-    if isinstance(v, (dict, list)):
-        raise ValueError(f"expected a string, got {type(v).__name__}")
-    return str(v)
-
-
-def _to_opt_str(v: Any) -> str | None:
-    return None if v is None or v == "" else _to_str(v)
-
-
-def _to_endpoint(v: Any) -> str | None:
-    """An S3 endpoint is a URL with its scheme.  botocore reads ``127.0.0.1:8333`` as a URL whose
-    scheme is ``127.0.0.1`` (or fails only inside the first request, far from the setting), so
-    a missing or odd scheme is reported here, with the URL it probably should have been."""
-    from urllib.parse import urlsplit
-
-    text = _to_opt_str(v)
-    if text is None:
-        return None
-    example = "a URL like http://127.0.0.1:8333 or https://s3.eu-west-1.amazonaws.com"
-    if "://" not in text:
-        raise ValueError(f"the URL has no scheme: write it as 'http://{text}' or 'https://{text}'")
-    parts = urlsplit(text)
-    try:
-        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
-    except ValueError:
-        raise ValueError(f"the port is not a number: expected {example}") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"expected {example} (scheme http or https, then a host)")
-    return text
-
-
-def _to_list(v: Any) -> tuple[str, ...]:
-    if v is None:
-        return ()
-    if isinstance(v, str):
-        return tuple(p.strip() for p in v.replace("\n", ",").split(",") if p.strip())
-    if isinstance(v, list):
-        return tuple(_to_str(x).strip() for x in v if str(x).strip())
-    raise ValueError(f"expected a list, got {type(v).__name__}")
-
-
-_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "y": 365 * 86400}
-_NUMBER_RE = re.compile(r"\d+(\.\d+)?|\.\d+")
-_DURATION_PART_RE = re.compile(r"(\d+(?:\.\d+)?|\.\d+)([smhdwy])")
-_DURATION_RE = re.compile(r"((\d+(\.\d+)?|\.\d+)[smhdwy])+|\d+(\.\d+)?|\.\d+")
-
-
-def parse_duration(v: Any) -> float:
-    """Seconds from ``90``, ``90s``, ``15m``, ``36h``, ``7d``, ``2w``, ``1y`` (or combinations: ``1d12h``)."""
-    if isinstance(v, bool):
-        raise ValueError(f"expected a duration like 36h or 7d, got {v!r}")
-    if isinstance(v, (int, float)):
-        if v < 0:
-            raise ValueError("a duration must not be negative")
-        return float(v)
-    text = str(v).strip().lower().replace(" ", "")
-    if not text:
-        raise ValueError("empty duration")
-    # A bare number means seconds only on its own: in ``1w2`` the 2 is a missing unit (weeks?
-    # days?), and silently adding 2 seconds would make a retention window mean something else.
-    if not _DURATION_RE.fullmatch(text):
-        raise ValueError(f"expected a duration like 90s, 15m, 36h, 7d, 2w or 1d12h "
-                         f"(a number with a unit s/m/h/d/w/y after each part; a number alone is seconds), got {v!r}")
-    if _NUMBER_RE.fullmatch(text):
-        return float(text)
-    return sum(float(n) * _DURATION_UNITS[u] for n, u in _DURATION_PART_RE.findall(text))
-
-
-def _to_opt_duration(v: Any) -> float | None:
-    return None if v is None or v == "" else parse_duration(v)
-
-
-@dataclass(frozen=True)
-class SmokeQuery:
-    """A drill's check: ``sql`` returns one value that must equal ``expect`` or be at least ``min``."""
-
-    name: str
-    sql: str
-    database: str | None = None
-    expect: str | None = None
-    min: float | None = None
-
-
-def _to_smoke(v: Any) -> tuple[SmokeQuery, ...]:
-    import json
-
-    if v is None or v == "":
-        return ()
-    if isinstance(v, str):  # from the environment: JSON
-        try:
-            v = json.loads(v)
-        except ValueError:
-            raise ValueError("expected a JSON list of {sql, expect | min} objects") from None
-    if not isinstance(v, list):
-        raise ValueError("expected a list of {sql, expect | min} entries")
-    out = []
-    for i, item in enumerate(v, 1):
-        if not isinstance(item, dict) or not isinstance(item.get("sql"), str) or not item["sql"].strip():
-            raise ValueError(f"entry {i} needs an 'sql' string")
-        unknown = set(item) - {"name", "sql", "database", "expect", "min"}
-        if unknown:
-            raise ValueError(f"entry {i} has unknown key(s) {', '.join(sorted(unknown))}")
-        if ("expect" in item) == ("min" in item):
-            raise ValueError(f"entry {i} needs exactly one of 'expect' or 'min'")
-        out.append(SmokeQuery(
-            name=str(item.get("name") or item["sql"].strip()[:60]), sql=item["sql"],
-            database=str(item["database"]) if item.get("database") else None,
-            expect=str(item["expect"]) if "expect" in item else None,
-            min=float(item["min"]) if "min" in item else None,
-        ))
-    return tuple(out)
-
-
-def _to_dirs(v: Any) -> tuple[str, ...]:
-    """Directories: a YAML list, or a string separated by commas or the OS path separator (``:``),
-    as in ``PATH`` (the deprecated ``PGVAULT_PG_BINDIRS`` was ``:``-separated)."""
-    if isinstance(v, str):
-        v = v.replace(os.pathsep, ",")
-    return _to_list(v)
 
 
 @dataclass(frozen=True)
@@ -194,53 +59,53 @@ class _Setting:
 
 # The one table of settings: YAML path, parser, meaning. Environment names derive from the path.
 SETTINGS: tuple[_Setting, ...] = (
-    _Setting("cluster", _to_str, "cluster name used in repository keys", "main"),
-    _Setting("repository.url", _to_str, "repository: a path, file:///path or s3://bucket/prefix", "./pgvault-repo"),
-    _Setting("repository.s3.endpoint_url", _to_endpoint, "S3 endpoint URL (MinIO, SeaweedFS, Ceph)"),
-    _Setting("repository.s3.region", _to_opt_str, "S3 region"),
-    _Setting("repository.s3.force_path_style", _to_bool, "use path-style S3 addressing", False),
-    _Setting("repository.s3.profile", _to_opt_str, "AWS config profile"),
-    _Setting("repository.s3.part_size_mb", _to_int, "multipart upload part size in MiB", 16),
-    _Setting("repository.s3.max_concurrency", _to_int, "parts uploaded in parallel", 4),
+    _Setting("cluster", to_str, "cluster name used in repository keys", "main"),
+    _Setting("repository.url", to_str, "repository: a path, file:///path or s3://bucket/prefix", "./pgvault-repo"),
+    _Setting("repository.s3.endpoint_url", to_endpoint, "S3 endpoint URL (MinIO, SeaweedFS, Ceph)"),
+    _Setting("repository.s3.region", to_opt_str, "S3 region"),
+    _Setting("repository.s3.force_path_style", to_bool, "use path-style S3 addressing", False),
+    _Setting("repository.s3.profile", to_opt_str, "AWS config profile"),
+    _Setting("repository.s3.part_size_mb", to_int, "multipart upload part size in MiB", 16),
+    _Setting("repository.s3.max_concurrency", to_int, "parts uploaded in parallel", 4),
     _Setting("repository.s3.connect_timeout", parse_duration, "S3: give up connecting after this long (default 10s)", 10.0),
     _Setting("repository.s3.read_timeout", parse_duration, "S3: give up when no byte arrives for this long (default 60s)", 60.0),
-    _Setting("repository.s3.retries", _to_int, "S3: retries of a failed or timed-out request (default 3)", 3),
-    _Setting("postgres.dsn", _to_str, "libpq conninfo; PG* environment variables also apply", ""),
-    _Setting("postgres.bin_dirs", _to_dirs, "extra PostgreSQL bin directories (comma- or colon-separated)", (),
+    _Setting("repository.s3.retries", to_int, "S3: retries of a failed or timed-out request (default 3)", 3),
+    _Setting("postgres.dsn", to_str, "libpq conninfo; PG* environment variables also apply", ""),
+    _Setting("postgres.bin_dirs", to_dirs, "extra PostgreSQL bin directories (comma- or colon-separated)", (),
              aliases=("PGVAULT_PG_BINDIRS",)),
-    _Setting("compression.algorithm", _to_str, "zstd (default), gzip or none", "zstd"),
-    _Setting("compression.level", _to_opt_int, "compression level"),
-    _Setting("compression.threads", _to_int, "zstd worker threads", 2),
-    _Setting("encryption.age_recipients", _to_list, "age public keys; encryption is on when set", ()),
-    _Setting("encryption.age_recipients_file", _to_opt_str, "file with age public keys, one a line"),
-    _Setting("encryption.age_identity_file", _to_opt_str, "age identity file, needed to restore"),
-    _Setting("encryption.age_identity", _to_opt_str, "age secret key itself (environment only)"),
-    _Setting("backup.exact_row_counts", _to_bool, "count every table's rows in the dump snapshot", True),
-    _Setting("backup.parallel", _to_int, "base backup: tar streams written and restored in parallel", 2),
-    _Setting("archive.async", _to_bool, "wal push: a background pusher uploads the .ready backlog in parallel", True),
-    _Setting("archive.parallel", _to_int, "wal push: uploads in flight in the background pusher", 4),
-    _Setting("archive.spool_dir", _to_opt_str, "local state of async push / prefetching fetch (default PGDATA/pg_wal/pgvault)"),
-    _Setting("archive.wait_timeout", _to_float, "wal push: seconds to wait for the pusher to confirm a segment", 60.0),
-    _Setting("retention.logical.keep_last", _to_opt_int, "logical backups: keep the newest N"),
-    _Setting("retention.logical.keep_within", _to_opt_duration, "logical backups: keep everything younger (e.g. 14d)"),
-    _Setting("retention.logical.daily", _to_int, "logical backups: keep the newest of each of the last N days", 0),
-    _Setting("retention.logical.weekly", _to_int, "logical backups: keep the newest of each of the last N ISO weeks", 0),
-    _Setting("retention.logical.monthly", _to_int, "logical backups: keep the newest of each of the last N months", 0),
-    _Setting("retention.logical.yearly", _to_int, "logical backups: keep the newest of each of the last N years", 0),
-    _Setting("retention.logical.min_keep", _to_int, "logical backups: never keep fewer than this", 1),
-    _Setting("retention.physical.keep_last", _to_opt_int, "base backups: keep the newest N"),
-    _Setting("retention.physical.keep_within", _to_opt_duration, "base backups: keep everything younger"),
-    _Setting("retention.physical.min_keep", _to_int, "base backups: never keep fewer than this", 1),
-    _Setting("retention.pitr_window", _to_opt_duration, "keep base backups + WAL to restore to any point this far back"),
-    _Setting("retention.debris_grace", _to_opt_duration, "debris and unfinished writes older than this are swept", 24 * 3600.0),
-    _Setting("drill.smoke_queries", _to_smoke, "drill checks: list of {name, sql, database, expect | min}", ()),
-    _Setting("drill.rto", _to_opt_duration, "recovery-time objective: a drill whose restore is slower fails"),
-    _Setting("drill.os_user", _to_str, "as root, drills run their scratch PostgreSQL as this OS user", "postgres"),
-    _Setting("drill.target_dsn", _to_str, "logical drills restore into this server (default: a throwaway cluster)", ""),
-    _Setting("monitoring.backup_max_age", _to_opt_duration, "status: newest backup older than this is CRITICAL", 48 * 3600.0),
-    _Setting("monitoring.drill_max_age", _to_opt_duration, "status: newest successful drill older than this is a WARNING", 35 * 86400.0),
-    _Setting("metrics.textfile", _to_opt_str, "scheduled jobs also write their outcome into this node_exporter textfile"),
-    _Setting("restore.prefetch", _to_int, "wal fetch: segments downloaded ahead during recovery (0: off)", 8),
+    _Setting("compression.algorithm", to_str, "zstd (default), gzip or none", "zstd"),
+    _Setting("compression.level", to_opt_int, "compression level"),
+    _Setting("compression.threads", to_int, "zstd worker threads", 2),
+    _Setting("encryption.age_recipients", to_list, "age public keys; encryption is on when set", ()),
+    _Setting("encryption.age_recipients_file", to_opt_str, "file with age public keys, one a line"),
+    _Setting("encryption.age_identity_file", to_opt_str, "age identity file, needed to restore"),
+    _Setting("encryption.age_identity", to_opt_str, "age secret key itself (environment only)"),
+    _Setting("backup.exact_row_counts", to_bool, "count every table's rows in the dump snapshot", True),
+    _Setting("backup.parallel", to_int, "base backup: tar streams written and restored in parallel", 2),
+    _Setting("archive.async", to_bool, "wal push: a background pusher uploads the .ready backlog in parallel", True),
+    _Setting("archive.parallel", to_int, "wal push: uploads in flight in the background pusher", 4),
+    _Setting("archive.spool_dir", to_opt_str, "local state of async push / prefetching fetch (default PGDATA/pg_wal/pgvault)"),
+    _Setting("archive.wait_timeout", to_float, "wal push: seconds to wait for the pusher to confirm a segment", 60.0),
+    _Setting("retention.logical.keep_last", to_opt_int, "logical backups: keep the newest N"),
+    _Setting("retention.logical.keep_within", to_opt_duration, "logical backups: keep everything younger (e.g. 14d)"),
+    _Setting("retention.logical.daily", to_int, "logical backups: keep the newest of each of the last N days", 0),
+    _Setting("retention.logical.weekly", to_int, "logical backups: keep the newest of each of the last N ISO weeks", 0),
+    _Setting("retention.logical.monthly", to_int, "logical backups: keep the newest of each of the last N months", 0),
+    _Setting("retention.logical.yearly", to_int, "logical backups: keep the newest of each of the last N years", 0),
+    _Setting("retention.logical.min_keep", to_int, "logical backups: never keep fewer than this", 1),
+    _Setting("retention.physical.keep_last", to_opt_int, "base backups: keep the newest N"),
+    _Setting("retention.physical.keep_within", to_opt_duration, "base backups: keep everything younger"),
+    _Setting("retention.physical.min_keep", to_int, "base backups: never keep fewer than this", 1),
+    _Setting("retention.pitr_window", to_opt_duration, "keep base backups + WAL to restore to any point this far back"),
+    _Setting("retention.debris_grace", to_opt_duration, "debris and unfinished writes older than this are swept", 24 * 3600.0),
+    _Setting("drill.smoke_queries", to_smoke, "drill checks: list of {name, sql, database, expect | min}", ()),
+    _Setting("drill.rto", to_opt_duration, "recovery-time objective: a drill whose restore is slower fails"),
+    _Setting("drill.os_user", to_str, "as root, drills run their scratch PostgreSQL as this OS user", "postgres"),
+    _Setting("drill.target_dsn", to_str, "logical drills restore into this server (default: a throwaway cluster)", ""),
+    _Setting("monitoring.backup_max_age", to_opt_duration, "status: newest backup older than this is CRITICAL", 48 * 3600.0),
+    _Setting("monitoring.drill_max_age", to_opt_duration, "status: newest successful drill older than this is a WARNING", 35 * 86400.0),
+    _Setting("metrics.textfile", to_opt_str, "scheduled jobs also write their outcome into this node_exporter textfile"),
+    _Setting("restore.prefetch", to_int, "wal fetch: segments downloaded ahead during recovery (0: off)", 8),
 )
 _BY_PATH = {s.path: s for s in SETTINGS}
 _SECRET_PATHS = {"encryption.age_identity"}
