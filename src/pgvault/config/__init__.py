@@ -20,8 +20,12 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from pgvault.config.values import (
-    SmokeQuery,
-    parse_duration,
+    SmokeQuery as SmokeQuery,  # re-exported: part of Settings (smoke_queries)
+)
+from pgvault.config.values import (
+    parse_duration as parse_duration,  # re-exported: the duration syntax of every setting
+)
+from pgvault.config.values import (
     to_bool,
     to_dirs,
     to_endpoint,
