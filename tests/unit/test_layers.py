@@ -53,8 +53,6 @@ PENDING = {
     ("pgvault.operations.maintenance.drill", "pgvault.operations.logical.restore"): "a drill runs the logical restore",
     ("pgvault.operations.maintenance.drill", "pgvault.operations.physical.restore_cluster"):
         "a drill runs the cluster restore",
-    ("pgvault.operations.maintenance.metrics", "pgvault.operations.maintenance.status"):
-        "metrics reads the status snapshot and verdict",
     ("pgvault.operations.archive.background", "pgvault.operations.archive.push_fetch"):
         "the background pusher/prefetcher run push/fetch per segment",
 }

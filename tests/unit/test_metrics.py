@@ -1,8 +1,8 @@
-"""Status verdicts, metric samples, job records and the textfile, on synthetic snapshots: no servers.
+"""Metric samples, job records and the textfile, on synthetic snapshots: no servers.
 
-Read like the on-call's rules: when the newest backup is older than the limit, then CRITICAL; when
-the last drill is old, then WARNING; when a job failed while the repository was down, then the
-textfile still says so.
+Read like the on-call's rules: when the last drill never happened, the age alert still fires; when
+a job failed while the repository was down, the textfile still says so.  The verdict itself is
+tested rule by rule in test_verdict.py.
 """
 
 from __future__ import annotations
@@ -28,164 +28,10 @@ from pgvault.operations.maintenance.metrics import (
     sample,
     snapshot_samples,
 )
-from pgvault.operations.maintenance.status import (
-    CRITICAL,
-    OK,
-    WARNING,
-    ArchiveSummary,
-    BackupFacts,
-    Policy,
-    RepositorySize,
-    StatusSnapshot,
-    evaluate,
-    snapshot_json,
-    verdict,
-)
-from pgvault.operations.server_probe import ArchivingFacts
-from pgvault.policy.pitr import Window
-from pgvault.repository.drills import Check, DrillReport
+from pgvault.policy.verdict import evaluate
 from pgvault.repository.jobs import JobRecord, JobRun, list_jobs, load_job, merge_run, record_run
 from pgvault.storage.memory import MemoryStorage
-
-NOW = dt.datetime(2026, 11, 25, 12, 0, 0, tzinfo=dt.UTC)
-HOUR = 3600.0
-DAY = 86400.0
-
-
-def ago(seconds: float) -> str:
-    return (NOW - dt.timedelta(seconds=seconds)).isoformat()
-
-
-def logical(backup_id: str, age: float, *dbs: str) -> BackupFacts:
-    return BackupFacts("logical", backup_id, ago(age), 120.0, 1000 * len(dbs), tuple((d, 1000) for d in dbs))
-
-
-def physical(backup_id: str, age: float) -> BackupFacts:
-    return BackupFacts("physical", backup_id, ago(age), 600.0, 50_000, stop_lsn="0/5000100")
-
-
-def drill(drill_id: str, age: float, ok: bool = True, kind: str = "logical") -> DrillReport:
-    return DrillReport(drill_id=drill_id, cluster="c", backup_kind=kind, backup_id="20261124T020000Z",
-                       started_at=ago(age + 60), finished_at=ago(age), ok=ok, restore_seconds=42.0, total_seconds=60.0,
-                       checks=(Check("row counts", ok, 1.0, "" if ok else "public.t: 3 != 4"),))
-
-
-def job(name: str, ok: bool, age: float = HOUR, details: dict[str, object] | None = None, kind: str = "database") -> JobRecord:
-    run = JobRun(job=name, started_at=NOW - dt.timedelta(seconds=age + 10), finished_at=NOW - dt.timedelta(seconds=age),
-                 exit_code=0 if ok else 3, error_kind=None if ok else kind, error=None if ok else "boom",
-                 details=dict(details or {}))
-    return merge_run("c", None, run)
-
-
-def archive(*, gaps: list[tuple[str, str]] | None = None, window_from: float = 3 * DAY, window_to: float = 60.0) -> ArchiveSummary:
-    w = Window("20261122T120000Z", 1, "0/3000028", ago(window_from), "000000010000000000000009")
-    return ArchiveSummary(segments=9, newest_wal="000000010000000000000009", newest_wal_archived_at=ago(window_to),
-                          timelines=[1], gaps=gaps or [], windows=[w], restore_points=[], to_time=ago(window_to))
-
-
-def healthy(**changes: object) -> StatusSnapshot:
-    """A cluster in good shape: fresh backups of both kinds, a complete archive, a recent drill."""
-    s = StatusSnapshot(
-        cluster="c", repository="memory://", taken_at=NOW, policy=Policy(pitr_window=2 * DAY),
-        logical=(logical("20261123T020000Z", 2 * DAY, "app", "old"), logical("20261125T020000Z", 10 * HOUR, "app")),
-        physical=(physical("20261122T120000Z", 3 * DAY), physical("20261125T000000Z", 12 * HOUR)),
-        archive=archive(),
-        archiving=ArchivingFacts(connection="ok", server="db:5432/postgres", archive_mode="on", in_recovery=False,
-                                 archived_count=10, last_archived_wal="000000010000000000000009",
-                                 last_archived_time=ago(60), failed_count=0, current_wal="00000001000000000000000A",
-                                 backlog_segments=0, backlog_source="pg_stat_archiver", lag_seconds=0.0),
-        drills=(drill("20261110T000000Z", 15 * DAY),),
-        jobs={"backup": job("backup", True), "verify": job("verify", True, details={"checked": 9, "failures": 0})},
-        size=RepositorySize(123456, 40, {"logical": 2000, "base": 100000, "wal": 21456}),
-    )
-    return replace(s, **changes)  # type: ignore[arg-type]
-
-
-def codes(s: StatusSnapshot) -> dict[str, str]:
-    return {r.code: r.level for r in evaluate(s)}
-
-
-# --- the verdict ----------------------------------------------------------------------------------
-
-
-def test_a_healthy_cluster_is_ok() -> None:
-    s = healthy()
-    assert evaluate(s) == [] and verdict(evaluate(s)) == OK
-    doc = snapshot_json(s, evaluate(s))
-    assert doc["verdict"] == "OK" and doc["exit_code"] == 0
-    assert doc["last_logical"]["backup_id"] == "20261125T020000Z" and doc["last_logical"]["age_seconds"] == 10 * HOUR
-    assert doc["recoverable_window"]["seconds"] == 3 * DAY - 60
-
-
-def test_no_backup_at_all_is_critical() -> None:
-    assert codes(healthy(logical=(), physical=(), archive=None)) == {
-        "no_backup": CRITICAL, "window_short": WARNING}
-
-
-def test_a_backup_older_than_the_limit_is_critical_per_kind() -> None:
-    stale = healthy(logical=(logical("20261122T000000Z", 49 * HOUR, "app"),))
-    assert codes(stale) == {"backup_stale": CRITICAL}
-    assert "49h" not in evaluate(stale)[0].message and "2d01h" in evaluate(stale)[0].message
-    # The limit is the policy's: a 1-second limit makes anything stale.
-    assert codes(healthy(policy=Policy(backup_max_age=1.0))) == {"backup_stale": CRITICAL}
-    assert sum(r.code == "backup_stale" for r in evaluate(healthy(policy=Policy(backup_max_age=1.0)))) == 2
-
-
-def test_the_archive_window_and_gaps() -> None:
-    assert codes(healthy(archive=archive(gaps=[("00000001000000000000000A", "00000001000000000000000B")]))) == {
-        "archive_gap": CRITICAL}
-    assert codes(healthy(archive=archive(window_from=1 * DAY))) == {"window_short": WARNING}
-    assert codes(healthy(archive=replace(archive(), windows=[]))) == {"no_recoverable_window": CRITICAL}
-    assert codes(healthy(archive=archive(window_from=1 * DAY), policy=Policy(pitr_window=None))) == {}
-
-
-def test_the_archiver_failing_and_lagging() -> None:
-    failing = replace(healthy().archiving, failed_count=3, last_failed_wal="00000001000000000000000A",
-                      last_failed_time=ago(30))
-    assert failing.failing and codes(healthy(archiving=failing)) == {"archiver_failing": WARNING}
-    recovered = replace(failing, last_failed_time=ago(120))  # a success since the last failure
-    assert not recovered.failing and codes(healthy(archiving=recovered)) == {}
-    lagging = replace(healthy().archiving, backlog_segments=7, lag_seconds=20 * 60)
-    assert codes(healthy(archiving=lagging)) == {"archive_lag": WARNING}
-    assert codes(healthy(archiving=replace(lagging, lag_seconds=2 * HOUR))) == {"archive_lag": CRITICAL}
-    off = replace(healthy().archiving, archive_mode="off")
-    assert codes(healthy(archiving=off)) == {"archive_mode_off": WARNING}
-    # An unreachable server is a note, not a finding: the repository is what is judged.
-    assert codes(healthy(archiving=ArchivingFacts(connection="failed", error="refused"))) == {}
-
-
-def test_drills() -> None:
-    assert codes(healthy(drills=())) == {"no_drill": WARNING}
-    assert codes(healthy(drills=(drill("20261001T000000Z", 40 * DAY),))) == {"drill_stale": WARNING}
-    failed = (drill("20261110T000000Z", 15 * DAY), drill("20261124T000000Z", DAY, ok=False))
-    reasons = evaluate(healthy(drills=failed))
-    assert [r.code for r in reasons] == ["drill_failed"] and "row counts" in reasons[0].message
-    # The drill job's own failure is not reported twice.
-    assert codes(healthy(drills=failed, jobs={"drill": job("drill", False, kind="verification")})) == {
-        "drill_failed": WARNING}
-    assert codes(healthy(drill_error="bad JSON")) == {"drills_unreadable": WARNING}
-
-
-def test_a_damaged_manifest_is_a_warning_naming_it() -> None:
-    from pgvault.repository.catalog import DamagedManifest
-
-    bad = DamagedManifest("logical", "20261125T030000Z", "c/logical/2026/11/20261125T030000Z/manifest.json",
-                          "manifest c/logical/2026/11/20261125T030000Z/manifest.json is unreadable: JSONDecodeError")
-    s = healthy(damaged=(bad,))
-    [r] = evaluate(s)
-    assert (r.level, r.code) == (WARNING, "manifest_damaged") and "20261125T030000Z" in r.message
-    assert snapshot_json(s, [r])["damaged"][0]["backup_id"] == "20261125T030000Z"
-
-
-def test_jobs_and_verify() -> None:
-    assert codes(healthy(jobs={"backup": job("backup", False)})) == {"job_failed": WARNING}
-    bad = job("verify", False, details={"checked": 9, "failures": 2}, kind="integrity")
-    assert codes(healthy(jobs={"verify": bad})) == {"verify_failed": CRITICAL}
-    assert codes(healthy(jobs={"verify": job("verify", False, kind="integrity")})) == {"verify_failed": CRITICAL}
-    assert codes(healthy(jobs={"verify": job("verify", False, kind="storage")})) == {"job_failed": WARNING}
-    r = evaluate(healthy(jobs={"verify": bad}, drills=()))
-    assert [x.level for x in r] == [CRITICAL, WARNING] and verdict(r) == CRITICAL
-
+from support.snapshots import DAY, NOW, healthy, job
 
 # --- the samples ----------------------------------------------------------------------------------
 
@@ -381,15 +227,3 @@ def test_push_replaces_the_cluster_group_on_the_pushgateway() -> None:
     [(method, path, body)] = got
     assert method == "PUT" and path.startswith("/metrics/job/pgvault/cluster")
     assert b'pgvault_up{cluster="c/x"} 1.0' in body
-
-
-def test_an_unreadable_repository_is_critical_and_the_server_is_still_judged() -> None:
-    failing = replace(healthy().archiving, failed_count=7, last_failed_wal="00000001000000000000000A",
-                      last_failed_time=ago(30), lag_seconds=2 * HOUR, backlog_segments=40)
-    s = healthy(logical=(), physical=(), archive=None, drills=(), jobs={}, archiving=failing,
-                repository_error="the repository s3://b/p did not answer within 15s")
-    found = evaluate(s)
-    assert found[0].code == "repository_unreachable" and found[0].level == CRITICAL
-    assert {r.code for r in found} >= {"archive_lag"}
-    assert not {r.code for r in found} & {"no_backup", "window_short", "no_drill"}  # nothing judged on no evidence
-    assert snapshot_json(s, found)["repository_error"].endswith("within 15s")

@@ -19,11 +19,12 @@ from pathlib import Path
 from pgvault.config import Settings, load_settings
 from pgvault.operations.context import Context, build_context
 from pgvault.operations.maintenance import expire as expire_op
-from pgvault.operations.maintenance.status import WARNING, evaluate, gather_status, snapshot_json
+from pgvault.operations.maintenance.status import gather_status
 from pgvault.operations.maintenance.unfinished import UnfinishedSummary, summarize
 from pgvault.operations.maintenance.verify import verify
 from pgvault.pg.conn import ConnInfo
 from pgvault.policy.retention import Inventory, Policy, make_plan, plan_unfinished
+from pgvault.policy.verdict import WARNING, evaluate, snapshot_json
 from pgvault.policy.wal_check import OK
 from pgvault.policy.wal_check import WARNING as VERIFY_WARNING
 from pgvault.repository import layout

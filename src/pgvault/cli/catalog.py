@@ -7,8 +7,9 @@ from typing import Any
 
 from pgvault import log
 from pgvault.cli import context_from, emit
-from pgvault.operations.maintenance.status import ArchiveSummary, StatusSnapshot, archive_summary
+from pgvault.operations.maintenance.status import archive_summary
 from pgvault.output import human_bytes, human_duration, table
+from pgvault.policy.verdict import ArchiveSummary, StatusSnapshot
 from pgvault.repository.catalog import resolve_logical, scan_logical, scan_physical
 
 
@@ -154,7 +155,8 @@ def run_show(args: argparse.Namespace) -> int:
 
 
 def run_status(args: argparse.Namespace) -> int:
-    from pgvault.operations.maintenance.status import VERDICT_EXIT, evaluate, gather_status, snapshot_json, verdict
+    from pgvault.operations.maintenance.status import gather_status
+    from pgvault.policy.verdict import VERDICT_EXIT, evaluate, snapshot_json, verdict
 
     ctx = context_from(args)
     snap = gather_status(ctx, pgdata=args.pgdata, connect=not args.no_connect, repository_timeout=args.timeout)
@@ -166,7 +168,7 @@ def run_status(args: argparse.Namespace) -> int:
 
 def describe_status(snap: StatusSnapshot, doc: dict[str, Any]) -> str:
     """The on-call's screen."""
-    from pgvault.operations.maintenance.status import describe_age
+    from pgvault.policy.verdict import describe_age
 
     def newest(d: dict[str, Any] | None, contents: str) -> str:
         if not d:

@@ -32,7 +32,8 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
 def run_metrics(args: argparse.Namespace) -> int:
     from pgvault.cli import context_from
     from pgvault.operations.maintenance import metrics
-    from pgvault.operations.maintenance.status import ManifestCache, evaluate, gather_status
+    from pgvault.operations.maintenance.status import ManifestCache, gather_status
+    from pgvault.policy.verdict import evaluate
 
     if args.serve and (args.textfile or args.push):
         raise UsageError("--serve runs until stopped: use it without --textfile / --push")

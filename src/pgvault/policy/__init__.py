@@ -6,4 +6,5 @@ on its own.
 
 ``pitr`` (choose the base backup and WAL for a recovery target), ``wal_check`` (continuity and
 timeline checks), ``retention`` + ``retention_wal`` (what expire keeps), ``toc`` (which pg_restore
-list entries a table selection needs)."""
+list entries a table selection needs), ``verdict`` (the status snapshot and its OK / WARNING /
+CRITICAL judgement)."""

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pgvault.fs import write_atomic
-from pgvault.operations.maintenance.status import (
+from pgvault.policy.verdict import (
     VERDICT_EXIT,
     Reason,
     StatusSnapshot,
