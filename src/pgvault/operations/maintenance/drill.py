@@ -295,8 +295,9 @@ def _connectable(base: Path, port: int, ctx: Context) -> ConnInfo:
 def _amcheck(ctx: Context, bindir: BinDir, info: ConnInfo, checks: list[Check]) -> None:
     """pg_amcheck of every database of the restored cluster (heap and B-tree indexes), if installed."""
     runner = ctx.runner.using(bindir)
-    if not runner.path("pg_amcheck").exists():
-        checks.append(Check("pg_amcheck", True, 0.0, f"skipped: {runner.path('pg_amcheck')} is not installed"))
+    program = runner.path("pg_amcheck")
+    if not program.exists():
+        checks.append(Check("pg_amcheck", True, 0.0, f"skipped: {program} is not installed"))
         return
 
     def run() -> tuple[bool, str]:
