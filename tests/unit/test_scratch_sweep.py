@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 from pgvault.pg import scratch
+from pgvault.pg.runner import Runner
 from pgvault.procs import host_tag, process_start
 
 
@@ -22,7 +23,7 @@ def test_scratch_dirs_are_named_after_their_process(tmp_path: Path) -> None:
         pid = os.getpid()
         assert d.name.startswith(f"pgvault-drill.{host_tag()}.{pid}.{process_start(pid)}.")
         assert d.stat().st_mode & 0o777 == 0o700
-        assert scratch.sweep_scratch_dirs(directory=str(tmp_path)) == []  # ours: alive
+        assert scratch.sweep_scratch_dirs(Runner(), directory=str(tmp_path)) == []  # ours: alive
         assert d.exists()
     finally:
         d.rmdir()
@@ -39,7 +40,7 @@ def test_only_dead_owners_on_this_host_are_swept(tmp_path: Path) -> None:
         (d / "data").mkdir(parents=True)
     # A stale postmaster.pid naming a dead process: nothing to stop, the directory goes.
     (gone / "data" / "postmaster.pid").write_text(f"{dead}\n{gone / 'data'}\n")
-    swept = scratch.sweep_scratch_dirs(directory=str(tmp_path))
+    swept = scratch.sweep_scratch_dirs(Runner(), directory=str(tmp_path))
     assert sorted(swept) == sorted([f"scratch directory {reused} of drill pid {me}",
                                     f"scratch directory {gone} of drill pid {dead}"])
     assert mine.exists() and elsewhere.exists() and unrelated.exists()
@@ -53,7 +54,7 @@ def test_a_pid_file_naming_a_live_non_postgres_process_is_never_signalled(tmp_pa
     sleeper = subprocess.Popen(["sleep", "30"])  # the pid was reused by something else
     try:
         (gone / "data" / "postmaster.pid").write_text(f"{sleeper.pid}\n")
-        assert scratch.sweep_scratch_dirs(directory=str(tmp_path)) == [f"scratch directory {gone} of drill pid {dead}"]
+        assert scratch.sweep_scratch_dirs(Runner(), directory=str(tmp_path)) == [f"scratch directory {gone} of drill pid {dead}"]
         assert sleeper.poll() is None
     finally:
         sleeper.kill()

@@ -92,8 +92,9 @@ def run_restore_cluster(args: argparse.Namespace) -> int:
                   f"{'consistent' if o.consistent_at else 'not yet consistent'}, {human_duration(o.seconds)}",
                   file=sys.stderr)
 
-        result.outcome = start_and_follow(result, major=major_of(plan.backup), bin_dirs=ctx.settings.pg_bin_dirs,
-                                          port=args.port, environ=ctx.environ, timeout=args.timeout, progress=progress)
+        result.outcome = start_and_follow(ctx.runner, result, major=major_of(plan.backup),
+                                          bin_dirs=ctx.settings.pg_bin_dirs, port=args.port, environ=ctx.environ,
+                                          timeout=args.timeout, progress=progress)
     emit(args, "restore_cluster", result.to_json(), lambda: _describe(result.to_json()))
     return 0
 

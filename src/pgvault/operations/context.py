@@ -9,18 +9,21 @@ from dataclasses import dataclass, field, replace
 from pgvault.config import Settings, identity_problems
 from pgvault.errors import ConfigError
 from pgvault.pg.conn import ConnInfo
+from pgvault.pg.runner import Runner
 from pgvault.pipeline import load_identities
 from pgvault.storage import Storage, open_storage, s3_settings
 
 
 @dataclass(frozen=True)
 class Context:
-    """Settings plus the opened repository and the connection parameters."""
+    """Settings plus the opened repository, the connection parameters and the runner of
+    PostgreSQL's programs (a unit test passes a fake one: see :class:`~pgvault.pg.runner.Runner`)."""
 
     settings: Settings
     storage: Storage
     conn: ConnInfo
     environ: Mapping[str, str] = field(default_factory=dict, repr=False)
+    runner: Runner = field(default_factory=Runner, repr=False)
 
     @property
     def cluster(self) -> str:

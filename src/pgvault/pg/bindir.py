@@ -14,13 +14,13 @@ import glob
 import os
 import re
 import shutil
-import subprocess
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 from pgvault.errors import ToolError
+from pgvault.pg.runner import Runner
 
 _VERSION_RE = re.compile(r"\(PostgreSQL\)\s+(\d+)(?:\.(\d+))?")
 
@@ -50,8 +50,9 @@ def _probe(path: str) -> BinDir | None:
     if not exe.is_file() or not os.access(exe, os.X_OK):
         return None
     try:
-        out = subprocess.run([str(exe), "--version"], capture_output=True, text=True, timeout=20, check=False).stdout
-    except OSError:
+        # Discovery comes before any Context: the default runner (a test's fake has its BinDir).
+        out = Runner().run(exe, ["--version"], env=None, timeout=20).stdout
+    except ToolError:
         return None
     m = _VERSION_RE.search(out)
     if not m:

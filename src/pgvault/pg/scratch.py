@@ -15,7 +15,6 @@ import re
 import shutil
 import signal
 import socket
-import subprocess
 import tempfile
 import time
 from collections.abc import Mapping
@@ -26,6 +25,7 @@ from pgvault import log
 from pgvault.errors import ToolError
 from pgvault.pg.bindir import BinDir, available_bindirs
 from pgvault.pg.conn import ConnInfo
+from pgvault.pg.runner import Runner, owner_of
 from pgvault.procs import host_tag, process_alive, process_start
 
 # Durability settings stay at their defaults: the restore time a drill measures should be the
@@ -89,7 +89,7 @@ def _postmaster_pid(data_dir: Path) -> int | None:
     return pid
 
 
-def _stop_stale(data_dir: Path, bin_dirs: tuple[str, ...]) -> str | None:
+def _stop_stale(runner: Runner, data_dir: Path, bin_dirs: tuple[str, ...]) -> str | None:
     """Stop the postmaster of a dead drill's ``data_dir`` as ``pg_ctl stop -m immediate`` does;
     None when stopped (or not running), else why not."""
     pid = _postmaster_pid(data_dir)
@@ -97,19 +97,18 @@ def _stop_stale(data_dir: Path, bin_dirs: tuple[str, ...]) -> str | None:
         return None
     try:
         major = int((data_dir / "PG_VERSION").read_text().strip())
-        owner: str | None = pwd.getpwuid(data_dir.stat().st_uid).pw_name
+        owner = owner_of(data_dir)
     except (OSError, ValueError, KeyError):
         major, owner = 0, None
     bindir = next((b for b in available_bindirs(bin_dirs) if b.major == major and b.program("pg_ctl").exists()), None)
     try:
         if bindir is not None:
             env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-            subprocess.run(as_owner([str(bindir.program("pg_ctl")), "-D", str(data_dir), "-m", "immediate", "-w", "stop"],
-                                    owner if owner != "root" else None),
-                           capture_output=True, env=env, timeout=60, check=False)
+            runner.using(bindir).run("pg_ctl", ["-D", str(data_dir), "-m", "immediate", "-w", "stop"], env=env,
+                                     as_user=owner, timeout=60)
         else:  # no binaries of that major any more: SIGQUIT is what pg_ctl -m immediate sends
             os.kill(pid, signal.SIGQUIT)
-    except (OSError, subprocess.SubprocessError) as e:
+    except (OSError, ToolError) as e:
         return f"could not stop its postmaster (pid {pid}): {e}"
     deadline = time.monotonic() + 15
     while _postmaster_pid(data_dir) == pid and time.monotonic() < deadline:
@@ -119,7 +118,7 @@ def _stop_stale(data_dir: Path, bin_dirs: tuple[str, ...]) -> str | None:
     return None
 
 
-def sweep_scratch_dirs(bin_dirs: tuple[str, ...] = (), directory: str | None = None) -> list[str]:
+def sweep_scratch_dirs(runner: Runner, bin_dirs: tuple[str, ...] = (), directory: str | None = None) -> list[str]:
     """Stop and remove the scratch servers of drills on this host whose process is gone.
 
     A drill killed with -9 (OOM, a node drain's grace period exceeded) runs no cleanup: its
@@ -142,7 +141,7 @@ def sweep_scratch_dirs(bin_dirs: tuple[str, ...] = (), directory: str | None = N
             continue  # a drill still running (this one, or another in parallel)
         base = Path(entry.path)
         running = _postmaster_pid(base / "data")
-        problem = _stop_stale(base / "data", bin_dirs)
+        problem = _stop_stale(runner, base / "data", bin_dirs)
         if problem:
             log.get().warning("left %s of a drill that is gone (pid %s) in place: %s; stop it with "
                               "`pg_ctl -D %s stop -m immediate` and remove the directory", base, m.group(2), problem,
@@ -154,10 +153,6 @@ def sweep_scratch_dirs(bin_dirs: tuple[str, ...] = (), directory: str | None = N
     return swept
 
 
-def as_owner(cmd: list[str], owner: str | None) -> list[str]:
-    return ["runuser", "-u", owner, "--", *cmd] if owner and os.geteuid() == 0 else cmd
-
-
 @dataclass
 class ScratchServer:
     bindir: BinDir
@@ -165,6 +160,7 @@ class ScratchServer:
     data_dir: Path
     port: int
     owner: str | None
+    runner: Runner
     user: str = "postgres"
 
     @property
@@ -176,15 +172,15 @@ class ScratchServer:
         return self.base / "server.log"
 
     @classmethod
-    def create(cls, bindir: BinDir, *, os_user: str, base: Path | None = None,
+    def create(cls, runner: Runner, bindir: BinDir, *, os_user: str, base: Path | None = None,
                environ: Mapping[str, str] | None = None) -> ScratchServer:
         """initdb a new cluster (superuser ``postgres``) and start it; as root, owned by ``os_user``."""
         base = base or scratch_dir(os_user=os_user)
         owner = _owner_for_root(os_user)
-        server = cls(bindir, base, base / "data", free_port(), owner)
+        server = cls(bindir, base, base / "data", free_port(), owner, runner)
         try:
-            server._run([str(bindir.program("initdb")), "-D", str(server.data_dir), "-U", server.user, "--auth=trust",
-                         "-E", "UTF8", "--locale=C", "--no-sync"], what="initdb", environ=environ)
+            server._run("initdb", ["-D", str(server.data_dir), "-U", server.user, "--auth=trust",
+                                   "-E", "UTF8", "--locale=C", "--no-sync"], what="initdb", environ=environ)
             server.configure({})
             server.start(environ=environ)
         except BaseException:
@@ -210,19 +206,18 @@ class ScratchServer:
             for p in paths:
                 os.chown(p, pw.pw_uid, pw.pw_gid)
 
-    def _run(self, cmd: list[str], *, what: str, environ: Mapping[str, str] | None = None,
-             timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    def _run(self, program: str, args: list[str], *, what: str, environ: Mapping[str, str] | None = None,
+             timeout: float = 300) -> None:
         env = {k: v for k, v in (environ or os.environ).items() if not k.startswith("PG")}
         env["LC_ALL"] = "C"
-        r = subprocess.run(as_owner(cmd, self.owner), capture_output=True, text=True, env=env, cwd=self.base,
-                           timeout=timeout, check=False)
-        if r.returncode != 0:
-            raise ToolError(f"{what} failed for the drill server in {self.data_dir}: {(r.stderr or r.stdout).strip()}")
-        return r
+        r = self.runner.using(self.bindir).run(program, args, env=env, as_user=self.owner, cwd=self.base,
+                                               timeout=timeout)
+        if not r.ok:
+            raise ToolError(f"{what} failed for the drill server in {self.data_dir}: {r.detail()}")
 
     def start(self, *, environ: Mapping[str, str] | None = None, timeout: float = 120) -> None:
-        self._run([str(self.bindir.program("pg_ctl")), "-D", str(self.data_dir), "-l", str(self.log_file), "-w",
-                   "-t", str(int(timeout)), "start"], what="pg_ctl start", environ=environ, timeout=timeout + 10)
+        self._run("pg_ctl", ["-D", str(self.data_dir), "-l", str(self.log_file), "-w", "-t", str(int(timeout)), "start"],
+                  what="pg_ctl start", environ=environ, timeout=timeout + 10)
 
     def conninfo(self, user: str | None = None) -> ConnInfo:
         return ConnInfo({"host": str(self.socket_dir), "port": str(self.port), "user": user or self.user,
@@ -232,8 +227,8 @@ class ScratchServer:
         if not (self.data_dir / "postmaster.pid").exists():
             return
         try:
-            self._run([str(self.bindir.program("pg_ctl")), "-D", str(self.data_dir), "-m", "immediate", "-w", "stop"],
-                      what="pg_ctl stop", timeout=60)
+            self._run("pg_ctl", ["-D", str(self.data_dir), "-m", "immediate", "-w", "stop"], what="pg_ctl stop",
+                      timeout=60)
         except ToolError:
             pass
         deadline = time.monotonic() + 10

@@ -31,7 +31,7 @@ from pgvault.operations.logical import dbprops
 from pgvault.operations.progress import CountingReader
 from pgvault.pg.bindir import bindir_for_server
 from pgvault.pg.conn import ServerFacts, connect, connection, list_databases, server_facts
-from pgvault.pg.tools import Process, ToolRunner
+from pgvault.pg.runner import Process, Runner
 from pgvault.pipeline import PipelineSpec, write_stream
 from pgvault.repository import layout
 from pgvault.repository.catalog import ensure_cluster
@@ -135,7 +135,7 @@ def _stream_process(
     return StoredObject(name=label, key=name, result=result)
 
 
-def _dump_globals(ctx: Context, runner: ToolRunner, prefix: str, spec: PipelineSpec, superuser: bool) -> StoredObject:
+def _dump_globals(ctx: Context, runner: Runner, prefix: str, spec: PipelineSpec, superuser: bool) -> StoredObject:
     args = ["--globals-only", "--no-password"]
     if not superuser:
         # pg_authid (role passwords) is readable by superusers only.
@@ -171,7 +171,7 @@ class _Counter(threading.Thread):
 
 
 def _dump_database(
-    ctx: Context, runner: ToolRunner, prefix: str, spec: PipelineSpec, db: str, meta: tuple[str, str, str, int], exact: bool
+    ctx: Context, runner: Runner, prefix: str, spec: PipelineSpec, db: str, meta: tuple[str, str, str, int], exact: bool
 ) -> DatabaseEntry:
     snap = connect(ctx.conn, dbname=db, autocommit=False)
     counter: _Counter | None = None
@@ -227,7 +227,7 @@ def backup(ctx: Context, req: BackupRequest) -> LogicalManifest:
     logger = log.get()
     plan = _plan(ctx, req)
     bindir = bindir_for_server(plan.facts.major, ctx.settings.pg_bin_dirs)
-    runner = ToolRunner(bindir.path)
+    runner = ctx.runner.using(bindir)
     pg_dump_version = runner.version("pg_dump", ctx.environ)
     spec = ctx.settings.pipeline()
     ctx.storage.check_writable()

@@ -52,7 +52,7 @@ from pgvault.operations.logical.scratch import (
 )
 from pgvault.pg.bindir import bindir_for_server, parse_major
 from pgvault.pg.conn import connection, database_exists, server_facts
-from pgvault.pg.tools import Process, ToolRunner
+from pgvault.pg.runner import Process, Runner
 from pgvault.pipeline import read_stream
 from pgvault.policy import toc
 from pgvault.repository import layout
@@ -221,7 +221,7 @@ class _Restorer:
             raise
         return out
 
-    def restore_globals(self, runner: ToolRunner) -> None:
+    def restore_globals(self, runner: Runner) -> None:
         if self.manifest.globals is None:
             raise NotFoundError(f"backup {self.manifest.backup_id} has no globals")
         # ON_ERROR_STOP stays off: "role ... already exists" is expected on a live server.
@@ -243,7 +243,7 @@ class _Restorer:
     def _ownership_args(self) -> list[str]:
         return ["--no-owner", "--no-privileges"] if self.req.no_owner else []
 
-    def restore_database(self, runner: ToolRunner, entry: DatabaseEntry, target: str) -> None:
+    def restore_database(self, runner: Runner, entry: DatabaseEntry, target: str) -> None:
         """The whole database into the empty database ``target``."""
         args = ["--exit-on-error", "--no-password", "-d", make_conninfo(dbname=target), *self._ownership_args()]
         env = self._env(target)
@@ -268,7 +268,7 @@ class _Restorer:
             spool.remove()
 
     def restore_tables(
-        self, runner: ToolRunner, entry: DatabaseEntry, target: str, tables: list[TableCount], *, new_database: bool, superuser: bool
+        self, runner: Runner, entry: DatabaseEntry, target: str, tables: list[TableCount], *, new_database: bool, superuser: bool
     ) -> None:
         """Selected tables, in one transaction, after the whole object has been verified.
 
@@ -286,8 +286,8 @@ class _Restorer:
         listing: SpoolFile | None = None
         try:
             env = self.ctx.child_env(target)
-            entries = toc.parse_toc(runner.run("pg_restore", ["-l", spool], env=env))
-            bodies = toc.parse_schema_script(runner.run("pg_restore", ["-s", "-f", "-", spool], env=env))
+            entries = toc.parse_toc(runner.output("pg_restore", ["-l", spool], env=env))
+            bodies = toc.parse_schema_script(runner.output("pg_restore", ["-s", "-f", "-", spool], env=env))
             present: set[tuple[str, str]] = set()
             if new_database:
                 chosen = toc.schema_with_data_of(entries, bodies, selected)
@@ -378,7 +378,7 @@ def restore(ctx: Context, req: RestoreRequest) -> RestoreResult:
             # pg_restore must be at least as new as the pg_dump that wrote the archive.
             dump_major = parse_major(manifest.pg_dump_version) or facts.major
             bindir = bindir_for_server(max(facts.major, dump_major), ctx.settings.pg_bin_dirs)
-            runner = ToolRunner(bindir.path)
+            runner = ctx.runner.using(bindir)
             result.pg_restore_version = runner.version("pg_restore", ctx.environ)
             exists = database_exists(conn, target)
             if exists and not req.clean:
@@ -406,7 +406,7 @@ def restore(ctx: Context, req: RestoreRequest) -> RestoreResult:
     return result
 
 
-def _restore_copy(conn: psycopg.Connection[Any], restorer: _Restorer, runner: ToolRunner, entry: DatabaseEntry,
+def _restore_copy(conn: psycopg.Connection[Any], restorer: _Restorer, runner: Runner, entry: DatabaseEntry,
                   tables: list[TableCount], result: RestoreResult, *, replace: bool, superuser: bool) -> None:
     """A whole database (or a new one with selected tables) via a scratch copy renamed at the end."""
     req, target, me = restorer.req, result.target_database, restorer.me

@@ -20,10 +20,9 @@ import datetime as dt
 import os
 import shutil
 import signal
-import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -174,13 +173,13 @@ def _logical(ctx: Context, req: DrillRequest, drill_id: str, checks: list[Check]
         cleanups.append(drop)
     else:
         bindir = _server_bindir(m.server_version_num // 10000, ctx.settings.pg_bin_dirs)
-        server = ScratchServer.create(bindir, os_user=ctx.settings.drill_os_user, environ=ctx.environ)
+        server = ScratchServer.create(ctx.runner, bindir, os_user=ctx.settings.drill_os_user, environ=ctx.environ)
         cleanups.append(server.destroy)
         info = server.conninfo()
         # initdb made postgres/template1 already: those restore under another name.
         names = {d.name: d.name if d.name not in _INITDB_DATABASES else f"pgvault_drill_{d.name}" for d in m.databases}
         target.update(kind="scratch server", server_version=bindir.version, port=server.port)
-    dctx = Context(settings=ctx.settings, storage=ctx.storage, conn=info, environ=ctx.environ)
+    dctx = replace(ctx, conn=info)  # the same runner (a test's fake), another server
     restore_seconds = 0.0
     restored: list[str] = []
     applied: dict[str, Any] = {}  # database -> what its restore did with the recorded properties
@@ -259,8 +258,9 @@ def _physical(ctx: Context, req: DrillRequest, drill_id: str, checks: list[Check
             st = (base / "data" / "PG_VERSION").stat()
             os.chown(hba, st.st_uid, st.st_gid)
             os.chown(base, st.st_uid, st.st_gid)
-        cleanups.insert(0, lambda: stop_server(base / "data", major_of(b), ctx.settings.pg_bin_dirs))
-        outcome = start_and_follow(result, major=major_of(b), bin_dirs=ctx.settings.pg_bin_dirs, environ=ctx.environ)
+        cleanups.insert(0, lambda: stop_server(ctx.runner, base / "data", major_of(b), ctx.settings.pg_bin_dirs))
+        outcome = start_and_follow(ctx.runner, result, major=major_of(b), bin_dirs=ctx.settings.pg_bin_dirs,
+                                   environ=ctx.environ)
     except PgvaultError as e:
         checks.append(Check("restore and recovery", False, time.monotonic() - t0, e.message))
         return b.backup_id, None
@@ -270,11 +270,7 @@ def _physical(ctx: Context, req: DrillRequest, drill_id: str, checks: list[Check
                         f"promoted on timeline {outcome.new_timeline}"))
     info = _connectable(base, port, ctx)
     bindir = _server_bindir(major_of(b), ctx.settings.pg_bin_dirs)
-    amcheck = bindir.program("pg_amcheck")
-    if amcheck.exists():
-        _timed(checks, "pg_amcheck", lambda: _run_amcheck(amcheck, info, ctx))
-    else:
-        checks.append(Check("pg_amcheck", True, 0.0, f"skipped: {amcheck} is not installed"))
+    _amcheck(ctx, bindir, info, checks)
     _smoke_all(checks, info, ctx.settings.smoke_queries, "postgres", lambda db: db)
     return b.backup_id, restore_seconds
 
@@ -296,14 +292,24 @@ def _connectable(base: Path, port: int, ctx: Context) -> ConnInfo:
     raise last
 
 
-def _run_amcheck(program: Path, info: ConnInfo, ctx: Context) -> tuple[bool, str]:
-    env = info.child_env(ctx.environ)
-    r = subprocess.run([str(program), "--all", "--install-missing", "--heapallindexed"],
-                       env=env, capture_output=True, text=True, check=False, timeout=3600)
-    if r.returncode == 0:
-        return True, "no corruption found (heap and every B-tree index)"
-    out = (r.stdout + r.stderr).strip().splitlines()
-    return False, f"exit {r.returncode}: " + " | ".join(out[:5])
+def _amcheck(ctx: Context, bindir: BinDir, info: ConnInfo, checks: list[Check]) -> None:
+    """pg_amcheck of every database of the restored cluster (heap and B-tree indexes), if installed."""
+    runner = ctx.runner.using(bindir)
+    program = runner.path("pg_amcheck")
+    if not program.exists():
+        checks.append(Check("pg_amcheck", True, 0.0, f"skipped: {program} is not installed"))
+        return
+
+    def run() -> tuple[bool, str]:
+        r = runner.run("pg_amcheck", ["--all", "--install-missing", "--heapallindexed"], env=info.child_env(ctx.environ),
+                       timeout=3600)
+        if r.ok:
+            return True, "no corruption found (heap and every B-tree index)"
+        # Its findings are on stdout, first things first.
+        out = (r.stdout + r.stderr).strip().splitlines()
+        return False, f"exit {r.returncode}: " + " | ".join(out[:5])
+
+    _timed(checks, "pg_amcheck", run)
 
 
 def run_drill(ctx: Context, req: DrillRequest, *, now: Callable[[], dt.datetime] | None = None) -> DrillReport:
@@ -318,7 +324,7 @@ def run_drill(ctx: Context, req: DrillRequest, *, now: Callable[[], dt.datetime]
     backup_id, restore_seconds, error = req.ref, None, ""
     logger = log.get()
     # Scratch servers of drills killed with -9 on this host: stopped and removed first.
-    for item in sweep_scratch_dirs(ctx.settings.pg_bin_dirs):
+    for item in sweep_scratch_dirs(ctx.runner, ctx.settings.pg_bin_dirs):
         logger.warning("swept %s", item)
     interrupted: KeyboardInterrupt | None = None
     try:

@@ -25,7 +25,6 @@ import datetime as dt
 import os
 import re
 import struct
-import subprocess
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from typing import Any
 from pgvault.errors import PgvaultError, RecoveryError
 from pgvault.pg import wal
 from pgvault.pg.bindir import bindir_for_major
+from pgvault.pg.runner import Runner, owner_of
 from pgvault.policy.pitr import Plan
 
 # catalog/pg_control.h: system_identifier u64, pg_control_version u32, catalog_version_no u32,
@@ -133,16 +133,6 @@ def _postmaster_pid(data_dir: Path) -> int | None:
     return pid
 
 
-def run_as_owner(cmd: list[str], data_dir: Path) -> list[str]:
-    """As root, run ``cmd`` as the data directory's owner (PostgreSQL refuses to run as root)."""
-    if os.geteuid() != 0:
-        return cmd
-    import pwd
-
-    owner = pwd.getpwuid(data_dir.stat().st_uid).pw_name
-    return ["runuser", "-u", owner, "--", *cmd]
-
-
 def new_log_file(data_dir: Path) -> Path:
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     return data_dir.parent / f"{data_dir.name}-recovery-{stamp}-{os.getpid()}.log"
@@ -169,7 +159,7 @@ def control_state(data_dir: Path) -> str:
 
 
 def start_and_follow(
-    data_dir: Path, plan: Plan, *, major: int, bin_dirs: tuple[str, ...] = (), port: int | None = None,
+    runner: Runner, data_dir: Path, plan: Plan, *, major: int, bin_dirs: tuple[str, ...] = (), port: int | None = None,
     environ: Mapping[str, str] | None = None, timeout: float | None = None,
     progress: Callable[[RecoveryOutcome], None] | None = None, clock: Callable[[], float] = time.monotonic,
     expected_wal: str | None = None, users: tuple[str, ...] = (),
@@ -183,12 +173,11 @@ def start_and_follow(
     server_opts = "-c lc_messages=C -c logging_collector=off"
     if port:
         server_opts += f" -p {port}"
-    cmd = run_as_owner([str(bindir.program("pg_ctl")), "-D", str(data_dir), "-l", str(log_file), "-W",
-                        "-o", server_opts, "start"], data_dir)
     t0 = clock()
-    r = subprocess.run(cmd, env=dict(environ or os.environ), capture_output=True, text=True, check=False, timeout=120)
-    if r.returncode != 0:
-        raise RecoveryError(f"pg_ctl could not start the restored server: {r.stderr.strip() or r.stdout.strip()}")
+    r = runner.using(bindir).run("pg_ctl", ["-D", str(data_dir), "-l", str(log_file), "-W", "-o", server_opts, "start"],
+                                 env=environ or os.environ, as_user=owner_of(data_dir), timeout=120)
+    if not r.ok:
+        raise RecoveryError(f"pg_ctl could not start the restored server: {r.detail()}")
     outcome = RecoveryOutcome(log_file=str(log_file), expected_wal=expected_wal or "")
     action = plan.target.action if plan.target.kind != "end" else "promote"
     fatals: list[str] = []
@@ -231,7 +220,7 @@ def start_and_follow(
         _confirm(outcome, data_dir, plan, action, environ or os.environ, users)
     except RecoveryError:
         if outcome.state == "promoted":
-            stop_server(data_dir, major, bin_dirs)
+            stop_server(runner, data_dir, major, bin_dirs)
         raise
     return outcome
 
@@ -314,12 +303,11 @@ def _ask_server(data_dir: Path, environ: Mapping[str, str], users: tuple[str, ..
     return state == "in archive recovery", None, f"pg_control: {state} (no connection: {last})"
 
 
-def stop_server(data_dir: Path, major: int, bin_dirs: tuple[str, ...] = ()) -> None:
+def stop_server(runner: Runner, data_dir: Path, major: int, bin_dirs: tuple[str, ...] = ()) -> None:
     """Fast shutdown of a server this module started (drills, tests, a failed check)."""
     bindir = bindir_for_major(major, bin_dirs)
-    subprocess.run(run_as_owner([str(bindir.program("pg_ctl")), "-D", str(data_dir), "-m", "fast", "-w", "stop"],
-                                data_dir), capture_output=True, check=False, timeout=120)
+    runner.using(bindir).run("pg_ctl", ["-D", str(data_dir), "-m", "fast", "-w", "stop"], env=None,
+                             as_user=owner_of(data_dir), timeout=120)
 
 
-__all__ = ["RecoveryOutcome", "start_and_follow", "stop_server", "server_running", "control_state", "log_tail",
-           "run_as_owner"]
+__all__ = ["RecoveryOutcome", "start_and_follow", "stop_server", "server_running", "control_state", "log_tail"]

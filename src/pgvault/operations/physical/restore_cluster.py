@@ -50,6 +50,7 @@ from pgvault.operations.physical import recovery
 from pgvault.operations.physical.recovery import RecoveryOutcome, stop_server
 from pgvault.operations.workers import layout_lock, worker_pool
 from pgvault.pg import wal
+from pgvault.pg.runner import Runner
 from pgvault.pipeline import read_stream
 from pgvault.policy.pitr import Plan, RecoveryTarget, plan_recovery, reachable_end
 from pgvault.repository import layout
@@ -402,14 +403,14 @@ def _layout(ctx: Context, opts: RestoreOptions, plan: Plan | None) -> RestoreClu
 
 
 def start_and_follow(
-    result: RestoreClusterResult, *, major: int, bin_dirs: tuple[str, ...] = (), port: int | None = None,
+    runner: Runner, result: RestoreClusterResult, *, major: int, bin_dirs: tuple[str, ...] = (), port: int | None = None,
     environ: Mapping[str, str] | None = None, timeout: float | None = None,
     progress: Callable[[RecoveryOutcome], None] | None = None, users: tuple[str, ...] = (),
 ) -> RecoveryOutcome:
     """Start the restored server, follow recovery, confirm it with the server and hold the stop
     point against the plan (see :mod:`pgvault.operations.physical.recovery`)."""
     return recovery.start_and_follow(
-        result.data_dir, result.plan, major=major, bin_dirs=bin_dirs, port=port, environ=environ, timeout=timeout,
+        runner, result.data_dir, result.plan, major=major, bin_dirs=bin_dirs, port=port, environ=environ, timeout=timeout,
         progress=progress, expected_wal=result.plan.must_reach, users=users)
 
 
