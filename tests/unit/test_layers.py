@@ -3,9 +3,15 @@
 * ``policy/`` is pure: it imports only the standard library, errors, WAL math, the repository's
   data models and the storage contract's value types (``config`` only for type names).
 * Nothing in ``operations/`` or ``policy/`` imports the CLI or a storage backend.
-* A verb (a module a CLI command calls as its entry point) never imports another verb; they share
-  engines, repository readers and policy instead.  ``PENDING`` lists the edges still to be cut,
-  with the reason; it may only shrink.
+* A verb — a module that is one command's entry point and nothing else — is imported only by the
+  CLI: no verb imports another verb.  What several commands run is an engine (``logical.restore``:
+  the restore command and every logical drill; ``physical.restore_cluster`` and ``recovery``:
+  restore-cluster and physical drills; ``archive.push_fetch``: one segment, run by ``wal push`` /
+  ``wal fetch`` and by the background pusher and prefetcher), shared with repository readers and
+  policy.
+* Capability packages depend in one direction: ``maintenance`` (drills, verify, ...) may use the
+  engines of ``logical``, ``physical`` and ``archive``; those three use none of each other's (and
+  never ``maintenance``).  The shared modules (``operations.context``, ...) serve all.
 * No import cycles.
 
 Imports are read from the source (every ``import`` statement, also inside functions), except
@@ -36,26 +42,16 @@ BACKENDS = {"pgvault.storage.local", "pgvault.storage.s3", "pgvault.storage.s3_r
             "pgvault.storage.memory"}
 VERBS = {
     "pgvault.operations.logical.backup",
-    "pgvault.operations.logical.restore",
     "pgvault.operations.physical.basebackup",
-    "pgvault.operations.physical.restore_cluster",
     "pgvault.operations.physical.restore_point",
-    "pgvault.operations.archive.push_fetch",
-    "pgvault.operations.archive.background",
     "pgvault.operations.maintenance.drill",
     "pgvault.operations.maintenance.expire",
     "pgvault.operations.maintenance.verify",
     "pgvault.operations.maintenance.status",
     "pgvault.operations.maintenance.metrics",
 }
-# Verb -> verb edges not yet cut (issue 9 continues): each must be removed, never added to.
-PENDING = {
-    ("pgvault.operations.maintenance.drill", "pgvault.operations.logical.restore"): "a drill runs the logical restore",
-    ("pgvault.operations.maintenance.drill", "pgvault.operations.physical.restore_cluster"):
-        "a drill runs the cluster restore",
-    ("pgvault.operations.archive.background", "pgvault.operations.archive.push_fetch"):
-        "the background pusher/prefetcher run push/fetch per segment",
-}
+CAPABILITIES = ("logical", "physical", "archive", "maintenance")
+MAY_USE = {"maintenance": {"logical", "physical", "archive"}, "logical": set(), "physical": set(), "archive": set()}
 
 
 def _module(path: Path) -> str:
@@ -114,12 +110,29 @@ def test_operations_and_policy_import_no_cli_and_no_storage_backend() -> None:
     assert not bad, bad
 
 
-def test_no_verb_imports_another_verb() -> None:
-    mods = _modules("operations")
+def test_verbs_are_imported_only_by_the_cli() -> None:
+    mods = _modules("operations", "policy")
     assert VERBS <= set(mods), VERBS - set(mods)
-    edges = {(m, i) for m in VERBS for i in mods[m] if i in VERBS and i != m}
-    assert edges - set(PENDING) == set(), f"new verb -> verb imports: {sorted(edges - set(PENDING))}"
-    assert set(PENDING) - edges == set(), f"cut, remove from PENDING: {sorted(set(PENDING) - edges)}"
+    bad = sorted(f"{m} imports the verb {i}" for m, imports in mods.items() for i in imports if i in VERBS and i != m)
+    assert not bad, bad
+
+
+def _capability(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[2] if len(parts) > 3 and parts[1] == "operations" and parts[2] in CAPABILITIES else None
+
+
+def test_capability_packages_depend_in_one_direction() -> None:
+    bad = []
+    for m, imports in _modules("operations").items():
+        mine = _capability(m)
+        for i in imports:
+            theirs = _capability(i)
+            if mine and theirs and theirs != mine and theirs not in MAY_USE[mine]:
+                bad.append(f"{m} imports {i}")
+            if mine is None and theirs is not None:  # a shared module serves all, depends on none
+                bad.append(f"{m} (shared) imports {i}")
+    assert not bad, bad
 
 
 def test_the_rules_see_imports_inside_functions() -> None:
