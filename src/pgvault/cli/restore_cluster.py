@@ -12,10 +12,8 @@ from pgvault.errors import UsageError
 from pgvault.operations.physical.restore_cluster import (
     RecoveryOutcome,
     RestoreOptions,
-    major_of,
     make_plan,
-    restore_cluster,
-    start_and_follow,
+    restore_and_recover,
 )
 from pgvault.operations.physical.restore_point import create_restore_point
 from pgvault.output import human_duration
@@ -76,25 +74,22 @@ def run_restore_cluster(args: argparse.Namespace) -> int:
         action=args.target_action,
     )
     ctx = context_from(args)
-    plan = make_plan(ctx, target, args.backup)
     if args.dry_run:
+        plan = make_plan(ctx, target, args.backup)
         emit(args, "restore_plan", {"plan": plan.to_json()}, lambda: _describe_plan(plan.to_json()))
         return 0
     opts = RestoreOptions(
-        data_dir=Path(args.data_dir), target=target, backup_id=plan.backup.backup_id,
+        data_dir=Path(args.data_dir), target=target, backup_id=args.backup,
         tablespace_map=_pairs(args.tablespace, "--tablespace"), force=args.force, archive=args.archive,
         options=_pairs(args.option, "--option"), pgvault_command=args.pgvault_command,
     )
-    result = restore_cluster(ctx, opts, plan)
-    if args.start:
-        def progress(o: RecoveryOutcome) -> None:
-            print(f"recovery: {o.segments_restored} WAL files restored (last {o.last_segment or '-'}), "
-                  f"{'consistent' if o.consistent_at else 'not yet consistent'}, {human_duration(o.seconds)}",
-                  file=sys.stderr)
 
-        result.outcome = start_and_follow(ctx.runner, result, major=major_of(plan.backup),
-                                          bin_dirs=ctx.settings.pg_bin_dirs, port=args.port, environ=ctx.environ,
-                                          timeout=args.timeout, progress=progress)
+    def progress(o: RecoveryOutcome) -> None:
+        print(f"recovery: {o.segments_restored} WAL files restored (last {o.last_segment or '-'}), "
+              f"{'consistent' if o.consistent_at else 'not yet consistent'}, {human_duration(o.seconds)}",
+              file=sys.stderr)
+
+    result = restore_and_recover(ctx, opts, start=args.start, port=args.port, timeout=args.timeout, progress=progress)
     emit(args, "restore_cluster", result.to_json(), lambda: _describe(result.to_json()))
     return 0
 

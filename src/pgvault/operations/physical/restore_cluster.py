@@ -29,7 +29,7 @@ import tarfile
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -77,7 +77,7 @@ class RestoreOptions:
     pgvault_command: str | None = None
 
 
-@dataclass
+@dataclass(frozen=True)
 class RestoreClusterResult:
     plan: Plan
     data_dir: Path
@@ -418,5 +418,25 @@ def major_of(backup: PhysicalManifest) -> int:
     return backup.server_version_num // 10000
 
 
-__all__ = ["RestoreOptions", "RestoreClusterResult", "RecoveryOutcome", "make_plan", "restore_cluster",
+# --- the restore-cluster command -------------------------------------------------------------
+
+
+def restore_and_recover(
+    ctx: Context, opts: RestoreOptions, *, start: bool = False, port: int | None = None, timeout: float | None = None,
+    progress: Callable[[RecoveryOutcome], None] | None = None,
+) -> RestoreClusterResult:
+    """``pgvault restore-cluster``: plan (``opts.backup_id`` or the best base backup for the
+    target), lay the backup out with its recovery settings, and with ``start`` start the server,
+    follow recovery and hold where it stopped against the plan (a stop short of it fails).  The
+    CLI parses and renders; this is its one entry point (``--dry-run`` calls :func:`make_plan`)."""
+    plan = make_plan(ctx, opts.target, opts.backup_id)
+    result = restore_cluster(ctx, replace(opts, backup_id=plan.backup.backup_id), plan)
+    if not start:
+        return result
+    outcome = start_and_follow(ctx.runner, result, major=major_of(plan.backup), bin_dirs=ctx.settings.pg_bin_dirs,
+                               port=port, environ=ctx.environ, timeout=timeout, progress=progress)
+    return replace(result, outcome=outcome)
+
+
+__all__ = ["RestoreOptions", "RestoreClusterResult", "RecoveryOutcome", "make_plan", "restore_cluster", "restore_and_recover",
            "start_and_follow", "stop_server", "write_recovery_settings", "restore_command"]
