@@ -28,6 +28,7 @@ from pgvault.errors import IntegrityError, LockedError, StorageError
 from pgvault.operations.archive import push_fetch as archive
 from pgvault.operations.context import Context
 from pgvault.pg.conn import ConnInfo
+from pgvault.pipeline import PipelineSpec
 from pgvault.repository import layout
 from pgvault.repository.locks import RepositoryLock
 from pgvault.storage import Storage, open_storage
@@ -146,8 +147,11 @@ def _dead_pid() -> int:
 
 
 def _record_without_object(storage: Storage, **fields: Any) -> None:
-    doc = {"format": 1, "name": NAME, "key": layout.wal_object(CLUSTER, NAME, ".zst"), "push_id": "x" * 32,
-           "archived_at": "2099-01-01T00:00:00+00:00", **fields}
+    """The record a push writes before committing its object (as push writes it: every field)."""
+    doc = {"format": 1, "name": NAME, "kind": "segment", "key": layout.wal_object(CLUSTER, NAME, ".zst"),
+           "system_identifier": SYSID, "pipeline": PipelineSpec().to_json(), "archived_at": "2099-01-01T00:00:00+00:00",
+           "push_id": "x" * 32, "raw_size": SEG, "raw_sha256": "0" * 64, "stored_size": 1, "stored_sha256": "0" * 64,
+           **fields}
     storage.put_if_absent(layout.wal_meta(CLUSTER, NAME), json.dumps(doc).encode())
 
 

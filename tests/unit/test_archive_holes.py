@@ -28,7 +28,7 @@ from pgvault.policy.pitr import RecoveryTarget, plan_recovery, recoverable_windo
 from pgvault.repository import layout
 from pgvault.repository.archive_index import IN_FLIGHT_GRACE
 from pgvault.repository.archive_scan import load_archive_index
-from pgvault.repository.catalog import ensure_cluster
+from pgvault.repository.cluster import ensure_cluster
 from pgvault.storage import ObjectNotFound
 from pgvault.storage.memory import MemoryStorage
 

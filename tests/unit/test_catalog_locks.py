@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import pytest
 from pgvault.errors import ConfigError, IntegrityError, LockedError, NotFoundError
 from pgvault.pipeline import PipelineSpec, StreamResult
 from pgvault.repository import catalog, layout
+from pgvault.repository.cluster import ClusterInfo, ensure_cluster, read_cluster_info
 from pgvault.repository.locks import TTL_SECONDS, RepositoryLock
 from pgvault.repository.manifest import DatabaseEntry, LogicalManifest, StoredObject
 from pgvault.storage import open_storage
@@ -233,55 +235,82 @@ def test_resolve_a_database_filter_does_not_apply_to_an_explicit_id(repo: Memory
 
 
 def test_read_cluster_info_of_a_new_cluster(repo: MemoryStorage) -> None:
-    assert catalog.read_cluster_info(repo, "main") is None
+    assert read_cluster_info(repo, "main") is None
 
 
 @pytest.mark.parametrize("data", [b"{broken", b"[1, 2]"])
 def test_read_cluster_info_of_a_damaged_descriptor(repo: MemoryStorage, data: bytes) -> None:
     repo.put_if_absent("main/cluster.json", data)
     with pytest.raises(IntegrityError, match="main/cluster.json"):
-        catalog.read_cluster_info(repo, "main")
+        read_cluster_info(repo, "main")
 
 
 def test_ensure_cluster_creates_both_descriptors_once(repo: MemoryStorage) -> None:
-    catalog.ensure_cluster(repo, "main", system_identifier="7300000000000000001", server_major=18)
+    ensure_cluster(repo, "main", system_identifier="7300000000000000001", server_major=18)
     assert json.loads(repo.read_bytes("pgvault.json")) == {"format": 1, "tool": "pgvault"}
-    assert catalog.read_cluster_info(repo, "main") == {
-        "cluster": "main",
-        "system_identifier": "7300000000000000001",
-        "server_major": 18,
-    }
+    assert read_cluster_info(repo, "main") == ClusterInfo("main", "7300000000000000001", 18)
+    assert json.loads(repo.read_bytes("main/cluster.json")) == {
+        "cluster": "main", "system_identifier": "7300000000000000001", "server_major": 18}
     before = {info.key: (repo.read_bytes(info.key), info.modified) for info in repo.list()}
     # Same server again (even after a major upgrade): nothing is rewritten, nothing is raised.
-    catalog.ensure_cluster(repo, "main", system_identifier="7300000000000000001", server_major=18)
-    catalog.ensure_cluster(repo, "main", system_identifier="7300000000000000001", server_major=19)
+    ensure_cluster(repo, "main", system_identifier="7300000000000000001", server_major=18)
+    ensure_cluster(repo, "main", system_identifier="7300000000000000001", server_major=19)
     assert {info.key: (repo.read_bytes(info.key), info.modified) for info in repo.list()} == before
 
 
 def test_ensure_cluster_refuses_another_system_identifier(repo: MemoryStorage) -> None:
-    catalog.ensure_cluster(repo, "main", system_identifier="111", server_major=18)
+    ensure_cluster(repo, "main", system_identifier="111", server_major=18)
     with pytest.raises(ConfigError) as exc:
-        catalog.ensure_cluster(repo, "main", system_identifier="222", server_major=18)
+        ensure_cluster(repo, "main", system_identifier="222", server_major=18)
     assert exc.value.problems == [
         f"cluster 'main' in {repo.url} belongs to system identifier 111, but the server has 222"
     ]
     assert exc.value.hint is not None and "--cluster" in exc.value.hint
-    assert catalog.read_cluster_info(repo, "main")["system_identifier"] == "111"  # type: ignore[index]
+    assert read_cluster_info(repo, "main") == ClusterInfo("main", "111", 18)
 
 
 def test_ensure_cluster_keeps_clusters_apart(repo: MemoryStorage) -> None:
-    catalog.ensure_cluster(repo, "main", system_identifier="111", server_major=18)
-    catalog.ensure_cluster(repo, "replica-site", system_identifier="222", server_major=15)
-    assert catalog.read_cluster_info(repo, "replica-site") == {
-        "cluster": "replica-site",
-        "system_identifier": "222",
-        "server_major": 15,
-    }
+    ensure_cluster(repo, "main", system_identifier="111", server_major=18)
+    ensure_cluster(repo, "replica-site", system_identifier="222", server_major=15)
+    assert read_cluster_info(repo, "replica-site") == ClusterInfo("replica-site", "222", 15)
 
 
 def test_ensure_cluster_accepts_a_numeric_identifier_written_by_hand(repo: MemoryStorage) -> None:
     repo.put_if_absent("main/cluster.json", b'{"system_identifier": 111}')
-    catalog.ensure_cluster(repo, "main", system_identifier="111", server_major=18)
+    assert ensure_cluster(repo, "main", system_identifier="111", server_major=18) == ClusterInfo("main", "111")
+    # Recording the segment size (the first archived WAL) rewrites it in the typed form.
+    assert ensure_cluster(repo, "main", system_identifier="111", server_major=18, wal_segment_size=16 << 20) \
+        == ClusterInfo("main", "111", None, 16 << 20)
+    assert json.loads(repo.read_bytes("main/cluster.json")) == {
+        "cluster": "main", "system_identifier": "111", "server_major": None, "wal_segment_size": 16 << 20}
+
+
+def test_the_segment_size_is_recorded_once_and_kept(repo: MemoryStorage) -> None:
+    first = ensure_cluster(repo, "main", system_identifier="111", server_major=18, wal_segment_size=1 << 20)
+    assert first == ClusterInfo("main", "111", 18, 1 << 20)
+    assert ensure_cluster(repo, "main", system_identifier="111", server_major=18, wal_segment_size=16 << 20) == first
+
+
+@pytest.mark.parametrize(("doc", "problem"), [
+    ({"cluster": "main"}, "'system_identifier' is missing"),
+    ({"system_identifier": "12ab"}, "'system_identifier' must be a system identifier"),
+    ({"system_identifier": True}, "'system_identifier' must be a system identifier"),
+    ({"system_identifier": "1", "cluster": 5}, "'cluster' must be a string"),
+    ({"system_identifier": "1", "server_major": "18"}, "'server_major' must be an integer"),
+    ({"system_identifier": "1", "wal_segment_size": 16}, "'wal_segment_size' must be a power of two"),
+    ({"system_identifier": "1", "wal_segment_size": "16MB"}, "'wal_segment_size' must be an integer"),
+])
+def test_a_malformed_descriptor_names_the_key(repo: MemoryStorage, doc: dict[str, object], problem: str) -> None:
+    repo.put_if_absent("main/cluster.json", json.dumps(doc).encode())
+    with pytest.raises(IntegrityError, match=re.escape(f"main/cluster.json in {repo.url} is malformed: ") + ".*" + problem):
+        read_cluster_info(repo, "main")
+    with pytest.raises(IntegrityError, match=problem):  # never overwritten by a later backup or push
+        ensure_cluster(repo, "main", system_identifier="1", server_major=18)
+
+
+def test_the_descriptor_round_trips() -> None:
+    for info in (ClusterInfo("main", "7300000000000000001", 18, 16 << 20), ClusterInfo("x", "1", None)):
+        assert ClusterInfo.from_json(json.loads(info.dumps()), cluster="other", where="k") == info
 
 
 def test_catalog_works_through_open_storage() -> None:

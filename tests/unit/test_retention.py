@@ -628,7 +628,7 @@ def test_deletion_order_manifest_first_then_objects_then_wal_object_before_recor
     settings_ = load_settings(environ={"PGVAULT_REPOSITORY_URL": "memory://x", "PGVAULT_CLUSTER": "c",
                                        "PGVAULT_RETENTION_PHYSICAL_KEEP_LAST": "1", "PGVAULT_RETENTION_LOGICAL_KEEP_LAST": "1"})
     ctx = Context(settings=settings_, storage=storage, conn=ConnInfo.from_dsn("", {}))
-    storage.put_if_absent(layout.cluster_key("c"), json.dumps({"wal_segment_size": SEG}).encode())
+    storage.put_if_absent(layout.cluster_key("c"), json.dumps({"cluster": "c", "system_identifier": "1", "wal_segment_size": SEG}).encode())
     for backup_id, start in (("20261120T000000Z", 2), ("20261122T000000Z", 6)):
         prefix = layout.base_prefix("c", backup_id)
         storage.put_if_absent(prefix + "base.tar.zst", b"b")

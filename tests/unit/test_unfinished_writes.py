@@ -28,7 +28,7 @@ from pgvault.policy.verdict import WARNING, evaluate, snapshot_json
 from pgvault.policy.wal_check import OK
 from pgvault.policy.wal_check import WARNING as VERIFY_WARNING
 from pgvault.repository import layout
-from pgvault.repository.catalog import ensure_cluster
+from pgvault.repository.cluster import ensure_cluster
 from pgvault.storage import UnfinishedWrite
 from pgvault.storage.memory import MemoryStorage
 

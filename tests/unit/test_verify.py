@@ -25,7 +25,7 @@ from pgvault.pipeline import PipelineSpec, StreamResult, write_stream
 from pgvault.policy.wal_check import FAILED, OK, PARTIAL, WARNING, collapse, timeline_problems, wal_continuity
 from pgvault.repository import layout
 from pgvault.repository.archive_index import ArchiveIndex
-from pgvault.repository.catalog import ensure_cluster
+from pgvault.repository.cluster import ensure_cluster
 from pgvault.repository.manifest import DatabaseEntry, LogicalManifest, StoredObject
 from pgvault.repository.physical import PhysicalManifest
 from pgvault.storage.memory import MemoryStorage

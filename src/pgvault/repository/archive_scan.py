@@ -13,10 +13,10 @@ from collections.abc import Callable
 
 from pgvault.errors import IntegrityError, PgvaultError
 from pgvault.pg import wal
-from pgvault.pipeline import PipelineSpec, StreamResult, all_suffixes, read_stream
+from pgvault.pipeline import all_suffixes, read_stream
 from pgvault.repository import layout
 from pgvault.repository.archive_index import ArchiveIndex, RestorePoint
-from pgvault.repository.wal_record import archived_at
+from pgvault.repository.wal_record import archived_at, read_record
 from pgvault.storage import ObjectNotFound, Storage
 
 
@@ -81,25 +81,29 @@ def stored_name(base: str) -> str | None:
 def _read_history(
     storage: Storage, cluster: str, name: str, identities: Callable[[], list[str]] | None
 ) -> list[wal.HistoryEntry]:
+    hint = "run 'pgvault verify --all' for a full report"
     try:
-        meta = json.loads(storage.read_bytes(layout.wal_meta(cluster, name)))
-        if not isinstance(meta, dict):
-            raise ValueError("not a JSON object")
-        if "history" in meta:
-            return wal.parse_history(str(meta["history"]))
-        spec = PipelineSpec.from_json(meta["pipeline"])
+        meta = read_record(storage, cluster, name)
+    except IntegrityError as e:
+        raise IntegrityError(f"archived timeline history {name} is unreadable: {e.message}", hint=hint) from None
+    if meta is None:  # deleted since the listing
+        raise IntegrityError(f"archived timeline history {name} lost its checksum record", hint=hint)
+    try:
+        if meta.history is not None:
+            return wal.parse_history(meta.history)
+        spec = meta.pipeline
         if spec.encryption != "none" and identities is None:
             raise IntegrityError(f"{name} is encrypted and its checksum record carries no copy of the history")
         out = io.BytesIO()
-        with storage.open_read(str(meta["key"])) as src:
+        with storage.open_read(meta.key) as src:
             read_stream(src, out, spec, identities=identities() if spec.encryption != "none" and identities else [],
-                        expected=StreamResult.from_json(meta))
+                        expected=meta.checksums)
         return wal.parse_history(out.getvalue().decode())
     except ObjectNotFound:
         raise IntegrityError(f"archived timeline history {name} lost its object") from None
-    except (wal.WalError, ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+    except (wal.WalError, ValueError) as e:
         raise IntegrityError(f"archived timeline history {name} is unreadable: {type(e).__name__}: {e}",
-                             hint="run 'pgvault verify --all' for a full report") from None
+                             hint=hint) from None
 
 
 def restore_point_key(cluster: str, name: str) -> str:

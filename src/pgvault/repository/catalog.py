@@ -1,4 +1,5 @@
-"""Reading what the repository holds: manifests, and resolving ``latest``.
+"""Reading what the repository holds: manifests, and resolving ``latest`` (the cluster descriptor
+is :mod:`pgvault.repository.cluster`, a WAL file's checksum record :mod:`pgvault.repository.wal_record`).
 
 One unreadable manifest (bit rot, a truncated upload by hand, an edit gone wrong) must not hide
 every other backup: listings skip it and report it as a :class:`DamagedManifest`, ``latest``
@@ -7,10 +8,9 @@ passes over it with a warning naming it, and only asking for that backup by its 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from pgvault import log
 from pgvault.errors import IntegrityError, NotFoundError
@@ -164,59 +164,3 @@ def resolve_logical(storage: Storage, cluster: str, ref: str, *, database: str |
             return m
     what = f" containing database {database!r}" if database else ""
     raise NotFoundError(f"no logical backup{what} for cluster {cluster!r} in {storage.url}")
-
-
-def read_cluster_info(storage: Storage, cluster: str) -> dict[str, Any] | None:
-    """The cluster descriptor, or None when the cluster has never been backed up."""
-    try:
-        data = storage.read_bytes(layout.cluster_key(cluster))
-    except ObjectNotFound:
-        return None
-    try:
-        doc = json.loads(data)
-    except ValueError:
-        raise IntegrityError(f"{layout.cluster_key(cluster)} in {storage.url} is not valid JSON") from None
-    if not isinstance(doc, dict):
-        raise IntegrityError(f"{layout.cluster_key(cluster)} in {storage.url} is not a JSON object")
-    return doc
-
-
-def ensure_cluster(
-    storage: Storage, cluster: str, *, system_identifier: str, server_major: int | None, wal_segment_size: int | None = None
-) -> dict[str, Any]:
-    """Create the repository descriptor and the cluster descriptor on first use; afterwards refuse
-    a server whose system identifier differs (a different cluster configured under the same name
-    would silently mix two clusters' backups, and for WAL it would corrupt recovery)."""
-    from pgvault.errors import ConfigError
-    from pgvault.storage import ObjectExists
-
-    try:
-        storage.put_if_absent(
-            layout.DESCRIPTOR_KEY,
-            json.dumps({"format": layout.REPOSITORY_FORMAT, "tool": "pgvault"}, indent=2).encode() + b"\n",
-        )
-    except ObjectExists:
-        pass
-    doc: dict[str, Any] = {"cluster": cluster, "system_identifier": system_identifier, "server_major": server_major}
-    if wal_segment_size:
-        doc["wal_segment_size"] = wal_segment_size
-    try:
-        storage.put_if_absent(layout.cluster_key(cluster), json.dumps(doc, indent=2).encode() + b"\n")
-        return doc
-    except ObjectExists:
-        pass
-    known = read_cluster_info(storage, cluster) or {}
-    if str(known.get("system_identifier")) != system_identifier:
-        raise ConfigError(
-            [
-                f"cluster {cluster!r} in {storage.url} belongs to system identifier {known.get('system_identifier')}, "
-                f"but the server has {system_identifier}"
-            ],
-            hint="use a different cluster name (--cluster / PGVAULT_CLUSTER) for a different PostgreSQL cluster",
-        )
-    if wal_segment_size and "wal_segment_size" not in known:
-        # First WAL archived for a cluster a logical backup registered: record the segment size.
-        known = {**known, "wal_segment_size": wal_segment_size}
-        with storage.open_write(layout.cluster_key(cluster)) as w:
-            w.write(json.dumps(known, indent=2).encode() + b"\n")
-    return known

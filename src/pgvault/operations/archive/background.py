@@ -227,7 +227,7 @@ def _confirm(ok: Path, src: Path) -> PushResult | None:
 
 def _push_one(ctx: Context, path: Path, data_dir: Path, cache: dict[str, Any]) -> tuple[PushResult, list[int] | None]:
     from pgvault.operations.archive.push_fetch import push
-    from pgvault.repository.catalog import read_cluster_info
+    from pgvault.repository.cluster import read_cluster_info
 
     before = _file_id(path)
     r = push(ctx, str(path), pgdata=str(data_dir), known=cache.get("cluster"))
@@ -385,12 +385,12 @@ def fetch_prefetching(ctx: Context, name: str, destination: str, *, pgdata: str 
 def run_prefetcher(ctx: Context, data_dir: Path, *, idle_exit: float = PREFETCH_IDLE_EXIT,
                    clock: Callable[[], float] = time.monotonic) -> int:
     """Keep the ``restore.prefetch`` segments after the last one asked for ready in the spool."""
-    from pgvault.repository.catalog import read_cluster_info
+    from pgvault.repository.cluster import read_cluster_info
 
     spool = _fetch_dir(ctx, data_dir)
     depth = ctx.settings.restore_prefetch
-    info = read_cluster_info(ctx.storage, ctx.cluster) or {}
-    seg_size = int(info.get("wal_segment_size") or 0)
+    info = read_cluster_info(ctx.storage, ctx.cluster)
+    seg_size = info.wal_segment_size if info and info.wal_segment_size else 0
     if depth <= 0 or not seg_size:
         return 0
     with _try_lock(spool / "prefetch.lock") as mine:

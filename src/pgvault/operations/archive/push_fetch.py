@@ -21,15 +21,14 @@ is done on the raw sha256 in the sidecar; fetch verifies against it too.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import socket
 import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from pgvault import log
 from pgvault.errors import ConfigError, IntegrityError, NotFoundError, StorageError, UsageError
@@ -40,12 +39,10 @@ from pgvault.pg.control import read_major_version, read_segment_header, read_sys
 from pgvault.pipeline import PipelineSpec, StreamResult, all_suffixes, read_stream, write_stream
 from pgvault.repository import layout
 from pgvault.repository.archive_scan import stored_name
-from pgvault.repository.catalog import ensure_cluster, read_cluster_info
+from pgvault.repository.cluster import ClusterInfo, ensure_cluster, read_cluster_info
 from pgvault.repository.locks import pid_alive
-from pgvault.repository.wal_record import RECORD_FORMAT, PushResult, load_record
+from pgvault.repository.wal_record import PushResult, WalRecord, load_record, read_record, save_record
 from pgvault.storage import ObjectExists, ObjectNotFound
-
-META_FORMAT = RECORD_FORMAT
 
 
 def _kind(name: str) -> wal.WalFileKind:
@@ -60,11 +57,6 @@ def _data_dir(pgdata: str | None) -> Path:
     return Path(pgdata) if pgdata else Path.cwd()
 
 
-def load_meta(ctx: Context, name: str) -> dict[str, Any]:
-    """The checksum record (sidecar) of archived ``name``; :class:`IntegrityError` if absent or malformed."""
-    return load_record(ctx.storage, ctx.cluster, name)
-
-
 # A record whose object never appeared is an unfinished push. It is taken over when its process
 # is gone (same host), or after this long: far beyond one commit (a single S3 request, bounded by
 # the storage timeouts), so a push that is merely slow is not mistaken for a dead one.
@@ -77,104 +69,94 @@ _in_flight: set[str] = set()
 _in_flight_lock = threading.Lock()
 
 
-def _lookup(ctx: Context, meta_key: str) -> tuple[dict[str, Any] | None, bool]:
-    """(the checksum record or None if absent, whether the object it names exists).
+def _lookup(ctx: Context, name: str) -> tuple[bool, WalRecord | None, bool]:
+    """(whether ``name`` has a checksum record, the record if it reads, whether its object exists).
 
-    An unreadable record is ``{}``: it describes nothing, so it is taken over like a dead push's."""
+    An unreadable record describes nothing, so it is taken over like a dead push's."""
     try:
-        raw = ctx.storage.read_bytes(meta_key)
+        meta = read_record(ctx.storage, ctx.cluster, name)
+    except IntegrityError:
+        return True, None, False
+    if meta is None:
+        return False, None, False
+    try:
+        ctx.storage.stat(meta.key)
     except ObjectNotFound:
-        return None, False
-    try:
-        meta = json.loads(raw)
-    except ValueError:
-        return {}, False
-    if not isinstance(meta, dict) or meta.get("format") != META_FORMAT or not isinstance(meta.get("key"), str):
-        return {}, False
-    try:
-        ctx.storage.stat(meta["key"])
-    except ObjectNotFound:
-        return meta, False
-    return meta, True
+        return True, meta, False
+    return True, meta, True
 
 
-def _abandoned(meta: dict[str, Any]) -> str | None:
+def _abandoned(meta: WalRecord | None) -> str | None:
     """Why the push that wrote ``meta`` (a record without object) is over, or None if it may still run."""
-    if not meta:
+    if meta is None:
         return "unreadable record"
-    pid = meta.get("pid")
-    if meta.get("host") == socket.gethostname() and isinstance(pid, int) and pid > 0:
-        if pid == os.getpid():
+    if meta.host == socket.gethostname() and meta.pid is not None:
+        if meta.pid == os.getpid():
             with _in_flight_lock:
-                if meta.get("push_id") not in _in_flight:
+                if meta.push_id not in _in_flight:
                     return "an earlier attempt in this process failed"
-        elif not pid_alive(pid):
-            return f"process {pid} is gone"
-    try:
-        at = dt.datetime.fromisoformat(str(meta.get("archived_at")))
-    except ValueError:
-        return "unreadable record"
-    if at.tzinfo is None:
-        at = at.replace(tzinfo=dt.UTC)
-    if (dt.datetime.now(dt.UTC) - at).total_seconds() > PUSH_STALE_SECONDS:
-        return f"no object since {at.isoformat()}"
+        elif not pid_alive(meta.pid):
+            return f"process {meta.pid} is gone"
+    if (dt.datetime.now(dt.UTC) - meta.archived_at).total_seconds() > PUSH_STALE_SECONDS:
+        return f"no object since {meta.archived_at.isoformat()}"
     return None
 
 
-def _in_progress(name: str, meta: dict[str, Any]) -> StorageError:
+def _in_progress(name: str, meta: WalRecord | None) -> StorageError:
+    host, pid, since = (meta.host, meta.pid, meta.archived_at.isoformat()) if meta else (None, None, None)
     return StorageError(
-        f"another push of {name} is in progress (host {meta.get('host')}, pid {meta.get('pid')}, "
-        f"since {meta.get('archived_at')}); not archived by this call",
+        f"another push of {name} is in progress (host {host}, pid {pid}, since {since}); not archived by this call",
         hint="PostgreSQL retries archive_command; this resolves once the other push finishes",
     )
 
 
-def _same_or_refuse(ctx: Context, name: str, src: Path, meta: dict[str, Any]) -> PushResult:
+def _same_or_refuse(ctx: Context, name: str, src: Path, meta: WalRecord) -> PushResult:
     """The name is archived (record and object): succeed for identical content, refuse different."""
     # Only a retry needs a separate read to compare content; the normal path hashes while it
     # uploads, so each segment is read once.
     raw_sha, raw_size = file_sha256(src)
-    if meta.get("raw_sha256") == raw_sha and meta.get("raw_size") == raw_size:
+    sums = meta.checksums
+    if sums.raw_sha256 == raw_sha and sums.raw_size == raw_size:
         log.get().info("%s was already archived with identical content", name)
-        return PushResult(name, str(meta["key"]), True, raw_size, int(meta.get("stored_size", 0)), raw_sha)
+        return PushResult(name, meta.key, True, raw_size, sums.stored_size, raw_sha)
     raise IntegrityError(
         f"{name} is already archived in {ctx.storage.url} with different content "
-        f"(sha256 {str(meta.get('raw_sha256'))[:16]}..., ours {raw_sha[:16]}...); refusing to overwrite it",
+        f"(sha256 {sums.raw_sha256[:16]}..., ours {raw_sha[:16]}...); refusing to overwrite it",
         hint="two servers may be archiving into the same cluster name, or this server was restored without "
         "a new timeline; investigate before removing anything",
     )
 
 
-def _settle_after_race(ctx: Context, name: str, src: Path, meta_key: str) -> PushResult:
+def _settle_after_race(ctx: Context, name: str, src: Path) -> PushResult:
     """Another push claimed the record first: the same rules as a retry."""
-    meta, stored = _lookup(ctx, meta_key)
+    _, meta, stored = _lookup(ctx, name)
     if stored:
         assert meta is not None
         return _same_or_refuse(ctx, name, src, meta)
-    raise _in_progress(name, meta or {})
+    raise _in_progress(name, meta)
 
 
-def _drop_own_record(ctx: Context, meta_key: str, push_id: str) -> None:
+def _drop_own_record(ctx: Context, name: str, push_id: str) -> None:
     """After a failed commit, remove our record (best effort), so the next push need not wait
     for it to go stale; one left behind is harmless (a record without object means "absent")."""
     try:
-        meta, _ = _lookup(ctx, meta_key)
-        if meta and meta.get("push_id") == push_id:
-            ctx.storage.delete(meta_key)
+        _, meta, _ = _lookup(ctx, name)
+        if meta and meta.push_id == push_id:
+            ctx.storage.delete(layout.wal_meta(ctx.cluster, name))
     except Exception as exc:  # noqa: BLE001 - the original error is the one to report
         log.get().debug("could not remove the record of a failed push: %s", exc)
 
 
-def _object_was_there(ctx: Context, name: str, src: Path, meta_key: str, push_id: str) -> PushResult:
+def _object_was_there(ctx: Context, name: str, src: Path, push_id: str) -> PushResult:
     """We hold the record, but the object key was taken. Either a push we took for dead committed
     after all (it then puts its own record back: wait a moment for that), or the object has no
     record at all (a damaged archive). Never overwrite; never leave our record describing it."""
     time.sleep(1.0)
-    meta, stored = _lookup(ctx, meta_key)
-    if stored and meta and meta.get("push_id") != push_id:
+    _, meta, stored = _lookup(ctx, name)
+    if stored and meta and meta.push_id != push_id:
         return _same_or_refuse(ctx, name, src, meta)
-    if meta and meta.get("push_id") == push_id:
-        ctx.storage.delete(meta_key)  # ours: it describes bytes that were never stored
+    if meta and meta.push_id == push_id:
+        ctx.storage.delete(layout.wal_meta(ctx.cluster, name))  # ours: it describes bytes that were never stored
     raise IntegrityError(
         f"{name}: {ctx.storage.url} already holds an object for it that no checksum record describes; "
         "refusing to overwrite it",
@@ -182,7 +164,7 @@ def _object_was_there(ctx: Context, name: str, src: Path, meta_key: str, push_id
     )
 
 
-def push(ctx: Context, path: str, *, pgdata: str | None = None, known: dict[str, Any] | None = None) -> PushResult:
+def push(ctx: Context, path: str, *, pgdata: str | None = None, known: ClusterInfo | None = None) -> PushResult:
     """Archive one WAL file durably; idempotent for identical content, refuses different content.
 
     ``known``: the cluster descriptor, when the caller already read it (the background pusher: a
@@ -199,33 +181,31 @@ def push(ctx: Context, path: str, *, pgdata: str | None = None, known: dict[str,
     else:
         sysid, seg_size = read_system_identifier(data_dir), None
     try:
-        if known is None or "wal_segment_size" not in known:
+        if known is None or known.wal_segment_size is None:
             known = read_cluster_info(ctx.storage, ctx.cluster)
     except StorageError:
         # A local repository root is created only by the write check (so an unmounted volume is
         # never mistaken for an empty archive); the first push of a new archive makes it.
         ctx.storage.check_writable()
         known = read_cluster_info(ctx.storage, ctx.cluster)
-    if known is None or (seg_size and "wal_segment_size" not in known):
+    if known is None or (seg_size and known.wal_segment_size is None):
         known = ensure_cluster(
             ctx.storage, ctx.cluster, system_identifier=sysid, server_major=read_major_version(data_dir),
             wal_segment_size=seg_size,
         )
-    if str(known.get("system_identifier")) != sysid:
+    if known.system_identifier != sysid:
         raise ConfigError(
             [f"refusing to archive {name}: it belongs to system {sysid}, but cluster {ctx.cluster!r} in "
-             f"{ctx.storage.url} is system {known.get('system_identifier')}"],
+             f"{ctx.storage.url} is system {known.system_identifier}"],
             hint="each PostgreSQL cluster needs its own cluster name (PGVAULT_CLUSTER)",
         )
     spec = ctx.settings.pipeline()
     key = layout.wal_object(ctx.cluster, name, spec.suffix())
-    meta_key = layout.wal_meta(ctx.cluster, name)
-    meta, stored = _lookup(ctx, meta_key)
+    takeover, meta, stored = _lookup(ctx, name)
     if stored:
         assert meta is not None
         return _same_or_refuse(ctx, name, src, meta)
-    takeover = meta is not None
-    if meta is not None:
+    if takeover:
         reason = _abandoned(meta)
         if reason is None:
             raise _in_progress(name, meta)
@@ -234,65 +214,54 @@ def push(ctx: Context, path: str, *, pgdata: str | None = None, known: dict[str,
     with _in_flight_lock:
         _in_flight.add(push_id)
     try:
-        return _upload(ctx, name, src, key, meta_key, push_id, takeover, doc={
-            "format": META_FORMAT, "name": name, "kind": kind.name.lower(), "key": key, "system_identifier": sysid,
-        })  # fmt: skip
+        return _upload(ctx, src, key, spec, push_id, takeover, lambda result: WalRecord(
+            name=name, kind=kind, key=key, system_identifier=sysid, pipeline=spec, checksums=result,
+            archived_at=dt.datetime.now(dt.UTC),
+            # Who is pushing: lets a later push tell a crashed push from one still in flight.
+            push_id=push_id, host=socket.gethostname(), pid=os.getpid(),
+            # Tiny and not secret: planning a recovery (and 'list') reads it without the private key.
+            history=src.read_text(encoding="utf-8", errors="replace") if kind is wal.WalFileKind.HISTORY else None,
+        ))  # fmt: skip
     finally:
         with _in_flight_lock:
             _in_flight.discard(push_id)
 
 
-def _upload(ctx: Context, name: str, src: Path, key: str, meta_key: str, push_id: str, takeover: bool,
-            doc: dict[str, Any]) -> PushResult:
-    """Stream the file into a create-only object, claim (or take over) the record, commit."""
-    spec = ctx.settings.pipeline()
-    kind = _kind(name)
+def _upload(ctx: Context, src: Path, key: str, spec: PipelineSpec, push_id: str, takeover: bool,
+            record: Callable[[StreamResult], WalRecord]) -> PushResult:
+    """Stream the file into create-only object ``key``, claim (or take over) its ``record``, commit."""
+    name = src.name
     claimed = False
     writer = ctx.storage.open_write(key, if_absent=True)
     try:
         with open(src, "rb") as f:
-            result = write_stream(f, writer, spec, threads=0)
-        doc.update({
-            "pipeline": spec.to_json(),
-            "archived_at": dt.datetime.now(dt.UTC).isoformat(),
-            # Who is pushing: lets a later push tell a crashed push from one still in flight.
-            "push_id": push_id, "host": socket.gethostname(), "pid": os.getpid(),
-            **result.to_json(),
-        })  # fmt: skip
-        if kind is wal.WalFileKind.HISTORY:
-            # Tiny and not secret: planning a recovery (and 'list') reads it without the private key.
-            doc["history"] = src.read_text(encoding="utf-8", errors="replace")
-        body = json.dumps(doc, indent=1).encode()
+            rec = record(write_stream(f, writer, spec, threads=0))
         # The record goes in before the object is committed, so an object is never visible without
         # the record that lets push compare and fetch verify it. Claiming it with put_if_absent
         # makes this push the only one that may commit an object for the name.
         claimed_at = time.monotonic()
-        if takeover:
-            with ctx.storage.open_write(meta_key) as m:
-                m.write(body)
-        else:
-            try:
-                ctx.storage.put_if_absent(meta_key, body)
-            except ObjectExists:
-                writer.abort()
-                return _settle_after_race(ctx, name, src, meta_key)
+        try:
+            save_record(ctx.storage, ctx.cluster, rec, replace=takeover)
+        except ObjectExists:  # create-only: another push claimed it first
+            writer.abort()
+            return _settle_after_race(ctx, name, src)
         claimed = True
         writer.commit()  # create-only: never replaces an object, whoever wrote it
     except ObjectExists:
-        return _object_was_there(ctx, name, src, meta_key, push_id)
+        return _object_was_there(ctx, name, src, push_id)
     except BaseException:
         writer.abort()
         if claimed:
-            _drop_own_record(ctx, meta_key, push_id)
+            _drop_own_record(ctx, name, push_id)
         raise
     if time.monotonic() - claimed_at > _RECHECK_AFTER:
         # So slow that another push may have taken us for dead and replaced our record: the
         # object is ours, so the record must be too.
-        again, _ = _lookup(ctx, meta_key)
-        if not again or again.get("push_id") != push_id:
-            with ctx.storage.open_write(meta_key) as m:
-                m.write(body)
-    return PushResult(name, key, False, result.raw_size, result.stored_size, result.raw_sha256)
+        _, again, _ = _lookup(ctx, name)
+        if not again or again.push_id != push_id:
+            save_record(ctx.storage, ctx.cluster, rec, replace=True)
+    sums = rec.checksums
+    return PushResult(name, rec.key, False, sums.raw_size, sums.stored_size, sums.raw_sha256)
 
 
 def fetch(ctx: Context, name: str, destination: str, *, pgdata: str | None = None, foreground: bool = True) -> StreamResult:
@@ -311,10 +280,10 @@ def fetch(ctx: Context, name: str, destination: str, *, pgdata: str | None = Non
         raise NotFoundError(f"cluster {ctx.cluster!r} has no archive in {ctx.storage.url}")
     if (data_dir / "global" / "pg_control").exists():
         sysid = read_system_identifier(data_dir)
-        if str(known.get("system_identifier")) != sysid:
+        if known.system_identifier != sysid:
             raise ConfigError(
                 [f"refusing to restore {name}: this data directory is system {sysid}, cluster {ctx.cluster!r} "
-                 f"in {ctx.storage.url} is system {known.get('system_identifier')}"]
+                 f"in {ctx.storage.url} is system {known.system_identifier}"]
             )
     segment = kind is wal.WalFileKind.SEGMENT
     meta_key = layout.wal_meta(ctx.cluster, name)
@@ -331,9 +300,9 @@ def fetch(ctx: Context, name: str, destination: str, *, pgdata: str | None = Non
         if segment and foreground:
             _refuse_hole(ctx, name, f"{name} is not in the archive")
         raise  # confirmed absent: the one case restore_command may report as "not found"
-    meta = load_meta(ctx, name)
+    meta = load_record(ctx.storage, ctx.cluster, name)
     if not _object_arrives(ctx, meta, wait=foreground):
-        what = f"{name} has a checksum record but its object {meta.get('key')} is missing"
+        what = f"{name} has a checksum record but its object {meta.key} is missing"
         if not (segment and foreground):
             raise IntegrityError(f"{what} (a push that did not finish, or a deleted object)",
                                  hint="run 'pgvault verify --all'")
@@ -341,7 +310,7 @@ def fetch(ctx: Context, name: str, destination: str, *, pgdata: str | None = Non
         # Nothing after it: a push that died mid-upload (PostgreSQL never saw it succeed), e.g. on
         # a primary that was lost.  The archive ends before this segment, and the plan said so.
         raise ObjectNotFound(f"{what}; no later WAL is archived, so the archive ends before it")
-    spec = PipelineSpec.from_json(meta["pipeline"])
+    spec = meta.pipeline
     identities = ctx.identities() if spec.encryption != "none" else []
     dest = Path(destination)
     if not dest.is_absolute():
@@ -350,11 +319,11 @@ def fetch(ctx: Context, name: str, destination: str, *, pgdata: str | None = Non
     try:
         with os.fdopen(fd, "wb") as out:
             try:
-                src = ctx.storage.open_read(str(meta["key"]))
+                src = ctx.storage.open_read(meta.key)
             except ObjectNotFound:
-                raise IntegrityError(f"{name}: checksum record exists but object {meta['key']} vanished") from None
+                raise IntegrityError(f"{name}: checksum record exists but object {meta.key} vanished") from None
             with src:
-                result = read_stream(src, out, spec, identities=identities, expected=StreamResult.from_json(meta))
+                result = read_stream(src, out, spec, identities=identities, expected=meta.checksums)
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, dest)
@@ -368,25 +337,21 @@ def fetch(ctx: Context, name: str, destination: str, *, pgdata: str | None = Non
     return result
 
 
-def _object_arrives(ctx: Context, meta: dict[str, Any], *, wait: bool) -> bool:
+def _object_arrives(ctx: Context, meta: WalRecord, *, wait: bool) -> bool:
     """Whether the record's object is stored; a young record (an upload under way: the record goes
     in first) is given until :data:`IN_FLIGHT_GRACE` after it was written."""
     from pgvault.repository.archive_index import IN_FLIGHT_GRACE
 
-    key = str(meta.get("key"))
-    try:
-        written = dt.datetime.fromisoformat(str(meta.get("archived_at")))
-    except ValueError:
-        written = None
+    key = meta.key
     while True:
         try:
             ctx.storage.stat(key)
             return True
         except ObjectNotFound:
             pass
-        if not wait or written is None or written.tzinfo is None:
+        if not wait:
             return False
-        age = dt.datetime.now(dt.UTC) - written
+        age = dt.datetime.now(dt.UTC) - meta.archived_at
         if age >= IN_FLIGHT_GRACE:
             return False
         log.get().info("%s: object not stored yet (record written %.0fs ago); waiting for the upload", key,

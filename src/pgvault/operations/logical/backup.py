@@ -34,7 +34,7 @@ from pgvault.pg.conn import ServerFacts, connect, connection, list_databases, se
 from pgvault.pg.runner import Process, Runner
 from pgvault.pipeline import PipelineSpec, write_stream
 from pgvault.repository import layout
-from pgvault.repository.catalog import ensure_cluster
+from pgvault.repository.cluster import ensure_cluster
 from pgvault.repository.locks import RepositoryLock
 from pgvault.repository.manifest import DatabaseEntry, LogicalManifest, StoredObject, TableCount
 from pgvault.storage import ObjectNotFound, Storage

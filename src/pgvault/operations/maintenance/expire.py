@@ -37,7 +37,8 @@ from pgvault.policy.retention import (
 )
 from pgvault.policy.retention_wal import group_wal
 from pgvault.repository import layout
-from pgvault.repository.catalog import load_physical, read_cluster_info
+from pgvault.repository.catalog import load_physical
+from pgvault.repository.cluster import read_cluster_info
 from pgvault.repository.locks import stale_reason
 from pgvault.storage import ObjectNotFound, Storage, UnfinishedWrite
 
@@ -99,8 +100,8 @@ def collect(ctx: Context, real_now: dt.datetime | None = None) -> Inventory:
     logical = tuple(Backup.from_id(f.backup_id, size=f.size) for f in folders if f.kind == "logical" and f.has_manifest)
     physical = tuple(b for f in folders if f.kind == "base" and f.has_manifest
                      if (b := _physical_record(storage, cluster, f)) is not None)
-    info = read_cluster_info(storage, cluster) or {}
-    seg_size: int | None = int(info["wal_segment_size"]) if info.get("wal_segment_size") else None
+    info = read_cluster_info(storage, cluster)
+    seg_size = info.wal_segment_size if info else None
     wal_files, strays = group_wal(storage.list(layout.wal_root(cluster)), cluster, all_suffixes())
     if strays:
         notes.append(f"{strays} object(s) under {layout.wal_root(cluster)} are not archived WAL files; left alone")

@@ -25,7 +25,8 @@ from pgvault.operations.server_probe import probe_archiving
 from pgvault.policy.pitr import archive_gaps, recoverable_windows
 from pgvault.policy.verdict import ArchiveSummary, BackupFacts, Policy, RepositorySize, StatusSnapshot
 from pgvault.repository.archive_scan import load_archive_index
-from pgvault.repository.catalog import DamagedManifest, read_cluster_info, scan_logical, scan_physical
+from pgvault.repository.catalog import DamagedManifest, scan_logical, scan_physical
+from pgvault.repository.cluster import read_cluster_info
 from pgvault.repository.drills import DrillReport, list_drills
 from pgvault.repository.jobs import JobRecord, list_jobs
 from pgvault.repository.manifest import LogicalManifest
@@ -38,9 +39,9 @@ from pgvault.repository.wal_record import archived_at_iso
 def archive_summary(ctx: Context, backups: list[PhysicalManifest]) -> ArchiveSummary | None:
     """None when the cluster has never archived WAL."""
     info = read_cluster_info(ctx.storage, ctx.cluster)
-    if not info or not info.get("wal_segment_size"):
+    if not info or not info.wal_segment_size:
         return None
-    stored = load_archive_index(ctx.storage, ctx.cluster, int(info["wal_segment_size"]))
+    stored = load_archive_index(ctx.storage, ctx.cluster, info.wal_segment_size)
     # A record whose object is missing is a hole (wal fetch cannot serve it), unless it is young
     # enough to be an upload under way: the parallel pusher finishes segments out of order.
     now = dt.datetime.now(dt.UTC)
@@ -153,7 +154,7 @@ def _read_repository(ctx: Context, cache: ManifestCache, *, now: dt.datetime, pg
         jobs = list_jobs(ctx.storage, ctx.cluster)
     except PgvaultError as e:
         jobs_error = e.message
-    info = read_cluster_info(ctx.storage, ctx.cluster) or {}
+    info = read_cluster_info(ctx.storage, ctx.cluster)
     s = ctx.settings
     return StatusSnapshot(
         cluster=ctx.cluster, repository=ctx.storage.url, taken_at=now,
@@ -162,7 +163,7 @@ def _read_repository(ctx: Context, cache: ManifestCache, *, now: dt.datetime, pg
         physical=tuple(BackupFacts.of_physical(m) for m in physical),
         archive=archive,
         archiving=probe_archiving(ctx.conn, pgdata=pgdata, connect=connect, now=now,
-                                  system_identifier=str(info["system_identifier"]) if info.get("system_identifier") else None),
+                                  system_identifier=info.system_identifier if info else None),
         drills=drills, drill_error=drill_error, jobs=jobs, jobs_error=jobs_error, damaged=tuple(cache.damaged),
         size=repository_size(ctx, ctx.cluster), unfinished=scan(ctx.storage, ctx.cluster, now, s.debris_grace),
     )

@@ -59,6 +59,7 @@ from pgvault.policy.wal_check import (
 from pgvault.repository import catalog, layout
 from pgvault.repository.archive_index import IN_FLIGHT_GRACE
 from pgvault.repository.archive_scan import load_archive_index
+from pgvault.repository.cluster import read_cluster_info
 from pgvault.repository.manifest import LogicalManifest, StoredObject
 from pgvault.repository.physical import PhysicalManifest
 from pgvault.repository.wal_record import load_record
@@ -300,14 +301,6 @@ class _WalResult:
     missing: bool = False  # the record's object is not stored: recovery cannot fetch this file
 
 
-def _parse_time(value: object) -> dt.datetime | None:
-    try:
-        t = dt.datetime.fromisoformat(str(value))
-    except ValueError:
-        return None
-    return t if t.tzinfo else None
-
-
 def _check_wal_file(ctx: Context, checker: ObjectChecker, listing: ArchiveListing, name: str, sysid: str | None,
                     now: dt.datetime) -> _WalResult:
     """One archived file against its checksum record, the way ``wal fetch`` would read it."""
@@ -315,38 +308,33 @@ def _check_wal_file(ctx: Context, checker: ObjectChecker, listing: ArchiveListin
         meta = load_record(ctx.storage, ctx.cluster, name)
     except IntegrityError as e:
         return _WalResult(FAILED, e.message)
-    key = meta.get("key")
-    if not isinstance(key, str) or key.rsplit("/", 1)[-1][: len(name)] != name:
+    key = meta.key
+    if key.rsplit("/", 1)[-1][: len(name)] != name:
         return _WalResult(FAILED, f"its checksum record names no valid object key ({key!r})")
-    if meta.get("name", name) != name:
-        return _WalResult(FAILED, f"its checksum record describes {meta.get('name')!r}", key)
-    if sysid is not None and meta.get("system_identifier") is not None and str(meta["system_identifier"]) != sysid:
-        return _WalResult(FAILED, f"archived from system {meta['system_identifier']}, but the cluster is system {sysid}", key)
-    try:
-        spec = PipelineSpec.from_json(meta.get("pipeline", {}))
-        expected = StreamResult.from_json(meta)
-    except IntegrityError as e:
-        return _WalResult(FAILED, f"checksum record: {e.message}", key)
+    if meta.name != name:
+        return _WalResult(FAILED, f"its checksum record describes {meta.name!r}", key)
+    if sysid is not None and meta.system_identifier != sysid:
+        return _WalResult(FAILED, f"archived from system {meta.system_identifier}, but the cluster is system {sysid}", key)
     info = listing.objects.get(key)
     if info is None:
         try:
             info = ctx.storage.stat(key)  # archived after the listing
         except ObjectNotFound:
-            written = _parse_time(meta.get("archived_at"))
-            if written is not None and now - written < PUSH_GRACE:
+            written = meta.archived_at
+            if now - written < PUSH_GRACE:
                 return _WalResult(WARNING, f"checksum record written at {written.isoformat()} but no object {key} yet "
                                   "(a push in progress?)", key, missing=True)
             return _WalResult(FAILED, f"checksum record without its object {key}: wal fetch treats {name} as not "
                               "archived", key, missing=True)
     is_history = wal.classify_or_none(name) is wal.WalFileKind.HISTORY
-    status, problem, raw = checker.check(key, spec, expected, size=info.size, keep=is_history)
+    status, problem, raw = checker.check(key, meta.pipeline, meta.checksums, size=info.size, keep=is_history)
     if status == FAILED or not is_history:
         return _WalResult(status, problem, key)
-    copy = meta.get("history")
+    copy = meta.history
     text = raw.decode("utf-8", errors="replace") if raw is not None else copy
-    if raw is not None and isinstance(copy, str) and copy != text:
+    if raw is not None and copy is not None and copy != text:
         return _WalResult(FAILED, "the copy of the history in its checksum record differs from the archived file", key)
-    if isinstance(text, str):
+    if text is not None:
         try:
             wal.parse_history(text)
         except wal.WalError as e:
@@ -431,9 +419,9 @@ def verify(ctx: Context, ref: str | None, *, now: dt.datetime | None = None,
     """Verify backup ``ref`` (an id or ``latest``), or with ``None`` every backup and the whole WAL
     archive.  Problems are findings in the returned report; see the module docstring."""
     now = now or dt.datetime.now(dt.UTC)
-    info = catalog.read_cluster_info(ctx.storage, ctx.cluster) or {}
-    sysid = str(info["system_identifier"]) if info.get("system_identifier") is not None else None
-    seg_size = int(info["wal_segment_size"]) if info.get("wal_segment_size") else None
+    info = read_cluster_info(ctx.storage, ctx.cluster)
+    sysid = info.system_identifier if info else None
+    seg_size = info.wal_segment_size if info else None
     if ref is None:
         logical_ids = catalog.logical_ids(ctx.storage, ctx.cluster)
         physical_ids = catalog.physical_ids(ctx.storage, ctx.cluster)

@@ -37,7 +37,7 @@ from pgvault.pg.conn import connect, server_facts
 from pgvault.pipeline import PipelineSpec, write_stream
 from pgvault.repository import layout
 from pgvault.repository.archive_scan import wait_until_archived
-from pgvault.repository.catalog import ensure_cluster
+from pgvault.repository.cluster import ensure_cluster
 from pgvault.repository.locks import RepositoryLock
 from pgvault.repository.manifest import StoredObject
 from pgvault.repository.physical import PhysicalManifest, TablespaceEntry

@@ -55,7 +55,8 @@ from pgvault.pipeline import read_stream
 from pgvault.policy.pitr import Plan, RecoveryTarget, plan_recovery, reachable_end
 from pgvault.repository import layout
 from pgvault.repository.archive_scan import load_archive_index
-from pgvault.repository.catalog import list_physical, load_physical, read_cluster_info
+from pgvault.repository.catalog import list_physical, load_physical
+from pgvault.repository.cluster import read_cluster_info
 from pgvault.repository.manifest import StoredObject
 from pgvault.repository.physical import PhysicalManifest
 from pgvault.repository.wal_record import archived_at_iso
@@ -108,7 +109,7 @@ def make_plan(ctx: Context, target: RecoveryTarget, backup_id: str | None = None
     if not backups:
         raise NotFoundError(f"no base backup of cluster {ctx.cluster!r} in {ctx.storage.url}",
                             hint="run 'pgvault basebackup' first")
-    seg_size = int(info.get("wal_segment_size") or backups[-1].wal_segment_size)
+    seg_size = info.wal_segment_size or backups[-1].wal_segment_size
     strict = load_archive_index(ctx.storage, ctx.cluster, seg_size, identities=ctx.identities)
     # Uploads still under way count as archived (wal fetch waits for them), but recovery to the end
     # of the archive is only required to get as far as what is stored now.

@@ -17,7 +17,7 @@ from pgvault.pg import wal
 from pgvault.pg.conn import connect, server_facts
 from pgvault.repository.archive_index import RestorePoint
 from pgvault.repository.archive_scan import load_restore_points, restore_point_key, wait_until_archived
-from pgvault.repository.catalog import ensure_cluster
+from pgvault.repository.cluster import ensure_cluster
 from pgvault.storage import ObjectExists
 
 MAX_NAME = 63  # MAXFNAMELEN - 1: PostgreSQL refuses longer restore point names
