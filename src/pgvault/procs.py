@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 from pathlib import Path
 
 
@@ -22,6 +21,29 @@ def process_start(pid: int) -> int | None:
         return int(stat.rsplit(")", 1)[1].split()[19])
     except (IndexError, ValueError):
         return 0
+
+
+def hostname() -> str:
+    """This host's name: what ``hostname()`` returns on Linux (glibc reads it from
+    uname), without importing ``socket`` — ``wal push`` runs once per WAL segment and every import
+    is start-up time PostgreSQL waits for."""
+    return os.uname().nodename
+
+
+def random_id() -> str:
+    """128 random bits as 32 hex digits (what ``uuid.uuid4().hex`` gave, without importing uuid)."""
+    return os.urandom(16).hex()
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists on this host (one we may not signal counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def process_alive(pid: int, started: int) -> bool:
@@ -42,4 +64,4 @@ def process_alive(pid: int, started: int) -> bool:
 
 def host_tag() -> str:
     """This host's name as a file-name component (``[A-Za-z0-9-]``): pids mean nothing elsewhere."""
-    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
+    return re.sub(r"[^A-Za-z0-9-]", "-", hostname()) or "host"

@@ -198,8 +198,20 @@ def test_the_drills_amcheck_passes_a_clean_cluster_and_skips_when_not_installed(
     assert [(c.ok, c.detail) for c in checks] == [(True, f"skipped: {tmp_path / 'pg_amcheck'} is not installed")]
 
 
-def test_the_context_runner_is_the_real_one_by_default() -> None:
-    ctx = Context(settings=Settings(cluster="c", repository_url="memory://d"), storage=MemoryStorage("d"),
-                  conn=ConnInfo({}))
-    assert type(ctx.runner) is Runner
-    assert ctx.runner.using(BINDIR).output(sys.executable, ["-c", "print('hi')"], env=None) == "hi\n"
+def test_the_context_runner_is_the_real_one_by_default_imported_on_first_use() -> None:
+    code = (
+        "import sys\n"
+        "from pgvault.config import Settings\n"
+        "from pgvault.operations.context import Context\n"
+        "from pgvault.pg.conn import ConnInfo\n"
+        "from pgvault.storage.memory import MemoryStorage\n"
+        "ctx = Context(settings=Settings(cluster='c', repository_url='memory://d'), storage=MemoryStorage('d'),"
+        " conn=ConnInfo({}))\n"
+        "before = 'pgvault.pg.runner' in sys.modules\n"  # wal push makes a Context and runs no program
+        "from pgvault.pg.runner import Runner\n"
+        "bound = ctx.runner.using(None)\n"
+        "print(before, type(bound) is Runner, ctx.runner.output(sys.executable, ['-c', 'print(1)'], env=None).strip())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "True", "1"]

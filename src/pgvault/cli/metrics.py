@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import socket
 import sys
 from typing import Any
 
 from pgvault import log
 from pgvault.errors import PgvaultError, StorageError, UsageError
+from pgvault.procs import hostname
 
 # The commands in ``cli.SCHEDULED_JOBS`` record their outcome.  A command may set
 # ``args.job_name`` (None: this run is not a job run) and ``args.job_details`` (a small JSON-able
@@ -166,7 +166,7 @@ def _record(args: argparse.Namespace, started: float, exit_code: int, error: Bas
         error_kind=_error_kind(error, exit_code),
         error=None if error is None else log.redact(getattr(error, "message", None) or f"{type(error).__name__}: {error}"),
         details=dict(details) if isinstance(details, dict) else {},
-        host=socket.gethostname(), pgvault_version=pgvault.__version__,
+        host=hostname(), pgvault_version=pgvault.__version__,
     )
     logger = log.get()
     settings = None

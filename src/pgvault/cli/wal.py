@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 from pgvault.cli import context_from, emit, settings_from
-from pgvault.operations.archive.background import is_ready, passthrough_args, push_async
 
 # restore_command: exit 1 means "this file does not exist" and may end recovery; any other failure
 # must exit above 125 so that PostgreSQL aborts recovery instead of promoting early.
@@ -45,7 +44,15 @@ def fetch_exit_code(error: BaseException) -> int:
 
 
 def _passthrough(args: argparse.Namespace) -> list[str]:
+    from pgvault.operations.archive.background import passthrough_args
+
     return passthrough_args(args.config, args.cluster, args.repository)
+
+
+def _async_ready(data_dir: Path, path: str) -> bool:
+    from pgvault.operations.archive.background import is_ready
+
+    return is_ready(data_dir, path)
 
 
 def run_push(args: argparse.Namespace) -> int:
@@ -53,7 +60,11 @@ def run_push(args: argparse.Namespace) -> int:
 
     settings = settings_from(args)
     data_dir = Path(args.pgdata) if args.pgdata else Path.cwd()
-    if settings.archive_async and is_ready(data_dir, args.path):
+    # The background pusher's module only when it is used (archive.async): each import is
+    # start-up time PostgreSQL waits for, once per segment.
+    if settings.archive_async and _async_ready(data_dir, args.path):
+        from pgvault.operations.archive.background import push_async
+
         r = push_async(settings, args.path, pgdata=str(data_dir), passthrough=_passthrough(args),
                        make_context=lambda: build_context(settings))
     else:

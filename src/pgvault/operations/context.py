@@ -5,13 +5,35 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, cast
 
 from pgvault.config import Settings, identity_problems
 from pgvault.errors import ConfigError
 from pgvault.pg.conn import ConnInfo
-from pgvault.pg.runner import Runner
 from pgvault.pipeline import load_identities
 from pgvault.storage import Storage, open_storage, s3_settings
+
+if TYPE_CHECKING:
+    from pgvault.pg.runner import Runner
+
+
+class _RunnerOnFirstUse:
+    """The real :class:`~pgvault.pg.runner.Runner`, imported when a program is first run: ``wal
+    push`` builds a Context per segment and never runs a PostgreSQL program, and each import is
+    start-up time PostgreSQL waits for."""
+
+    _real: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._real is None:
+            from pgvault.pg.runner import Runner
+
+            self._real = Runner()
+        return getattr(self._real, name)
+
+
+def _default_runner() -> Runner:
+    return cast("Runner", _RunnerOnFirstUse())
 
 
 @dataclass(frozen=True)
@@ -23,7 +45,7 @@ class Context:
     storage: Storage
     conn: ConnInfo
     environ: Mapping[str, str] = field(default_factory=dict, repr=False)
-    runner: Runner = field(default_factory=Runner, repr=False)
+    runner: Runner = field(default_factory=_default_runner, repr=False)
 
     @property
     def cluster(self) -> str:

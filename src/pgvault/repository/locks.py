@@ -19,14 +19,13 @@ import datetime as dt
 import hashlib
 import json
 import os
-import socket
 import threading
-import uuid
 from types import TracebackType
 from typing import Any
 
 from pgvault import log
 from pgvault.errors import LockedError
+from pgvault.procs import hostname, pid_alive, random_id
 from pgvault.repository import layout
 from pgvault.storage import ObjectExists, ObjectNotFound, Storage
 
@@ -41,17 +40,6 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this pid exists on this host (one we may not signal counts)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class RepositoryLock:
     """Context manager holding ``<cluster>/locks/<operation>.lock`` while the body runs."""
 
@@ -60,13 +48,13 @@ class RepositoryLock:
         self.key = layout.lock_key(cluster, operation)
         self.operation = operation
         self.cluster = cluster
-        self.token = uuid.uuid4().hex
+        self.token = random_id()
         self._stop = threading.Event()
         self._beat: threading.Thread | None = None
 
     def _body(self, ttl: float = TTL_SECONDS) -> bytes:
         doc = {
-            "host": socket.gethostname(),
+            "host": hostname(),
             "pid": os.getpid(),
             "token": self.token,
             "operation": self.operation,
@@ -203,7 +191,7 @@ def stale_reason(doc: object, *, now: dt.datetime | None = None) -> str | None:
         pid = int(doc.get("pid", 0))
     except (KeyError, ValueError, TypeError):
         return "unreadable lock"
-    if doc.get("host") == socket.gethostname() and pid > 0 and not pid_alive(pid):
+    if doc.get("host") == hostname() and pid > 0 and not pid_alive(pid):
         return f"owner process {pid} is gone"
     if ((now or _now()) - beat).total_seconds() > ttl:
         return f"no heartbeat since {beat.isoformat()}"

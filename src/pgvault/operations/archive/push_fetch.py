@@ -22,11 +22,9 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import socket
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -37,10 +35,9 @@ from pgvault.operations.context import Context
 from pgvault.pg import wal
 from pgvault.pg.control import read_major_version, read_segment_header, read_system_identifier
 from pgvault.pipeline import PipelineSpec, StreamResult, all_suffixes, read_stream, write_stream
+from pgvault.procs import hostname, pid_alive, random_id
 from pgvault.repository import layout
-from pgvault.repository.archive_scan import stored_name
 from pgvault.repository.cluster import ClusterInfo, ensure_cluster, read_cluster_info
-from pgvault.repository.locks import pid_alive
 from pgvault.repository.wal_record import PushResult, WalRecord, load_record, read_record, save_record
 from pgvault.storage import ObjectExists, ObjectNotFound
 
@@ -90,7 +87,7 @@ def _abandoned(meta: WalRecord | None) -> str | None:
     """Why the push that wrote ``meta`` (a record without object) is over, or None if it may still run."""
     if meta is None:
         return "unreadable record"
-    if meta.host == socket.gethostname() and meta.pid is not None:
+    if meta.host == hostname() and meta.pid is not None:
         if meta.pid == os.getpid():
             with _in_flight_lock:
                 if meta.push_id not in _in_flight:
@@ -210,7 +207,7 @@ def push(ctx: Context, path: str, *, pgdata: str | None = None, known: ClusterIn
         if reason is None:
             raise _in_progress(name, meta)
         log.get().warning("taking over the record of an unfinished push of %s: %s", name, reason)
-    push_id = uuid.uuid4().hex
+    push_id = random_id()
     with _in_flight_lock:
         _in_flight.add(push_id)
     try:
@@ -218,7 +215,7 @@ def push(ctx: Context, path: str, *, pgdata: str | None = None, known: ClusterIn
             name=name, kind=kind, key=key, system_identifier=sysid, pipeline=spec, checksums=result,
             archived_at=dt.datetime.now(dt.UTC),
             # Who is pushing: lets a later push tell a crashed push from one still in flight.
-            push_id=push_id, host=socket.gethostname(), pid=os.getpid(),
+            push_id=push_id, host=hostname(), pid=os.getpid(),
             # Tiny and not secret: planning a recovery (and 'list') reads it without the private key.
             history=src.read_text(encoding="utf-8", errors="replace") if kind is wal.WalFileKind.HISTORY else None,
         ))  # fmt: skip
@@ -366,6 +363,8 @@ def _refuse_hole(ctx: Context, name: str, what: str) -> None:
     polling every few seconds), so a hole longer than the rest of a log id plus the next one
     (4 GiB of WAL with 16 MiB segments) is not seen here; restore-cluster's plan, which reads the
     whole archive, refuses those before recovery starts."""
+    from pgvault.repository.archive_scan import stored_name  # fetch's rare path: not a cost of every push
+
     tli_log = name[:16]
     nxt = f"{name[:8]}{int(name[8:16], 16) + 1:08X}"
     later: str | None = None

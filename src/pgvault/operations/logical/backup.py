@@ -13,7 +13,6 @@ while pg_dump streams, so the counts describe precisely the rows in the archive.
 from __future__ import annotations
 
 import datetime as dt
-import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -33,6 +32,7 @@ from pgvault.pg.bindir import bindir_for_server
 from pgvault.pg.conn import ServerFacts, connect, connection, list_databases, server_facts
 from pgvault.pg.runner import Process, Runner
 from pgvault.pipeline import PipelineSpec, write_stream
+from pgvault.procs import hostname
 from pgvault.repository import layout
 from pgvault.repository.cluster import ensure_cluster
 from pgvault.repository.locks import RepositoryLock
@@ -262,7 +262,7 @@ def backup(ctx: Context, req: BackupRequest) -> LogicalManifest:
             finished_at=_utcnow().isoformat(),
             duration_seconds=time.monotonic() - t0,
             pipeline=spec,
-            host=socket.gethostname(),
+            host=hostname(),
             pgvault_version=pgvault.__version__,
             databases=tuple(entries),
             globals=globals_obj,

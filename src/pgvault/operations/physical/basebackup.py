@@ -18,7 +18,6 @@ from __future__ import annotations
 import datetime as dt
 import io
 import os
-import socket
 import stat
 import tarfile
 import threading
@@ -35,6 +34,7 @@ from pgvault.operations.context import Context
 from pgvault.pg import wal
 from pgvault.pg.conn import connect, server_facts
 from pgvault.pipeline import PipelineSpec, write_stream
+from pgvault.procs import hostname
 from pgvault.repository import layout
 from pgvault.repository.archive_scan import wait_until_archived
 from pgvault.repository.cluster import ensure_cluster
@@ -356,7 +356,7 @@ def basebackup(ctx: Context, *, pgdata: str | None = None, fast: bool = True, ar
                 base_files=base_files,
                 base_parts=tuple(base_parts),
                 tablespaces=tuple(tablespaces),
-                host=socket.gethostname(),
+                host=hostname(),
                 pgvault_version=pgvault.__version__,
                 stopped_at=stopped["time"],
                 next_xid=int(stopped["next_xid"]),
