@@ -5,37 +5,38 @@ Backups are encrypted to *recipients* (public keys: ``age1...`` X25519 keys or O
 them; only a restore needs an *identity* (secret key).  The output is a standard age file:
 ``age -d -i key.txt`` decrypts it without pgvault.
 
-Two pyrage behaviours shape this module:
+pyrage streams only as a loop it runs itself (``encrypt_io`` / ``decrypt_io``: pull from a reader
+to EOF, push into a writer), while the pipeline's stages are a writer that is pushed into and a
+reader that is pulled from.  :class:`_Relay` turns one into the other: the pyrage call runs on a
+helper thread, but only ever while the caller's thread waits for it, one input piece at a time -
+a coroutine, not a second worker.  Everything else stays on the caller's thread: reading the
+stored object, hashing, writing into the sink.  So an error of the source or the sink is never
+seen by pyrage (which would flatten it into a string, and swallows one raised by the final
+write), it simply propagates; and pyrage, which holds the GIL while it encrypts, loses no
+parallelism it had.
 
-* an exception raised by our reader (and, while encrypting, by our writer) comes back flattened
-  into a ``pyrage.EncryptError("ValueError: ...")`` string.  The stages wrap both callbacks and
-  re-raise the *original* exception, so a storage error stays a StorageError and a dying
-  ``pg_restore`` stays a BrokenPipeError instead of turning into "cannot decrypt";
-* pyrage 1.4 *swallows* an exception raised by the writer during its final write (the age
-  trailer is written when the stream is finished, and that error is lost): a full disk or a dead
-  upload on the last chunk would look like success.  The guard therefore also re-raises a
-  remembered callback error after pyrage returned normally;
-* failures carry pyrage's fixed texts.  Secret keys never appear in messages here: identities are
-  referred to by position only, and parse errors are never echoed.
+Failures carry pyrage's fixed texts.  Secret keys never appear in messages here: identities are
+referred to by position only, and parse errors are never echoed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pyrage
 
 from pgvault.errors import ConfigError, IntegrityError
-from pgvault.pipeline.digest import SupportsRead, SupportsWrite
+from pgvault.pipeline.digest import PullStage, PushStage, SupportsRead, SupportsWrite
 
 __all__ = [
     "recipient_problems",
     "parse_recipients",
     "parse_identities",
     "load_identities",
-    "encrypt",
-    "decrypt",
+    "encrypting_writer",
+    "decrypting_reader",
 ]
 
 # pyrage ships no type information; these aliases document what the opaque objects are.
@@ -171,103 +172,235 @@ def load_identities(text: str) -> list[str]:
 
 # --- streams -----------------------------------------------------------------------------------
 
+# age's payload chunk.  Fewer, bigger hand-overs to the relay cost fewer thread switches; pieces
+# of this size keep them rare even when the pipeline's chunk size is tiny (tests use 1 byte).
+_AGE_CHUNK = 64 * 1024
 
-class _Guard:
-    """Remembers the first exception a callback raised, because pyrage flattens it to a string.
 
-    pyrage calls a failed writer once more (and a failed reader may be retried) before it gives
-    up: forwarding that call would push the chunk *after* the lost one downstream, where the
-    decompressor reports the gap as corrupt data and hides the real failure (a full disk, Ctrl-C).
-    So after the first failure every call fails again with that same exception, touching nothing.
+class _Abandoned(Exception):
+    """Raised inside pyrage's read when the stream is abandoned, to end its loop."""
+
+
+class _Relay:
+    """Runs ``call(reader, writer)`` - pyrage's loop - on a helper thread, step by step.
+
+    :meth:`feed` hands one piece of input over and blocks until pyrage has consumed all of it
+    (it then asks for more), returning what pyrage wrote meanwhile; :meth:`finish` signals the
+    end of the input and waits for the call to return.  At any moment exactly one of the two
+    threads runs.  pyrage's read and write callbacks are this object's :meth:`read` and
+    :meth:`write`: they never touch the caller's streams, so they only fail when :meth:`abort`
+    ends the loop.  A piece is not copied before pyrage reads it (the caller waits meanwhile).
     """
 
-    __slots__ = ("error",)
+    __slots__ = ("_call", "_name", "_cond", "_worker_turn", "_input", "_pos", "_eof", "_out", "done", "leftover",
+                 "_error", "_abandoned", "_thread")
 
-    def __init__(self) -> None:
-        self.error: BaseException | None = None
+    def __init__(self, call: Callable[[_Relay, _Relay], None], name: str) -> None:
+        self._call = call
+        self._name = name
+        self._cond = threading.Condition(threading.Lock())
+        self._worker_turn = False
+        self._input = memoryview(b"")
+        self._pos = 0
+        self._eof = False
+        self._out: list[bytes] = []
+        self.done = False  # the call returned (or raised): no more input is taken
+        self.leftover = False  # it returned without consuming all of the last piece
+        self._error: BaseException | None = None
+        self._abandoned = False
+        self._thread: threading.Thread | None = None
 
-    def _failed(self, exc: BaseException) -> BaseException:
-        if self.error is None:
-            self.error = exc
-        return self.error
+    # the caller's side
 
+    def feed(self, data: bytes | bytearray) -> bytes:
+        """Give pyrage ``data``; return what it wrote while consuming it (raise what it raised)."""
+        self._input, self._pos = memoryview(data), 0
+        try:
+            return self._resume()
+        finally:
+            self.leftover = self._pos < len(self._input)
+            self._input.release()  # a bytearray given here may be resized again afterwards
+            self._input = memoryview(b"")
 
-class _GuardedReader(_Guard):
-    __slots__ = ("_inner",)
+    def finish(self) -> bytes:
+        """Signal the end of the input; return the rest pyrage wrote (raise what it raised)."""
+        self._eof = True
+        return self._resume()
 
-    def __init__(self, inner: SupportsRead) -> None:
-        super().__init__()
-        self._inner = inner
+    def _resume(self) -> bytes:
+        if self.done:
+            return b""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._main, name=self._name, daemon=True)
+            self._thread.start()
+        with self._cond:
+            self._worker_turn = True
+            self._cond.notify()
+            while self._worker_turn:
+                self._cond.wait()
+        out, self._out = self._out, []
+        if self._error is not None:
+            raise self._error
+        return b"".join(out)
+
+    def abort(self) -> None:
+        """End pyrage's loop without finishing the stream and wait for the helper thread."""
+        if self._thread is None or self.done:
+            return
+        self._abandoned = True
+        with self._cond:
+            while not self.done:
+                self._worker_turn = True
+                self._cond.notify()
+                self._cond.wait()
+        self._thread.join()
+
+    # the helper thread's side
+
+    def _main(self) -> None:
+        with self._cond:
+            while not self._worker_turn:
+                self._cond.wait()
+        try:
+            if not self._abandoned:
+                self._call(self, self)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+            self._error = exc
+        with self._cond:
+            self.done = True
+            self._worker_turn = False
+            self._cond.notify()
 
     def read(self, size: int = -1, /) -> bytes:
-        if self.error is not None:
-            raise self.error
-        try:
-            return self._inner.read(size)
-        except BaseException as exc:  # KeyboardInterrupt too: it must not become "corrupt data"
-            raise self._failed(exc)  # noqa: B904 - the first failure itself (usually exc), not a new error
-
-
-class _GuardedWriter(_Guard):
-    __slots__ = ("_inner",)
-
-    def __init__(self, inner: SupportsWrite) -> None:
-        super().__init__()
-        self._inner = inner
+        """pyrage's reader: the rest of the current piece (up to ``size``), waiting for the next."""
+        while self._pos >= len(self._input):
+            if self._eof:
+                return b""
+            with self._cond:
+                self._worker_turn = False
+                self._cond.notify()
+                while not self._worker_turn:
+                    self._cond.wait()
+            if self._abandoned:
+                raise _Abandoned()
+        end = len(self._input) if size < 0 else min(len(self._input), self._pos + size)
+        data = self._input[self._pos : end].tobytes()
+        self._pos = end
+        return data
 
     def write(self, data: bytes, /) -> int:
-        if self.error is not None:
-            raise self.error
-        try:
-            self._inner.write(data)
-        except BaseException as exc:
-            raise self._failed(exc)  # noqa: B904 - the first failure itself (usually exc), not a new error
+        """pyrage's writer: kept until the caller's thread takes it."""
+        self._out.append(bytes(data))
         return len(data)
 
-
-def encrypt(reader: SupportsRead, writer: SupportsWrite, recipients: Sequence[AgeRecipient]) -> None:
-    """Pull plaintext from ``reader`` to EOF and write the age file to ``writer``.
-
-    ``recipients`` are parsed (:func:`parse_recipients`).  Exceptions raised by ``reader`` or
-    ``writer`` propagate unchanged.
-    """
-    guarded_reader, guarded_writer = _GuardedReader(reader), _GuardedWriter(writer)
-    failure: BaseException | None = None
-    try:
-        pyrage.encrypt_io(guarded_reader, guarded_writer, list(recipients))
-    except BaseException as exc:
-        failure = exc
-    # Checked even after a normal return: pyrage loses an error raised by the final write.
-    failure = guarded_reader.error or guarded_writer.error or failure
-    # Raised outside the except block so the original exception is not chained to pyrage's copy.
-    if failure is not None:
-        raise failure
+    def flush(self) -> None:
+        return None
 
 
-def decrypt(
-    reader: SupportsRead,
-    writer: SupportsWrite,
-    identities: Sequence[AgeIdentity],
-    *,
-    recipients: Sequence[str] = (),
-) -> None:
-    """Pull an age file from ``reader`` to EOF and write the plaintext to ``writer``.
+class _Encryptor:
+    """The push stage: plaintext in, the age file pushed on into ``sink`` (from the caller's thread)."""
 
-    age authenticates every 64 KiB chunk before releasing it and marks the last one, so corrupt,
-    truncated or extended input raises :class:`IntegrityError` (after the chunks before the damage
-    were written).  ``recipients`` - public keys recorded with the object - only enrich the hint
-    when no identity matches.  Exceptions raised by ``reader`` or ``writer`` propagate unchanged.
-    """
-    guarded_reader, guarded_writer = _GuardedReader(reader), _GuardedWriter(writer)
-    failure: BaseException | None = None
-    try:
-        pyrage.decrypt_io(guarded_reader, guarded_writer, list(identities))
-    except BaseException as exc:
-        failure = _decrypt_failure(exc, len(identities), recipients)
-    # Our callbacks' own errors win over pyrage's rendering of them, and are never lost.
-    failure = guarded_reader.error or guarded_writer.error or failure
-    if failure is not None:
-        raise failure
+    __slots__ = ("_sink", "_relay", "_batch")
+
+    def __init__(self, sink: SupportsWrite, recipients: list[AgeRecipient]) -> None:
+        self._sink = sink
+        self._relay = _Relay(lambda reader, writer: pyrage.encrypt_io(reader, writer, recipients), "age-encrypt")
+        self._batch = bytearray()
+
+    def write(self, data: bytes, /) -> int:
+        if not self._batch and len(data) >= _AGE_CHUNK:
+            self._pass(self._relay.feed(data))
+        else:
+            self._batch += data
+            if len(self._batch) >= _AGE_CHUNK:
+                self._pass(self._relay.feed(self._batch))
+                self._batch.clear()
+        return len(data)
+
+    def finish(self) -> None:
+        if self._batch:
+            self._pass(self._relay.feed(self._batch))
+            self._batch.clear()
+        self._pass(self._relay.finish())
+
+    def _pass(self, out: bytes) -> None:
+        if out:
+            self._sink.write(out)
+
+    def abort(self) -> None:
+        self._relay.abort()
+
+
+class _Decryptor:
+    """The pull stage: reads the age file from ``stored`` (on the caller's thread) and returns the
+    plaintext.  age authenticates every 64 KiB chunk before releasing it and marks the last one,
+    so corrupt, truncated or extended input raises :class:`IntegrityError` (after the chunks
+    before the damage were returned)."""
+
+    __slots__ = ("_stored", "_relay", "_n_identities", "_recipients", "_piece", "_buf", "_pos", "_eof")
+
+    def __init__(self, stored: SupportsRead, identities: list[AgeIdentity], recipients: Sequence[str],
+                 chunk_size: int) -> None:
+        self._stored = stored
+        self._relay = _Relay(lambda reader, writer: pyrage.decrypt_io(reader, writer, identities), "age-decrypt")
+        self._n_identities = len(identities)
+        self._recipients = recipients
+        self._piece = max(chunk_size, _AGE_CHUNK)
+        self._buf = b""
+        self._pos = 0
+        self._eof = False
+
+    def read(self, size: int = -1, /) -> bytes:
+        while self._pos >= len(self._buf):
+            if self._eof:
+                return b""
+            self._buf, self._pos = self._next(), 0
+        if self._pos == 0 and (size < 0 or size >= len(self._buf)):
+            data, self._buf = self._buf, b""
+            return data
+        end = len(self._buf) if size < 0 else self._pos + size
+        data = self._buf[self._pos : end]
+        self._pos += len(data)
+        return data
+
+    def _next(self) -> bytes:
+        data = self._stored.read(self._piece)
+        failure: BaseException | None = None
+        try:
+            if data:
+                out = self._relay.feed(data)
+            else:
+                self._eof = True
+                out = self._relay.finish()
+        except Exception as exc:
+            failure = _decrypt_failure(exc, self._n_identities, self._recipients)
+            if failure is exc:
+                raise
+        if failure is not None:
+            raise failure  # outside the handler: not chained to pyrage's rendering of it
+        if self._relay.done and self._relay.leftover:
+            # pyrage reads to EOF (and rejects trailing bytes) itself; this is the backstop.
+            raise IntegrityError("corrupt: bytes follow the end of the age stream")
+        return out
+
+    def close(self) -> None:
+        self._relay.abort()
+
+
+def encrypting_writer(sink: SupportsWrite, recipients: Sequence[AgeRecipient]) -> PushStage:
+    """A push stage writing the age file for ``recipients`` (parsed: :func:`parse_recipients`)
+    into ``sink``.  Exceptions raised by ``sink`` propagate unchanged."""
+    return _Encryptor(sink, list(recipients))
+
+
+def decrypting_reader(
+    stored: SupportsRead, identities: Sequence[AgeIdentity], *, recipients: Sequence[str] = (), chunk_size: int
+) -> PullStage:
+    """A pull stage returning the plaintext of the age file in ``stored``, which it reads
+    ``chunk_size`` (at least 64 KiB) at a time.  ``identities`` are parsed
+    (:func:`parse_identities`); ``recipients`` - public keys recorded with the object - only
+    enrich the hint when no identity matches.  Exceptions raised by ``stored`` propagate unchanged."""
+    return _Decryptor(stored, list(identities), recipients, chunk_size)
 
 
 def _decrypt_failure(exc: BaseException, n_identities: int, recipients: Sequence[str]) -> BaseException:
