@@ -39,7 +39,7 @@ class _Xor(EncryptionScheme):
         return [f"recipient #{i} is not xor:NN" for i, r in enumerate(recipients, 1)
                 if not (isinstance(r, str) and r.startswith("xor:"))]
 
-    def encrypting_writer(self, sink: SupportsWrite, recipients: Sequence[str]) -> PushStage:
+    def encrypting_writer(self, sink: SupportsWrite, recipients: Sequence[str], *, chunk_size: int) -> PushStage:
         return _XorWriter(sink, int(recipients[0][4:]))
 
     def prepare_identities(self, identities: Sequence[str]) -> Any:

@@ -69,8 +69,7 @@ class _CompressObj(Protocol):
 
 
 class _Compressor:
-    """A push stage over a compressor object with ``compress(data)`` / ``flush()`` (zlib's and
-    python-zstandard's ``compressobj`` share that shape)."""
+    """A push stage over a compressor object with ``compress(data)`` / ``flush()`` (zlib's)."""
 
     __slots__ = ("_cobj", "_sink")
 
@@ -251,6 +250,24 @@ class _ZstdDecompressor:
         return None  # closefd=False: the source stays open; zstd's buffers go with the object
 
 
+class _ZstdCompressor:
+    # stream_writer hands each output buffer straight on (compressobj would join them first).
+    __slots__ = ("_writer",)
+
+    def __init__(self, cctx: zstandard.ZstdCompressor, sink: SupportsWrite) -> None:
+        self._writer = cctx.stream_writer(cast(IO[bytes], sink), closefd=False)
+
+    def write(self, data: bytes, /) -> int:
+        self._writer.write(data)
+        return len(data)
+
+    def finish(self) -> None:
+        self._writer.flush(zstandard.FLUSH_FRAME)
+
+    def abort(self) -> None:
+        return None  # nothing held beyond memory the collector frees (zstd's workers included)
+
+
 class _Zstd(Codec):
     name = "zstd"
     suffix = ".zst"
@@ -265,7 +282,7 @@ class _Zstd(Codec):
         cctx = zstandard.ZstdCompressor(
             level=self.default_level if level is None else level, threads=threads, write_checksum=True
         )
-        return _Compressor(cctx.compressobj(), sink)
+        return _ZstdCompressor(cctx, sink)
 
     def decompressing_reader(self, source: SupportsRead, *, chunk_size: int) -> PullStage:
         return _ZstdDecompressor(source, chunk_size)

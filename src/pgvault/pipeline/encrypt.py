@@ -184,52 +184,53 @@ class _Abandoned(Exception):
 class _Relay:
     """Runs ``call(reader, writer)`` - pyrage's loop - on a helper thread, step by step.
 
-    :meth:`feed` hands one piece of input over and blocks until pyrage has consumed all of it
-    (it then asks for more), returning what pyrage wrote meanwhile; :meth:`finish` signals the
-    end of the input and waits for the call to return.  At any moment exactly one of the two
-    threads runs.  pyrage's read and write callbacks are this object's :meth:`read` and
-    :meth:`write`: they never touch the caller's streams, so they only fail when :meth:`abort`
-    ends the loop.  A piece is not copied before pyrage reads it (the caller waits meanwhile).
+    :meth:`feed` hands pieces of input over and blocks until pyrage has consumed all of them (it
+    then asks for more), returning what pyrage wrote meanwhile; :meth:`finish` signals the end of
+    the input and waits for the call to return.  At any moment exactly one of the two threads
+    runs.  pyrage's read and write callbacks are this object's :meth:`read` and :meth:`write`:
+    they never touch the caller's streams, so they only fail when :meth:`abort` ends the loop.
     """
 
-    __slots__ = ("_call", "_name", "_cond", "_worker_turn", "_input", "_pos", "_eof", "_out", "done", "leftover",
-                 "_error", "_abandoned", "_thread")
+    __slots__ = ("_call", "_name", "_cond", "_worker_turn", "_pieces", "_next", "_piece", "_pos", "_eof", "_out",
+                 "done", "leftover", "_error", "_abandoned", "_thread")
 
     def __init__(self, call: Callable[[_Relay, _Relay], None], name: str) -> None:
         self._call = call
         self._name = name
         self._cond = threading.Condition(threading.Lock())
         self._worker_turn = False
-        self._input = memoryview(b"")
+        self._pieces: list[bytes] = []  # the input of the current feed...
+        self._next = 0  # ...the next of them to read...
+        self._piece = b""  # ...and the one being read, from _pos on
         self._pos = 0
         self._eof = False
         self._out: list[bytes] = []
         self.done = False  # the call returned (or raised): no more input is taken
-        self.leftover = False  # it returned without consuming all of the last piece
+        self.leftover = False  # it returned without consuming all of the last feed
         self._error: BaseException | None = None
         self._abandoned = False
         self._thread: threading.Thread | None = None
 
     # the caller's side
 
-    def feed(self, data: bytes | bytearray) -> bytes:
-        """Give pyrage ``data``; return what it wrote while consuming it (raise what it raised)."""
-        self._input, self._pos = memoryview(data), 0
+    def feed(self, pieces: list[bytes]) -> list[bytes]:
+        """Give pyrage ``pieces`` (not copied: they must not change); return what it wrote while
+        consuming them, as it wrote it (raise what it raised)."""
+        self._pieces, self._next, self._piece, self._pos = pieces, 0, b"", 0
         try:
             return self._resume()
         finally:
-            self.leftover = self._pos < len(self._input)
-            self._input.release()  # a bytearray given here may be resized again afterwards
-            self._input = memoryview(b"")
+            self.leftover = self._pos < len(self._piece) or self._next < len(self._pieces)
+            self._pieces, self._piece = [], b""
 
-    def finish(self) -> bytes:
+    def finish(self) -> list[bytes]:
         """Signal the end of the input; return the rest pyrage wrote (raise what it raised)."""
         self._eof = True
         return self._resume()
 
-    def _resume(self) -> bytes:
+    def _resume(self) -> list[bytes]:
         if self.done:
-            return b""
+            return []
         if self._thread is None:
             self._thread = threading.Thread(target=self._main, name=self._name, daemon=True)
             self._thread.start()
@@ -241,7 +242,7 @@ class _Relay:
         out, self._out = self._out, []
         if self._error is not None:
             raise self._error
-        return b"".join(out)
+        return out
 
     def abort(self) -> None:
         """End pyrage's loop without finishing the stream and wait for the helper thread."""
@@ -273,7 +274,11 @@ class _Relay:
 
     def read(self, size: int = -1, /) -> bytes:
         """pyrage's reader: the rest of the current piece (up to ``size``), waiting for the next."""
-        while self._pos >= len(self._input):
+        while self._pos >= len(self._piece):
+            if self._next < len(self._pieces):
+                self._piece, self._pos = self._pieces[self._next], 0
+                self._next += 1
+                continue
             if self._eof:
                 return b""
             with self._cond:
@@ -283,10 +288,12 @@ class _Relay:
                     self._cond.wait()
             if self._abandoned:
                 raise _Abandoned()
-        end = len(self._input) if size < 0 else min(len(self._input), self._pos + size)
-        data = self._input[self._pos : end].tobytes()
-        self._pos = end
-        return data
+        piece, pos = self._piece, self._pos
+        if size < 0 or pos + size >= len(piece):
+            self._pos = len(piece)
+            return piece[pos:] if pos else piece
+        self._pos = pos + size
+        return piece[pos : pos + size]
 
     def write(self, data: bytes, /) -> int:
         """pyrage's writer: kept until the caller's thread takes it."""
@@ -300,34 +307,41 @@ class _Relay:
 class _Encryptor:
     """The push stage: plaintext in, the age file pushed on into ``sink`` (from the caller's thread)."""
 
-    __slots__ = ("_sink", "_relay", "_batch")
+    __slots__ = ("_sink", "_relay", "_piece", "_batch", "_batched")
 
-    def __init__(self, sink: SupportsWrite, recipients: list[AgeRecipient]) -> None:
+    def __init__(self, sink: SupportsWrite, recipients: list[AgeRecipient], chunk_size: int) -> None:
         self._sink = sink
         self._relay = _Relay(lambda reader, writer: pyrage.encrypt_io(reader, writer, recipients), "age-encrypt")
-        self._batch = bytearray()
+        # Compressed input arrives in pieces of a few hundred KiB per MiB written: collected (not
+        # copied) up to chunk_size, the relay switches threads once per several MiB of raw bytes.
+        self._piece = max(chunk_size, _AGE_CHUNK)
+        self._batch: list[bytes] = []
+        self._batched = 0
 
     def write(self, data: bytes, /) -> int:
-        if not self._batch and len(data) >= _AGE_CHUNK:
-            self._pass(self._relay.feed(data))
-        else:
-            self._batch += data
-            if len(self._batch) >= _AGE_CHUNK:
-                self._pass(self._relay.feed(self._batch))
-                self._batch.clear()
+        # Kept past this call: only an immutable object may be kept as it is.
+        self._batch.append(data if type(data) is bytes else bytes(data))
+        self._batched += len(data)
+        if self._batched >= self._piece:
+            self._feed()
         return len(data)
+
+    def _feed(self) -> None:
+        batch, self._batch, self._batched = self._batch, [], 0
+        self._pass(self._relay.feed(batch))
 
     def finish(self) -> None:
         if self._batch:
-            self._pass(self._relay.feed(self._batch))
-            self._batch.clear()
+            self._feed()
         self._pass(self._relay.finish())
 
-    def _pass(self, out: bytes) -> None:
-        if out:
-            self._sink.write(out)
+    def _pass(self, out: list[bytes]) -> None:
+        # As pyrage wrote them (64 KiB chunks): joining them first would only copy them once more.
+        for piece in out:
+            self._sink.write(piece)
 
     def abort(self) -> None:
+        self._batch = []
         self._relay.abort()
 
 
@@ -366,9 +380,10 @@ class _Decryptor:
     def _next(self) -> bytes:
         data = self._stored.read(self._piece)
         failure: BaseException | None = None
+        out: list[bytes] = []
         try:
             if data:
-                out = self._relay.feed(data)
+                out = self._relay.feed([data if type(data) is bytes else bytes(data)])
             else:
                 self._eof = True
                 out = self._relay.finish()
@@ -381,16 +396,18 @@ class _Decryptor:
         if self._relay.done and self._relay.leftover:
             # pyrage reads to EOF (and rejects trailing bytes) itself; this is the backstop.
             raise IntegrityError("corrupt: bytes follow the end of the age stream")
-        return out
+        # pyrage writes 8 KiB pieces; zstd reads from here 1 MiB at a time.
+        return out[0] if len(out) == 1 else b"".join(out)
 
     def close(self) -> None:
         self._relay.abort()
 
 
-def encrypting_writer(sink: SupportsWrite, recipients: Sequence[AgeRecipient]) -> PushStage:
+def encrypting_writer(sink: SupportsWrite, recipients: Sequence[AgeRecipient], *, chunk_size: int) -> PushStage:
     """A push stage writing the age file for ``recipients`` (parsed: :func:`parse_recipients`)
-    into ``sink``.  Exceptions raised by ``sink`` propagate unchanged."""
-    return _Encryptor(sink, list(recipients))
+    into ``sink``, encrypting ``chunk_size`` (at least 64 KiB) at a time.  Exceptions raised by
+    ``sink`` propagate unchanged."""
+    return _Encryptor(sink, list(recipients), chunk_size)
 
 
 def decrypting_reader(

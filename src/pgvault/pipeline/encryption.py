@@ -56,8 +56,9 @@ class EncryptionScheme(ABC):
         return []
 
     @abstractmethod
-    def encrypting_writer(self, sink: SupportsWrite, recipients: Sequence[str]) -> PushStage:
-        """A stage that pushes the stored (encrypted) form of what it is given into ``sink``."""
+    def encrypting_writer(self, sink: SupportsWrite, recipients: Sequence[str], *, chunk_size: int) -> PushStage:
+        """A stage that pushes the stored (encrypted) form of what it is given into ``sink``
+        (about ``chunk_size`` bytes at a time)."""
 
     def prepare_identities(self, identities: Sequence[str]) -> Any:
         """Parse secret keys for :meth:`decrypt`; :class:`ConfigError` when missing or unparsable.
@@ -91,7 +92,7 @@ class _NoEncryption(EncryptionScheme):
                             "or remove the recipients")
         return problems + recipient_syntax_problems(recipients)
 
-    def encrypting_writer(self, sink: SupportsWrite, recipients: Sequence[str]) -> PushStage:
+    def encrypting_writer(self, sink: SupportsWrite, recipients: Sequence[str], *, chunk_size: int) -> PushStage:
         return PassThroughWriter(sink)
 
     def decrypting_reader(self, stored: SupportsRead, keys: Any, *, recipients: Sequence[str], chunk_size: int) -> PullStage:
@@ -118,10 +119,10 @@ class _Age(EncryptionScheme):
 
         return encrypt.recipient_problems(recipients)
 
-    def encrypting_writer(self, sink: SupportsWrite, recipients: Sequence[str]) -> PushStage:
+    def encrypting_writer(self, sink: SupportsWrite, recipients: Sequence[str], *, chunk_size: int) -> PushStage:
         from pgvault.pipeline import encrypt
 
-        return encrypt.encrypting_writer(sink, encrypt.parse_recipients(recipients))
+        return encrypt.encrypting_writer(sink, encrypt.parse_recipients(recipients), chunk_size=chunk_size)
 
     def prepare_identities(self, identities: Sequence[str]) -> Any:
         from pgvault.pipeline import encrypt

@@ -75,7 +75,7 @@ class PipelineWriter(io.RawIOBase):
         if not (codec.name == "none" and scheme.identity):
             # Otherwise the stored bytes are the raw bytes: hashed once, not twice.
             self._stored = DigestWriter(sink)
-            encryptor = scheme.encrypting_writer(self._stored, spec.recipients)
+            encryptor = scheme.encrypting_writer(self._stored, spec.recipients, chunk_size=chunk_size)
             self._stages = [codec.compressing_writer(encryptor, level=spec.level, threads=threads), encryptor]
             self._raw = DigestWriter(self._stages[0])
 
