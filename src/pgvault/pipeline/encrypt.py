@@ -8,12 +8,12 @@ them; only a restore needs an *identity* (secret key).  The output is a standard
 pyrage streams only as a loop it runs itself (``encrypt_io`` / ``decrypt_io``: pull from a reader
 to EOF, push into a writer), while the pipeline's stages are a writer that is pushed into and a
 reader that is pulled from.  :class:`_Relay` turns one into the other: the pyrage call runs on a
-helper thread, but only ever while the caller's thread waits for it, one input piece at a time -
-a coroutine, not a second worker.  Everything else stays on the caller's thread: reading the
-stored object, hashing, writing into the sink.  So an error of the source or the sink is never
-seen by pyrage (which would flatten it into a string, and swallows one raised by the final
-write), it simply propagates; and pyrage, which holds the GIL while it encrypts, loses no
-parallelism it had.
+helper thread that only ever reads batches the caller's thread hands it and writes into a list
+the caller's thread empties.  Everything else stays on the caller's thread: reading the stored
+object, hashing, writing into the sink.  So an error of the source or the sink is never seen by
+pyrage (which would flatten it into a string, and swallows one raised by the final write), it
+simply propagates.  Decrypting, the two threads take turns (one runs at a time); encrypting,
+pyrage works on one batch while the caller compresses the next outside the GIL.
 
 Failures carry pyrage's fixed texts.  Secret keys never appear in messages here: identities are
 referred to by position only, and parse errors are never echoed.
@@ -21,6 +21,7 @@ referred to by position only, and parse errors are never echoed.
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -182,63 +183,76 @@ class _Abandoned(Exception):
 
 
 class _Relay:
-    """Runs ``call(reader, writer)`` - pyrage's loop - on a helper thread, step by step.
+    """Runs ``call(reader, writer)`` - pyrage's loop - on a helper thread, fed from the caller's.
 
-    :meth:`feed` hands pieces of input over and blocks until pyrage has consumed all of them (it
-    then asks for more), returning what pyrage wrote meanwhile; :meth:`finish` signals the end of
-    the input and waits for the call to return.  At any moment exactly one of the two threads
-    runs.  pyrage's read and write callbacks are this object's :meth:`read` and :meth:`write`:
-    they never touch the caller's streams, so they only fail when :meth:`abort` ends the loop.
+    :meth:`feed` hands a batch of input pieces over; :meth:`finish` signals the end of the input
+    and waits for the call to return.  Both return what pyrage wrote since the last call, as it
+    wrote it, and raise what it raised.  pyrage's read and write callbacks are this object's
+    :meth:`read` and :meth:`write`: they never touch the caller's streams, so they only fail when
+    :meth:`abort` ends the loop.
+
+    With ``wait=True`` a feed returns once pyrage consumed the batch and asks for more (exactly one
+    of the two threads runs).  With ``wait=False`` it returns at once, so pyrage (which holds the
+    GIL only while it encrypts) works on this batch while the caller compresses and hashes the
+    next one outside the GIL; at most one more batch waits, so memory stays bounded.
     """
 
-    __slots__ = ("_call", "_name", "_cond", "_worker_turn", "_pieces", "_next", "_piece", "_pos", "_eof", "_out",
+    __slots__ = ("_call", "_name", "_cond", "_queued", "_pieces", "_next", "_piece", "_pos", "_idle", "_eof", "_out",
                  "done", "leftover", "_error", "_abandoned", "_thread")
 
     def __init__(self, call: Callable[[_Relay, _Relay], None], name: str) -> None:
         self._call = call
         self._name = name
         self._cond = threading.Condition(threading.Lock())
-        self._worker_turn = False
-        self._pieces: list[bytes] = []  # the input of the current feed...
-        self._next = 0  # ...the next of them to read...
+        self._queued: list[bytes] | None = None  # the batch waiting for pyrage
+        self._pieces: list[bytes] = []  # the batch pyrage reads...
+        self._next = 0  # ...the next of its pieces...
         self._piece = b""  # ...and the one being read, from _pos on
         self._pos = 0
+        self._idle = False  # pyrage waits for input and none is queued
         self._eof = False
         self._out: list[bytes] = []
         self.done = False  # the call returned (or raised): no more input is taken
-        self.leftover = False  # it returned without consuming all of the last feed
+        self.leftover = False  # it returned without consuming all of the last batch
         self._error: BaseException | None = None
         self._abandoned = False
         self._thread: threading.Thread | None = None
 
     # the caller's side
 
-    def feed(self, pieces: list[bytes]) -> list[bytes]:
-        """Give pyrage ``pieces`` (not copied: they must not change); return what it wrote while
-        consuming them, as it wrote it (raise what it raised)."""
-        self._pieces, self._next, self._piece, self._pos = pieces, 0, b"", 0
-        try:
-            return self._resume()
-        finally:
-            self.leftover = self._pos < len(self._piece) or self._next < len(self._pieces)
-            self._pieces, self._piece = [], b""
+    def feed(self, pieces: list[bytes], *, wait: bool) -> list[bytes]:
+        """Give pyrage ``pieces`` (not copied: they must not change)."""
+        self._start()
+        with self._cond:
+            while self._queued is not None and not self.done:
+                self._cond.wait()
+            if not self.done:
+                self._queued, self._idle = pieces, False
+                self._cond.notify()
+                while wait and not (self._idle or self.done):
+                    self._cond.wait()
+            self.leftover = self.done and (self._queued is not None or self._pos < len(self._piece)
+                                           or self._next < len(self._pieces))
+            return self._collect()
 
     def finish(self) -> list[bytes]:
-        """Signal the end of the input; return the rest pyrage wrote (raise what it raised)."""
-        self._eof = True
-        return self._resume()
+        """Signal the end of the input and wait until pyrage returned."""
+        self._start()
+        with self._cond:
+            while self._queued is not None and not self.done:
+                self._cond.wait()
+            self._eof = True
+            self._cond.notify()
+            while not self.done:
+                self._cond.wait()
+            return self._collect()
 
-    def _resume(self) -> list[bytes]:
-        if self.done:
-            return []
+    def _start(self) -> None:
         if self._thread is None:
             self._thread = threading.Thread(target=self._main, name=self._name, daemon=True)
             self._thread.start()
-        with self._cond:
-            self._worker_turn = True
-            self._cond.notify()
-            while self._worker_turn:
-                self._cond.wait()
+
+    def _collect(self) -> list[bytes]:
         out, self._out = self._out, []
         if self._error is not None:
             raise self._error
@@ -246,48 +260,43 @@ class _Relay:
 
     def abort(self) -> None:
         """End pyrage's loop without finishing the stream and wait for the helper thread."""
-        if self._thread is None or self.done:
+        if self._thread is None:
             return
-        self._abandoned = True
         with self._cond:
-            while not self.done:
-                self._worker_turn = True
-                self._cond.notify()
-                self._cond.wait()
-        self._thread.join()
+            self._abandoned = True
+            self._cond.notify()
+        if not sys.is_finalizing():  # a stream collected at exit: the (daemon) thread never runs again
+            self._thread.join()
 
     # the helper thread's side
 
     def _main(self) -> None:
-        with self._cond:
-            while not self._worker_turn:
-                self._cond.wait()
         try:
-            if not self._abandoned:
-                self._call(self, self)
+            self._call(self, self)
         except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
             self._error = exc
         with self._cond:
             self.done = True
-            self._worker_turn = False
             self._cond.notify()
 
     def read(self, size: int = -1, /) -> bytes:
-        """pyrage's reader: the rest of the current piece (up to ``size``), waiting for the next."""
+        """pyrage's reader: the rest of the current piece (up to ``size``), waiting for more."""
         while self._pos >= len(self._piece):
             if self._next < len(self._pieces):
                 self._piece, self._pos = self._pieces[self._next], 0
                 self._next += 1
                 continue
-            if self._eof:
-                return b""
             with self._cond:
-                self._worker_turn = False
-                self._cond.notify()
-                while not self._worker_turn:
+                while self._queued is None and not (self._eof or self._abandoned):
+                    self._idle = True
+                    self._cond.notify()
                     self._cond.wait()
-            if self._abandoned:
-                raise _Abandoned()
+                if self._abandoned:
+                    raise _Abandoned()
+                if self._queued is None:  # the end of the input
+                    return b""
+                self._pieces, self._next, self._queued = self._queued, 0, None
+                self._cond.notify()
         piece, pos = self._piece, self._pos
         if size < 0 or pos + size >= len(piece):
             self._pos = len(piece)
@@ -297,7 +306,8 @@ class _Relay:
 
     def write(self, data: bytes, /) -> int:
         """pyrage's writer: kept until the caller's thread takes it."""
-        self._out.append(bytes(data))
+        with self._cond:
+            self._out.append(bytes(data))
         return len(data)
 
     def flush(self) -> None:
@@ -328,7 +338,7 @@ class _Encryptor:
 
     def _feed(self) -> None:
         batch, self._batch, self._batched = self._batch, [], 0
-        self._pass(self._relay.feed(batch))
+        self._pass(self._relay.feed(batch, wait=False))
 
     def finish(self) -> None:
         if self._batch:
@@ -383,7 +393,7 @@ class _Decryptor:
         out: list[bytes] = []
         try:
             if data:
-                out = self._relay.feed([data if type(data) is bytes else bytes(data)])
+                out = self._relay.feed([data if type(data) is bytes else bytes(data)], wait=True)
             else:
                 self._eof = True
                 out = self._relay.finish()
