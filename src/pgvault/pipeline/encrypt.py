@@ -12,8 +12,8 @@ helper thread that only ever reads batches the caller's thread hands it and writ
 the caller's thread empties.  Everything else stays on the caller's thread: reading the stored
 object, hashing, writing into the sink.  So an error of the source or the sink is never seen by
 pyrage (which would flatten it into a string, and swallows one raised by the final write), it
-simply propagates.  Decrypting, the two threads take turns (one runs at a time); encrypting,
-pyrage works on one batch while the caller compresses the next outside the GIL.
+simply propagates.  pyrage works on one batch while the caller compresses (or decompresses)
+the one before or after it outside the GIL, at most one batch apart.
 
 Failures carry pyrage's fixed texts.  Secret keys never appear in messages here: identities are
 referred to by position only, and parse errors are never echoed.
@@ -191,14 +191,14 @@ class _Relay:
     :meth:`read` and :meth:`write`: they never touch the caller's streams, so they only fail when
     :meth:`abort` ends the loop.
 
-    With ``wait=True`` a feed returns once pyrage consumed the batch and asks for more (exactly one
-    of the two threads runs).  With ``wait=False`` it returns at once, so pyrage (which holds the
-    GIL only while it encrypts) works on this batch while the caller compresses and hashes the
-    next one outside the GIL; at most one more batch waits, so memory stays bounded.
+    A feed returns at once, so pyrage (which holds the GIL only while it works) works on the batch
+    while the caller compresses, decompresses or hashes outside the GIL; it waits while an earlier
+    batch is still queued, so at most one batch waits and memory stays bounded.  A hand-over costs
+    tens of microseconds (a futex wake and the GIL), hence batches of 64 KiB and more.
     """
 
-    __slots__ = ("_call", "_name", "_cond", "_queued", "_pieces", "_next", "_piece", "_pos", "_idle", "_eof", "_out",
-                 "done", "leftover", "_error", "_abandoned", "_thread")
+    __slots__ = ("_call", "_name", "_cond", "_queued", "_pieces", "_next", "_piece", "_pos", "_eof", "_out", "done",
+                 "leftover", "_error", "_abandoned", "_thread")
 
     def __init__(self, call: Callable[[_Relay, _Relay], None], name: str) -> None:
         self._call = call
@@ -209,7 +209,6 @@ class _Relay:
         self._next = 0  # ...the next of its pieces...
         self._piece = b""  # ...and the one being read, from _pos on
         self._pos = 0
-        self._idle = False  # pyrage waits for input and none is queued
         self._eof = False
         self._out: list[bytes] = []
         self.done = False  # the call returned (or raised): no more input is taken
@@ -220,19 +219,15 @@ class _Relay:
 
     # the caller's side
 
-    def feed(self, pieces: list[bytes], *, wait: bool) -> list[bytes]:
-        """Give pyrage ``pieces`` (not copied: they must not change)."""
+    def feed(self, pieces: list[bytes]) -> list[bytes]:
+        """Queue ``pieces`` for pyrage (not copied: they must not change)."""
         self._start()
         with self._cond:
             while self._queued is not None and not self.done:
                 self._cond.wait()
             if not self.done:
-                self._queued, self._idle = pieces, False
+                self._queued = pieces
                 self._cond.notify()
-                while wait and not (self._idle or self.done):
-                    self._cond.wait()
-            self.leftover = self.done and (self._queued is not None or self._pos < len(self._piece)
-                                           or self._next < len(self._pieces))
             return self._collect()
 
     def finish(self) -> list[bytes]:
@@ -253,6 +248,8 @@ class _Relay:
             self._thread.start()
 
     def _collect(self) -> list[bytes]:
+        if self.done:
+            self.leftover = self._queued is not None or self._pos < len(self._piece) or self._next < len(self._pieces)
         out, self._out = self._out, []
         if self._error is not None:
             raise self._error
@@ -288,8 +285,6 @@ class _Relay:
                 continue
             with self._cond:
                 while self._queued is None and not (self._eof or self._abandoned):
-                    self._idle = True
-                    self._cond.notify()
                     self._cond.wait()
                 if self._abandoned:
                     raise _Abandoned()
@@ -338,7 +333,7 @@ class _Encryptor:
 
     def _feed(self) -> None:
         batch, self._batch, self._batched = self._batch, [], 0
-        self._pass(self._relay.feed(batch, wait=False))
+        self._pass(self._relay.feed(batch))
 
     def finish(self) -> None:
         if self._batch:
@@ -378,7 +373,7 @@ class _Decryptor:
         while self._pos >= len(self._buf):
             if self._eof:
                 return b""
-            self._buf, self._pos = self._next(), 0
+            self._buf, self._pos = self._next(), 0  # b"" while pyrage is still at an earlier piece
         if self._pos == 0 and (size < 0 or size >= len(self._buf)):
             data, self._buf = self._buf, b""
             return data
@@ -388,12 +383,13 @@ class _Decryptor:
         return data
 
     def _next(self) -> bytes:
+        # Reading one piece ahead: pyrage decrypts it while the caller decompresses the last one.
         data = self._stored.read(self._piece)
         failure: BaseException | None = None
         out: list[bytes] = []
         try:
             if data:
-                out = self._relay.feed([data if type(data) is bytes else bytes(data)], wait=True)
+                out = self._relay.feed([data if type(data) is bytes else bytes(data)])
             else:
                 self._eof = True
                 out = self._relay.finish()
