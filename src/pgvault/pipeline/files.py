@@ -89,14 +89,20 @@ class PipelineWriter(io.RawIOBase):
         if self.closed:
             raise ValueError("write to a closed pipeline writer")
         size = len(data)
-        if self._pending or size < self._chunk_size:
+        if size >= self._chunk_size:
+            if self._pending:  # what was collected goes first, as it is
+                self._push_pending()
+            self._push(data)
+        else:
             self._pending += data
-            if len(self._pending) < self._chunk_size:
-                return size
-            # Handed on whole and replaced, not copied: the stages may keep what they are given.
-            data, self._pending = self._pending, bytearray()
-        self._push(data)
+            if len(self._pending) >= self._chunk_size:
+                self._push_pending()
         return size
+
+    def _push_pending(self) -> None:
+        # Handed on whole and replaced, not copied: the stages may keep what they are given.
+        pending, self._pending = self._pending, bytearray()
+        self._push(pending)
 
     def _push(self, data: Any) -> None:
         try:
@@ -116,8 +122,7 @@ class PipelineWriter(io.RawIOBase):
             return
         try:
             if self._pending:
-                data, self._pending = self._pending, bytearray()
-                self._push(data)
+                self._push_pending()
             for stage in self._stages:
                 stage.finish()
         except BaseException as exc:

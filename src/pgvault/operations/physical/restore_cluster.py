@@ -206,7 +206,7 @@ def _extract(ctx: Context, backup: PhysicalManifest, obj: StoredObject, into: Pa
             except Exception as err:
                 if isinstance(err, PgvaultError) or err is stream.failure:
                     raise  # the stored object (damaged, unreadable) or the repository, as read_stream reports it
-                raise IntegrityError(f"cannot unpack {key}: {type(err).__name__}: {err}") from None
+                raise _unpack_error(key, err) from None
     except ObjectNotFound:
         raise IntegrityError(f"base backup {backup.backup_id} is damaged: object {key} is missing") from None
     finally:
@@ -216,8 +216,13 @@ def _extract(ctx: Context, backup: PhysicalManifest, obj: StoredObject, into: Pa
         if failed is not None:
             if isinstance(failed, PgvaultError):
                 raise failed
-            raise IntegrityError(f"cannot unpack {key}: {type(failed).__name__}: {failed}") from None
+            raise _unpack_error(key, failed) from None
     return files
+
+
+def _unpack_error(key: str, err: BaseException) -> IntegrityError:
+    """A failure of tarfile or the file system while unpacking ``key``."""
+    return IntegrityError(f"cannot unpack {key}: {type(err).__name__}: {err}")
 
 
 def _extract_job(settings: Settings, environ: dict[str, str], backup: PhysicalManifest, obj: StoredObject,
