@@ -18,7 +18,7 @@ import pytest
 from pgvault.errors import ConfigError, IntegrityError
 from pgvault.pipeline import PipelineSpec, all_suffixes, read_stream, write_stream
 from pgvault.pipeline.compress import CODECS
-from pgvault.pipeline.digest import SupportsRead, SupportsWrite
+from pgvault.pipeline.digest import PullStage, PushStage, SupportsRead, SupportsWrite
 from pgvault.pipeline.encryption import SCHEMES, EncryptionScheme, get_scheme, scheme_for_recipients
 
 
@@ -39,21 +39,42 @@ class _Xor(EncryptionScheme):
         return [f"recipient #{i} is not xor:NN" for i, r in enumerate(recipients, 1)
                 if not (isinstance(r, str) and r.startswith("xor:"))]
 
-    def encrypt(self, source: SupportsRead, sink: SupportsWrite, recipients: Sequence[str], *, chunk_size: int) -> None:
-        key = int(recipients[0][4:])
-        while data := source.read(chunk_size):
-            sink.write(bytes(b ^ key for b in data))
+    def encrypting_writer(self, sink: SupportsWrite, recipients: Sequence[str], *, chunk_size: int) -> PushStage:
+        return _XorWriter(sink, int(recipients[0][4:]))
 
     def prepare_identities(self, identities: Sequence[str]) -> Any:
         if not identities:
             raise ConfigError(["the object is encrypted with xor but no identity was given"])
         return int(identities[0])
 
-    def decrypt(
-        self, stored: SupportsRead, sink: SupportsWrite, keys: Any, *, recipients: Sequence[str], chunk_size: int
-    ) -> None:
-        while data := stored.read(chunk_size):
-            sink.write(bytes(b ^ keys for b in data))
+    def decrypting_reader(self, stored: SupportsRead, keys: Any, *, recipients: Sequence[str], chunk_size: int) -> PullStage:
+        return _XorReader(stored, keys)
+
+
+class _XorWriter:
+    def __init__(self, sink: SupportsWrite, key: int) -> None:
+        self.sink, self.key = sink, key
+
+    def write(self, data: bytes) -> int:
+        self.sink.write(bytes(b ^ self.key for b in data))
+        return len(data)
+
+    def finish(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+
+class _XorReader:
+    def __init__(self, stored: SupportsRead, key: int) -> None:
+        self.stored, self.key = stored, key
+
+    def read(self, size: int) -> bytes:
+        return bytes(b ^ self.key for b in self.stored.read(size))
+
+    def close(self) -> None:
+        pass
 
 
 @pytest.fixture

@@ -1,13 +1,14 @@
 """Compression codecs, one registry keyed by the name recorded in manifests.
 
-Each codec gives two things:
+Each codec gives two stages (the shapes are in :mod:`pgvault.pipeline.digest`):
 
-* a *pull-style compressing reader*: wraps the (digest-observed) source and returns compressed
-  bytes from ``read(size)``, so the encrypt stage - or the plain copy loop - can pull from it;
-* a *push-style decompressing writer*: ``write(compressed)`` pushes restored bytes into a sink,
-  and ``finish()`` raises :class:`~pgvault.errors.IntegrityError` when the input stopped inside a
-  frame.  That last check is the whole point: neither zlib nor zstd complain about a stream that
-  simply ends early, and a truncated object in a repository must never restore "successfully".
+* a *push-style compressing writer* (:class:`PushStage`): ``write(raw)`` pushes the compressed
+  bytes on into the next stage, ``finish()`` ends the frame / member;
+* a *pull-style decompressing reader* (:class:`PullStage`): ``read(size)`` returns at most
+  ``size`` restored bytes whatever the compression ratio, and at the end of its input raises
+  :class:`~pgvault.errors.IntegrityError` when the input stopped inside a frame.  That last check
+  is the whole point: neither zlib nor zstd complain about a stream that simply ends early, and a
+  truncated object in a repository must never restore "successfully".
 
 Output of each codec is the codec's standard file format (``zstd -d`` / ``gzip -d`` read it), so
 an operator can undo it by hand when pgvault itself is unavailable.
@@ -22,17 +23,16 @@ from typing import IO, Protocol, cast
 import zstandard
 
 from pgvault.errors import ConfigError, IntegrityError
-from pgvault.pipeline.digest import SupportsRead, SupportsWrite
+from pgvault.pipeline.digest import (
+    PassThroughReader,
+    PassThroughWriter,
+    PullStage,
+    PushStage,
+    SupportsRead,
+    SupportsWrite,
+)
 
-__all__ = ["Codec", "Decompressor", "CODECS", "get_codec", "unknown_codec_problem"]
-
-
-class Decompressor(Protocol):
-    """A push-style decompressing writer; see the module docstring."""
-
-    def write(self, data: bytes, /) -> int: ...
-
-    def finish(self) -> None: ...
+__all__ = ["Codec", "CODECS", "get_codec", "unknown_codec_problem"]
 
 
 class Codec(ABC):
@@ -53,12 +53,43 @@ class Codec(ABC):
         return None
 
     @abstractmethod
-    def compressing_reader(self, source: SupportsRead, *, level: int | None, threads: int, chunk_size: int) -> SupportsRead:
-        """Return a reader whose ``read`` yields the compressed form of everything in ``source``."""
+    def compressing_writer(self, sink: SupportsWrite, *, level: int | None, threads: int) -> PushStage:
+        """Return a stage that pushes the compressed form of what it is given into ``sink``."""
 
     @abstractmethod
-    def decompressing_writer(self, sink: SupportsWrite, *, chunk_size: int) -> Decompressor:
-        """Return a writer that decompresses what it is given into ``sink``."""
+    def decompressing_reader(self, source: SupportsRead, *, chunk_size: int) -> PullStage:
+        """Return a stage whose ``read`` yields the restored form of what it pulls from ``source``
+        (``chunk_size`` bytes at a time)."""
+
+
+class _CompressObj(Protocol):
+    def compress(self, data: bytes, /) -> bytes: ...
+
+    def flush(self) -> bytes: ...
+
+
+class _Compressor:
+    """A push stage over a compressor object with ``compress(data)`` / ``flush()`` (zlib's)."""
+
+    __slots__ = ("_cobj", "_sink")
+
+    def __init__(self, cobj: _CompressObj, sink: SupportsWrite) -> None:
+        self._cobj = cobj
+        self._sink = sink
+
+    def write(self, data: bytes, /) -> int:
+        out = self._cobj.compress(data)
+        if out:
+            self._sink.write(out)
+        return len(data)
+
+    def finish(self) -> None:
+        out = self._cobj.flush()
+        if out:
+            self._sink.write(out)
+
+    def abort(self) -> None:
+        return None  # nothing held beyond memory the collector frees (zstd's workers included)
 
 
 # --- zstd -------------------------------------------------------------------------------------
@@ -160,35 +191,81 @@ class _ZstdFrameTracker:
             self._state, self._need = _MAGIC, 4
 
 
+class _FrameTrackingSource:
+    """The compressed source as zstd pulls it, every byte shown to the frame tracker on the way."""
+
+    __slots__ = ("_source", "frames", "offset", "eof")
+
+    def __init__(self, source: SupportsRead) -> None:
+        self._source = source
+        self.frames = _ZstdFrameTracker()
+        self.offset = 0
+        self.eof = False
+
+    def read(self, size: int = -1, /) -> bytes:
+        data = self._source.read(size)
+        if data:
+            self.frames.feed(data)
+            self.offset += len(data)
+        else:
+            self.eof = True
+        return data
+
+
 class _ZstdDecompressor:
-    __slots__ = ("_writer", "_frames", "_offset")
+    __slots__ = ("_source", "_reader", "_chunk_size")
 
-    def __init__(self, sink: SupportsWrite, chunk_size: int) -> None:
-        # write_size bounds each push into the sink (and so memory), whatever the ratio.
-        self._writer = zstandard.ZstdDecompressor().stream_writer(
-            cast(IO[bytes], sink), write_size=chunk_size, write_return_read=True, closefd=False
+    def __init__(self, source: SupportsRead, chunk_size: int) -> None:
+        self._source = _FrameTrackingSource(source)
+        self._chunk_size = chunk_size
+        # The reader decompresses at most what each read asks for (bounded memory whatever the
+        # ratio) and goes on into the next frame, as `zstd -d` does with concatenated frames.
+        self._reader = zstandard.ZstdDecompressor().stream_reader(
+            cast(IO[bytes], self._source), read_size=chunk_size, read_across_frames=True, closefd=False
         )
-        self._frames = _ZstdFrameTracker()
-        self._offset = 0
 
-    def write(self, data: bytes, /) -> int:
+    def read(self, size: int = -1, /) -> bytes:
         try:
-            self._writer.write(data)
+            data = self._reader.read(size if size >= 0 else self._chunk_size)
         except zstandard.ZstdError as exc:
             # zstd's messages ("Restored data doesn't match checksum", "Data corruption detected")
             # are fixed strings about the data; they are safe and useful to show.
             raise IntegrityError(
-                f"corrupt compressed data (zstd) within the first {self._offset + len(data)} compressed bytes: {exc}"
+                f"corrupt compressed data (zstd) within the first {self._source.offset} compressed bytes: {exc}"
             ) from exc
-        self._frames.feed(data)
-        self._offset += len(data)
+        if not data:
+            self._finish()
+        return data
+
+    def _finish(self) -> None:
+        source = self._source
+        if not source.eof and source.read(self._chunk_size):
+            raise IntegrityError(f"corrupt: bytes follow the end of the zstd stream after {source.offset} compressed bytes")
+        if not source.frames.at_boundary:
+            raise IntegrityError(f"truncated: the zstd stream ends inside a frame after {source.offset} compressed bytes")
+        if source.frames.frames == 0:
+            raise IntegrityError(f"truncated: no complete zstd frame in {source.offset} compressed bytes")
+
+    def close(self) -> None:
+        return None  # closefd=False: the source stays open; zstd's buffers go with the object
+
+
+class _ZstdCompressor:
+    # stream_writer hands each output buffer straight on (compressobj would join them first).
+    __slots__ = ("_writer",)
+
+    def __init__(self, cctx: zstandard.ZstdCompressor, sink: SupportsWrite) -> None:
+        self._writer = cctx.stream_writer(cast(IO[bytes], sink), closefd=False)
+
+    def write(self, data: bytes, /) -> int:
+        self._writer.write(data)
         return len(data)
 
     def finish(self) -> None:
-        if not self._frames.at_boundary:
-            raise IntegrityError(f"truncated: the zstd stream ends inside a frame after {self._offset} compressed bytes")
-        if self._frames.frames == 0:
-            raise IntegrityError(f"truncated: no complete zstd frame in {self._offset} compressed bytes")
+        self._writer.flush(zstandard.FLUSH_FRAME)
+
+    def abort(self) -> None:
+        return None  # nothing held beyond memory the collector frees (zstd's workers included)
 
 
 class _Zstd(Codec):
@@ -198,17 +275,17 @@ class _Zstd(Codec):
     min_level = 1
     max_level = 22
 
-    def compressing_reader(self, source: SupportsRead, *, level: int | None, threads: int, chunk_size: int) -> SupportsRead:
+    def compressing_writer(self, sink: SupportsWrite, *, level: int | None, threads: int) -> PushStage:
         # write_checksum: the frame carries a checksum of the content, so `zstd -d` alone detects
         # corruption even without pgvault's manifest.  threads=0 compresses in the calling thread;
         # N >= 1 runs N zstd workers that work while this thread hashes and encrypts.
         cctx = zstandard.ZstdCompressor(
             level=self.default_level if level is None else level, threads=threads, write_checksum=True
         )
-        return cctx.stream_reader(cast(IO[bytes], source), read_size=chunk_size, closefd=False)
+        return _ZstdCompressor(cctx, sink)
 
-    def decompressing_writer(self, sink: SupportsWrite, *, chunk_size: int) -> Decompressor:
-        return _ZstdDecompressor(sink, chunk_size)
+    def decompressing_reader(self, source: SupportsRead, *, chunk_size: int) -> PullStage:
+        return _ZstdDecompressor(source, chunk_size)
 
 
 # --- gzip -------------------------------------------------------------------------------------
@@ -216,85 +293,62 @@ class _Zstd(Codec):
 _GZIP_WBITS = 16 + zlib.MAX_WBITS  # zlib: "add/expect a gzip header and trailer"
 
 
-class _GzipReader:
-    """Pulls chunks from the source and serves their gzip-compressed form."""
+class _GzipDecompressor:
+    __slots__ = ("_source", "_chunk_size", "_zlib", "_pending", "_more", "_members", "_in_member", "_offset")
 
-    __slots__ = ("_source", "_chunk_size", "_zlib", "_buf", "_pos", "_done")
-
-    def __init__(self, source: SupportsRead, level: int, chunk_size: int) -> None:
+    def __init__(self, source: SupportsRead, chunk_size: int) -> None:
         self._source = source
         self._chunk_size = chunk_size
-        self._zlib = zlib.compressobj(level, zlib.DEFLATED, _GZIP_WBITS)
-        self._buf = b""
-        self._pos = 0
-        self._done = False
-
-    def read(self, size: int = -1, /) -> bytes:
-        # An offset into the last output instead of `del buf[:n]`: pyrage pulls 8 KiB at a time,
-        # and trimming the front of a 1 MiB buffer on every call would copy it over and over.
-        while self._pos >= len(self._buf):
-            if self._done:
-                return b""
-            data = self._source.read(self._chunk_size)
-            if data:
-                self._buf = self._zlib.compress(data)
-            else:
-                self._buf = self._zlib.flush()
-                self._done = True
-            self._pos = 0
-        if size < 0 or (self._pos == 0 and size >= len(self._buf)):
-            out = self._buf[self._pos :] if self._pos else self._buf
-        else:
-            out = self._buf[self._pos : self._pos + size]
-        self._pos += len(out)
-        return out
-
-
-class _GzipDecompressor:
-    __slots__ = ("_sink", "_cap", "_zlib", "_members", "_in_member", "_offset")
-
-    def __init__(self, sink: SupportsWrite, chunk_size: int) -> None:
-        self._sink = sink
-        self._cap = chunk_size  # max output per zlib call: bounds memory whatever the ratio
         self._zlib = zlib.decompressobj(_GZIP_WBITS)
+        self._pending = b""  # compressed bytes zlib has not consumed yet
+        self._more = False  # the last call filled its output: zlib may hold more even without input
         self._members = 0
         self._in_member = False
         self._offset = 0
 
-    def write(self, data: bytes, /) -> int:
-        pending = data
-        if pending:
-            self._in_member = True
+    def read(self, size: int = -1, /) -> bytes:
+        cap = size if size > 0 else self._chunk_size  # max output per zlib call: bounds memory whatever the ratio
         while True:
-            try:
-                out = self._zlib.decompress(pending, self._cap)
-            except zlib.error as exc:
-                raise IntegrityError(
-                    f"corrupt compressed data (gzip) within the first {self._offset + len(data)} compressed bytes: {exc}"
-                ) from exc
-            if out:
-                self._sink.write(out)
-            if self._zlib.eof:
-                # `gzip -d` accepts concatenated members (cat a.gz b.gz), so we do too.
-                self._members += 1
-                pending = self._zlib.unused_data
-                self._zlib = zlib.decompressobj(_GZIP_WBITS)
-                self._in_member = bool(pending)
-                if not pending:
-                    break
+            if self._pending or self._more:
+                out = self._decompress(cap)
+                if out:
+                    return out
                 continue
-            pending = self._zlib.unconsumed_tail
-            # A full output buffer with no input left can still hide output inside zlib.
-            if not pending and len(out) < self._cap:
-                break
-        self._offset += len(data)
-        return len(data)
+            data = self._source.read(self._chunk_size)
+            if not data:
+                self._finish()
+                return b""
+            self._offset += len(data)
+            self._pending = data
+            self._in_member = True
 
-    def finish(self) -> None:
+    def _decompress(self, cap: int) -> bytes:
+        try:
+            out = self._zlib.decompress(self._pending, cap)
+        except zlib.error as exc:
+            raise IntegrityError(
+                f"corrupt compressed data (gzip) within the first {self._offset} compressed bytes: {exc}"
+            ) from exc
+        if self._zlib.eof:
+            # `gzip -d` accepts concatenated members (cat a.gz b.gz), so we do too.
+            self._members += 1
+            self._pending = self._zlib.unused_data
+            self._zlib = zlib.decompressobj(_GZIP_WBITS)
+            self._in_member = bool(self._pending)
+            self._more = False
+        else:
+            self._pending = self._zlib.unconsumed_tail
+            self._more = len(out) == cap
+        return out
+
+    def _finish(self) -> None:
         if self._in_member:
             raise IntegrityError(f"truncated: the gzip stream ends inside a member after {self._offset} compressed bytes")
         if self._members == 0:
             raise IntegrityError(f"truncated: no complete gzip member in {self._offset} compressed bytes")
+
+    def close(self) -> None:
+        return None
 
 
 class _Gzip(Codec):
@@ -304,40 +358,28 @@ class _Gzip(Codec):
     min_level = 0  # 0 = stored blocks: still a valid gzip file
     max_level = 9
 
-    def compressing_reader(self, source: SupportsRead, *, level: int | None, threads: int, chunk_size: int) -> SupportsRead:
-        return _GzipReader(source, self.default_level if level is None else level, chunk_size)
+    def compressing_writer(self, sink: SupportsWrite, *, level: int | None, threads: int) -> PushStage:
+        level = self.default_level if level is None else level
+        return _Compressor(zlib.compressobj(level, zlib.DEFLATED, _GZIP_WBITS), sink)
 
-    def decompressing_writer(self, sink: SupportsWrite, *, chunk_size: int) -> Decompressor:
-        return _GzipDecompressor(sink, chunk_size)
+    def decompressing_reader(self, source: SupportsRead, *, chunk_size: int) -> PullStage:
+        return _GzipDecompressor(source, chunk_size)
 
 
 # --- none -------------------------------------------------------------------------------------
 
 
-class _PassThrough:
-    __slots__ = ("_sink",)
-
-    def __init__(self, sink: SupportsWrite) -> None:
-        self._sink = sink
-
-    def write(self, data: bytes, /) -> int:
-        self._sink.write(data)
-        return len(data)
-
-    def finish(self) -> None:
-        # Nothing marks the end of an uncompressed stream: only the manifest's size and sha256
-        # (read_stream's `expected`) can tell a truncated copy from a complete one.
-        return None
-
-
 class _NoCompression(Codec):
     name = "none"
 
-    def compressing_reader(self, source: SupportsRead, *, level: int | None, threads: int, chunk_size: int) -> SupportsRead:
-        return source
+    # Nothing marks the end of an uncompressed stream: only the manifest's size and sha256
+    # (open_reader's `expected`) can tell a truncated copy from a complete one.
 
-    def decompressing_writer(self, sink: SupportsWrite, *, chunk_size: int) -> Decompressor:
-        return _PassThrough(sink)
+    def compressing_writer(self, sink: SupportsWrite, *, level: int | None, threads: int) -> PushStage:
+        return PassThroughWriter(sink)
+
+    def decompressing_reader(self, source: SupportsRead, *, chunk_size: int) -> PullStage:
+        return PassThroughReader(source)
 
 
 CODECS: dict[str, Codec] = {codec.name: codec for codec in (_Zstd(), _Gzip(), _NoCompression())}

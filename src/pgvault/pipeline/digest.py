@@ -5,8 +5,11 @@ passed.  The pipeline puts one on each end of a stream: the raw digest sees exac
 pulled from the source (or pushed to the restore sink), the stored digest exactly the bytes that
 reach (or come from) the repository.  Their results are read by name once the stream is done.
 
-The small ``SupportsRead`` / ``SupportsWrite`` protocols live here because every pipeline stage
-is built from them and this is the module the other stages already depend on.
+The small protocols live here because every pipeline stage is built from them and this is the
+module the other stages already depend on: ``SupportsRead`` / ``SupportsWrite`` (the caller's
+streams) and the two shapes of a transforming stage, :class:`PushStage` (writing side: bytes are
+pushed in, the transformed bytes pushed on into the next stage) and :class:`PullStage` (reading
+side: the transformed bytes are pulled out, the stage pulls from the one before it).
 """
 
 from __future__ import annotations
@@ -16,7 +19,16 @@ from typing import Protocol
 
 from pgvault.errors import IntegrityError
 
-__all__ = ["SupportsRead", "SupportsWrite", "DigestReader", "DigestWriter"]
+__all__ = [
+    "SupportsRead",
+    "SupportsWrite",
+    "PushStage",
+    "PullStage",
+    "PassThroughWriter",
+    "PassThroughReader",
+    "DigestReader",
+    "DigestWriter",
+]
 
 
 class SupportsRead(Protocol):
@@ -30,6 +42,66 @@ class SupportsWrite(Protocol):
     every sink pgvault uses - files, pipes in blocking mode, storage writers - writes all)."""
 
     def write(self, data: bytes, /) -> object: ...
+
+
+class PushStage(Protocol):
+    """A transform on the writing side: ``write`` pushes what it can of the transformed bytes into
+    the next stage at once, ``finish`` pushes the rest (trailers, the last frame or chunk) and ends
+    the stream; ``abort`` instead drops the stream, releasing what the stage holds and pushing
+    nothing more.  Exactly one of ``finish`` / ``abort`` is called, ``abort`` also after a failed
+    ``finish``."""
+
+    def write(self, data: bytes, /) -> int: ...
+
+    def finish(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+
+class PullStage(Protocol):
+    """A transform on the reading side: ``read(size)`` returns up to ``size`` transformed bytes
+    (``b""`` only at the end) and pulls from the stage before it as needed.  It returns ``b""``
+    only once that stage returned ``b""`` and the format's own end checks passed (a truncated
+    frame raises :class:`IntegrityError` instead).  ``close`` releases what the stage holds
+    (called when the reader is done or abandoned; a second call does nothing)."""
+
+    def read(self, size: int, /) -> bytes: ...
+
+    def close(self) -> None: ...
+
+
+class PassThroughWriter:
+    """The push stage that changes nothing (compression or encryption "none")."""
+
+    __slots__ = ("_sink",)
+
+    def __init__(self, sink: SupportsWrite) -> None:
+        self._sink = sink
+
+    def write(self, data: bytes, /) -> int:
+        self._sink.write(data)
+        return len(data)
+
+    def finish(self) -> None:
+        return None
+
+    def abort(self) -> None:
+        return None
+
+
+class PassThroughReader:
+    """The pull stage that changes nothing (compression or encryption "none")."""
+
+    __slots__ = ("_source",)
+
+    def __init__(self, source: SupportsRead) -> None:
+        self._source = source
+
+    def read(self, size: int = -1, /) -> bytes:
+        return self._source.read(size)
+
+    def close(self) -> None:
+        return None
 
 
 class _Observer:

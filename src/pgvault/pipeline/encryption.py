@@ -7,11 +7,12 @@ Each scheme gives, in one place:
 * what it needs: ``takes_recipients`` (public keys, recorded in the manifest) and
   ``needs_identities`` (secret keys, given only to restores);
 * :meth:`~EncryptionScheme.problems`: every problem with the recipients a spec gives it;
-* the two stream stages: :meth:`~EncryptionScheme.encrypt` pulls the (compressed) bytes and
-  pushes the stored form into a sink; :meth:`~EncryptionScheme.prepare_identities` then
-  :meth:`~EncryptionScheme.decrypt` undo it.
+* the two stream stages (shapes in :mod:`pgvault.pipeline.digest`):
+  :meth:`~EncryptionScheme.encrypting_writer` is pushed the (compressed) bytes and pushes the
+  stored form into a sink; :meth:`~EncryptionScheme.prepare_identities` then
+  :meth:`~EncryptionScheme.decrypting_reader` undo it, pulled from.
 
-:class:`~pgvault.pipeline.PipelineSpec`, ``write_stream``/``read_stream``, ``all_suffixes()`` and
+:class:`~pgvault.pipeline.PipelineSpec`, ``open_writer``/``open_reader``, ``all_suffixes()`` and
 config validation all go through :data:`SCHEMES`, so a new scheme is one more entry here.
 
 pyrage is imported only when an age stage or check actually runs.
@@ -23,8 +24,15 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
 
-from pgvault.errors import ConfigError, IntegrityError
-from pgvault.pipeline.digest import SupportsRead, SupportsWrite
+from pgvault.errors import ConfigError
+from pgvault.pipeline.digest import (
+    PassThroughReader,
+    PassThroughWriter,
+    PullStage,
+    PushStage,
+    SupportsRead,
+    SupportsWrite,
+)
 
 __all__ = ["EncryptionScheme", "SCHEMES", "get_scheme", "scheme_for_recipients", "unknown_scheme_problem",
            "recipient_syntax_problems"]
@@ -48,8 +56,9 @@ class EncryptionScheme(ABC):
         return []
 
     @abstractmethod
-    def encrypt(self, source: SupportsRead, sink: SupportsWrite, recipients: Sequence[str], *, chunk_size: int) -> None:
-        """Pull ``source`` to EOF and push its stored (encrypted) form into ``sink``."""
+    def encrypting_writer(self, sink: SupportsWrite, recipients: Sequence[str], *, chunk_size: int) -> PushStage:
+        """A stage that pushes the stored (encrypted) form of what it is given into ``sink``
+        (about ``chunk_size`` bytes at a time)."""
 
     def prepare_identities(self, identities: Sequence[str]) -> Any:
         """Parse secret keys for :meth:`decrypt`; :class:`ConfigError` when missing or unparsable.
@@ -58,18 +67,12 @@ class EncryptionScheme(ABC):
         return None
 
     @abstractmethod
-    def decrypt(
-        self, stored: SupportsRead, sink: SupportsWrite, keys: Any, *, recipients: Sequence[str], chunk_size: int
-    ) -> None:
-        """Pull stored bytes from ``stored`` to EOF and push the decrypted bytes into ``sink``.
+    def decrypting_reader(self, stored: SupportsRead, keys: Any, *, recipients: Sequence[str], chunk_size: int) -> PullStage:
+        """A stage whose ``read`` returns the decrypted form of what it pulls from ``stored``
+        (about ``chunk_size`` bytes at a time).
 
-        Corrupt, truncated or extended input raises :class:`IntegrityError`."""
-
-
-def _pump(source: SupportsRead, sink: SupportsWrite, chunk_size: int) -> None:
-    read, write = source.read, sink.write
-    while data := read(chunk_size):
-        write(data)
+        Corrupt, truncated or extended input raises :class:`IntegrityError`, at the latest when
+        ``stored`` is exhausted."""
 
 
 # --- none -------------------------------------------------------------------------------------
@@ -89,13 +92,11 @@ class _NoEncryption(EncryptionScheme):
                             "or remove the recipients")
         return problems + recipient_syntax_problems(recipients)
 
-    def encrypt(self, source: SupportsRead, sink: SupportsWrite, recipients: Sequence[str], *, chunk_size: int) -> None:
-        _pump(source, sink, chunk_size)
+    def encrypting_writer(self, sink: SupportsWrite, recipients: Sequence[str], *, chunk_size: int) -> PushStage:
+        return PassThroughWriter(sink)
 
-    def decrypt(
-        self, stored: SupportsRead, sink: SupportsWrite, keys: Any, *, recipients: Sequence[str], chunk_size: int
-    ) -> None:
-        _pump(stored, sink, chunk_size)
+    def decrypting_reader(self, stored: SupportsRead, keys: Any, *, recipients: Sequence[str], chunk_size: int) -> PullStage:
+        return PassThroughReader(stored)
 
 
 # --- age --------------------------------------------------------------------------------------
@@ -118,10 +119,10 @@ class _Age(EncryptionScheme):
 
         return encrypt.recipient_problems(recipients)
 
-    def encrypt(self, source: SupportsRead, sink: SupportsWrite, recipients: Sequence[str], *, chunk_size: int) -> None:
+    def encrypting_writer(self, sink: SupportsWrite, recipients: Sequence[str], *, chunk_size: int) -> PushStage:
         from pgvault.pipeline import encrypt
 
-        encrypt.encrypt(source, sink, encrypt.parse_recipients(recipients))
+        return encrypt.encrypting_writer(sink, encrypt.parse_recipients(recipients), chunk_size=chunk_size)
 
     def prepare_identities(self, identities: Sequence[str]) -> Any:
         from pgvault.pipeline import encrypt
@@ -133,44 +134,10 @@ class _Age(EncryptionScheme):
             )
         return encrypt.parse_identities(identities)
 
-    def decrypt(
-        self, stored: SupportsRead, sink: SupportsWrite, keys: Any, *, recipients: Sequence[str], chunk_size: int
-    ) -> None:
+    def decrypting_reader(self, stored: SupportsRead, keys: Any, *, recipients: Sequence[str], chunk_size: int) -> PullStage:
         from pgvault.pipeline import encrypt
 
-        # age hands out 8 KiB pieces; feeding those one by one to zstd and the sink costs more
-        # Python calls than the decompression itself.
-        batched = _Batcher(sink, chunk_size)
-        encrypt.decrypt(stored, batched, keys, recipients=recipients)
-        batched.flush()
-        # pyrage reads to EOF already (and rejects trailing bytes); draining keeps the stored
-        # digest complete regardless.
-        if stored.read(chunk_size):
-            raise IntegrityError("corrupt: bytes follow the end of the age stream")
-
-
-class _Batcher:
-    """Collects small writes into ``size``-byte writes (plus a final :meth:`flush`)."""
-
-    __slots__ = ("_sink", "_size", "_buf")
-
-    def __init__(self, sink: SupportsWrite, size: int) -> None:
-        self._sink = sink
-        self._size = size
-        self._buf = bytearray()
-
-    def write(self, data: bytes, /) -> int:
-        self._buf += data
-        if len(self._buf) >= self._size:
-            self.flush()
-        return len(data)
-
-    def flush(self) -> None:
-        """Forward whatever is collected."""
-        if self._buf:
-            # bytes(): the sink may keep a reference to what it is given; the buffer is reused.
-            self._sink.write(bytes(self._buf))
-            self._buf.clear()
+        return encrypt.decrypting_reader(stored, keys, recipients=recipients, chunk_size=chunk_size)
 
 
 # The order is the order names are listed in messages.

@@ -26,7 +26,6 @@ import shlex
 import shutil
 import sys
 import tarfile
-import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -51,7 +50,7 @@ from pgvault.operations.physical.recovery import RecoveryOutcome, stop_server
 from pgvault.operations.workers import layout_lock, worker_pool
 from pgvault.pg import wal
 from pgvault.pg.runner import Runner
-from pgvault.pipeline import read_stream
+from pgvault.pipeline import open_reader
 from pgvault.policy.pitr import Plan, RecoveryTarget, plan_recovery, reachable_end
 from pgvault.repository import layout
 from pgvault.repository.archive_scan import load_archive_index
@@ -64,6 +63,7 @@ from pgvault.storage import ObjectNotFound
 
 AUTO_CONF = "postgresql.auto.conf"
 _BLOCK_MARK = "# pgvault restore-cluster"
+_COPY_BUF = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -172,21 +172,22 @@ _NO_FILTER: dict[str, Any] = {"filter": "fully_trusted"} if hasattr(tarfile, "fu
 
 
 def _extract(ctx: Context, backup: PhysicalManifest, obj: StoredObject, into: Path, *, base: bool) -> int:
-    """Stream one stored tar into ``into``; the checksum is verified when the stream ends."""
+    """Stream one stored tar into ``into``, in this thread: tarfile reads the pipeline's file
+    object, which reads the stored object; the checksums are verified when the stream ends."""
     key = layout.base_prefix(backup.cluster, backup.backup_id) + obj.key
     identities = ctx.identities() if backup.pipeline.encryption != "none" else []
-    rfd, wfd = os.pipe()
-    state: dict[str, Any] = {"files": 0}
+    files = 0
     # Each file is flushed to disk in the background as soon as it is written, overlapping the
     # disk's work with the unpacking of the next files (as pgBackRest does per file); the final
     # sync then finds little left to do.
     flusher = cf.ThreadPoolExecutor(max_workers=2, thread_name_prefix="fsync")
     flushes: list[cf.Future[None]] = []
-
-    def consume() -> None:
-        try:
-            with os.fdopen(rfd, "rb", buffering=1 << 20) as pipe:
-                with tarfile.open(fileobj=pipe, mode="r|") as tar:
+    try:
+        with ctx.storage.open_read(key) as src, \
+                open_reader(src, backup.pipeline, identities=identities, expected=obj.result) as stream:
+            try:
+                with tarfile.open(fileobj=stream, mode="r|") as tar:
+                    tar.copybufsize = _COPY_BUF  # type: ignore[attr-defined]
                     for member in tar:
                         _safe_member(member)
                         if base and (member.name.startswith("pg_tblspc/") or member.name == "tablespace_map"):
@@ -200,39 +201,30 @@ def _extract(ctx: Context, backup: PhysicalManifest, obj: StoredObject, into: Pa
                             os.makedirs(into / parent, exist_ok=True)
                         tar.extract(member, into, set_attrs=True, **_NO_FILTER)
                         if member.isfile():
-                            state["files"] += 1
+                            files += 1
                             flushes.append(flusher.submit(fsync_path, into / member.name))
-                while pipe.read(1 << 20):  # drain tar's zero padding so the writer never blocks
+                while stream.read(_COPY_BUF):  # tar's zero padding: the checksums cover the whole object
                     pass
-        except BaseException as e:  # noqa: BLE001 - re-raised in the caller
-            state["error"] = e
-            try:
-                os.close(rfd)
-            except OSError:
-                pass
-
-    consumer = threading.Thread(target=consume, name=f"untar-{obj.name}", daemon=True)
-    consumer.start()
-    try:
-        try:
-            with ctx.storage.open_read(key) as src, os.fdopen(wfd, "wb", buffering=1 << 20) as sink:
-                read_stream(src, sink, backup.pipeline, identities=identities, expected=obj.result)
-        except BrokenPipeError:
-            pass  # the consumer failed; its error is the real one
-        except ObjectNotFound:
-            raise IntegrityError(f"base backup {backup.backup_id} is damaged: object {key} is missing") from None
+            except Exception as err:
+                if isinstance(err, PgvaultError) or err is stream.failure:
+                    raise  # the stored object (damaged, unreadable) or the repository, as read_stream reports it
+                raise _unpack_error(key, err) from None
+    except ObjectNotFound:
+        raise IntegrityError(f"base backup {backup.backup_id} is damaged: object {key} is missing") from None
     finally:
-        consumer.join()
         flusher.shutdown(wait=True)
     for f in flushes:
-        if f.exception() is not None and "error" not in state:
-            state["error"] = f.exception()
-    if "error" in state:
-        err = state["error"]
-        if isinstance(err, PgvaultError):
-            raise err
-        raise IntegrityError(f"cannot unpack {key}: {type(err).__name__}: {err}") from None
-    return int(state["files"])
+        failed = f.exception()
+        if failed is not None:
+            if isinstance(failed, PgvaultError):
+                raise failed
+            raise _unpack_error(key, failed) from None
+    return files
+
+
+def _unpack_error(key: str, err: BaseException) -> IntegrityError:
+    """A failure of tarfile or the file system while unpacking ``key``."""
+    return IntegrityError(f"cannot unpack {key}: {type(err).__name__}: {err}")
 
 
 def _extract_job(settings: Settings, environ: dict[str, str], backup: PhysicalManifest, obj: StoredObject,
