@@ -1,4 +1,5 @@
-"""The local file system, the few ways pgvault writes to it: one home for fsync and atomic writes.
+"""The local file system, the few ways pgvault writes to it: one home for fsync, atomic writes
+and the advisory file locks (``flock``) that keep two pgvault processes out of each other's way.
 
 Not part of :mod:`pgvault.storage` (the repository backends): the WAL spool, restored data
 directories, recovery settings and the metrics textfile are local files whatever the repository
@@ -7,9 +8,13 @@ is.  Imports only the standard library, so the per-segment ``wal push`` foregrou
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -61,3 +66,38 @@ def file_sha256(path: Path) -> tuple[str, int]:
 
 
 __all__ = ["fsync_path", "write_atomic", "file_sha256"]
+
+
+def flock(fd: int, *, wait: float | None = None, waiting: Callable[[], None] | None = None) -> bool:
+    """Take an exclusive ``flock`` on ``fd``: block (``wait=None``), try once (``0``) or retry for
+    ``wait`` seconds; True if taken.  ``waiting`` is called once when the lock is busy, so a
+    caller can say what it waits for.  Released when the last descriptor of the open file is
+    closed (never ``LOCK_UN``: a child that inherited it would lose it too)."""
+    if wait is None:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return True
+    deadline = time.monotonic() + wait
+    told = False
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            if waiting is not None and not told:
+                waiting()
+                told = True
+            time.sleep(0.1)
+
+
+@contextmanager
+def try_lock_file(path: Path, mode: int = 0o600) -> Iterator[bool]:
+    """Yield True while holding an exclusive lock on ``path`` (created with its parents), False if
+    another process holds it; either way the descriptor is closed afterwards."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, mode)
+    try:
+        yield flock(fd, wait=0)
+    finally:
+        os.close(fd)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import concurrent.futures as cf
 import ctypes
 import ctypes.util
-import fcntl
 import hashlib
 import os
 import signal
@@ -35,6 +34,7 @@ from pathlib import Path
 
 from pgvault import log
 from pgvault.errors import LockedError
+from pgvault.fs import flock
 
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 LOCK_WAIT = 10.0  # seconds a rerun waits for an earlier run's processes to be gone
@@ -129,22 +129,12 @@ def layout_lock(data_dir: Path, *, wait: float = LOCK_WAIT) -> Iterator[None]:
         return
     fd, path = opened
     try:
-        deadline = time.monotonic() + wait
-        warned = False
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise LockedError(
-                        f"another restore-cluster is writing into {data_dir} (or the unpack workers of an "
-                        f"interrupted one are still exiting)", hint=f"wait for it to finish; the lock is {path}",
-                    ) from None
-                if not warned:
-                    log.get().warning("waiting for an earlier restore-cluster into %s to be gone", data_dir)
-                    warned = True
-                time.sleep(0.1)
+        if not flock(fd, wait=wait, waiting=lambda: log.get().warning(
+                "waiting for an earlier restore-cluster into %s to be gone", data_dir)):
+            raise LockedError(
+                f"another restore-cluster is writing into {data_dir} (or the unpack workers of an "
+                f"interrupted one are still exiting)", hint=f"wait for it to finish; the lock is {path}",
+            )
         yield
     finally:
         os.close(fd)

@@ -25,15 +25,13 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import errno
-import fcntl
 import hashlib
 import json
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 from pgvault import log
 from pgvault.config import Settings
 from pgvault.errors import PgvaultError, StorageError, error_of_kind
-from pgvault.fs import file_sha256, fsync_path, write_atomic
+from pgvault.fs import file_sha256, fsync_path, try_lock_file, write_atomic
 from pgvault.pg import wal
 from pgvault.repository.wal_record import PushResult
 
@@ -98,24 +96,8 @@ def _probe_spool(spool: Path) -> None:
         probe.unlink(missing_ok=True)
 
 
-@contextmanager
-def _try_lock(path: Path) -> Iterator[bool]:
-    """Yield True while holding an exclusive flock on ``path``; False if someone else holds it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        yield True
-    finally:
-        os.close(fd)
-
-
 def _is_locked(path: Path) -> bool:
-    with _try_lock(path) as mine:
+    with try_lock_file(path) as mine:
         return not mine
 
 
@@ -280,7 +262,7 @@ def run_pusher(ctx: Context, data_dir: Path, *, idle_exit: float = IDLE_EXIT,
     server_alive = _ServerWatch(data_dir, clock)
     paths = _Paths(spool_dir(ctx.settings, data_dir))
     status = data_dir / "pg_wal" / "archive_status"
-    with _try_lock(paths.lock) as mine:
+    with try_lock_file(paths.lock) as mine:
         if not mine:
             return 0  # another pusher serves this spool
         paths.done.mkdir(parents=True, exist_ok=True)
@@ -393,7 +375,7 @@ def run_prefetcher(ctx: Context, data_dir: Path, *, idle_exit: float = PREFETCH_
     seg_size = info.wal_segment_size if info and info.wal_segment_size else 0
     if depth <= 0 or not seg_size:
         return 0
-    with _try_lock(spool / "prefetch.lock") as mine:
+    with try_lock_file(spool / "prefetch.lock") as mine:
         if not mine:
             return 0
         last_want, last_change = "", clock()

@@ -27,7 +27,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pgvault.fs import write_atomic
+from pgvault.fs import flock, write_atomic
 from pgvault.policy.verdict import (
     VERDICT_EXIT,
     Reason,
@@ -335,14 +335,12 @@ def write_textfile(path: str | os.PathLike[str], samples: Sequence[Sample], clus
                    update: Callable[[list[Sample]], list[Sample]] | None = None) -> None:
     """Merge ``samples`` into the textfile at ``path`` (see :func:`merge_samples`) and replace it
     atomically.  ``update`` may compute the samples from what the file holds (under the lock)."""
-    import fcntl
-
     target = Path(path)
     directory = target.parent
     dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
         # One writer at a time per directory: jobs finishing together must not lose each other's series.
-        fcntl.flock(dfd, fcntl.LOCK_EX)
+        flock(dfd)
         try:
             existing = parse(target.read_text(encoding="utf-8"))
         except FileNotFoundError:
