@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 
 def fsync_path(path: Path) -> None:
@@ -27,17 +28,19 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path, data: bytes, *, mode: int | None = None, durable: bool = True) -> None:
-    """Replace ``path`` with ``data`` so that readers see the old or the new content, never a part.
+@contextmanager
+def atomic_file(path: Path, *, mode: int | None = None, durable: bool = True) -> Iterator[BinaryIO]:
+    """A file to write that replaces ``path`` when the block ends, so that readers see the old or
+    the new content, never a part.
 
     A temporary file in the same directory is written, (``durable``) fsynced, given ``mode``, and
     renamed over ``path``; then (``durable``) the directory is fsynced so the rename survives a
-    crash.  On any failure the temporary file is removed: a full disk must not also fill up with
-    half-written files."""
+    crash.  On any failure (an exception out of the block included) the temporary file is removed:
+    a full disk must not also fill up with half-written files."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
             if durable:
                 f.flush()
                 os.fsync(f.fileno())
@@ -52,6 +55,12 @@ def write_atomic(path: Path, data: bytes, *, mode: int | None = None, durable: b
         raise
     if durable:
         fsync_path(path.parent)
+
+
+def write_atomic(path: Path, data: bytes, *, mode: int | None = None, durable: bool = True) -> None:
+    """Replace ``path`` with ``data`` (see :func:`atomic_file`)."""
+    with atomic_file(path, mode=mode, durable=durable) as f:
+        f.write(data)
 
 
 def file_sha256(path: Path) -> tuple[str, int]:

@@ -50,15 +50,8 @@ def process_alive(pid: int, started: int) -> bool:
     """True if ``pid`` runs and is the process that started at ``started`` (0: unknown, any)."""
     now = process_start(pid)
     if now is None:
-        if not Path("/proc").is_dir():  # no procfs: ask the kernel whether the pid exists
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                return False
-            except PermissionError:
-                return True
-            return True
-        return False
+        # no procfs: ask the kernel whether the pid exists
+        return pid_alive(pid) if not Path("/proc").is_dir() else False
     return started == 0 or now == 0 or now == started
 
 

@@ -51,7 +51,7 @@ def test_push_is_idempotent_and_never_overwrites(pg_cluster, wal_env, tmp_path: 
     out = tmp_path / "RECOVERYXLOG"
     pgvault(["wal", "fetch", seg, str(out), "--pgdata", datadir], wal_env)
     assert out.read_bytes() == (pg_cluster.datadir / "pg_wal" / seg).read_bytes()
-    assert not list(tmp_path.glob(".pgvault-*"))  # written atomically, no temp file left
+    assert [p.name for p in tmp_path.glob(".*")] == []  # written atomically, no temp file left
 
 
 def test_fetch_exit_codes(pg_cluster, wal_env, tmp_path: Path) -> None:

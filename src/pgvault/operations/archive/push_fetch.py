@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -30,7 +29,7 @@ from pathlib import Path
 
 from pgvault import log
 from pgvault.errors import ConfigError, IntegrityError, NotFoundError, StorageError, UsageError
-from pgvault.fs import file_sha256, fsync_path
+from pgvault.fs import atomic_file, file_sha256
 from pgvault.operations.context import Context
 from pgvault.pg import wal
 from pgvault.pg.control import read_major_version, read_segment_header, read_system_identifier
@@ -312,25 +311,13 @@ def fetch(ctx: Context, name: str, destination: str, *, pgdata: str | None = Non
     dest = Path(destination)
     if not dest.is_absolute():
         dest = data_dir / dest
-    fd, tmp = tempfile.mkstemp(prefix=".pgvault-", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            try:
-                src = ctx.storage.open_read(meta.key)
-            except ObjectNotFound:
-                raise IntegrityError(f"{name}: checksum record exists but object {meta.key} vanished") from None
-            with src:
-                result = read_stream(src, out, spec, identities=identities, expected=meta.checksums)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
+    with atomic_file(dest) as out:  # PostgreSQL must never see part of a segment
         try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    fsync_path(dest.parent)
+            src = ctx.storage.open_read(meta.key)
+        except ObjectNotFound:
+            raise IntegrityError(f"{name}: checksum record exists but object {meta.key} vanished") from None
+        with src:
+            result = read_stream(src, out, spec, identities=identities, expected=meta.checksums)
     return result
 
 
