@@ -48,8 +48,8 @@ class PushStage(Protocol):
     """A transform on the writing side: ``write`` pushes what it can of the transformed bytes into
     the next stage at once, ``finish`` pushes the rest (trailers, the last frame or chunk) and ends
     the stream; ``abort`` instead drops the stream, releasing what the stage holds and pushing
-    nothing more.  Exactly one of ``finish`` / ``abort`` is called, ``abort`` also after a failed
-    ``finish``."""
+    nothing more.  ``abort`` may also come after ``finish`` (when a later stage failed) and then
+    only releases what is left."""
 
     def write(self, data: bytes, /) -> int: ...
 
