@@ -77,13 +77,35 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+#: Directories made by :func:`postgres_tmpdir` in this process, removed at its exit at the latest.
+_MADE_DIRS: list[tuple[int, Path]] = []
+
+
+def _remove_made_dirs() -> None:
+    """Remove what this process's :func:`postgres_tmpdir` made and nobody removed (not in a fork).
+
+    Fixtures remove their directories when they are done; this is the net under the ones that do not
+    (a test that made a work dir by hand, a session fixture killed mid-teardown).  Without it every
+    run left gigabytes of data directories in /tmp, and a machine that runs the suite often filled
+    its disk until the S3 server refused writes."""
+    for pid, path in _MADE_DIRS:
+        if pid == os.getpid():
+            shutil.rmtree(path, ignore_errors=True)
+    _MADE_DIRS.clear()
+
+
+atexit.register(_remove_made_dirs)
+
+
 def postgres_tmpdir(prefix: str = "pgvault-test-") -> Path:
     """A new temporary directory that the ``postgres`` OS user can traverse (mode 0755).
 
-    Made under ``$PGVAULT_TEST_TMPDIR`` or ``/tmp`` (not ``$TMPDIR``, which may sit under /root).
+    Made under ``$PGVAULT_TEST_TMPDIR`` or ``/tmp`` (not ``$TMPDIR``, which may sit under /root);
+    removed when this process exits if nothing removed it before.
     """
     parent = os.environ.get("PGVAULT_TEST_TMPDIR") or "/tmp"
     path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    _MADE_DIRS.append((os.getpid(), path))
     path.chmod(0o755)
     return path
 
