@@ -104,6 +104,15 @@ fi
 
 command -v mmdebstrap >/dev/null || die "mmdebstrap is not installed (scripts/setup.sh installs it)"
 [[ $(id -u) -eq 0 ]] || die "run as root (mmdebstrap --mode=root chroots into the new root filesystem)"
+# Test runs in other checkouts on this machine may want the same image at the same time: one
+# builds, the others wait and then find it.
+exec 9>/tmp/pgvault-image-build.lock
+flock 9
+if ((!force)) && podman image exists "$tag"; then
+    say "$tag was built meanwhile"
+    echo "$tag"
+    exit 0
+fi
 work="$(mktemp -d "${TMPDIR:-/tmp}/pgvault-image.XXXXXX")"
 trap 'rm -rf "$work"' EXIT
 stage="$work/stage"
