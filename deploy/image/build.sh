@@ -119,6 +119,7 @@ stage="$work/stage"
 mkdir -p "$stage/wheels" "$stage/postgresql" "$work/pgwheels" "$work/src"
 
 # --- 1. Python wheels and PostgreSQL, fetched on the host (its pip configuration applies) -------
+step=$(date +%s)
 say "fetching wheels with pip (log: $work/pip.log)"
 "$HOST_PY" -m venv "$work/pip-venv"
 pip=("$work/pip-venv/bin/python" -m pip --disable-pip-version-check --no-input)
@@ -155,12 +156,14 @@ done
 chmod -R a+rX,go-w "$stage"
 
 # --- 2. the root filesystem -------------------------------------------------------------------
-say "mmdebstrap $SUITE (log: $work/mmdebstrap.log)"
+say "pip and unpacking took $(( $(date +%s) - step ))s; mmdebstrap $SUITE (log: $work/mmdebstrap.log)"
+step=$(date +%s)
 bin_dirs=""
 for v in $PG_VERSIONS; do bin_dirs="/opt/postgresql/${v%%.*}/bin${bin_dirs:+:$bin_dirs}"; done
 export PGVAULT_IMAGE_STAGE="$stage" PGVAULT_IMAGE_UID="$APP_UID"
 include="$(IFS=,; echo "${PACKAGES[*]}")"
-mmdebstrap --mode=root --variant=apt --include="$include" \
+# merged-usr hook: a merged /usr without the usrmerge package, which would pull in perl (~45 MB).
+mmdebstrap --mode=root --variant=apt --include="$include" --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr \
     --aptopt='APT::Install-Recommends "false"' \
     --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-include=/usr/share/doc/*/copyright' \
     --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/info/*' \
@@ -171,7 +174,7 @@ mmdebstrap --mode=root --variant=apt --include="$include" \
     >"$work/mmdebstrap.log" 2>&1 || { tail -n 40 "$work/mmdebstrap.log" >&2; die "mmdebstrap failed"; }
 
 # --- 3. the image -----------------------------------------------------------------------------
-say "podman import -> $tag"
+say "mmdebstrap took $(( $(date +%s) - step ))s; podman import -> $tag"
 podman import --quiet \
     --change 'ENTRYPOINT ["pgvault"]' \
     --change 'CMD ["--help"]' \
