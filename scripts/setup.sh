@@ -72,8 +72,9 @@ fi
 # --- 1b. podman's configuration -----------------------------------------------------------------
 # A drop-in under /etc rather than CONTAINERS_CONF in scripts/env.sh: CONTAINERS_CONF replaces the
 # system configuration instead of adding to it, and a podman run by hand (outside env.sh) would
-# then fail where the tests pass. runc: crun fails on these machines' cgroups; default_ulimits:
-# podman's default nofile ulimit cannot be set inside them.
+# then fail where the tests pass. default_ulimits = []: podman would raise a container's nofile
+# limit to 1048576, above these machines' hard limit, and runc refuses ("error setting rlimit type
+# 7"); runc: crun fails on their cgroups (none is installed; this keeps it so if one arrives).
 PODMAN_CONF=/etc/containers/containers.conf.d/pgvault.conf
 podman_conf='# Written by pgvault scripts/setup.sh
 [containers]
