@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-__all__ = ["ensure_image", "podman_run", "podman_problem", "BUILD_SCRIPT"]
+__all__ = ["ensure_image", "podman_run", "podman_problem", "require_podman", "BUILD_SCRIPT"]
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = ROOT / "deploy" / "image" / "build.sh"
@@ -114,16 +114,21 @@ def _require_podman() -> bool:
     return os.environ.get("PGVAULT_REQUIRE_PODMAN", "") not in ("", "0")
 
 
-@pytest.fixture(scope="session")
-def podman() -> None:
-    """Skip (with the reason) when the image cannot be built and run here; fail instead under
-    ``PGVAULT_REQUIRE_PODMAN=1``."""
+def require_podman() -> None:
+    """Skip the calling test (with the reason) when the image cannot be built and run here; fail it
+    instead under ``PGVAULT_REQUIRE_PODMAN=1``."""
     problem = podman_problem()
     if problem is None:
         return
     if _require_podman():
         pytest.fail(f"{problem}; PGVAULT_REQUIRE_PODMAN=1 requires it", pytrace=False)
     pytest.skip(f"{problem}; set PGVAULT_REQUIRE_PODMAN=1 to make this a failure")
+
+
+@pytest.fixture(scope="session")
+def podman() -> None:
+    """See :func:`require_podman`."""
+    require_podman()
 
 
 def _image_fixture(variant: str) -> str:
