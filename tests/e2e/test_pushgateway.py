@@ -6,53 +6,23 @@ it ends, also when the repository cannot be read (the Kubernetes CronJobs rely o
 
 from __future__ import annotations
 
-import shutil
 import socket
-import subprocess
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from support.cli import clean_env, pgvault
+from support.pushgateway import BINARY, pushgateway
+from support.pushgateway import series as _series
 
-BINARY = shutil.which("prometheus-pushgateway")
 pytestmark = pytest.mark.skipif(BINARY is None, reason="prometheus-pushgateway is not installed (apt-get install prometheus-pushgateway)")
 
 
 @pytest.fixture
 def gateway(tmp_path: Path) -> Iterator[str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    assert BINARY is not None
-    log = (tmp_path / "pushgateway.log").open("w")
-    proc = subprocess.Popen([BINARY, f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/-/ready", timeout=2).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise AssertionError((tmp_path / "pushgateway.log").read_text()) from None
-                time.sleep(0.2)
+    with pushgateway(tmp_path) as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        log.close()
-
-
-def _series(url: str) -> dict[str, float]:
-    """The gateway's pgvault series, keyed 'name{labels}' as it exposes them."""
-    text = urllib.request.urlopen(f"{url}/metrics", timeout=10).read().decode()
-    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-            if line.startswith(("pgvault_", "postgresql_backup_"))}
 
 
 def test_push_with_several_jobs_and_every_job_pushing_at_its_end(gateway: str, tmp_path: Path) -> None:

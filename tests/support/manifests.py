@@ -101,7 +101,22 @@ def job_container(cronjob: Mapping[str, Any], *, configmaps: Values, secrets: Va
     """The container ``index`` of ``cronjob``'s pod template, with every reference resolved from
     ``configmaps`` and ``secrets`` ({name: {key: value}}); :class:`Unresolved` for one that is
     missing and not optional."""
-    pod = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    return pod_container(cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"], configmaps=configmaps,
+                         secrets=secrets, index=index)
+
+
+def statefulset_container(sts: Mapping[str, Any], *, configmaps: Values, secrets: Values, index: int = 0) -> JobContainer:
+    """The same for a StatefulSet; a volume from its volumeClaimTemplates is a ``persistentVolumeClaim``
+    mount whose ``claim`` is the claim of its first pod (``<template>-<statefulset>-0``)."""
+    claims = {t["metadata"]["name"]: f"{t['metadata']['name']}-{sts['metadata']['name']}-0"
+              for t in sts["spec"].get("volumeClaimTemplates", [])}
+    return pod_container(sts["spec"]["template"]["spec"], configmaps=configmaps, secrets=secrets, index=index,
+                         claims=claims)
+
+
+def pod_container(pod: Mapping[str, Any], *, configmaps: Values, secrets: Values, index: int = 0,
+                  claims: Mapping[str, str] | None = None) -> JobContainer:
+    """Container ``index`` of a pod spec, resolved (see :func:`job_container`)."""
     c = pod["containers"][index]
     env: dict[str, str] = {}
     # envFrom first, then env: an explicit variable wins (the kubelet's order).
@@ -133,7 +148,7 @@ def job_container(cronjob: Mapping[str, Any], *, configmaps: Values, secrets: Va
     volumes = {v["name"]: v for v in pod.get("volumes", [])}
     mounts = []
     for vm in c.get("volumeMounts", []):
-        vol = volumes[vm["name"]]
+        vol = volumes.get(vm["name"]) or {"name": vm["name"], "persistentVolumeClaim": {"claimName": (claims or {})[vm["name"]]}}
         kind = next(k for k in vol if k != "name")
         spec = vol[kind] or {}
         files: dict[str, str] = {}

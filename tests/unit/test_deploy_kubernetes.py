@@ -240,3 +240,13 @@ def test_job_container_resolves_references() -> None:
         job_container(cronjob, configmaps={"cm": {}}, secrets={"s": {}})
     with pytest.raises(Unresolved, match="configMapRef 'cm' is not given"):
         job_container(cronjob, configmaps={}, secrets={"s": {"pw": ""}})
+
+
+def test_statefulset_container_resolves_the_claim_of_its_first_pod() -> None:
+    from support.manifests import statefulset_container
+
+    [sts] = [d for d in resources() if d["kind"] == "StatefulSet"]
+    c = statefulset_container(sts, configmaps=configmap_values(), secrets=SECRETS)
+    assert c.mount("/var/lib/postgresql/data").claim == "data-postgres-0"
+    assert c.env["PGVAULT_CONFIG"] == "/etc/pgvault/pgvault.yaml" and c.env["AWS_SECRET_ACCESS_KEY"] == "secret"
+    assert c.mount("/etc/postgres-secret").files == {"PGPASSWORD": "pw"}
