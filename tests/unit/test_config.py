@@ -160,6 +160,12 @@ def test_an_alias_overrides_the_config_file_as_its_new_name_does(tmp_path: Path)
     assert load_settings(path, environ={}).pg_bin_dirs == ("/from/yaml",)
 
 
+def test_metrics_pushgateway_must_be_an_http_url() -> None:
+    assert load_settings(environ={"PGVAULT_METRICS_PUSHGATEWAY": "https://pgw:9091"}).metrics_pushgateway == "https://pgw:9091"
+    with pytest.raises(ConfigError, match="metrics.pushgateway: 'pgw:9091' is not a URL like http://pushgateway:9091"):
+        load_settings(environ={"PGVAULT_METRICS_PUSHGATEWAY": "pgw:9091"})
+
+
 def test_drill_os_user_and_metrics_textfile_are_settings() -> None:
     s = load_settings(environ={"PGVAULT_DRILL_OS_USER": "pgdrill", "PGVAULT_METRICS_TEXTFILE": "/var/lib/ne/pgvault.prom"})
     assert (s.drill_os_user, s.metrics_textfile) == ("pgdrill", "/var/lib/ne/pgvault.prom")
@@ -247,6 +253,7 @@ ENV_SAMPLES: dict[str, tuple[str, Callable[[Settings], Any], Any]] = {
     "drill.target_dsn": ("host=drills port=5433", lambda s: s.drill_target_dsn, "host=drills port=5433"),
     "drill.os_user": ("pgdrill", lambda s: s.drill_os_user, "pgdrill"),
     "metrics.textfile": ("/tmp/j.prom", lambda s: s.metrics_textfile, "/tmp/j.prom"),
+    "metrics.pushgateway": ("http://pgw:9091", lambda s: s.metrics_pushgateway, "http://pgw:9091"),
     "monitoring.backup_max_age": ("36h", lambda s: s.backup_max_age, 36 * 3600.0),
     "monitoring.drill_max_age": ("35d", lambda s: s.drill_max_age, 35 * 86400.0),
 }
@@ -296,6 +303,7 @@ EXPECTED_ENV_NAMES = {
     "drill.target_dsn": "PGVAULT_DRILL_TARGET_DSN",
     "drill.os_user": "PGVAULT_DRILL_OS_USER",
     "metrics.textfile": "PGVAULT_METRICS_TEXTFILE",
+    "metrics.pushgateway": "PGVAULT_METRICS_PUSHGATEWAY",
     "monitoring.backup_max_age": "PGVAULT_MONITORING_BACKUP_MAX_AGE",
     "monitoring.drill_max_age": "PGVAULT_MONITORING_DRILL_MAX_AGE",
 }

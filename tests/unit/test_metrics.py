@@ -201,7 +201,7 @@ def test_a_command_that_returns_its_exit_code_gets_its_error_kind() -> None:
     assert _error_kind(KeyboardInterrupt(), 130) == "interrupted" and _error_kind(RuntimeError(), 70) == "internal"
 
 
-def test_push_replaces_the_cluster_group_on_the_pushgateway() -> None:
+def test_push_replaces_the_cluster_group_on_the_pushgateway_one_group_per_job() -> None:
     import http.server
     import threading
 
@@ -220,10 +220,17 @@ def test_push_replaces_the_cluster_group_on_the_pushgateway() -> None:
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        metrics.push(f"http://127.0.0.1:{server.server_address[1]}", [sample("pgvault_up", 1, cluster="c/x")], "c/x")
+        metrics.push(f"http://127.0.0.1:{server.server_address[1]}",
+                     [sample("pgvault_up", 1, cluster="c/x"), sample("pgvault_job_last_status", 1, cluster="c/x", job="backup"),
+                      sample("pgvault_job_last_status", 0, cluster="c/x", job="verify")], "c/x")
     finally:
         server.shutdown()
         server.server_close()
-    [(method, path, body)] = got
-    assert method == "PUT" and path.startswith("/metrics/job/pgvault/cluster")
-    assert b'pgvault_up{cluster="c/x"} 1.0' in body
+    # The Pushgateway overwrites a series' job label with its group's: each job gets its own group,
+    # or the two pgvault_job_last_status series would collide (HTTP 400 from a real Pushgateway).
+    by_job = {path.split("/")[3]: (method, path, body) for method, path, body in got}
+    assert sorted(by_job) == ["backup", "pgvault", "verify"] and {m for m, _, _ in got} == {"PUT"}
+    assert all("/cluster" in path for _, path, _ in got)
+    assert b'pgvault_up{cluster="c/x"} 1.0' in by_job["pgvault"][2] and b"pgvault_job" not in by_job["pgvault"][2]
+    assert b'pgvault_job_last_status{cluster="c/x",job="verify"} 0.0' in by_job["verify"][2]
+    assert b'job="backup"' not in by_job["verify"][2]

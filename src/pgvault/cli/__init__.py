@@ -8,6 +8,7 @@ status (see the README's table of exit codes).  Subcommand modules register them
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import sys
 import time
@@ -18,7 +19,7 @@ import pgvault
 from pgvault import log
 from pgvault.cli import interrupts
 from pgvault.config import Settings, load_settings
-from pgvault.errors import INTERNAL_ERROR_EXIT, DatabaseError, InterruptedError_, PgvaultError, Report
+from pgvault.errors import INTERNAL_ERROR_EXIT, DatabaseError, InterruptedError_, PgvaultError, Report, UsageError
 
 if TYPE_CHECKING:
     from pgvault.operations.context import Context
@@ -84,6 +85,15 @@ def context_from(args: argparse.Namespace, **extra: Any) -> Context:
     from pgvault.operations.context import build_context
 
     return build_context(settings_from(args, **extra))
+
+
+def parse_now(text: str) -> dt.datetime:
+    """``--now`` (expire, drill): an ISO 8601 timestamp; without a zone it is UTC."""
+    try:
+        t = dt.datetime.fromisoformat(text.strip().replace(" UTC", "+00:00"))
+    except ValueError:
+        raise UsageError(f"--now: {text!r} is not an ISO 8601 timestamp like 2026-11-25T02:00:00Z") from None
+    return t if t.tzinfo else t.replace(tzinfo=dt.UTC)
 
 
 def emit(args: argparse.Namespace, kind: str, payload: dict[str, Any], human: Callable[[], str]) -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from pgvault.cli import context_from, emit
-from pgvault.errors import VerificationError
+from pgvault.cli import context_from, emit, parse_now
+from pgvault.errors import UsageError, VerificationError
 from pgvault.output import human_duration, table
 
 
@@ -17,6 +17,11 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--kind", choices=("logical", "physical"), default="logical")
     p.add_argument("--target-dsn", help="logical: restore into scratch databases on this server "
                    "(default: drill.target_dsn, else a throwaway server from local binaries)")
+    p.add_argument("--only-on", metavar="RULE",
+                   help="run only on this day of the month (UTC), else exit 0 'skipped: not due': "
+                        "'first saturday', 'last sunday', ... (cron cannot say 'first Saturday': schedule "
+                        "every Saturday with this)")
+    p.add_argument("--now", metavar="ISO8601", help="judge --only-on as if it were this time (e.g. 2026-12-05T10:00:00Z)")
     t = p.add_argument_group("physical drills: recovery target (default: the end of the archive)")
     t.add_argument("--target-time")
     t.add_argument("--target-lsn")
@@ -27,6 +32,8 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.only_on and args.what != "list" and not _due(args):
+        return 0
     ctx = context_from(args)
     if args.what == "list":
         return _list(args, ctx)
@@ -60,6 +67,30 @@ def run(args: argparse.Namespace) -> int:
             "drill", {"drill": doc}, human)
     emit(args, "drill", {"drill": doc}, human)
     return 0
+
+
+def _due(args: argparse.Namespace) -> bool:
+    """``--only-on``: whether today (UTC) is the day; when it is not, say so and make this run no
+    job run, so a skipped Saturday never counts as a drill job that succeeded.  Decided before the
+    configuration or the repository is touched: a skipped run needs neither."""
+    import datetime as dt
+
+    from pgvault.policy.schedule import parse_day_rule, utc_day
+
+    try:
+        rule = parse_day_rule(args.only_on)
+    except ValueError as e:
+        raise UsageError(f"--only-on: {e}") from None
+    today = utc_day(parse_now(args.now) if args.now else dt.datetime.now(dt.UTC))
+    if rule.is_due(today):
+        return True
+    args.job_name = None
+    nxt = rule.next_due(today)
+    emit(args, "drill_skipped", {"skipped": True, "reason": "not due", "rule": str(rule), "today": today.isoformat(),
+                                 "next_due": nxt.isoformat()},
+         lambda: f"drill skipped: not due: {today:%A %Y-%m-%d} (UTC) is not the {rule} of the month; "
+                 f"next due {nxt:%A %Y-%m-%d}")
+    return False
 
 
 def _list(args: argparse.Namespace, ctx: Any) -> int:

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
-from pgvault.cli import context_from, emit
-from pgvault.errors import UsageError
+from pgvault.cli import context_from, emit, parse_now
 from pgvault.output import human_bytes, table
 from pgvault.policy.retention import Decision, RetentionPlan, fmt_duration, fmt_time
 
@@ -18,15 +16,6 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--apply", action="store_true", help="delete what the plan says (default: only print the plan)")
     p.add_argument("--now", metavar="ISO8601", help="plan as if it were this time (e.g. 2026-11-25T02:00:00Z)")
     p.set_defaults(func=run)
-
-
-def parse_now(text: str) -> dt.datetime:
-    """``--now``: an ISO 8601 timestamp; without a zone it is UTC."""
-    try:
-        t = dt.datetime.fromisoformat(text.strip().replace(" UTC", "+00:00"))
-    except ValueError:
-        raise UsageError(f"--now: {text!r} is not an ISO 8601 timestamp like 2026-11-25T02:00:00Z") from None
-    return t if t.tzinfo else t.replace(tzinfo=dt.UTC)
 
 
 def run(args: argparse.Namespace) -> int:

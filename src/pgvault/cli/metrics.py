@@ -6,11 +6,15 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pgvault import log
 from pgvault.errors import PgvaultError, StorageError, UsageError
 from pgvault.procs import hostname
+
+if TYPE_CHECKING:
+    from pgvault.config import Settings
+    from pgvault.repository.jobs import JobRecord, JobRun
 
 # The commands in ``cli.SCHEDULED_JOBS`` record their outcome.  A command may set
 # ``args.job_name`` (None: this run is not a job run) and ``args.job_details`` (a small JSON-able
@@ -154,7 +158,7 @@ def record_job(args: argparse.Namespace, *, started: float, exit_code: int, erro
 def _record(args: argparse.Namespace, started: float, exit_code: int, error: BaseException | None) -> None:
     import pgvault
     from pgvault.cli import settings_from
-    from pgvault.repository.jobs import JobRecord, JobRun, record_run
+    from pgvault.repository.jobs import JobRun, record_run
 
     job = job_name(args)
     if job is None:
@@ -175,12 +179,13 @@ def _record(args: argparse.Namespace, started: float, exit_code: int, error: Bas
     except PgvaultError:
         pass  # the command reported it; the textfile can still show the failure
     if settings is not None:
-        cluster, textfile = settings.cluster, settings.metrics_textfile
+        cluster, textfile, gateway = settings.cluster, settings.metrics_textfile, settings.metrics_pushgateway
     else:  # the configuration did not load: the environment's own values, read through the settings table
         from pgvault.config import environment_value
 
         cluster = getattr(args, "cluster", None) or environment_value("cluster")
         textfile = environment_value("metrics.textfile")
+        gateway = environment_value("metrics.pushgateway")
     record: JobRecord | None = None
     if settings is not None:
         try:
@@ -199,6 +204,38 @@ def _record(args: argparse.Namespace, started: float, exit_code: int, error: Bas
             write_job_textfile(path, cluster, run, record)
         except Exception as e:  # noqa: BLE001
             logger.warning("could not write the job's metrics to %s: %s", path, log.redact(str(e)))
+    if gateway:
+        try:
+            push_after_job(gateway, settings, cluster, run, record)
+        except Exception as e:  # noqa: BLE001
+            logger.warning("could not push the job's metrics to %s: %s", log.redact(gateway), log.redact(str(e)))
+
+
+def push_after_job(url: str, settings: Settings | None, cluster: str, run: JobRun, record: JobRecord | None) -> None:
+    """``metrics.pushgateway``: after a scheduled job, push the cluster's status (what ``metrics
+    --push --no-connect`` pushes), so a CronJob needs no second command; this run's series come
+    from ``record`` (the repository's merged record) or, when the repository could not take it,
+    from the run alone.  A repository that cannot be read still pushes ``pgvault_up 0`` and the
+    job's failure."""
+    from pgvault.operations.maintenance import metrics
+    from pgvault.repository.jobs import merge_run
+
+    samples = None
+    if settings is not None:
+        try:
+            from pgvault.operations.context import build_context
+            from pgvault.operations.maintenance.status import gather_status
+            from pgvault.policy.verdict import evaluate
+
+            snap = gather_status(build_context(settings), connect=False)
+            samples = metrics.snapshot_samples(snap, evaluate(snap))
+        except PgvaultError as e:
+            log.get().warning("metrics: cannot read the repository: %s", log.redact(e.message))
+    if samples is None:
+        samples = metrics.down_samples(cluster)
+    mine = record if record is not None else merge_run(cluster, None, run)
+    samples = [s for s in samples if s.label("job") != run.job] + metrics.job_samples(cluster, mine)
+    metrics.push(url, samples, cluster)
 
 
 def _error_kind(error: BaseException | None, exit_code: int) -> str | None:

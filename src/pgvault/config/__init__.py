@@ -109,6 +109,8 @@ SETTINGS: tuple[_Setting, ...] = (
     _Setting("monitoring.backup_max_age", to_opt_duration, "status: newest backup older than this is CRITICAL", 48 * 3600.0),
     _Setting("monitoring.drill_max_age", to_opt_duration, "status: newest successful drill older than this is a WARNING", 35 * 86400.0),
     _Setting("metrics.textfile", to_opt_str, "scheduled jobs also write their outcome into this node_exporter textfile"),
+    _Setting("metrics.pushgateway", to_opt_str, "scheduled jobs also push their outcome and the status to this "
+             "Pushgateway (http://host:9091)"),
     _Setting("restore.prefetch", to_int, "wal fetch: segments downloaded ahead during recovery (0: off)", 8),
 )
 _BY_PATH = {s.path: s for s in SETTINGS}
@@ -174,6 +176,7 @@ class Settings:
     drill_target_dsn: str = field(default=_DEFAULTS["drill.target_dsn"], repr=False)
     drill_os_user: str = _DEFAULTS["drill.os_user"]
     metrics_textfile: str | None = _DEFAULTS["metrics.textfile"]
+    metrics_pushgateway: str | None = _DEFAULTS["metrics.pushgateway"]
     backup_max_age: float = _DEFAULTS["monitoring.backup_max_age"]
     drill_max_age: float = _DEFAULTS["monitoring.drill_max_age"]
     source: str = "defaults"
@@ -327,6 +330,7 @@ def load_settings(
         drill_target_dsn=get("drill.target_dsn"),
         drill_os_user=get("drill.os_user"),
         metrics_textfile=get("metrics.textfile"),
+        metrics_pushgateway=get("metrics.pushgateway"),
         backup_max_age=get("monitoring.backup_max_age"),
         drill_max_age=get("monitoring.drill_max_age"),
         source=source,
@@ -377,6 +381,8 @@ def validate(s: Settings) -> list[str]:
         problems.append("archive.wait_timeout: must be positive")
     if s.compression_threads < 0:
         problems.append("compression.threads: must be 0 or more")
+    if s.metrics_pushgateway and not s.metrics_pushgateway.startswith(("http://", "https://")):
+        problems.append(f"metrics.pushgateway: {s.metrics_pushgateway!r} is not a URL like http://pushgateway:9091")
     problems += s.pipeline().validate()
     if s.dsn:
         try:

@@ -377,12 +377,22 @@ def _later(a: str | None, b: str | None) -> str | None:
 
 
 def push(url: str, samples: Sequence[Sample], cluster: str, *, timeout: float = 30.0) -> None:
-    """PUT the samples to a Pushgateway (job ``pgvault``, grouping key ``cluster``): the group is
+    """PUT the samples to a Pushgateway, one group per job: the ``pgvault_job_*`` series of job J
+    into the group ``{job="J", cluster}``, everything else into ``{job="pgvault", cluster}``.
+
+    Why not one group: the Pushgateway overwrites a pushed series' ``job`` label with the group's
+    (its README: labels of the URL path win), so with two job records in one group their series
+    collided and the whole push was refused (HTTP 400).  In its own group a job's series keep
+    ``job="backup"`` (with ``honor_labels: true``), as the alert rules expect.  Each group is
     replaced as a whole, so series that disappeared disappear there too."""
     from prometheus_client import push_to_gateway
 
-    push_to_gateway(url, job="pgvault", registry=registry_for(lambda: list(samples)),
-                    grouping_key={"cluster": cluster}, timeout=timeout)
+    groups: dict[str, list[Sample]] = {}
+    for s in samples:
+        groups.setdefault(s.label("job") or "pgvault", []).append(s)
+    for job, members in groups.items():
+        push_to_gateway(url, job=job, registry=registry_for(members.copy),
+                        grouping_key={"cluster": cluster}, timeout=timeout)
 
 
 def serve(host: str, port: int, take: Callable[[], list[Sample]]) -> tuple[Any, Any]:
