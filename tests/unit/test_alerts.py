@@ -1,8 +1,15 @@
 """deploy/prometheus/alerts.yaml: well-formed Prometheus rule groups that only name metrics pgvault
-exports (the exported names come from pgvault.operations.maintenance.metrics.METRICS, not from a list here)."""
+exports (the exported names come from pgvault.operations.maintenance.metrics.METRICS, not from a list here),
+each alert linking its runbook section, and promtool's unit tests (deploy/prometheus/tests/) making
+every alert fire and stay quiet.
+
+promtool comes with Debian's `prometheus` package (scripts/setup.sh installs it); without it the
+promtool tests skip, unless PGVAULT_REQUIRE_PROMTOOL=1 (scripts/test.sh sets it under CI=true).
+"""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -13,49 +20,40 @@ import pytest
 import yaml
 
 from pgvault.operations.maintenance.metrics import exported_metric_names
+from support.promql import metric_names
 
-ALERTS = Path(__file__).resolve().parents[2] / "deploy" / "prometheus" / "alerts.yaml"
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+ALERTS = DEPLOY / "prometheus" / "alerts.yaml"
+PROMTOOL_TESTS = sorted((DEPLOY / "prometheus" / "tests").glob("*.yaml"))
+RUNBOOK = "https://github.com/pgvault/pgvault/blob/main/docs/runbook.md"
 
 # What the issue asks the shipped rules to cover: (alert, metric it must use, severity).
 REQUIRED = [
+    ("BackupFailed", "postgresql_backup_last_success_timestamp", "critical"),
     ("PgvaultBackupMissing", "postgresql_backup_last_success_timestamp", "critical"),
     ("PgvaultBackupSlow", "postgresql_backup_duration_seconds", "warning"),
     ("PgvaultWalArchivingStalled", "pgvault_wal_archive_lag_seconds", "warning"),
     ("PgvaultWalBacklogGrowing", "pgvault_wal_archive_backlog_segments", "warning"),
     ("PgvaultRecoverableWindowShort", "pgvault_recoverable_window_policy_seconds", "warning"),
     ("PgvaultNoRecentDrill", "pgvault_drill_last_success_timestamp", "warning"),
+    ("PgvaultDrillOverRTO", "pgvault_drill_rto_seconds", "warning"),
     ("PgvaultVerifyFailed", "pgvault_verify_failures", "critical"),
 ]
 
-_KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "and", "or", "unless", "bool", "offset",
-             "inf", "nan", "atan2"}
-_DURATION = re.compile(r"^\d+(ms|s|m|h|d|w|y)$")
+
+def promtool() -> str:
+    path = shutil.which("promtool")
+    if path is None:
+        reason = "promtool (Debian package prometheus) is not installed"
+        if os.environ.get("PGVAULT_REQUIRE_PROMTOOL", "") not in ("", "0"):
+            pytest.fail(f"{reason} (PGVAULT_REQUIRE_PROMTOOL is set)", pytrace=False)
+        pytest.skip(f"{reason}; set PGVAULT_REQUIRE_PROMTOOL=1 to make this a failure")
+    return path
 
 
 def rules() -> list[dict[str, Any]]:
     doc = yaml.safe_load(ALERTS.read_text())
     return [r for g in doc["groups"] for r in g["rules"]]
-
-
-def metric_names(expr: str) -> set[str]:
-    """Metric names in a PromQL expression: identifiers that are not functions, aggregation
-    modifiers, keywords, label names/values (inside {...}) or durations (inside [...])."""
-    text = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)  # string literals
-    text = re.sub(r"\{[^}]*\}", " ", text)  # label matchers
-    text = re.sub(r"\[[^\]]*\]", " ", text)  # range selectors
-    text = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", r" \1 ", text)  # label lists
-    names = set()
-    for m in re.finditer(r"[A-Za-z_:][A-Za-z0-9_:]*", text):
-        word = m.group(0)
-        after = text[m.end():].lstrip()
-        if after.startswith("(") or re.match(r"(by|without)\b", after):  # a function or an aggregation
-            continue
-        if word.lower() in _KEYWORDS or _DURATION.match(word):
-            continue
-        if m.start() > 0 and (text[m.start() - 1].isdigit() or text[m.start() - 1] == "."):
-            continue  # the exponent of 1e9
-        names.add(word)
-    return names
 
 
 def test_the_file_is_prometheus_rule_groups() -> None:
@@ -110,7 +108,50 @@ def test_the_name_extractor_itself() -> None:
     assert metric_names("deriv(m1[30m]) > 0 and m2 > 1e3 or (m3 - m4) < m5 offset 5m") == {"m1", "m2", "m3", "m4", "m5"}
 
 
-@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool (Debian package prometheus) not installed")
+def test_every_alert_links_its_runbook_section() -> None:
+    # docs/runbook.md has a heading "Alert: <Name>" per alert, which GitHub slugs to #alert-<name>.
+    for r in rules():
+        assert r["annotations"]["runbook_url"] == f"{RUNBOOK}#alert-{r['alert'].lower()}", r["alert"]
+
+
+def test_the_drill_rto_alert_compares_like_with_like() -> None:
+    by_name = {r["alert"]: r for r in rules()}
+    assert metric_names(by_name["PgvaultDrillOverRTO"]["expr"]) == {"pgvault_drill_restore_duration_seconds",
+                                                                     "pgvault_drill_rto_seconds"}
+
+
+def promtool_cases() -> list[dict[str, Any]]:
+    cases = []
+    for path in PROMTOOL_TESTS:
+        doc = yaml.safe_load(path.read_text())
+        assert [(path.parent / f).resolve() for f in doc["rule_files"]] == [ALERTS], path
+        for test in doc["tests"]:
+            for t in test["alert_rule_test"]:
+                assert re.fullmatch(r"(\d+[smhdwy])+", t["eval_time"]), t
+                cases.append(t)
+    return cases
+
+
+def test_promtool_cases_make_every_alert_fire_and_stay_quiet() -> None:
+    fired = {c["alertname"] for c in promtool_cases() if c.get("exp_alerts")}
+    quiet = {c["alertname"] for c in promtool_cases() if not c.get("exp_alerts")}
+    names = {r["alert"] for r in rules()}
+    assert names - fired == set(), "no promtool case makes these fire"
+    assert names - quiet == set(), "no promtool case shows these staying quiet"
+    assert (fired | quiet) - names == set(), "promtool cases name alerts the rules do not have"
+    for c in promtool_cases():
+        for a in c.get("exp_alerts") or []:
+            # Full annotations: promtool compares them all, and the text is what the on-call reads.
+            assert set(a["exp_annotations"]) == {"summary", "description", "runbook_url"}, c["alertname"]
+
+
 def test_promtool_accepts_the_rules() -> None:
-    proc = subprocess.run(["promtool", "check", "rules", str(ALERTS)], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([promtool(), "check", "rules", str(ALERTS)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_promtool_unit_tests_pass() -> None:
+    assert PROMTOOL_TESTS
+    proc = subprocess.run([promtool(), "test", "rules", *map(str, PROMTOOL_TESTS)], capture_output=True, text=True,
+                          timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
