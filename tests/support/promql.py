@@ -1,13 +1,19 @@
-"""Metric names in PromQL expressions, for the tests of what deploy/ ships (alert rules, the
-Grafana dashboard): everything they query must be a metric pgvault exports.
+"""For the tests of what deploy/ ships (alert rules, the Grafana dashboard): metric names in
+PromQL expressions (everything they query must be a metric pgvault exports), and promtool.
 
-A small lexical extractor, not a parser: enough for the expressions we write, and tested on the
-constructs they use (tests/unit/test_alerts.py).
+:func:`metric_names` is a small lexical extractor, not a parser: enough for the expressions we
+write, and tested on the constructs they use (tests/unit/test_alerts.py).  :func:`promtool` comes
+with Debian's ``prometheus`` package (scripts/setup.sh installs it); without it the tests that need
+it skip, unless ``PGVAULT_REQUIRE_PROMTOOL=1`` (scripts/test.sh sets it under ``CI=true``).
 """
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+
+import pytest
 
 _KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "and", "or", "unless", "bool", "offset",
              "inf", "nan", "atan2"}
@@ -33,3 +39,14 @@ def metric_names(expr: str) -> set[str]:
             continue  # the exponent of 1e9
         names.add(word)
     return names
+
+
+def promtool() -> str:
+    """promtool's path; skips the test (fails it under PGVAULT_REQUIRE_PROMTOOL) when it is missing."""
+    path = shutil.which("promtool")
+    if path is None:
+        reason = "promtool (Debian package prometheus) is not installed"
+        if os.environ.get("PGVAULT_REQUIRE_PROMTOOL", "") not in ("", "0"):
+            pytest.fail(f"{reason} (PGVAULT_REQUIRE_PROMTOOL is set)", pytrace=False)
+        pytest.skip(f"{reason}; set PGVAULT_REQUIRE_PROMTOOL=1 to make this a failure")
+    return path
