@@ -166,3 +166,11 @@ def test_the_monitoring_kustomization_lists_its_resources() -> None:
     assert (doc["apiVersion"], doc["kind"]) == ("kustomize.config.k8s.io/v1beta1", "Kustomization")
     files = {p.name for p in MONITORING.glob("*.yaml")} - {"kustomization.yaml"}
     assert sorted(doc["resources"]) == sorted(files) and "prometheusrule.yaml" in files
+
+
+def test_docs_monitoring_lists_every_metric_and_alert() -> None:
+    doc = (DEPLOY.parent / "docs" / "monitoring.md").read_text()
+    listed = set(re.findall(r"^\| `([a-z_:]+)` \|", doc, re.M))
+    assert set(exported_metric_names()) <= listed, "docs/monitoring.md does not list these metrics"
+    alerts = set(re.findall(r"^\| `([A-Za-z]+)` \| (?:critical|warning) \|", doc, re.M))
+    assert alerts == {r["alert"] for r in rules()}
