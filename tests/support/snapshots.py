@@ -32,10 +32,10 @@ def physical(backup_id: str, age: float) -> BackupFacts:
     return BackupFacts("physical", backup_id, ago(age), 600.0, 50_000, stop_lsn="0/5000100")
 
 
-def drill(drill_id: str, age: float, ok: bool = True, kind: str = "logical") -> DrillReport:
+def drill(drill_id: str, age: float, ok: bool = True, kind: str = "logical", rto: float | None = 1800.0) -> DrillReport:
     return DrillReport(drill_id=drill_id, cluster="c", backup_kind=kind, backup_id="20261124T020000Z",
                        started_at=ago(age + 60), finished_at=ago(age), ok=ok, restore_seconds=42.0, total_seconds=60.0,
-                       checks=(Check("row counts", ok, 1.0, "" if ok else "public.t: 3 != 4"),))
+                       rto_seconds=rto, checks=(Check("row counts", ok, 1.0, "" if ok else "public.t: 3 != 4"),))
 
 
 def job(name: str, ok: bool, age: float = HOUR, details: dict[str, object] | None = None, kind: str = "database") -> JobRecord:

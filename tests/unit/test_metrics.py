@@ -31,7 +31,7 @@ from pgvault.operations.maintenance.metrics import (
 from pgvault.policy.verdict import evaluate
 from pgvault.repository.jobs import JobRecord, JobRun, list_jobs, load_job, merge_run, record_run
 from pgvault.storage.memory import MemoryStorage
-from support.snapshots import DAY, NOW, healthy, job
+from support.snapshots import DAY, NOW, drill, healthy, job
 
 # --- the samples ----------------------------------------------------------------------------------
 
@@ -71,6 +71,19 @@ def test_never_drilled_exports_zero_so_the_age_alert_fires() -> None:
     assert v[("pgvault_drill_last_success_timestamp", (("cluster", "c"), ("kind", "logical")))] == 0
     assert v[("pgvault_drill_last_success_timestamp", (("cluster", "c"), ("kind", "physical")))] == 0
     assert v[("pgvault_status", (("cluster", "c"),))] == 1
+
+
+def test_the_drill_rto_is_the_one_the_exported_restore_time_was_judged_against() -> None:
+    # The newest timed logical drill ran without an objective: no RTO series for logical, even
+    # though an older drill had one; the physical drill's own objective is exported.
+    s = healthy(drills=(drill("20261101T000000Z", 20 * DAY, rto=60.0), drill("20261110T000000Z", 15 * DAY, rto=None),
+                        drill("20261111T000000Z", 14 * DAY, kind="physical", rto=30.0)))
+    v = by_key(snapshot_samples(s, evaluate(s)))
+    phys, log = (("cluster", "c"), ("kind", "physical")), (("cluster", "c"), ("kind", "logical"))
+    assert v[("pgvault_drill_rto_seconds", phys)] == 30.0
+    assert v[("pgvault_drill_restore_duration_seconds", phys)] == 42.0  # over the objective: the alert's case
+    assert ("pgvault_drill_rto_seconds", log) not in v
+    assert v[("pgvault_drill_restore_duration_seconds", log)] == 42.0
 
 
 def test_exposition_round_trips() -> None:

@@ -83,6 +83,8 @@ METRICS: dict[str, MetricDef] = {d.name: d for d in (
     MetricDef("pgvault_drill_last_status", "Result of the newest restore drill: 1 passed, 0 failed", ("cluster", "kind")),
     MetricDef("pgvault_drill_restore_duration_seconds", "Measured restore (recovery) time of the newest drill "
               "that got that far", ("cluster", "kind")),
+    MetricDef("pgvault_drill_rto_seconds", "drill.rto, the recovery-time objective that same drill was judged "
+              "against (only when it had one)", ("cluster", "kind")),
     MetricDef("pgvault_verify_failures", "Failures the last verify found (from its job record)", _C),
     MetricDef("pgvault_repository_size_bytes", "Bytes stored under the cluster's prefix", _C),
     MetricDef("pgvault_repository_objects", "Objects stored under the cluster's prefix", _C),
@@ -169,6 +171,9 @@ def snapshot_samples(s: StatusSnapshot, reasons: Sequence[Reason]) -> list[Sampl
                       if r.backup_kind == kind and r.restore_seconds is not None), None)
         if timed is not None and timed.restore_seconds is not None:
             out.append(sample("pgvault_drill_restore_duration_seconds", timed.restore_seconds, cluster=c, kind=kind))
+            # The objective of the same drill, not today's setting: the alert compares like with like.
+            if timed.rto_seconds is not None:
+                out.append(sample("pgvault_drill_rto_seconds", timed.rto_seconds, cluster=c, kind=kind))
 
     verify = s.jobs.get("verify")
     if verify is not None and _number(verify.details.get("failures")) is not None:
