@@ -32,11 +32,13 @@ from pgvault.config.values import (
     to_float,
     to_int,
     to_list,
+    to_notify_events,
     to_opt_duration,
     to_opt_int,
     to_opt_str,
     to_smoke,
     to_str,
+    to_webhook,
 )
 from pgvault.errors import ConfigError
 
@@ -44,6 +46,9 @@ if TYPE_CHECKING:
     from pgvault.pipeline import PipelineSpec
 
 MiB = 1 << 20
+# The commands that run as scheduled jobs: their outcome is recorded (cli.metrics.record_job) and
+# may be notified.  Here, not in the CLI, because settings name them (notify.jobs).
+SCHEDULED_JOBS = frozenset({"backup", "basebackup", "expire", "verify", "drill", "restore-point"})
 
 
 @dataclass(frozen=True)
@@ -110,9 +115,16 @@ SETTINGS: tuple[_Setting, ...] = (
     _Setting("monitoring.drill_max_age", to_opt_duration, "status: newest successful drill older than this is a WARNING", 35 * 86400.0),
     _Setting("metrics.textfile", to_opt_str, "scheduled jobs also write their outcome into this node_exporter textfile"),
     _Setting("restore.prefetch", to_int, "wal fetch: segments downloaded ahead during recovery (0: off)", 8),
+    _Setting("notify.webhook_url", to_webhook, "scheduled jobs POST a JSON notification here (environment only: it may hold a token)"),
+    _Setting("notify.slack_webhook_url", to_webhook, "Slack incoming webhook for job notifications (environment only: it holds a token)"),
+    _Setting("notify.events", to_notify_events, "notify on these events: failure, success, recovery", ("failure", "recovery")),
+    _Setting("notify.jobs", to_list, "notify only for these jobs (default: every scheduled job)", ()),
+    _Setting("notify.timeout", parse_duration, "notifications: give up one attempt after this long (default 5s)", 5.0),
+    _Setting("notify.retries", to_int, "notifications: retries after a failed attempt (default 2)", 2),
 )
 _BY_PATH = {s.path: s for s in SETTINGS}
-_SECRET_PATHS = {"encryption.age_identity"}
+# Environment only: a webhook URL is a credential (Slack's holds the token that lets anyone post).
+_SECRET_PATHS = {"encryption.age_identity", "notify.webhook_url", "notify.slack_webhook_url"}
 _NOT_ECHOED = _SECRET_PATHS | {"postgres.dsn", "drill.target_dsn"}  # a conninfo may hold a password
 # Each default is written once, in the table; the dataclasses below take theirs from here.
 _DEFAULTS: dict[str, Any] = {s.path: s.default for s in SETTINGS}
@@ -131,6 +143,23 @@ class S3Options:
     connect_timeout: float = _DEFAULTS["repository.s3.connect_timeout"]
     read_timeout: float = _DEFAULTS["repository.s3.read_timeout"]
     retries: int = _DEFAULTS["repository.s3.retries"]
+
+
+@dataclass(frozen=True)
+class NotifyOptions:
+    """Job notifications (cli.notify): where to (URLs from the environment only, kept out of
+    repr()), on which events, for which jobs, and how long to try."""
+
+    webhook_url: str | None = field(default=_DEFAULTS["notify.webhook_url"], repr=False)
+    slack_webhook_url: str | None = field(default=_DEFAULTS["notify.slack_webhook_url"], repr=False)
+    events: tuple[str, ...] = _DEFAULTS["notify.events"]
+    jobs: tuple[str, ...] = _DEFAULTS["notify.jobs"]
+    timeout: float = _DEFAULTS["notify.timeout"]
+    retries: int = _DEFAULTS["notify.retries"]
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.webhook_url or self.slack_webhook_url)
 
 
 @dataclass(frozen=True)
@@ -176,6 +205,7 @@ class Settings:
     metrics_textfile: str | None = _DEFAULTS["metrics.textfile"]
     backup_max_age: float = _DEFAULTS["monitoring.backup_max_age"]
     drill_max_age: float = _DEFAULTS["monitoring.drill_max_age"]
+    notify: NotifyOptions = field(default_factory=NotifyOptions)
     source: str = "defaults"
 
     def pipeline(self) -> PipelineSpec:
@@ -240,7 +270,9 @@ def load_settings(
             raise ConfigError([f"config file {path} must hold a mapping at the top level"])
         for key, value in _flatten(doc).items():
             if key not in _BY_PATH:
-                problems.append(f"{path}: unknown setting '{key}'")
+                why = " (YAML reads an unquoted key on, off, yes or no as true or false)" \
+                    if key.rsplit(".", 1)[-1] in ("True", "False") else ""
+                problems.append(f"{path}: unknown setting '{key}'{why}")
             elif key in _SECRET_PATHS:
                 problems.append(f"{path}: '{key}' must not be stored in a config file; use {_BY_PATH[key].env}")
             else:
@@ -291,6 +323,14 @@ def load_settings(
         read_timeout=get("repository.s3.read_timeout"),
         retries=get("repository.s3.retries"),
     )
+    notify = NotifyOptions(
+        webhook_url=get("notify.webhook_url"),
+        slack_webhook_url=get("notify.slack_webhook_url"),
+        events=get("notify.events"),
+        jobs=get("notify.jobs"),
+        timeout=get("notify.timeout"),
+        retries=get("notify.retries"),
+    )
     settings = Settings(
         cluster=get("cluster"),
         repository_url=get("repository.url"),
@@ -329,6 +369,7 @@ def load_settings(
         metrics_textfile=get("metrics.textfile"),
         backup_max_age=get("monitoring.backup_max_age"),
         drill_max_age=get("monitoring.drill_max_age"),
+        notify=notify,
         source=source,
     )
     problems += validate(settings)
@@ -377,6 +418,14 @@ def validate(s: Settings) -> list[str]:
         problems.append("archive.wait_timeout: must be positive")
     if s.compression_threads < 0:
         problems.append("compression.threads: must be 0 or more")
+    if not s.notify.timeout > 0:
+        problems.append("notify.timeout: must be positive")
+    if not 0 <= s.notify.retries <= 10:
+        problems.append("notify.retries: must be between 0 and 10 (a notification must not hold up the job)")
+    unknown_jobs = sorted(set(s.notify.jobs) - SCHEDULED_JOBS)
+    if unknown_jobs:
+        problems.append(f"notify.jobs: {', '.join(unknown_jobs)} is not a scheduled job "
+                        f"(one of {', '.join(sorted(SCHEDULED_JOBS))})")
     problems += s.pipeline().validate()
     if s.dsn:
         try:
