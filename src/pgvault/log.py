@@ -42,8 +42,8 @@ def redact(text: str) -> str:
 
 
 def redact_url(url: str) -> str:
-    """``scheme://host[:port]/…``: how a URL that may carry a token in its path, query or user
-    info (a webhook) is named in messages."""
+    """``scheme://host[:port]/...``: how a URL that may carry a token in its path, query or user
+    info (a webhook) is named in messages (ASCII: JSON log lines would escape an ellipsis)."""
     from urllib.parse import urlsplit
 
     try:
@@ -54,7 +54,7 @@ def redact_url(url: str) -> str:
         return "<url>"
     if ":" in host:
         host = f"[{host}]"
-    return f"{parts.scheme or '?'}://{host}{port}/…"
+    return f"{parts.scheme or '?'}://{host}{port}/..."
 
 
 class RedactingFilter(logging.Filter):

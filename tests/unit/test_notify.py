@@ -6,12 +6,9 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import json
-import socket
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -26,11 +23,13 @@ from pgvault.policy.notify import (
     TEST,
     event_for,
     job_payload,
+    previous_outcome,
     slack_payload,
     slack_text,
     wanted,
 )
 from pgvault.repository.jobs import JobRecord, JobRun, merge_run
+from support.webhook import TOKEN, Receiver, closed_port, webhook_receiver
 
 T0 = dt.datetime(2026, 3, 1, 2, 0, 0, tzinfo=dt.UTC)
 
@@ -77,6 +76,21 @@ def test_the_default_events_announce_a_failure_and_its_recovery_once() -> None:
         events.append(event_for(ok, prev, on))
         prev = merge_run("main", prev, run(ok))
     assert events == [None, None, FAILURE, FAILURE, RECOVERY, None]
+
+
+def test_a_failure_only_this_hosts_textfile_knows_counts_before_the_stored_success() -> None:
+    stored_ok = merge_run("main", None, run(True))  # finished 02:01:13
+    local_failed_later = replace(merge_run("main", None, replace(run(False), finished_at=T0 + dt.timedelta(hours=1))),
+                                 last_finished_at="")  # what previous_job() reads back from a textfile
+    local_failed_before = merge_run("main", None, replace(run(False), finished_at=T0 - dt.timedelta(hours=1)))
+    local_ok = merge_run("main", None, run(True))
+    assert previous_outcome(stored_ok, local_failed_later) is local_failed_later
+    assert previous_outcome(stored_ok, local_failed_before) is stored_ok
+    assert previous_outcome(stored_ok, local_ok) is stored_ok
+    assert previous_outcome(None, local_failed_before) is local_failed_before
+    assert previous_outcome(stored_ok, None) is stored_ok and previous_outcome(None, None) is None
+    stored_failed = merge_run("main", None, run(False))
+    assert previous_outcome(stored_failed, local_ok) is stored_failed
 
 
 def test_the_job_filter() -> None:
@@ -137,15 +151,14 @@ SLACK = "https://hooks.slack.com/services/T0AAA/B0BBB/abcdefghijklmnopqrstuvwx"
 
 
 def test_a_webhook_url_is_named_by_scheme_and_host_only() -> None:
-    assert redact_url(SLACK) == "https://hooks.slack.com/…"
-    assert redact_url("http://user:pw@127.0.0.1:8080/hook?token=x") == "http://127.0.0.1:8080/…"
-    assert redact_url("http://[::1]:9/x") == "http://[::1]:9/…"
+    assert redact_url(SLACK) == "https://hooks.slack.com/..."
+    assert redact_url("http://user:pw@127.0.0.1:8080/hook?token=x") == "http://127.0.0.1:8080/..."
+    assert redact_url("http://[::1]:9/x") == "http://[::1]:9/..."
     assert redact_url("http://h:notaport/x") == "<url>"
 
 
 def test_log_redaction_masks_slack_hooks_and_the_configured_urls(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert redact(f"posting to {SLACK} now") == "posting to hooks.slack.com/<redacted> now".replace(
-        "hooks", "https://hooks")
+    assert redact(f"posting to {SLACK} now") == "posting to https://hooks.slack.com/<redacted> now"
     monkeypatch.setenv("PGVAULT_NOTIFY_WEBHOOK_URL", "http://10.0.0.5:8080/alerts/t0k3n")
     assert redact("POST http://10.0.0.5:8080/alerts/t0k3n failed") == "POST <redacted> failed"
 
@@ -153,67 +166,30 @@ def test_log_redaction_masks_slack_hooks_and_the_configured_urls(monkeypatch: py
 # --- sending to a local receiver ------------------------------------------------------------------
 
 
-@dataclass
-class Receiver:
-    """An HTTP server on 127.0.0.1 answering every POST with ``status`` (after ``stall`` seconds)."""
-
-    status: int = 200
-    stall: float = 0.0
-    bodies: list[Any] = field(default_factory=list)
-    url: str = ""
-
-
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
-    state = Receiver()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 - http.server's name
-            length = int(self.headers.get("Content-Length", 0))
-            state.bodies.append(json.loads(self.rfile.read(length)))
-            if state.stall:
-                time.sleep(state.stall)
-            self.send_response(state.status)
-            self.end_headers()
-            self.wfile.write(b"ok" if state.status < 400 else b"no_service")
-
-        def log_message(self, *_: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    state.url = f"http://127.0.0.1:{server.server_address[1]}/hook/s3cr3t-t0ken"
-    yield state
-    server.shutdown()
-    server.server_close()
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    with webhook_receiver() as r:
+        yield r
 
 
 def test_a_delivered_notification(receiver: Receiver) -> None:
     doc = job_payload("main", run(False), FAILURE)
-    d = deliver(Target("webhook", receiver.url), doc, timeout=2, retries=2)
+    d = deliver(Target("webhook", receiver.url()), doc, timeout=2, retries=2)
     assert (d.ok, d.attempts, d.detail, d.where) == (True, 1, "HTTP 200", d.where)
     assert receiver.bodies == [doc]
-    assert "s3cr3t" not in repr(d) and "s3cr3t" not in json.dumps(d.to_json())
+    assert TOKEN not in repr(d) and TOKEN not in json.dumps(d.to_json())
 
 
 def test_slack_gets_the_slack_message(receiver: Receiver) -> None:
     doc = job_payload("main", run(False), FAILURE)
-    assert deliver(Target("slack", receiver.url), doc, timeout=2, retries=0).ok
+    assert deliver(Target("slack", receiver.url()), doc, timeout=2, retries=0).ok
     assert receiver.bodies == [slack_payload(doc)]
 
 
 def test_a_server_error_is_retried_then_reported(receiver: Receiver) -> None:
     receiver.status = 500
     sleeps: list[float] = []
-    d = deliver(Target("webhook", receiver.url), job_payload("main", run(False), FAILURE), timeout=2, retries=2,
+    d = deliver(Target("webhook", receiver.url()), job_payload("main", run(False), FAILURE), timeout=2, retries=2,
                 sleep=sleeps.append)
     assert (d.ok, d.attempts, d.detail) == (False, 3, "HTTP 500 Internal Server Error: no_service")
     assert len(receiver.bodies) == 3 and sleeps == [0.5, 1.0]
@@ -221,21 +197,21 @@ def test_a_server_error_is_retried_then_reported(receiver: Receiver) -> None:
 
 def test_a_client_error_is_not_retried(receiver: Receiver) -> None:
     receiver.status = 404  # Slack's answer to a deleted webhook: retrying cannot help
-    d = deliver(Target("slack", receiver.url), job_payload("main", run(False), FAILURE), timeout=2, retries=2)
+    d = deliver(Target("slack", receiver.url()), job_payload("main", run(False), FAILURE), timeout=2, retries=2)
     assert (d.ok, d.attempts, d.detail) == (False, 1, "HTTP 404 Not Found: no_service")
 
 
 def test_a_receiver_that_is_down() -> None:
-    url = f"http://127.0.0.1:{closed_port()}/hook/s3cr3t-t0ken"
+    url = f"http://127.0.0.1:{closed_port()}/hook/{TOKEN}"
     d = deliver(Target("webhook", url), job_payload("main", run(False), FAILURE), timeout=1, retries=1,
                 sleep=lambda _: None)
     assert (d.ok, d.attempts, d.detail) == (False, 2, "Connection refused")
-    assert "s3cr3t" not in repr(d)
+    assert TOKEN not in repr(d)
 
 
 def test_a_receiver_that_never_answers_costs_at_most_the_time_bound(receiver: Receiver) -> None:
     receiver.stall = 30
-    opts = NotifyOptions(webhook_url=receiver.url, slack_webhook_url=receiver.url, timeout=0.5, retries=1)
+    opts = NotifyOptions(webhook_url=receiver.url(), slack_webhook_url=receiver.url(), timeout=0.5, retries=1)
     started = time.monotonic()
     results = send(opts, job_payload("main", run(False), FAILURE))
     took = time.monotonic() - started
@@ -248,3 +224,14 @@ def test_a_receiver_that_never_answers_costs_at_most_the_time_bound(receiver: Re
 def test_the_time_bound_and_the_backoff() -> None:
     assert [backoff(i) for i in (1, 2, 3, 4)] == [0.5, 1.0, 2.0, 2.0]
     assert time_bound(NotifyOptions()) == 5 * 3 + 0.5 + 1.0 + 1.0  # the defaults: 17.5 s at the very worst
+
+
+def test_options_from_the_environment_alone_keep_the_time_bound_sane(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pgvault.cli.notify import environment_options
+
+    monkeypatch.setenv("PGVAULT_NOTIFY_WEBHOOK_URL", "http://127.0.0.1:9/x")
+    monkeypatch.setenv("PGVAULT_NOTIFY_RETRIES", "1000")
+    monkeypatch.setenv("PGVAULT_NOTIFY_TIMEOUT", "soon")
+    monkeypatch.setenv("PGVAULT_NOTIFY_EVENTS", "failure")
+    opts = environment_options()
+    assert (opts.webhook_url, opts.events, opts.timeout, opts.retries) == ("http://127.0.0.1:9/x", ("failure",), 5.0, 10)

@@ -35,7 +35,7 @@ def run_check(args: argparse.Namespace) -> int:
         "compression": s.compression,
         "encryption": "age" if s.age_recipients else "none",
         "age_recipients": len(s.age_recipients),
-        # Where notifications go, as scheme://host/… only: the URLs are credentials.
+        # Where notifications go, as scheme://host/... only: the URLs are credentials.
         "notify": {**where, "events": list(s.notify.events), "jobs": list(s.notify.jobs) or "all"},
     }
     hooks = [f"{k} {v}" for k, v in where.items() if v]

@@ -215,9 +215,13 @@ def _record(args: argparse.Namespace, started: float, exit_code: int,
         from pgvault.operations.maintenance.metrics import write_job_textfile
 
         try:
-            write_job_textfile(path, cluster, run, record)
+            local = write_job_textfile(path, cluster, run, record)
         except Exception as e:  # noqa: BLE001
             logger.warning("could not write the job's metrics to %s: %s", path, log.redact(str(e)))
+        else:
+            from pgvault.policy.notify import previous_outcome
+
+            previous = previous_outcome(previous, local)
     return settings, cluster, run, previous
 
 

@@ -3,7 +3,7 @@ after every scheduled job, and ``pgvault notify --test``, which sends a test mes
 on-call can check a webhook before the night it matters.
 
 The webhook URLs come from the environment only (``PGVAULT_NOTIFY_WEBHOOK_URL``,
-``PGVAULT_NOTIFY_SLACK_WEBHOOK_URL``) and are named as ``scheme://host/…`` wherever a message
+``PGVAULT_NOTIFY_SLACK_WEBHOOK_URL``) and are named as ``scheme://host/...`` wherever a message
 needs them.  docs/notifications.md documents the settings and the payload."""
 
 from __future__ import annotations

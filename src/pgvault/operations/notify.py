@@ -12,7 +12,7 @@ promises shape it:
   abandoned at :func:`time_bound` — a receiver trickling bytes cannot hold the job up either.
   A Kubernetes Job gets SIGKILL 30 s after SIGTERM by default; the default bound is 17 s.
 * The URL is a credential (a Slack webhook's path is its token): it is named only as
-  ``scheme://host/…`` (:func:`pgvault.log.redact_url`), in results, messages and logs alike.
+  ``scheme://host/...`` (:func:`pgvault.log.redact_url`), in results, messages and logs alike.
 """
 
 from __future__ import annotations

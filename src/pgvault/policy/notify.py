@@ -11,6 +11,7 @@ webhook's message made from it.  Sending is I/O and lives in :mod:`pgvault.opera
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +36,26 @@ def event_for(ok: bool, previous: JobRecord | None, on: Collection[str]) -> str 
     if previous is not None and not previous.ok and RECOVERY in on:
         return RECOVERY
     return SUCCESS if SUCCESS in on else None
+
+
+def previous_outcome(stored: JobRecord | None, local: JobRecord | None) -> JobRecord | None:
+    """The job's outcome before this run: the repository's record (``stored``), unless this
+    host's metrics textfile (``local``) knows of a later failure the repository missed — it could
+    not be written, typically because it was the repository that was down.  Without a textfile a
+    failure the repository missed is still notified, but its recovery is announced as a success."""
+    if local is None or local.ok or not local.last_failure_at:
+        return stored
+    if stored is None or _instant(local.last_failure_at) > _instant(stored.last_finished_at):
+        return local
+    return stored
+
+
+def _instant(iso: str | None) -> dt.datetime:
+    try:
+        t = dt.datetime.fromisoformat(iso or "")
+    except ValueError:
+        return dt.datetime.min.replace(tzinfo=dt.UTC)
+    return t if t.tzinfo else t.replace(tzinfo=dt.UTC)
 
 
 def wanted(job: str, jobs: Collection[str]) -> bool:
