@@ -10,7 +10,7 @@ promises shape it:
   when retrying can help (no answer, connection refused, HTTP 5xx / 408 / 429; not another 4xx:
   a revoked Slack token stays revoked), and the targets are tried in parallel threads that are
   abandoned at :func:`time_bound` — a receiver trickling bytes cannot hold the job up either.
-  A Kubernetes Job gets SIGKILL 30 s after SIGTERM by default; the default bound is 17 s.
+  A Kubernetes Job gets SIGKILL 30 s after SIGTERM by default; the default bound is 17.5 s.
 * The URL is a credential (a Slack webhook's path is its token): it is named only as
   ``scheme://host/...`` (:func:`pgvault.log.redact_url`), in results, messages and logs alike.
 """
