@@ -33,15 +33,14 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
 def environment_options() -> NotifyOptions:
     """The notify.* settings from the environment alone: a job whose configuration did not load
     still notifies its failure when the webhook is set in the environment (where it must be)."""
-    from pgvault.config import NotifyOptions, environment_value
+    from dataclasses import replace
 
-    opts = NotifyOptions(**{name: environment_value(f"notify.{name}") for name in (
-        "webhook_url", "slack_webhook_url", "events", "jobs", "timeout", "retries")})
-    # Unvalidated here (load_settings did not get this far): keep the time bound sane.
-    defaults = NotifyOptions()
-    return NotifyOptions(webhook_url=opts.webhook_url, slack_webhook_url=opts.slack_webhook_url, events=opts.events,
-                         jobs=opts.jobs, timeout=opts.timeout if opts.timeout > 0 else defaults.timeout,
-                         retries=min(max(opts.retries, 0), 10))
+    from pgvault.config import NotifyOptions, environment_notify
+
+    opts = environment_notify()
+    # Unvalidated (load_settings did not get this far): keep the time bound sane.
+    return replace(opts, timeout=opts.timeout if opts.timeout > 0 else NotifyOptions().timeout,
+                   retries=min(max(opts.retries, 0), 10))
 
 
 def notify_job(settings: Settings | None, cluster: str, run: JobRun, previous: JobRecord | None) -> None:

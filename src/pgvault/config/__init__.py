@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import yaml
 
@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from pgvault.pipeline import PipelineSpec
 
 MiB = 1 << 20
+_T = TypeVar("_T")
 # The commands that run as scheduled jobs: their outcome is recorded (cli.metrics.record_job) and
 # may be notified.  Here, not in the CLI, because settings name them (notify.jobs).
 SCHEDULED_JOBS = frozenset({"backup", "basebackup", "expire", "verify", "drill", "restore-point"})
@@ -323,14 +324,7 @@ def load_settings(
         read_timeout=get("repository.s3.read_timeout"),
         retries=get("repository.s3.retries"),
     )
-    notify = NotifyOptions(
-        webhook_url=get("notify.webhook_url"),
-        slack_webhook_url=get("notify.slack_webhook_url"),
-        events=get("notify.events"),
-        jobs=get("notify.jobs"),
-        timeout=get("notify.timeout"),
-        retries=get("notify.retries"),
-    )
+    notify = _section(NotifyOptions, "notify", get)
     settings = Settings(
         cluster=get("cluster"),
         repository_url=get("repository.url"),
@@ -378,6 +372,17 @@ def load_settings(
     if problems:
         raise ConfigError(problems, hint="run 'pgvault config check' to see every problem")
     return settings
+
+
+def _section(cls: Callable[..., _T], prefix: str, get: Callable[[str], Any]) -> _T:
+    """A settings section (a dataclass) whose field names are the names of the settings under ``prefix``."""
+    return cls(**{f.name: get(f"{prefix}.{f.name}") for f in fields(cast(Any, cls))})
+
+
+def environment_notify() -> NotifyOptions:
+    """The notify.* settings from the environment alone (:func:`environment_value`, unvalidated):
+    a job whose configuration did not load still notifies its failure."""
+    return _section(NotifyOptions, "notify", environment_value)
 
 
 def validate(s: Settings) -> list[str]:
