@@ -24,8 +24,9 @@ _NOT_CONFIGURED = "no notification webhook is configured: set PGVAULT_NOTIFY_WEB
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("notify", parents=[common], help="job notifications: send a test message to the configured webhooks",
-                       description="Scheduled jobs notify on their own (notify.* settings); this command only tests the "
-                       "webhooks. " + _NOT_CONFIGURED.split(": ", 1)[1] + ".")
+                       description="Scheduled jobs notify on their own (notify.* settings, docs/notifications.md); "
+                       "this command only tests the webhooks, which are set in the environment only: "
+                       "PGVAULT_NOTIFY_WEBHOOK_URL and/or PGVAULT_NOTIFY_SLACK_WEBHOOK_URL.")
     p.add_argument("--test", action="store_true", help="send a test notification to every configured webhook")
     p.set_defaults(func=run)
 
