@@ -24,6 +24,9 @@ _IDENTITY = pyrage.x25519.Identity.generate()
 SECRET = str(_IDENTITY)  # AGE-SECRET-KEY-1...
 RECIPIENT = str(_IDENTITY.to_public())  # age1...
 RECIPIENT2 = str(pyrage.x25519.Identity.generate().to_public())
+HOOK = "https://hooks.example.com/pgvault/4f1c0ffee"  # webhook URLs are credentials: environment only
+SLACK_HOOK = "https://hooks.slack.com/services/T0000/B0000/XXXXXXXXXXXXXXXXXXXXXXXX"
+SECRET_PATHS = {"encryption.age_identity", "notify.webhook_url", "notify.slack_webhook_url"}
 
 
 def write_yaml(tmp_path: Path, text: str, name: str = "pgvault.yaml") -> str:
@@ -256,6 +259,12 @@ ENV_SAMPLES: dict[str, tuple[str, Callable[[Settings], Any], Any]] = {
     "metrics.pushgateway": ("http://pgw:9091", lambda s: s.metrics_pushgateway, "http://pgw:9091"),
     "monitoring.backup_max_age": ("36h", lambda s: s.backup_max_age, 36 * 3600.0),
     "monitoring.drill_max_age": ("35d", lambda s: s.drill_max_age, 35 * 86400.0),
+    "notify.webhook_url": (HOOK, lambda s: s.notify.webhook_url, HOOK),
+    "notify.slack_webhook_url": (SLACK_HOOK, lambda s: s.notify.slack_webhook_url, SLACK_HOOK),
+    "notify.events": ("failure, success, recovery", lambda s: s.notify.events, ("failure", "success", "recovery")),
+    "notify.jobs": ("backup,verify", lambda s: s.notify.jobs, ("backup", "verify")),
+    "notify.timeout": ("2s", lambda s: s.notify.timeout, 2.0),
+    "notify.retries": ("0", lambda s: s.notify.retries, 0),
 }
 
 EXPECTED_ENV_NAMES = {
@@ -306,6 +315,12 @@ EXPECTED_ENV_NAMES = {
     "metrics.pushgateway": "PGVAULT_METRICS_PUSHGATEWAY",
     "monitoring.backup_max_age": "PGVAULT_MONITORING_BACKUP_MAX_AGE",
     "monitoring.drill_max_age": "PGVAULT_MONITORING_DRILL_MAX_AGE",
+    "notify.webhook_url": "PGVAULT_NOTIFY_WEBHOOK_URL",
+    "notify.slack_webhook_url": "PGVAULT_NOTIFY_SLACK_WEBHOOK_URL",
+    "notify.events": "PGVAULT_NOTIFY_EVENTS",
+    "notify.jobs": "PGVAULT_NOTIFY_JOBS",
+    "notify.timeout": "PGVAULT_NOTIFY_TIMEOUT",
+    "notify.retries": "PGVAULT_NOTIFY_RETRIES",
 }
 
 
@@ -328,7 +343,7 @@ def test_each_environment_variable_sets_its_setting(path: str) -> None:
     assert get(s) == expected
 
 
-@pytest.mark.parametrize("path", sorted(p for p in EXPECTED_ENV_NAMES if p != "encryption.age_identity"))
+@pytest.mark.parametrize("path", sorted(p for p in EXPECTED_ENV_NAMES if p not in SECRET_PATHS))
 def test_each_yaml_path_sets_the_same_setting_as_its_variable(tmp_path: Path, path: str) -> None:
     value, get, expected = ENV_SAMPLES[path]
     # A dotted key at the top level is the same path as the nested form.
@@ -768,3 +783,76 @@ def test_a_good_identity_passes_and_every_problem_is_listed_together(
     ctx = Context(settings=s, storage=open_storage("memory://t"), conn=ConnInfo({}))
     with pytest.raises(ConfigError, match=r"encryption\.age_identity_file: .*key\.txt: line 1 of the identity file"):
         ctx.identities()
+
+
+# --- notifications -------------------------------------------------------------------------------
+
+
+def test_notifications_are_off_by_default_and_default_to_failure_and_recovery() -> None:
+    n = load_settings(environ={}).notify
+    assert not n.enabled and n.webhook_url is None and n.slack_webhook_url is None
+    assert (n.events, n.jobs, n.timeout, n.retries) == (("failure", "recovery"), (), 5.0, 2)
+
+
+@pytest.mark.parametrize(("key", "env", "url"), [("webhook_url", "PGVAULT_NOTIFY_WEBHOOK_URL", HOOK),
+                                                 ("slack_webhook_url", "PGVAULT_NOTIFY_SLACK_WEBHOOK_URL", SLACK_HOOK)])
+def test_a_webhook_url_in_the_config_file_is_refused_without_repeating_it(tmp_path: Path, key: str, env: str,
+                                                                          url: str) -> None:
+    path = write_yaml(tmp_path, f"notify:\n  {key}: {url}\n  events: [failure]\n")
+    with pytest.raises(ConfigError) as exc:
+        load_settings(path, environ={})
+    assert problems_of(exc) == [f"{path}: 'notify.{key}' must not be stored in a config file; use {env}"]
+    assert url not in str(exc.value) and "XXXXXXXX" not in str(exc.value) and "4f1c0ffee" not in str(exc.value)
+
+
+def test_webhook_urls_from_the_environment_stay_out_of_repr() -> None:
+    s = load_settings(environ={"PGVAULT_NOTIFY_WEBHOOK_URL": HOOK, "PGVAULT_NOTIFY_SLACK_WEBHOOK_URL": SLACK_HOOK})
+    assert s.notify.enabled and s.notify.webhook_url == HOOK and s.notify.slack_webhook_url == SLACK_HOOK
+    for text in (repr(s), str(s), repr(s.notify)):
+        assert "4f1c0ffee" not in text and "XXXXXXXX" not in text and "hooks." not in text
+
+
+@pytest.mark.parametrize("bad", ["hooks.slack.com/services/T/B/secrettoken", "ftp://example.com/secrettoken",
+                                 "https:///secrettoken", "https://example.com:port/secrettoken"])
+def test_a_bad_webhook_url_is_a_problem_that_never_quotes_it(bad: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        load_settings(environ={"PGVAULT_NOTIFY_WEBHOOK_URL": bad})
+    [problem] = problems_of(exc)
+    assert problem.startswith("notify.webhook_url (PGVAULT_NOTIFY_WEBHOOK_URL) = <secret>: ")
+    assert "secrettoken" not in str(exc.value)
+
+
+@pytest.mark.parametrize(("env", "fragment"), [
+    ({"PGVAULT_NOTIFY_EVENTS": "failure,sucess"}, "unknown event(s) sucess"),
+    ({"PGVAULT_NOTIFY_JOBS": "backup,backups"}, "notify.jobs: backups is not a scheduled job"),
+    ({"PGVAULT_NOTIFY_TIMEOUT": "0"}, "notify.timeout: must be positive"),
+    ({"PGVAULT_NOTIFY_RETRIES": "11"}, "notify.retries: must be between 0 and 10"),
+    ({"PGVAULT_NOTIFY_RETRIES": "-1"}, "notify.retries: must be between 0 and 10"),
+])
+def test_notify_validation(env: dict[str, str], fragment: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        load_settings(environ=env)
+    assert any(fragment in p for p in problems_of(exc)), problems_of(exc)
+
+
+def test_notify_settings_from_yaml(tmp_path: Path) -> None:
+    path = write_yaml(tmp_path, """\
+        notify:
+          events: [failure, success, failure]
+          jobs: [backup, restore-point]
+          timeout: 1.5s
+          retries: 1
+        """)
+    n = load_settings(path, environ={}).notify
+    assert (n.events, n.jobs, n.timeout, n.retries) == (("failure", "success"), ("backup", "restore-point"), 1.5, 1)
+    # An empty list turns notifications off, rather than meaning the default.
+    assert load_settings(write_yaml(tmp_path, "notify:\n  events: []\n"), environ={}).notify.events == ()
+
+
+def test_an_unquoted_on_key_is_explained(tmp_path: Path) -> None:
+    # YAML 1.1 reads the key "on" as true: the setting is notify.events, and the message says why.
+    with pytest.raises(ConfigError) as exc:
+        load_settings(write_yaml(tmp_path, "notify:\n  on: [failure]\n"), environ={})
+    [problem] = problems_of(exc)
+    assert problem.endswith("unknown setting 'notify.True' (YAML reads an unquoted key on, off, yes or no as "
+                            "true or false)")

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import pgvault
 from pgvault import log
 from pgvault.cli import interrupts
+from pgvault.config import SCHEDULED_JOBS as SCHEDULED_JOBS  # re-exported: see below _MODULES
 from pgvault.config import Settings, load_settings
 from pgvault.errors import INTERNAL_ERROR_EXIT, DatabaseError, InterruptedError_, PgvaultError, Report, UsageError
 
@@ -109,10 +110,11 @@ _MODULES = {
     "backup": "backup", "basebackup": "basebackup", "list": "catalog", "status": "catalog", "show": "catalog",
     "restore": "restore", "restore-cluster": "restore_cluster", "restore-point": "restore_cluster", "wal": "wal",
     "config": "config_cmd", "drill": "drill", "expire": "expire", "verify": "verify", "metrics": "metrics",
+    "notify": "notify",
 }
-# Commands run as scheduled jobs: their outcome is recorded for `status` and the metrics
-# (cli/metrics.py record_job); listed here so that other commands import nothing more.
-SCHEDULED_JOBS = frozenset({"backup", "basebackup", "expire", "verify", "drill", "restore-point"})
+# SCHEDULED_JOBS (imported from config, where notify.jobs names them): commands whose outcome is
+# recorded for `status` and the metrics and may be notified (cli/metrics.py record_job); other
+# commands import nothing more.
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:

@@ -30,6 +30,7 @@ def run(args: argparse.Namespace) -> int:
             databases=tuple(args.database), all_databases=args.all, include_globals=not args.no_globals, exact_row_counts=exact
         ),
     )
+    args.job_details = {"backup_id": m.backup_id}  # kept in the job record and notified
 
     def human() -> str:
         rows = [

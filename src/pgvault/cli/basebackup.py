@@ -21,6 +21,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     ctx = context_from(args)
     m = basebackup(ctx, pgdata=args.pgdata, fast=not args.spread_checkpoint, archive_timeout=args.archive_timeout)
+    args.job_details = {"backup_id": m.backup_id}  # kept in the job record and notified
     emit(args, "basebackup", {"backup": m.to_json()}, lambda: (
         f"base backup {m.backup_id} complete in {human_duration(m.duration_seconds)}: "
         f"{m.start_lsn} .. {m.stop_lsn} on timeline {m.timeline}, WAL {m.first_wal} .. {m.last_wal} archived, "

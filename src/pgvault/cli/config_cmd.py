@@ -7,6 +7,7 @@ from typing import Any
 
 from pgvault.cli import emit
 from pgvault.config import describe, load_settings
+from pgvault.log import redact_url
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -24,6 +25,8 @@ def run_check(args: argparse.Namespace) -> int:
     s = load_settings(getattr(args, "config", None), check_identities=True, overrides={
         "cluster": getattr(args, "cluster", None), "repository.url": getattr(args, "repository", None),
         "postgres.dsn": getattr(args, "dsn", None)})
+    where = {"webhook": redact_url(s.notify.webhook_url) if s.notify.webhook_url else None,
+             "slack": redact_url(s.notify.slack_webhook_url) if s.notify.slack_webhook_url else None}
     payload = {
         "valid": True,
         "source": s.source,
@@ -32,10 +35,14 @@ def run_check(args: argparse.Namespace) -> int:
         "compression": s.compression,
         "encryption": "age" if s.age_recipients else "none",
         "age_recipients": len(s.age_recipients),
+        # Where notifications go, as scheme://host/... only: the URLs are credentials.
+        "notify": {**where, "events": list(s.notify.events), "jobs": list(s.notify.jobs) or "all"},
     }
+    hooks = [f"{k} {v}" for k, v in where.items() if v]
     emit(args, "config_check", payload, lambda: f"configuration OK ({s.source}): cluster {s.cluster!r}, "
          f"repository {s.repository_url}, compression {s.compression}, "
-         f"encryption {'age (' + str(len(s.age_recipients)) + ' recipient(s))' if s.age_recipients else 'off'}")
+         f"encryption {'age (' + str(len(s.age_recipients)) + ' recipient(s))' if s.age_recipients else 'off'}, "
+         f"notifications {'to ' + ' and '.join(hooks) + ' on ' + (', '.join(s.notify.events) or 'no event') if hooks else 'off'}")
     return 0
 
 

@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
                                          target_dsn=args.target_dsn or ctx.settings.drill_target_dsn,
                                          recovery_target=target, pgvault_command=args.pgvault_command))
     doc = report.to_json()
-    args.job_details = {"ok": report.ok, "restore_seconds": report.restore_seconds}
+    args.job_details = {"ok": report.ok, "restore_seconds": report.restore_seconds, "backup_id": report.backup_id}
 
     def human() -> str:
         lines = [f"drill {report.drill_id}: {report.backup_kind} backup {report.backup_id} into "

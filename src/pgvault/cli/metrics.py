@@ -146,23 +146,37 @@ def record_job(args: argparse.Namespace, *, started: float, exit_code: int, erro
     """Record a scheduled command's outcome in ``<cluster>/jobs/<job>.json`` and, when
     ``--metrics-textfile`` / ``metrics.textfile`` (``$PGVAULT_METRICS_TEXTFILE``) is set, in that textfile.
 
+    Then, when webhooks are configured, the outcome is notified (cli/notify.py :func:`notify_job`).
+
     Best effort: it never raises, so the command's exit status and error stay what they were.  A
     repository that cannot be written is the usual reason a job failed; the textfile is the way
-    that failure still reaches Prometheus."""
+    that failure still reaches Prometheus, and the notification the way it reaches people."""
     try:
-        _record(args, started, exit_code, error)
+        recorded = _record(args, started, exit_code, error)
     except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001 - recording must never change the outcome
         log.get().warning("could not record the job's outcome: %s: %s", type(e).__name__, log.redact(str(e)))
+        return
+    if recorded is None:
+        return
+    try:
+        from pgvault.cli.notify import notify_job
+
+        notify_job(*recorded)
+    except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001 - nor must notifying
+        log.get().warning("could not notify the job's outcome: %s: %s", type(e).__name__, log.redact(str(e)))
 
 
-def _record(args: argparse.Namespace, started: float, exit_code: int, error: BaseException | None) -> None:
+def _record(args: argparse.Namespace, started: float, exit_code: int,
+            error: BaseException | None) -> tuple[Settings | None, str, JobRun, JobRecord | None] | None:
+    """Record the run; returns what notifying it needs: the settings (None when they did not load),
+    the cluster, the run and the job's record before it (None: first run, or not readable)."""
     import pgvault
     from pgvault.cli import settings_from
-    from pgvault.repository.jobs import JobRun, record_run
+    from pgvault.repository.jobs import JobRun, update_job
 
     job = job_name(args)
     if job is None:
-        return
+        return None
     details = getattr(args, "job_details", None)
     run = JobRun(
         job=job, started_at=dt.datetime.fromtimestamp(started, dt.UTC),
@@ -187,13 +201,14 @@ def _record(args: argparse.Namespace, started: float, exit_code: int, error: Bas
         textfile = environment_value("metrics.textfile")
         gateway = environment_value("metrics.pushgateway")
     record: JobRecord | None = None
+    previous: JobRecord | None = None
     if settings is not None:
         try:
             from pgvault.storage import open_storage, s3_settings
 
             url = settings.repository_url
             storage = open_storage(url, s3=s3_settings(settings) if url.startswith("s3://") else None)
-            record = record_run(storage, cluster, run)
+            previous, record = update_job(storage, cluster, run)
         except Exception as e:  # noqa: BLE001 - e.g. the repository is down: the textfile still gets it
             logger.warning("could not record the %s job in the repository: %s", job, log.redact(str(e)))
     path = getattr(args, "metrics_textfile", None) or textfile
@@ -201,14 +216,19 @@ def _record(args: argparse.Namespace, started: float, exit_code: int, error: Bas
         from pgvault.operations.maintenance.metrics import write_job_textfile
 
         try:
-            write_job_textfile(path, cluster, run, record)
+            local = write_job_textfile(path, cluster, run, record)
         except Exception as e:  # noqa: BLE001
             logger.warning("could not write the job's metrics to %s: %s", path, log.redact(str(e)))
+        else:
+            from pgvault.policy.notify import previous_outcome
+
+            previous = previous_outcome(previous, local)
     if gateway:
         try:
             push_after_job(gateway, settings, cluster, run, record)
         except Exception as e:  # noqa: BLE001
             logger.warning("could not push the job's metrics to %s: %s", log.redact(gateway), log.redact(str(e)))
+    return settings, cluster, run, previous
 
 
 def push_after_job(url: str, settings: Settings | None, cluster: str, run: JobRun, record: JobRecord | None) -> None:

@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     ctx = context_from(args)
     report = verify(ctx, None if args.all_backups else args.backup_id)
     # Picked up by whoever records scheduled jobs' outcomes (metrics); harmless otherwise.
-    args.job_details = report.job_details()
+    args.job_details = {**report.job_details(), **({"backup_id": report.scope} if report.scope != "all" else {})}
     if not report.ok:
         # The report is the full answer (one JSON document with --json); the exit status is the
         # integrity one (README: exit codes).

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import yaml
 
@@ -32,11 +32,13 @@ from pgvault.config.values import (
     to_float,
     to_int,
     to_list,
+    to_notify_events,
     to_opt_duration,
     to_opt_int,
     to_opt_str,
     to_smoke,
     to_str,
+    to_webhook,
 )
 from pgvault.errors import ConfigError
 
@@ -44,6 +46,10 @@ if TYPE_CHECKING:
     from pgvault.pipeline import PipelineSpec
 
 MiB = 1 << 20
+_T = TypeVar("_T")
+# The commands that run as scheduled jobs: their outcome is recorded (cli.metrics.record_job) and
+# may be notified.  Here, not in the CLI, because settings name them (notify.jobs).
+SCHEDULED_JOBS = frozenset({"backup", "basebackup", "expire", "verify", "drill", "restore-point"})
 
 
 @dataclass(frozen=True)
@@ -112,9 +118,16 @@ SETTINGS: tuple[_Setting, ...] = (
     _Setting("metrics.pushgateway", to_opt_str, "scheduled jobs also push their outcome and the status to this "
              "Pushgateway (http://host:9091)"),
     _Setting("restore.prefetch", to_int, "wal fetch: segments downloaded ahead during recovery (0: off)", 8),
+    _Setting("notify.webhook_url", to_webhook, "scheduled jobs POST a JSON notification here (environment only: it may hold a token)"),
+    _Setting("notify.slack_webhook_url", to_webhook, "Slack incoming webhook for job notifications (environment only: it holds a token)"),
+    _Setting("notify.events", to_notify_events, "notify on these events: failure, success, recovery", ("failure", "recovery")),
+    _Setting("notify.jobs", to_list, "notify only for these jobs (default: every scheduled job)", ()),
+    _Setting("notify.timeout", parse_duration, "notifications: give up one attempt after this long (default 5s)", 5.0),
+    _Setting("notify.retries", to_int, "notifications: retries after a failed attempt (default 2)", 2),
 )
 _BY_PATH = {s.path: s for s in SETTINGS}
-_SECRET_PATHS = {"encryption.age_identity"}
+# Environment only: a webhook URL is a credential (Slack's holds the token that lets anyone post).
+_SECRET_PATHS = {"encryption.age_identity", "notify.webhook_url", "notify.slack_webhook_url"}
 _NOT_ECHOED = _SECRET_PATHS | {"postgres.dsn", "drill.target_dsn"}  # a conninfo may hold a password
 # Each default is written once, in the table; the dataclasses below take theirs from here.
 _DEFAULTS: dict[str, Any] = {s.path: s.default for s in SETTINGS}
@@ -133,6 +146,23 @@ class S3Options:
     connect_timeout: float = _DEFAULTS["repository.s3.connect_timeout"]
     read_timeout: float = _DEFAULTS["repository.s3.read_timeout"]
     retries: int = _DEFAULTS["repository.s3.retries"]
+
+
+@dataclass(frozen=True)
+class NotifyOptions:
+    """Job notifications (cli.notify): where to (URLs from the environment only, kept out of
+    repr()), on which events, for which jobs, and how long to try."""
+
+    webhook_url: str | None = field(default=_DEFAULTS["notify.webhook_url"], repr=False)
+    slack_webhook_url: str | None = field(default=_DEFAULTS["notify.slack_webhook_url"], repr=False)
+    events: tuple[str, ...] = _DEFAULTS["notify.events"]
+    jobs: tuple[str, ...] = _DEFAULTS["notify.jobs"]
+    timeout: float = _DEFAULTS["notify.timeout"]
+    retries: int = _DEFAULTS["notify.retries"]
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.webhook_url or self.slack_webhook_url)
 
 
 @dataclass(frozen=True)
@@ -179,6 +209,7 @@ class Settings:
     metrics_pushgateway: str | None = _DEFAULTS["metrics.pushgateway"]
     backup_max_age: float = _DEFAULTS["monitoring.backup_max_age"]
     drill_max_age: float = _DEFAULTS["monitoring.drill_max_age"]
+    notify: NotifyOptions = field(default_factory=NotifyOptions)
     source: str = "defaults"
 
     def pipeline(self) -> PipelineSpec:
@@ -243,7 +274,9 @@ def load_settings(
             raise ConfigError([f"config file {path} must hold a mapping at the top level"])
         for key, value in _flatten(doc).items():
             if key not in _BY_PATH:
-                problems.append(f"{path}: unknown setting '{key}'")
+                why = " (YAML reads an unquoted key on, off, yes or no as true or false)" \
+                    if key.rsplit(".", 1)[-1] in ("True", "False") else ""
+                problems.append(f"{path}: unknown setting '{key}'{why}")
             elif key in _SECRET_PATHS:
                 problems.append(f"{path}: '{key}' must not be stored in a config file; use {_BY_PATH[key].env}")
             else:
@@ -294,6 +327,7 @@ def load_settings(
         read_timeout=get("repository.s3.read_timeout"),
         retries=get("repository.s3.retries"),
     )
+    notify = _section(NotifyOptions, "notify", get)
     settings = Settings(
         cluster=get("cluster"),
         repository_url=get("repository.url"),
@@ -333,6 +367,7 @@ def load_settings(
         metrics_pushgateway=get("metrics.pushgateway"),
         backup_max_age=get("monitoring.backup_max_age"),
         drill_max_age=get("monitoring.drill_max_age"),
+        notify=notify,
         source=source,
     )
     problems += validate(settings)
@@ -341,6 +376,17 @@ def load_settings(
     if problems:
         raise ConfigError(problems, hint="run 'pgvault config check' to see every problem")
     return settings
+
+
+def _section(cls: Callable[..., _T], prefix: str, get: Callable[[str], Any]) -> _T:
+    """A settings section (a dataclass) whose field names are the names of the settings under ``prefix``."""
+    return cls(**{f.name: get(f"{prefix}.{f.name}") for f in fields(cast(Any, cls))})
+
+
+def environment_notify() -> NotifyOptions:
+    """The notify.* settings from the environment alone (:func:`environment_value`, unvalidated):
+    a job whose configuration did not load still notifies its failure."""
+    return _section(NotifyOptions, "notify", environment_value)
 
 
 def validate(s: Settings) -> list[str]:
@@ -383,6 +429,14 @@ def validate(s: Settings) -> list[str]:
         problems.append("compression.threads: must be 0 or more")
     if s.metrics_pushgateway and not s.metrics_pushgateway.startswith(("http://", "https://")):
         problems.append(f"metrics.pushgateway: {s.metrics_pushgateway!r} is not a URL like http://pushgateway:9091")
+    if not s.notify.timeout > 0:
+        problems.append("notify.timeout: must be positive")
+    if not 0 <= s.notify.retries <= 10:
+        problems.append("notify.retries: must be between 0 and 10 (a notification must not hold up the job)")
+    unknown_jobs = sorted(set(s.notify.jobs) - SCHEDULED_JOBS)
+    if unknown_jobs:
+        problems.append(f"notify.jobs: {', '.join(unknown_jobs)} is not a scheduled job "
+                        f"(one of {', '.join(sorted(SCHEDULED_JOBS))})")
     problems += s.pipeline().validate()
     if s.dsn:
         try:

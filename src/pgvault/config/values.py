@@ -71,6 +71,37 @@ def to_endpoint(v: Any) -> str | None:
     return text
 
 
+def to_webhook(v: Any) -> str | None:
+    """A notification URL: http(s) with a host.  The value is a credential, so no message here
+    quotes it (the loader shows it as <secret> too)."""
+    from urllib.parse import urlsplit
+
+    text = to_opt_str(v)
+    if text is None:
+        return None
+    text = text.strip()
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        raise ValueError("not a valid URL: expected https://host/path") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("expected an http:// or https:// URL with a host (https://hooks.slack.com/services/...)")
+    return text
+
+
+NOTIFY_EVENTS = ("failure", "success", "recovery")
+
+
+def to_notify_events(v: Any) -> tuple[str, ...]:
+    """Events among failure / success / recovery; an empty list turns notifications off."""
+    events = to_list(v)
+    bad = [e for e in events if e not in NOTIFY_EVENTS]
+    if bad:
+        raise ValueError(f"unknown event(s) {', '.join(bad)}: expected a list of {', '.join(NOTIFY_EVENTS)}")
+    return tuple(dict.fromkeys(events))
+
+
 def to_list(v: Any) -> tuple[str, ...]:
     if v is None:
         return ()

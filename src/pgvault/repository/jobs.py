@@ -166,7 +166,13 @@ def save_job(storage: Storage, record: JobRecord) -> str:
 
 
 def record_run(storage: Storage, cluster: str, run: JobRun) -> JobRecord:
-    """Merge ``run`` into the stored record of its job and write it back; returns the new record.
+    """Merge ``run`` into the stored record of its job and write it back; returns the new record."""
+    return update_job(storage, cluster, run)[1]
+
+
+def update_job(storage: Storage, cluster: str, run: JobRun) -> tuple[JobRecord | None, JobRecord]:
+    """:func:`record_run`, also returning the record as it was before ``run`` (None: the job never
+    ran, or its record was unreadable) — notifications tell a recovery from a success by it.
 
     An unreadable old record is replaced rather than blocking the new outcome."""
     try:
@@ -175,5 +181,5 @@ def record_run(storage: Storage, cluster: str, run: JobRun) -> JobRecord:
         previous = None
     record = merge_run(cluster, previous, run)
     save_job(storage, record)
-    return record
+    return previous, record
 

@@ -359,13 +359,16 @@ def write_textfile(path: str | os.PathLike[str], samples: Sequence[Sample], clus
         os.close(dfd)
 
 
-def write_job_textfile(path: str | os.PathLike[str], cluster: str, run: JobRun, record: JobRecord | None) -> None:
+def write_job_textfile(path: str | os.PathLike[str], cluster: str, run: JobRun,
+                       record: JobRecord | None) -> JobRecord | None:
     """The job fallback: this run's ``pgvault_job_*`` series into ``path``.  ``record`` is the
     repository's merged record when it could be written; otherwise the last success / failure
-    come from what the file already holds."""
+    come from what the file already holds.  Returns what the file knew of the job before
+    (:func:`previous_job`; notifications use it when the repository missed a failure)."""
+    known: list[JobRecord | None] = [None]
 
     def update(existing: list[Sample]) -> list[Sample]:
-        previous = previous_job(existing, cluster, run.job)
+        previous = known[0] = previous_job(existing, cluster, run.job)
         merged = record if record is not None else merge_run(cluster, previous, run)
         if previous is not None:  # the file may know of runs the repository missed (it was down)
             merged = replace(merged, last_success_at=_later(merged.last_success_at, previous.last_success_at),
@@ -373,6 +376,7 @@ def write_job_textfile(path: str | os.PathLike[str], cluster: str, run: JobRun, 
         return job_samples(cluster, merged)
 
     write_textfile(path, [], cluster, whole_cluster=False, update=update)
+    return known[0]
 
 
 def _later(a: str | None, b: str | None) -> str | None:
