@@ -68,15 +68,16 @@ def _command_name(argv: Sequence[str]) -> str | None:
     return None
 
 
-def settings_from(args: argparse.Namespace, **extra: Any) -> Settings:
-    """Settings from the config file, the environment, and this command line."""
+def settings_from(args: argparse.Namespace, *, check_local_files: bool = True, **extra: Any) -> Settings:
+    """Settings from the config file, the environment, and this command line (``extra``: more
+    overrides by setting name; ``check_local_files``: see :func:`~pgvault.config.load_settings`)."""
     overrides = {
         "cluster": getattr(args, "cluster", None),
         "repository.url": getattr(args, "repository", None),
         "postgres.dsn": getattr(args, "dsn", None),
         **extra,
     }
-    return load_settings(getattr(args, "config", None), overrides=overrides)
+    return load_settings(getattr(args, "config", None), overrides=overrides, check_local_files=check_local_files)
 
 
 def context_from(args: argparse.Namespace, **extra: Any) -> Context:
@@ -99,6 +100,7 @@ _MODULES = {
     "backup": "backup", "basebackup": "basebackup", "list": "catalog", "status": "catalog", "show": "catalog",
     "restore": "restore", "restore-cluster": "restore_cluster", "restore-point": "restore_cluster", "wal": "wal",
     "config": "config_cmd", "drill": "drill", "expire": "expire", "verify": "verify", "metrics": "metrics",
+    "runbook": "runbook",
 }
 # Commands run as scheduled jobs: their outcome is recorded for `status` and the metrics
 # (cli/metrics.py record_job); listed here so that other commands import nothing more.
