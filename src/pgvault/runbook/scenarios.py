@@ -47,7 +47,8 @@ def accidental_delete(f: Facts) -> list[Block]:
         ),
         Para(f"**B. To the minute before the mistake: exact, slower.** Restore the whole cluster into a scratch data "
              f"directory, stopped at `{t}` (replace it), take the tables out with `pg_dump` and load them into the "
-             "live database:"),
+             "live database (this version of pgvault has no single command for a table at a point in time; these "
+             "are the steps by hand):"),
         code(*lines(
             (pgvault("status"), "the recoverable window must include the target"),
             (pgvault("restore-cluster", "-D", d, "--target-time", t, "--dry-run"), "which base backup and WAL"),
@@ -66,6 +67,9 @@ def accidental_delete(f: Facts) -> list[Block]:
             "It brings back the tables exactly as they were at the target; changes the application made to other "
             "tables after it stay. Tables that still hold rows need the same care as in A (load into a side "
             "table, then `INSERT ... SELECT` what is missing).",
+            "The dump also sets the tables' sequences back to their values at the target: if the application "
+            "inserted rows since, move each sequence past the table's highest id (`SELECT setval(...)`) before "
+            "it does again.",
             "Rewinding the live cluster itself (`restore-cluster` as the new primary) loses every change after the "
             "target in every database: only when the damage is everywhere.",
         ),
