@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from pgvault.runbook.document import Block, Heading, Para, code, items
-from pgvault.runbook.facts import EXAMPLE_BACKUP_ID, Facts, duration, pgvault
+from pgvault.runbook.facts import EXAMPLE, Facts, duration, pgvault
 from pgvault.runbook.procedures import lines
 
 
@@ -137,7 +137,7 @@ ALERTS: tuple[Alert, ...] = (
           lambda f: ((pgvault("drill", "list"), "which check failed"),
                      (pgvault("verify", "latest"), "are the stored objects intact?"),
                      (pgvault("drill"), "again"),
-                     (pgvault("drill", EXAMPLE_BACKUP_ID), "an older backup (replace the id)"))),
+                     (pgvault("drill", EXAMPLE.backup_id), "an older backup (replace the id)"))),
     Alert("PgvaultDrillOverRTO", "warning",
           lambda f: f"A drill's restore took longer than the recovery-time objective `drill.rto` "
                     f"({duration(f.drill_rto)}): a real restore would too.",

@@ -15,16 +15,22 @@ from pathlib import Path
 from pgvault.config import Settings
 from pgvault.repository import layout
 
-# Concrete examples the commands use where the on-call must put their own value: they must be
-# valid values (a test parses every command), and the text around them says "replace".
-EXAMPLE_TIME = "2026-12-04 09:59:00+00"
-EXAMPLE_BACKUP_ID = "20261204T020000Z"
-EXAMPLE_DATA_DIR = "/var/lib/postgresql/pgvault-restore"
-EXAMPLE_PORT = 5433
-# The sample application's tables (README "Sample database"), in foreign-key order: the
-# scenarios are written against them; `DELETE FROM organizations` cascades through all four.
-EXAMPLE_TABLES = ("public.organizations", "public.projects", "public.configs", "public.config_history")
 
+@dataclass(frozen=True)
+class Examples:
+    """Concrete values the commands use where the on-call must put their own: they must be valid
+    values (a test parses every command), and the text around them says "replace"."""
+
+    time: str = "2026-12-04 09:59:00+00"
+    backup_id: str = "20261204T020000Z"
+    data_dir: str = "/var/lib/postgresql/pgvault-restore"
+    port: int = 5433
+    # The sample application's tables (README "Sample database"), in foreign-key order: the
+    # scenarios are written against them; `DELETE FROM organizations` cascades through all four.
+    tables: tuple[str, ...] = ("public.organizations", "public.projects", "public.configs", "public.config_history")
+
+
+EXAMPLE = Examples()
 _DSN_SHOWN = ("host", "hostaddr", "port", "user", "dbname", "sslmode")
 _DECOMPRESS = {"zstd": "zstd -d", "gzip": "gzip -d"}
 
@@ -78,10 +84,10 @@ class Facts:
         """Where a repository key is: an s3:// URL or a local path."""
         return f"{(self.repository if self.s3 else self.local_root).rstrip('/')}/{key}"
 
-    def logical_dir(self, backup_id: str = EXAMPLE_BACKUP_ID) -> str:
+    def logical_dir(self, backup_id: str = EXAMPLE.backup_id) -> str:
         return self.key(layout.logical_prefix(self.cluster, backup_id))
 
-    def base_dir(self, backup_id: str = EXAMPLE_BACKUP_ID) -> str:
+    def base_dir(self, backup_id: str = EXAMPLE.backup_id) -> str:
         return self.key(layout.base_prefix(self.cluster, backup_id))
 
     @property

@@ -7,16 +7,7 @@ import shlex
 
 from pgvault.repository import layout
 from pgvault.runbook.document import Block, Heading, Para, code, items, table
-from pgvault.runbook.facts import (
-    EXAMPLE_BACKUP_ID,
-    EXAMPLE_DATA_DIR,
-    EXAMPLE_PORT,
-    EXAMPLE_TABLES,
-    EXAMPLE_TIME,
-    Facts,
-    duration,
-    pgvault,
-)
+from pgvault.runbook.facts import EXAMPLE, Facts, duration, pgvault
 
 _WIDE = 76  # a command longer than this gets its comment on the line above, not beside it
 
@@ -51,8 +42,8 @@ def header(f: Facts, contents: list[tuple[str, str]]) -> list[Block]:
         code(*lines((pgvault(*regenerate, "runbook", "--output", "runbook.md"), "this page"),
                     (pgvault(*regenerate, "runbook", "--format", "html", "--output", "runbook.html"), "the same as HTML"))),
         Para(f"Where a command needs a value only you know, it shows a concrete example: **replace it**. The "
-             f"examples are the time `{EXAMPLE_TIME}`, the backup id `{EXAMPLE_BACKUP_ID}` (take one from "
-             f"`pgvault list`), the database `{f.database}` and the scratch data directory `{EXAMPLE_DATA_DIR}`."),
+             f"examples are the time `{EXAMPLE.time}`, the backup id `{EXAMPLE.backup_id}` (take one from "
+             f"`pgvault list`), the database `{f.database}` and the scratch data directory `{EXAMPLE.data_dir}`."),
         items(*(f"[{title}](#{anchor})" for title, anchor in contents)),
     ]
 
@@ -133,7 +124,7 @@ def where(f: Facts) -> list[Block]:
         table(("what", "where"), rows),
         Para("A backup exists if and only if its `manifest.json` does (it is written last); a folder without one is "
              "debris of a run that did not finish, swept by `pgvault expire --apply`. Backup ids are the UTC start "
-             f"time, e.g. `{EXAMPLE_BACKUP_ID}`."),
+             f"time, e.g. `{EXAMPLE.backup_id}`."),
     ]
 
 
@@ -145,7 +136,7 @@ def look(f: Facts) -> list[Block]:
             (pgvault("status", "--no-connect"), "the repository alone, when the database server is down"),
             (pgvault("list"), "every backup: id, kind, databases, size"),
             (pgvault("show", "latest"), "the newest backup: databases, tables and row counts, pg_dump version"),
-            (pgvault("show", EXAMPLE_BACKUP_ID), "one backup (replace the id)"),
+            (pgvault("show", EXAMPLE.backup_id), "one backup (replace the id)"),
             (pgvault("verify", "latest"), "re-read the newest backup: checksums, decryption where the key is"),
             (pgvault("verify", "--all"), "every backup and every archived WAL file; lists WAL gaps"),
             (pgvault("drill", "list"), "restore drills: result, measured restore time, failed checks"),
@@ -164,7 +155,7 @@ def restore_database(f: Facts) -> list[Block]:
         code(*lines(
             (pgvault("restore", "latest", "--database", db, "--target-database", f"{db}_restored", "--jobs", 4),
              "the newest backup, into a new database"),
-            (pgvault("restore", EXAMPLE_BACKUP_ID, "--database", db, "--target-database", f"{db}_restored"),
+            (pgvault("restore", EXAMPLE.backup_id, "--database", db, "--target-database", f"{db}_restored"),
              "a given backup (replace the id)"),
             (pgvault("backup", "--database", db), "before replacing the live database: keep what it holds now"),
             (pgvault("restore", "latest", "--database", db, "--clean"), "replace the live database"),
@@ -184,7 +175,7 @@ def restore_database(f: Facts) -> list[Block]:
 
 
 def restore_table(f: Facts) -> list[Block]:
-    db, t = f.database, EXAMPLE_TABLES[0]
+    db, t = f.database, EXAMPLE.tables[0]
     return [
         Heading(2, "Restore a table"),
         Para("From a logical backup, as it was when the backup ran. The backup is verified whole first, then the "
@@ -194,7 +185,7 @@ def restore_table(f: Facts) -> list[Block]:
              "a new database: the whole schema, data only in this table"),
             (pgvault("restore", "latest", "--database", db, "--table", t, "--clean"),
              "replace the table's rows in the live database"),
-            (pgvault("restore", "latest", "--database", db, *[a for x in EXAMPLE_TABLES for a in ("--table", x)], "--clean"),
+            (pgvault("restore", "latest", "--database", db, *[a for x in EXAMPLE.tables for a in ("--table", x)], "--clean"),
              "tables tied by foreign keys: together"),
         )),
         items(
@@ -211,7 +202,7 @@ def restore_table(f: Facts) -> list[Block]:
 
 
 def restore_cluster(f: Facts) -> list[Block]:
-    d, t = EXAMPLE_DATA_DIR, EXAMPLE_TIME
+    d, t = EXAMPLE.data_dir, EXAMPLE.time
     window = (f"This configuration keeps base backups and WAL to reach any point of the last {duration(f.pitr_window)} "
               "(`retention.pitr_window`)." if f.pitr_window else
               "No `retention.pitr_window` is set: how far back you can go depends on the base backups kept.")
@@ -222,10 +213,10 @@ def restore_cluster(f: Facts) -> list[Block]:
         code(*lines(
             (pgvault("status"), "is the target inside the recoverable window?"),
             (pgvault("restore-cluster", "-D", d, "--target-time", t, "--dry-run"), "which base backup and WAL; writes nothing"),
-            (pgvault("restore-cluster", "-D", d, "--target-time", t, "--start", "--port", EXAMPLE_PORT),
+            (pgvault("restore-cluster", "-D", d, "--target-time", t, "--start", "--port", EXAMPLE.port),
              "restore, start, replay to the target, pause"),
-            (f"psql -p {EXAMPLE_PORT} -d {shlex.quote(f.database)}", "look: is this the state you want?"),
-            (f"psql -p {EXAMPLE_PORT} -d postgres -c 'SELECT pg_wal_replay_resume()'", "yes: end recovery (a new timeline)"),
+            (f"psql -p {EXAMPLE.port} -d {shlex.quote(f.database)}", "look: is this the state you want?"),
+            (f"psql -p {EXAMPLE.port} -d postgres -c 'SELECT pg_wal_replay_resume()'", "yes: end recovery (a new timeline)"),
         )),
         Para("Other targets and options:"),
         code(*lines(
@@ -284,13 +275,13 @@ def break_glass(f: Facts) -> list[Block]:
         Para("A base backup by hand, recovering through `pgvault wal fetch` (the test "
              "`test_basebackup_under_load_restores_with_stock_tools` does this):"),
         code(*lines(
-            f"mkdir -m 700 {EXAMPLE_DATA_DIR} && cd {EXAMPLE_DATA_DIR}",
+            f"mkdir -m 700 {EXAMPLE.data_dir} && cd {EXAMPLE.data_dir}",
             fetch_base,
             f'for part in base*.tar{f.suffix}; do {f.decode(chr(34) + "$part" + chr(34))} | tar -xf -; done',
             "cat >> postgresql.auto.conf <<'CONF'",
             f"restore_command = '{_fetch_command(f)}'",
             "archive_mode = off",
-            f"recovery_target_time = '{EXAMPLE_TIME}'",
+            f"recovery_target_time = '{EXAMPLE.time}'",
             "recovery_target_action = 'pause'",
             "CONF",
             ("touch recovery.signal", "empty: PostgreSQL 12+ only needs it to exist"),

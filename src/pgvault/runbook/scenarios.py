@@ -7,23 +7,14 @@ from __future__ import annotations
 import shlex
 
 from pgvault.runbook.document import Block, Heading, Para, code, items
-from pgvault.runbook.facts import (
-    EXAMPLE_BACKUP_ID,
-    EXAMPLE_DATA_DIR,
-    EXAMPLE_PORT,
-    EXAMPLE_TABLES,
-    EXAMPLE_TIME,
-    Facts,
-    duration,
-    pgvault,
-)
+from pgvault.runbook.facts import EXAMPLE, Facts, duration, pgvault
 from pgvault.runbook.procedures import lines
 
 
 def accidental_delete(f: Facts) -> list[Block]:
-    db, d, t = f.database, EXAMPLE_DATA_DIR, EXAMPLE_TIME
-    tables = [a for x in EXAMPLE_TABLES for a in ("--table", x)]
-    dump_tables = " ".join(f"-t {x}" for x in EXAMPLE_TABLES)
+    db, d, t = f.database, EXAMPLE.data_dir, EXAMPLE.time
+    tables = [a for x in EXAMPLE.tables for a in ("--table", x)]
+    dump_tables = " ".join(f"-t {x}" for x in EXAMPLE.tables)
     return [
         Heading(3, "Accidental DELETE, UPDATE or DROP TABLE"),
         Para(f"Someone ran `DELETE FROM organizations` in `{db}` at 10:00 UTC. In the sample schema every foreign key "
@@ -34,9 +25,9 @@ def accidental_delete(f: Facts) -> list[Block]:
              "touched together:"),
         code(*lines(
             (pgvault("list"), "the newest backup taken before 10:00"),
-            (pgvault("restore", EXAMPLE_BACKUP_ID, "--database", db, "--target-database", f"{db}_before", *tables),
+            (pgvault("restore", EXAMPLE.backup_id, "--database", db, "--target-database", f"{db}_before", *tables),
              "side by side (replace the id)"),
-            (pgvault("restore", EXAMPLE_BACKUP_ID, "--database", db, *tables, "--clean"), "into the live database"),
+            (pgvault("restore", EXAMPLE.backup_id, "--database", db, *tables, "--clean"), "into the live database"),
         )),
         items(
             "`--clean` replaces those tables' rows with the backup's: rows written to them after the backup are "
@@ -52,9 +43,9 @@ def accidental_delete(f: Facts) -> list[Block]:
         code(*lines(
             (pgvault("status"), "the recoverable window must include the target"),
             (pgvault("restore-cluster", "-D", d, "--target-time", t, "--dry-run"), "which base backup and WAL"),
-            (pgvault("restore-cluster", "-D", d, "--target-time", t, "--start", "--port", EXAMPLE_PORT),
+            (pgvault("restore-cluster", "-D", d, "--target-time", t, "--start", "--port", EXAMPLE.port),
              "replays to the target and pauses"),
-            (f"pg_dump -p {EXAMPLE_PORT} -d {shlex.quote(db)} --data-only {dump_tables} -Fc -f before-delete.dump",
+            (f"pg_dump -p {EXAMPLE.port} -d {shlex.quote(db)} --data-only {dump_tables} -Fc -f before-delete.dump",
              "the tables as they were"),
             (f"pg_restore -d {shlex.quote(db)} --data-only --disable-triggers before-delete.dump",
              "into the live database (superuser; audit triggers off)"),
@@ -77,7 +68,7 @@ def accidental_delete(f: Facts) -> list[Block]:
 
 
 def corruption(f: Facts) -> list[Block]:
-    d = EXAMPLE_DATA_DIR
+    d = EXAMPLE.data_dir
     return [
         Heading(3, "Corruption"),
         Para("**In the database** (`invalid page in block`, `could not read block`, checksum failures in the server "
@@ -88,10 +79,10 @@ def corruption(f: Facts) -> list[Block]:
             ("pg_amcheck --all --heapallindexed", "which relations are damaged"),
             (pgvault("status"), "archiving up to date? (what is not archived is lost)"),
             (pgvault("restore-cluster", "-D", d, "--dry-run"), "the base backup and WAL to the end of the archive"),
-            (pgvault("restore-cluster", "-D", d, "--start", "--port", EXAMPLE_PORT), "on healthy storage; promotes at the end"),
-            (f"pg_amcheck -p {EXAMPLE_PORT} --all --heapallindexed", "the restored copy is clean"),
+            (pgvault("restore-cluster", "-D", d, "--start", "--port", EXAMPLE.port), "on healthy storage; promotes at the end"),
+            (f"pg_amcheck -p {EXAMPLE.port} --all --heapallindexed", "the restored copy is clean"),
             (f"pg_ctl -D {d} stop", "if not: stop it and restore an older base backup (replace the id)"),
-            pgvault("restore-cluster", "-D", d, "--backup", EXAMPLE_BACKUP_ID, "--force", "--start", "--port", EXAMPLE_PORT),
+            pgvault("restore-cluster", "-D", d, "--backup", EXAMPLE.backup_id, "--force", "--start", "--port", EXAMPLE.port),
         )),
         Para("A base backup taken after the damage holds the damaged pages too (WAL replay repairs only the pages it "
              "rewrites): that is why the restored copy is checked, and why an older base backup, with more WAL to "
@@ -104,7 +95,7 @@ def corruption(f: Facts) -> list[Block]:
              "why (bit rot, an object overwritten, the wrong key):"),
         code(*lines(
             (pgvault("verify", "--all"), "every damaged or missing object, WAL holes"),
-            (pgvault("verify", EXAMPLE_BACKUP_ID), "one backup (replace the id)"),
+            (pgvault("verify", EXAMPLE.backup_id), "one backup (replace the id)"),
             (pgvault("backup", "--all"), "new backups now"),
             (pgvault("basebackup"), "on the database host"),
             (pgvault("drill"), "prove the new one restores"),
@@ -116,7 +107,7 @@ def corruption(f: Facts) -> list[Block]:
 
 
 def region_loss(f: Facts) -> list[Block]:
-    d = EXAMPLE_DATA_DIR
+    d = EXAMPLE.data_dir
     env = [f"export {k}={shlex.quote(v)}" for k, v in f.environment()]
     creds = ["export AWS_ACCESS_KEY_ID=... AWS_SECRET_ACCESS_KEY=...   # from the password vault"] if f.s3 else []
     store = (f"This repository is the bucket `{f.repository}`" + (f" at `{f.s3_endpoint}`" if f.s3_endpoint else "")
