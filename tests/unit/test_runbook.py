@@ -261,3 +261,13 @@ def test_html_escapes_everything() -> None:
     page = render(settings, "/etc/<p>.yaml", "html")
     assert "<b>evil" not in page and "<i>repo" not in page and "<p>.yaml" not in page and "'<x>'" not in page
     assert "&lt;b&gt;evil&amp;co" in page and "SELECT 1 &lt; 2" in page
+
+
+def test_the_environment_it_prints_for_a_lost_config_file_is_the_configuration() -> None:
+    """Loss of a region: 'without the configuration file, the settings as environment variables'."""
+    from pgvault.runbook.facts import facts_from
+
+    s = example_settings()
+    again = load_settings(None, environ=dict(facts_from(s, None).environment()), check_local_files=False)
+    for attr in ("cluster", "repository_url", "s3", "age_recipients", "age_identity_file", "compression"):
+        assert getattr(again, attr) == getattr(s, attr), attr
