@@ -12,6 +12,9 @@
 * Capability packages depend in one direction: ``maintenance`` (drills, verify, ...) may use the
   engines of ``logical``, ``physical`` and ``archive``; those three use none of each other's (and
   never ``maintenance``).  The shared modules (``operations.context``, ...) serve all.
+* ``runbook/`` is pure rendering (settings in, text out): the standard library without I/O, the
+  settings, the repository's key layout and libpq's conninfo parser; no operation, storage or CLI,
+  so the runbook can be made anywhere and can only say what the configuration says.
 * No import cycles.
 
 Imports are read from the source (every ``import`` statement, also inside functions), except
@@ -138,3 +141,18 @@ def test_capability_packages_depend_in_one_direction() -> None:
 def test_the_rules_see_imports_inside_functions() -> None:
     # drill imports the logical restore inside a function: the scan must find it
     assert "pgvault.operations.logical.restore" in _modules("operations")["pgvault.operations.maintenance.drill"]
+
+
+RUNBOOK_MAY_IMPORT = {"pgvault.config", "pgvault.repository.layout", "psycopg.conninfo"}
+
+
+def test_runbook_is_pure_rendering() -> None:
+    bad = []
+    for mod, imports in _modules("runbook").items():
+        for imp in imports:
+            if imp.startswith("pgvault.runbook") or imp in RUNBOOK_MAY_IMPORT:
+                continue
+            top = imp.split(".")[0]
+            if top == "pgvault" or top in STDLIB_IO or top not in sys.stdlib_module_names:
+                bad.append(f"{mod} imports {imp}")
+    assert not bad, bad

@@ -70,15 +70,16 @@ def _command_name(argv: Sequence[str]) -> str | None:
     return None
 
 
-def settings_from(args: argparse.Namespace, **extra: Any) -> Settings:
-    """Settings from the config file, the environment, and this command line."""
+def settings_from(args: argparse.Namespace, *, check_local_files: bool = True, **extra: Any) -> Settings:
+    """Settings from the config file, the environment, and this command line (``extra``: more
+    overrides by setting name; ``check_local_files``: see :func:`~pgvault.config.load_settings`)."""
     overrides = {
         "cluster": getattr(args, "cluster", None),
         "repository.url": getattr(args, "repository", None),
         "postgres.dsn": getattr(args, "dsn", None),
         **extra,
     }
-    return load_settings(getattr(args, "config", None), overrides=overrides)
+    return load_settings(getattr(args, "config", None), overrides=overrides, check_local_files=check_local_files)
 
 
 def context_from(args: argparse.Namespace, **extra: Any) -> Context:
@@ -111,6 +112,7 @@ _MODULES = {
     "restore": "restore", "restore-cluster": "restore_cluster", "restore-point": "restore_cluster", "wal": "wal",
     "config": "config_cmd", "drill": "drill", "expire": "expire", "verify": "verify", "metrics": "metrics",
     "notify": "notify",
+    "runbook": "runbook",
 }
 # SCHEDULED_JOBS (imported from config, where notify.jobs names them): commands whose outcome is
 # recorded for `status` and the metrics and may be notified (cli/metrics.py record_job); other

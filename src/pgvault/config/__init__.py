@@ -248,11 +248,14 @@ def load_settings(
     environ: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
     check_identities: bool = False,
+    check_local_files: bool = True,
 ) -> Settings:
     """Build :class:`Settings` from a YAML file, the environment and explicit overrides.
 
     ``config_path`` defaults to ``$PGVAULT_CONFIG``; no file at all means defaults + environment.
     ``check_identities`` also parses the age secret key(s) (:func:`identity_problems`).
+    ``check_local_files=False`` does not require the age identity file to exist on this host: for
+    commands that only describe the configuration (``runbook``), run where the key never is.
     Raises :class:`ConfigError` listing every problem found.
     """
     env = dict(os.environ if environ is None else environ)
@@ -370,7 +373,7 @@ def load_settings(
         notify=notify,
         source=source,
     )
-    problems += validate(settings)
+    problems += validate(settings, check_local_files=check_local_files)
     if check_identities:
         problems += identity_problems(settings)
     if problems:
@@ -389,8 +392,9 @@ def environment_notify() -> NotifyOptions:
     return _section(NotifyOptions, "notify", environment_value)
 
 
-def validate(s: Settings) -> list[str]:
-    """Every problem with ``s``, as sentences (empty when valid)."""
+def validate(s: Settings, *, check_local_files: bool = True) -> list[str]:
+    """Every problem with ``s``, as sentences (empty when valid); ``check_local_files=False`` skips
+    the existence of the age identity file (it lives on restore hosts only)."""
     problems: list[str] = []
     if not s.cluster or "/" in s.cluster or s.cluster.startswith("."):
         problems.append(f"cluster: {s.cluster!r} is not a valid name (no '/', not starting with '.')")
@@ -445,7 +449,7 @@ def validate(s: Settings) -> list[str]:
             conninfo_to_dict(s.dsn)
         except Exception as e:  # noqa: BLE001 - psycopg raises ProgrammingError; message has no password
             problems.append(f"postgres.dsn: not a valid libpq connection string ({type(e).__name__})")
-    if s.age_identity_file and not Path(s.age_identity_file).is_file():
+    if check_local_files and s.age_identity_file and not Path(s.age_identity_file).is_file():
         problems.append(f"encryption.age_identity_file: {s.age_identity_file} does not exist")
     return problems
 

@@ -1,0 +1,154 @@
+"""The disaster scenarios: accidental DELETE, corruption, loss of a region, with the commands that
+handle them today.  (Table-level point-in-time recovery into the live server is a later issue;
+until then the DELETE scenario combines what exists, and says what each way costs.)"""
+
+from __future__ import annotations
+
+import shlex
+
+from pgvault.runbook.document import Block, Heading, Para, code, items
+from pgvault.runbook.facts import EXAMPLE, Facts, duration, pgvault
+from pgvault.runbook.procedures import lines
+
+
+def accidental_delete(f: Facts) -> list[Block]:
+    db, d, t = f.database, EXAMPLE.data_dir, EXAMPLE.time
+    tables = [a for x in EXAMPLE.tables for a in ("--table", x)]
+    dump_tables = " ".join(f"-t {x}" for x in EXAMPLE.tables)
+    return [
+        Heading(3, "Accidental DELETE, UPDATE or DROP TABLE"),
+        Para(f"Someone ran `DELETE FROM organizations` in `{db}` at 10:00 UTC. In the sample schema every foreign key "
+             "cascades, so the one statement emptied `organizations`, `projects`, `configs` and `config_history`. "
+             "Stop the writer, go through [Before a restore](#before-a-restore), then choose:"),
+        Para("**A. From the last logical backup: fast, loses what changed since the backup.** Restore the tables "
+             "side by side first and look; then put them back in the live database, all the tables the cascade "
+             "touched together:"),
+        code(*lines(
+            (pgvault("list"), "the newest backup taken before 10:00"),
+            (pgvault("restore", EXAMPLE.backup_id, "--database", db, "--target-database", f"{db}_before", *tables),
+             "side by side (replace the id)"),
+            (pgvault("restore", EXAMPLE.backup_id, "--database", db, *tables, "--clean"), "into the live database"),
+        )),
+        items(
+            "`--clean` replaces those tables' rows with the backup's: rows written to them after the backup are "
+            "lost, other tables are not touched. Rows that still exist cannot be merged this way: restore side by "
+            f"side and copy the missing rows with SQL (`INSERT ... SELECT` through `postgres_fdw`, or "
+            f"`pg_dump --data-only` of `{db}_before`).",
+            "Sessions on the live database refuse the restore (exit 8) unless `--force` ends them.",
+        ),
+        Para(f"**B. To the minute before the mistake: exact, slower.** Restore the whole cluster into a scratch data "
+             f"directory, stopped at `{t}` (replace it), take the tables out with `pg_dump` and load them into the "
+             "live database (this version of pgvault has no single command for a table at a point in time; these "
+             "are the steps by hand):"),
+        code(*lines(
+            (pgvault("status"), "the recoverable window must include the target"),
+            (pgvault("restore-cluster", "-D", d, "--target-time", t, "--dry-run"), "which base backup and WAL"),
+            (pgvault("restore-cluster", "-D", d, "--target-time", t, "--start", "--port", EXAMPLE.port),
+             "replays to the target and pauses"),
+            (f"pg_dump -p {EXAMPLE.port} -d {shlex.quote(db)} --data-only {dump_tables} -Fc -f before-delete.dump",
+             "the tables as they were"),
+            (f"pg_restore -d {shlex.quote(db)} --data-only --disable-triggers before-delete.dump",
+             "into the live database (superuser; audit triggers off)"),
+            (f"pg_ctl -D {d} stop && rm -rf {d}", "clean up"),
+        )),
+        items(
+            "It needs a base backup older than the mistake and every WAL file from it to the target, disk for the "
+            "whole cluster, and time: the base backup's restore plus the WAL replay (the physical drills measure "
+            "it: `pgvault drill list`).",
+            "It brings back the tables exactly as they were at the target; changes the application made to other "
+            "tables after it stay. Tables that still hold rows need the same care as in A (load into a side "
+            "table, then `INSERT ... SELECT` what is missing).",
+            "The dump also sets the tables' sequences back to their values at the target: if the application "
+            "inserted rows since, move each sequence past the table's highest id (`SELECT setval(...)`) before "
+            "it does again.",
+            "Rewinding the live cluster itself (`restore-cluster` as the new primary) loses every change after the "
+            "target in every database: only when the damage is everywhere.",
+        ),
+    ]
+
+
+def corruption(f: Facts) -> list[Block]:
+    d = EXAMPLE.data_dir
+    return [
+        Heading(3, "Corruption"),
+        Para("**In the database** (`invalid page in block`, `could not read block`, checksum failures in the server "
+             "log): do not run `pg_resetwal` or `VACUUM FULL`; find the extent with `pg_amcheck`, then rebuild the "
+             "cluster from the archive on healthy storage. WAL replay rewrites the pages from the archive, so it "
+             "reaches the last archived transaction without the damaged disk:"),
+        code(*lines(
+            ("pg_amcheck --all --heapallindexed", "which relations are damaged"),
+            (pgvault("status"), "archiving up to date? (what is not archived is lost)"),
+            (pgvault("restore-cluster", "-D", d, "--dry-run"), "the base backup and WAL to the end of the archive"),
+            (pgvault("restore-cluster", "-D", d, "--start", "--port", EXAMPLE.port), "on healthy storage; promotes at the end"),
+            (f"pg_amcheck -p {EXAMPLE.port} --all --heapallindexed", "the restored copy is clean"),
+            (f"pg_ctl -D {d} stop", "if not: stop it and restore an older base backup (replace the id)"),
+            pgvault("restore-cluster", "-D", d, "--backup", EXAMPLE.backup_id, "--force", "--start", "--port", EXAMPLE.port),
+        )),
+        Para("A base backup taken after the damage holds the damaged pages too (WAL replay repairs only the pages it "
+             "rewrites): that is why the restored copy is checked, and why an older base backup, with more WAL to "
+             "replay, may be the one to use."),
+        Para("Then move the application to the restored server (or restore into the real data directory the same "
+             "way, with `--archive` so that it archives as the primary), and take a base backup at once. If only one "
+             "database is damaged and losing the changes since the last logical backup is acceptable, restoring that "
+             "database is faster (see [Restore a database](#restore-a-database))."),
+        Para("**In the backups** (`pgvault verify` or a drill failed): keep everything as it is while you find out "
+             "why (bit rot, an object overwritten, the wrong key):"),
+        code(*lines(
+            (pgvault("verify", "--all"), "every damaged or missing object, WAL holes"),
+            (pgvault("verify", EXAMPLE.backup_id), "one backup (replace the id)"),
+            (pgvault("backup", "--all"), "new backups now"),
+            (pgvault("basebackup"), "on the database host"),
+            (pgvault("drill"), "prove the new one restores"),
+        )),
+        items("Pause scheduled `pgvault expire --apply`: a damaged newest backup must not push the good older ones out.",
+              "A wrong or missing age key looks like damage to decryption only: `pgvault config check` on the "
+              "restoring host parses the key."),
+    ]
+
+
+def region_loss(f: Facts) -> list[Block]:
+    d = EXAMPLE.data_dir
+    env = [f"export {k}={shlex.quote(v)}" for k, v in f.environment()]
+    creds = ["export AWS_ACCESS_KEY_ID=... AWS_SECRET_ACCESS_KEY=...   # from the password vault"] if f.s3 else []
+    store = (f"This repository is the bucket `{f.repository}`" + (f" at `{f.s3_endpoint}`" if f.s3_endpoint else "")
+             + (f" in region `{f.s3_region}`" if f.s3_region else "") + ": it survives the database's region only "
+             "if it is elsewhere or replicated to another region." if f.s3 else
+             f"This repository is the local directory `{f.repository}`: it is lost with the host unless it lives "
+             "on separate (replicated) storage.")
+    return [
+        Heading(3, "Loss of a region"),
+        Para(store),
+        Para("**The database server is gone, the repository is not.** On a new host with PostgreSQL of the same "
+             "major version (`pgvault show latest` names it), pgvault, the age key and the credentials; without the "
+             "configuration file, the settings as environment variables:"),
+        code(*env, *creds,
+             *lines((pgvault("status", "--no-connect"), "the newest backups and the end of the archive"),
+                    (pgvault("restore-cluster", "-D", d, "--dry-run"), "the plan to the end of the archive"),
+                    (pgvault("restore-cluster", "-D", d, "--archive", "--start"),
+                     "the new primary: recovers everything archived, promotes, archives"),
+                    (pgvault("basebackup", "--pgdata", d), "at once: the first base backup of the new timeline"),
+                    (pgvault("status"), "OK again?"))),
+        items(
+            "What was committed but not yet archived when the region went is lost: the WAL archive lag "
+            "(`pgvault status`, the `PgvaultWalArchivingStalled` alert) is the data-loss window.",
+            "No base backup or a WAL gap: restore the logical backups instead, onto a new cluster: "
+            f"`pgvault restore latest --database {f.database} --globals`, one database at a time; what changed "
+            "since that backup is lost.",
+            "Point the application (DNS, connection strings) at the new server; fix `archive_command` and the "
+            "schedules on the new host.",
+        ),
+        Para("**The repository's region is gone, the database is not.** Back up somewhere else at once, then restore "
+             "the usual schedule there (point `repository.url` at the new place in the configuration; `archive_command` "
+             "follows it):"),
+        code(*lines(
+            (pgvault("--repository", "s3://BUCKET-IN-ANOTHER-REGION/postgres", "backup", "--all"), "replace the bucket"),
+            (pgvault("--repository", "s3://BUCKET-IN-ANOTHER-REGION/postgres", "basebackup"), "on the database host"),
+        )),
+        Para("Until the new base backup exists there is no point-in-time recovery: make it first. The new place "
+             "starts empty: the point-in-time window builds up again from its first base backup"
+             + (f" (`retention.pitr_window` asks for {duration(f.pitr_window)})." if f.pitr_window else ".")),
+    ]
+
+
+def scenarios(f: Facts) -> list[Block]:
+    return [Heading(2, "Disaster scenarios"), *accidental_delete(f), *corruption(f), *region_loss(f)]
