@@ -115,16 +115,6 @@ def _materialize(c: JobContainer, root: Path, *, claims: Mapping[str, Path]) -> 
     return volumes, options
 
 
-# podman_run passes variables by name, through podman's own environment: these would steer podman
-# itself (TMPDIR=/scratch made it look for its temporary files there), so they go by value.
-_PODMAN_OWN = {"TMPDIR", "HOME", "PATH", "XDG_RUNTIME_DIR", "XDG_CONFIG_HOME", "XDG_DATA_HOME"}
-
-
-def _split_env(env: Mapping[str, str], options: list[str]) -> tuple[dict[str, str], list[str]]:
-    by_value = [f"--env={k}={v}" for k, v in env.items() if k in _PODMAN_OWN]
-    return {k: v for k, v in env.items() if k not in _PODMAN_OWN}, [*options, *by_value]
-
-
 def _memory(stderr: str) -> dict[str, int]:
     line = next(ln for ln in reversed(stderr.splitlines()) if ln.startswith(MEMORY_MARK))
     return {k: int(v) for k, v in (item.split("=") for item in line.split()[1:])}
@@ -161,8 +151,7 @@ class Deployment:
         c = job_container(cronjobs()[name], configmaps=self.configmaps, secrets=self.secrets)
         volumes, options = _materialize(c, self.root, claims={"data-postgres-0": self.data})
         argv = [*c.argv, *extra_args]
-        env, options = _split_env(c.env, options)
-        proc = podman_run(image, ["-c", WRAPPER, "sh", *argv], entrypoint="sh", env=env, volumes=volumes,
+        proc = podman_run(image, ["-c", WRAPPER, "sh", *argv], entrypoint="sh", env=c.env, volumes=volumes,
                           options=options, timeout=900)
         self.memory[name + (" " + " ".join(extra_args) if extra_args else "")] = _memory(proc.stderr)
         return proc
@@ -172,8 +161,7 @@ class Deployment:
         c = statefulset_container(sts, configmaps=self.configmaps, secrets=self.secrets)
         os.chown(self.data, int(c.pod_security["runAsUser"]), int(c.pod_security["fsGroup"]))
         volumes, options = _materialize(c, self.root, claims={"data-postgres-0": self.data})
-        env, options = _split_env(c.env, options)
-        started = podman_run(image, [*c.argv, "-c", f"port={self.port}"], env=env, volumes=volumes,
+        started = podman_run(image, [*c.argv, "-c", f"port={self.port}"], env=c.env, volumes=volumes,
                              options=[*options, "--detach"], timeout=120)
         assert started.returncode == 0, started.stderr
         return started.stdout.strip()

@@ -71,6 +71,11 @@ def _volume_arg(v: Volume) -> str:
     return f"{host}:{inside}"
 
 
+# Variables podman reads for itself: passed by name, TMPDIR=/scratch made podman look for its own
+# temporary files there.  None of them is a secret, so they go by value.
+PODMAN_OWN = frozenset({"TMPDIR", "HOME", "PATH", "XDG_RUNTIME_DIR", "XDG_CONFIG_HOME", "XDG_DATA_HOME"})
+
+
 def podman_run(
     image: str,
     args: Sequence[str],
@@ -83,7 +88,9 @@ def podman_run(
 ) -> subprocess.CompletedProcess[str]:
     """``podman run --rm`` of ``image`` with ``args`` (the entrypoint's arguments), output captured.
 
-    ``env``: variables for the container, passed by name only (values via podman's environment).
+    ``env``: variables for the container, passed by name only (values via podman's environment, so
+    a secret never shows in argv) -- except those that would steer podman itself (:data:`PODMAN_OWN`),
+    which go by value.
     ``volumes``: ``"HOST:CONTAINER[:OPTIONS]"`` strings or ``(host, container)`` pairs.
     ``entrypoint`` replaces the image's (``pgvault``), as a Kubernetes ``command:`` does;
     ``options`` are further ``podman run`` options (e.g. ``["--user", "0"]``).
@@ -93,8 +100,11 @@ def podman_run(
     argv = ["podman", "run", "--rm", "--name", name, "--runtime", "runc", "--network", "host", "--pull", "never"]
     podman_env = dict(os.environ)
     for key, value in (env or {}).items():
-        argv += ["--env", key]
-        podman_env[key] = value
+        if key in PODMAN_OWN:
+            argv += ["--env", f"{key}={value}"]
+        else:
+            argv += ["--env", key]
+            podman_env[key] = value
     for v in volumes:
         argv += ["--volume", _volume_arg(v)]
     if entrypoint is not None:

@@ -29,11 +29,13 @@ def test_podman_run_passes_environment_values_outside_argv(monkeypatch: pytest.M
         return subprocess.CompletedProcess(argv, 0, "", "")
 
     monkeypatch.setattr(image.subprocess, "run", fake_run)
-    image.podman_run("img:1", ["backup", "--all"], env={"PGPASSWORD": "s3cret value"},
+    image.podman_run("img:1", ["backup", "--all"], env={"PGPASSWORD": "s3cret value", "TMPDIR": "/scratch"},
                      volumes=["/a:/b:ro", ("/keys", "/keys")], entrypoint="sh")
     argv = seen["argv"]
     assert "s3cret value" not in " ".join(argv) and seen["env"]["PGPASSWORD"] == "s3cret value"
     assert argv[:3] == ["podman", "run", "--rm"] and argv[-3:] == ["img:1", "backup", "--all"]
     for opt in (["--runtime", "runc"], ["--network", "host"], ["--env", "PGPASSWORD"], ["--volume", "/a:/b:ro"],
-                ["--volume", "/keys:/keys"], ["--entrypoint", "sh"]):
+                ["--volume", "/keys:/keys"], ["--entrypoint", "sh"], ["--env", "TMPDIR=/scratch"]):
         assert any(argv[i:i + 2] == opt for i in range(len(argv))), (opt, argv)
+    # TMPDIR is the container's, by value: in podman's own environment it would steer podman itself
+    assert seen["env"].get("TMPDIR") != "/scratch"
