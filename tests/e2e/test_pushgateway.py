@@ -1,8 +1,9 @@
 """Metrics into a real Prometheus Pushgateway (Debian's prometheus-pushgateway; skipped without it):
-``metrics --push`` with several job records (one group per job: the Pushgateway overwrites a series'
-``job`` label with its group's, so in one group they collided and the push was refused with HTTP
-400), and ``metrics.pushgateway``: every scheduled job pushes the status and its own outcome when
-it ends, also when the repository cannot be read (the Kubernetes CronJobs rely on this)."""
+``metrics --push`` with several job records (one group per job, job=<job>; the series name their job
+in ``pgvault_job``, since the Pushgateway overwrites a pushed ``job`` label with its group's), and
+``metrics.pushgateway``: every scheduled job pushes the status and its own outcome when it ends,
+also when the repository cannot be read (the Kubernetes CronJobs rely on this), without erasing
+the other jobs' series."""
 
 from __future__ import annotations
 
@@ -33,17 +34,17 @@ def test_push_with_several_jobs_and_every_job_pushing_at_its_end(gateway: str, t
     pgvault(["metrics", "--no-connect", "--push", gateway], env)
     got = _series(gateway)
     assert got['pgvault_up{cluster="kube",instance="",job="pgvault"}'] == 1
-    assert got['pgvault_job_last_status{cluster="kube",instance="",job="expire"}'] == 1
-    assert got['pgvault_job_last_status{cluster="kube",instance="",job="verify"}'] == 0
+    assert got['pgvault_job_last_status{cluster="kube",instance="",job="expire",pgvault_job="expire"}'] == 1
+    assert got['pgvault_job_last_status{cluster="kube",instance="",job="verify",pgvault_job="verify"}'] == 0
 
     # metrics.pushgateway: the job itself pushes, no second command.
     env_push = {**env, "PGVAULT_METRICS_PUSHGATEWAY": gateway}
     pgvault(["verify", "--all"], env_push, check=False)
-    before = got['pgvault_job_last_failure_timestamp{cluster="kube",instance="",job="verify"}']
-    assert _series(gateway)['pgvault_job_last_failure_timestamp{cluster="kube",instance="",job="verify"}'] > before
+    before = got['pgvault_job_last_failure_timestamp{cluster="kube",instance="",job="verify",pgvault_job="verify"}']
+    assert _series(gateway)['pgvault_job_last_failure_timestamp{cluster="kube",instance="",job="verify",pgvault_job="verify"}'] > before
     pgvault(["expire", "--apply"], env_push)
     got = _series(gateway)
-    assert got['pgvault_job_last_exit_code{cluster="kube",instance="",job="expire"}'] == 0
+    assert got['pgvault_job_last_exit_code{cluster="kube",instance="",job="expire",pgvault_job="expire"}'] == 0
     assert got['pgvault_repository_objects{cluster="kube",instance="",job="pgvault"}'] >= 2  # the status came along
 
     # The repository is gone: the job fails, and the gateway hears it (pgvault_up 0, the failure).
@@ -51,8 +52,10 @@ def test_push_with_several_jobs_and_every_job_pushing_at_its_end(gateway: str, t
     assert r.returncode == 4, str(r)
     got = _series(gateway)
     assert got['pgvault_up{cluster="kube",instance="",job="pgvault"}'] == 0
-    assert got['pgvault_job_last_status{cluster="kube",instance="",job="expire"}'] == 0
-    assert got['pgvault_job_last_exit_code{cluster="kube",instance="",job="expire"}'] == 4
+    assert got['pgvault_job_last_status{cluster="kube",instance="",job="expire",pgvault_job="expire"}'] == 0
+    assert got['pgvault_job_last_exit_code{cluster="kube",instance="",job="expire",pgvault_job="expire"}'] == 4
+    # That push carried only expire's series: verify's group (its failure) is still there.
+    assert got['pgvault_job_last_status{cluster="kube",instance="",job="verify",pgvault_job="verify"}'] == 0
 
 
 def test_an_unreachable_gateway_never_changes_the_jobs_outcome(tmp_path: Path) -> None:

@@ -2,7 +2,7 @@
 
 Read like the on-call's runbook: right after a fresh backup (and a passed drill) the status is OK;
 when the newest backup is older than the limit it is CRITICAL and says which backup; a backup job
-that fails shows up as ``pgvault_job_last_status{job="backup"} 0`` in the textfile even when
+that fails shows up as ``pgvault_job_last_status{pgvault_job="backup"} 0`` in the textfile even when
 nobody reads its logs; and the /metrics endpoint serves the documented names, fresh per scrape.
 """
 
@@ -127,17 +127,17 @@ def test_a_failed_backup_job_is_visible_in_the_textfile_without_reading_logs(
     bad = pgvault(["backup", "--database", small_db], {**job_env, "PGPASSWORD": "wrong-password-5521"}, check=False)
     assert bad.returncode == 3 and "password authentication failed" in bad.stderr
     found = series(textfile.read_text())
-    assert value(found, "pgvault_job_last_status", cluster=cluster, job="backup") == 0
-    assert value(found, "pgvault_job_last_exit_code", cluster=cluster, job="backup") == 3
-    assert value(found, "pgvault_job_last_failure_timestamp", cluster=cluster, job="backup") > time.time() - 600
+    assert value(found, "pgvault_job_last_status", cluster=cluster, pgvault_job="backup") == 0
+    assert value(found, "pgvault_job_last_exit_code", cluster=cluster, pgvault_job="backup") == 3
+    assert value(found, "pgvault_job_last_failure_timestamp", cluster=cluster, pgvault_job="backup") > time.time() - 600
     assert "wrong-password-5521" not in textfile.read_text()
 
     # The next run succeeds: status 1, and the failure's time is still there.
     pgvault(["backup", "--database", small_db], job_env)
     found = series(textfile.read_text())
-    assert value(found, "pgvault_job_last_status", cluster=cluster, job="backup") == 1
-    assert value(found, "pgvault_job_last_failure_timestamp", cluster=cluster, job="backup") > 0
-    assert value(found, "pgvault_job_last_success_timestamp", cluster=cluster, job="backup") > time.time() - 600
+    assert value(found, "pgvault_job_last_status", cluster=cluster, pgvault_job="backup") == 1
+    assert value(found, "pgvault_job_last_failure_timestamp", cluster=cluster, pgvault_job="backup") > 0
+    assert value(found, "pgvault_job_last_success_timestamp", cluster=cluster, pgvault_job="backup") > time.time() - 600
 
     # Failing again with the repository in place: recorded there too, and status warns.
     pgvault(["backup", "--database", small_db], {**job_env, "PGPASSWORD": "wrong-password-5521"}, check=False)
@@ -149,7 +149,7 @@ def test_a_failed_backup_job_is_visible_in_the_textfile_without_reading_logs(
     # `metrics --textfile` into the same file: the full set of series, the job state kept.
     pgvault(["metrics", "--textfile", str(textfile)], env)
     found = series(textfile.read_text())
-    assert value(found, "pgvault_job_last_status", cluster=cluster, job="backup") == 0
+    assert value(found, "pgvault_job_last_status", cluster=cluster, pgvault_job="backup") == 0
     assert value(found, "postgresql_backup_size_bytes", cluster=cluster, kind="logical", database=small_db) > 0
     assert value(found, "pgvault_up", cluster=cluster) == 1
     assert sorted(p.name for p in textfile.parent.iterdir()) == ["pgvault.prom"]
@@ -183,7 +183,7 @@ def test_the_metrics_endpoint_serves_the_documented_names_fresh_per_scrape(env: 
         assert value(found, "pgvault_backups", cluster=cluster, kind="logical") == 1
         assert value(found, "pgvault_repository_size_bytes", cluster=cluster) > 0
         assert value(found, "pgvault_drill_last_success_timestamp", cluster=cluster, kind="logical") == 0  # never
-        assert value(found, "pgvault_job_last_status", cluster=cluster, job="backup") == 1
+        assert value(found, "pgvault_job_last_status", cluster=cluster, pgvault_job="backup") == 1
         assert value(found, "pgvault_status", cluster=cluster) == 1  # WARNING: no drill yet
         assert not [n for n, _ in found if n.startswith(("process_", "python_"))]  # a private registry
 
@@ -229,7 +229,7 @@ def test_physical_backups_window_and_archiver(major: int | None, archiving: Any)
     assert value(found, "pgvault_wal_archive_lag_seconds", cluster="mon") < 900
     assert value(found, "pgvault_wal_archive_last_success_timestamp", cluster="mon") > time.time() - 600
     # The base backup ran as a scheduled job (as the postgres OS user) and recorded itself.
-    assert value(found, "pgvault_job_last_status", cluster="mon", job="basebackup") == 1
+    assert value(found, "pgvault_job_last_status", cluster="mon", pgvault_job="basebackup") == 1
 
     # Without a connection, the .ready files of --pgdata still give the backlog.
     doc = pgvault(["status", "--json", "--no-connect", "--pgdata", str(a.cluster.datadir)], a.env(), check=False).json()

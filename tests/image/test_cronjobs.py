@@ -239,7 +239,7 @@ def test_every_cronjob_runs_as_its_manifest_says(tool_image: str, server_image: 
         if gateway is not None:  # every job pushed its outcome and the status when it ended
             got = series(gateway)
             for job in ("backup", "basebackup", "verify", "drill", "expire"):
-                assert got[f'pgvault_job_last_status{{cluster="prod-main",instance="",job="{job}"}}'] == 1, (job, got)
+                assert got[f'pgvault_job_last_status{{cluster="prod-main",instance="",job="{job}",pgvault_job="{job}"}}'] == 1, (job, got)
             assert got['pgvault_up{cluster="prod-main",instance="",job="pgvault"}'] == 1
     finally:
         logs = subprocess.run(["podman", "logs", server], capture_output=True, text=True, timeout=60)

@@ -20,6 +20,11 @@ _KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "an
 _DURATION = re.compile(r"^\d+(ms|s|m|h|d|w|y)$")
 
 
+# A selector, grouping or template on the label "job": pgvault's series name their job in
+# "pgvault_job"; "job" is the scrape target's (Prometheus and the Pushgateway set it).
+TARGET_JOB_LABEL = re.compile(r"\bjob\s*(=~|!~|!=|=)|\$labels\.job\b|\{\{\s*job\s*\}\}|\bby\s*\(\s*job\b")
+
+
 def metric_names(expr: str) -> set[str]:
     """Metric names in a PromQL expression: identifiers that are not functions, aggregation
     modifiers, keywords, label names/values (inside {...}) or durations (inside [...])."""

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from pgvault.operations.maintenance.metrics import exported_metric_names
-from support.promql import metric_names, promtool
+from support.promql import TARGET_JOB_LABEL, metric_names, promtool
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 ALERTS = DEPLOY / "prometheus" / "alerts.yaml"
@@ -174,3 +174,11 @@ def test_docs_monitoring_lists_every_metric_and_alert() -> None:
     assert set(exported_metric_names()) <= listed, "docs/monitoring.md does not list these metrics"
     alerts = set(re.findall(r"^\| `([A-Za-z]+)` \| (?:critical|warning) \|", doc, re.M))
     assert alerts == {r["alert"] for r in rules()}
+
+
+def test_no_rule_selects_on_the_scrape_targets_job_label() -> None:
+    # {job="verify"} would match the scrape job (or nothing), never pgvault's verify: an alert
+    # that cannot fire.  The pgvault job is the pgvault_job label.
+    for path in (ALERTS, MONITORING / "prometheusrule.yaml"):
+        found = TARGET_JOB_LABEL.search(path.read_text())
+        assert found is None, f"{path.name}: {found and found.group(0)!r}"

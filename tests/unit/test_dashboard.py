@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from pgvault.operations.maintenance.metrics import exported_metric_names
-from support.promql import metric_names, promtool
+from support.promql import TARGET_JOB_LABEL, metric_names, promtool
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "pgvault.json"
 
@@ -107,6 +107,14 @@ def test_every_metric_queried_is_exported_by_pgvault() -> None:
                  "pgvault_drill_last_status", "pgvault_drill_restore_duration_seconds", "pgvault_drill_rto_seconds",
                  "pgvault_verify_failures", "pgvault_repository_size_bytes"):
         assert name in used, name
+
+
+def test_no_query_legend_or_variable_uses_the_scrape_targets_job_label() -> None:
+    # The job of a pgvault_job_* series is its pgvault_job label; "job" is the scrape job's.
+    legends = [(f"panel {p['id']} legend", t.get("legendFormat", "")) for p in panels() for t in p.get("targets", [])]
+    variables = [(f"variable {v['name']}", json.dumps(v)) for v in dashboard()["templating"]["list"]]
+    for where, text in queries() + legends + variables:
+        assert not TARGET_JOB_LABEL.search(text), f"{where}: {text!r}"
 
 
 def test_promtool_parses_every_query(tmp_path: Path) -> None:

@@ -50,6 +50,15 @@ def test_a_rich_snapshot_exports_every_documented_metric() -> None:
         assert tuple(k for k, _ in x.labels) == METRICS[x.name].labels
 
 
+def test_no_metric_uses_a_label_prometheus_reserves_for_the_target() -> None:
+    # Prometheus sets "job" and "instance" on every series it scrapes: a series' own label of that
+    # name is renamed exported_job / exported_instance (unless honor_labels), and the Pushgateway
+    # overwrites it with its group's, so a rule selecting {job="verify"} would silently never fire.
+    for d in METRICS.values():
+        assert not {"job", "instance"} & set(d.labels), d.name
+        assert not any(k.startswith("exported_") or k.startswith("__") for k in d.labels), d.name
+
+
 def test_backup_series_keep_the_legacy_names_and_labels() -> None:
     s = healthy()
     v = by_key(snapshot_samples(s, evaluate(s)))
@@ -133,8 +142,8 @@ def test_records_round_trip_through_the_repository() -> None:
 
 def job_series(cluster: str, name: str, ok: bool, when: float) -> list[Sample]:
     return [sample("pgvault_job_last_success_timestamp" if ok else "pgvault_job_last_failure_timestamp", when,
-                   cluster=cluster, job=name),
-            sample("pgvault_job_last_status", 1 if ok else 0, cluster=cluster, job=name)]
+                   cluster=cluster, pgvault_job=name),
+            sample("pgvault_job_last_status", 1 if ok else 0, cluster=cluster, pgvault_job=name)]
 
 
 def test_merging_keeps_other_clusters_and_the_newest_run_of_each_job() -> None:
@@ -143,16 +152,30 @@ def test_merging_keeps_other_clusters_and_the_newest_run_of_each_job() -> None:
     snapshot = [sample("pgvault_up", 1, cluster="c")] + job_series("c", "backup", True, 1000.0)
     merged = by_key(merge_samples(other + fallback, snapshot, "c", whole_cluster=True))
     assert merged[("pgvault_up", (("cluster", "other"),))] == 1
-    assert merged[("pgvault_job_last_status", (("cluster", "c"), ("job", "backup")))] == 0  # the newer failure stays
+    assert merged[("pgvault_job_last_status", (("cluster", "c"), ("pgvault_job", "backup")))] == 0  # the newer failure stays
     newer = job_series("c", "backup", True, 3000.0)
     merged = by_key(merge_samples(other + fallback, [sample("pgvault_up", 1, cluster="c")] + newer, "c", whole_cluster=True))
-    assert merged[("pgvault_job_last_status", (("cluster", "c"), ("job", "backup")))] == 1
-    assert ("pgvault_job_last_failure_timestamp", (("cluster", "c"), ("job", "backup"))) not in merged
+    assert merged[("pgvault_job_last_status", (("cluster", "c"), ("pgvault_job", "backup")))] == 1
+    assert ("pgvault_job_last_failure_timestamp", (("cluster", "c"), ("pgvault_job", "backup"))) not in merged
     # A job fallback leaves the rest of the cluster's series alone.
     merged = by_key(merge_samples(snapshot + job_series("c", "verify", True, 10.0), fallback, "c", whole_cluster=False))
     assert merged[("pgvault_up", (("cluster", "c"),))] == 1
-    assert merged[("pgvault_job_last_status", (("cluster", "c"), ("job", "verify")))] == 1
-    assert merged[("pgvault_job_last_status", (("cluster", "c"), ("job", "backup")))] == 0
+    assert merged[("pgvault_job_last_status", (("cluster", "c"), ("pgvault_job", "verify")))] == 1
+    assert merged[("pgvault_job_last_status", (("cluster", "c"), ("pgvault_job", "backup")))] == 0
+
+
+def test_job_series_an_older_pgvault_labelled_job_are_dropped_from_the_textfile(tmp_path: Path) -> None:
+    # Kept, they would read as pgvault_job="" (one series per old job, all colliding) and no run
+    # would ever replace them: PgvaultJobFailed{pgvault_job!="verify"} would fire on them forever.
+    path = tmp_path / "pgvault.prom"
+    path.write_text('pgvault_job_last_status{cluster="c",job="backup"} 0.0\n'
+                    'pgvault_job_last_status{cluster="c",job="verify"} 1.0\n'
+                    'pgvault_up{cluster="c"} 1.0\n')
+    assert [s.name for s in parse(path.read_text())] == ["pgvault_up"]
+    metrics.write_job_textfile(path, "c", run(True, 0), None)
+    text = path.read_text()
+    assert 'job="' not in text.replace('pgvault_job="', "")
+    assert 'pgvault_job_last_status{cluster="c",pgvault_job="backup"} 1.0' in text
 
 
 def test_job_textfile_without_a_repository_remembers_the_last_success(tmp_path: Path) -> None:
@@ -160,7 +183,7 @@ def test_job_textfile_without_a_repository_remembers_the_last_success(tmp_path: 
     metrics.write_job_textfile(path, "c", run(True, 0), None)
     metrics.write_job_textfile(path, "c", run(False, 10), None)
     v = by_key(parse(path.read_text()))
-    key = (("cluster", "c"), ("job", "backup"))
+    key = (("cluster", "c"), ("pgvault_job", "backup"))
     assert v[("pgvault_job_last_status", key)] == 0 and v[("pgvault_job_last_exit_code", key)] == 4
     assert v[("pgvault_job_last_success_timestamp", key)] == NOW.timestamp()
     assert v[("pgvault_job_last_failure_timestamp", key)] == (NOW + dt.timedelta(minutes=10)).timestamp()
@@ -192,8 +215,8 @@ def test_a_failing_job_is_recorded_even_when_the_repository_is_unreachable(tmp_p
     err = capsys.readouterr().err
     assert "pgvault: error: cannot connect" in err and "could not record the backup job in the repository" in err
     v = by_key(parse(textfile.read_text()))
-    assert v[("pgvault_job_last_status", (("cluster", "c"), ("job", "backup")))] == 0
-    assert v[("pgvault_job_last_exit_code", (("cluster", "c"), ("job", "backup")))] == 3
+    assert v[("pgvault_job_last_status", (("cluster", "c"), ("pgvault_job", "backup")))] == 0
+    assert v[("pgvault_job_last_exit_code", (("cluster", "c"), ("pgvault_job", "backup")))] == 3
     assert not missing_repo.exists()
 
 
@@ -234,16 +257,16 @@ def test_push_replaces_the_cluster_group_on_the_pushgateway_one_group_per_job() 
     thread.start()
     try:
         metrics.push(f"http://127.0.0.1:{server.server_address[1]}",
-                     [sample("pgvault_up", 1, cluster="c/x"), sample("pgvault_job_last_status", 1, cluster="c/x", job="backup"),
-                      sample("pgvault_job_last_status", 0, cluster="c/x", job="verify")], "c/x")
+                     [sample("pgvault_up", 1, cluster="c/x"), sample("pgvault_job_last_status", 1, cluster="c/x", pgvault_job="backup"),
+                      sample("pgvault_job_last_status", 0, cluster="c/x", pgvault_job="verify")], "c/x")
     finally:
         server.shutdown()
         server.server_close()
-    # The Pushgateway overwrites a series' job label with its group's: each job gets its own group,
-    # or the two pgvault_job_last_status series would collide (HTTP 400 from a real Pushgateway).
+    # Each job gets its own group (job=<job>), so that a push carrying one job's series (the
+    # repository was down) replaces only that job's group, not the other jobs' last status.
     by_job = {path.split("/")[3]: (method, path, body) for method, path, body in got}
     assert sorted(by_job) == ["backup", "pgvault", "verify"] and {m for m, _, _ in got} == {"PUT"}
     assert all("/cluster" in path for _, path, _ in got)
     assert b'pgvault_up{cluster="c/x"} 1.0' in by_job["pgvault"][2] and b"pgvault_job" not in by_job["pgvault"][2]
-    assert b'pgvault_job_last_status{cluster="c/x",job="verify"} 0.0' in by_job["verify"][2]
-    assert b'job="backup"' not in by_job["verify"][2]
+    assert b'pgvault_job_last_status{cluster="c/x",pgvault_job="verify"} 0.0' in by_job["verify"][2]
+    assert b'pgvault_job="backup"' not in by_job["verify"][2]

@@ -254,7 +254,7 @@ def push_after_job(url: str, settings: Settings | None, cluster: str, run: JobRu
     if samples is None:
         samples = metrics.down_samples(cluster)
     mine = record if record is not None else merge_run(cluster, None, run)
-    samples = [s for s in samples if s.label("job") != run.job] + metrics.job_samples(cluster, mine)
+    samples = [s for s in samples if s.label("pgvault_job") != run.job] + metrics.job_samples(cluster, mine)
     metrics.push(url, samples, cluster)
 
 

@@ -50,7 +50,10 @@ class MetricDef:
 
 _BACKUP = ("cluster", "kind", "database")
 _C = ("cluster",)
-_JOB = ("cluster", "job")
+# Not "job" (nor "instance"): Prometheus sets those on every series it scrapes (renaming ours to
+# exported_job unless honor_labels), and the Pushgateway overwrites "job" with its group's, so alert
+# rules selecting on a "job" label would silently never match.
+_JOB = ("cluster", "pgvault_job")
 
 # Every metric pgvault exports.  All are gauges; timestamps are seconds since the epoch.  The first
 # three keep the names (and labels) of the alerts users already have.
@@ -202,10 +205,10 @@ def job_samples(cluster: str, r: JobRecord) -> list[Sample]:
                        ("pgvault_job_last_failure_timestamp", r.last_failure_at)):
         t = timestamp(when)
         if t is not None:
-            out.append(sample(name, t, cluster=cluster, job=r.job))
-    out += [sample("pgvault_job_last_duration_seconds", r.last_duration_seconds, cluster=cluster, job=r.job),
-            sample("pgvault_job_last_status", 1 if r.ok else 0, cluster=cluster, job=r.job),
-            sample("pgvault_job_last_exit_code", r.last_exit_code, cluster=cluster, job=r.job)]
+            out.append(sample(name, t, cluster=cluster, pgvault_job=r.job))
+    out += [sample("pgvault_job_last_duration_seconds", r.last_duration_seconds, cluster=cluster, pgvault_job=r.job),
+            sample("pgvault_job_last_status", 1 if r.ok else 0, cluster=cluster, pgvault_job=r.job),
+            sample("pgvault_job_last_exit_code", r.last_exit_code, cluster=cluster, pgvault_job=r.job)]
     return out
 
 
@@ -229,7 +232,7 @@ def _job_runs(samples: Iterable[Sample], cluster: str) -> dict[str, float]:
     for s in samples:
         if s.name in ("pgvault_job_last_success_timestamp", "pgvault_job_last_failure_timestamp") \
                 and s.label("cluster") == cluster:
-            out[s.label("job")] = max(out.get(s.label("job"), 0.0), s.value)
+            out[s.label("pgvault_job")] = max(out.get(s.label("pgvault_job"), 0.0), s.value)
     return out
 
 
@@ -239,26 +242,27 @@ def merge_samples(existing: Sequence[Sample], new: Sequence[Sample], cluster: st
     sides the side with the newer run wins, so an old repository record never hides a failure the
     fallback recorded while the repository was unreachable, nor the other way round."""
     old_runs, new_runs = _job_runs(existing, cluster), _job_runs(new, cluster)
-    new_jobs = {s.label("job") for s in new if s.name in JOB_METRICS and s.label("cluster") == cluster}
+    new_jobs = {s.label("pgvault_job") for s in new if s.name in JOB_METRICS and s.label("cluster") == cluster}
     keep_old_jobs = {j for j in old_runs if j not in new_jobs or old_runs[j] > new_runs.get(j, 0.0)}
     out = []
     for s in existing:
         if s.name not in METRICS or s.label("cluster") != cluster:
             out.append(s)
         elif s.name in JOB_METRICS:
-            if s.label("job") in keep_old_jobs or s.label("job") not in new_jobs and s.label("job") not in old_runs:
+            job = s.label("pgvault_job")
+            if job in keep_old_jobs or job not in new_jobs and job not in old_runs:
                 out.append(s)
         elif not whole_cluster:
             out.append(s)
     out += [s for s in new if not (s.name in JOB_METRICS and s.label("cluster") == cluster
-                                   and s.label("job") in keep_old_jobs)]
+                                   and s.label("pgvault_job") in keep_old_jobs)]
     return out
 
 
 def previous_job(samples: Iterable[Sample], cluster: str, job: str) -> JobRecord | None:
     """What a textfile remembers of ``job``: enough of a record for :func:`merge_run`."""
     values = {s.name: s.value for s in samples if s.name in JOB_METRICS
-              and s.label("cluster") == cluster and s.label("job") == job}
+              and s.label("cluster") == cluster and s.label("pgvault_job") == job}
     if not values:
         return None
 
@@ -330,7 +334,9 @@ def parse(text: str) -> list[Sample]:
     for fam in text_string_to_metric_families(text):
         for s in fam.samples:
             d = METRICS.get(s.name)
-            if d is None:
+            # Other label names: a series written by an older pgvault (its job series were labelled
+            # "job", now "pgvault_job").  Kept, it would read as pgvault_job="" and never be replaced.
+            if d is None or set(s.labels) != set(d.labels):
                 continue
             out.append(Sample(s.name, tuple((k, str(s.labels.get(k, ""))) for k in d.labels), float(s.value)))
     return out
@@ -387,18 +393,19 @@ def _later(a: str | None, b: str | None) -> str | None:
 
 def push(url: str, samples: Sequence[Sample], cluster: str, *, timeout: float = 30.0) -> None:
     """PUT the samples to a Pushgateway, one group per job: the ``pgvault_job_*`` series of job J
-    into the group ``{job="J", cluster}``, everything else into ``{job="pgvault", cluster}``.
+    (label ``pgvault_job="J"``) into the group ``{job="J", cluster}``, everything else into
+    ``{job="pgvault", cluster}``.
 
-    Why not one group: the Pushgateway overwrites a pushed series' ``job`` label with the group's
-    (its README: labels of the URL path win), so with two job records in one group their series
-    collided and the whole push was refused (HTTP 400).  In its own group a job's series keep
-    ``job="backup"`` (with ``honor_labels: true``), as the alert rules expect.  Each group is
-    replaced as a whole, so series that disappeared disappear there too."""
+    Why not one group: each group is replaced as a whole, and a push after a job whose repository
+    could not be read carries only ``pgvault_up 0`` and that job's series; in one group it would
+    wipe the other jobs' last status (a failed verify would look resolved).  The series' own label
+    is ``pgvault_job``, since the Pushgateway overwrites ``job`` with the group's; the group keeps
+    ``job=J`` so that it replaces, in place, the group an older pgvault pushed for that job."""
     from prometheus_client import push_to_gateway
 
     groups: dict[str, list[Sample]] = {}
     for s in samples:
-        groups.setdefault(s.label("job") or "pgvault", []).append(s)
+        groups.setdefault(s.label("pgvault_job") or "pgvault", []).append(s)
     for job, members in groups.items():
         push_to_gateway(url, job=job, registry=registry_for(members.copy),
                         grouping_key={"cluster": cluster}, timeout=timeout)
