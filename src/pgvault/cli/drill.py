@@ -17,6 +17,9 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--kind", choices=("logical", "physical"), default="logical")
     p.add_argument("--target-dsn", help="logical: restore into scratch databases on this server "
                    "(default: drill.target_dsn, else a throwaway server from local binaries)")
+    p.add_argument("--major", type=int, metavar="N",
+                   help="logical: rehearse an upgrade: restore into a throwaway server of PostgreSQL N (not older "
+                        "than the backup's) with N's pg_restore, and report each object N refused")
     p.add_argument("--only-on", metavar="RULE",
                    help="run only on this day of the month (UTC), else exit 0 'skipped: not due': "
                         "'first saturday', 'last sunday', ... (cron cannot say 'first Saturday': schedule "
@@ -40,18 +43,25 @@ def run(args: argparse.Namespace) -> int:
     from pgvault.operations.maintenance.drill import DrillRequest, run_drill
     from pgvault.policy.pitr import RecoveryTarget
 
+    if args.major is not None and args.target_dsn:
+        raise UsageError("--major restores into a throwaway server of that major, not into --target-dsn")
     target = RecoveryTarget.parse(time=args.target_time, lsn=args.target_lsn, xid=args.target_xid, name=args.target_name,
                                   action="promote" if (args.target_time or args.target_lsn or args.target_xid
                                                        or args.target_name) else None)
     report = run_drill(ctx, DrillRequest(kind=args.kind, ref=args.what,
-                                         target_dsn=args.target_dsn or ctx.settings.drill_target_dsn,
-                                         recovery_target=target, pgvault_command=args.pgvault_command))
+                                         # --major: always a scratch server of that major
+                                         target_dsn="" if args.major is not None
+                                         else args.target_dsn or ctx.settings.drill_target_dsn,
+                                         recovery_target=target, pgvault_command=args.pgvault_command,
+                                         major=args.major))
     doc = report.to_json()
     args.job_details = {"ok": report.ok, "restore_seconds": report.restore_seconds, "backup_id": report.backup_id}
 
     def human() -> str:
+        t = report.target
+        majors = f" (PostgreSQL {t['backup_major']} → {t['server_major']})" if "server_major" in t else ""
         lines = [f"drill {report.drill_id}: {report.backup_kind} backup {report.backup_id} into "
-                 f"{report.target.get('kind', '?')}: {'PASSED' if report.ok else 'FAILED'}",
+                 f"{t.get('kind', '?')}{majors}: {'PASSED' if report.ok else 'FAILED'}",
                  f"restore (recovery time): {human_duration(report.restore_seconds) if report.restore_seconds is not None else '-'}, "
                  f"total {human_duration(report.total_seconds)}"]
         if report.error:

@@ -177,3 +177,43 @@ def schema_with_data_of(
                 continue
         chosen.append(e)
     return chosen
+
+
+
+# pg_restore without --exit-on-error reports each error and the statement that failed:
+#   pg_restore: error: could not execute query: ERROR:  extension "adminpack" is not available
+#   HINT:  ...
+#   Command was: CREATE EXTENSION IF NOT EXISTS adminpack WITH SCHEMA pg_catalog;
+# With --verbose it names the archive entry first ("pg_restore: from TOC entry 215; 3079 16385
+# EXTENSION adminpack postgres": type, tag, owner; no schema), which is preferred when present.
+_FROM_ENTRY_RE = re.compile(r"^pg_restore: from TOC entry (\d+); \d+ \d+ (.*)$")
+_ERROR_RE = re.compile(r"^pg_restore: error: (?:could not execute query: )?(?:ERROR:\s+)?(.*)$")
+_COMMAND_RE = re.compile(r"^Command was: (.*)$")
+_IGNORED_RE = re.compile(r"errors ignored on restore: (\d+)")
+IGNORED_ERRORS = "errors ignored on restore:"
+
+
+def restore_errors(stderr: str) -> list[str]:
+    """What a pg_restore that went on after errors failed on, one line per error naming the object
+    (``CREATE EXTENSION IF NOT EXISTS adminpack ...: extension "adminpack" is not available``);
+    when only the last lines of its output are at hand, a last line says how many are not shown."""
+    found: list[list[str]] = []  # [object, error]
+    entry = ""
+    total = None
+    for line in stderr.splitlines():
+        if m := _FROM_ENTRY_RE.match(line):
+            words = m.group(2).rstrip().split(" ")
+            what = " ".join(words[:-1]) if len(words) > 1 and not m.group(2).endswith(" ") else m.group(2).strip()
+            entry = f"{what} (TOC entry {m.group(1)})"
+        elif m := _ERROR_RE.match(line):
+            found.append([entry, m.group(1).strip()])
+            entry = ""
+        elif (m := _COMMAND_RE.match(line)) and found and not found[-1][0]:
+            command = m.group(1).strip()
+            found[-1][0] = command if len(command) <= 120 else command[:117] + "..."
+        elif m := _IGNORED_RE.search(line):
+            total = int(m.group(1))
+    out = [f"{what}: {error}" if what else error for what, error in found]
+    if total is not None and total > len(out):
+        out.append(f"and {total - len(out)} more error(s) not shown")
+    return out

@@ -75,6 +75,9 @@ class RestoreRequest:
     force: bool = False
     no_owner: bool = False
     scratch_dir: str | None = None
+    # An upgrade rehearsal wants every entry the new major refuses, not just the first: pg_restore
+    # goes on after errors, which are collected (``RestoreResult.restore_errors``), not raised.
+    keep_going: bool = False
 
 
 @dataclass(frozen=True)
@@ -104,6 +107,7 @@ class RestoreResult:
     pg_restore_version: str = ""
     properties: dbprops.Outcome | None = None  # None: selected tables into an existing database
     swept: list[str] = field(default_factory=list)  # leftovers of killed restores removed first
+    restore_errors: list[str] = field(default_factory=list)  # keep_going: what pg_restore skipped, per entry
 
     @property
     def verified(self) -> bool:
@@ -186,6 +190,7 @@ class _Restorer:
         self.me = me
         self.identities = ctx.identities() if manifest.pipeline.encryption != "none" else []
         self.prefix = layout.logical_prefix(ctx.cluster, manifest.backup_id)
+        self.errors: list[str] = []  # keep_going: the entries pg_restore could not restore
 
     def open_object(self, obj: StoredObject) -> BinaryIO:
         return self.ctx.storage.open_read(self.prefix + obj.key)
@@ -243,14 +248,25 @@ class _Restorer:
     def _ownership_args(self) -> list[str]:
         return ["--no-owner", "--no-privileges"] if self.req.no_owner else []
 
+    def _finish(self, proc: Process, what: str) -> None:
+        """Wait for pg_restore; with ``keep_going``, the errors it went on after are collected."""
+        if self.req.keep_going:
+            rc = proc.wait()
+            text = proc.stderr_text()
+            if rc != 0 and toc.IGNORED_ERRORS in text:
+                self.errors += toc.restore_errors(text) or [text.strip().splitlines()[-1]]
+                return
+        proc.check(what)
+
     def restore_database(self, runner: Runner, entry: DatabaseEntry, target: str) -> None:
         """The whole database into the empty database ``target``."""
-        args = ["--exit-on-error", "--no-password", "-d", make_conninfo(dbname=target), *self._ownership_args()]
+        stop = [] if self.req.keep_going else ["--exit-on-error"]
+        args = [*stop, "--no-password", "-d", make_conninfo(dbname=target), *self._ownership_args()]
         env = self._env(target)
         if self.req.jobs == 1:
             proc = runner.start("pg_restore", args, env=env, stdin=True, stdout=False)
             self.stream_into(entry.object, proc)
-            proc.check(f"into {target!r}")
+            self._finish(proc, f"into {target!r}")
             return
         # Parallel pg_restore needs a seekable file, not a pipe. Rather than spool first and
         # restore after, the schema and data are streamed into one pg_restore while the same
@@ -261,9 +277,9 @@ class _Restorer:
             proc = runner.start("pg_restore", [*args, "--section=pre-data", "--section=data"], env=env, stdin=True, stdout=False)
             self.stream_into(entry.object, proc, tee=spool)
             spool.close()
-            proc.check(f"into {target!r}")
+            self._finish(proc, f"into {target!r}")
             post = [*args, "--section=post-data", f"--jobs={self.req.jobs}", spool.path]
-            runner.start("pg_restore", post, env=env, stdout=False).check(f"(post-data) into {target!r}")
+            self._finish(runner.start("pg_restore", post, env=env, stdout=False), f"(post-data) into {target!r}")
         finally:
             spool.remove()
 
@@ -423,6 +439,7 @@ def _restore_copy(conn: psycopg.Connection[Any], restorer: _Restorer, runner: Ru
             restorer.restore_tables(runner, entry, build, tables, new_database=True, superuser=superuser)
         else:
             restorer.restore_database(runner, entry, build)
+            result.restore_errors = list(restorer.errors)
         result.checks = restorer.verify(build, tables)
         if replace and entry.row_counts_exact and not result.verified:
             raise _mismatch(result)  # never replace a good database with a bad copy

