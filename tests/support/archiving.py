@@ -125,8 +125,10 @@ class ArchivingCluster:
 def make_archiving_cluster(
     make_pg_cluster: Callable[..., PgCluster], launcher: Path, age_key: Any, *, major: int | None,
     s3: Mapping[str, str] | None = None, settings: Mapping[str, str] | None = None, cluster_name: str = "pitr",
+    data_checksums: bool = False,
 ) -> ArchivingCluster:
     """``s3``: ``{"url": "s3://bucket/prefix", "endpoint": ..., plus AWS_* credentials}``; else a local repository.
+    ``data_checksums``: ``initdb --data-checksums`` (see :meth:`PgCluster.create`).
 
     S3 credentials reach the archiver through the server's environment (inherited from ours),
     never through the config file or archive_command."""
@@ -157,7 +159,7 @@ def make_archiving_cluster(
         cluster = make_pg_cluster(major, settings={
             "archive_mode": "on", "archive_command": f"PGVAULT_CONFIG={conf} {launcher} wal push %p",
             "track_commit_timestamp": "on", **(settings or {}),
-        })
+        }, data_checksums=data_checksums)
     finally:
         for k, v in saved.items():
             if v is None:

@@ -215,11 +215,14 @@ class PgCluster:
         port: int | None = None,
         settings: Mapping[str, str | int | bool] | None = None,
         start: bool = True,
+        data_checksums: bool = False,
     ) -> PgCluster:
         """initdb a cluster of ``major`` into ``base_dir`` (empty or missing) and start it.
 
         ``port=None`` picks a free one (and retries with another if it is taken by the time the
-        server binds).  ``settings`` are extra postgresql.conf settings.
+        server binds).  ``settings`` are extra postgresql.conf settings.  ``data_checksums=True`` runs
+        ``initdb --data-checksums`` (PostgreSQL 18 turns them on by default, earlier majors off; False
+        leaves initdb's default, so other tests see the clusters they always had).
         """
         bindir = bindir_for_major(major, environment_value("postgres.bin_dirs"))
         base_dir = Path(base_dir).absolute()
@@ -242,7 +245,7 @@ class PgCluster:
 
         cluster = cls(bindir=bindir, base_dir=base_dir, port=port or free_port(), password=password,
                       socket_dir=socket_dir)
-        cluster._initdb()
+        cluster._initdb(data_checksums=data_checksums)
         cluster.settings.update(settings or {})
         cluster._write_settings()
         if start:
@@ -262,7 +265,7 @@ class PgCluster:
                     cluster._write_settings()
         return cluster
 
-    def _initdb(self) -> None:
+    def _initdb(self, *, data_checksums: bool = False) -> None:
         pwfile = self.base_dir / "pwfile"
         fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
@@ -281,6 +284,7 @@ class PgCluster:
                 f"--locale={_default_locale()}",
                 "--no-sync",
                 "--no-instructions",
+                *(["--data-checksums"] if data_checksums else []),
             ]
             self._run_server_cmd(cmd, what="initdb", timeout=180)
         finally:

@@ -71,22 +71,33 @@ def corruption(f: Facts) -> list[Block]:
     d = EXAMPLE.data_dir
     return [
         Heading(3, "Corruption"),
-        Para("**In the database** (`invalid page in block`, `could not read block`, checksum failures in the server "
-             "log): do not run `pg_resetwal` or `VACUUM FULL`; find the extent with `pg_amcheck`, then rebuild the "
-             "cluster from the archive on healthy storage. WAL replay rewrites the pages from the archive, so it "
-             "reaches the last archived transaction without the damaged disk:"),
+        Para("**In the database** (`ERROR: invalid page in block 1 of relation base/16384/16410`, `could not read "
+             "block`, `WARNING: page verification failed, calculated checksum ... but expected ...` in the server log): "
+             "do not run `pg_resetwal`, `VACUUM FULL` or `zero_damaged_pages`; confirm the extent, then rebuild the "
+             "cluster from the archive on healthy storage. The base backup holds the pages as PostgreSQL wrote them "
+             "and WAL replay re-applies every change since; damage made below PostgreSQL (disk, controller, a stray "
+             "write) is not in the WAL, so the copy reaches the last archived transaction without it. Checksum "
+             "errors need data checksums (`SHOW data_checksums`; `initdb --data-checksums`, on by default from "
+             "PostgreSQL 18): without them only `pg_amcheck` finds the damage."),
         code(*lines(
-            ("pg_amcheck --all --heapallindexed", "which relations are damaged"),
+            ("pg_amcheck --all --install-missing --heapallindexed",
+             "which relations are damaged (--install-missing: CREATE EXTENSION amcheck where it is missing)"),
+            ('pg_checksums --check -D "$PGDATA"', "or, with the server stopped: every bad block (the live data directory)"),
             (pgvault("status"), "archiving up to date? (what is not archived is lost)"),
             (pgvault("restore-cluster", "-D", d, "--dry-run"), "the base backup and WAL to the end of the archive"),
             (pgvault("restore-cluster", "-D", d, "--start", "--port", EXAMPLE.port), "on healthy storage; promotes at the end"),
-            (f"pg_amcheck -p {EXAMPLE.port} --all --heapallindexed", "the restored copy is clean"),
+            (f"pg_amcheck -p {EXAMPLE.port} --all --install-missing --heapallindexed", "the restored copy is clean"),
             (f"pg_ctl -D {d} stop", "if not: stop it and restore an older base backup (replace the id)"),
             pgvault("restore-cluster", "-D", d, "--backup", EXAMPLE.backup_id, "--force", "--start", "--port", EXAMPLE.port),
         )),
-        Para("A base backup taken after the damage holds the damaged pages too (WAL replay repairs only the pages it "
-             "rewrites): that is why the restored copy is checked, and why an older base backup, with more WAL to "
-             "replay, may be the one to use."),
+        Para("Check that the copy holds what was committed last: `--json` reports "
+             "`recovery.last_transaction_time` (the last transaction replayed), and row counts or the newest rows of "
+             "busy tables should match what the application last wrote. `pgvault verify` and the drills check the "
+             "backups, not the live data files: they pass during this kind of damage, and prove the backups the "
+             "rebuild uses."),
+        Para("A base backup taken after the damage holds the damaged pages too (`pgvault basebackup` copies the files "
+             "without checking page checksums, and WAL replay repairs only the pages it rewrites): that is why the "
+             "restored copy is checked, and why an older base backup, with more WAL to replay, may be the one to use."),
         Para("Then move the application to the restored server (or restore into the real data directory the same "
              "way, with `--archive` so that it archives as the primary), and take a base backup at once. If only one "
              "database is damaged and losing the changes since the last logical backup is acceptable, restoring that "
