@@ -46,6 +46,18 @@ def scratch_db(pg_cluster) -> Iterator[str]:  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
+def orders_db(pg_latest) -> Iterator[str]:  # type: ignore[no-untyped-def]
+    """A small database on the newest major: ``orders(id int PRIMARY KEY)`` with ids 1..100.
+    Dropped afterwards, with ``<name>_r`` (where tests restore it)."""
+    name = f"t_{uuid.uuid4().hex[:10]}"
+    pg_latest.create_database(name)
+    pg_latest.psql("CREATE TABLE orders(id int PRIMARY KEY); INSERT INTO orders SELECT generate_series(1, 100)", dbname=name)
+    yield name
+    pg_latest.drop_database(name)
+    pg_latest.drop_database(f"{name}_r")
+
+
+@pytest.fixture
 def local_env(pg_cluster, tmp_path: Path, age_key: AgeKey) -> dict[str, str]:  # type: ignore[no-untyped-def]
     """Environment for the CLI: this test's cluster, a fresh local repository, age encryption."""
     return clean_env(

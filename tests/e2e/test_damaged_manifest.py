@@ -4,11 +4,7 @@ as a finding, and only asking for that backup by its id fails (exit 6)."""
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from support.cli import clean_env, pgvault
 from support.pgcluster import PgCluster
@@ -16,25 +12,15 @@ from support.pgcluster import PgCluster
 from .conftest import AgeKey
 
 
-@pytest.fixture
-def db(pg_latest: PgCluster) -> Iterator[str]:
-    name = f"t_{uuid.uuid4().hex[:10]}"
-    pg_latest.create_database(name)
-    pg_latest.psql("CREATE TABLE orders(id int PRIMARY KEY); INSERT INTO orders SELECT generate_series(1, 100)", dbname=name)
-    yield name
-    pg_latest.drop_database(name)
-    pg_latest.drop_database(f"{name}_r")
-
-
-def test_a_damaged_manifest_is_shown_skipped_by_latest_and_refused_by_id(pg_latest: PgCluster, db: str, tmp_path: Path,
+def test_a_damaged_manifest_is_shown_skipped_by_latest_and_refused_by_id(pg_latest: PgCluster, orders_db: str, tmp_path: Path,
                                                                           age_key: AgeKey) -> None:
     repo = tmp_path / "repo"
     env = clean_env(**pg_latest.env(), PGVAULT_REPOSITORY_URL=str(repo), PGVAULT_CLUSTER="dmg",
                     PGVAULT_ENCRYPTION_AGE_RECIPIENTS=age_key.recipient,
                     PGVAULT_ENCRYPTION_AGE_IDENTITY_FILE=str(age_key.identity_file))
-    older = pgvault(["backup", "-d", db, "--no-globals", "--json"], env).json()["backup"]["backup_id"]
-    pg_latest.psql("INSERT INTO orders SELECT generate_series(101, 150)", dbname=db)
-    newer = pgvault(["backup", "-d", db, "--no-globals", "--json"], env).json()["backup"]["backup_id"]
+    older = pgvault(["backup", "-d", orders_db, "--no-globals", "--json"], env).json()["backup"]["backup_id"]
+    pg_latest.psql("INSERT INTO orders SELECT generate_series(101, 150)", dbname=orders_db)
+    newer = pgvault(["backup", "-d", orders_db, "--no-globals", "--json"], env).json()["backup"]["backup_id"]
     [manifest] = repo.glob(f"dmg/logical/*/*/{newer}/manifest.json")
     data = manifest.read_bytes()
     manifest.write_bytes(data[: len(data) // 2])  # truncated, as by a disk that filled up during a copy
@@ -47,15 +33,15 @@ def test_a_damaged_manifest_is_shown_skipped_by_latest_and_refused_by_id(pg_late
     assert [b["backup_id"] for b in doc["backups"]] == [older]
     assert [(d["backup_id"], d["state"]) for d in doc["damaged"]] == [(newer, "damaged")]
 
-    restored = pgvault(["restore", "latest", "-d", db, "-t", f"{db}_r", "--json"], env)
+    restored = pgvault(["restore", "latest", "-d", orders_db, "-t", f"{orders_db}_r", "--json"], env)
     assert restored.json()["restore"]["backup_id"] == older
     assert newer in restored.stderr and "skipping" in restored.stderr, restored.stderr
-    assert pg_latest.psql("SELECT count(*) FROM orders", dbname=f"{db}_r") == "100"
+    assert pg_latest.psql("SELECT count(*) FROM orders", dbname=f"{orders_db}_r") == "100"
 
-    by_id = pgvault(["restore", newer, "-d", db, "-t", f"{db}_x"], env, check=False)
+    by_id = pgvault(["restore", newer, "-d", orders_db, "-t", f"{orders_db}_x"], env, check=False)
     assert by_id.returncode == 6, by_id
     assert f"logical backup {newer} is damaged" in by_id.stderr and "pgvault list" in by_id.stderr
-    assert not pg_latest.database_exists(f"{db}_x")
+    assert not pg_latest.database_exists(f"{orders_db}_x")
 
     status = pgvault(["status", "--json", "--no-connect"], env, check=False)
     assert status.returncode in (1, 2), status

@@ -35,15 +35,6 @@ def receiver() -> Iterator[Receiver]:
 
 
 @pytest.fixture
-def small_db(pg_latest: PgCluster) -> Iterator[str]:
-    name = f"t_{uuid.uuid4().hex[:10]}"
-    pg_latest.create_database(name)
-    pg_latest.psql("CREATE TABLE t(id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 100)", dbname=name)
-    yield name
-    pg_latest.drop_database(name)
-
-
-@pytest.fixture
 def env(pg_latest: PgCluster, tmp_path: Path, age_key: AgeKey, receiver: Receiver) -> dict[str, str]:
     return clean_env(**pg_latest.env(), PGVAULT_REPOSITORY_URL=str(tmp_path / "repo"),
                      PGVAULT_CLUSTER=f"ntf{uuid.uuid4().hex[:6]}",
@@ -66,12 +57,12 @@ def assert_no_secret(res: Result, tmp_path: Path) -> None:
             assert TOKEN not in f.read_text(errors="replace"), f
 
 
-def test_a_failure_and_its_recovery_reach_both_webhooks(env: dict[str, str], receiver: Receiver, small_db: str,
+def test_a_failure_and_its_recovery_reach_both_webhooks(env: dict[str, str], receiver: Receiver, orders_db: str,
                                                         tmp_path: Path) -> None:
-    first = pgvault(["backup", "--database", small_db], env)
+    first = pgvault(["backup", "--database", orders_db], env)
     assert receiver.posts == [] and "notified" not in first.stderr  # a success: not wanted by default
 
-    failed = pgvault(["backup", "--database", small_db], unreachable(env), check=False)
+    failed = pgvault(["backup", "--database", orders_db], unreachable(env), check=False)
     assert failed.returncode == 3, str(failed)
     assert_no_secret(failed, tmp_path)
     [doc] = receiver.bodies_at("/hook")
@@ -86,7 +77,7 @@ def test_a_failure_and_its_recovery_reach_both_webhooks(env: dict[str, str], rec
     assert "notified webhook (http://127.0.0.1:" in failed.stderr and "/...)" in failed.stderr
 
     receiver.posts.clear()
-    ok = pgvault(["backup", "--database", small_db, "--json"], env)
+    ok = pgvault(["backup", "--database", orders_db, "--json"], env)
     assert_no_secret(ok, tmp_path)
     backup_id = ok.json()["backup"]["backup_id"]
     [doc] = receiver.bodies_at("/hook")
@@ -96,12 +87,12 @@ def test_a_failure_and_its_recovery_reach_both_webhooks(env: dict[str, str], rec
     assert "RECOVERED" in slack["text"] and backup_id in slack["text"]
 
     receiver.posts.clear()
-    pgvault(["backup", "--database", small_db], env)
+    pgvault(["backup", "--database", orders_db], env)
     assert receiver.posts == []  # an ordinary success: not wanted by default
 
     # The filter and the success event: verify of that backup, and only verify.
     quiet_backup = {**env, "PGVAULT_NOTIFY_EVENTS": "success", "PGVAULT_NOTIFY_JOBS": "verify"}
-    pgvault(["backup", "--database", small_db], quiet_backup)
+    pgvault(["backup", "--database", orders_db], quiet_backup)
     assert receiver.posts == []
     verified = pgvault(["verify", backup_id], quiet_backup)
     assert_no_secret(verified, tmp_path)
@@ -110,24 +101,24 @@ def test_a_failure_and_its_recovery_reach_both_webhooks(env: dict[str, str], rec
 
 
 def test_a_failure_the_repository_missed_is_still_followed_by_its_recovery(
-        env: dict[str, str], receiver: Receiver, small_db: str, tmp_path: Path) -> None:
+        env: dict[str, str], receiver: Receiver, orders_db: str, tmp_path: Path) -> None:
     # The repository is where the job record lives; when it is the repository that fails, this
     # host's metrics textfile remembers the failure, so the next success is still a recovery.
-    pgvault(["backup", "--database", small_db], env)
+    pgvault(["backup", "--database", orders_db], env)
     (tmp_path / "not-a-directory").write_text("")
     broken = {**env, "PGVAULT_REPOSITORY_URL": str(tmp_path / "not-a-directory" / "repo")}
-    failed = pgvault(["backup", "--database", small_db], broken, check=False)
+    failed = pgvault(["backup", "--database", orders_db], broken, check=False)
     assert failed.returncode == 4, str(failed)
     assert "could not record the backup job in the repository" in failed.stderr
     assert [(d["event"], d["error_kind"]) for d in receiver.bodies_at("/hook")] == [("failure", "storage")]
     receiver.posts.clear()
-    pgvault(["backup", "--database", small_db], env)
+    pgvault(["backup", "--database", orders_db], env)
     assert [(d["event"], d["previous_status"]) for d in receiver.bodies_at("/hook")] == [("recovery", "failed")]
 
 
 def test_a_job_whose_configuration_does_not_load_still_notifies_its_failure(env: dict[str, str], receiver: Receiver,
-                                                                            small_db: str, tmp_path: Path) -> None:
-    res = pgvault(["backup", "--database", small_db], {**env, "PGVAULT_BACKUP_PARALLEL": "99"}, check=False)
+                                                                            orders_db: str, tmp_path: Path) -> None:
+    res = pgvault(["backup", "--database", orders_db], {**env, "PGVAULT_BACKUP_PARALLEL": "99"}, check=False)
     assert res.returncode == 2, str(res)
     assert_no_secret(res, tmp_path)
     [doc] = receiver.bodies_at("/hook")
@@ -135,7 +126,7 @@ def test_a_job_whose_configuration_does_not_load_still_notifies_its_failure(env:
     assert "backup.parallel" in doc["error"]
 
 
-def test_a_webhook_url_in_the_config_file_is_refused(env: dict[str, str], small_db: str, tmp_path: Path) -> None:
+def test_a_webhook_url_in_the_config_file_is_refused(env: dict[str, str], orders_db: str, tmp_path: Path) -> None:
     config = tmp_path / "pgvault.yaml"
     url = f"https://hooks.slack.com/services/T01/B02/{TOKEN}"
     config.write_text(f"notify:\n  slack_webhook_url: {url}\n")
@@ -148,7 +139,7 @@ def test_a_webhook_url_in_the_config_file_is_refused(env: dict[str, str], small_
 
 @pytest.mark.parametrize("mode", ["http-500", "never-answers", "down"])
 def test_a_broken_receiver_never_changes_the_exit_status_and_costs_a_bounded_time(
-        mode: str, env: dict[str, str], receiver: Receiver, small_db: str, tmp_path: Path) -> None:
+        mode: str, env: dict[str, str], receiver: Receiver, orders_db: str, tmp_path: Path) -> None:
     env = {**env, **FAST, "PGVAULT_NOTIFY_EVENTS": "failure,success"}
     if mode == "http-500":
         receiver.status = 500
@@ -159,7 +150,7 @@ def test_a_broken_receiver_never_changes_the_exit_status_and_costs_a_bounded_tim
         env["PGVAULT_NOTIFY_SLACK_WEBHOOK_URL"] = f"http://127.0.0.1:{closed_port()}/services/T01/B02/{TOKEN}"
     # The failing job is quick (connection refused), so its run time is start-up + notifying.
     started = time.monotonic()
-    failed = pgvault(["backup", "--database", small_db], unreachable(env), check=False)
+    failed = pgvault(["backup", "--database", orders_db], unreachable(env), check=False)
     took = time.monotonic() - started
     assert failed.returncode == 3, str(failed)
     assert_no_secret(failed, tmp_path)
@@ -171,7 +162,7 @@ def test_a_broken_receiver_never_changes_the_exit_status_and_costs_a_bounded_tim
     if mode != "down":
         assert len(receiver.bodies_at("/hook")) == 2 and len(receiver.bodies_at("/services/T01/B02")) == 2
 
-    ok = pgvault(["backup", "--database", small_db, "--json"], env)  # exit 0 in spite of the receiver
+    ok = pgvault(["backup", "--database", orders_db, "--json"], env)  # exit 0 in spite of the receiver
     assert ok.json()["backup"]["backup_id"]
     assert_no_secret(ok, tmp_path)
     assert "could not notify webhook" in ok.stderr
