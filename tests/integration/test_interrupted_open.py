@@ -63,3 +63,26 @@ def test_a_forked_child_does_not_remove_its_parents_temp_files(tmp_path: Path) -
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["1"]
     assert (repo / "x" / "obj").read_bytes() == b"data"
+
+
+def test_no_temp_file_is_created_after_the_exit_sweep(tmp_path: Path) -> None:
+    """A daemon thread still writing while the interpreter exits (a base backup's part after
+    SIGTERM) cannot create a temp file after the sweep at exit has run."""
+    import subprocess
+    import sys
+
+    (tmp_path / "repo").mkdir()
+    code = (
+        "import sys\n"
+        "from pgvault.storage.local import LocalStorage, _remove_open_temps\n"
+        "from pgvault.errors import StorageError\n"
+        f"s = LocalStorage({str(tmp_path / 'repo')!r})\n"
+        "_remove_open_temps()\n"
+        "try:\n"
+        "    s._create_temp(s.root)\n"
+        "except StorageError as e:\n"
+        "    print('refused', 'exiting' in str(e))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert r.stdout.split() == ["refused", "True"], r
+    assert not list((tmp_path / "repo").rglob(".tmp-*"))

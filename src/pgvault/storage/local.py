@@ -33,6 +33,7 @@ import os
 import pwd
 import secrets
 import stat
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -62,10 +63,30 @@ _DIR_MODE = 0o750
 # created them (see the module docstring): removed at exit. Plain dict operations, atomic under
 # the GIL, so that registering a new file cannot itself be cut short by a signal handler.
 _open_temps: dict[Path, int] = {}
+# Creating-and-registering and the removal at exit exclude each other, and after the removal no
+# temp file is created: a daemon thread (a base backup's part) still running while the interpreter
+# exits could otherwise create one just after the sweep and leave it behind.
+_temps_lock = threading.Lock()
+_exiting = False
+
+
+def _reset_temps_lock() -> None:  # a forked child must not inherit a lock some thread held
+    global _temps_lock
+    _temps_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_reset_temps_lock)
 
 
 @atexit.register
 def _remove_open_temps() -> None:
+    global _exiting
+    with _temps_lock:
+        _exiting = True
+        _sweep_open_temps()
+
+
+def _sweep_open_temps() -> None:
     pid = os.getpid()
     for path, owner in list(_open_temps.items()):
         _open_temps.pop(path, None)
@@ -291,8 +312,11 @@ class LocalStorage:
         for attempt in range(3):
             try:
                 self._makedirs(directory)
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)
-                _open_temps[tmp] = os.getpid()
+                with _temps_lock:
+                    if _exiting:
+                        raise StorageError(f"cannot write {tmp}: pgvault is exiting")
+                    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)
+                    _open_temps[tmp] = os.getpid()
                 break
             except FileNotFoundError as exc:
                 # A sweep (remove_unfinished) removed an empty directory between our mkdir and
