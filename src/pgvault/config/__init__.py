@@ -12,8 +12,9 @@ Domain code receives a :class:`Settings` and never reads the environment itself.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
@@ -148,6 +149,23 @@ class S3Options:
     retries: int = _DEFAULTS["repository.s3.retries"]
 
 
+# A repository is named: the primary one (``repository.*``) is "primary"; more live under
+# ``repositories.<name>.url`` and ``repositories.<name>.s3.*`` (the same settings as the primary's,
+# environment ``PGVAULT_REPOSITORIES_<NAME>_URL`` ..., "-" in a name is "_" there).  Credentials
+# follow the primary's rules: boto3's chain or ``s3.profile``, never the config file or argv.
+PRIMARY_REPOSITORY = "primary"
+_REPOSITORY_NAME = re.compile(r"^[a-z][a-z0-9-]{0,39}$")
+
+
+@dataclass(frozen=True)
+class NamedRepository:
+    """One configured repository: its name, URL and S3 options."""
+
+    name: str
+    url: str
+    s3: S3Options = field(default_factory=S3Options)
+
+
 @dataclass(frozen=True)
 class NotifyOptions:
     """Job notifications (cli.notify): where to (URLs from the environment only, kept out of
@@ -211,6 +229,23 @@ class Settings:
     drill_max_age: float = _DEFAULTS["monitoring.drill_max_age"]
     notify: NotifyOptions = field(default_factory=NotifyOptions)
     source: str = "defaults"
+    # Every configured repository, the primary first (empty: only the primary, from the fields
+    # above); ``repository_name`` is the one ``repository_url``/``s3`` currently point at.
+    repositories: tuple[NamedRepository, ...] = ()
+    repository_name: str = PRIMARY_REPOSITORY
+
+    def all_repositories(self) -> tuple[NamedRepository, ...]:
+        """The primary repository and every named one, in configuration order."""
+        return self.repositories or (NamedRepository(PRIMARY_REPOSITORY, self.repository_url, self.s3),)
+
+    def with_repository(self, name: str) -> Settings:
+        """These settings reading and writing the configured repository ``name`` instead."""
+        for r in self.all_repositories():
+            if r.name == name:
+                return replace(self, repository_url=r.url, s3=r.s3, repository_name=r.name)
+        known = ", ".join(r.name for r in self.all_repositories())
+        raise ConfigError([f"no repository named {name!r} is configured (configured: {known})"],
+                          hint="add it under repositories.<name> in the config file")
 
     def pipeline(self) -> PipelineSpec:
         """The write pipeline these settings describe."""
@@ -275,6 +310,7 @@ def load_settings(
             raise ConfigError([f"config file {path} is not valid YAML: {e}"]) from None
         if not isinstance(doc, dict):
             raise ConfigError([f"config file {path} must hold a mapping at the top level"])
+        named_doc = doc.pop("repositories", None) or {}
         for key, value in _flatten(doc).items():
             if key not in _BY_PATH:
                 why = " (YAML reads an unquoted key on, off, yes or no as true or false)" \
@@ -331,6 +367,7 @@ def load_settings(
         retries=get("repository.s3.retries"),
     )
     notify = _section(NotifyOptions, "notify", get)
+    named = _named_repositories(named_doc, env, path or "config", problems)
     settings = Settings(
         cluster=get("cluster"),
         repository_url=get("repository.url"),
@@ -373,12 +410,87 @@ def load_settings(
         notify=notify,
         source=source,
     )
+    if named:
+        settings = replace(settings, repositories=(
+            NamedRepository(PRIMARY_REPOSITORY, settings.repository_url, settings.s3), *named))
     problems += validate(settings, check_local_files=check_local_files)
     if check_identities:
         problems += identity_problems(settings)
     if problems:
         raise ConfigError(problems, hint="run 'pgvault config check' to see every problem")
     return settings
+
+
+_REPOSITORY_TEMPLATE = tuple(s for s in SETTINGS if s.path.startswith("repository."))  # url and s3.*
+
+
+def _env_name(name: str) -> str:
+    return name.upper().replace("-", "_")
+
+
+def _named_repositories(doc: Any, env: Mapping[str, str], where: str, problems: list[str]) -> list[NamedRepository]:
+    """The ``repositories.<name>`` section (YAML) plus ``PGVAULT_REPOSITORIES_<NAME>_*`` (environment,
+    which wins), each parsed with the primary repository's parsers; problems are appended."""
+    raw: dict[str, dict[str, Any]] = {}
+    if not isinstance(doc, dict):
+        problems.append(f"{where}: 'repositories' must map repository names to their settings")
+        doc = {}
+    for name, body in doc.items():
+        if not isinstance(body, dict):
+            problems.append(f"{where}: repositories.{name} must be a mapping with at least 'url'")
+            continue
+        known = {t.path.removeprefix("repository.") for t in _REPOSITORY_TEMPLATE}
+        for key, value in _flatten(body).items():
+            if key not in known:
+                problems.append(f"{where}: unknown setting 'repositories.{name}.{key}'")
+            else:
+                raw.setdefault(str(name), {})[key] = value
+    # Longest first: ..._S3_ENDPOINT_URL must not be read as the URL of a repository "x-s3-endpoint".
+    rests = sorted((t.path.removeprefix("repository.") for t in _REPOSITORY_TEMPLATE), key=len, reverse=True)
+    by_env = {_env_name(n): n for n in raw}
+    for var, value in env.items():
+        if not var.startswith("PGVAULT_REPOSITORIES_"):
+            continue
+        body = var.removeprefix("PGVAULT_REPOSITORIES_")
+        rest = next((r for r in rests if body.endswith("_" + _env_name(r).replace(".", "_"))), None)
+        if rest is None:
+            problems.append(f"environment: {var} is not a repository setting (PGVAULT_REPOSITORIES_<NAME>_URL, ..._S3_*)")
+            continue
+        env_name = body[: -len(rest) - 1]
+        name = by_env.setdefault(env_name, env_name.lower().replace("_", "-"))
+        raw.setdefault(name, {})[rest] = value
+    out: list[NamedRepository] = []
+    for name, values in raw.items():
+        if name == PRIMARY_REPOSITORY or not _REPOSITORY_NAME.match(name):
+            problems.append(f"repositories.{name}: not a valid repository name (lowercase letters, digits and '-', "
+                            f"starting with a letter; {PRIMARY_REPOSITORY!r} is the repository.* one)")
+            continue
+        parsed: dict[str, Any] = {}
+        for t in _REPOSITORY_TEMPLATE:
+            rest = t.path.removeprefix("repository.")
+            if rest in values and values[rest] is not None:
+                try:
+                    parsed[rest] = t.parse(values[rest])
+                except (TypeError, ValueError) as e:
+                    problems.append(f"repositories.{name}.{rest} = {values[rest]!r}: {e}")
+        if not parsed.get("url"):
+            problems.append(f"repositories.{name}.url: must be set")
+            continue
+        s3 = S3Options(**{f.name: parsed[f"s3.{f.name}"] for f in fields(S3Options)
+                          if parsed.get(f"s3.{f.name}") is not None})
+        out.append(NamedRepository(name, parsed["url"], s3))
+    return out
+
+
+def _named_problems(s: Settings, *, check_local_files: bool) -> list[str]:
+    """The repository problems of every named repository, judged by the primary's rules."""
+    problems: list[str] = []
+    for r in s.all_repositories()[1:]:
+        as_primary = validate(replace(s, repository_url=r.url, s3=r.s3, repositories=()),
+                              check_local_files=check_local_files)
+        problems += [f"repositories.{r.name}." + p.removeprefix("repository.") for p in as_primary
+                     if p.startswith("repository.")]
+    return problems
 
 
 def _section(cls: Callable[..., _T], prefix: str, get: Callable[[str], Any]) -> _T:
@@ -451,7 +563,7 @@ def validate(s: Settings, *, check_local_files: bool = True) -> list[str]:
             problems.append(f"postgres.dsn: not a valid libpq connection string ({type(e).__name__})")
     if check_local_files and s.age_identity_file and not Path(s.age_identity_file).is_file():
         problems.append(f"encryption.age_identity_file: {s.age_identity_file} does not exist")
-    return problems
+    return problems + _named_problems(s, check_local_files=check_local_files)
 
 
 _IDENTITY_FORMAT = ("expected what age-keygen writes: lines 'AGE-SECRET-KEY-1...' plus '#' comments and blank lines "
