@@ -29,7 +29,6 @@ from support.cli import pgvault
 from support.seaweed import SeaweedServer, find_weed
 
 
-
 class Regions:
     def __init__(self, a: SeaweedServer, b: SeaweedServer) -> None:
         self.a, self.b = a, b

@@ -296,6 +296,7 @@ def load_settings(
     env = dict(os.environ if environ is None else environ)
     problems: list[str] = []
     raw: dict[str, Any] = {}
+    named_doc: Any = {}
     path = config_path or env.get("PGVAULT_CONFIG")
     source = "defaults"
     if path:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import dataclasses
 import datetime as dt
+import functools
 import hashlib
 import threading
 import time
@@ -212,7 +213,7 @@ class _Copier:
         plan = plan_wal(self._wal_listing(self.src), self._wal_listing(self.dst))
         self.stats.add(wal_already=plan.done, wal_unfinished_on_source=len(plan.unfinished_on_source))
         self.progress.total_wal = len(plan.copies)
-        self._run([lambda c=c: self._copy_wal(c.name, c.copy_record, c.target_objects) for c in plan.copies],
+        self._run([functools.partial(self._copy_wal, c.name, c.copy_record, c.target_objects) for c in plan.copies],
                   what="WAL")
 
     def _copy_wal(self, name: str, copy_record: bool, target_objects: frozenset[str]) -> None:
@@ -229,10 +230,10 @@ class _Copier:
             except ObjectExists:
                 pass
         if not copy_record:  # the target had one (a run cut short, or another writer): it must agree
-            there = WalRecord.loads(self.dst.read_bytes(meta), where=f"{meta} in {self.dst.url}")
-            if (there.key, there.checksums) != (rec.key, rec.checksums):
+            theirs = WalRecord.loads(self.dst.read_bytes(meta), where=f"{meta} in {self.dst.url}")
+            if (theirs.key, theirs.checksums) != (rec.key, rec.checksums):
                 raise IntegrityError(f"{meta} in {self.dst.url} describes other bytes than the source's record "
-                                     f"(stored sha256 {there.checksums.stored_sha256[:12]}… vs "
+                                     f"(stored sha256 {theirs.checksums.stored_sha256[:12]}… vs "
                                      f"{rec.checksums.stored_sha256[:12]}…); nothing was overwritten")
         there = ObjectState(self.dst.stat(rec.key).size if rec.key in target_objects else None)
         self._object(rec.key, rec.checksums.stored_size, rec.checksums.stored_sha256, there)
@@ -291,8 +292,8 @@ class _Copier:
             raise IntegrityError(f"{key} in {self.src.url} cannot be read ({e}); the backup is not copied") from None
         objects = manifest.objects()
         self.progress.total_objects += len(objects)
-        self._run([lambda o=o: self._object(prefix + o.key, o.result.stored_size, o.result.stored_sha256,
-                                            ObjectState(sizes.get(prefix + o.key))) for o in objects],
+        self._run([functools.partial(self._object, prefix + o.key, o.result.stored_size, o.result.stored_sha256,
+                                     ObjectState(sizes.get(prefix + o.key))) for o in objects],
                   what=f"backup {prefix}")
         try:  # last: from now on the backup exists on the target
             self.dst.put_if_absent(key, raw)
