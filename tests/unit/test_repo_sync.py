@@ -253,3 +253,29 @@ def test_syncing_a_repository_into_itself_is_refused(two) -> None:  # type: igno
     _, _, ctx = two
     with pytest.raises(ConfigError, match="same repository"):
         sync_repository(ctx, PRIMARY_REPOSITORY)
+
+
+# --- metrics -------------------------------------------------------------------------------------
+
+
+def test_repository_samples_carry_the_repository_label() -> None:
+    from pgvault.operations.maintenance.metrics import METRICS, repository_samples
+
+    first = pos("primary", seg(10), T0 + dt.timedelta(minutes=5), newest_physical="20261204T100000Z")
+    copy = dataclasses.replace(pos("region-b", seg(8), T0), last_sync={"finished_at": T0.isoformat(), "ok": True})
+    down = RepositoryPosition("region-c", "s3://c", error="connection refused")
+    rows = [(first, None), (copy, lag_behind(first, copy, SEG)), (down, None)]
+    got = {(x.name, x.labels): x.value for x in repository_samples("c", rows)}
+    r = (("cluster", "c"), ("repository", "region-b"))
+    assert got[("pgvault_repository_reachable", r)] == 1
+    assert got[("pgvault_repository_wal_lag_segments", r)] == 2
+    assert got[("pgvault_repository_wal_lag_seconds", r)] == 300
+    assert got[("pgvault_repository_newest_backup_missing", (*r, ("kind", "physical")))] == 1
+    assert got[("pgvault_repository_newest_backup_missing", (*r, ("kind", "logical")))] == 0
+    assert got[("pgvault_repository_last_sync_timestamp", r)] == T0.timestamp()
+    assert got[("pgvault_repository_last_sync_status", r)] == 1
+    assert got[("pgvault_repository_wal_lag_segments", (("cluster", "c"), ("repository", "primary")))] == 0
+    assert got[("pgvault_repository_reachable", (("cluster", "c"), ("repository", "region-c")))] == 0
+    assert not [k for k in got if k[1][1] == ("repository", "region-c") and k[0] != "pgvault_repository_reachable"]
+    per_repository = {n for n, d in METRICS.items() if "repository" in d.labels}
+    assert {k[0] for k in got} == per_repository

@@ -137,7 +137,7 @@ def sync_repository(ctx: Context, target_name: str, *, parallel: int = 4,
         raise NotFoundError(f"cluster {cluster!r} has nothing in {src.url} to copy",
                             hint="check --cluster and the source repository (--repository)")
     started = dt.datetime.now(dt.UTC)
-    run_id = f"{started:%Y%m%dT%H%M%SZ}-{random_id()[:8]}"
+    run_id = f"{started:%Y%m%dT%H%M%S%fZ}-{random_id()[:8]}"  # microseconds: names sort by start
     stats = SyncStats()
     progress = _Progress(stats)
     error: PgvaultError | None = None
