@@ -139,6 +139,16 @@ def test_second_region_survives_the_loss_of_the_first(archiving, regions: Region
     assert not by_name["primary"]["reachable"] and by_name["region-b"]["reachable"], status["repositories"]
     assert by_name["region-b"]["newest_physical"] == base["backup_id"]
     assert r.returncode == 2  # CRITICAL: the primary repository cannot be read
+    m = pgvault(["metrics", "--no-connect"], a.env(), check=False)
+    assert 'pgvault_repository_reachable{cluster="pitr",repository="primary"} 0.0' in m.stdout, m.stdout
+    assert 'pgvault_repository_reachable{cluster="pitr",repository="region-b"} 1.0' in m.stdout, m.stdout
+
+    # verify and expire work on the copy alone.
+    verified = pgvault(["--repository", "region-b", "verify", "--all", "--json"], a.env()).json()
+    assert verified["ok"] is True and verified["summary"]["failures"] == 0, verified
+    assert verified["repository"].startswith(f"s3://{bucket_b}/") and verified["summary"]["objects"] > 5, verified
+    plan = pgvault(["--repository", "region-b", "expire", "--json"], a.env()).json()
+    assert plan["repository"].startswith(f"s3://{bucket_b}/") and plan["applied"] is False
 
     res, restored = a.restore("--repository", "region-b", "--target-time", target, "--target-action", "promote")
     assert res.returncode == 0, res

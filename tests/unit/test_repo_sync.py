@@ -279,3 +279,21 @@ def test_repository_samples_carry_the_repository_label() -> None:
     assert not [k for k in got if k[1][1] == ("repository", "region-c") and k[0] != "pgvault_repository_reachable"]
     per_repository = {n for n, d in METRICS.items() if "repository" in d.labels}
     assert {k[0] for k in got} == per_repository
+
+
+def test_restore_command_of_a_named_repository_lets_nothing_of_the_primary_leak_in(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from pgvault.config import fetch_environment
+
+    conf = tmp_path / "c.yaml"
+    conf.write_text("repository: {url: s3://a/p, s3: {endpoint_url: 'http://a:1', region: eu-central-1, "
+                    "force_path_style: true, retries: 7}}\nrepositories:\n  dr: {url: s3://b/p, s3: {region: eu-west-1}}\n")
+    s = load_settings(str(conf), environ={})
+    env = fetch_environment(s.with_repository("dr"))
+    assert env["PGVAULT_REPOSITORY_URL"] == "s3://b/p"
+    assert env["PGVAULT_REPOSITORY_S3_ENDPOINT_URL"] == "" and env["PGVAULT_REPOSITORY_S3_REGION"] == "eu-west-1"
+    assert env["PGVAULT_REPOSITORY_S3_FORCE_PATH_STYLE"] == "false" and env["PGVAULT_REPOSITORY_S3_RETRIES"] == "3"
+    # What wal fetch on the restored server loads: the config file plus this environment.
+    fetched = load_settings(str(conf), environ=env)
+    assert (fetched.repository_url, fetched.s3.endpoint_url, fetched.s3.region, fetched.s3.force_path_style,
+            fetched.s3.retries) == ("s3://b/p", None, "eu-west-1", False, 3)
+    assert "PGVAULT_REPOSITORY_S3_REGION" not in {k for k, v in fetch_environment(s).items() if v == ""}

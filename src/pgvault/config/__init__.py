@@ -652,6 +652,15 @@ def fetch_environment(s: Settings) -> dict[str, str]:
     for name in ("connect_timeout", "read_timeout", "retries"):
         if getattr(s.s3, name) != getattr(S3Options, name):
             env[f"PGVAULT_REPOSITORY_S3_{name.upper()}"] = str(getattr(s.s3, name))
+    if s.repository_name != PRIMARY_REPOSITORY:
+        # A named repository (--repository NAME) stands in for repository.*: every S3 setting is
+        # spelled out, empty for "unset", so that none of the primary's leaks in from a config file
+        # the restored server may still read (PGVAULT_CONFIG in its environment).
+        for name in ("endpoint_url", "region", "profile"):
+            env[f"PGVAULT_REPOSITORY_S3_{name.upper()}"] = getattr(s.s3, name) or ""
+        env["PGVAULT_REPOSITORY_S3_FORCE_PATH_STYLE"] = "true" if s.s3.force_path_style else "false"
+        for name in ("connect_timeout", "read_timeout", "retries"):
+            env[f"PGVAULT_REPOSITORY_S3_{name.upper()}"] = str(getattr(s.s3, name))
     if s.age_identity_file:
         env["PGVAULT_ENCRYPTION_AGE_IDENTITY_FILE"] = str(Path(s.age_identity_file).resolve())
     if s.restore_prefetch != _DEFAULTS["restore.prefetch"]:
