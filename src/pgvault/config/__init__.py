@@ -12,7 +12,6 @@ Domain code receives a :class:`Settings` and never reads the environment itself.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -20,6 +19,8 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import yaml
 
+from pgvault.config.repositories import PRIMARY_REPOSITORY as PRIMARY_REPOSITORY  # re-exported
+from pgvault.config.repositories import named_settings
 from pgvault.config.values import (
     SmokeQuery as SmokeQuery,  # re-exported: part of Settings (smoke_queries)
 )
@@ -153,8 +154,6 @@ class S3Options:
 # ``repositories.<name>.url`` and ``repositories.<name>.s3.*`` (the same settings as the primary's,
 # environment ``PGVAULT_REPOSITORIES_<NAME>_URL`` ..., "-" in a name is "_" there).  Credentials
 # follow the primary's rules: boto3's chain or ``s3.profile``, never the config file or argv.
-PRIMARY_REPOSITORY = "primary"
-_REPOSITORY_NAME = re.compile(r"^[a-z][a-z0-9-]{0,39}$")
 
 
 @dataclass(frozen=True)
@@ -422,61 +421,14 @@ def load_settings(
     return settings
 
 
-_REPOSITORY_TEMPLATE = tuple(s for s in SETTINGS if s.path.startswith("repository."))  # url and s3.*
-
-
-def _env_name(name: str) -> str:
-    return name.upper().replace("-", "_")
+_REPOSITORY_TEMPLATE = {s.path.removeprefix("repository."): s.parse for s in SETTINGS
+                        if s.path.startswith("repository.")}  # url and s3.*
 
 
 def _named_repositories(doc: Any, env: Mapping[str, str], where: str, problems: list[str]) -> list[NamedRepository]:
-    """The ``repositories.<name>`` section (YAML) plus ``PGVAULT_REPOSITORIES_<NAME>_*`` (environment,
-    which wins), each parsed with the primary repository's parsers; problems are appended."""
-    raw: dict[str, dict[str, Any]] = {}
-    if not isinstance(doc, dict):
-        problems.append(f"{where}: 'repositories' must map repository names to their settings")
-        doc = {}
-    for name, body in doc.items():
-        if not isinstance(body, dict):
-            problems.append(f"{where}: repositories.{name} must be a mapping with at least 'url'")
-            continue
-        known = {t.path.removeprefix("repository.") for t in _REPOSITORY_TEMPLATE}
-        for key, value in _flatten(body).items():
-            if key not in known:
-                problems.append(f"{where}: unknown setting 'repositories.{name}.{key}'")
-            else:
-                raw.setdefault(str(name), {})[key] = value
-    # Longest first: ..._S3_ENDPOINT_URL must not be read as the URL of a repository "x-s3-endpoint".
-    rests = sorted((t.path.removeprefix("repository.") for t in _REPOSITORY_TEMPLATE), key=len, reverse=True)
-    by_env = {_env_name(n): n for n in raw}
-    for var, value in env.items():
-        if not var.startswith("PGVAULT_REPOSITORIES_"):
-            continue
-        body = var.removeprefix("PGVAULT_REPOSITORIES_")
-        rest = next((r for r in rests if body.endswith("_" + _env_name(r).replace(".", "_"))), None)
-        if rest is None:
-            problems.append(f"environment: {var} is not a repository setting (PGVAULT_REPOSITORIES_<NAME>_URL, ..._S3_*)")
-            continue
-        env_name = body[: -len(rest) - 1]
-        name = by_env.setdefault(env_name, env_name.lower().replace("_", "-"))
-        raw.setdefault(name, {})[rest] = value
-    out: list[NamedRepository] = []
-    for name, values in raw.items():
-        if name == PRIMARY_REPOSITORY or not _REPOSITORY_NAME.match(name):
-            problems.append(f"repositories.{name}: not a valid repository name (lowercase letters, digits and '-', "
-                            f"starting with a letter; {PRIMARY_REPOSITORY!r} is the repository.* one)")
-            continue
-        parsed: dict[str, Any] = {}
-        for t in _REPOSITORY_TEMPLATE:
-            rest = t.path.removeprefix("repository.")
-            if rest in values and values[rest] is not None:
-                try:
-                    parsed[rest] = t.parse(values[rest])
-                except (TypeError, ValueError) as e:
-                    problems.append(f"repositories.{name}.{rest} = {values[rest]!r}: {e}")
-        if not parsed.get("url"):
-            problems.append(f"repositories.{name}.url: must be set")
-            continue
+    """The named repositories of the file's ``repositories`` section and the environment."""
+    out = []
+    for name, parsed in named_settings(doc, env, where, _REPOSITORY_TEMPLATE, _flatten, problems).items():
         s3 = S3Options(**{f.name: parsed[f"s3.{f.name}"] for f in fields(S3Options)
                           if parsed.get(f"s3.{f.name}") is not None})
         out.append(NamedRepository(name, parsed["url"], s3))
