@@ -26,6 +26,7 @@ import yaml
 
 from support.archiving import ArchivingCluster
 from support.cli import pgvault
+from support.pg_fixtures import pg_majors
 from support.seaweed import SeaweedServer, find_weed
 
 
@@ -59,9 +60,9 @@ def regions(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Regions]:
         a.stop()
 
 
-def _two_region_cluster(archiving: Any, regions: Regions) -> tuple[ArchivingCluster, str, str]:
+def _two_region_cluster(archiving: Any, regions: Regions, major: int | None = None) -> tuple[ArchivingCluster, str, str]:
     bucket_a, bucket_b = regions.a.create_bucket(), regions.b.create_bucket()
-    a = archiving(None, s3={"url": f"s3://{bucket_a}/prod", "endpoint": regions.a.endpoint_url, **regions.creds()})
+    a = archiving(major, s3={"url": f"s3://{bucket_a}/prod", "endpoint": regions.a.endpoint_url, **regions.creds()})
     conf = yaml.safe_load(a.conf.read_text())
     conf["repositories"] = {"region-b": {"url": f"s3://{bucket_b}/prod-copy",
                                          "s3": {"endpoint_url": regions.b.endpoint_url, "force_path_style": True,
@@ -89,8 +90,9 @@ def _sync(a: ArchivingCluster, *extra: str, check: bool = True) -> Any:
     return r
 
 
-def test_second_region_survives_the_loss_of_the_first(archiving, regions: Regions) -> None:  # type: ignore[no-untyped-def]
-    a, bucket_a, bucket_b = _two_region_cluster(archiving, regions)
+@pytest.mark.parametrize("major", pg_majors() or [None])
+def test_second_region_survives_the_loss_of_the_first(archiving, regions: Regions, major: int | None) -> None:  # type: ignore[no-untyped-def]
+    a, bucket_a, bucket_b = _two_region_cluster(archiving, regions, major)
     pg = a.cluster
     pg.psql("CREATE DATABASE app")
     pg.psql("CREATE TABLE items (i int PRIMARY KEY, note text); "

@@ -57,7 +57,7 @@ def run_metrics(args: argparse.Namespace) -> int:
         return metrics.snapshot_samples(snap, evaluate(snap)) + repositories()
 
     if args.serve:
-        return _serve(args.serve, ctx.cluster, take)
+        return _serve(args.serve, ctx.cluster, take, repositories)
     try:
         samples, failure = take(), None
     except PgvaultError as e:  # still publish pgvault_up 0, then fail
@@ -95,7 +95,7 @@ def parse_addr(text: str) -> tuple[str, int]:
     return host or "0.0.0.0", number
 
 
-def _serve(addr: str, cluster: str, take: Any) -> int:
+def _serve(addr: str, cluster: str, take: Any, repositories: Any = list) -> int:
     import signal
 
     from pgvault.operations.maintenance import metrics
@@ -109,7 +109,7 @@ def _serve(addr: str, cluster: str, take: Any) -> int:
             return samples
         except PgvaultError as e:  # the endpoint stays up and says so: pgvault_up 0
             logger.warning("metrics: cannot read the repository: %s", log.redact(e.message))
-            return metrics.down_samples(cluster)
+            return metrics.down_samples(cluster) + repositories()
 
     try:
         server, thread = metrics.serve(host, port, scrape)
