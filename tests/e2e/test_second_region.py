@@ -170,8 +170,8 @@ def test_second_region_survives_the_loss_of_the_first(archiving, regions: Region
     assert count == f"1000|{sum(range(1, 1001))}"
 
 
-def test_sync_killed_mid_copy_resumes_and_a_different_object_is_never_overwritten(
-        archiving, regions: Regions) -> None:  # type: ignore[no-untyped-def]
+def test_sync_killed_mid_copy_resumes_and_a_different_object_is_never_overwritten(  # type: ignore[no-untyped-def]
+        archiving, regions: Regions) -> None:
     a, bucket_a, bucket_b = _two_region_cluster(archiving, regions)
     pg = a.cluster
     pg.psql("CREATE TABLE filler (i int, pad text)")

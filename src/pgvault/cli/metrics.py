@@ -109,7 +109,8 @@ def _serve(addr: str, cluster: str, take: Any, repositories: Any = list) -> int:
             return samples
         except PgvaultError as e:  # the endpoint stays up and says so: pgvault_up 0
             logger.warning("metrics: cannot read the repository: %s", log.redact(e.message))
-            return metrics.down_samples(cluster) + repositories()
+            extra: list[metrics.Sample] = repositories()
+            return metrics.down_samples(cluster) + extra
 
     try:
         server, thread = metrics.serve(host, port, scrape)
