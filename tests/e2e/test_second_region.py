@@ -151,6 +151,11 @@ def test_second_region_survives_the_loss_of_the_first(archiving, regions: Region
     assert verified["repository"].startswith(f"s3://{bucket_b}/") and verified["summary"]["objects"] > 5, verified
     plan = pgvault(["--repository", "region-b", "expire", "--json"], a.env()).json()
     assert plan["repository"].startswith(f"s3://{bucket_b}/") and plan["applied"] is False
+    # A physical drill from the copy: its scratch server's restore_command fetches from region B.
+    env = {**a.env(), "PGVAULT_DRILL_SMOKE_QUERIES": json.dumps([{"sql": "SELECT count(*) FROM ticks", "expect": 1800}])}
+    drill = pgvault(["--repository", "region-b", "drill", "--json", "--kind", "physical", "--pgvault-command",
+                     str(a.launcher)], env, check=False)
+    assert drill.returncode == 0 and drill.json()["drill"]["ok"], str(drill)
 
     res, restored = a.restore("--repository", "region-b", "--target-time", target, "--target-action", "promote")
     assert res.returncode == 0, res

@@ -70,10 +70,6 @@ class SyncStats:
     def to_json(self) -> dict[str, int]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "lock"}
 
-    @property
-    def nothing_copied(self) -> bool:
-        return not (self.wal_copied or self.restore_points_copied or self.backups_copied or self.objects_copied)
-
 
 @dataclass(frozen=True)
 class SyncResult:
@@ -236,7 +232,7 @@ class _Copier:
                                      f"(stored sha256 {theirs.checksums.stored_sha256[:12]}… vs "
                                      f"{rec.checksums.stored_sha256[:12]}…); nothing was overwritten")
         there = ObjectState(self.dst.stat(rec.key).size if rec.key in target_objects else None)
-        self._object(rec.key, rec.checksums.stored_size, rec.checksums.stored_sha256, there)
+        self._object(rec.key, rec.checksums.stored_size, rec.checksums.stored_sha256, there, counted=False)
         self.stats.add(wal_copied=1)
 
     def restore_points(self) -> None:
@@ -324,7 +320,9 @@ class _Copier:
         if failures:
             raise _summary(failures, f"object(s) of {what}")
 
-    def _object(self, key: str, size: int, sha256: str, there: ObjectState) -> None:
+    def _object(self, key: str, size: int, sha256: str, there: ObjectState, *, counted: bool = True) -> None:
+        """Copy (or verify) one object; ``counted``: it is a backup's, counted in objects_copied
+        (a WAL file's object is counted as the WAL file)."""
         action = object_action(size, there)
         if action == "conflict":
             raise IntegrityError(f"{key} in {self.dst.url} holds {there.size} bytes where the source's checksums "
@@ -351,7 +349,8 @@ class _Copier:
         except ObjectExists:  # appeared meanwhile (another writer): it must be the same object
             self._verify_existing(key, size, sha256)
             return
-        self.stats.add(objects_copied=1)
+        if counted:
+            self.stats.add(objects_copied=1)
 
     def _verify_existing(self, key: str, size: int, sha256: str) -> None:
         digest = hashlib.sha256()
