@@ -297,3 +297,14 @@ def test_restore_command_of_a_named_repository_lets_nothing_of_the_primary_leak_
     assert (fetched.repository_url, fetched.s3.endpoint_url, fetched.s3.region, fetched.s3.force_path_style,
             fetched.s3.retries) == ("s3://b/p", None, "eu-west-1", False, 3)
     assert "PGVAULT_REPOSITORY_S3_REGION" not in {k for k, v in fetch_environment(s).items() if v == ""}
+
+
+def test_two_syncs_into_one_target_do_not_race(two) -> None:  # type: ignore[no-untyped-def]
+    from pgvault.errors import LockedError
+    from pgvault.repository.locks import RepositoryLock
+
+    a, b, ctx = two
+    with RepositoryLock(b, C, "sync"), pytest.raises(LockedError):
+        sync_repository(ctx, "b", open_target=lambda _: b)
+    assert not [i for i in b.list(layout.wal_root(C))]  # the second one copied nothing
+    assert sync_repository(ctx, "b", open_target=lambda _: b).stats.wal_copied == 3  # once the first is done

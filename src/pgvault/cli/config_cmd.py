@@ -50,7 +50,11 @@ def run_check(args: argparse.Namespace) -> int:
 
 
 def run_keys(args: argparse.Namespace) -> int:
-    rows = describe()
+    rows = describe() + [
+        ("repositories.<name>.url", "PGVAULT_REPOSITORIES_<NAME>_URL",
+         "a further repository (another region's copy, kept by 'repo sync'); --repository <name> selects it"),
+        ("repositories.<name>.s3.*", "PGVAULT_REPOSITORIES_<NAME>_S3_*", "its S3 settings, as repository.s3.*"),
+    ]
     from pgvault.output import table
 
     emit(args, "config_keys", {"settings": [{"setting": a, "env": b, "doc": c} for a, b, c in rows]},
