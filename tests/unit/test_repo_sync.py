@@ -308,3 +308,19 @@ def test_two_syncs_into_one_target_do_not_race(two) -> None:  # type: ignore[no-
         sync_repository(ctx, "b", open_target=lambda _: b)
     assert not [i for i in b.list(layout.wal_root(C))]  # the second one copied nothing
     assert sync_repository(ctx, "b", open_target=lambda _: b).stats.wal_copied == 3  # once the first is done
+
+
+def test_an_interrupted_run_is_recorded_as_not_completed(two, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    from pgvault.operations.maintenance import repo_sync
+
+    a, b, ctx = two
+
+    def interrupted(*_args: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(repo_sync._Copier, "restore_points", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        sync_repository(ctx, "b", open_target=lambda _: b)
+    record = newest_sync_record(b, C)
+    assert record is not None and record["ok"] is False and record["error"] == "KeyboardInterrupt"
+    assert record["wal_copied"] == 3

@@ -136,7 +136,7 @@ def sync_repository(ctx: Context, target_name: str, *, parallel: int = 4,
     run_id = f"{started:%Y%m%dT%H%M%S%fZ}-{random_id()[:8]}"  # microseconds: names sort by start
     stats = SyncStats()
     progress = _Progress(stats)
-    error: PgvaultError | None = None
+    error: str | None = None
     record_key = None
     with RepositoryLock(dst, cluster, LOCK_OPERATION):
         try:
@@ -146,15 +146,15 @@ def sync_repository(ctx: Context, target_name: str, *, parallel: int = 4,
                 copier.wal(info)  # raises before any backup is copied if WAL failed: no backup without its WAL
                 copier.restore_points()
                 copier.backups()
-        except PgvaultError as e:
-            error = e
+        except BaseException as e:  # an error, or Ctrl-C / SIGTERM: the record says the run did not complete
+            error = e.message if isinstance(e, PgvaultError) else f"{type(e).__name__}: {e}".rstrip(": ")
             raise
         finally:
             finished = dt.datetime.now(dt.UTC)
             progress.tick(force=True)
             doc = {"run_id": run_id, "source": settings.repository_name, "source_url": src.url,
                    "target": target_name, "started_at": started.isoformat(), "finished_at": finished.isoformat(),
-                   "ok": error is None, "error": log.redact(error.message) if error else None, **stats.to_json()}
+                   "ok": error is None, "error": log.redact(error) if error else None, **stats.to_json()}
             try:
                 record_key = save_sync_record(dst, cluster, run_id, started, doc)
             except PgvaultError as e:  # the copy's outcome stands; only status's "last sync" misses it
