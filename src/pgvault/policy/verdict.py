@@ -351,8 +351,8 @@ def snapshot_json(s: StatusSnapshot, reasons: list[Reason]) -> dict[str, Any]:
         "damaged": [d.to_json() for d in s.damaged],
         "repository_size": s.size.to_json(),
         "unfinished_writes": s.unfinished.to_json() if s.unfinished is not None else None,
-        "object_lock": s.object_lock,
         "policy": s.policy.to_json(),
+        "object_lock": s.object_lock,
     }
 
 

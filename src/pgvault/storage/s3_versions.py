@@ -67,17 +67,17 @@ def versions(s: S3Storage, prefix: str) -> list[ObjectVersion]:
     found: list[ObjectVersion] = []
     with s._errors("list the object versions under", prefix or None):
         for page in s._client.get_paginator("list_object_versions").paginate(Bucket=s.bucket, Prefix=base + prefix):
-            for marker, items in ((False, page.get("Versions", [])), (True, page.get("DeleteMarkers", []))):
-                for v in items:
-                    key = v["Key"][len(base):]
-                    try:
-                        validate_key(key)
-                    except ValueError:
-                        continue
-                    found.append(ObjectVersion(key=key, version_id=str(v.get("VersionId") or "null"),
-                                               latest=bool(v.get("IsLatest")), delete_marker=marker,
-                                               size=int(v.get("Size", 0) or 0),
-                                               modified=v["LastModified"].astimezone(dt.UTC)))
+            items: list[tuple[bool, Any]] = [(False, v) for v in page.get("Versions", [])]
+            items += [(True, m) for m in page.get("DeleteMarkers", [])]
+            for marker, v in items:
+                key = v["Key"][len(base):]
+                try:
+                    validate_key(key)
+                except ValueError:
+                    continue
+                found.append(ObjectVersion(key=key, version_id=str(v.get("VersionId") or "null"),
+                                           latest=bool(v.get("IsLatest")), delete_marker=marker,
+                                           size=int(v.get("Size") or 0), modified=v["LastModified"].astimezone(dt.UTC)))
     found.sort(key=lambda v: (v.key, not v.latest, -v.modified.timestamp()))
     return found
 
