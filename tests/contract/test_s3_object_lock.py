@@ -118,8 +118,9 @@ def test_the_write_check_refuses_a_bucket_without_object_lock(s3_bucket: str, s3
         s.check_writable()
     assert e.value.hint is not None and "object-lock-enabled-for-bucket" in e.value.hint
     # What the store itself says to a locked put there: a bare 400.
-    with pytest.raises(StorageError, match="InvalidRequest"):
+    with pytest.raises(StorageError, match="refused a locked put.*have Object Lock") as e:
         s.put_if_absent("c/x", b"1")
+    assert e.value.hint is not None and "object_lock: off" in e.value.hint
     assert s.lock_configuration()["enabled"] is False
 
 

@@ -75,7 +75,7 @@ class VersionedStorage(Protocol):
         """The bucket's versioning state: ``""`` (never enabled), ``"Enabled"`` or ``"Suspended"``."""
         ...
 
-    def versions(self, prefix: str = "") -> Iterator[ObjectVersion]:
+    def versions(self, prefix: str = "") -> list[ObjectVersion]:
         """Every version and delete marker under ``prefix``, in key order, newest first per key."""
         ...
 

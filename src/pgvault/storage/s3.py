@@ -29,6 +29,7 @@ import botocore.config
 import botocore.exceptions as bce
 
 from pgvault.errors import ConfigError, PgvaultError, StorageError
+from pgvault.storage import s3_versions
 from pgvault.storage.base import (
     ObjectExists,
     ObjectInfo,
@@ -46,7 +47,6 @@ if TYPE_CHECKING:
     from mypy_boto3_s3.type_defs import CompletedPartTypeDef
 
     from pgvault.policy.object_lock import LockRule
-    from pgvault.storage.base import ObjectVersion
 
 __all__ = ["S3Settings", "S3Storage"]
 
@@ -418,6 +418,9 @@ class S3Storage:
                 return ObjectExists(f"object {key!r} already exists in {self.url}")
             if code == "NoSuchKey" and key is not None:
                 return ObjectNotFound(f"object {key!r} does not exist in {self.url}")
+            if code == "InvalidRequest" and self.settings.object_lock is not None and action == "write":
+                return StorageError(f"cannot write {where}: {self.endpoint} refused a locked put (InvalidRequest); "
+                                    f"does bucket {self.bucket!r} have Object Lock?", hint=s3_versions.LOCK_HINT)
             return StorageError(f"cannot {action} {where}: S3 error {code or '?'} (HTTP {status}) from {self.endpoint}")
         if _is_timeout(exc):
             return self._timed_out(exc, action, where)
@@ -524,8 +527,6 @@ class S3Storage:
         marker, until ``expire`` removes them after their date (see ``s3_versions.purge``)."""
         full = self._full(key)
         if self.versioning():
-            from pgvault.storage import s3_versions
-
             s3_versions.purge(self, key)
             return
         try:
@@ -554,9 +555,7 @@ class S3Storage:
         """
         self._require_bucket()
         if self.settings.object_lock is not None:
-            from pgvault.storage.s3_versions import check_lock
-
-            if not check_lock(self):
+            if not s3_versions.check_lock(self):
                 return  # a bucket default retention would lock the probe: the configuration check is the check
         probe = f".pgvault-probe-{secrets.token_hex(8)}"
         with self._errors("write", probe):
@@ -582,27 +581,11 @@ class S3Storage:
 
     def versioning(self) -> str:
         if self._versioning is None:
-            from pgvault.storage import s3_versions
-
             self._versioning = s3_versions.versioning(self)
         return self._versioning
 
-    def versions(self, prefix: str = "") -> Iterator[ObjectVersion]:
-        from pgvault.storage import s3_versions
-
-        return iter(s3_versions.versions(self, prefix))
-
-    def retain_until(self, key: str, version_id: str) -> dt.datetime | None:
-        from pgvault.storage import s3_versions
-
-        return s3_versions.retain_until(self, key, version_id)
-
-    def delete_version(self, key: str, version_id: str) -> None:
-        from pgvault.storage import s3_versions
-
-        s3_versions.delete_version(self, key, version_id)
-
-    def lock_configuration(self) -> dict[str, Any]:
-        from pgvault.storage import s3_versions
-
-        return s3_versions.lock_configuration(self)
+    # The rest of VersionedStorage: functions of s3_versions taking the storage first, as methods.
+    versions = s3_versions.versions
+    retain_until = s3_versions.retain_until
+    delete_version = s3_versions.delete_version
+    lock_configuration = s3_versions.lock_configuration

@@ -25,8 +25,10 @@ from pgvault.storage.base import ObjectVersion, validate_key, validate_prefix
 if TYPE_CHECKING:
     from pgvault.storage.s3 import S3Storage
 
-__all__ = ["NO_LOCK_CODES", "check_lock", "lock_configuration", "purge", "retain_until", "versioning", "versions"]
+__all__ = ["LOCK_HINT", "NO_LOCK_CODES", "check_lock", "lock_configuration", "purge", "retain_until", "versioning", "versions"]
 
+LOCK_HINT = ("create the bucket with Object Lock (create-bucket --object-lock-enabled-for-bucket), or enable "
+             "versioning and put-object-lock-configuration on it, or set repository.s3.object_lock: off")
 NO_LOCK_CODES = frozenset({"ObjectLockConfigurationNotFoundError", "NoSuchObjectLockConfiguration"})
 
 
@@ -59,7 +61,7 @@ def lock_configuration(s: S3Storage) -> dict[str, Any]:
     return out
 
 
-def versions(s: S3Storage, prefix: str) -> list[ObjectVersion]:
+def versions(s: S3Storage, prefix: str = "") -> list[ObjectVersion]:
     """Every version and delete marker under ``prefix`` (relative to the repository), in key order,
     newest first within a key."""
     validate_prefix(prefix)
@@ -132,7 +134,6 @@ def check_lock(s: S3Storage) -> bool:
         raise StorageError(
             f"repository.s3.object_lock is {mode}, but bucket {s.bucket!r} at {s.endpoint} has no Object Lock "
             "configuration: pgvault cannot lock what it writes there",
-            hint="create the bucket with Object Lock (create-bucket --object-lock-enabled-for-bucket), or enable "
-            "versioning and put-object-lock-configuration on it, or set repository.s3.object_lock: off",
+            hint=LOCK_HINT,
         )
     return conf["default_mode"] is None
