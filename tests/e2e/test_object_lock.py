@@ -108,7 +108,9 @@ def test_a_whole_repository_on_a_worm_bucket(worm: tuple[ArchivingCluster, str],
     assert "the bucket enforces Object Lock" in human and "pgvault locks every object governance for 1m40s" in human
 
     # Before the dates: the policy (keep_last 1) would delete logical1, base1 and their WAL; all is retained.
+    t0 = time.monotonic()
     early = pgvault(["expire", "--apply", "--json"], env)
+    early_s = time.monotonic() - t0
     doc = early.json()
     assert early.returncode == 0
     assert doc["deleted"]["logical"] == [] and doc["deleted"]["physical"] == [] and doc["deleted"]["wal_files"] == 0
@@ -132,7 +134,9 @@ def test_a_whole_repository_on_a_worm_bucket(worm: tuple[ArchivingCluster, str],
     latest = max(c.get_object_retention(Bucket=bucket, Key=k)["Retention"]["RetainUntilDate"]
                  for k in counts if logical1 in k or base1 in k or "/wal/" in k)
     time.sleep(max(0.0, (latest - dt.datetime.now(dt.UTC)).total_seconds()) + 2)
+    t0 = time.monotonic()
     late = pgvault(["expire", "--apply", "--json"], env).json()
+    late_s = time.monotonic() - t0
     assert late["deleted"]["logical"] == [logical1] and late["deleted"]["physical"] == [base1]
     assert late["deleted"]["wal_files"] >= 1
     assert late["deleted"]["versions_swept"]["job_records"] >= 1  # superseded per-run job records
@@ -150,3 +154,6 @@ def test_a_whole_repository_on_a_worm_bucket(worm: tuple[ArchivingCluster, str],
     assert res["verified"] is True
     assert a.cluster.psql("SELECT count(*) FROM ticks", dbname="worm_restored") == "2000"
     assert base2 != base1 and logical2 != logical1
+    print(f"expire before the dates: {early_s:.2f}s, {len(doc['retained'])} item(s) retained; after: {late_s:.2f}s, "
+          f"{late['deleted']['objects']} object(s) deleted, {late['deleted']['versions_swept']}; "
+          f"{sum(counts.values())} object versions left")

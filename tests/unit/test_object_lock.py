@@ -163,3 +163,93 @@ def test_the_segment_size_is_an_amendment_not_a_rewrite_on_a_write_once_reposito
     # Recorded once: a second push finds it.
     assert ensure_cluster(repo, "c", system_identifier="111", server_major=18, wal_segment_size=SEG) == info
     assert repo.overwritten == []
+
+
+# --- expire's guard and sweep on a versioned store (a fake with versions and dates) ----------------
+
+
+class FakeVersioned(MemoryStorage):
+    """Just enough of a versioned bucket: ``history`` per key, newest last; ``dates`` per version."""
+
+    def __init__(self) -> None:
+        super().__init__("fake-versioned")
+        self.history: dict[str, list[tuple[str, bool]]] = {}  # key → [(version id, is delete marker)]
+        self.dates: dict[str, dt.datetime] = {}
+        self.deleted: list[str] = []
+
+    def add(self, key: str, vid: str, *, marker: bool = False, until: dt.datetime | None = None) -> None:
+        self.history.setdefault(key, []).append((vid, marker))
+        if until is not None:
+            self.dates[vid] = until
+        if marker:
+            MemoryStorage.delete(self, key)
+        else:
+            self._objects[key] = (vid.encode(), NOW)
+
+    def versioning(self) -> str:
+        return "Enabled"
+
+    def versions(self, prefix: str = "") -> list[Any]:
+        from pgvault.storage.base import ObjectVersion
+
+        out = []
+        for key in sorted(k for k in self.history if k.startswith(prefix)):
+            hist = self.history[key]
+            for i, (vid, marker) in reversed(list(enumerate(hist))):
+                out.append(ObjectVersion(key, vid, i == len(hist) - 1, marker, 0 if marker else 1,
+                                         NOW - dt.timedelta(minutes=len(hist) - i)))
+        return out
+
+    def retain_until(self, key: str, version_id: str) -> dt.datetime | None:
+        return self.dates.get(version_id)
+
+    def delete_version(self, key: str, version_id: str) -> None:
+        assert not retained(self.dates.get(version_id), NOW), f"the store would refuse {version_id}: retained"
+        self.history[key] = [h for h in self.history[key] if h[0] != version_id]
+        self.deleted.append(version_id)
+
+    def lock_configuration(self) -> dict[str, object]:
+        return {"enabled": True}
+
+
+def test_the_sweep_removes_what_its_date_allows_and_reports_the_rest() -> None:
+    from pgvault.operations.maintenance.retained import Guard, sweep, versioned
+
+    later, past = NOW + dt.timedelta(hours=1), NOW - dt.timedelta(seconds=1)
+    s = FakeVersioned()
+    s.add("c/wal/r.json", "a1", until=later)  # taken over: noncurrent and still retained
+    s.add("c/wal/r.json", "a2", until=later)  # current: never touched
+    s.add("c/locks/x.lock", "b1")  # heartbeats of a held lease: old ones go
+    s.add("c/locks/x.lock", "b2")
+    s.add("c/wal/gone.json", "g1", until=later)  # deleted while retained: hidden, both stay
+    s.add("c/wal/gone.json", "g2", marker=True)
+    s.add("c/wal/old.json", "o1", until=past)  # deleted while retained, date passed: all goes
+    s.add("c/wal/old.json", "o2", marker=True)
+    s.add("c/x", "m1", marker=True)  # a noncurrent marker hides nothing
+    s.add("c/x", "x2")
+    guard = Guard(versioned(s), "c", NOW)  # type: ignore[arg-type]
+    swept = sweep(guard, s)
+    assert sorted(s.deleted) == ["b1", "m1", "o1", "o2"]
+    assert (swept.versions, swept.job_records) == (4, 0)
+    assert {h["what"] for h in guard.held} == {"c/wal/r.json", "c/wal/gone.json"}
+    assert all(h["retained_until"] == later.isoformat() for h in guard.held)
+    assert s.history["c/wal/gone.json"] == [("g1", False), ("g2", True)]
+
+
+def test_the_plan_holds_a_backup_while_any_of_its_objects_is_retained() -> None:
+    from pgvault.operations.maintenance.retained import Guard, plan_with_retention
+
+    old, new = (layout.new_backup_id(NOW - dt.timedelta(days=d)) for d in (3, 1))
+    s = FakeVersioned()
+    s.add(f"{layout.logical_prefix('c', old)}db.dump", "d1", until=NOW - dt.timedelta(seconds=5))
+    s.add(f"{layout.logical_prefix('c', old)}manifest.json", "d2", until=NOW + dt.timedelta(minutes=2))
+    inv = Inventory(logical=(Backup.from_id(old), Backup.from_id(new)))
+    policy = Policy(LogicalPolicy(keep_last=1))
+    guard = Guard(s, "c", NOW)  # type: ignore[arg-type]
+    plan = plan_with_retention(guard, inv, policy, NOW)
+    assert [d.keep for d in plan.logical] == [True, True]
+    assert guard.held == [{"what": f"logical backup {old}", "retained_until": (NOW + dt.timedelta(minutes=2)).isoformat()}]
+    # Once the dates passed, the same plan deletes it.
+    later = Guard(s, "c", NOW + dt.timedelta(minutes=3))  # type: ignore[arg-type]
+    assert [d.keep for d in plan_with_retention(later, inv, policy, NOW).logical] == [True, False]
+    assert later.held == []
