@@ -253,3 +253,25 @@ def test_the_plan_holds_a_backup_while_any_of_its_objects_is_retained() -> None:
     later = Guard(s, "c", NOW + dt.timedelta(minutes=3))  # type: ignore[arg-type]
     assert [d.keep for d in plan_with_retention(later, inv, policy, NOW).logical] == [True, False]
     assert later.held == []
+
+
+@pytest.mark.parametrize("locked", [False, True])
+def test_a_key_without_get_bucket_versioning_keeps_plain_deletes_unless_a_lock_is_configured(locked: bool) -> None:
+    from botocore.stub import Stubber
+
+    from pgvault.errors import StorageError
+    from pgvault.storage.s3 import S3Settings, S3Storage
+
+    rule = LockRule("GOVERNANCE", 60, "1m") if locked else None
+    s = S3Storage("b", "p", S3Settings(endpoint_url="http://127.0.0.1:9", access_key_id="k", secret_access_key="s",
+                                       region="us-east-1", object_lock=rule))
+    with Stubber(s._client) as stub:
+        stub.add_client_error("get_bucket_versioning", "AccessDenied", "Access Denied", 403)
+        if locked:
+            with pytest.raises(StorageError, match="access denied"):
+                s.versioning()
+        else:
+            assert s.versioning() == ""
+            stub.add_response("delete_object", {}, {"Bucket": "b", "Key": "p/x"})
+            s.delete("x")  # one plain DeleteObject, as before versions were looked at
+        stub.assert_no_pending_responses()

@@ -91,6 +91,8 @@ EXAMPLES: dict[str, tuple[str, Callable[[], StatusSnapshot]]] = {
 def test_an_enforced_or_unconfigured_object_lock_is_no_finding() -> None:
     assert evaluate(healthy(object_lock=_lock(configured="compliance", enabled=True))) == []
     assert evaluate(healthy(object_lock=_lock(configured="off", enabled=False))) == []
+    # A key without s3:GetBucketObjectLockConfiguration is not judged unless a lock is configured.
+    assert evaluate(healthy(object_lock={**_lock(configured="off"), "bucket": None, "error": "access denied"})) == []
 
 
 def test_every_reason_code_has_an_example() -> None:

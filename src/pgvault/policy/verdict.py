@@ -296,7 +296,7 @@ def evaluate(s: StatusSnapshot) -> list[Reason]:
     if lock and lock.get("configured") != "off" and lock.get("bucket") is not None and not lock["bucket"].get("enabled"):
         add(WARNING, "object_lock_missing", f"repository.s3.object_lock is {lock['configured']}, but the bucket has no "
                                             "Object Lock: backups are not immutable and locked writes will be refused")
-    elif lock and lock.get("error"):
+    elif lock and lock.get("error") and lock.get("configured") != "off":  # a key without the permission: not judged
         add(WARNING, "object_lock_unknown", f"the bucket's Object Lock configuration cannot be read: {lock['error']}")
     # Scheduled jobs.
     if s.jobs_error:

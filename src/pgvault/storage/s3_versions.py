@@ -15,6 +15,7 @@ SeaweedFS answers ``ObjectLockConfigurationNotFoundError`` where AWS answers
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from typing import TYPE_CHECKING, Any
 
 import botocore.exceptions as bce
@@ -29,6 +30,7 @@ __all__ = ["LOCK_HINT", "NO_LOCK_CODES", "check_lock", "lock_configuration", "pu
 
 LOCK_HINT = ("create the bucket with Object Lock (create-bucket --object-lock-enabled-for-bucket), or enable "
              "versioning and put-object-lock-configuration on it, or set repository.s3.object_lock: off")
+log = logging.getLogger(__name__)
 NO_LOCK_CODES = frozenset({"ObjectLockConfigurationNotFoundError", "NoSuchObjectLockConfiguration"})
 
 
@@ -37,9 +39,19 @@ def _code(exc: bce.ClientError) -> str:
 
 
 def versioning(s: S3Storage) -> str:
-    """``""`` (never enabled), ``"Enabled"`` or ``"Suspended"``."""
+    """``""`` (never enabled), ``"Enabled"`` or ``"Suspended"``.
+
+    Without ``s3:GetBucketVersioning`` (keys made before pgvault asked for it) and without Object
+    Lock configured, deletes behave as before (one DeleteObject) instead of failing: warned once."""
     with s._errors("read the versioning state of"):
-        return str(s._client.get_bucket_versioning(Bucket=s.bucket).get("Status", ""))
+        try:
+            return str(s._client.get_bucket_versioning(Bucket=s.bucket).get("Status", ""))
+        except bce.ClientError as exc:
+            if s.settings.object_lock is not None or exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") != 403:
+                raise
+            log.warning("cannot read the versioning state of bucket %r (no s3:GetBucketVersioning): deletes on a "
+                        "versioned bucket would leave old versions behind", s.bucket)
+            return ""
 
 
 def lock_configuration(s: S3Storage) -> dict[str, Any]:
