@@ -152,3 +152,21 @@ def test_compliance_objects_are_locked_and_removable_only_after_their_date(
     time.sleep(4)
     s.delete("c/logical/x/manifest.json")
     assert _versions(c, lock_bucket) == []
+
+
+def test_locks_still_work_under_a_bucket_default_retention(seaweed: SeaweedServer, lock_bucket: str,
+                                                           s3_settings: S3Settings) -> None:
+    """The store locks the leases too: a release cannot remove them, but hides them (a delete
+    marker), and the next lock is taken over that marker; expire removes the versions later."""
+    from pgvault.repository.locks import RepositoryLock
+
+    c = seaweed.client()
+    c.put_object_lock_configuration(Bucket=lock_bucket, ObjectLockConfiguration={
+        "ObjectLockEnabled": "Enabled", "Rule": {"DefaultRetention": {"Mode": "GOVERNANCE", "Days": 1}}})
+    s = _storage(s3_settings, lock_bucket)
+    for _ in range(2):
+        with RepositoryLock(s, "c", "expire"):
+            assert [i.key for i in s.list("c/locks/")] == ["c/locks/expire.lock"]
+        assert list(s.list("c/locks/")) == []
+    # Both leases stay (locked) under one marker: the release removes markers that hide nothing more.
+    assert _versions(c, lock_bucket) == [("repo/c/locks/expire.lock", False)] * 2 + [("repo/c/locks/expire.lock", True)]

@@ -22,7 +22,7 @@ import botocore.exceptions as bce
 import pytest
 
 from support.archiving import ArchivingCluster
-from support.cli import pgvault
+from support.cli import clean_env, pgvault
 from support.seaweed import SeaweedServer, new_bucket_name
 
 RETENTION = 100  # seconds: long enough for the writes before the first expire, short enough to wait out
@@ -157,3 +157,21 @@ def test_a_whole_repository_on_a_worm_bucket(worm: tuple[ArchivingCluster, str],
     print(f"expire before the dates: {early_s:.2f}s, {len(doc['retained'])} item(s) retained; after: {late_s:.2f}s, "
           f"{late['deleted']['objects']} object(s) deleted, {late['deleted']['versions_swept']}; "
           f"{sum(counts.values())} object versions left")
+
+
+def test_object_lock_on_a_bucket_without_it_is_refused_and_warned(pg_latest, s3_env, s3_bucket: str,  # type: ignore[no-untyped-def]
+                                                                   seaweed: SeaweedServer) -> None:
+    env = clean_env(**pg_latest.env(), **{k: v for k, v in s3_env.items() if k.startswith("AWS_")},
+                    PGVAULT_REPOSITORY_URL=f"s3://{s3_bucket}/prod", PGVAULT_CLUSTER="plain",
+                    PGVAULT_REPOSITORY_S3_ENDPOINT_URL=s3_env["PGVAULT_S3_ENDPOINT_URL"],
+                    PGVAULT_REPOSITORY_S3_FORCE_PATH_STYLE="true", PGVAULT_REPOSITORY_S3_OBJECT_LOCK="compliance",
+                    PGVAULT_REPOSITORY_S3_OBJECT_LOCK_RETENTION="30d")
+    check = pgvault(["config", "check", "--json"], env).json()
+    assert check["object_lock"] == {"mode": "compliance", "retention_seconds": 30 * 86400.0, "retention": "30d"}
+    r = pgvault(["backup", "-d", "postgres"], env, check=False)
+    assert r.returncode == 4, r
+    assert "has no Object Lock configuration" in r.stderr and "object-lock-enabled-for-bucket" in r.stderr
+    assert seaweed.client().list_objects_v2(Bucket=s3_bucket).get("KeyCount", 0) == 0  # nothing written
+    st = pgvault(["status", "--json", "--no-connect"], env, check=False).json()
+    assert st["object_lock"]["bucket"]["enabled"] is False
+    assert "object_lock_missing" in {x["code"] for x in st["reasons"]}
