@@ -188,12 +188,13 @@ def apply_plan(ctx: Context, plan: RetentionPlan, guard: Guard | None = None) ->
     storage, cluster = ctx.storage, ctx.cluster
     done = Applied()
 
-    def retained(what: str, keys: list[str] | None = None, prefix: str | None = None) -> bool:
-        until = guard.until(keys, prefix) if guard is not None else None
-        if until is not None:
-            logger.info("%s is retained until %s (object lock): not deleted", what, until.isoformat())
-            guard.hold(what, until)  # type: ignore[union-attr]
-        return until is not None
+    def retained(what: str, keys: list[str]) -> bool:
+        until = guard.until(keys) if guard is not None else None
+        if guard is None or until is None:
+            return False
+        logger.info("%s is retained until %s (object lock): not deleted", what, until.isoformat())
+        guard.hold(what, until)
+        return True
 
     for d in sorted(plan.deleted_backups("logical"), key=lambda d: d.taken_at):
         logger.info("deleting logical backup %s: %s", d.backup_id, "; ".join(d.reasons))

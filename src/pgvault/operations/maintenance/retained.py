@@ -48,6 +48,10 @@ class Guard:
     _versions: dict[str, list[ObjectVersion]] | None = None
     _dates: dict[tuple[str, str], dt.datetime | None] = field(default_factory=dict)
 
+    def relist(self) -> None:
+        """Forget the listing (after deletes); the dates asked in this run are kept."""
+        self._versions = None
+
     def versions(self) -> dict[str, list[ObjectVersion]]:
         if self._versions is None:
             listed = self.vs.versions(f"{self.cluster}/")
@@ -112,7 +116,7 @@ def sweep(guard: Guard, storage: Storage) -> Swept:
         if until is None:
             storage.delete(key)
             done.job_records += 1
-    guard._versions = None  # list again: the deletes above and the plan's changed what is there
+    guard.relist()  # the plan's deletes and the ones above changed what is there
     waiting: dict[str, dt.datetime] = {}
     for key, vs in guard.versions().items():
         latest = vs[0] if vs and vs[0].latest else None
