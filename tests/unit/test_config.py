@@ -882,3 +882,9 @@ def test_object_lock_settings_resolve_to_the_rule_every_put_carries() -> None:
     assert rule is not None and (rule.mode, rule.seconds) == ("GOVERNANCE", 94 * 86400.0)
     assert rule.source == "retention policy: 93d (+1d margin)"
     assert load_settings(environ={}).object_lock_rule() is None
+
+
+def test_yaml_bare_off_is_object_lock_off(tmp_path: Path) -> None:
+    # YAML 1.1 reads a bare `off` as False: it must still mean "off", not a parse error.
+    file = write_yaml(tmp_path, "repository:\n  url: s3://b\n  s3:\n    object_lock: off\n")
+    assert load_settings(file, environ={}).s3.object_lock == "off"
