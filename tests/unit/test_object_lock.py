@@ -268,8 +268,9 @@ def test_a_key_without_get_bucket_versioning_keeps_plain_deletes_unless_a_lock_i
     with Stubber(s._client) as stub:
         stub.add_client_error("get_bucket_versioning", "AccessDenied", "Access Denied", 403)
         if locked:
-            with pytest.raises(StorageError, match="access denied"):
+            with pytest.raises(StorageError, match="access denied") as e:
                 s.versioning()
+            assert e.value.hint is not None and "s3:PutObjectRetention" in e.value.hint
         else:
             assert s.versioning() == ""
             stub.add_response("delete_object", {}, {"Bucket": "b", "Key": "p/x"})

@@ -411,8 +411,10 @@ class S3Storage:
             if code == "NoSuchBucket":
                 return self._no_bucket()
             if code in _ACCESS_CODES or status == 403:
+                lock = self.settings.object_lock is not None
                 return StorageError(
-                    f"access denied to {self.url}: check credentials and permissions ({code or status})", hint=_ACCESS_HINT
+                    f"access denied to {self.url}: check credentials and permissions ({code or status})",
+                    hint=_ACCESS_HINT + (s3_versions.LOCK_PERMISSIONS if lock else ""),
                 )
             if (code == "PreconditionFailed" or status == 412) and key is not None:  # only If-None-Match
                 return ObjectExists(f"object {key!r} already exists in {self.url}")

@@ -26,11 +26,14 @@ from pgvault.storage.base import ObjectVersion, validate_key, validate_prefix
 if TYPE_CHECKING:
     from pgvault.storage.s3 import S3Storage
 
-__all__ = ["LOCK_HINT", "NO_LOCK_CODES", "check_lock", "lock_configuration", "purge", "retain_until", "versioning", "versions"]
+__all__ = ["LOCK_HINT", "LOCK_PERMISSIONS", "NO_LOCK_CODES", "check_lock", "lock_configuration", "purge", "retain_until", "versioning", "versions"]
 
 LOCK_HINT = ("create the bucket with Object Lock (create-bucket --object-lock-enabled-for-bucket), or enable "
              "versioning and put-object-lock-configuration on it, or set repository.s3.object_lock: off")
 log = logging.getLogger(__name__)
+LOCK_PERMISSIONS = ("; with repository.s3.object_lock also s3:PutObjectRetention, s3:GetObjectRetention, "
+                    "s3:GetBucketObjectLockConfiguration, s3:GetBucketVersioning, s3:ListBucketVersions and "
+                    "s3:DeleteObjectVersion (a locked version itself also answers 403 until its date)")
 NO_LOCK_CODES = frozenset({"ObjectLockConfigurationNotFoundError", "NoSuchObjectLockConfiguration"})
 
 
