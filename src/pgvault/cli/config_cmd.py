@@ -37,12 +37,15 @@ def run_check(args: argparse.Namespace) -> int:
         "age_recipients": len(s.age_recipients),
         # Where notifications go, as scheme://host/... only: the URLs are credentials.
         "notify": {**where, "events": list(s.notify.events), "jobs": list(s.notify.jobs) or "all"},
+        # What every object written gets (the bucket's own lock is checked by the first write and by status).
+        "object_lock": rule.to_json() if (rule := s.object_lock_rule()) else None,
     }
     hooks = [f"{k} {v}" for k, v in where.items() if v]
     emit(args, "config_check", payload, lambda: f"configuration OK ({s.source}): cluster {s.cluster!r}, "
          f"repository {s.repository_url}, compression {s.compression}, "
          f"encryption {'age (' + str(len(s.age_recipients)) + ' recipient(s))' if s.age_recipients else 'off'}, "
-         f"notifications {'to ' + ' and '.join(hooks) + ' on ' + (', '.join(s.notify.events) or 'no event') if hooks else 'off'}")
+         f"notifications {'to ' + ' and '.join(hooks) + ' on ' + (', '.join(s.notify.events) or 'no event') if hooks else 'off'}"
+         + (f", object lock {rule.mode.lower()} for {rule.source}" if rule else ""))
     return 0
 
 
