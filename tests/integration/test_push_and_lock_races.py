@@ -29,10 +29,12 @@ from pgvault.operations.archive import push_fetch as archive
 from pgvault.operations.context import Context
 from pgvault.pg.conn import ConnInfo
 from pgvault.pipeline import PipelineSpec
+from pgvault.policy.object_lock import LockRule
 from pgvault.repository import layout
 from pgvault.repository.locks import RepositoryLock
 from pgvault.storage import Storage, open_storage
 from pgvault.storage.s3 import S3Settings
+from support.seaweed import new_bucket_name
 
 CLUSTER = "race"
 SYSID = "7000000000000000001"
@@ -40,16 +42,29 @@ SEG = 1 << 20
 NAME = "000000010000000000000003"
 
 
-@pytest.fixture(params=["memory", "local", pytest.param("s3", marks=pytest.mark.s3)])
+@pytest.fixture(params=["memory", "local", pytest.param("s3", marks=pytest.mark.s3),
+                        pytest.param("s3-object-lock", marks=pytest.mark.s3)])
 def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Storage:
     if request.param == "memory":
         return open_storage(f"memory://race-{secrets.token_hex(6)}")
     if request.param == "local":
         (tmp_path / "repo").mkdir()
         return open_storage(str(tmp_path / "repo"))
+    settings: S3Settings = dataclasses.replace(request.getfixturevalue("s3_settings"), part_size=5 << 20)
+    if request.param == "s3-object-lock":
+        # A WORM bucket: everything pgvault writes is locked (GOVERNANCE), except lock leases.
+        return open_storage(f"s3://{lock_bucket(request)}/race",
+                            s3=dataclasses.replace(settings, object_lock=LockRule("GOVERNANCE", 3, "3s")))
     bucket: str = request.getfixturevalue("s3_bucket")
-    settings: S3Settings = request.getfixturevalue("s3_settings")
-    return open_storage(f"s3://{bucket}/race", s3=dataclasses.replace(settings, part_size=5 << 20))
+    return open_storage(f"s3://{bucket}/race", s3=settings)
+
+
+def lock_bucket(request: pytest.FixtureRequest) -> str:
+    """A fresh lock-enabled bucket (its locked versions stay in the session's SeaweedFS data dir)."""
+    seaweed = request.getfixturevalue("seaweed")
+    name = new_bucket_name("pgvault-race-lock")
+    seaweed.client().create_bucket(Bucket=name, ObjectLockEnabledForBucket=True)
+    return name
 
 
 def segment(directory: Path, seed: int) -> Path:
@@ -161,6 +176,36 @@ def test_a_record_left_by_a_dead_push_is_taken_over(storage: Storage, tmp_path: 
     _record_without_object(storage, host=socket.gethostname(), pid=_dead_pid())
     assert not archive.push(ctx, str(path), pgdata=str(tmp_path / "pgdata")).already_archived
     assert assert_record_matches_object(storage)["raw_sha256"] == file_sha(path)
+
+
+def test_a_takeover_on_a_worm_bucket_leaves_one_retained_version_that_expire_sweeps(
+        request: pytest.FixtureRequest, s3_settings: S3Settings, tmp_path: Path) -> None:
+    """The documented exception to "nothing is rewritten": a record taken over from a dead push is a
+    second version of its key; the first stays (locked) until expire's sweep after its date."""
+    import datetime as dt
+    import time
+
+    from pgvault.operations.maintenance.retained import Guard, sweep, versioned
+
+    settings = dataclasses.replace(s3_settings, object_lock=LockRule("GOVERNANCE", 3, "3s"))
+    storage = open_storage(f"s3://{lock_bucket(request)}/race", s3=settings)
+    ctx = make_ctx(storage, tmp_path / "pgdata")
+    path = segment(tmp_path / "wal", seed=1)
+    _record_without_object(storage, host=socket.gethostname(), pid=_dead_pid())
+    assert not archive.push(ctx, str(path), pgdata=str(tmp_path / "pgdata")).already_archived
+    meta = assert_record_matches_object(storage)
+    vs = versioned(storage)
+    assert vs is not None
+    by_key: dict[str, int] = {}
+    for v in vs.versions(f"{CLUSTER}/wal/"):
+        by_key[v.key] = by_key.get(v.key, 0) + 1
+    assert by_key == {layout.wal_meta(CLUSTER, NAME): 2, meta["key"]: 1}
+    time.sleep(4)
+    swept = sweep(Guard(vs, CLUSTER, dt.datetime.now(dt.UTC)), storage)
+    assert swept.versions == 1
+    assert [v.key for v in vs.versions(f"{CLUSTER}/")] == sorted([layout.wal_meta(CLUSTER, NAME), meta["key"],
+                                                                   layout.cluster_key(CLUSTER)])
+    assert assert_record_matches_object(storage) == meta
 
 
 def test_a_push_in_flight_elsewhere_is_not_overwritten(storage: Storage, tmp_path: Path) -> None:

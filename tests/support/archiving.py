@@ -125,10 +125,11 @@ class ArchivingCluster:
 def make_archiving_cluster(
     make_pg_cluster: Callable[..., PgCluster], launcher: Path, age_key: Any, *, major: int | None,
     s3: Mapping[str, str] | None = None, settings: Mapping[str, str] | None = None, cluster_name: str = "pitr",
-    data_checksums: bool = False,
+    data_checksums: bool = False, pgvault_settings: Mapping[str, object] | None = None,
 ) -> ArchivingCluster:
     """``s3``: ``{"url": "s3://bucket/prefix", "endpoint": ..., plus AWS_* credentials}``; else a local repository.
     ``data_checksums``: ``initdb --data-checksums`` (see :meth:`PgCluster.create`).
+    ``pgvault_settings``: more pgvault settings for the config file (dotted names), e.g. retention.
 
     S3 credentials reach the archiver through the server's environment (inherited from ours),
     never through the config file or archive_command."""
@@ -152,6 +153,7 @@ def make_archiving_cluster(
         chown_pg(repo)
         conf_settings["repository.url"] = str(repo)
         repo_url = str(repo)
+    conf_settings.update(pgvault_settings or {})
     conf = server_config(work, conf_settings)
     saved = {k: os.environ.get(k) for k in secret_env}
     os.environ.update(secret_env)  # the server (and so archive_command) inherits them

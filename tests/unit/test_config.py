@@ -220,6 +220,9 @@ ENV_SAMPLES: dict[str, tuple[str, Callable[[Settings], Any], Any]] = {
     "repository.s3.connect_timeout": ("2s", lambda s: s.s3.connect_timeout, 2.0),
     "repository.s3.read_timeout": ("1m", lambda s: s.s3.read_timeout, 60.0),
     "repository.s3.retries": ("0", lambda s: s.s3.retries, 0),
+    # Alone, only "off" is valid (a lock needs an s3:// URL and a retention): see test_object_lock_*.
+    "repository.s3.object_lock": ("Off", lambda s: s.s3.object_lock, "off"),
+    "repository.s3.object_lock_retention": ("30d", lambda s: s.s3.object_lock_retention, 30 * 86400.0),
     "postgres.dsn": ("host=h dbname=d", lambda s: s.dsn, "host=h dbname=d"),
     "postgres.bin_dirs": ("/a, /b\n/c:/d", lambda s: s.pg_bin_dirs, ("/a", "/b", "/c", "/d")),
     "compression.algorithm": ("none", lambda s: s.compression, "none"),
@@ -279,6 +282,8 @@ EXPECTED_ENV_NAMES = {
     "repository.s3.connect_timeout": "PGVAULT_REPOSITORY_S3_CONNECT_TIMEOUT",
     "repository.s3.read_timeout": "PGVAULT_REPOSITORY_S3_READ_TIMEOUT",
     "repository.s3.retries": "PGVAULT_REPOSITORY_S3_RETRIES",
+    "repository.s3.object_lock": "PGVAULT_REPOSITORY_S3_OBJECT_LOCK",
+    "repository.s3.object_lock_retention": "PGVAULT_REPOSITORY_S3_OBJECT_LOCK_RETENTION",
     "postgres.dsn": "PGVAULT_POSTGRES_DSN",
     "postgres.bin_dirs": "PGVAULT_POSTGRES_BIN_DIRS",
     "compression.algorithm": "PGVAULT_COMPRESSION_ALGORITHM",
@@ -574,6 +579,13 @@ def test_invalid_recipient_is_a_problem() -> None:
         ({"PGVAULT_REPOSITORY_S3_MAX_CONCURRENCY": "0"}, "repository.s3.max_concurrency: must be at least 1"),
         ({"PGVAULT_REPOSITORY_S3_READ_TIMEOUT": "0"}, "repository.s3.read_timeout: must be positive"),
         ({"PGVAULT_REPOSITORY_S3_RETRIES": "-1"}, "repository.s3.retries: must be 0 or more"),
+        ({"PGVAULT_REPOSITORY_S3_OBJECT_LOCK": "legal-hold"}, "expected off, governance or compliance"),
+        ({"PGVAULT_REPOSITORY_URL": "s3://b", "PGVAULT_REPOSITORY_S3_OBJECT_LOCK": "governance"},
+         "'retention' needs a time-based retention rule"),
+        ({"PGVAULT_REPOSITORY_S3_OBJECT_LOCK": "governance", "PGVAULT_REPOSITORY_S3_OBJECT_LOCK_RETENTION": "7d"},
+         "repository.s3.object_lock: needs an s3:// repository"),
+        ({"PGVAULT_REPOSITORY_URL": "s3://b", "PGVAULT_REPOSITORY_S3_OBJECT_LOCK": "compliance",
+          "PGVAULT_REPOSITORY_S3_OBJECT_LOCK_RETENTION": "0.5"}, "object_lock_retention: must be at least 1s"),
         ({"PGVAULT_COMPRESSION_THREADS": "-1"}, "compression.threads: must be 0 or more"),
         ({"PGVAULT_COMPRESSION_ALGORITHM": "lz4"}, "unknown compression 'lz4'"),
         ({"PGVAULT_COMPRESSION_LEVEL": "99"}, "zstd level must be between 1 and 22 (got 99)"),
@@ -856,3 +868,23 @@ def test_an_unquoted_on_key_is_explained(tmp_path: Path) -> None:
     [problem] = problems_of(exc)
     assert problem.endswith("unknown setting 'notify.True' (YAML reads an unquoted key on, off, yes or no as "
                             "true or false)")
+
+
+def test_object_lock_settings_resolve_to_the_rule_every_put_carries() -> None:
+    s = load_settings(environ={"PGVAULT_REPOSITORY_URL": "s3://b/p", "PGVAULT_REPOSITORY_S3_OBJECT_LOCK": "Compliance",
+                               "PGVAULT_REPOSITORY_S3_OBJECT_LOCK_RETENTION": "30d"})
+    rule = s.object_lock_rule()
+    assert rule is not None and (rule.mode, rule.seconds, rule.source) == ("COMPLIANCE", 30 * 86400.0, "30d")
+    # 'retention': the policy's longest time rule (here monthly 3 = 93 days) plus one day.
+    s = load_settings(environ={"PGVAULT_REPOSITORY_URL": "s3://b", "PGVAULT_REPOSITORY_S3_OBJECT_LOCK": "governance",
+                               "PGVAULT_RETENTION_LOGICAL_MONTHLY": "3", "PGVAULT_RETENTION_PITR_WINDOW": "14d"})
+    rule = s.object_lock_rule()
+    assert rule is not None and (rule.mode, rule.seconds) == ("GOVERNANCE", 94 * 86400.0)
+    assert rule.source == "retention policy: 93d (+1d margin)"
+    assert load_settings(environ={}).object_lock_rule() is None
+
+
+def test_yaml_bare_off_is_object_lock_off(tmp_path: Path) -> None:
+    # YAML 1.1 reads a bare `off` as False: it must still mean "off", not a parse error.
+    file = write_yaml(tmp_path, "repository:\n  url: s3://b\n  s3:\n    object_lock: off\n")
+    assert load_settings(file, environ={}).s3.object_lock == "off"

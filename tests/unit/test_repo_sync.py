@@ -324,3 +324,15 @@ def test_an_interrupted_run_is_recorded_as_not_completed(two, monkeypatch: pytes
     record = newest_sync_record(b, C)
     assert record is not None and record["ok"] is False and record["error"] == "KeyboardInterrupt"
     assert record["wal_copied"] == 3
+
+
+def test_a_named_repository_has_its_own_object_lock(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    conf = tmp_path / "c.yaml"
+    conf.write_text("repository: {url: s3://a/p}\n"
+                    "repositories:\n  dr: {url: s3://b/p, s3: {object_lock: governance, object_lock_retention: 30d}}\n")
+    s = load_settings(str(conf), environ={})
+    rule = s.with_repository("dr").object_lock_rule()  # what repo sync's writes into dr carry
+    assert s.object_lock_rule() is None and rule is not None and (rule.mode, rule.seconds) == ("GOVERNANCE", 30 * 86400.0)
+    conf.write_text("repositories:\n  dr: {url: /x, s3: {object_lock: governance, object_lock_retention: 30d}}\n")
+    with pytest.raises(ConfigError, match="repositories.dr.s3.object_lock: needs an s3:// repository"):
+        load_settings(str(conf), environ={})

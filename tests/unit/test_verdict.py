@@ -13,6 +13,7 @@ import re
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -53,6 +54,12 @@ _SEG = "00000001000000000000000A"
 _DAMAGED = DamagedManifest("physical", "20261125T030000Z", "c/base/20261125T030000Z/manifest.json", "unreadable")
 # One snapshot per reason code evaluate() can give, changed from healthy() so that it gives exactly
 # that one finding; test_every_reason_code_has_an_example holds the table against the source.
+def _lock(configured: str = "governance", enabled: bool = True) -> dict[str, Any]:
+    return {"configured": configured, "retention": "30d", "retention_seconds": 30 * DAY, "versioning": "Enabled",
+            "bucket": {"enabled": enabled, "default_mode": None, "default_days": None, "default_years": None},
+            "error": None}
+
+
 EXAMPLES: dict[str, tuple[str, Callable[[], StatusSnapshot]]] = {
     "repository_unreachable": (CRITICAL, lambda: healthy(logical=(), physical=(), archive=None, drills=(), jobs={},
                                                          repository_error="timeout")),
@@ -76,7 +83,16 @@ EXAMPLES: dict[str, tuple[str, Callable[[], StatusSnapshot]]] = {
     "verify_failed": (CRITICAL, lambda: healthy(jobs={"verify": job("verify", False, details={"failures": 1},
                                                                    kind="integrity")})),
     "job_failed": (WARNING, lambda: healthy(jobs={"backup": job("backup", False)})),
+    "object_lock_missing": (WARNING, lambda: healthy(object_lock=_lock(configured="governance", enabled=False))),
+    "object_lock_unknown": (WARNING, lambda: healthy(object_lock={**_lock(), "bucket": None, "error": "access denied"})),
 }
+
+
+def test_an_enforced_or_unconfigured_object_lock_is_no_finding() -> None:
+    assert evaluate(healthy(object_lock=_lock(configured="compliance", enabled=True))) == []
+    assert evaluate(healthy(object_lock=_lock(configured="off", enabled=False))) == []
+    # A key without s3:GetBucketObjectLockConfiguration is not judged unless a lock is configured.
+    assert evaluate(healthy(object_lock={**_lock(configured="off"), "bucket": None, "error": "access denied"})) == []
 
 
 def test_every_reason_code_has_an_example() -> None:
@@ -437,7 +453,7 @@ def test_the_json_document() -> None:
     assert list(doc) == [
         "cluster", "repository", "checked_at", "verdict", "exit_code", "reasons", "repository_error", "last_logical",
         "last_physical", "backups", "databases", "archive", "recoverable_window", "archiving", "last_drill",
-        "last_successful_drill", "jobs", "damaged", "repository_size", "unfinished_writes", "policy"]
+        "last_successful_drill", "jobs", "damaged", "repository_size", "unfinished_writes", "policy", "object_lock"]
     assert doc["checked_at"] == NOW.isoformat() and (doc["verdict"], doc["exit_code"]) == (WARNING, 1)
     assert doc["reasons"] == [r.to_json() for r in reasons]
     assert doc["last_physical"] == {"backup_id": "20261125T000000Z", "finished_at": ago(12 * HOUR),

@@ -227,9 +227,28 @@ def describe_status(snap: StatusSnapshot, doc: dict[str, Any]) -> str:
     lines.append(f"repository size:      {human_bytes(size.bytes)} in {size.objects} objects" + (f" ({areas})" if areas else ""))
     if snap.unfinished is not None:
         lines.append(f"unfinished writes:    {snap.unfinished.describe()}")
+    if snap.object_lock is not None:
+        lines.append(f"object lock:          {describe_object_lock(snap.object_lock)}")
     if doc.get("repositories"):
         lines += ["", describe_repositories(doc["repositories"])]
     return "\n".join(lines)
+
+
+def describe_object_lock(lock: dict[str, Any]) -> str:
+    """``status``'s one line about S3 Object Lock: the bucket's side, then pgvault's."""
+    bucket = lock.get("bucket")
+    if bucket is None:
+        enforced = f"unknown ({lock.get('error')})"
+    elif bucket.get("enabled"):
+        default = bucket.get("default_mode")
+        span = f"{bucket.get('default_days')} day(s)" if bucket.get("default_days") else f"{bucket.get('default_years')} year(s)"
+        enforced = "the bucket enforces Object Lock" + (f" (default retention {default.lower()} {span})" if default else
+                                                        " (no default retention)")
+    else:
+        enforced = "the bucket has no Object Lock"
+    applied = (f"pgvault locks every object {lock['configured']} for {lock['retention']}" if lock["configured"] != "off"
+               else "pgvault sets no retention (repository.s3.object_lock: off)")
+    return f"{enforced}; {applied}; versioning {lock.get('versioning') or '?'}"
 
 
 def describe_repositories(repos: list[dict[str, Any]]) -> str:

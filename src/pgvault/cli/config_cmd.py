@@ -37,6 +37,8 @@ def run_check(args: argparse.Namespace) -> int:
         "age_recipients": len(s.age_recipients),
         # Where notifications go, as scheme://host/... only: the URLs are credentials.
         "notify": {**where, "events": list(s.notify.events), "jobs": list(s.notify.jobs) or "all"},
+        # What every object written gets (the bucket's own lock is checked by the first write and by status).
+        "object_lock": rule.to_json() if (rule := s.object_lock_rule()) else None,
         # Every configured repository (validated like the primary); "primary" is repository.*.
         "repositories": [{"name": r.name, "url": r.url} for r in s.all_repositories()],
     }
@@ -45,6 +47,7 @@ def run_check(args: argparse.Namespace) -> int:
          f"repository {s.repository_url}, compression {s.compression}, "
          f"encryption {'age (' + str(len(s.age_recipients)) + ' recipient(s))' if s.age_recipients else 'off'}, "
          f"notifications {'to ' + ' and '.join(hooks) + ' on ' + (', '.join(s.notify.events) or 'no event') if hooks else 'off'}"
+         + (f", object lock {rule.mode.lower()} for {rule.source}" if rule else "")
          + "".join(f"\n  repository {r.name}: {r.url}" for r in s.all_repositories()[1:]))
     return 0
 

@@ -26,10 +26,25 @@ def run(args: argparse.Namespace) -> int:
     result = expire(ctx, now=now, apply=args.apply)
     plan = result.plan
     payload = {"cluster": ctx.cluster, "repository": ctx.storage.url, "applied": result.applied is not None,
-               **plan.to_json(), "deleted": result.applied.to_json() if result.applied else None}
+               **plan.to_json(), "deleted": result.applied.to_json() if result.applied else None,
+               "retained": result.retained}
     emit(args, "expire_plan", payload, lambda: render(plan, cluster=ctx.cluster, url=ctx.storage.url,
-                                                      applied=result.applied is not None, given_now=now is not None))
+                                                      applied=result.applied is not None, given_now=now is not None)
+         + _retained(result.retained, result.applied.swept if result.applied else None))
     return 0
+
+
+def _retained(held: list[dict[str, Any]] | None, swept: Any) -> str:
+    """Object Lock: what the store keeps until its date (not an error), and the versions swept."""
+    if held is None:
+        return ""
+    lines = ["", "object lock: " + (f"{len(held)} item(s) retained, not deleted before their date:" if held
+                                    else "nothing the plan deletes is retained")]
+    lines += [f"  {h['what']}: retained until {h['retained_until']}" for h in held]
+    if swept is not None:
+        lines.append(f"old versions removed: {swept.versions} ({human_bytes(swept.bytes)}), "
+                     f"superseded job records: {swept.job_records}")
+    return "\n".join(lines)
 
 
 def _decisions(title: str, policy: str, ds: Sequence[Decision]) -> list[str]:

@@ -34,6 +34,8 @@ from pgvault.config.values import (
     to_float,
     to_int,
     to_list,
+    to_lock_mode,
+    to_lock_retention,
     to_notify_events,
     to_opt_duration,
     to_opt_int,
@@ -46,6 +48,7 @@ from pgvault.errors import ConfigError
 
 if TYPE_CHECKING:
     from pgvault.pipeline import PipelineSpec
+    from pgvault.policy.object_lock import LockRule
 
 MiB = 1 << 20
 _T = TypeVar("_T")
@@ -82,6 +85,11 @@ SETTINGS: tuple[_Setting, ...] = (
     _Setting("repository.s3.connect_timeout", parse_duration, "S3: give up connecting after this long (default 10s)", 10.0),
     _Setting("repository.s3.read_timeout", parse_duration, "S3: give up when no byte arrives for this long (default 60s)", 60.0),
     _Setting("repository.s3.retries", to_int, "S3: retries of a failed or timed-out request (default 3)", 3),
+    _Setting("repository.s3.object_lock", to_lock_mode,
+             "S3 Object Lock on every object pgvault writes: off, governance or compliance (bucket must have Object Lock)",
+             "off"),
+    _Setting("repository.s3.object_lock_retention", to_lock_retention,
+             "how long each object is locked: a duration (30d) or 'retention' (until the retention policy would expire it)"),
     _Setting("postgres.dsn", to_str, "libpq conninfo; PG* environment variables also apply", ""),
     _Setting("postgres.bin_dirs", to_dirs, "extra PostgreSQL bin directories (comma- or colon-separated)", (),
              aliases=("PGVAULT_PG_BINDIRS",)),
@@ -148,6 +156,8 @@ class S3Options:
     connect_timeout: float = _DEFAULTS["repository.s3.connect_timeout"]
     read_timeout: float = _DEFAULTS["repository.s3.read_timeout"]
     retries: int = _DEFAULTS["repository.s3.retries"]
+    object_lock: str = _DEFAULTS["repository.s3.object_lock"]
+    object_lock_retention: float | None = _DEFAULTS["repository.s3.object_lock_retention"]  # None: 'retention'
 
 
 # A repository is named: the primary one (``repository.*``) is "primary"; more live under
@@ -245,6 +255,14 @@ class Settings:
         known = ", ".join(r.name for r in self.all_repositories())
         raise ConfigError([f"no repository named {name!r} is configured (configured: {known})"],
                           hint="add it under repositories.<name> in the config file")
+
+    def object_lock_rule(self) -> LockRule | None:
+        """The S3 Object Lock mode and duration every put carries; None when ``object_lock`` is off
+        (validation has already refused settings that resolve to nothing)."""
+        from pgvault.policy.object_lock import resolve
+        from pgvault.policy.retention import Policy
+
+        return resolve(self.s3.object_lock, self.s3.object_lock_retention, Policy.from_settings(self))[0]
 
     def pipeline(self) -> PipelineSpec:
         """The write pipeline these settings describe."""
@@ -365,6 +383,8 @@ def load_settings(
         connect_timeout=get("repository.s3.connect_timeout"),
         read_timeout=get("repository.s3.read_timeout"),
         retries=get("repository.s3.retries"),
+        object_lock=get("repository.s3.object_lock"),
+        object_lock_retention=get("repository.s3.object_lock_retention"),
     )
     notify = _section(NotifyOptions, "notify", get)
     named = _named_repositories(named_doc, env, path or "config", problems)
@@ -478,6 +498,7 @@ def validate(s: Settings, *, check_local_files: bool = True) -> list[str]:
             problems.append(f"repository.s3.{name}: must be positive")
     if s.s3.retries < 0:
         problems.append("repository.s3.retries: must be 0 or more")
+    problems += object_lock_problems(s)
     if not 1 <= s.backup_parallel <= 32:
         problems.append("backup.parallel: must be between 1 and 32")
     for name, value in (("retention.logical.daily", s.keep_daily), ("retention.logical.weekly", s.keep_weekly),
@@ -517,6 +538,18 @@ def validate(s: Settings, *, check_local_files: bool = True) -> list[str]:
     if check_local_files and s.age_identity_file and not Path(s.age_identity_file).is_file():
         problems.append(f"encryption.age_identity_file: {s.age_identity_file} does not exist")
     return problems + _named_problems(s, check_local_files=check_local_files)
+
+
+def object_lock_problems(s: Settings) -> list[str]:
+    """Problems with ``repository.s3.object_lock*`` (the retention it resolves to needs the policy)."""
+    from pgvault.policy.object_lock import resolve
+    from pgvault.policy.retention import Policy
+
+    if s.s3.object_lock == "off":
+        return []
+    problems = [] if s.repository_url.startswith("s3://") else [
+        "repository.s3.object_lock: needs an s3:// repository (Object Lock is an S3 bucket feature)"]
+    return problems + resolve(s.s3.object_lock, s.s3.object_lock_retention, Policy.from_settings(s))[1]
 
 
 _IDENTITY_FORMAT = ("expected what age-keygen writes: lines 'AGE-SECRET-KEY-1...' plus '#' comments and blank lines "

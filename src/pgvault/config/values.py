@@ -139,6 +139,21 @@ def parse_duration(v: Any) -> float:
     return sum(float(n) * _DURATION_UNITS[u] for n, u in _DURATION_PART_RE.findall(text))
 
 
+def to_lock_mode(v: Any) -> str:
+    """``repository.s3.object_lock``: off | governance | compliance (YAML's bare ``off`` is False)."""
+    text = "off" if v is None or v is False else str(v).strip().lower()
+    if text not in ("off", "governance", "compliance"):
+        raise ValueError(f"expected off, governance or compliance, got {v!r}")
+    return text
+
+
+def to_lock_retention(v: Any) -> float | None:
+    """``repository.s3.object_lock_retention``: a duration, or ``retention`` (None: until the policy expires it)."""
+    if v is None or str(v).strip().lower() in ("", "retention"):
+        return None
+    return parse_duration(v)
+
+
 def to_opt_duration(v: Any) -> float | None:
     return None if v is None or v == "" else parse_duration(v)
 

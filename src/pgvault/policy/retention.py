@@ -32,8 +32,9 @@ empty the repository.  With no policy configured for a kind, everything of that 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -484,6 +485,10 @@ class Inventory:
     busy: frozenset[str] = frozenset()
     notes: tuple[str, ...] = ()
     unfinished: tuple[UnfinishedWrite, ...] = ()  # under <cluster>/
+    # S3 Object Lock: (kind "logical"|"physical", backup id) → the latest retain-until date of its
+    # objects still ahead. Such a backup is kept (and so is the WAL it needs): expire never tries
+    # to delete what the store would refuse (operations/maintenance/retained.py).
+    retained: Mapping[tuple[str, str], dt.datetime] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -522,6 +527,17 @@ class RetentionPlan:
                 "summary": self.summary()}
 
 
+def _hold(decisions: list[Decision], retained: Mapping[tuple[str, str], dt.datetime], kind: str) -> list[Decision]:
+    """Keep a backup the plan would delete while its objects are under Object Lock retention."""
+    out = []
+    for d in decisions:
+        until = retained.get((kind, d.backup_id))
+        if not d.keep and until is not None:
+            d = dataclasses.replace(d, keep=True, reasons=(f"retained until {fmt_time(until)} UTC (object lock)",))
+        out.append(d)
+    return out
+
+
 def make_plan(inv: Inventory, policy: Policy, now: dt.datetime) -> RetentionPlan:
     """The complete retention plan for one cluster."""
     if now.tzinfo is None:
@@ -530,8 +546,9 @@ def make_plan(inv: Inventory, policy: Policy, now: dt.datetime) -> RetentionPlan
     if not policy.configured:
         notes.insert(0, "no retention policy is configured: every backup and all WAL are kept "
                         "(set retention.* in the config; 'pgvault config keys' lists them); only debris is swept")
-    logical = plan_logical(inv.logical, policy.logical, now)
+    logical = _hold(plan_logical(inv.logical, policy.logical, now), inv.retained, "logical")
     physical, pnotes = plan_physical(inv.physical, policy.physical, now, inv.seg_size)
+    physical = _hold(physical, inv.retained, "physical")
     notes += pnotes
     kept_ids = {d.backup_id for d in physical if d.keep}
     kept = [b for b in inv.physical if b.backup_id in kept_ids]

@@ -167,6 +167,9 @@ class StatusSnapshot:
     damaged: tuple[DamagedManifest, ...] = ()  # backups whose manifest cannot be read (not in logical/physical)
     repository_error: str | None = None  # the repository could not be read (in time): only the server is judged
     unfinished: UnfinishedSummary | None = None  # unfinished writes under the cluster (None: not read)
+    # S3 Object Lock: what pgvault applies and what the bucket enforces (operations/maintenance/status.py
+    # object_lock_facts); None when the repository is not an S3 bucket.
+    object_lock: dict[str, Any] | None = None
 
     def newest(self, kind: str) -> BackupFacts | None:
         backups = self.logical if kind == "logical" else self.physical
@@ -289,6 +292,12 @@ def evaluate(s: StatusSnapshot) -> list[Reason]:
             add(WARNING, "drill_failed", f"the newest drill {last.drill_id} ({last.backup_kind} backup {last.backup_id}) failed: "
                                          f"{last.error or failed or 'see pgvault drill list'}")
 
+    lock = s.object_lock
+    if lock and lock.get("configured") != "off" and lock.get("bucket") is not None and not lock["bucket"].get("enabled"):
+        add(WARNING, "object_lock_missing", f"repository.s3.object_lock is {lock['configured']}, but the bucket has no "
+                                            "Object Lock: backups are not immutable and locked writes will be refused")
+    elif lock and lock.get("error") and lock.get("configured") != "off":  # a key without the permission: not judged
+        add(WARNING, "object_lock_unknown", f"the bucket's Object Lock configuration cannot be read: {lock['error']}")
     # Scheduled jobs.
     if s.jobs_error:
         add(WARNING, "jobs_unreadable", f"job records cannot be read: {s.jobs_error}")
@@ -343,6 +352,7 @@ def snapshot_json(s: StatusSnapshot, reasons: list[Reason]) -> dict[str, Any]:
         "repository_size": s.size.to_json(),
         "unfinished_writes": s.unfinished.to_json() if s.unfinished is not None else None,
         "policy": s.policy.to_json(),
+        "object_lock": s.object_lock,
     }
 
 

@@ -4,7 +4,9 @@ It binds a cluster name in a repository to one PostgreSQL system identifier: eve
 every archived WAL file of the name must come from that system.  It also records the WAL segment
 size once WAL is archived (fixed at initdb), which reading the archive needs.  The first backup
 or push creates it (and the repository descriptor ``pgvault.json``); nothing else changes it,
-except adding the segment size to a descriptor a logical backup created.
+except adding the segment size to a descriptor a logical backup created. On a write-once (S3
+Object Lock) repository that addition is not a rewrite but a create-only amendment,
+``<cluster>/cluster-segment-size.json``, which readers merge.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pgvault.pg import wal
 from pgvault.repository import layout
 from pgvault.repository.stored_json import Fields
 from pgvault.storage import ObjectExists, ObjectNotFound, Storage
+from pgvault.storage.base import is_write_once
 
 
 @dataclass(frozen=True)
@@ -72,7 +75,26 @@ def read_cluster_info(storage: Storage, cluster: str) -> ClusterInfo | None:
         doc = json.loads(data)
     except ValueError:
         raise IntegrityError(f"{where} is not valid JSON") from None
-    return ClusterInfo.from_json(doc, cluster=cluster, where=where)
+    info = ClusterInfo.from_json(doc, cluster=cluster, where=where)
+    if info.wal_segment_size is None and is_write_once(storage):
+        info = dataclasses.replace(info, wal_segment_size=_amended_segment_size(storage, cluster))
+    return info
+
+
+def _amended_segment_size(storage: Storage, cluster: str) -> int | None:
+    key = layout.segment_size_key(cluster)
+    try:
+        doc = json.loads(storage.read_bytes(key))
+    except ObjectNotFound:
+        return None
+    except ValueError:
+        raise IntegrityError(f"{key} in {storage.url} is not valid JSON") from None
+    f = Fields(doc, f"{key} in {storage.url}")
+    size = f.integer("wal_segment_size", minimum=1)
+    if size is not None and size not in wal.SEGMENT_SIZES:
+        f.problems.append(f"'wal_segment_size' must be a power of two from 1 MiB to 1 GiB (got {size})")
+    f.check()
+    return size
 
 
 def ensure_cluster(
@@ -106,6 +128,13 @@ def ensure_cluster(
     if wal_segment_size and known.wal_segment_size is None:
         # First WAL archived for a cluster a logical backup registered: record the segment size.
         known = dataclasses.replace(known, wal_segment_size=wal_segment_size)
-        with storage.open_write(layout.cluster_key(cluster)) as w:
-            w.write(known.dumps())
+        if is_write_once(storage):
+            try:
+                storage.put_if_absent(layout.segment_size_key(cluster),
+                                      json.dumps({"wal_segment_size": wal_segment_size}).encode() + b"\n")
+            except ObjectExists:
+                pass  # a concurrent first push of the same cluster: same server, same size
+        else:
+            with storage.open_write(layout.cluster_key(cluster)) as w:
+                w.write(known.dumps())
     return known

@@ -8,6 +8,9 @@ CronJob is visible without reading its logs.
 
 One small JSON object per job, rewritten after each run (read, merge, write): two hosts running
 the same job at the same instant may lose one update, which is acceptable for "the last outcome".
+On a write-once (S3 Object Lock) repository nothing is rewritten: each run writes a new record
+``<cluster>/jobs/<job>/<finished>-<id>.json`` (merged with the newest, as above) and readers take the
+newest of both layouts; ``expire`` removes the superseded ones once their lock allows it.
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pgvault.errors import IntegrityError
+from pgvault.procs import random_id
 from pgvault.storage import ObjectNotFound, Storage
+from pgvault.storage.base import is_write_once
 
 RECORD_FORMAT = 1
 _ERROR_MAX = 500  # characters of the error message kept in the record
@@ -123,15 +128,20 @@ def merge_run(cluster: str, previous: JobRecord | None, run: JobRun) -> JobRecor
 
 
 def job_key(cluster: str, job: str) -> str:
-    """``<cluster>/jobs/<job>.json``."""
+    """``<cluster>/jobs/<job>.json``: the record rewritten after every run (repositories that allow it)."""
     if not job or "/" in job or job.startswith("."):
         raise ValueError(f"invalid job name {job!r}")
     return f"{cluster}/jobs/{job}.json"
 
 
-def load_job(storage: Storage, cluster: str, job: str) -> JobRecord | None:
-    """The record of ``job``, or None if it never ran."""
-    key = job_key(cluster, job)
+def run_key(cluster: str, job: str, finished_at: str) -> str:
+    """``<cluster>/jobs/<job>/<finished UTC>-<random>.json``: one write-once record per run, on a
+    write-once (Object Lock) repository; the name sorts by time, so the newest is the last listed."""
+    stamp = dt.datetime.fromisoformat(finished_at).astimezone(dt.UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+    return f"{job_key(cluster, job)[: -len('.json')]}/{stamp}-{random_id()}.json"
+
+
+def _load(storage: Storage, key: str) -> JobRecord | None:
     try:
         data = storage.read_bytes(key)
     except ObjectNotFound:
@@ -145,23 +155,63 @@ def load_job(storage: Storage, cluster: str, job: str) -> JobRecord | None:
     return JobRecord.from_json(doc, where=key)
 
 
+def _newest(storage: Storage, keys: list[str]) -> JobRecord | None:
+    """The record that finished last among ``keys`` (a legacy record and the newest per-run one:
+    a repository may have switched between the two layouts either way)."""
+    records = [r for k in keys if (r := _load(storage, k)) is not None]
+    return max(records, key=lambda r: r.last_finished_at, default=None)
+
+
+def _run_keys(storage: Storage, cluster: str) -> dict[str, list[str]]:
+    """Per-run record keys by job name, oldest first."""
+    out: dict[str, list[str]] = {}
+    for info in storage.list(f"{cluster}/jobs/"):
+        parts = info.key.split("/")
+        if len(parts) == 4 and parts[3].endswith(".json") and not parts[3].startswith("."):
+            out.setdefault(parts[2], []).append(info.key)
+    return out
+
+
+def load_job(storage: Storage, cluster: str, job: str) -> JobRecord | None:
+    """The record of ``job``, or None if it never ran."""
+    runs = [i.key for i in storage.list(f"{job_key(cluster, job)[: -len('.json')]}/") if i.key.endswith(".json")]
+    return _newest(storage, [job_key(cluster, job)] + runs[-1:])
+
+
 def list_jobs(storage: Storage, cluster: str) -> dict[str, JobRecord]:
-    """Every job record of ``cluster`` by job name."""
-    out: dict[str, JobRecord] = {}
+    """Every job record of ``cluster`` by job name (both layouts)."""
+    legacy: set[str] = set()
     for info in storage.list(f"{cluster}/jobs/"):
         name = info.key.rsplit("/", 1)[-1]
-        if not name.endswith(".json") or info.key.count("/") != 2:
-            continue
-        record = load_job(storage, cluster, name[: -len(".json")])
+        if name.endswith(".json") and info.key.count("/") == 2:
+            legacy.add(name[: -len(".json")])
+    runs = _run_keys(storage, cluster)
+    out: dict[str, JobRecord] = {}
+    for job in sorted(legacy | set(runs)):
+        keys = ([job_key(cluster, job)] if job in legacy else []) + runs.get(job, [])[-1:]
+        record = _newest(storage, keys)
         if record is not None:
             out[record.job] = record
     return out
 
 
+def superseded_runs(storage: Storage, cluster: str) -> list[str]:
+    """Per-run records older than their job's newest: what ``expire`` may remove (the newest carries
+    everything merged so far: last success, last failure)."""
+    return [k for keys in _run_keys(storage, cluster).values() for k in keys[:-1]]
+
+
 def save_job(storage: Storage, record: JobRecord) -> str:
+    """Write ``record``: over the job's one record, or as a new write-once key on a repository
+    that locks what it stores (no object is ever rewritten there)."""
+    data = (json.dumps(record.to_json(), indent=2) + "\n").encode()
+    if is_write_once(storage):
+        key = run_key(record.cluster, record.job, record.last_finished_at)
+        storage.put_if_absent(key, data)
+        return key
     key = job_key(record.cluster, record.job)
     with storage.open_write(key) as w:
-        w.write((json.dumps(record.to_json(), indent=2) + "\n").encode())
+        w.write(data)
     return key
 
 

@@ -51,6 +51,11 @@ def cluster_key(cluster: str) -> str:
     return f"{cluster}/cluster.json"
 
 
+def segment_size_key(cluster: str) -> str:
+    """Write-once amendment of ``cluster.json`` on a write-once repository (repository/cluster.py)."""
+    return f"{cluster}/cluster-segment-size.json"
+
+
 def logical_root(cluster: str) -> str:
     return f"{cluster}/logical/"
 

@@ -61,6 +61,7 @@ def s3_settings(s: Settings) -> S3Settings:
         connect_timeout=s.s3.connect_timeout,
         read_timeout=s.s3.read_timeout,
         max_attempts=s.s3.retries,
+        object_lock=s.object_lock_rule(),
     )
 
 

@@ -19,7 +19,7 @@ from typing import BinaryIO, Protocol, Self, runtime_checkable
 
 from pgvault.errors import NotFoundError, StorageError
 
-__all__ = ["WriterContextMixin", "ObjectInfo", "ObjectNotFound", "ObjectExists", "Storage", "ObjectWriter",
+__all__ = ["is_write_once", "ObjectVersion", "VersionedStorage", "WriterContextMixin", "ObjectInfo", "ObjectNotFound", "ObjectExists", "Storage", "ObjectWriter",
            "UnfinishedWrite", "validate_key", "validate_prefix", "StorageError"]
 
 
@@ -50,6 +50,46 @@ class UnfinishedWrite:
     size: int  # bytes it holds in the store (S3: its uploaded parts; a part still buffered is not there)
     modified: dt.datetime  # its last sign of activity, UTC: the temp file's mtime, an S3 upload's newest part
     token: str = field(default="", repr=False)  # what tells it apart to remove it (S3: the upload id)
+
+
+@dataclass(frozen=True)
+class ObjectVersion:
+    """One version (or delete marker) of a key in a versioned bucket (S3 ListObjectVersions)."""
+
+    key: str
+    version_id: str
+    latest: bool
+    delete_marker: bool
+    size: int
+    modified: dt.datetime  # timezone-aware UTC
+
+
+@runtime_checkable
+class VersionedStorage(Protocol):
+    """What a store with object versions and Object Lock adds (S3 only). Callers check
+    ``isinstance(storage, VersionedStorage) and storage.versioning()`` before using it.
+
+    On a versioned store ``delete`` removes every version of the key (see ``S3Storage.delete``)."""
+
+    def versioning(self) -> str:
+        """The bucket's versioning state: ``""`` (never enabled), ``"Enabled"`` or ``"Suspended"``."""
+        ...
+
+    def versions(self, prefix: str = "") -> list[ObjectVersion]:
+        """Every version and delete marker under ``prefix``, in key order, newest first per key."""
+        ...
+
+    def retain_until(self, key: str, version_id: str) -> dt.datetime | None:
+        """The Object Lock retain-until date of one version (None: not locked)."""
+        ...
+
+    def delete_version(self, key: str, version_id: str) -> None:
+        """Delete one version or delete marker for good (the store refuses a locked version: StorageError)."""
+        ...
+
+    def lock_configuration(self) -> dict[str, object]:
+        """The bucket's Object Lock configuration: ``{"enabled": bool, "default_mode": str|None, ...}``."""
+        ...
 
 
 @runtime_checkable
@@ -131,6 +171,12 @@ class Storage(Protocol):
         was removed fails to commit with a :class:`StorageError`; nothing partial ever appears.
         Local storage also removes the directories this leaves empty (never the root)."""
         ...
+
+
+def is_write_once(storage: object) -> bool:
+    """Does the repository lock what pgvault writes (S3 Object Lock)? Then pgvault never rewrites a
+    key: job records and descriptor amendments go to new keys (docs/design.md, "Immutable backups")."""
+    return bool(getattr(storage, "write_once", False))
 
 
 def validate_key(key: str) -> str:

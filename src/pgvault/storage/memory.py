@@ -86,6 +86,10 @@ class MemoryStorage:
         self._objects: dict[str, tuple[bytes, dt.datetime]] = {}
         self._pending: dict[str, _MemoryWriter] = {}  # token → writer neither committed nor aborted
         self._lock = threading.Lock()
+        # Tests model a write-once (Object Lock) repository with it: pgvault then writes new keys
+        # instead of rewriting (repository/jobs.py, cluster.py), and ``overwritten`` shows any rewrite.
+        self.write_once = False
+        self.overwritten: list[str] = []
 
     def _begin(self, writer: _MemoryWriter) -> None:
         with self._lock:
@@ -107,6 +111,8 @@ class MemoryStorage:
                 raise StorageError(f"the write of {key!r} to {self.url} was removed as unfinished")
             if if_absent and key in self._objects:
                 raise ObjectExists(f"object {key!r} already exists in {self.url}")
+            if key in self._objects:
+                self.overwritten.append(key)
             self._objects[key] = (data, _now())
 
     def _get(self, key: str) -> tuple[bytes, dt.datetime]:

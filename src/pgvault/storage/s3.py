@@ -29,6 +29,7 @@ import botocore.config
 import botocore.exceptions as bce
 
 from pgvault.errors import ConfigError, PgvaultError, StorageError
+from pgvault.storage import s3_versions
 from pgvault.storage.base import (
     ObjectExists,
     ObjectInfo,
@@ -44,6 +45,8 @@ from pgvault.storage.s3_read import ResumingBody
 if TYPE_CHECKING:
     from mypy_boto3_s3.client import S3Client
     from mypy_boto3_s3.type_defs import CompletedPartTypeDef
+
+    from pgvault.policy.object_lock import LockRule
 
 __all__ = ["S3Settings", "S3Storage"]
 
@@ -92,6 +95,7 @@ class S3Settings:
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
     read_resumes: int = 5  # ranged re-opens of a download in a row without progress (see s3_read)
+    object_lock: LockRule | None = None  # Object Lock mode and duration stamped on every put (policy/object_lock)
 
     @property
     def call_bound(self) -> float:
@@ -198,7 +202,8 @@ class _S3Writer(WriterContextMixin):
             raise StorageError(f"object {s._where(self._key)} exceeds {_MAX_PARTS} parts", hint="raise s3 part_size")
         if self._upload_id is None:
             with s._errors("write", self._key):
-                resp = s._client.create_multipart_upload(Bucket=s.bucket, Key=self._full, **s._checksum_args)
+                resp = s._client.create_multipart_upload(Bucket=s.bucket, Key=self._full, **s._checksum_args,
+                                                        **s._lock_args(self._key))
             self._upload_id = resp["UploadId"]
             self._pool = cf.ThreadPoolExecutor(s.settings.max_concurrency, thread_name_prefix="pgvault-s3")
         assert self._pool is not None
@@ -241,7 +246,8 @@ class _S3Writer(WriterContextMixin):
         try:
             if self._upload_id is None:
                 body = bytes(self._buf)
-                self._publish(lambda: s._client.put_object(Bucket=s.bucket, Key=self._full, Body=body, **self._condition))
+                self._publish(lambda: s._client.put_object(Bucket=s.bucket, Key=self._full, Body=body, **self._condition,
+                                                                **s._lock_args(self._key)))
             else:
                 if self._buf:
                     self._send_part()
@@ -317,6 +323,7 @@ class S3Storage:
         self.settings = settings if settings is not None else S3Settings()
         self.url = f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}"
         self._unresponsive_until = 0.0  # monotonic time until which requests fail at once
+        self._versioning: str | None = None  # the bucket's versioning state, asked once (s3_versions)
         self._client = self._make_client()
         self.endpoint = _display_endpoint(self._client.meta.endpoint_url)
         # Mirror s3transfer: with botocore's default "when_supported" checksums, multipart uploads
@@ -404,13 +411,18 @@ class S3Storage:
             if code == "NoSuchBucket":
                 return self._no_bucket()
             if code in _ACCESS_CODES or status == 403:
+                lock = self.settings.object_lock is not None
                 return StorageError(
-                    f"access denied to {self.url}: check credentials and permissions ({code or status})", hint=_ACCESS_HINT
+                    f"access denied to {self.url}: check credentials and permissions ({code or status})",
+                    hint=_ACCESS_HINT + (s3_versions.LOCK_PERMISSIONS if lock else ""),
                 )
             if (code == "PreconditionFailed" or status == 412) and key is not None:  # only If-None-Match
                 return ObjectExists(f"object {key!r} already exists in {self.url}")
             if code == "NoSuchKey" and key is not None:
                 return ObjectNotFound(f"object {key!r} does not exist in {self.url}")
+            if code == "InvalidRequest" and self.settings.object_lock is not None and action == "write":
+                return StorageError(f"cannot write {where}: {self.endpoint} refused a locked put (InvalidRequest); "
+                                    f"does bucket {self.bucket!r} have Object Lock?", hint=s3_versions.LOCK_HINT)
             return StorageError(f"cannot {action} {where}: S3 error {code or '?'} (HTTP {status}) from {self.endpoint}")
         if _is_timeout(exc):
             return self._timed_out(exc, action, where)
@@ -510,8 +522,15 @@ class S3Storage:
         return iter(items)
 
     def delete(self, key: str) -> None:
-        """Delete ``key``; deleting an absent key is not an error."""
+        """Delete ``key``; deleting an absent key is not an error.
+
+        On a versioned bucket every version of the key goes (by VersionId), not just a delete
+        marker hiding the bytes; versions under Object Lock retention stay, hidden by a delete
+        marker, until ``expire`` removes them after their date (see ``s3_versions.purge``)."""
         full = self._full(key)
+        if self.versioning():
+            s3_versions.purge(self, key)
+            return
         try:
             with self._errors("delete", key, lookup=True):
                 self._client.delete_object(Bucket=self.bucket, Key=full)
@@ -537,8 +556,38 @@ class S3Storage:
         missing bucket on the first PUT instead of failing, which would hide a typo in the URL.
         """
         self._require_bucket()
+        if self.settings.object_lock is not None:
+            if not s3_versions.check_lock(self):
+                return  # a bucket default retention would lock the probe: the configuration check is the check
         probe = f".pgvault-probe-{secrets.token_hex(8)}"
-        full = self._full(probe)
         with self._errors("write", probe):
-            self._client.put_object(Bucket=self.bucket, Key=full, Body=b"pgvault write probe\n")
-            self._client.delete_object(Bucket=self.bucket, Key=full)
+            self._client.put_object(Bucket=self.bucket, Key=self._full(probe), Body=b"pgvault write probe\n")
+        self.delete(probe)  # every version of it, on a versioned bucket
+
+    # -- versions and Object Lock (VersionedStorage; see s3_versions) ---------------------------
+
+    def _lock_args(self, key: str) -> dict[str, Any]:
+        """ObjectLockMode + RetainUntilDate for a put of ``key``; none for lock leases
+        (``<cluster>/locks/<name>``): they are rewritten by heartbeats and deleted on release, and
+        locking them would only pile up retained versions (docs/design.md, "Immutable backups")."""
+        rule = self.settings.object_lock
+        parts = key.split("/")
+        if rule is None or (len(parts) == 3 and parts[1] == "locks"):
+            return {}
+        return {"ObjectLockMode": rule.mode, "ObjectLockRetainUntilDate": rule.retain_until(dt.datetime.now(dt.UTC))}
+
+    @property
+    def write_once(self) -> bool:
+        """Everything pgvault writes here is locked: it writes new keys instead of rewriting any."""
+        return self.settings.object_lock is not None
+
+    def versioning(self) -> str:
+        if self._versioning is None:
+            self._versioning = s3_versions.versioning(self)
+        return self._versioning
+
+    # The rest of VersionedStorage: functions of s3_versions taking the storage first, as methods.
+    versions = s3_versions.versions
+    retain_until = s3_versions.retain_until
+    delete_version = s3_versions.delete_version
+    lock_configuration = s3_versions.lock_configuration

@@ -23,6 +23,7 @@ from typing import Any
 from pgvault import log
 from pgvault.errors import IntegrityError, NotFoundError, StorageError
 from pgvault.operations.context import Context
+from pgvault.operations.maintenance.retained import Guard, Swept, plan_with_retention, sweep, versioned
 from pgvault.pg import wal
 from pgvault.policy.retention import (
     Backup,
@@ -136,11 +137,13 @@ class Applied:
     bytes: int = 0
     unfinished: int = 0  # unfinished writes removed (not counted in objects and bytes)
     unfinished_bytes: int = 0
+    swept: Swept | None = None  # versioned bucket: leftover versions removed (retained.sweep)
 
     def to_json(self) -> dict[str, Any]:
         return {"logical": self.logical, "physical": self.physical, "wal_files": self.wal_files, "debris": self.debris,
                 "unfinished_writes": {"count": self.unfinished, "bytes": self.unfinished_bytes},
-                "skipped": self.skipped, "objects": self.objects, "bytes": self.bytes}
+                "skipped": self.skipped, "objects": self.objects, "bytes": self.bytes,
+                "versions_swept": self.swept.to_json() if self.swept else None}
 
 
 def _delete_backup(storage: Storage, prefix: str, done: Applied) -> None:
@@ -178,11 +181,21 @@ def _sweep_unfinished(storage: Storage, u: Leftover, idle_since: dt.datetime, do
         done.skipped.append(f"{u.write.key}: written to since the listing")
 
 
-def apply_plan(ctx: Context, plan: RetentionPlan) -> Applied:
-    """Delete what ``plan`` says, backups first (manifest first), then debris, then WAL."""
+def apply_plan(ctx: Context, plan: RetentionPlan, guard: Guard | None = None) -> Applied:
+    """Delete what ``plan`` says, backups first (manifest first), then debris, then WAL; with a
+    ``guard`` (versioned bucket), nothing still under Object Lock retention, then the leftovers' sweep."""
     logger = log.get()
     storage, cluster = ctx.storage, ctx.cluster
     done = Applied()
+
+    def retained(what: str, keys: list[str]) -> bool:
+        until = guard.until(keys) if guard is not None else None
+        if guard is None or until is None:
+            return False
+        logger.info("%s is retained until %s (object lock): not deleted", what, until.isoformat())
+        guard.hold(what, until)
+        return True
+
     for d in sorted(plan.deleted_backups("logical"), key=lambda d: d.taken_at):
         logger.info("deleting logical backup %s: %s", d.backup_id, "; ".join(d.reasons))
         _delete_backup(storage, layout.logical_prefix(cluster, d.backup_id), done)
@@ -192,7 +205,7 @@ def apply_plan(ctx: Context, plan: RetentionPlan) -> Applied:
         _delete_backup(storage, layout.base_prefix(cluster, d.backup_id), done)
         done.physical.append(d.backup_id)
     for debris in plan.debris:
-        if not debris.delete:
+        if not debris.delete or retained(f"debris {debris.where}", list(debris.keys)):
             continue
         if debris.kind == "wal":
             logger.info("deleting WAL debris %s: %s", debris.where, debris.reason)
@@ -213,11 +226,15 @@ def apply_plan(ctx: Context, plan: RetentionPlan) -> Applied:
     for r in plan.wal.ranges:
         logger.info("deleting WAL %s..%s (timeline %d): %d files", r.first, r.last, r.timeline, r.files)
     for f in plan.wal.delete:
+        if retained(f"WAL {f.name}", list(f.keys())):
+            continue
         for key in f.keys():
             storage.delete(key)
             done.objects += 1
         done.bytes += f.size
         done.wal_files += 1
+    if guard is not None:
+        done.swept = sweep(guard, storage)
     return done
 
 
@@ -226,6 +243,7 @@ class ExpireResult:
     plan: RetentionPlan
     applied: Applied | None
     real_now: dt.datetime
+    retained: list[dict[str, Any]] | None = None  # versioned bucket: what Object Lock keeps, and until when
 
 
 def expire(ctx: Context, *, now: dt.datetime | None = None, apply: bool = False) -> ExpireResult:
@@ -236,10 +254,21 @@ def expire(ctx: Context, *, now: dt.datetime | None = None, apply: bool = False)
     policy = Policy.from_settings(ctx.settings)
     real_now = _utcnow()
     at = now or real_now
+    vs = versioned(ctx.storage)
+
+    def planned(now: dt.datetime) -> tuple[RetentionPlan, Guard | None]:
+        inv = collect(ctx, now)
+        if vs is None:
+            return make_plan(inv, policy, at), None
+        # The store enforces retain-until dates in real time, whatever --now says.
+        guard = Guard(vs, ctx.cluster, now)
+        return plan_with_retention(guard, inv, policy, at), guard
+
     if not apply:
-        return ExpireResult(make_plan(collect(ctx, real_now), policy, at), None, real_now)
+        plan, guard = planned(real_now)
+        return ExpireResult(plan, None, real_now, guard.held if guard else None)
     # No check_writable(): on a local path it would create a missing (mistyped, unmounted) root.
     with RepositoryLock(ctx.storage, ctx.cluster, LOCK_OPERATION):
-        plan = make_plan(collect(ctx, _utcnow()), policy, at)
-        applied = apply_plan(ctx, plan)
-    return ExpireResult(plan, applied, real_now)
+        plan, guard = planned(_utcnow())
+        applied = apply_plan(ctx, plan, guard)
+    return ExpireResult(plan, applied, real_now, guard.held if guard else None)

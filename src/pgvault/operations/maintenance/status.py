@@ -32,6 +32,7 @@ from pgvault.repository.jobs import JobRecord, list_jobs
 from pgvault.repository.manifest import LogicalManifest
 from pgvault.repository.physical import PhysicalManifest
 from pgvault.repository.wal_record import archived_at_iso
+from pgvault.storage.base import VersionedStorage
 
 # --- the WAL archive and recoverable window (also used by `list`) ----------------------------------
 
@@ -166,7 +167,26 @@ def _read_repository(ctx: Context, cache: ManifestCache, *, now: dt.datetime, pg
                                   system_identifier=info.system_identifier if info else None),
         drills=drills, drill_error=drill_error, jobs=jobs, jobs_error=jobs_error, damaged=tuple(cache.damaged),
         size=repository_size(ctx, ctx.cluster), unfinished=scan(ctx.storage, ctx.cluster, now, s.debris_grace),
+        object_lock=object_lock_facts(ctx),
     )
+
+
+def object_lock_facts(ctx: Context) -> dict[str, Any] | None:
+    """What pgvault applies (``repository.s3.object_lock``) and what the bucket enforces
+    (GetObjectLockConfiguration, GetBucketVersioning); None for a repository that is no bucket."""
+    if not isinstance(ctx.storage, VersionedStorage):
+        return None
+    rule = ctx.settings.object_lock_rule()
+    facts: dict[str, Any] = {"configured": rule.mode.lower() if rule else "off",
+                             "retention": rule.source if rule else None,
+                             "retention_seconds": rule.seconds if rule else None,
+                             "bucket": None, "versioning": None, "error": None}
+    try:
+        facts["bucket"] = ctx.storage.lock_configuration()
+        facts["versioning"] = ctx.storage.versioning() or "off"
+    except StorageError as e:
+        facts["error"] = e.message
+    return facts
 
 
 def repository_size(ctx: Context, cluster: str) -> RepositorySize:
