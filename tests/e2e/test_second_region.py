@@ -225,3 +225,36 @@ def test_sync_killed_mid_copy_resumes_and_a_different_object_is_never_overwritte
     assert base_key + "manifest.json" not in keys_b  # the backup does not exist on B
     run = json.loads(r.stdout)["runs"][0]
     assert run["ok"] is False and victim in run["error"]
+
+
+def test_the_copy_on_a_worm_bucket_is_locked_and_written_once(archiving, regions: Regions) -> None:  # type: ignore[no-untyped-def]
+    """repositories.<name>.s3.object_lock applies to what the copy writes: every object in region B
+    carries a retention date, and a second run writes nothing (no second version of any key)."""
+    bucket_a, bucket_b = regions.a.create_bucket(), f"pgvault-worm-{os.urandom(4).hex()}"
+    regions.b.client().create_bucket(Bucket=bucket_b, ObjectLockEnabledForBucket=True)
+    a = archiving(None, s3={"url": f"s3://{bucket_a}/prod", "endpoint": regions.a.endpoint_url, **regions.creds()})
+    conf = yaml.safe_load(a.conf.read_text())
+    conf["repositories"] = {"region-b": {"url": f"s3://{bucket_b}/prod-copy", "s3": {
+        "endpoint_url": regions.b.endpoint_url, "force_path_style": True,
+        "object_lock": "governance", "object_lock_retention": "1h"}}}
+    a.conf.write_text(yaml.safe_dump(conf))
+    a.cluster.psql("CREATE TABLE ticks (i int PRIMARY KEY); INSERT INTO ticks SELECT generate_series(1, 1000)")
+    a.switch_and_wait()
+    a.basebackup()
+    first = _sync(a).json()["runs"][0]
+    assert first["backups_copied"] == 1 and first["wal_copied"] >= 2, first
+    again = _sync(a).json()["runs"][0]
+    assert (again["wal_copied"], again["backups_copied"], again["bytes_copied"]) == (0, 0, 0), again
+
+    client = regions.b.client()
+    versions: dict[str, int] = {}
+    for page in client.get_paginator("list_object_versions").paginate(Bucket=bucket_b, Prefix="prod-copy/"):
+        for v in page.get("Versions", []):
+            versions[v["Key"]] = versions.get(v["Key"], 0) + 1
+    copied = [k for k in versions if "/locks/" not in k]
+    assert any("/base/" in k for k in copied) and any("/wal/" in k for k in copied) and any("/sync/" in k for k in copied)
+    assert {k: n for k, n in versions.items() if k in copied and n != 1} == {}  # written once, never rewritten
+    for key in copied:
+        head = client.head_object(Bucket=bucket_b, Key=key)
+        assert head.get("ObjectLockMode") == "GOVERNANCE", (key, head.get("ObjectLockMode"))
+    assert _objects(regions.a, bucket_a, "prod/") == _objects(regions.b, bucket_b, "prod-copy/")
