@@ -32,7 +32,8 @@ from support.manifests import (
 # (pinned in pyproject.toml) ships schemas for, and the oldest we claim (CronJob timeZone is GA
 # since 1.27; 1.30 is the oldest still maintained by the big providers).
 K8S_VERSIONS = ("1.30.0", "1.37.0")
-JOBS = {"pgvault-backup", "pgvault-basebackup", "pgvault-expire", "pgvault-verify", "pgvault-drill"}
+JOBS = {"pgvault-backup", "pgvault-basebackup", "pgvault-expire", "pgvault-verify", "pgvault-drill",
+        "pgvault-repo-sync"}
 RECIPIENT = "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p"
 SECRETS = {"pgvault-postgres": {"PGPASSWORD": "pw"},
            "pgvault-s3": {"AWS_ACCESS_KEY_ID": "id", "AWS_SECRET_ACCESS_KEY": "secret"},
@@ -106,6 +107,15 @@ def test_the_cronjobs_and_their_schedules() -> None:
         assert spec["successfulJobsHistoryLimit"] >= 1 and spec["failedJobsHistoryLimit"] >= 1, name
         assert job["backoffLimit"] in (0, 1) and job["activeDeadlineSeconds"] > 0, name
         assert job["template"]["spec"]["restartPolicy"] == "Never", name
+
+
+def test_the_repo_sync_is_suspended_until_a_second_repository_is_configured() -> None:
+    job = cronjobs()["pgvault-repo-sync"]
+    assert job["spec"]["suspend"] is True and job["spec"]["schedule"] == "*/15 * * * *"
+    c = _container("pgvault-repo-sync")
+    assert c.argv[:3] == ["pgvault", "repo", "sync"]
+    args = build_parser("repo").parse_args(c.argv[1:])
+    assert args.what == "sync" and args.parallel == 4
 
 
 def test_the_drill_runs_only_on_the_first_saturday() -> None:

@@ -52,6 +52,7 @@ VERBS = {
     "pgvault.operations.maintenance.verify",
     "pgvault.operations.maintenance.status",
     "pgvault.operations.maintenance.metrics",
+    "pgvault.operations.maintenance.repo_sync",
 }
 CAPABILITIES = ("logical", "physical", "archive", "maintenance")
 MAY_USE = {"maintenance": {"logical", "physical", "archive"}, "logical": set(), "physical": set(), "archive": set()}

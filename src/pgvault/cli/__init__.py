@@ -46,7 +46,8 @@ def common_options(*, top_level: bool = True) -> argparse.ArgumentParser:
     g = p.add_argument_group("common options")
     g.add_argument("--config", "-c", help="YAML config file (default: $PGVAULT_CONFIG)", **none)
     g.add_argument("--cluster", help="cluster name in the repository (default: main)", **none)
-    g.add_argument("--repository", "-r", help="repository: a path, file:///path or s3://bucket/prefix", **none)
+    g.add_argument("--repository", "-r", help="repository: the name of a configured one (primary, or one under "
+                   "repositories.<name>), or a path, file:///path or s3://bucket/prefix", **none)
     g.add_argument("--dsn", help="libpq connection string (a password here is never passed to child programs' argv)",
                    **none)
     g.add_argument("--json", action="store_true", help="machine-readable output ({\"format\": 1, ...})", **none)
@@ -73,12 +74,20 @@ def _command_name(argv: Sequence[str]) -> str | None:
 def settings_from(args: argparse.Namespace, *, check_local_files: bool = True, **extra: Any) -> Settings:
     """Settings from the config file, the environment, and this command line (``extra``: more
     overrides by setting name; ``check_local_files``: see :func:`~pgvault.config.load_settings`)."""
+    repository = getattr(args, "repository", None)
     overrides = {
         "cluster": getattr(args, "cluster", None),
-        "repository.url": getattr(args, "repository", None),
+        "repository.url": repository,
         "postgres.dsn": getattr(args, "dsn", None),
         **extra,
     }
+    if repository and "/" not in repository and ":" not in repository:
+        # A configured repository's name (a second region's copy) selects it; a name nothing
+        # configures stays what it always was, a relative path.
+        s = load_settings(getattr(args, "config", None), overrides={**overrides, "repository.url": None},
+                          check_local_files=check_local_files)
+        if any(r.name == repository for r in s.all_repositories()):
+            return s.with_repository(repository)
     return load_settings(getattr(args, "config", None), overrides=overrides, check_local_files=check_local_files)
 
 
@@ -112,7 +121,7 @@ _MODULES = {
     "restore": "restore", "restore-cluster": "restore_cluster", "restore-point": "restore_cluster", "wal": "wal",
     "config": "config_cmd", "drill": "drill", "expire": "expire", "verify": "verify", "metrics": "metrics",
     "notify": "notify",
-    "runbook": "runbook",
+    "runbook": "runbook", "repo": "repo",
 }
 # SCHEDULED_JOBS (imported from config, where notify.jobs names them): commands whose outcome is
 # recorded for `status` and the metrics and may be notified (cli/metrics.py record_job); other

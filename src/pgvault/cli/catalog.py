@@ -162,6 +162,10 @@ def run_status(args: argparse.Namespace) -> int:
     snap = gather_status(ctx, pgdata=args.pgdata, connect=not args.no_connect, repository_timeout=args.timeout)
     reasons = evaluate(snap)
     payload = snapshot_json(snap, reasons)
+    if len(ctx.settings.all_repositories()) > 1:  # each configured repository and its lag behind the first
+        from pgvault.operations.maintenance.repositories import survey, survey_json
+
+        payload["repositories"] = survey_json(survey(ctx.settings, timeout=args.timeout))
     emit(args, "status", payload, lambda: describe_status(snap, payload))
     return VERDICT_EXIT[verdict(reasons)]
 
@@ -225,6 +229,8 @@ def describe_status(snap: StatusSnapshot, doc: dict[str, Any]) -> str:
         lines.append(f"unfinished writes:    {snap.unfinished.describe()}")
     if snap.object_lock is not None:
         lines.append(f"object lock:          {describe_object_lock(snap.object_lock)}")
+    if doc.get("repositories"):
+        lines += ["", describe_repositories(doc["repositories"])]
     return "\n".join(lines)
 
 
@@ -243,3 +249,33 @@ def describe_object_lock(lock: dict[str, Any]) -> str:
     applied = (f"pgvault locks every object {lock['configured']} for {lock['retention']}" if lock["configured"] != "off"
                else "pgvault sets no retention (repository.s3.object_lock: off)")
     return f"{enforced}; {applied}; versioning {lock.get('versioning') or '?'}"
+
+
+def describe_repositories(repos: list[dict[str, Any]]) -> str:
+    """Each configured repository: newest backup and WAL, lag behind the first, last sync."""
+    from pgvault.policy.verdict import describe_age
+
+    rows = []
+    for r in repos:
+        if not r["reachable"]:
+            rows.append((r["name"], "UNREACHABLE", "", "", "", r["error"] or ""))
+            continue
+        lag = r["lag"]
+        if r["first"]:
+            behind = "(reference)"
+        elif lag is None:
+            behind = "unknown"
+        elif not (lag["wal_segments"] or lag["logical_behind"] or lag["physical_behind"]):
+            behind = "in step"
+        else:
+            parts = [f"{lag['wal_segments']} WAL segment(s)" if lag["wal_segments"] else "",
+                     describe_age(lag["wal_seconds"]) if lag["wal_seconds"] else "",
+                     "newest logical backup missing" if lag["logical_behind"] else "",
+                     "newest base backup missing" if lag["physical_behind"] else ""]
+            behind = "BEHIND: " + ", ".join(p for p in parts if p)
+        sync = r["last_sync"]
+        last = "" if not sync else (f"last sync {sync.get('finished_at', '')[:19].replace('T', ' ')} "
+                                    f"{'ok' if sync.get('ok') else 'FAILED'}")
+        rows.append((r["name"], behind, r["newest_wal"] or "-", r["newest_physical"] or "-", r["newest_logical"] or "-",
+                     last))
+    return "repositories:\n" + table(["repository", "lag", "newest WAL", "newest base", "newest logical", "sync"], rows)

@@ -39,18 +39,25 @@ def run_check(args: argparse.Namespace) -> int:
         "notify": {**where, "events": list(s.notify.events), "jobs": list(s.notify.jobs) or "all"},
         # What every object written gets (the bucket's own lock is checked by the first write and by status).
         "object_lock": rule.to_json() if (rule := s.object_lock_rule()) else None,
+        # Every configured repository (validated like the primary); "primary" is repository.*.
+        "repositories": [{"name": r.name, "url": r.url} for r in s.all_repositories()],
     }
     hooks = [f"{k} {v}" for k, v in where.items() if v]
     emit(args, "config_check", payload, lambda: f"configuration OK ({s.source}): cluster {s.cluster!r}, "
          f"repository {s.repository_url}, compression {s.compression}, "
          f"encryption {'age (' + str(len(s.age_recipients)) + ' recipient(s))' if s.age_recipients else 'off'}, "
          f"notifications {'to ' + ' and '.join(hooks) + ' on ' + (', '.join(s.notify.events) or 'no event') if hooks else 'off'}"
-         + (f", object lock {rule.mode.lower()} for {rule.source}" if rule else ""))
+         + (f", object lock {rule.mode.lower()} for {rule.source}" if rule else "")
+         + "".join(f"\n  repository {r.name}: {r.url}" for r in s.all_repositories()[1:]))
     return 0
 
 
 def run_keys(args: argparse.Namespace) -> int:
-    rows = describe()
+    rows = describe() + [
+        ("repositories.<name>.url", "PGVAULT_REPOSITORIES_<NAME>_URL",
+         "a further repository (another region's copy, kept by 'repo sync'); --repository <name> selects it"),
+        ("repositories.<name>.s3.*", "PGVAULT_REPOSITORIES_<NAME>_S3_*", "its S3 settings, as repository.s3.*"),
+    ]
     from pgvault.output import table
 
     emit(args, "config_keys", {"settings": [{"setting": a, "env": b, "doc": c} for a, b, c in rows]},

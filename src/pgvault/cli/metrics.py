@@ -44,16 +44,24 @@ def run_metrics(args: argparse.Namespace) -> int:
     ctx = context_from(args)
     cache = ManifestCache()
 
+    def repositories() -> list[metrics.Sample]:
+        if len(ctx.settings.all_repositories()) < 2:
+            return []
+        # A second region: each repository and its lag, also (above all) when the first is down.
+        from pgvault.operations.maintenance.repositories import survey
+
+        return metrics.repository_samples(ctx.cluster, survey(ctx.settings))
+
     def take() -> list[metrics.Sample]:
         snap = gather_status(ctx, pgdata=args.pgdata, connect=not args.no_connect, cache=cache)
-        return metrics.snapshot_samples(snap, evaluate(snap))
+        return metrics.snapshot_samples(snap, evaluate(snap)) + repositories()
 
     if args.serve:
-        return _serve(args.serve, ctx.cluster, take)
+        return _serve(args.serve, ctx.cluster, take, repositories)
     try:
         samples, failure = take(), None
     except PgvaultError as e:  # still publish pgvault_up 0, then fail
-        samples, failure = metrics.down_samples(ctx.cluster), e
+        samples, failure = metrics.down_samples(ctx.cluster) + repositories(), e
     if args.textfile:
         try:
             metrics.write_textfile(args.textfile, samples, ctx.cluster)
@@ -87,7 +95,7 @@ def parse_addr(text: str) -> tuple[str, int]:
     return host or "0.0.0.0", number
 
 
-def _serve(addr: str, cluster: str, take: Any) -> int:
+def _serve(addr: str, cluster: str, take: Any, repositories: Any = list) -> int:
     import signal
 
     from pgvault.operations.maintenance import metrics
@@ -101,7 +109,8 @@ def _serve(addr: str, cluster: str, take: Any) -> int:
             return samples
         except PgvaultError as e:  # the endpoint stays up and says so: pgvault_up 0
             logger.warning("metrics: cannot read the repository: %s", log.redact(e.message))
-            return metrics.down_samples(cluster)
+            extra: list[metrics.Sample] = repositories()
+            return metrics.down_samples(cluster) + extra
 
     try:
         server, thread = metrics.serve(host, port, scrape)

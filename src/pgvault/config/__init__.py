@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import yaml
 
+from pgvault.config.repositories import PRIMARY_REPOSITORY as PRIMARY_REPOSITORY  # re-exported
+from pgvault.config.repositories import named_settings
 from pgvault.config.values import (
     SmokeQuery as SmokeQuery,  # re-exported: part of Settings (smoke_queries)
 )
@@ -158,6 +160,21 @@ class S3Options:
     object_lock_retention: float | None = _DEFAULTS["repository.s3.object_lock_retention"]  # None: 'retention'
 
 
+# A repository is named: the primary one (``repository.*``) is "primary"; more live under
+# ``repositories.<name>.url`` and ``repositories.<name>.s3.*`` (the same settings as the primary's,
+# environment ``PGVAULT_REPOSITORIES_<NAME>_URL`` ..., "-" in a name is "_" there).  Credentials
+# follow the primary's rules: boto3's chain or ``s3.profile``, never the config file or argv.
+
+
+@dataclass(frozen=True)
+class NamedRepository:
+    """One configured repository: its name, URL and S3 options."""
+
+    name: str
+    url: str
+    s3: S3Options = field(default_factory=S3Options)
+
+
 @dataclass(frozen=True)
 class NotifyOptions:
     """Job notifications (cli.notify): where to (URLs from the environment only, kept out of
@@ -221,6 +238,23 @@ class Settings:
     drill_max_age: float = _DEFAULTS["monitoring.drill_max_age"]
     notify: NotifyOptions = field(default_factory=NotifyOptions)
     source: str = "defaults"
+    # Every configured repository, the primary first (empty: only the primary, from the fields
+    # above); ``repository_name`` is the one ``repository_url``/``s3`` currently point at.
+    repositories: tuple[NamedRepository, ...] = ()
+    repository_name: str = PRIMARY_REPOSITORY
+
+    def all_repositories(self) -> tuple[NamedRepository, ...]:
+        """The primary repository and every named one, in configuration order."""
+        return self.repositories or (NamedRepository(PRIMARY_REPOSITORY, self.repository_url, self.s3),)
+
+    def with_repository(self, name: str) -> Settings:
+        """These settings reading and writing the configured repository ``name`` instead."""
+        for r in self.all_repositories():
+            if r.name == name:
+                return replace(self, repository_url=r.url, s3=r.s3, repository_name=r.name)
+        known = ", ".join(r.name for r in self.all_repositories())
+        raise ConfigError([f"no repository named {name!r} is configured (configured: {known})"],
+                          hint="add it under repositories.<name> in the config file")
 
     def object_lock_rule(self) -> LockRule | None:
         """The S3 Object Lock mode and duration every put carries; None when ``object_lock`` is off
@@ -279,6 +313,7 @@ def load_settings(
     env = dict(os.environ if environ is None else environ)
     problems: list[str] = []
     raw: dict[str, Any] = {}
+    named_doc: Any = {}
     path = config_path or env.get("PGVAULT_CONFIG")
     source = "defaults"
     if path:
@@ -293,6 +328,7 @@ def load_settings(
             raise ConfigError([f"config file {path} is not valid YAML: {e}"]) from None
         if not isinstance(doc, dict):
             raise ConfigError([f"config file {path} must hold a mapping at the top level"])
+        named_doc = doc.pop("repositories", None) or {}
         for key, value in _flatten(doc).items():
             if key not in _BY_PATH:
                 why = " (YAML reads an unquoted key on, off, yes or no as true or false)" \
@@ -351,6 +387,7 @@ def load_settings(
         object_lock_retention=get("repository.s3.object_lock_retention"),
     )
     notify = _section(NotifyOptions, "notify", get)
+    named = _named_repositories(named_doc, env, path or "config", problems)
     settings = Settings(
         cluster=get("cluster"),
         repository_url=get("repository.url"),
@@ -393,12 +430,40 @@ def load_settings(
         notify=notify,
         source=source,
     )
+    if named:
+        settings = replace(settings, repositories=(
+            NamedRepository(PRIMARY_REPOSITORY, settings.repository_url, settings.s3), *named))
     problems += validate(settings, check_local_files=check_local_files)
     if check_identities:
         problems += identity_problems(settings)
     if problems:
         raise ConfigError(problems, hint="run 'pgvault config check' to see every problem")
     return settings
+
+
+_REPOSITORY_TEMPLATE = {s.path.removeprefix("repository."): s.parse for s in SETTINGS
+                        if s.path.startswith("repository.")}  # url and s3.*
+
+
+def _named_repositories(doc: Any, env: Mapping[str, str], where: str, problems: list[str]) -> list[NamedRepository]:
+    """The named repositories of the file's ``repositories`` section and the environment."""
+    out = []
+    for name, parsed in named_settings(doc, env, where, _REPOSITORY_TEMPLATE, _flatten, problems).items():
+        s3 = S3Options(**{f.name: parsed[f"s3.{f.name}"] for f in fields(S3Options)
+                          if parsed.get(f"s3.{f.name}") is not None})
+        out.append(NamedRepository(name, parsed["url"], s3))
+    return out
+
+
+def _named_problems(s: Settings, *, check_local_files: bool) -> list[str]:
+    """The repository problems of every named repository, judged by the primary's rules."""
+    problems: list[str] = []
+    for r in s.all_repositories()[1:]:
+        as_primary = validate(replace(s, repository_url=r.url, s3=r.s3, repositories=()),
+                              check_local_files=check_local_files)
+        problems += [f"repositories.{r.name}." + p.removeprefix("repository.") for p in as_primary
+                     if p.startswith("repository.")]
+    return problems
 
 
 def _section(cls: Callable[..., _T], prefix: str, get: Callable[[str], Any]) -> _T:
@@ -472,7 +537,7 @@ def validate(s: Settings, *, check_local_files: bool = True) -> list[str]:
             problems.append(f"postgres.dsn: not a valid libpq connection string ({type(e).__name__})")
     if check_local_files and s.age_identity_file and not Path(s.age_identity_file).is_file():
         problems.append(f"encryption.age_identity_file: {s.age_identity_file} does not exist")
-    return problems
+    return problems + _named_problems(s, check_local_files=check_local_files)
 
 
 def object_lock_problems(s: Settings) -> list[str]:
@@ -571,6 +636,15 @@ def fetch_environment(s: Settings) -> dict[str, str]:
         env["PGVAULT_REPOSITORY_S3_PROFILE"] = s.s3.profile
     for name in ("connect_timeout", "read_timeout", "retries"):
         if getattr(s.s3, name) != getattr(S3Options, name):
+            env[f"PGVAULT_REPOSITORY_S3_{name.upper()}"] = str(getattr(s.s3, name))
+    if s.repository_name != PRIMARY_REPOSITORY:
+        # A named repository (--repository NAME) stands in for repository.*: every S3 setting is
+        # spelled out, empty for "unset", so that none of the primary's leaks in from a config file
+        # the restored server may still read (PGVAULT_CONFIG in its environment).
+        for name in ("endpoint_url", "region", "profile"):
+            env[f"PGVAULT_REPOSITORY_S3_{name.upper()}"] = getattr(s.s3, name) or ""
+        env["PGVAULT_REPOSITORY_S3_FORCE_PATH_STYLE"] = "true" if s.s3.force_path_style else "false"
+        for name in ("connect_timeout", "read_timeout", "retries"):
             env[f"PGVAULT_REPOSITORY_S3_{name.upper()}"] = str(getattr(s.s3, name))
     if s.age_identity_file:
         env["PGVAULT_ENCRYPTION_AGE_IDENTITY_FILE"] = str(Path(s.age_identity_file).resolve())

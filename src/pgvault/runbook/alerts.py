@@ -174,6 +174,22 @@ ALERTS: tuple[Alert, ...] = (
           lambda f: ((pgvault("status", "--no-connect"), "the repository alone, with the error"),
                      (pgvault("config", "check"), "the settings in use"),
                      (pgvault("list"), "can it be listed?"))),
+    Alert("PgvaultSecondRepositoryBehind", "warning",
+          lambda f: "A second repository (another region's copy, kept by `pgvault repo sync`) lacks WAL archived "
+                    "more than 30 minutes ago, or the newest backup: a restore from that region would lose that much.",
+          lambda f: ("`pgvault status` lists every configured repository, its lag and its last sync run (with the "
+                     "error of a failed one).",
+                     "Run the sync by hand; an integrity error (exit 6) means the target holds an object that differs "
+                     "from the source's: find out who wrote it before anything else; nothing was overwritten."),
+          lambda f: ((pgvault("status"), "the repositories table: lag and last sync"),
+                     (pgvault("repo", "sync"), "copy what is missing now"),
+                     (pgvault("--repository", "NAME", "verify", "--all"), "check the copy (replace NAME)"))),
+    Alert("PgvaultSecondRepositoryUnreachable", "warning",
+          lambda f: "A configured second repository cannot be read: the copy can be neither checked nor used.",
+          lambda f: ("Check that repository's endpoint, bucket and credentials (its `repositories.NAME.s3.*` "
+                     "settings, the AWS profile it uses).",),
+          lambda f: ((pgvault("status"), "the repositories table, with the error"),
+                     (pgvault("config", "check"), "the settings in use"))),
 )
 
 

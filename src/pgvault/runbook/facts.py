@@ -62,6 +62,8 @@ class Facts:
     backup_max_age: float
     drill_max_age: float
     metrics_textfile: str | None
+    copies: tuple[tuple[str, str], ...] = ()  # (name, URL) of the repositories beside the primary
+    copies_env: tuple[tuple[str, str], ...] = ()  # their settings as environment variables
 
     @property
     def s3(self) -> bool:
@@ -195,7 +197,21 @@ def facts_from(s: Settings, config_path: str | None) -> Facts:
         backup_max_age=s.backup_max_age,
         drill_max_age=s.drill_max_age,
         metrics_textfile=s.metrics_textfile,
+        copies=tuple((r.name, r.url) for r in s.all_repositories()[1:]),
+        copies_env=tuple(_copy_env(s)),
     )
+
+
+def _copy_env(s: Settings) -> list[tuple[str, str]]:
+    out = []
+    for r in s.all_repositories()[1:]:
+        stem = "PGVAULT_REPOSITORIES_" + r.name.upper().replace("-", "_")
+        out.append((f"{stem}_URL", r.url))
+        for name, value in (("ENDPOINT_URL", r.s3.endpoint_url), ("REGION", r.s3.region), ("PROFILE", r.s3.profile),
+                            ("FORCE_PATH_STYLE", "true" if r.s3.force_path_style else None)):
+            if value:
+                out.append((f"{stem}_S3_{name}", value))
+    return out
 
 
 def pgvault(*args: str | int, comment: str = "", width: int = 0) -> str:

@@ -126,9 +126,35 @@ def region_loss(f: Facts) -> list[Block]:
              "if it is elsewhere or replicated to another region." if f.s3 else
              f"This repository is the local directory `{f.repository}`: it is lost with the host unless it lives "
              "on separate (replicated) storage.")
+    copy = f.copies[0][0] if f.copies else "NAME"
+    second: list[Block] = [
+        Para(f"**The database and the primary repository are gone together** (one region). The copy in another "
+             f"region, repository `{copy}` (`{f.copies[0][1]}`), is what `pgvault repo sync` kept complete: every "
+             "finished backup and every archived WAL file up to its last run. Every reading command takes "
+             f"`--repository {copy}`; the restored server's `restore_command` then fetches WAL from it too:"
+             if f.copies else
+             "**The database and the repository are gone together** (one region): only a copy in another region "
+             "helps. Configure one under `repositories.NAME` (`url`, `s3.*`) and run `pgvault repo sync` on a "
+             "schedule (the `pgvault-repo-sync` CronJob); then, in this scenario, every reading command takes "
+             "`--repository NAME`:"),
+        code(*env, *[f"export {k}={shlex.quote(v)}" for k, v in f.copies_env], *creds,
+             *lines((pgvault("--repository", copy, "status", "--no-connect"),
+                     "the copy's newest backups and WAL (the first repository shows as unreachable)"),
+                    (pgvault("--repository", copy, "restore-cluster", "-D", d, "--dry-run"), "the plan"),
+                    (pgvault("--repository", copy, "restore-cluster", "-D", d, "--start", "--target-action", "promote"),
+                     "everything the copy holds, promoted"),
+                    (pgvault("--repository", copy, "restore", "latest", "--database", f.database),
+                     "or a logical restore from the copy"))),
+        items("The data-loss window is the copy's lag: WAL archived in the lost region after the last successful "
+              "sync is gone (`pgvault status` showed it as the copy's lag; the `PgvaultSecondRepositoryBehind` alert "
+              "watches it). With the sync CronJob every 15 minutes it is about 15 minutes plus the archive lag.",
+              "Then make the copy the primary: `repository.url` = the copy's URL (and its `s3.*`), a new base backup "
+              "at once, and a new copy elsewhere when one can be had."),
+    ]
     return [
         Heading(3, "Loss of a region"),
         Para(store),
+        *second,
         Para("**The database server is gone, the repository is not.** On a new host with PostgreSQL of the same "
              "major version (`pgvault show latest` names it), pgvault, the age key and the credentials; without the "
              "configuration file, the settings as environment variables:"),

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pgvault.fs import flock, write_atomic
+from pgvault.policy.sync import Lag, RepositoryPosition
 from pgvault.policy.verdict import (
     VERDICT_EXIT,
     Reason,
@@ -54,6 +55,7 @@ _C = ("cluster",)
 # exported_job unless honor_labels), and the Pushgateway overwrites "job" with its group's, so alert
 # rules selecting on a "job" label would silently never match.
 _JOB = ("cluster", "pgvault_job")
+_R = ("cluster", "repository")
 
 # Every metric pgvault exports.  All are gauges; timestamps are seconds since the epoch.  The first
 # three keep the names (and labels) of the alerts users already have.
@@ -96,6 +98,19 @@ METRICS: dict[str, MetricDef] = {d.name: d for d in (
     MetricDef("pgvault_job_last_duration_seconds", "How long the job's last run took", _JOB),
     MetricDef("pgvault_job_last_status", "The job's last run: 1 succeeded, 0 failed", _JOB),
     MetricDef("pgvault_job_last_exit_code", "Exit code of the job's last run", _JOB),
+    # Every configured repository (issue 11: a second region), only when more than one is configured.
+    # The series above describe the repository the command reads (the primary, or --repository NAME).
+    MetricDef("pgvault_repository_reachable", "1 when this configured repository could be read, 0 when not", _R),
+    MetricDef("pgvault_repository_wal_lag_segments", "WAL segments the first repository holds at its end that this "
+              "one lacks (0 for the first itself)", _R),
+    MetricDef("pgvault_repository_wal_lag_seconds", "How much older this repository's newest WAL file is than the "
+              "first's (archive time); only when measurable", _R),
+    MetricDef("pgvault_repository_newest_backup_missing", "1 when the first repository's newest backup of this kind "
+              "is not in this one", ("cluster", "repository", "kind")),
+    MetricDef("pgvault_repository_last_sync_timestamp", "When the newest 'repo sync' into this repository finished",
+              _R),
+    MetricDef("pgvault_repository_last_sync_status", "The newest 'repo sync' into this repository: 1 completed, "
+              "0 failed", _R),
 )}
 JOB_METRICS = tuple(n for n in METRICS if n.startswith("pgvault_job_"))
 
@@ -209,6 +224,32 @@ def job_samples(cluster: str, r: JobRecord) -> list[Sample]:
     out += [sample("pgvault_job_last_duration_seconds", r.last_duration_seconds, cluster=cluster, pgvault_job=r.job),
             sample("pgvault_job_last_status", 1 if r.ok else 0, cluster=cluster, pgvault_job=r.job),
             sample("pgvault_job_last_exit_code", r.last_exit_code, cluster=cluster, pgvault_job=r.job)]
+    return out
+
+
+def repository_samples(cluster: str, rows: Sequence[tuple[RepositoryPosition, Lag | None]]) -> list[Sample]:
+    """The ``pgvault_repository_*`` series of every configured repository (see
+    :func:`pgvault.operations.maintenance.repositories.survey`)."""
+    out: list[Sample] = []
+    for i, (p, lag) in enumerate(rows):
+        r = dict(cluster=cluster, repository=p.name)
+        out.append(sample("pgvault_repository_reachable", 0 if p.error else 1, **r))
+        if p.error:
+            continue
+        if i == 0:
+            out.append(sample("pgvault_repository_wal_lag_segments", 0, **r))
+        elif lag is not None:
+            if lag.wal_segments is not None:
+                out.append(sample("pgvault_repository_wal_lag_segments", lag.wal_segments, **r))
+            if lag.wal_seconds is not None:
+                out.append(sample("pgvault_repository_wal_lag_seconds", lag.wal_seconds, **r))
+            out += [sample("pgvault_repository_newest_backup_missing", int(lag.logical_behind), **r, kind="logical"),
+                    sample("pgvault_repository_newest_backup_missing", int(lag.physical_behind), **r, kind="physical")]
+        sync = p.last_sync or {}
+        finished = timestamp(sync.get("finished_at"))
+        if finished is not None:
+            out += [sample("pgvault_repository_last_sync_timestamp", finished, **r),
+                    sample("pgvault_repository_last_sync_status", 1 if sync.get("ok") else 0, **r)]
     return out
 
 
