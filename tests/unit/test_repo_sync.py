@@ -282,7 +282,7 @@ def test_repository_samples_carry_the_repository_label() -> None:
 
 
 def test_restore_command_of_a_named_repository_lets_nothing_of_the_primary_leak_in(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from pgvault.config import fetch_environment
+    from pgvault.config.restore_env import fetch_environment
 
     conf = tmp_path / "c.yaml"
     conf.write_text("repository: {url: s3://a/p, s3: {endpoint_url: 'http://a:1', region: eu-central-1, "

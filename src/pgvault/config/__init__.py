@@ -435,6 +435,8 @@ def load_settings(
             NamedRepository(PRIMARY_REPOSITORY, settings.repository_url, settings.s3), *named))
     problems += validate(settings, check_local_files=check_local_files)
     if check_identities:
+        from pgvault.config.identity import identity_problems  # pyrage only when asked
+
         problems += identity_problems(settings)
     if problems:
         raise ConfigError(problems, hint="run 'pgvault config check' to see every problem")
@@ -552,41 +554,6 @@ def object_lock_problems(s: Settings) -> list[str]:
     return problems + resolve(s.s3.object_lock, s.s3.object_lock_retention, Policy.from_settings(s))[1]
 
 
-_IDENTITY_FORMAT = ("expected what age-keygen writes: lines 'AGE-SECRET-KEY-1...' plus '#' comments and blank lines "
-                    "(or an unencrypted OpenSSH private key)")
-
-
-def identity_problems(s: Settings) -> list[str]:
-    """Every problem with the age identity settings, found by parsing the key(s) with pyrage.
-
-    Not part of every load: reading the key file and importing pyrage would cost every command
-    (``wal push`` runs once per segment), and a host that only backs up may deliberately be unable
-    to read it.  ``config check`` asks, and so does every command that decrypts
-    (``Context.identities``).  A key is never quoted: only the setting, the file and line numbers."""
-    from pgvault.pipeline.encrypt import load_identities
-
-    problems: list[str] = []
-    if s.age_identity:
-        try:
-            load_identities(s.age_identity)
-        except ConfigError as e:
-            why = "; ".join(p.replace("the identity file", "the value").replace(" of the identity file", "")
-                            for p in e.problems)
-            problems.append(f"encryption.age_identity ({_BY_PATH['encryption.age_identity'].env}) = <secret>: {why}; "
-                            f"{_IDENTITY_FORMAT}")
-    path = s.age_identity_file
-    if path and Path(path).is_file():
-        try:
-            load_identities(Path(path).read_text(encoding="utf-8"))
-        except OSError as e:
-            problems.append(f"encryption.age_identity_file: cannot read {path}: {e.strerror or e}")
-        except UnicodeDecodeError:
-            problems.append(f"encryption.age_identity_file: {path} is not a text file; {_IDENTITY_FORMAT}")
-        except ConfigError as e:
-            problems.append(f"encryption.age_identity_file: {path}: {'; '.join(e.problems)}; {_IDENTITY_FORMAT}")
-    return problems
-
-
 def environment_value(path: str, environ: Mapping[str, str] | None = None) -> Any:
     """One setting from the environment alone (its variable, else a deprecated alias, with the
     warning), parsed; the table's default when unset or not parseable.
@@ -615,43 +582,3 @@ def describe() -> list[tuple[str, str, str]]:
     """(setting, environment variable, meaning) for every setting, for help and docs; a deprecated
     environment name still read is named in the meaning."""
     return [(s.path, s.env, s.doc + "".join(f" (deprecated alias: {a})" for a in s.aliases)) for s in SETTINGS]
-
-
-def fetch_environment(s: Settings) -> dict[str, str]:
-    """The non-secret settings a restored server's ``restore_command`` needs, as environment
-    variables.  Secrets (the age key itself, S3 credentials) are never included: the server inherits
-    them from its own environment.  A relative repository path is made absolute, because PostgreSQL
-    runs restore_command in the data directory."""
-    url = s.repository_url
-    if "://" not in url:
-        url = str(Path(url).resolve())
-    env = {"PGVAULT_CLUSTER": s.cluster, "PGVAULT_REPOSITORY_URL": url}
-    if s.s3.endpoint_url:
-        env["PGVAULT_REPOSITORY_S3_ENDPOINT_URL"] = s.s3.endpoint_url
-    if s.s3.region:
-        env["PGVAULT_REPOSITORY_S3_REGION"] = s.s3.region
-    if s.s3.force_path_style:
-        env["PGVAULT_REPOSITORY_S3_FORCE_PATH_STYLE"] = "true"
-    if s.s3.profile:
-        env["PGVAULT_REPOSITORY_S3_PROFILE"] = s.s3.profile
-    for name in ("connect_timeout", "read_timeout", "retries"):
-        if getattr(s.s3, name) != getattr(S3Options, name):
-            env[f"PGVAULT_REPOSITORY_S3_{name.upper()}"] = str(getattr(s.s3, name))
-    if s.repository_name != PRIMARY_REPOSITORY:
-        # A named repository (--repository NAME) stands in for repository.*: every S3 setting is
-        # spelled out, empty for "unset", so that none of the primary's leaks in from a config file
-        # the restored server may still read (PGVAULT_CONFIG in its environment).
-        for name in ("endpoint_url", "region", "profile"):
-            env[f"PGVAULT_REPOSITORY_S3_{name.upper()}"] = getattr(s.s3, name) or ""
-        env["PGVAULT_REPOSITORY_S3_FORCE_PATH_STYLE"] = "true" if s.s3.force_path_style else "false"
-        for name in ("connect_timeout", "read_timeout", "retries"):
-            env[f"PGVAULT_REPOSITORY_S3_{name.upper()}"] = str(getattr(s.s3, name))
-    if s.age_identity_file:
-        env["PGVAULT_ENCRYPTION_AGE_IDENTITY_FILE"] = str(Path(s.age_identity_file).resolve())
-    if s.restore_prefetch != _DEFAULTS["restore.prefetch"]:
-        env["PGVAULT_RESTORE_PREFETCH"] = str(s.restore_prefetch)
-    if s.spool_dir:
-        env["PGVAULT_ARCHIVE_SPOOL_DIR"] = s.spool_dir
-    if s.pg_bin_dirs:
-        env["PGVAULT_POSTGRES_BIN_DIRS"] = ",".join(s.pg_bin_dirs)
-    return env

@@ -7,7 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, cast
 
-from pgvault.config import Settings, identity_problems
+from pgvault.config import Settings
+from pgvault.config.identity import identity_problems
 from pgvault.errors import ConfigError
 from pgvault.pg.conn import ConnInfo
 from pgvault.pipeline import load_identities

@@ -33,7 +33,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from pgvault import log
-from pgvault.config import Settings, fetch_environment
+from pgvault.config import Settings
+from pgvault.config.restore_env import fetch_environment
 from pgvault.errors import (
     IntegrityError,
     NotFoundError,
