@@ -219,9 +219,15 @@ def test_refusals_failures_and_sigterm_leave_production_untouched(major, archivi
     r = _recover(a, env, *orgs, "--target-xid", str(int(s["xid"]) + 100000), check=False)
     print(r.stderr)
     assert r.returncode == 12 and "recovery ended before configured recovery target was reached" in r.stderr, str(r)
-    # A table that did not exist at the target: refused after recovery, before any change.
+    # A table without a key cannot be told "missing": refused at once, before any recovery.
+    a.cluster.psql("CREATE TABLE nokey (v text)", dbname=DB)
+    r = _recover(a, env, "--table", "public.nokey", "--mode", "missing-rows", "--target-xid", s["xid"],
+                 "--target-exclusive", check=False)
+    assert r.returncode == 2 and "no primary key" in r.stderr and "recovering" not in r.stderr, str(r)
+    # It did not exist at the target (made after the backup): refused after recovery, before any change.
     r = _recover(a, env, "--table", "public.nokey", "--target-xid", s["xid"], "--target-exclusive", check=False)
     assert r.returncode == 5 and "did not exist at the target" in r.stderr, str(r)
+    a.cluster.psql("DROP TABLE nokey", dbname=DB)
     assert _snapshot(a) == s["after"] and not _leftovers(tmp), _leftovers(tmp)
 
     # SIGTERM in the middle of recovery: the scratch server stopped, its directory removed.

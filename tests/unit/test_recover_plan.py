@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from pgvault.errors import UsageError
+from pgvault.errors import TargetExistsError, UsageError
 from pgvault.policy import recover as p
 from pgvault.policy.recover import Column, Constraint, ForeignKey, TableFacts
 
@@ -187,7 +187,7 @@ def test_new_table_plan_names_the_copy_renames_constraints_and_says_what_is_not_
     assert "trigger configs_audit" in conf.not_copied
     # A taken name is refused, --into names it, and --into takes one table in new-table mode only.
     taken["public"].add("organizations__recovered_xid9x")
-    with pytest.raises(UsageError, match="already exists"):
+    with pytest.raises(TargetExistsError, match="already exists"):
         p.plan_tables("new-table", [SCENE[ORGS]], {}, tag="xid9x", taken=taken)
     assert p.plan_tables("new-table", [SCENE[ORGS]], {}, tag="xid9x", into="orgs_then", taken=taken).tables[0].new_name \
         == "public.orgs_then"

@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pgvault.errors import UsageError
+from pgvault.errors import TargetExistsError, UsageError
 
 MODES = ("new-table", "missing-rows", "replace")
 MAX_IDENT = 63  # NAMEDATALEN - 1, in bytes
@@ -309,7 +309,8 @@ def plan_tables(mode: str, at_target: Sequence[TableFacts], now: Mapping[str, Ta
             continue
         plans.append(TablePlan(name, mode, key=key, columns=writable))
     if problems:
-        raise UsageError("recover-table cannot do this: " + "; ".join(problems))
+        taken_only = all(x.endswith("already exists; choose another name with --into") for x in problems)
+        raise (TargetExistsError if taken_only else UsageError)("recover-table cannot do this: " + "; ".join(problems))
     return RecoverPlanTables(tuple(order), tuple(plans), tuple(cascade_advice(order, by_name)))
 
 

@@ -93,6 +93,8 @@ def _validate(req: RecoverRequest) -> None:
         raise UsageError("give --table SCHEMA.NAME (repeatable), or --database NAME --target-database NEW")
     if req.target_database and req.database == req.target_database:
         raise UsageError("--target-database must be a new database, not the one recovered")
+    if req.into and len(req.tables) != 1:
+        raise UsageError("--into names one table: give exactly one --table with it")
     if req.mode not in policy.MODES:
         raise UsageError(f"--mode must be one of {', '.join(policy.MODES)}")
 
@@ -172,8 +174,9 @@ def _run_cleanups(cleanups: list[Callable[[], None]]) -> None:
 
 def _production_now(ctx: Context, database: str, names: list[tuple[str, str]], result: RecoverResult,
                     req: RecoverRequest) -> dict[str, policy.TableFacts | None]:
-    """Production's side, read-only: the tables as they are now (and the refusals that need no
-    scratch server: a target database that exists, a copy's name that is taken)."""
+    """Production's side, read-only: the tables as they are now, and every refusal that needs no
+    scratch server (a target database that exists, a copy's name that is taken, a table without a
+    key for missing-rows, ...), judged on production's definitions before minutes of recovery."""
     now: dict[str, policy.TableFacts | None] = {}
     with connect(ctx.conn, dbname="postgres" if req.target_database else database) as conn:
         if req.target_database:
@@ -187,11 +190,17 @@ def _production_now(ctx: Context, database: str, names: list[tuple[str, str]], r
             now[key] = f
             result.tables.append({"table": key, "exists_now": f is not None,
                                   "rows_now": exact_count(conn, f.name) if f else None})
-        if req.into:
-            taken = relation_names(conn, {s for s, _ in names})
-            if req.into in taken.get(names[0][0], set()):
-                raise TargetExistsError(f"{policy.qualified(names[0][0], req.into)} already exists",
-                                        hint="choose another name with --into")
+        taken = relation_names(conn, {s for s, _ in names})
+    t = req.target
+    tag = policy.target_tag(t.kind, t.value, t.exclusive)
+    gone = [n for n, f in now.items() if f is None]
+    if gone and req.mode != "new-table":
+        raise UsageError(f"{', '.join(gone)} does not exist now: --mode {req.mode} needs the table",
+                         hint="recover it with --mode new-table (--into NAME gives it its old name)")
+    present = [f for f in now.values() if f is not None]
+    if present:  # the definitions as they are now stand in for those at the target (checked again later)
+        early = policy.plan_tables(req.mode, present, now, tag=tag, into=req.into, taken=taken)
+        result.table_plans = [p.to_json() for p in early.tables]
     return now
 
 
@@ -200,20 +209,23 @@ def _describe_dry_run(req: RecoverRequest, plan: Plan, result: RecoverResult) ->
     if req.target_database:
         result.would = [f"create database {req.target_database} holding {result.database} as of {t.describe()}"]
         return
-    tag = policy.target_tag(t.kind, t.value, t.exclusive)
+    planned = {p["table"]: p for p in result.table_plans}
     for row in result.tables:
         name = row["table"]
         if req.mode == "new-table":
             schema, rel = policy.parse_table(name)
-            new = policy.qualified(schema, req.into or policy.recovered_name(rel, tag))
+            tag = policy.target_tag(t.kind, t.value, t.exclusive)
+            new = planned[name]["new_table"] if name in planned else policy.qualified(
+                schema, req.into or policy.recovered_name(rel, tag))
             result.would.append(f"create {new} with the rows of {name} as of {t.describe()}")
-        elif not row["exists_now"]:
-            result.would.append(f"refuse: {name} does not exist now (use --mode new-table)")
         elif req.mode == "missing-rows":
-            result.would.append(f"insert into {name} the rows at the target whose key is missing now "
-                                f"({row['rows_now']} rows now are left alone)")
+            result.would.append(f"insert into {name} the rows at the target whose key "
+                                f"({', '.join(planned[name]['key_columns'])}) is missing now; the {row['rows_now']} "
+                                "rows there now are left alone")
         else:
-            result.would.append(f"replace the contents of {name} ({row['rows_now']} rows now) with its rows at the target")
+            result.would.append(f"replace the contents of {name} ({row['rows_now']} rows now) with its rows at the "
+                                "target, in one transaction (refused if a table not recovered references a row that "
+                                "would go)")
 
 
 def _dump_tables(info: ConnInfo, names: list[tuple[str, str]], spool: Path,
