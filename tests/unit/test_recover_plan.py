@@ -227,3 +227,46 @@ def test_new_table_plan_names_the_copy_renames_constraints_and_says_what_is_not_
 def test_check_stop(kind: str, value: str, exclusive: bool, detail: str, ok: bool) -> None:
     problem = p.check_stop(kind, value, exclusive, detail)
     assert (problem is None) == ok, problem
+
+
+# --- the human report ----------------------------------------------------------------------------------
+
+
+def test_the_human_report_says_what_changed_per_mode() -> None:
+    from pgvault.cli.recover_table import describe
+    from pgvault.operations.physical.recover_load import TableReport
+
+    doc = {
+        "plan": {"backup_id": "20261204T020000Z", "first_wal": "000000010000000000000002", "timeline": 1,
+                 "last_reachable_wal": "000000010000000000000009", "warnings": [],
+                 "target": {"kind": "xid", "value": "745", "exclusive": True}},
+        "database": "app", "mode": "missing-rows", "dry_run": False, "target_database": None,
+        "recovery": {"stop_detail": "before commit of transaction 745, time 2026-12-04 14:35:12+00",
+                     "segments_restored": 7},
+        "phases": {"unpack": 1.0, "replay": 2.0, "dump": 0.5, "load": 0.25},
+        "results": [
+            TableReport("public.organizations", "missing-rows", 25, rows_before=3, rows_after=28, inserted=25,
+                        not_at_target=3, notes=["25 of the 25 rows put back have no rows in public.projects now"],
+                        triggers_disabled=["audit"]).to_json(),
+            TableReport("public.organizations", "new-table", 25, rows_after=25, created="public.o__recovered_xid745x",
+                        constraints=["o__recovered_xid745x_pkey (was organizations_pkey): PRIMARY KEY (id)"],
+                        not_copied=["foreign key x"]).to_json(),
+        ],
+        "cascade_advice": [{"table": "public.projects", "references": "public.organizations",
+                            "foreign_key": "projects_organization_id_fkey", "on_delete": "CASCADE"}],
+    }
+    text = describe(doc)
+    assert "recovered: database app as of before xid 745" in text
+    assert "recovery stopped before commit of transaction 745" in text
+    assert "3 rows before, 25 at the target, 25 inserted, 0 updated, 0 deleted, 28 now" in text
+    assert "3 rows there now were not at the target (written since): left alone" in text
+    assert "not fired for the recovered rows: triggers audit" in text
+    assert "created public.o__recovered_xid745x from public.organizations: 25 rows" in text
+    assert "not copied: foreign key x" in text
+    assert "recover it too (--table public.projects)" in text
+    dry = {**doc, "dry_run": True, "tables": [{"table": "public.organizations", "exists_now": True, "rows_now": 3}],
+           "would_change": ["insert into public.organizations ..."]}
+    text = describe(dry)
+    assert "plan: database app" in text and "would: insert into" in text and "nothing was changed" in text
+    db = {**doc, "target_database": "app_before", "database_counts": {"public.a": 2, "public.b": 3}}
+    assert "new database app_before: 2 tables, 5 rows" in describe(db)
