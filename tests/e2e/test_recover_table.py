@@ -68,10 +68,14 @@ def _workload(a: ArchivingCluster, tag: str) -> None:
     """, dbname=DB)
 
 
-def _scene(archiving: Any, major: int | None) -> tuple[ArchivingCluster, dict[str, Any]]:
+def _scene(archiving: Any, major: int | None, owner: str | None = None) -> tuple[ArchivingCluster, dict[str, Any]]:
+    """``owner``: a role (password ``owner``, no superuser) that owns the application's tables."""
     a = archiving(major, cluster_name="recover")
     a.cluster.load_sample(DB)
     a.cluster.psql("CREATE TABLE tickets (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, note text)", dbname=DB)
+    if owner:
+        a.cluster.psql(f"CREATE ROLE {owner} LOGIN PASSWORD '{owner}'; GRANT CREATE ON SCHEMA public TO {owner};"
+                       + "".join(f"ALTER TABLE {t} OWNER TO {owner};" for t in (*TABLES, "tickets")), dbname=DB)
     a.basebackup()
     for i in range(3):
         _workload(a, f"before{i}")
@@ -110,6 +114,11 @@ def test_accidental_delete_is_undone_on_the_live_server(major, archiving) -> Non
     env = _env(a, tmp)
     target = ["--target-xid", s["xid"], "--target-exclusive"]
 
+    # configs alone: its projects are missing now; the set-based foreign-key check refuses, naming them.
+    r = _recover(a, env, "--table", "public.configs", "--mode", "missing-rows", *target, check=False)
+    assert r.returncode == 2 and "reference rows of public.projects that do not exist" in r.stderr, str(r)
+    assert _snapshot(a) == s["after"]
+
     # 1. organizations alone: put back, and the command says what else the cascade reached.
     doc = _recover(a, env, "--table", "public.organizations", "--mode", "missing-rows", *target).json()
     [res] = doc["results"]
@@ -139,8 +148,8 @@ def test_accidental_delete_is_undone_on_the_live_server(major, archiving) -> Non
     assert a.cluster.psql("SELECT pg_postmaster_start_time()") == s["started"]  # never restarted
     assert not _leftovers(tmp), _leftovers(tmp)
     # The server archives as before, and the triggers are enabled again.
-    assert a.cluster.psql("SELECT count(*) FROM pg_trigger WHERE tgrelid = 'configs'::regclass AND tgenabled = 'D'",
-                          dbname=DB) == "0"
+    conf = next(x for x in doc["results"] if x["table"] == "public.configs")
+    assert conf["triggers_disabled"] == ["configs_audit", "configs_touch"] and "replica" in conf["triggers_how"]
     a.switch_and_wait()
 
 
@@ -283,6 +292,29 @@ def test_sigterm_during_the_load_changes_nothing(major, archiving) -> None:  # t
     _wait_for(lambda: a.cluster.psql("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgvault'") == "0",
               timeout=30, what="the load's session to end")
     assert _snapshot(a) == s["after"]  # organizations and projects it had inserted: rolled back
+    assert not _leftovers(tmp), _leftovers(tmp)
+
+
+@pytest.mark.parametrize("major", pg_majors()[-1:] or [None])
+def test_without_superuser_triggers_are_disabled_by_their_owner(major, archiving) -> None:  # type: ignore[no-untyped-def]
+    """A role that may not set session_replication_role (the tables' owner, not a superuser):
+    the triggers are disabled with ALTER TABLE for the transaction, PostgreSQL checks the
+    foreign keys, and the result is the same."""
+    a, s = _scene(archiving, major, owner="app_owner")
+    tmp = postgres_tmpdir("pgvault-recover-")
+    env = {**_env(a, tmp), "PGUSER": "app_owner", "PGPASSWORD": "app_owner"}
+    target = ["--target-xid", s["xid"], "--target-exclusive"]
+    # configs alone: its projects are missing now, PostgreSQL's own foreign key check refuses.
+    r = _recover(a, env, "--table", "public.configs", "--mode", "missing-rows", *target, check=False)
+    assert r.returncode == 3 and "ForeignKeyViolation" in r.stderr and "nothing was changed" in r.stderr, str(r)
+    doc = _recover(a, env, *[x for t in TABLES for x in ("--table", f"public.{t}")], "--mode", "missing-rows",
+                   *target).json()
+    conf = next(x for x in doc["results"] if x["table"] == "public.configs")
+    assert conf["triggers_disabled"] == ["configs_audit", "configs_touch"] and "ALTER TABLE" in conf["triggers_how"]
+    for t in TABLES:
+        assert _rows(a, t) == {**s["at_target"][t], **s["after"][t]}, t
+    assert a.cluster.psql("SELECT count(*) FROM pg_trigger WHERE tgrelid = 'configs'::regclass AND tgenabled = 'D'",
+                          dbname=DB) == "0"
     assert not _leftovers(tmp), _leftovers(tmp)
 
 

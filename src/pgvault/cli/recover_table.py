@@ -100,7 +100,8 @@ def describe(r: dict[str, Any]) -> str:
         if res["mode"] == "missing-rows":
             lines.append(f"    {res['not_at_target']} rows there now were not at the target (written since): left alone")
         if res["triggers_disabled"]:
-            lines.append(f"    not fired for the recovered rows: triggers {', '.join(res['triggers_disabled'])}")
+            lines.append(f"    not fired for the recovered rows: triggers {', '.join(res['triggers_disabled'])}"
+                         + (f" ({res['triggers_how']})" if res.get("triggers_how") else ""))
         lines += [f"    note: {n}" for n in res["notes"]]
     for a in r["cascade_advice"]:
         lines.append(f"  note: {a['table']} references {a['references']} ({a['foreign_key']}, ON DELETE "

@@ -62,6 +62,7 @@ class TableReport:
     constraints: list[str] = field(default_factory=list)  # new-table: its constraints
     not_copied: list[str] = field(default_factory=list)
     triggers_disabled: list[str] = field(default_factory=list)
+    triggers_how: str = ""
     notes: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
@@ -93,6 +94,7 @@ def load(conn: Any, plans: RecoverPlanTables, dumps: Mapping[str, Dump], now: Ma
     try:
         with conn.transaction(), conn.cursor() as cur:
             cur.execute("SET LOCAL lock_timeout = '30s'")
+            replica = _session_replica(cur)
             chosen = set(by_table)
             for i, name in enumerate(plans.order):
                 p = by_table[name]
@@ -113,7 +115,8 @@ def load(conn: Any, plans: RecoverPlanTables, dumps: Mapping[str, Dump], now: Ma
                     _lock_and_guard(cur, p, stage, cur_facts, chosen)
                 rep.rows_before = exact_count(cur, name)
                 rep.triggers_disabled = list(cur_facts.user_triggers)
-                for t in cur_facts.user_triggers:
+                rep.triggers_how = _REPLICA if replica else _DISABLED if cur_facts.user_triggers else ""
+                for t in () if replica else cur_facts.user_triggers:
                     cur.execute(f"ALTER TABLE {name} DISABLE TRIGGER {quote_ident(t)}")
                 if p.mode == "missing-rows":
                     _missing_rows(cur, p, stage, cur_facts, chosen, rep)
@@ -128,8 +131,10 @@ def load(conn: Any, plans: RecoverPlanTables, dumps: Mapping[str, Dump], now: Ma
                 p = by_table[name]
                 if p.mode == "new-table":
                     continue
-                for t in now[name].user_triggers:  # type: ignore[union-attr]
+                for t in () if replica else now[name].user_triggers:  # type: ignore[union-attr]
                     cur.execute(f"ALTER TABLE {name} ENABLE TRIGGER {quote_ident(t)}")
+                if replica:  # the foreign keys PostgreSQL did not check row by row: checked here, set-based
+                    _check_references(cur, p, i, now[name])  # type: ignore[arg-type]
                 _verify(cur, p, f"pg_temp.pgvault_stage_{i}", reports[name])
                 say(_line(reports[name]))
     except PgvaultError:
@@ -141,6 +146,46 @@ def load(conn: Any, plans: RecoverPlanTables, dumps: Mapping[str, Dump], now: Ma
         raise DatabaseError(f"loading the recovered rows failed, nothing was changed (rolled back): "
                             f"{type(e).__name__}: {' | '.join(msg[:3])}") from None
     return [reports[n] for n in plans.order]
+
+
+_REPLICA = "session_replication_role = replica for this transaction (nothing is locked for other sessions)"
+_DISABLED = "ALTER TABLE ... DISABLE TRIGGER until the commit (writes to the table wait until then)"
+
+
+def _session_replica(cur: Any) -> bool:
+    """Whether this role may set ``session_replication_role`` (a superuser, or from PostgreSQL 15
+    a role granted SET on it): then, for this transaction only, no trigger of the recovered tables
+    fires, foreign keys included, and they are checked set-based before the commit
+    (:func:`_check_references`), which is much faster than row by row and locks nothing for other
+    sessions.  Otherwise the tables' own triggers are disabled by ``ALTER TABLE``, which holds a
+    lock against writers until the commit, and foreign keys are checked as usual."""
+    version = _one(cur, "SELECT current_setting('server_version_num')::int")
+    sql = ("SELECT rolsuper OR has_parameter_privilege('session_replication_role', 'SET') FROM pg_roles "
+           "WHERE rolname = current_user" if version >= 150000 else
+           "SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
+    row = cur.execute(sql).fetchone()
+    if not (row and row[0]):
+        return False
+    cur.execute("SET LOCAL session_replication_role = replica")
+    return True
+
+
+def _check_references(cur: Any, p: TablePlan, i: int, facts: TableFacts) -> None:
+    """Every row this run wrote into ``p.table`` references existing rows (MATCH SIMPLE: a row with
+    a NULL in the key references nothing), for each of the table's foreign keys."""
+    stage = f"pg_temp.pgvault_stage_{i}"
+    written = f"{stage}_put" if p.mode == "missing-rows" else stage
+    for fk in facts.foreign_keys:
+        match = " AND ".join(f"r.{quote_ident(b)} = c.{quote_ident(a)}" for a, b in zip(fk.columns, fk.ref_columns))
+        present = " AND ".join(f"c.{quote_ident(a)} IS NOT NULL" for a in fk.columns)
+        n = _one(cur, f"SELECT count(*) FROM {written} c WHERE {present} AND NOT EXISTS "
+                      f"(SELECT 1 FROM {fk.ref_table} r WHERE {match})")
+        if n:
+            from pgvault.errors import UsageError
+
+            raise UsageError(f"{n} recovered rows of {p.table} reference rows of {fk.ref_table} that do not exist "
+                             f"({fk.name}); nothing was changed",
+                             hint=f"recover {fk.ref_table} in the same command (--table {fk.ref_table})")
 
 
 def _line(r: TableReport) -> str:
