@@ -16,10 +16,11 @@ then, per mode:
   would be deleted, the command refuses (CASCADE would delete those rows too, RESTRICT would
   fail): recover that table in the same command, or use ``missing-rows``.
 
-The table's own enabled user triggers are disabled for the transaction (``ALTER TABLE ... DISABLE
-TRIGGER`` is transactional, and re-enabled before commit): recovered rows come back as they were,
-without an audit trigger recording them again or a touch trigger rewriting them.  That, and the
-explicit ``LOCK`` in replace mode, block writes to those tables until the commit; readers go on.
+Recovered rows come back as they were: no trigger of the recovered tables fires for them (no
+audit trigger recording them again, no touch trigger rewriting them).  See :func:`_session_replica`
+for the two ways (``session_replication_role = replica`` with set-based foreign-key checks, which
+locks nothing for other sessions; else ``ALTER TABLE ... DISABLE TRIGGER``, which blocks writers of
+those tables until the commit).  Replace mode's explicit ``LOCK`` blocks writers either way.
 """
 
 from __future__ import annotations
@@ -29,9 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pgvault.errors import DatabaseError, PgvaultError, VerificationError
+from pgvault.errors import DatabaseError, PgvaultError, UsageError, VerificationError
 from pgvault.operations.physical.table_facts import exact_count
-from pgvault.policy.recover import RecoverPlanTables, TableFacts, TablePlan, quote_ident
+from pgvault.policy.recover import ON_DELETE, RecoverPlanTables, TableFacts, TablePlan, quote_ident
 
 _CHUNK = 1 << 20
 
@@ -181,8 +182,6 @@ def _check_references(cur: Any, p: TablePlan, i: int, facts: TableFacts) -> None
         n = _one(cur, f"SELECT count(*) FROM {written} c WHERE {present} AND NOT EXISTS "
                       f"(SELECT 1 FROM {fk.ref_table} r WHERE {match})")
         if n:
-            from pgvault.errors import UsageError
-
             raise UsageError(f"{n} recovered rows of {p.table} reference rows of {fk.ref_table} that do not exist "
                              f"({fk.name}); nothing was changed",
                              hint=f"recover {fk.ref_table} in the same command (--table {fk.ref_table})")
@@ -248,9 +247,6 @@ def _lock_and_guard(cur: Any, p: TablePlan, stage: str, facts: TableFacts, chose
         gone = _key_missing(p, stage, "t") if p.key else "TRUE"
         n = _one(cur, f"SELECT count(*) FROM {fk.table} c WHERE EXISTS (SELECT 1 FROM {p.table} t WHERE {match} AND {gone})")
         if n:
-            from pgvault.errors import UsageError
-            from pgvault.policy.recover import ON_DELETE
-
             action = ON_DELETE.get(fk.on_delete, fk.on_delete)
             effect = "would delete them too" if fk.on_delete == "c" else (
                 "would change them" if fk.on_delete in ("n", "d") else "would make the replace fail")
