@@ -163,6 +163,7 @@ def test_new_table_replace_database_and_dry_run(major, archiving) -> None:  # ty
     # --dry-run: the plan, nothing started, nothing changed.
     r = pgvault(["recover-table", "--table", "organizations", "--mode", "missing-rows", "--dry-run", *target], env)
     assert "nothing was changed" in r.stdout and "would: insert into public.organizations" in r.stdout, r.stdout
+    assert "public.config_history references public.configs" in r.stdout, r.stdout  # the cascade, named up front
     assert _snapshot(a) == s["after"] and not _leftovers(tmp)
 
     # new-table (the default): a copy beside the original, named after the target.

@@ -76,6 +76,7 @@ def describe(r: dict[str, Any]) -> str:
             now = f"{row['rows_now']} rows now" if row["exists_now"] else "does not exist now"
             lines.append(f"  table {row['table']}: {now}")
         lines += [f"  would: {w}" for w in r["would_change"]]
+        lines += _advice(r)
         lines.append("  nothing was changed (dry run)")
         return "\n".join(lines)
     rec = r["recovery"]
@@ -103,7 +104,9 @@ def describe(r: dict[str, Any]) -> str:
             lines.append(f"    not fired for the recovered rows: triggers {', '.join(res['triggers_disabled'])}"
                          + (f" ({res['triggers_how']})" if res.get("triggers_how") else ""))
         lines += [f"    note: {n}" for n in res["notes"]]
-    for a in r["cascade_advice"]:
-        lines.append(f"  note: {a['table']} references {a['references']} ({a['foreign_key']}, ON DELETE "
-                     f"{a['on_delete']}) and was not recovered: recover it too (--table {a['table']})")
-    return "\n".join(lines)
+    return "\n".join(lines + _advice(r))
+
+
+def _advice(r: dict[str, Any]) -> list[str]:
+    return [f"  note: {a['table']} references {a['references']} ({a['foreign_key']}, ON DELETE {a['on_delete']}) "
+            f"and is not being recovered: recover it too (--table {a['table']})" for a in r.get("cascade_advice", [])]

@@ -191,13 +191,15 @@ def _production_now(ctx: Context, database: str, names: list[tuple[str, str]], r
             result.tables.append({"table": key, "exists_now": f is not None,
                                   "rows_now": exact_count(conn, f.name) if f else None})
         taken = relation_names(conn, {s for s, _ in names})
+        present = [f for f in now.values() if f is not None]
+        order = tuple(policy.fk_order([f.name for f in present], [fk for f in present for fk in f.foreign_keys]))
+        result.advice = [a.to_json() for a in _advice(conn, order, now, [])]
     t = req.target
     tag = policy.target_tag(t.kind, t.value, t.exclusive)
     gone = [n for n, f in now.items() if f is None]
     if gone and req.mode != "new-table":
         raise UsageError(f"{', '.join(gone)} does not exist now: --mode {req.mode} needs the table",
                          hint="recover it with --mode new-table (--into NAME gives it its old name)")
-    present = [f for f in now.values() if f is not None]
     if present:  # the definitions as they are now stand in for those at the target (checked again later)
         early = policy.plan_tables(req.mode, present, now, tag=tag, into=req.into, taken=taken)
         result.table_plans = [p.to_json() for p in early.tables]
