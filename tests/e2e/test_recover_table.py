@@ -72,7 +72,9 @@ def _scene(archiving: Any, major: int | None, owner: str | None = None) -> tuple
     """``owner``: a role (password ``owner``, no superuser) that owns the application's tables."""
     a = archiving(major, cluster_name="recover")
     a.cluster.load_sample(DB)
-    a.cluster.psql("CREATE TABLE tickets (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, note text)", dbname=DB)
+    a.cluster.psql("CREATE TABLE tickets (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, note text);"
+                   'CREATE TABLE "Offset Table" (id int PRIMARY KEY, "offset" int); '
+                   'INSERT INTO "Offset Table" VALUES (1, 10), (2, 20), (3, 30)', dbname=DB)
     if owner:
         a.cluster.psql(f"CREATE ROLE {owner} LOGIN PASSWORD '{owner}'; GRANT CREATE ON SCHEMA public TO {owner};"
                        + "".join(f"ALTER TABLE {t} OWNER TO {owner};" for t in (*TABLES, "tickets")), dbname=DB)
@@ -181,6 +183,12 @@ def test_new_table_replace_database_and_dry_run(major, archiving) -> None:  # ty
     # The same name again is refused before anything starts.
     r = _recover(a, env, "--table", "public.organizations", "--into", org["created"].split(".")[1], *target, check=False)
     assert r.returncode == 11 and "already exists" in r.stderr, str(r)
+
+    # Names that need quoting (a keyword, upper case, a space) are one name on both servers.
+    a.cluster.psql('DELETE FROM "Offset Table" WHERE id = 2', dbname=DB)
+    doc = _recover(a, env, "--table", 'public."Offset Table"', "--mode", "missing-rows", *target).json()
+    assert doc["results"][0]["table"] == 'public."Offset Table"' and doc["results"][0]["inserted"] == 1, doc["results"]
+    assert a.cluster.psql('SELECT string_agg("offset"::text, \',\' ORDER BY id) FROM "Offset Table"', dbname=DB) == "10,20,30"
 
     # replace, refused: projects (not recovered) references organizations rows that would vanish.
     a.cluster.psql("INSERT INTO organizations (id, slug, name) OVERRIDING SYSTEM VALUE VALUES (1, 'back', 'Back')", dbname=DB)

@@ -60,6 +60,7 @@ def test_quote_ident_and_qualified() -> None:
     assert p.qualified("public", "organizations") == "public.organizations"
     assert p.qualified("Sales", "order") == '"Sales"."order"'
     assert p.quote_ident('we"ird') == '"we""ird"'
+    assert p.ident("offset") == '"offset"' and p.ident('a"b') == '"a""b"'  # SQL: always quoted, no keyword list
 
 
 def test_target_tags_say_what_the_copy_holds() -> None:
@@ -175,6 +176,7 @@ def test_new_table_plan_names_the_copy_renames_constraints_and_says_what_is_not_
     plan = p.plan_tables("new-table", [SCENE[ORGS], SCENE[HISTORY], SCENE[CONFIGS]], {}, tag="xid9x", taken=taken)
     orgs = next(t for t in plan.tables if t.table == ORGS)
     assert orgs.new_name == "public.organizations__recovered_xid9x"
+    assert orgs.new_sql == '"public"."organizations__recovered_xid9x"'  # SQL: always quoted
     assert orgs.renames == (("organizations_pkey", "organizations__recovered_xid9x_pkey"),
                             ("organizations_slug_key", "organizations__recovered_xid9x_slug_key"))
     assert orgs.constraint_defs == ("PRIMARY KEY (id)", "UNIQUE (name)")

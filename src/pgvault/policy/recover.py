@@ -94,6 +94,7 @@ class TablePlan:
     key: Constraint | None = None  # missing-rows / replace: rows are matched on it
     new_name: str = ""  # new-table: qualified name of the copy
     new_relname: str = ""
+    new_sql: str = ""  # new-table: the copy's name, quoted for SQL
     renames: tuple[tuple[str, str], ...] = ()  # new-table: (constraint, its name on the copy)
     not_copied: tuple[str, ...] = ()  # new-table: what the copy does not get, and why
     columns: tuple[str, ...] = ()  # the columns written (generated ones are computed)
@@ -163,6 +164,12 @@ _RESERVED = {"all", "analyse", "analyze", "and", "any", "array", "as", "asc", "b
              "for", "foreign", "from", "grant", "group", "having", "in", "into", "is", "join", "limit", "not", "null",
              "of", "on", "only", "or", "order", "primary", "references", "select", "table", "then", "to", "true",
              "union", "unique", "user", "using", "when", "where", "with"}
+
+
+def ident(name: str) -> str:
+    """Always quoted, for SQL this module's callers build: no keyword list to keep up to date
+    (``quote_ident`` above is for showing names)."""
+    return '"' + name.replace('"', '""') + '"'
 
 
 def qualified(schema: str, relname: str) -> str:
@@ -334,7 +341,8 @@ def _new_table_plan(f: TableFacts, tag: str, into: str | None, taken: set[str], 
         not_copied.append(f"partitioning ({len(f.partitions)} partitions): the copy is one plain table holding every "
                           "partition's rows")
     kept = [c for c in f.constraints if c.kind in ("p", "u", "c")]
-    return TablePlan(f.name, "new-table", new_name=qualified(f.schema, new_rel), new_relname=new_rel, renames=renames,
+    return TablePlan(f.name, "new-table", new_name=qualified(f.schema, new_rel), new_relname=new_rel,
+                     new_sql=f"{ident(f.schema)}.{ident(new_rel)}", renames=renames,
                      not_copied=tuple(not_copied), columns=tuple(c.name for c in f.columns),
                      column_defs=tuple((c.name, c.type, c.not_null) for c in f.columns),
                      constraint_defs=tuple(c.definition for c in kept))

@@ -32,7 +32,7 @@ from typing import Any
 
 from pgvault.errors import DatabaseError, PgvaultError, UsageError, VerificationError
 from pgvault.operations.physical.table_facts import exact_count
-from pgvault.policy.recover import ON_DELETE, RecoverPlanTables, TableFacts, TablePlan, quote_ident
+from pgvault.policy.recover import ON_DELETE, RecoverPlanTables, TableFacts, TablePlan, ident
 
 _CHUNK = 1 << 20
 
@@ -71,7 +71,7 @@ class TableReport:
 
 
 def _cols(names: tuple[str, ...], prefix: str = "") -> str:
-    return ", ".join(prefix + quote_ident(c) for c in names)
+    return ", ".join(prefix + ident(c) for c in names)
 
 
 def _copy_in(cur: Any, table: str, columns: tuple[str, ...], path: Path) -> int:
@@ -118,7 +118,7 @@ def load(conn: Any, plans: RecoverPlanTables, dumps: Mapping[str, Dump], now: Ma
                 rep.triggers_disabled = list(cur_facts.user_triggers)
                 rep.triggers_how = _REPLICA if replica else _DISABLED if cur_facts.user_triggers else ""
                 for t in () if replica else cur_facts.user_triggers:
-                    cur.execute(f"ALTER TABLE {name} DISABLE TRIGGER {quote_ident(t)}")
+                    cur.execute(f"ALTER TABLE {name} DISABLE TRIGGER {ident(t)}")
                 if p.mode == "missing-rows":
                     _missing_rows(cur, p, stage, cur_facts, chosen, rep)
                 else:
@@ -133,7 +133,7 @@ def load(conn: Any, plans: RecoverPlanTables, dumps: Mapping[str, Dump], now: Ma
                 if p.mode == "new-table":
                     continue
                 for t in () if replica else now[name].user_triggers:  # type: ignore[union-attr]
-                    cur.execute(f"ALTER TABLE {name} ENABLE TRIGGER {quote_ident(t)}")
+                    cur.execute(f"ALTER TABLE {name} ENABLE TRIGGER {ident(t)}")
                 if replica:  # the foreign keys PostgreSQL did not check row by row: checked here, set-based
                     _check_references(cur, p, i, now[name])  # type: ignore[arg-type]
                 _verify(cur, p, f"pg_temp.pgvault_stage_{i}", reports[name])
@@ -177,8 +177,8 @@ def _check_references(cur: Any, p: TablePlan, i: int, facts: TableFacts) -> None
     stage = f"pg_temp.pgvault_stage_{i}"
     written = f"{stage}_put" if p.mode == "missing-rows" else stage
     for fk in facts.foreign_keys:
-        match = " AND ".join(f"r.{quote_ident(b)} = c.{quote_ident(a)}" for a, b in zip(fk.columns, fk.ref_columns))
-        present = " AND ".join(f"c.{quote_ident(a)} IS NOT NULL" for a in fk.columns)
+        match = " AND ".join(f"r.{ident(b)} = c.{ident(a)}" for a, b in zip(fk.columns, fk.ref_columns))
+        present = " AND ".join(f"c.{ident(a)} IS NOT NULL" for a in fk.columns)
         n = _one(cur, f"SELECT count(*) FROM {written} c WHERE {present} AND NOT EXISTS "
                       f"(SELECT 1 FROM {fk.ref_table} r WHERE {match})")
         if n:
@@ -195,16 +195,16 @@ def _line(r: TableReport) -> str:
 
 
 def _new_table(cur: Any, p: TablePlan, d: Dump, rep: TableReport, say: Callable[[str], None]) -> None:
-    cols = ", ".join(f"{quote_ident(c)} {t}{' NOT NULL' if nn else ''}" for c, t, nn in p.column_defs)
-    cur.execute(f"CREATE TABLE {p.new_name} ({cols})")
-    loaded = _copy_in(cur, p.new_name, d.columns, d.path)
+    cols = ", ".join(f"{ident(c)} {t}{' NOT NULL' if nn else ''}" for c, t, nn in p.column_defs)
+    cur.execute(f"CREATE TABLE {p.new_sql} ({cols})")
+    loaded = _copy_in(cur, p.new_sql, d.columns, d.path)
     if loaded != d.rows:
         raise VerificationError(f"{p.table}: {d.rows} rows dumped but {loaded} loaded into {p.new_name}")
     for (old, new), definition in zip(p.renames, p.constraint_defs):
-        cur.execute(f"ALTER TABLE {p.new_name} ADD CONSTRAINT {quote_ident(new)} {definition}")
+        cur.execute(f"ALTER TABLE {p.new_sql} ADD CONSTRAINT {ident(new)} {definition}")
         rep.constraints.append(f"{new} (was {old}): {definition}")
     rep.created = p.new_name
-    rep.rows_after = exact_count(cur, p.new_name)
+    rep.rows_after = exact_count(cur, p.new_sql)
     rep.not_copied = list(p.not_copied)
     if rep.rows_after != d.rows:
         raise VerificationError(f"{p.new_name} holds {rep.rows_after} rows, {d.rows} were dumped")
@@ -213,7 +213,7 @@ def _new_table(cur: Any, p: TablePlan, d: Dump, rep: TableReport, say: Callable[
 
 def _key_match(p: TablePlan, a: str, b: str) -> str:
     assert p.key is not None
-    return " AND ".join(f"{a}.{quote_ident(c)} = {b}.{quote_ident(c)}" for c in p.key.columns)
+    return " AND ".join(f"{a}.{ident(c)} = {b}.{ident(c)}" for c in p.key.columns)
 
 
 def _missing_rows(cur: Any, p: TablePlan, stage: str, facts: TableFacts, chosen: set[str], rep: TableReport) -> None:
@@ -228,7 +228,7 @@ def _missing_rows(cur: Any, p: TablePlan, stage: str, facts: TableFacts, chosen:
     for fk in facts.referenced_by:
         if fk.table in chosen or fk.on_delete != "c" or fk.table == name or not rep.inserted:
             continue
-        match = " AND ".join(f"c.{quote_ident(a)} = s.{quote_ident(b)}" for a, b in zip(fk.columns, fk.ref_columns))
+        match = " AND ".join(f"c.{ident(a)} = s.{ident(b)}" for a, b in zip(fk.columns, fk.ref_columns))
         orphans = _one(cur, f"SELECT count(*) FROM {put} s WHERE NOT EXISTS (SELECT 1 FROM {fk.table} c WHERE {match})")
         if orphans:
             rep.notes.append(f"{orphans} of the {rep.inserted} rows put back have no rows in {fk.table} now "
@@ -243,7 +243,7 @@ def _lock_and_guard(cur: Any, p: TablePlan, stage: str, facts: TableFacts, chose
         if fk.table in chosen:
             continue
         cur.execute(f"LOCK TABLE {fk.table} IN SHARE ROW EXCLUSIVE MODE")
-        match = " AND ".join(f"c.{quote_ident(a)} = t.{quote_ident(b)}" for a, b in zip(fk.columns, fk.ref_columns))
+        match = " AND ".join(f"c.{ident(a)} = t.{ident(b)}" for a, b in zip(fk.columns, fk.ref_columns))
         gone = _key_missing(p, stage, "t") if p.key else "TRUE"
         n = _one(cur, f"SELECT count(*) FROM {fk.table} c WHERE EXISTS (SELECT 1 FROM {p.table} t WHERE {match} AND {gone})")
         if n:
@@ -271,7 +271,7 @@ def _upsert(cur: Any, p: TablePlan, stage: str, rep: TableReport) -> None:
         return
     settable = [c for c in p.columns if c not in p.key.columns]
     if settable:
-        sets = ", ".join(f"{quote_ident(c)} = s.{quote_ident(c)}" for c in settable)
+        sets = ", ".join(f"{ident(c)} = s.{ident(c)}" for c in settable)
         cur.execute(f"UPDATE {name} t SET {sets} FROM {stage} s WHERE {_key_match(p, 't', 's')} AND "
                     f"ROW({_cols(p.columns, 't.')})::text IS DISTINCT FROM ROW({_cols(p.columns, 's.')})::text")
         rep.updated = int(cur.rowcount)

@@ -186,7 +186,7 @@ def _production_now(ctx: Context, database: str, names: list[tuple[str, str]], r
             return now
         for schema, rel in names:
             f = read_facts(conn, schema, rel)
-            key = policy.qualified(schema, rel)
+            key = f.name if f else _server_quoted(conn, schema, rel)  # PostgreSQL's quoting, as in TableFacts.name
             now[key] = f
             result.tables.append({"table": key, "exists_now": f is not None,
                                   "rows_now": exact_count(conn, f.name) if f else None})
@@ -204,6 +204,11 @@ def _production_now(ctx: Context, database: str, names: list[tuple[str, str]], r
         early = policy.plan_tables(req.mode, present, now, tag=tag, into=req.into, taken=taken)
         result.table_plans = [p.to_json() for p in early.tables]
     return now
+
+
+def _server_quoted(conn: Any, schema: str, rel: str) -> str:
+    row = conn.execute("SELECT format('%I.%I', %s::text, %s::text)", (schema, rel)).fetchone()
+    return str(row[0])
 
 
 def _describe_dry_run(req: RecoverRequest, plan: Plan, result: RecoverResult) -> None:
@@ -248,7 +253,7 @@ def _dump_tables(info: ConnInfo, names: list[tuple[str, str]], spool: Path,
             path = spool / f"table-{i}.copy"
             lines = size = 0
             with conn.cursor() as cur, open(path, "wb") as out:
-                cols = ", ".join(policy.quote_ident(c) for c in columns)
+                cols = ", ".join(policy.ident(c) for c in columns)
                 with cur.copy(f"COPY (SELECT {cols} FROM {f.name}) TO STDOUT") as cp:
                     for chunk in cp:
                         out.write(chunk)
@@ -341,7 +346,7 @@ def _load_database(ctx: Context, new: str, dump_file: Path, result: RecoverResul
         if database_exists(conn, new):
             raise TargetExistsError(f"database {new!r} already exists on {ctx.conn.describe()}")
         facts = server_facts(conn)
-        conn.execute(f"CREATE DATABASE {policy.quote_ident(new)} TEMPLATE template0")
+        conn.execute(f"CREATE DATABASE {policy.ident(new)} TEMPLATE template0")
     ok = False
     try:
         bindir = bindir_for_server(facts.major, ctx.settings.pg_bin_dirs)
@@ -363,7 +368,7 @@ def _load_database(ctx: Context, new: str, dump_file: Path, result: RecoverResul
     finally:
         if not ok:
             with connect(ctx.conn, dbname="postgres") as conn:
-                conn.execute(f"DROP DATABASE IF EXISTS {policy.quote_ident(new)}")
+                conn.execute(f"DROP DATABASE IF EXISTS {policy.ident(new)}")
 
 
 __all__ = ["RecoverRequest", "RecoverResult", "recover"]
