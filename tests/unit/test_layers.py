@@ -47,6 +47,7 @@ VERBS = {
     "pgvault.operations.logical.backup",
     "pgvault.operations.physical.basebackup",
     "pgvault.operations.physical.restore_point",
+    "pgvault.operations.physical.recover_table",
     "pgvault.operations.maintenance.drill",
     "pgvault.operations.maintenance.expire",
     "pgvault.operations.maintenance.verify",

@@ -122,6 +122,7 @@ _MODULES = {
     "config": "config_cmd", "drill": "drill", "expire": "expire", "verify": "verify", "metrics": "metrics",
     "notify": "notify",
     "runbook": "runbook", "repo": "repo",
+    "recover-table": "recover_table",
 }
 # SCHEDULED_JOBS (imported from config, where notify.jobs names them): commands whose outcome is
 # recorded for `status` and the metrics and may be notified (cli/metrics.py record_job); other

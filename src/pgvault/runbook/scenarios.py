@@ -1,6 +1,5 @@
-"""The disaster scenarios: accidental DELETE, corruption, loss of a region, with the commands that
-handle them today.  (Table-level point-in-time recovery into the live server is a later issue;
-until then the DELETE scenario combines what exists, and says what each way costs.)"""
+"""The disaster scenarios: accidental DELETE (``recover-table``, no downtime), corruption, loss of
+a region, with the commands that handle them."""
 
 from __future__ import annotations
 
@@ -12,17 +11,51 @@ from pgvault.runbook.procedures import lines
 
 
 def accidental_delete(f: Facts) -> list[Block]:
-    db, d, t = f.database, EXAMPLE.data_dir, EXAMPLE.time
+    db, t = f.database, EXAMPLE.time
     tables = [a for x in EXAMPLE.tables for a in ("--table", x)]
-    dump_tables = " ".join(f"-t {x}" for x in EXAMPLE.tables)
+    target = ["--target-time", t]
     return [
         Heading(3, "Accidental DELETE, UPDATE or DROP TABLE"),
         Para(f"Someone ran `DELETE FROM organizations` in `{db}` at 10:00 UTC. In the sample schema every foreign key "
              "cascades, so the one statement emptied `organizations`, `projects`, `configs` and `config_history`. "
-             "Stop the writer, go through [Before a restore](#before-a-restore), then choose:"),
-        Para("**A. From the last logical backup: fast, loses what changed since the backup.** Restore the tables "
-             "side by side first and look; then put them back in the live database, all the tables the cascade "
-             "touched together:"),
+             "The application can keep running: `recover-table` puts the rows back into the live database without "
+             "stopping the server, and keeps every row written since."),
+        Para(f"**A. The tables as they were just before the mistake, into the live database (no downtime).** Choose the "
+             f"target: a time before the mistake (`{t}`, replace it), or, exactly, the transaction that did it: the "
+             "`wal find` subcommand prints `--target-xid X --target-exclusive` for it, which stops recovery just "
+             "before that transaction. Look at the plan first, then run it with every table the cascade reached:"),
+        code(*lines(
+            (pgvault("status"), "the recoverable window must include the target"),
+            (pgvault("recover-table", "--database", db, *tables, "--mode", "missing-rows", *target, "--dry-run"),
+             "backup, WAL, tables, what would change"),
+            (pgvault("recover-table", "--database", db, *tables, "--mode", "missing-rows", *target),
+             "puts back the rows whose key is missing"),
+        )),
+        items(
+            "It recovers the base backup plus WAL up to the target into a private scratch directory (socket only, "
+            "no archiving), checks that recovery stopped exactly at the target, dumps the tables and removes the "
+            "scratch server, also on failure or Ctrl-C. Only then does it touch the live database: one transaction, "
+            "parents before children, every count checked before the commit. It needs disk for the whole cluster "
+            "under `$TMPDIR` and time for the base backup's unpack plus the WAL replay.",
+            "`--mode missing-rows` inserts only the rows whose primary key is missing now; rows written since the "
+            "mistake are never touched. The report gives per table the rows now, at the target, inserted, and the "
+            "rows there now that were not at the target (left alone). The tables' triggers are not fired for the "
+            "recovered rows (no second audit entry), and sequences are not moved back.",
+            "Recover only `organizations` and the command names the tables the cascade reached "
+            "(`ON DELETE CASCADE` foreign keys) and how many recovered rows have no children now: run it again "
+            "with those tables.",
+            f"Not sure yet? The default mode, `--mode new-table`, only creates "
+            f"`organizations__recovered_<target>` beside the original, to compare: `pgvault recover-table "
+            f"--database {db} --table public.organizations --target-time '{t}'`.",
+            "`--mode replace` makes the tables' contents exactly the target's (rows written since are removed); it "
+            "refuses while a table not being recovered still references a row that would go. A dropped table comes "
+            "back with `--mode new-table --into <its old name>`.",
+            f"A whole database as of the target, beside the live one: `pgvault recover-table --database {db} "
+            f"--target-database {db}_before --target-time '{t}'`.",
+        ),
+        Para("**B. From the last logical backup: no WAL needed, loses what changed since the backup.** Restore the "
+             "tables side by side and look, or put them back in the live database, all the tables the cascade "
+             "touched together (stop the writer first):"),
         code(*lines(
             (pgvault("list"), "the newest backup taken before 10:00"),
             (pgvault("restore", EXAMPLE.backup_id, "--database", db, "--target-database", f"{db}_before", *tables),
@@ -31,36 +64,8 @@ def accidental_delete(f: Facts) -> list[Block]:
         )),
         items(
             "`--clean` replaces those tables' rows with the backup's: rows written to them after the backup are "
-            "lost, other tables are not touched. Rows that still exist cannot be merged this way: restore side by "
-            f"side and copy the missing rows with SQL (`INSERT ... SELECT` through `postgres_fdw`, or "
-            f"`pg_dump --data-only` of `{db}_before`).",
-            "Sessions on the live database refuse the restore (exit 8) unless `--force` ends them.",
-        ),
-        Para(f"**B. To the minute before the mistake: exact, slower.** Restore the whole cluster into a scratch data "
-             f"directory, stopped at `{t}` (replace it), take the tables out with `pg_dump` and load them into the "
-             "live database (this version of pgvault has no single command for a table at a point in time; these "
-             "are the steps by hand):"),
-        code(*lines(
-            (pgvault("status"), "the recoverable window must include the target"),
-            (pgvault("restore-cluster", "-D", d, "--target-time", t, "--dry-run"), "which base backup and WAL"),
-            (pgvault("restore-cluster", "-D", d, "--target-time", t, "--start", "--port", EXAMPLE.port),
-             "replays to the target and pauses"),
-            (f"pg_dump -p {EXAMPLE.port} -d {shlex.quote(db)} --data-only {dump_tables} -Fc -f before-delete.dump",
-             "the tables as they were"),
-            (f"pg_restore -d {shlex.quote(db)} --data-only --disable-triggers before-delete.dump",
-             "into the live database (superuser; audit triggers off)"),
-            (f"pg_ctl -D {d} stop && rm -rf {d}", "clean up"),
-        )),
-        items(
-            "It needs a base backup older than the mistake and every WAL file from it to the target, disk for the "
-            "whole cluster, and time: the base backup's restore plus the WAL replay (the physical drills measure "
-            "it: `pgvault drill list`).",
-            "It brings back the tables exactly as they were at the target; changes the application made to other "
-            "tables after it stay. Tables that still hold rows need the same care as in A (load into a side "
-            "table, then `INSERT ... SELECT` what is missing).",
-            "The dump also sets the tables' sequences back to their values at the target: if the application "
-            "inserted rows since, move each sequence past the table's highest id (`SELECT setval(...)`) before "
-            "it does again.",
+            "lost, other tables are not touched. Sessions on the live database refuse the restore (exit 8) unless "
+            "`--force` ends them.",
             "Rewinding the live cluster itself (`restore-cluster` as the new primary) loses every change after the "
             "target in every database: only when the damage is everywhere.",
         ),

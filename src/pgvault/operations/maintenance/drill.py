@@ -19,13 +19,10 @@ failed and the command's exit status says whether everything passed.
 from __future__ import annotations
 
 import datetime as dt
-import os
-import shutil
 import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 from pgvault import log
@@ -34,7 +31,7 @@ from pgvault.errors import PgvaultError, ToolError, UsageError, VerificationErro
 from pgvault.operations.context import Context
 from pgvault.pg.bindir import BinDir, available_bindirs
 from pgvault.pg.conn import ConnInfo, connect
-from pgvault.pg.scratch import ScratchServer, free_port, scratch_dir, sweep_scratch_dirs
+from pgvault.pg.scratch import ScratchServer, sweep_scratch_dirs
 from pgvault.policy.pitr import RecoveryTarget
 from pgvault.repository import layout
 from pgvault.repository.catalog import resolve_logical
@@ -269,71 +266,32 @@ def _refused(checks: list[Check], database: str, result: Any, target: dict[str, 
 
 def _physical(ctx: Context, req: DrillRequest, drill_id: str, checks: list[Check], target: dict[str, Any],
               cleanups: list[Callable[[], None]]) -> tuple[str, float | None]:
-    from pgvault.operations.physical.restore_cluster import (
-        RestoreOptions,
-        major_of,
-        make_plan,
-        restore_cluster,
-        start_and_follow,
-        stop_server,
-    )
+    from pgvault.operations.physical.restore_cluster import major_of, make_plan
+    from pgvault.operations.physical.scratch_cluster import connectable, recover_into_scratch
 
     rt = req.recovery_target
     if rt.kind != "end":
         rt = RecoveryTarget(rt.kind, rt.value, rt.timeline, rt.exclusive, "promote")
     plan = make_plan(ctx, rt, None if req.ref == "latest" else req.ref)
     b = plan.backup
-    base = scratch_dir(os_user=ctx.settings.drill_os_user)
-    cleanups.append(lambda: shutil.rmtree(base, ignore_errors=True))
-    port = free_port()
-    hba = base / "pg_hba.conf"
-    hba.write_text("local all all trust\n")
-    options = {"port": str(port), "listen_addresses": "", "unix_socket_directories": str(base),
-               "hba_file": str(hba), "logging_collector": "off"}
-    target.update(kind="scratch data directory", port=port, server_version=b.server_version,
-                  recovery_target=rt.describe())
+    target.update(kind="scratch data directory", server_version=b.server_version, recovery_target=rt.describe())
     t0 = time.monotonic()
     try:
-        result = restore_cluster(ctx, RestoreOptions(
-            data_dir=base / "data", target=rt, backup_id=b.backup_id,
-            tablespace_map={t.oid: str(base / f"tablespace-{t.oid}") for t in b.tablespaces},
-            options=options, pgvault_command=req.pgvault_command), plan)
-        if os.geteuid() == 0:
-            st = (base / "data" / "PG_VERSION").stat()
-            os.chown(hba, st.st_uid, st.st_gid)
-            os.chown(base, st.st_uid, st.st_gid)
-        cleanups.insert(0, lambda: stop_server(ctx.runner, base / "data", major_of(b), ctx.settings.pg_bin_dirs))
-        outcome = start_and_follow(ctx.runner, result, major=major_of(b), bin_dirs=ctx.settings.pg_bin_dirs,
-                                   environ=ctx.environ)
+        scratch = recover_into_scratch(ctx, plan, cleanups, pgvault_command=req.pgvault_command)
     except PgvaultError as e:
         checks.append(Check("restore and recovery", False, time.monotonic() - t0, e.message))
         return b.backup_id, None
+    target["port"] = scratch.port
+    outcome = scratch.outcome
     restore_seconds = time.monotonic() - t0
     checks.append(Check("restore and recovery", True, restore_seconds,
                         f"{outcome.segments_restored} WAL files replayed, {outcome.stop_detail or 'end of archive'}, "
                         f"promoted on timeline {outcome.new_timeline}"))
-    info = _connectable(base, port, ctx)
+    info = connectable(scratch.base, scratch.port, ctx)
     bindir = _server_bindir(major_of(b), ctx.settings.pg_bin_dirs)
     _amcheck(ctx, bindir, info, checks)
     _smoke_all(checks, info, ctx.settings.smoke_queries, "postgres", lambda db: db)
     return b.backup_id, restore_seconds
-
-
-def _connectable(base: Path, port: int, ctx: Context) -> ConnInfo:
-    """The restored cluster's roles are the production ones: find a superuser we can connect as."""
-    import pwd
-
-    candidates = [ctx.conn.params.get("user") or "", "postgres", pwd.getpwuid((base / "data").stat().st_uid).pw_name]
-    last: PgvaultError | None = None
-    for user in dict.fromkeys(c for c in candidates if c):
-        info = ConnInfo({"host": str(base), "port": str(port), "user": user, "dbname": "postgres"})
-        try:
-            connect(info).close()
-            return info
-        except PgvaultError as e:
-            last = e
-    assert last is not None
-    raise last
 
 
 def _amcheck(ctx: Context, bindir: BinDir, info: ConnInfo, checks: list[Check]) -> None:
