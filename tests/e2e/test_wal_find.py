@@ -1,0 +1,172 @@
+"""``pgvault wal find`` against real PostgreSQL 15 and 18 archiving through pgvault (issue 11, part 2).
+
+Each transaction on the table records its own xid (``txid_current()`` in the same statement);
+``wal find`` must list exactly those, with their row counts, from the archived WAL, and the
+target it prints, handed to ``restore-cluster``, must give back the rows from just before."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from support.archiving import ArchivingCluster
+from support.cli import pgvault
+from support.pg_fixtures import pg_majors
+
+from .conftest import make_age_key
+
+MAJORS = pg_majors() or [None]
+
+
+def _xid(a: ArchivingCluster, dml: str) -> tuple[int, int]:
+    """Run ``dml`` (… RETURNING 1) and return (its xid, rows it touched)."""
+    out = a.cluster.psql(f"WITH d AS ({dml} RETURNING 1) SELECT txid_current(), count(*) FROM d")
+    xid, n = out.split("|")
+    return int(xid), int(n)
+
+
+def _statement_xid(a: ArchivingCluster, sql: str) -> int:
+    """Run ``sql`` (TRUNCATE, DROP ...) in a transaction that reports its xid."""
+    return int(a.cluster.psql(f"BEGIN; {sql}; SELECT txid_current(); COMMIT;").splitlines()[-1])
+
+
+def _find(a: ArchivingCluster, *extra: str) -> dict:  # type: ignore[type-arg]
+    r = pgvault(["wal", "find", "--table", "public.orgs", "--json", *extra], a.env())
+    doc = r.json()
+    assert doc["kind"] == "wal_find", doc
+    return dict(doc)
+
+
+def _events(doc: dict) -> list[tuple[int, list[str], int, int]]:  # type: ignore[type-arg]
+    return [(e["xid"], e["ops"], e["rows_deleted"], e["rows_updated"]) for e in doc["events"]]
+
+
+@pytest.mark.parametrize("major", MAJORS)
+def test_wal_find_names_each_transaction_and_its_target_restores_the_rows_before_the_mass_delete(
+        major, archiving) -> None:  # type: ignore[no-untyped-def]
+    a = archiving(major)
+    a.cluster.psql("CREATE TABLE orgs(id int PRIMARY KEY, name text); CREATE TABLE other(i int);"
+                   "INSERT INTO orgs SELECT g, 'org' || g FROM generate_series(1, 1000) g;"
+                   "INSERT INTO other SELECT generate_series(1, 100)")
+    a.basebackup()
+    small1 = _xid(a, "DELETE FROM orgs WHERE id BETWEEN 10 AND 12")
+    noise = _xid(a, "DELETE FROM other WHERE i < 50")  # another table: never listed
+    small2 = _xid(a, "DELETE FROM orgs WHERE id BETWEEN 20 AND 26")
+    before = a.cluster.psql("SELECT count(*), sum(id) FROM orgs")
+    mass = _xid(a, "DELETE FROM orgs WHERE id > 300")
+    upd = _xid(a, "UPDATE orgs SET name = 'renamed' WHERE id BETWEEN 100 AND 104")
+    rolled_back = a.cluster.psql("BEGIN; DELETE FROM orgs WHERE id = 1; ROLLBACK; SELECT 1")
+    after = _xid(a, "DELETE FROM orgs WHERE id BETWEEN 200 AND 201")
+    a.switch_and_wait()
+    assert small1[1] == 3 and small2[1] == 7 and mass[1] == 700 and upd[1] == 5 and after[1] == 2
+    assert rolled_back == "1" and noise[1] == 49
+
+    doc = _find(a, "--op", "delete,update,truncate,drop", "--database", "postgres")
+    assert _events(doc) == [
+        (small1[0], ["delete"], 3, 0), (small2[0], ["delete"], 7, 0), (mass[0], ["delete"], 700, 0),
+        (upd[0], ["update"], 0, 5), (after[0], ["delete"], 2, 0)]
+    assert doc["complete"] and doc["warnings"] == [] and doc["live_check"]["matches"] is True, doc
+    assert [x["rows_deleted"] for x in doc["aborted"]] == [1]
+    ev = doc["events"][2]
+    assert ev["target"] == ["--target-xid", str(mass[0]), "--target-exclusive"]
+    assert ev["restore_cluster"].endswith(f"restore-cluster -D NEW_DATA_DIR --target-xid {mass[0]} --target-exclusive")
+    assert f"recover-table --table public.orgs --database postgres --target-xid {mass[0]}" in ev["recover_table"]
+    # The default operations leave the UPDATE out; --from/--to narrow by commit time.
+    assert [e[0] for e in _events(_find(a))] == [small1[0], small2[0], mass[0], after[0]]
+    narrowed = _find(a, "--from", doc["events"][1]["commit_time"], "--to", doc["events"][2]["commit_time"])
+    assert [e[0] for e in _events(narrowed)] == [small2[0], mass[0]]
+    # The human form shows the same target.
+    human = pgvault(["wal", "find", "--table", "orgs"], a.env()).stdout
+    assert f"xid {mass[0]}" in human and "DELETE 700 rows" in human and f"--target-xid {mass[0]} --target-exclusive" in human
+
+    # The printed target, handed to restore-cluster: exactly the rows from just before the mass DELETE.
+    r, restored = a.restore(*ev["target"])
+    assert r.json()["recovery"]["state"] == "paused", r.json()["recovery"]
+    assert restored.query("SELECT count(*), sum(id) FROM orgs") == before
+    restored.stop()
+    # The LSN form stops at the same place.
+    _r, restored = a.restore(*ev["target_lsn"])
+    assert restored.query("SELECT count(*), sum(id) FROM orgs") == before
+    restored.stop()
+
+
+@pytest.mark.parametrize("major", MAJORS)
+def test_wal_find_follows_the_table_through_truncate_and_vacuum_full_to_its_drop(
+        major, archiving) -> None:  # type: ignore[no-untyped-def]
+    a = archiving(major)
+    a.cluster.psql("CREATE TABLE orgs(id int PRIMARY KEY, name text);"
+                   "INSERT INTO orgs SELECT g, repeat('x', 3000) || g FROM generate_series(1, 200) g")  # toasted
+    a.basebackup()
+    first = _xid(a, "DELETE FROM orgs WHERE id <= 5")
+    truncate = _statement_xid(a, "TRUNCATE orgs")
+    after_truncate = a.cluster.psql("SELECT pg_relation_filenode('orgs')")
+    a.cluster.psql("INSERT INTO orgs SELECT g, repeat('y', 3000) FROM generate_series(1, 50) g")
+    a.cluster.psql("VACUUM FULL orgs")
+    after_vacuum = a.cluster.psql("SELECT pg_relation_filenode('orgs')")
+    later = _xid(a, "DELETE FROM orgs WHERE id <= 20")
+    savepoint = int(a.cluster.psql("BEGIN; DELETE FROM orgs WHERE id = 21; SAVEPOINT s;"
+                                   "DELETE FROM orgs WHERE id IN (22, 23); RELEASE s; SELECT txid_current(); COMMIT;")
+                    .splitlines()[-1])
+    alive = a.cluster.psql("SELECT count(*) FROM orgs")
+    a.switch_and_wait()
+
+    doc = _find(a, "--op", "delete,truncate,drop,rewrite")
+    assert _events(doc) == [
+        (first[0], ["delete"], 5, 0), (truncate, ["truncate"], 0, 0), (doc["events"][2]["xid"], ["rewrite"], 0, 0),
+        (later[0], ["delete"], 20, 0), (savepoint, ["delete"], 3, 0)]
+    assert doc["events"][1]["new_relfilenode"] == int(after_truncate) and doc["events"][1]["all_rows"]
+    assert doc["events"][2]["new_relfilenode"] == int(after_vacuum)
+    assert doc["final_relfilenode"] == int(after_vacuum) and doc["live_check"]["matches"] is True, doc
+
+    drop = _statement_xid(a, "DROP TABLE orgs")
+    a.switch_and_wait()
+    doc = _find(a)
+    assert _events(doc)[-1] == (drop, ["drop"], 0, 0) and doc["dropped"] and doc["warnings"] == [], doc
+    # Just before the DROP: the table with every row it had then.  The DROP's lock is replayed
+    # before its commit, so a server paused there cannot read the table: the command says promote.
+    ev = doc["events"][-1]
+    assert ev["restore_cluster"].endswith(f"--target-xid {drop} --target-exclusive --target-action promote"), ev
+    _r, restored = a.restore(*ev["target"], "--target-action", "promote")
+    restored.wait_primary()
+    assert restored.query("SELECT count(*) FROM orgs") == alive
+    restored.stop()
+
+
+@pytest.mark.parametrize("major", MAJORS[-1:])
+def test_wal_find_errors(major, archiving, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    a = archiving(major)
+    a.cluster.psql("CREATE TABLE orgs(id int PRIMARY KEY)")
+    a.switch_and_wait()
+    r = pgvault(["wal", "find", "--table", "orgs"], a.env(), check=False)
+    assert r.returncode == 5 and "no base backup records" in r.stderr, r  # nothing to anchor on yet
+    a.basebackup()
+    for _ in range(3):
+        a.cluster.psql("INSERT INTO orgs SELECT coalesce(max(id), 0) + 1 FROM orgs")
+        a.switch_and_wait()
+    r = pgvault(["wal", "find", "--table", "public.nope", "--json"], a.env(), check=False)
+    assert r.returncode == 5 and "public.nope" in r.stderr and r.json()["error"] == "not_found", r
+    r = pgvault(["wal", "find", "--table", "orgs", "--op", "insert"], a.env(), check=False)
+    assert r.returncode == 2 and "--op" in r.stderr, r
+    # The wrong private key: the decryption error, and no temporary segments left behind.
+    other = make_age_key(tmp_path).identity_file
+    other.chmod(0o600)
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    r = pgvault(["wal", "find", "--table", "orgs"], {**a.env(), "PGVAULT_ENCRYPTION_AGE_IDENTITY_FILE": str(other),
+                                                     "TMPDIR": str(tmp)}, check=False)
+    assert r.returncode in (2, 6) and "internal error" not in r.stderr and "decrypt" in r.stderr.lower(), r
+    assert list(tmp.iterdir()) == []
+    # A segment missing in the middle: named, exit 5 like the other archive holes.
+    segs = sorted(p for p in Path(a.repo_url).glob("pitr/wal/*/*") if len(p.name.split(".")[0]) == 24
+                  and not p.name.endswith(".json"))
+    victim = segs[-2]
+    victim.unlink()
+    rec = victim.parent / (victim.name.split(".")[0] + ".json")
+    doc = json.loads(rec.read_text())
+    doc["archived_at"] = "2026-01-01T00:00:00+00:00"
+    rec.write_text(json.dumps(doc))
+    r = pgvault(["wal", "find", "--table", "orgs"], {**a.env(), "TMPDIR": str(tmp)}, check=False)
+    assert r.returncode == 5 and victim.name.split(".")[0] in r.stderr and "hole" in r.stderr, r
+    assert list(tmp.iterdir()) == []
