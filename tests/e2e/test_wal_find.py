@@ -170,3 +170,63 @@ def test_wal_find_errors(major, archiving, tmp_path: Path) -> None:  # type: ign
     r = pgvault(["wal", "find", "--table", "orgs"], {**a.env(), "TMPDIR": str(tmp)}, check=False)
     assert r.returncode == 5 and victim.name.split(".")[0] in r.stderr and "hole" in r.stderr, r
     assert list(tmp.iterdir()) == []
+
+
+def _fake_bindir(root: Path, major: int, waldump: str) -> Path:
+    """A bin directory that passes for PostgreSQL ``major`` (pg_dump --version) with a scripted
+    pg_waldump; it sorts before the real ones of that major, so pgvault picks it."""
+    bindir = root / "fake-bin"
+    bindir.mkdir(parents=True)
+    for name, body in (("pg_dump", f'echo "pg_dump (PostgreSQL) {major}.99"'), ("pg_waldump", waldump)):
+        (bindir / name).write_text(f"#!/bin/sh\n{body}\n")
+        (bindir / name).chmod(0o755)
+    return bindir
+
+
+@pytest.mark.parametrize("major", MAJORS[-1:])
+def test_wal_find_sigterm_and_pg_waldump_failures_leave_no_temporary_segments(
+        major, archiving, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import signal
+    import subprocess
+    import time
+
+    a = archiving(major)
+    a.cluster.psql("CREATE TABLE orgs(id int PRIMARY KEY)")
+    a.basebackup()
+    a.cluster.psql("DELETE FROM orgs")
+    a.switch_and_wait()
+    server_major = int(a.cluster.psql("SHOW server_version_num")) // 10000
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+
+    # pg_waldump of another major (or damaged WAL): its error, exit 10, nothing left behind.
+    wrong = _fake_bindir(tmp_path / "wrong", server_major,
+                         'echo "pg_waldump: error: could not find a valid record after 0/2000028" >&2; exit 1')
+    r = pgvault(["wal", "find", "--table", "orgs"], {**a.env(), "PGVAULT_POSTGRES_BIN_DIRS": str(wrong),
+                                                     "TMPDIR": str(tmp)}, check=False)
+    assert r.returncode == 10 and "could not find a valid record" in r.stderr, r
+    assert list(tmp.iterdir()) == []
+
+    # SIGTERM while pg_waldump reads: 143, pg_waldump killed, the decrypted segments removed.
+    pidfile = tmp_path / "waldump.pid"
+    hang = _fake_bindir(tmp_path / "hang", server_major, f'echo $$ > {pidfile}; exec sleep 120')
+    proc = subprocess.Popen([str(a.launcher), "wal", "find", "--table", "orgs"],
+                            env={**a.env(), "PGVAULT_POSTGRES_BIN_DIRS": str(hang), "TMPDIR": str(tmp)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (pidfile.exists() and pidfile.read_text().strip()):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.1)
+        [work] = list(tmp.iterdir())
+        assert work.name.startswith("pgvault-walfind-") and oct(work.stat().st_mode & 0o777) == "0o700"
+        assert any(len(f.name) == 24 for f in work.iterdir())  # decrypted segments, while it runs
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, err
+    assert list(tmp.iterdir()) == []
+    waldump_pid = int(pidfile.read_text())
+    assert not Path(f"/proc/{waldump_pid}").exists() or "zombie" in Path(f"/proc/{waldump_pid}/status").read_text().lower()
