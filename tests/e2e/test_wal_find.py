@@ -172,6 +172,41 @@ def test_wal_find_errors(major, archiving, tmp_path: Path) -> None:  # type: ign
     assert list(tmp.iterdir()) == []
 
 
+@pytest.mark.parametrize("major", MAJORS[-1:])
+def test_wal_find_follows_the_newest_timeline(major, archiving) -> None:  # type: ignore[no-untyped-def]
+    """Restored before the mass DELETE and promoted (timeline 2, archiving): the search follows
+    timeline 2's history, so the mass DELETE (after the switch on timeline 1) is not listed,
+    and what happened on timeline 2 is."""
+    import time
+
+    a = archiving(major)
+    a.cluster.psql("CREATE TABLE orgs(id int PRIMARY KEY); INSERT INTO orgs SELECT generate_series(1, 1000)")
+    a.basebackup()
+    small = _xid(a, "DELETE FROM orgs WHERE id <= 3")
+    mass = _xid(a, "DELETE FROM orgs WHERE id > 500")
+    a.switch_and_wait()
+    r, promoted = a.restore("--target-xid", str(mass[0]), "--target-exclusive", "--target-action", "promote",
+                            "--archive")
+    assert r.json()["recovery"]["new_timeline"] == 2
+    promoted.wait_primary()
+    xid2, n2 = (int(x) for x in promoted.query(
+        "WITH d AS (DELETE FROM orgs WHERE id BETWEEN 10 AND 14 RETURNING 1) SELECT txid_current(), count(*) FROM d"
+    ).split("|"))
+    name = promoted.query("SELECT pg_walfile_name(pg_current_wal_lsn())")
+    promoted.query("SELECT pg_switch_wal()")
+    deadline = time.monotonic() + 120
+    while promoted.query("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver") < name:
+        assert time.monotonic() < deadline, "timeline 2 segment not archived"
+        time.sleep(0.2)
+
+    doc = _find(a, "--no-live-check")
+    assert doc["timeline"] == 2 and doc["complete"], doc
+    assert _events(doc) == [(small[0], ["delete"], 3, 0), (xid2, ["delete"], n2, 0)], doc
+    assert n2 == 5 and doc["warnings"] == []
+    # The mass DELETE's rows were replayed up to the switch, but it never committed on timeline 2.
+    assert [(x["xid"], x["rows_deleted"]) for x in doc["aborted"]] == [(mass[0], 500)]
+
+
 def _fake_bindir(root: Path, major: int, waldump: str) -> Path:
     """A bin directory that passes for PostgreSQL ``major`` (pg_dump --version) with a scripted
     pg_waldump; it sorts before the real ones of that major, so pgvault picks it."""

@@ -326,6 +326,9 @@ def test_pg_waldump_failures_expected_and_not() -> None:
                    nxt, 10)
     _judge_failure("pg_waldump: error: error in WAL record at 0/3FFFF28: invalid record length at 0/3FFFF60: "
                    "expected at least 24, got 0", batch, [], 10)
+    # at a timeline switch the next file is the child's: the parent's one of that number is not given
+    _judge_failure(f'pg_waldump: error: could not find file "{wal.segment_name(1, 4, SEG)}": No such file', batch,
+                   [wal.segment_name(2, 4, SEG)], 10)
     with pytest.raises(ToolError, match="could not find a valid record"):
         _judge_failure("pg_waldump: error: could not find a valid record after 0/2000028", batch, nxt, 0)
     with pytest.raises(ToolError):
@@ -336,3 +339,15 @@ def test_no_pg_waldump_of_the_wal_major_is_a_tool_error() -> None:
     with pytest.raises(ToolError, match="no pg_waldump of PostgreSQL 99") as e:
         waldump_for(99, ())
     assert e.value.exit_code == 10
+
+
+def test_a_transaction_open_at_a_timeline_switch_never_committed_on_the_timeline_followed() -> None:
+    t = p.TableTracker(db_oid=5, table_oid=16384, relfilenode=16384, switches=[wal.LSN.parse("0/02000000")])
+    for line in (DELETE15.replace("726", "990"),  # before the switch, uncommitted there
+                 _rec(991, "0/02000200", "Heap", "DELETE off 1 flags 0x00 KEYS_UPDATED , blkref #0: rel 1663/5/16384 blk 0"),
+                 _commit(991, "0/02000300")):
+        t.feed_line(line, 2)
+    assert _summary(t) == [(991, ("delete",), 1, 0, 16384, None)]
+    assert t.aborted == [{"xid": 990, "time": None, "lsn": "0/2000000", "rows_deleted": 1, "rows_updated": 0,
+                          "why": "open at the timeline switch"}]
+    assert t.open_transactions() == 0

@@ -185,7 +185,8 @@ class TableTracker:
     says so, instead of guessing).
     """
 
-    def __init__(self, *, db_oid: int, table_oid: int, relfilenode: int, other_tables: Iterable[int] = ()) -> None:
+    def __init__(self, *, db_oid: int, table_oid: int, relfilenode: int, other_tables: Iterable[int] = (),
+                 switches: Iterable[LSN] = ()) -> None:
         self.db = db_oid
         self.table_oid = table_oid
         self.relfilenode: int | None = relfilenode
@@ -198,6 +199,9 @@ class TableTracker:
         self.last_lsn: LSN | None = None
         self.last_commit_time: dt.datetime | None = None
         self._open: dict[int, _Open] = {}
+        # Timeline switch points on the way (from the history file): a transaction still open
+        # there never committed on the timeline followed (promotion ends it without a record).
+        self._switches = sorted(switches)
         self._needle = ""
         self._set_needle()
 
@@ -225,6 +229,8 @@ class TableTracker:
         """Take one record; returns the transaction end it was, if any (the verb watches the time)."""
         self.records += 1
         self.last_lsn = rec.lsn
+        while self._switches and rec.lsn >= self._switches[0]:
+            self._cut_at_switch(self._switches.pop(0))
         if rec.rmgr == "Heap":
             self._heap(rec)
         elif rec.rmgr == "Storage":
@@ -242,6 +248,13 @@ class TableTracker:
                 self._end(end, timeline)
                 return end
         return None
+
+    def _cut_at_switch(self, at: LSN) -> None:
+        for xid, st in self._open.items():
+            if st.deleted or st.updated:
+                self.aborted.append({"xid": xid, "time": None, "lsn": str(at), "rows_deleted": st.deleted,
+                                     "rows_updated": st.updated, "why": "open at the timeline switch"})
+        self._open.clear()
 
     def _state(self, xid: int) -> _Open:
         st = self._open.get(xid)

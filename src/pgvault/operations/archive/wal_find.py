@@ -180,7 +180,8 @@ def find(ctx: Context, req: FindRequest) -> FindResult:
         first_segment=anchor.first_wal, waldump=str(bindir.program("pg_waldump")))
     tracker = policy.TableTracker(
         db_oid=dbmap.oid, table_oid=entry.oid, relfilenode=entry.relfilenode,
-        other_tables=[r.oid for r in dbmap.relations if r.relkind in policy.TABLE_KINDS])
+        other_tables=[r.oid for r in dbmap.relations if r.relkind in policy.TABLE_KINDS],
+        switches=[h.switch_lsn for h in history if h.switch_lsn > wal.LSN.parse(anchor.start_lsn)])
     names = [wal.segment_name(owner(s), s, seg_size) for s in range(first, end + 1)]
     logger.info("wal find: %s.%s (oid %d, file %d at backup %s), WAL %s..%s on timeline %d", req.schema, req.name,
                 entry.oid, entry.relfilenode, anchor.backup_id, names[0], names[-1], tli)
@@ -193,7 +194,7 @@ def find(ctx: Context, req: FindRequest) -> FindResult:
             hint=f"run 'pgvault verify --all'; --to before the hole searches what precedes it ({len(tracker.events)} "
                  "matching transactions were found before it)")
     result.events = policy.select(tracker.events, req.ops, req.since, req.until)
-    result.aborted = [a for a in tracker.aborted if _in_range(a["time"], req)]
+    result.aborted = [a for a in tracker.aborted if a["time"] is None or _in_range(a["time"], req)]
     result.final_relfilenode, result.dropped, result.lost = tracker.relfilenode, tracker.dropped, tracker.lost
     result.records = tracker.records
     if tracker.lost:
@@ -336,8 +337,8 @@ def _judge_failure(stderr: str, batch: list[str], next_one: list[str], printed: 
     text = stderr.strip()
     m = _MISSING_FILE.search(text)
     given = batch + next_one
-    if m and m.group(1)[8:] > given[-1][8:]:
-        return
+    if m and m.group(1) not in given and m.group(1)[8:] > batch[-1][8:]:
+        return  # past the batch (the next one on this timeline, or the child's at a switch)
     if printed and "error in WAL record" in text and not m:
         return  # the WAL ends inside the last file (zeros after the last record)
     tail = " | ".join(text.splitlines()[-3:]) or "(no output)"
