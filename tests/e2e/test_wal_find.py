@@ -54,6 +54,9 @@ def test_wal_find_names_each_transaction_and_its_target_restores_the_rows_before
     small1 = _xid(a, "DELETE FROM orgs WHERE id BETWEEN 10 AND 12")
     noise = _xid(a, "DELETE FROM other WHERE i < 50")  # another table: never listed
     small2 = _xid(a, "DELETE FROM orgs WHERE id BETWEEN 20 AND 26")
+    # Some 40 MB of WAL from another table: the transactions below land in later segments, and
+    # records cross segment boundaries (which every batch size must read once, and only once).
+    a.cluster.psql("INSERT INTO other SELECT generate_series(1, 400000)")
     before = a.cluster.psql("SELECT count(*), sum(id) FROM orgs")
     mass = _xid(a, "DELETE FROM orgs WHERE id > 300")
     upd = _xid(a, "UPDATE orgs SET name = 'renamed' WHERE id BETWEEN 100 AND 104")
@@ -73,6 +76,10 @@ def test_wal_find_names_each_transaction_and_its_target_restores_the_rows_before
     assert ev["target"] == ["--target-xid", str(mass[0]), "--target-exclusive"]
     assert ev["restore_cluster"].endswith(f"restore-cluster -D NEW_DATA_DIR --target-xid {mass[0]} --target-exclusive")
     assert f"recover-table --table public.orgs --database postgres --target-xid {mass[0]}" in ev["recover_table"]
+    assert doc["segments_read"] >= 3, doc
+    for batch in ("1", "2"):  # many pg_waldump runs, each starting after the last record the one before took
+        again = _find(a, "--op", "delete,update,truncate,drop", "--batch-segments", batch)
+        assert again["events"] == doc["events"] and again["records"] >= doc["records"], batch
     # The default operations leave the UPDATE out; --from/--to narrow by commit time.
     assert [e[0] for e in _events(_find(a))] == [small1[0], small2[0], mass[0], after[0]]
     narrowed = _find(a, "--from", doc["events"][1]["commit_time"], "--to", doc["events"][2]["commit_time"])

@@ -128,6 +128,8 @@ def register_find(wsub: Any, common: argparse.ArgumentParser) -> None:
     f.add_argument("--to", dest="until", metavar="TIME", help="only transactions committed at or before; reading stops there")
     f.add_argument("--backup", metavar="ID", help="start from this base backup's table map (default: the newest "
                    "that started before --from)")
+    f.add_argument("--batch-segments", type=int, default=8, metavar="N",
+                   help="segments per pg_waldump run (disk use: about 2 x N segments at a time; default 8)")
     f.add_argument("--no-live-check", action="store_true",
                    help="do not compare the table's file with the live server at the end")
     f.set_defaults(func=run_find)
@@ -157,8 +159,11 @@ def run_find(args: argparse.Namespace) -> int:
         ops = policy.parse_ops(args.op)
     except ValueError as e:
         raise UsageError(str(e)) from None
+    if args.batch_segments < 1:
+        raise UsageError("--batch-segments must be at least 1")
     req = FindRequest(schema=schema, name=name, database=args.database, ops=ops, since=_when(args.since, "--from"),
-                      until=_when(args.until, "--to"), backup_id=args.backup, live_check=not args.no_live_check)
+                      until=_when(args.until, "--to"), backup_id=args.backup, live_check=not args.no_live_check,
+                      batch_segments=args.batch_segments)
     ctx = context_from(args)
     r = find(ctx, req)
     cluster = ctx.cluster if ctx.cluster != "main" else None
