@@ -309,14 +309,15 @@ def test_begin_of_each_pg_waldump_run() -> None:
     n = [wal.segment_name(1, s, SEG) for s in range(2, 8)]
     batches = [n[0:2], n[2:4], n[4:6]]
     start = wal.LSN.parse("0/2000028")
-    assert _begin(0, batches, start, SEG, None) == start
+    assert _begin(0, batches, start, SEG, None, {}) == start
     # after the last record taken, but never before the kept last segment of the run before
-    assert _begin(1, batches, start, SEG, wal.LSN.parse("0/3FFFF00")) == wal.LSN.parse("0/3FFFF01")
-    assert _begin(1, batches, start, SEG, wal.LSN.parse("0/2000100")) == wal.LSN.parse("0/3000000")
-    assert _begin(1, batches, start, SEG, None) == wal.LSN.parse("0/3000000")
-    # a new timeline starts at its first segment
+    assert _begin(1, batches, start, SEG, wal.LSN.parse("0/3FFFF00"), {}) == wal.LSN.parse("0/3FFFF01")
+    assert _begin(1, batches, start, SEG, wal.LSN.parse("0/2000100"), {}) == wal.LSN.parse("0/3000000")
+    assert _begin(1, batches, start, SEG, None, {}) == wal.LSN.parse("0/3000000")
+    # a new timeline starts at the switch point (the run before read up to it)
     child = [[wal.segment_name(1, 2, SEG)], [wal.segment_name(2, 3, SEG)]]
-    assert _begin(1, child, start, SEG, wal.LSN.parse("0/2FFFF00")) == wal.LSN.parse("0/3000000")
+    switch = wal.LSN.parse("0/3000A58")
+    assert _begin(1, child, start, SEG, wal.LSN.parse("0/2FFFF00"), {1: switch}) == switch
 
 
 def test_pg_waldump_failures_expected_and_not() -> None:
@@ -351,3 +352,18 @@ def test_a_transaction_open_at_a_timeline_switch_never_committed_on_the_timeline
     assert t.aborted == [{"xid": 990, "time": None, "lsn": "0/2000000", "rows_deleted": 1, "rows_updated": 0,
                           "why": "open at the timeline switch"}]
     assert t.open_transactions() == 0
+
+
+@pytest.mark.parametrize("name", ["waldump15.txt", "waldump18.txt"])
+def test_skipping_idle_commits_and_keeping_only_what_is_asked_change_nothing_else(name: str) -> None:
+    full = _replay(DATA / name)
+    fast = _replay(DATA / name, every_commit=False)
+    assert _summary(fast) == _summary(full) and fast.aborted == full.aborted
+    only = _replay(DATA / name, keep=p.selector(("truncate", "drop"), None, None), every_commit=False,
+                   ops=("truncate", "drop"))
+    assert [e.ops for e in only.events] == [("truncate",), ("drop",)] and only.dropped
+    assert only.relfilenode is None and only.open_transactions() == 0 and only.aborted == full.aborted
+    deletes = _replay(DATA / name, keep=p.selector(("delete",), None, None), every_commit=False, ops=("delete",))
+    assert _summary(deletes) == [s for s in _summary(full) if "delete" in s[1]]
+    capped = _replay(DATA / name, max_events=2)
+    assert _summary(capped) == _summary(full)[:2] and capped.omitted == len(full.events) - 2

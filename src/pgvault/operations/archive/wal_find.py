@@ -11,12 +11,14 @@ directory, a batch at a time, the next batch fetched while ``pg_waldump`` (of th
 The temporary directory (mode 0700, under the system's temp directory, never the repository) is
 removed on every exit path, also on Ctrl-C / SIGTERM (they unwind through ``finally``).
 
-Batches and ``pg_waldump``: it reads records until it needs a file that is not there, and fails
-then, so each run gets the batch's segments plus the next one (a record crossing into it is
-read whole) and the next run starts just after the last record printed (``-s``: pg_waldump finds
-the first record at or after it).  The file it failed to find is the expected end of a run; any
-other failure is an error.  One run reads one timeline (``-t``); at a timeline switch the next
-run starts at the child's first segment.
+Batches and ``pg_waldump``: each run sees (a directory of links) only the batch's segments plus
+the next one (a record crossing into it is read whole) and stops at the end of the last of them
+(``-e``; without it pg_waldump would wait 5 s for the file after it, then fail); a record crossing
+that end is not printed, and the next run, which starts just after the last record taken (``-s``:
+pg_waldump finds the first record at or after it), prints it.  One run reads one timeline
+(``-t``); the run before a timeline switch reads up to the switch point, with the child's first
+file (which holds the parent's WAL up to there) under the parent's name, and the child's first
+run starts at the switch point.
 """
 
 from __future__ import annotations
@@ -86,7 +88,9 @@ class FindResult:
     wal_bytes: int = 0
     records: int = 0
     seconds: float = 0.0
-    fetch_seconds: float = 0.0
+    fetch_seconds: float = 0.0  # summed over the fetching threads
+    fetch_wait_seconds: float = 0.0  # spent waiting for segments not fetched yet
+    waldump_seconds: float = 0.0  # pg_waldump runs, with the parsing of their output
     waldump: str = ""
     complete: bool = False  # read to the end of the archive (not stopped by --to)
     events: list[policy.Event] = field(default_factory=list)
@@ -104,6 +108,7 @@ class FindResult:
             "timeline": self.timeline, "start_lsn": self.start_lsn, "first_segment": self.first_segment,
             "last_segment": self.last_segment, "segments_read": self.segments_read, "wal_bytes": self.wal_bytes,
             "records": self.records, "seconds": round(self.seconds, 3), "fetch_seconds": round(self.fetch_seconds, 3),
+            "fetch_wait_seconds": round(self.fetch_wait_seconds, 3), "waldump_seconds": round(self.waldump_seconds, 3),
             "pg_waldump": self.waldump, "complete": self.complete,
             "events": [e.to_json() for e in self.events], "aborted": self.aborted,
             "final_relfilenode": self.final_relfilenode, "dropped": self.dropped, "identity_lost": self.lost,
@@ -181,11 +186,13 @@ def find(ctx: Context, req: FindRequest) -> FindResult:
     tracker = policy.TableTracker(
         db_oid=dbmap.oid, table_oid=entry.oid, relfilenode=entry.relfilenode,
         other_tables=[r.oid for r in dbmap.relations if r.relkind in policy.TABLE_KINDS],
-        switches=[h.switch_lsn for h in history if h.switch_lsn > wal.LSN.parse(anchor.start_lsn)])
+        switches=[h.switch_lsn for h in history if h.switch_lsn > wal.LSN.parse(anchor.start_lsn)],
+        keep=policy.selector(req.ops, req.since, req.until), ops=req.ops, every_commit=req.until is not None)
     names = [wal.segment_name(owner(s), s, seg_size) for s in range(first, end + 1)]
     logger.info("wal find: %s.%s (oid %d, file %d at backup %s), WAL %s..%s on timeline %d", req.schema, req.name,
                 entry.oid, entry.relfilenode, anchor.backup_id, names[0], names[-1], tli)
-    _walk(ctx, req, bindir, names, seg_size, wal.LSN.parse(anchor.start_lsn), tracker, result)
+    switch_at = {h.parent_tli: h.switch_lsn for h in history}
+    _walk(ctx, req, bindir, names, seg_size, wal.LSN.parse(anchor.start_lsn), switch_at, tracker, result)
     if result.complete and hole is not None:
         missing = wal.segment_name(owner(end + 1), end + 1, seg_size)
         raise NotFoundError(
@@ -193,7 +200,10 @@ def find(ctx: Context, req: FindRequest) -> FindResult:
             f"{wal.segment_name(owner(hole), hole, seg_size)}): transactions after {names[-1]} cannot be searched",
             hint=f"run 'pgvault verify --all'; --to before the hole searches what precedes it ({len(tracker.events)} "
                  "matching transactions were found before it)")
-    result.events = policy.select(tracker.events, req.ops, req.since, req.until)
+    result.events = tracker.events
+    if tracker.omitted:
+        result.warnings.append(f"{tracker.omitted} more matching transactions are not listed (at most "
+                               f"{policy.MAX_EVENTS}): narrow the search with --from/--to or --op")
     result.aborted = [a for a in tracker.aborted if a["time"] is None or _in_range(a["time"], req)]
     result.final_relfilenode, result.dropped, result.lost = tracker.relfilenode, tracker.dropped, tracker.lost
     result.records = tracker.records
@@ -214,8 +224,9 @@ def _in_range(iso: str, req: FindRequest) -> bool:
 
 
 def _walk(ctx: Context, req: FindRequest, bindir: BinDir, names: list[str], seg_size: int, start: wal.LSN,
-          tracker: policy.TableTracker, result: FindResult) -> None:
-    """Fetch ``names`` a batch ahead and run pg_waldump over each batch."""
+          switch_at: dict[int, wal.LSN], tracker: policy.TableTracker, result: FindResult) -> None:
+    """Fetch ``names`` a batch ahead and run pg_waldump over each batch.  ``switch_at``: where each
+    parent timeline on the way ends (the history file's switch points)."""
     batches: list[list[str]] = []
     for name in names:  # consecutive segments of one timeline
         if batches and len(batches[-1]) < max(1, req.batch_segments) and batches[-1][-1][:8] == name[:8]:
@@ -238,10 +249,36 @@ def _walk(ctx: Context, req: FindRequest, bindir: BinDir, names: list[str], seg_
             after = batches[i + 1] if i + 1 < len(batches) else []
             for name in after[1:] + (batches[i + 2][:1] if i + 2 < len(batches) else []):
                 get(name)  # the next batch downloads while pg_waldump reads this one
+            waited = time.monotonic()
             for name in batch + after[:1]:
                 result.fetch_seconds += get(name).result()
-            begin = _begin(i, batches, start, seg_size, tracker.last_lsn)
-            stop = _run_waldump(ctx, bindir, tmp, int(batch[0][:8], 16), begin, batch, after[:1], tracker, req)
+            result.fetch_wait_seconds += time.monotonic() - waited
+            tli = int(batch[0][:8], 16)
+            begin = _begin(i, batches, start, seg_size, tracker.last_lsn, switch_at)
+            # pg_waldump reads on while files are there: it sees only this run's (the segments
+            # fetched ahead for the next run stay out of its sight).
+            view = tmp / f"run-{i}"
+            view.mkdir()
+            kept = [batches[i - 1][-1]] if i > 0 and batches[i - 1][-1][:8] == batch[0][:8] else []
+            for name in kept + batch:
+                (view / name).symlink_to(tmp / name)
+            # -e: the end of the last file in the view.  Without it pg_waldump looks for the next
+            # file when the last one ends, and waits 5 s for it to appear.
+            if after:
+                nxt = after[0]
+                # Before a timeline switch the child's first file holds this timeline's WAL up to
+                # the switch point: under this timeline's name it completes a record crossing into it.
+                (view / wal.segment_name(tli, wal.parse_segment_name(nxt, seg_size)[1], seg_size)).symlink_to(tmp / nxt)
+                seg_end = wal.segment_start_lsn(wal.parse_segment_name(nxt, seg_size)[1], seg_size) + seg_size
+                end = seg_end if nxt[:8] == batch[0][:8] else switch_at[tli]
+            else:
+                end = wal.segment_start_lsn(wal.parse_segment_name(batch[-1], seg_size)[1], seg_size) + seg_size
+            ran = time.monotonic()
+            try:
+                stop = _run_waldump(ctx, bindir, view, tli, begin, end, batch, after[:1], tracker, req)
+            finally:
+                shutil.rmtree(view, ignore_errors=True)
+            result.waldump_seconds += time.monotonic() - ran
             result.segments_read += len(batch)
             result.wal_bytes += len(batch) * seg_size
             result.last_segment = batch[-1]
@@ -260,16 +297,17 @@ def _walk(ctx: Context, req: FindRequest, bindir: BinDir, names: list[str], seg_
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _begin(i: int, batches: list[list[str]], start: wal.LSN, seg_size: int, last: wal.LSN | None) -> wal.LSN:
+def _begin(i: int, batches: list[list[str]], start: wal.LSN, seg_size: int, last: wal.LSN | None,
+           switch_at: dict[int, wal.LSN]) -> wal.LSN:
     """Where run ``i`` starts.  On the timeline of the run before: just after the last record the
     tracker took (the records between it and the end of that run's output were of no interest, so
     reading them again counts nothing twice), but not before that run's last segment, the only
-    one kept.  On a new timeline: its first segment (its files begin there)."""
+    one kept.  On a new timeline: at the switch point (the run before read up to it)."""
     if i == 0:
         return start
     kept = batches[i - 1][-1]
     if kept[:8] != batches[i][0][:8]:
-        return wal.segment_start_lsn(wal.parse_segment_name(batches[i][0], seg_size)[1], seg_size)
+        return switch_at[int(kept[:8], 16)]
     floor = wal.segment_start_lsn(wal.parse_segment_name(kept, seg_size)[1], seg_size)
     return max(last + 1, floor) if last is not None else floor
 
@@ -280,10 +318,10 @@ def _fetch_one(ctx: Context, name: str, tmp: Path) -> float:
     return time.monotonic() - t
 
 
-def _run_waldump(ctx: Context, bindir: BinDir, tmp: Path, tli: int, begin: wal.LSN, batch: list[str],
-                 next_one: list[str], tracker: policy.TableTracker, req: FindRequest) -> bool:
+def _run_waldump(ctx: Context, bindir: BinDir, view: Path, tli: int, begin: wal.LSN, end: wal.LSN,
+                 batch: list[str], next_one: list[str], tracker: policy.TableTracker, req: FindRequest) -> bool:
     """One pg_waldump run; True when the walk can stop (past ``--to``, or the table is gone)."""
-    args = ["-p", str(tmp), "-t", str(tli), "-s", str(begin)]
+    args = ["-p", str(view), "-t", str(tli), "-s", str(begin), "-e", str(end)]
     for rmgr in _RMGRS:
         args += ["-r", rmgr]
     # pg_waldump prints commit times in its own time zone: UTC, always.
