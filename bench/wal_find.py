@@ -15,7 +15,8 @@ Not a test: a report.  It
   4. fetches the same segments once more into a local directory (in-process, one after another:
      the cost of the pipeline alone) and times plain pg_waldump over them: every record to
      /dev/null, and with wal find's resource-manager filter (-r Heap/Transaction/Storage/Standby)
-     piped into ``wc -l``.
+     piped into ``wc -l`` (both with ``-e`` at the end of the last segment, as wal find runs it:
+     without it pg_waldump waits 5 s for the next file before it gives up).
 
 Exit status 0 when every step ran and wal find found the DELETE, 1 otherwise.  The server and all
 files are removed at the end.  Run with the project's virtualenv (``source scripts/env.sh``)::
@@ -116,11 +117,11 @@ def run(args: argparse.Namespace, base: Path) -> dict[str, Any]:
         fetch_s = time.monotonic() - t
         waldump = doc["pg_waldump"]
         wd_env = {**os.environ, "TZ": "UTC"}
-        start = ["-p", str(seg_dir), "-t", "1", "-s", doc["start_lsn"]]
+        # -e at the end of the last segment: without it pg_waldump waits 5 s for the next file.
+        last_no = wal.parse_segment_name(names[-1], 16 * MiB)[1]
+        end = wal.segment_start_lsn(last_no + 1, 16 * MiB)
+        start = ["-p", str(seg_dir), "-t", "1", "-s", doc["start_lsn"], "-e", str(end)]
         full_s, full_err = _timed([waldump, *start], env=wd_env)
-        if os.environ.get("BENCH_KEEP"):
-            shutil.copytree(seg_dir, os.environ["BENCH_KEEP"])
-            log(f"kept the segments in {os.environ['BENCH_KEEP']}; start {doc['start_lsn']}")
         filt_s, filt_out = _timed([waldump, *start, *RMGRS], env=wd_env, shell_tail=" 2>/dev/null | wc -l")
         total_bytes = sum(p.stat().st_size for p in seg_dir.iterdir())
         return {
