@@ -367,3 +367,16 @@ def test_skipping_idle_commits_and_keeping_only_what_is_asked_change_nothing_els
     assert _summary(deletes) == [s for s in _summary(full) if "delete" in s[1]]
     capped = _replay(DATA / name, max_events=2)
     assert _summary(capped) == _summary(full)[:2] and capped.omitted == len(full.events) - 2
+
+
+def test_a_table_created_earlier_in_the_truncating_transaction_is_not_taken_for_the_new_file() -> None:
+    t = _lines(
+        _rec(980, "0/01000010", "Storage", "CREATE base/5/17100"),  # CREATE TABLE x (...)
+        _rec(980, "0/01000020", "Standby", "LOCK xid 980 db 5 rel 16384 "),  # TRUNCATE orgs
+        _rec(980, "0/01000030", "Storage", "CREATE base/5/17101"),
+        _rec(980, "0/01000040", "Storage", "CREATE base/5/17102"),
+        _commit(980, "0/01000100", "; rels: base/5/16387 base/5/16384"),
+        DELETE15.replace("726", "981").replace("0/0178E328", "0/01000200").replace("5/16384", "5/17101"),
+        _commit(981, "0/01000300"),
+    )
+    assert _summary(t) == [(980, ("truncate",), 0, 0, 16384, 17101), (981, ("delete",), 1, 0, 17101, None)]

@@ -178,8 +178,9 @@ class _Open:
 
     deleted: int = 0
     updated: int = 0
-    creates: list[int] = field(default_factory=list)  # new files in the table's database, in order
+    creates: list[tuple[LSN, int]] = field(default_factory=list)  # new files in the table's database
     locked: set[int] = field(default_factory=set)  # OIDs locked exclusively in the table's database
+    locked_table_at: LSN | None = None  # where the table itself was locked exclusively
 
 
 class TableTracker:
@@ -306,11 +307,14 @@ class TableTracker:
             if rec.op == "CREATE" and rec.xid:
                 for db, rel in _files(rec.desc):
                     if db == self.db:
-                        self._state(rec.xid).creates.append(rel)
+                        self._state(rec.xid).creates.append((rec.lsn, rel))
         elif rec.rmgr == "Standby":
             m = _STANDBY_LOCK.match(rec.desc)
             if m and int(m.group(2)) == self.db:
-                self._state(int(m.group(1))).locked.add(int(m.group(3)))
+                st, oid = self._state(int(m.group(1))), int(m.group(3))
+                st.locked.add(oid)
+                if oid == self.table_oid and st.locked_table_at is None:
+                    st.locked_table_at = rec.lsn
         elif rec.rmgr == "Transaction":
             end = parse_xact(rec)
             if end is not None:
@@ -375,7 +379,11 @@ class TableTracker:
                 self.relfilenode = None
                 self.dropped = True
             else:
-                creates = [c for p in states for c in p.creates]
+                creates = sorted(c for p in states for c in p.creates)
+                # The new heap is created right after the table's ACCESS EXCLUSIVE lock is logged
+                # (a CREATE TABLE earlier in the same transaction makes a file of its own first).
+                lock_at = min((p.locked_table_at for p in states if p.locked_table_at is not None), default=None)
+                after_lock = [c for c in creates if lock_at is not None and c[0] > lock_at]
                 locked = {o for p in states for o in p.locked}
                 others = sorted(locked & self.other_tables)
                 if not creates:
@@ -384,7 +392,7 @@ class TableTracker:
                     self._lose(end, f"it rewrote several tables at once (also OIDs {', '.join(map(str, others))}); "
                                     "which new file belongs to this table cannot be told from the WAL")
                 else:
-                    new = creates[0]
+                    new = (after_lock or creates)[0][1]
                     # A rewrite builds the new heap as a transient table (OID = new file number)
                     # and drops that OID's statistics at commit; TRUNCATE only swaps the file.
                     ops.append("rewrite" if (self.db, new) in end.dropped_stats else "truncate")
