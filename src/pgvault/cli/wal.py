@@ -168,9 +168,9 @@ def run_find(args: argparse.Namespace) -> int:
     r = find(ctx, req)
     cluster = ctx.cluster if ctx.cluster != "main" else None
     rows = []
-    for e in r.events:
-        cmds = policy.recovery_commands(e, table=r.table, database=r.database, cluster=cluster)
-        rows.append(e.to_json() | {"summary": policy.describe_rows(e)} | cmds)
+    for ev in r.events:
+        cmds = policy.recovery_commands(ev, table=r.table, database=r.database, cluster=cluster)
+        rows.append(ev.to_json() | {"summary": policy.describe_rows(ev)} | cmds)
     doc = r.to_json() | {"events": rows}
 
     def human() -> str:

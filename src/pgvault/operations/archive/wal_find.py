@@ -343,11 +343,12 @@ def _run_waldump(ctx: Context, bindir: BinDir, view: Path, tli: int, begin: wal.
     try:
         until = req.until + _TIME_SLACK if req.until else None
         # The pipe is unbuffered: line iteration over it would read byte by byte.
-        lines = io.TextIOWrapper(io.BufferedReader(proc.stdout, 1 << 20), encoding="utf-8", errors="replace")
+        raw: Any = proc.stdout  # a raw pipe (Popen bufsize=0)
+        lines = io.TextIOWrapper(io.BufferedReader(raw, 1 << 20), encoding="utf-8", errors="replace")
         for line in lines:
             printed += 1
-            end = tracker.feed_line(line, tli)
-            if end is not None and end.committed and until is not None and end.time > until:
+            ended = tracker.feed_line(line, tli)
+            if ended is not None and ended.committed and until is not None and ended.time > until:
                 stop = True
                 break
             if tracker.dropped or tracker.lost:
