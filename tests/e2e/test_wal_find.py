@@ -50,7 +50,11 @@ def test_wal_find_names_each_transaction_and_its_target_restores_the_rows_before
     a.cluster.psql("CREATE TABLE orgs(id int PRIMARY KEY, name text); CREATE TABLE other(i int);"
                    "INSERT INTO orgs SELECT g, 'org' || g FROM generate_series(1, 1000) g;"
                    "INSERT INTO other SELECT generate_series(1, 100)")
-    a.basebackup()
+    m = a.basebackup()
+    # The manifest maps each database's tables to their files at the backup's start (the anchor).
+    [pg] = [d for d in m["relation_maps"] if d["name"] == "postgres"]
+    orgs = [r for r in pg["relations"] if r[2:4] == ["public", "orgs"]]
+    assert orgs and orgs[0][1] == int(a.cluster.psql("SELECT pg_relation_filenode('orgs')")), pg
     small1 = _xid(a, "DELETE FROM orgs WHERE id BETWEEN 10 AND 12")
     noise = _xid(a, "DELETE FROM other WHERE i < 50")  # another table: never listed
     small2 = _xid(a, "DELETE FROM orgs WHERE id BETWEEN 20 AND 26")
@@ -83,7 +87,9 @@ def test_wal_find_names_each_transaction_and_its_target_restores_the_rows_before
     # The default operations leave the UPDATE out; --from/--to narrow by commit time.
     assert [e[0] for e in _events(_find(a))] == [small1[0], small2[0], mass[0], after[0]]
     narrowed = _find(a, "--from", doc["events"][1]["commit_time"], "--to", doc["events"][2]["commit_time"])
-    assert [e[0] for e in _events(narrowed)] == [small2[0], mass[0]]
+    assert [e[0] for e in _events(narrowed)] == [small2[0], mass[0]] and narrowed["warnings"] == []
+    early = _find(a, "--from", "2020-01-01 00:00:00+00")
+    assert len(early["events"]) == 4 and "not searched" in early["warnings"][0], early
     # The human form shows the same target.
     human = pgvault(["wal", "find", "--table", "orgs"], a.env()).stdout
     assert f"xid {mass[0]}" in human and "DELETE 700 rows" in human and f"--target-xid {mass[0]} --target-exclusive" in human

@@ -294,8 +294,8 @@ def test_choose_anchor() -> None:
     b2 = _manifest("b2", "2026-12-04T12:00:00+00:00", (APP,))
     assert choose_anchor([old, b1, b2], "app", None, None)[0] is b2
     assert choose_anchor([old, b1, b2], "app", dt.datetime(2026, 12, 4, 11, tzinfo=dt.UTC), None)[0] is b1
-    # --from before every backup: the oldest that has a map still covers part of the range
-    assert choose_anchor([old, b1, b2], "app", dt.datetime(2026, 12, 4, 8, tzinfo=dt.UTC), None)[0] is b2
+    # --from before every backup: the oldest that has a map covers the most of the range
+    assert choose_anchor([old, b1, b2], "app", dt.datetime(2026, 12, 4, 8, tzinfo=dt.UTC), None)[0] is b1
     assert choose_anchor([old, b1, b2], "app", None, "b1")[0] is b1
     with pytest.raises(NotFoundError, match="b0"):
         choose_anchor([old, b1, b2], "app", None, "b0")

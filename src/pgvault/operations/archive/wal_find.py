@@ -137,8 +137,10 @@ def choose_anchor(backups: list[PhysicalManifest], database: str, since: dt.date
             f"no base backup records which files database {database!r}'s tables had, so the WAL cannot be tied "
             "to a table", hint="take a base backup ('pgvault basebackup'): from this version on each one records "
             "the map, and 'wal find' reads the WAL from there")
-    before = [x for x in usable if since is not None and _parse_time(x[0].started_at) <= since]
-    return (before or usable)[-1]
+    if since is None:
+        return usable[-1]
+    before = [x for x in usable if _parse_time(x[0].started_at) <= since]
+    return before[-1] if before else usable[0]  # --from before them all: the oldest covers the most
 
 
 def waldump_for(major: int, extra: tuple[str, ...]) -> BinDir:
@@ -166,6 +168,11 @@ def find(ctx: Context, req: FindRequest) -> FindResult:
             f"table {req.schema}.{req.name} is not in database {database!r} as of base backup {anchor.backup_id} "
             f"({anchor.started_at}): its identity in the WAL cannot be established",
             hint="check the name (SCHEMA.NAME); a table created after that backup needs a newer one (--backup)")
+    if req.since is not None and _parse_time(anchor.started_at) > req.since:
+        result_warning = (f"--from is before base backup {anchor.backup_id} (started {anchor.started_at}), the oldest "
+                          "with a table map: transactions before it are not searched")
+    else:
+        result_warning = None
     seg_size = anchor.wal_segment_size
     index = load_archive_index(ctx.storage, ctx.cluster, seg_size, identities=ctx.identities)
     tli = index.newest_timeline(anchor.timeline)
@@ -183,6 +190,8 @@ def find(ctx: Context, req: FindRequest) -> FindResult:
         table=f"{req.schema}.{req.name}", database=database, table_oid=entry.oid, anchor_backup=anchor.backup_id,
         anchor_relfilenode=entry.relfilenode, timeline=tli, start_lsn=anchor.start_lsn,
         first_segment=anchor.first_wal, waldump=str(bindir.program("pg_waldump")))
+    if result_warning:
+        result.warnings.append(result_warning)
     tracker = policy.TableTracker(
         db_oid=dbmap.oid, table_oid=entry.oid, relfilenode=entry.relfilenode,
         other_tables=[r.oid for r in dbmap.relations if r.relkind in policy.TABLE_KINDS],
