@@ -123,8 +123,9 @@ def _parse_time(text: str) -> dt.datetime:
 
 def choose_anchor(backups: list[PhysicalManifest], database: str, since: dt.datetime | None,
                   backup_id: str | None) -> tuple[PhysicalManifest, DatabaseRelations]:
-    """The base backup to start from: named, else the newest that started before ``since``
-    (else the newest), among those whose manifest maps ``database``'s tables."""
+    """The base backup to start from, among those whose manifest maps ``database``'s tables:
+    named; else the newest that started before ``since`` (none: the oldest); without ``since``
+    the newest."""
     usable = [(b, m) for b in backups for m in (b.relation_maps or ()) if m.name == database]
     if backup_id is not None:
         named = [x for x in usable if x[0].backup_id == backup_id]
@@ -177,6 +178,10 @@ def find(ctx: Context, req: FindRequest) -> FindResult:
     index = load_archive_index(ctx.storage, ctx.cluster, seg_size, identities=ctx.identities)
     tli = index.newest_timeline(anchor.timeline)
     history = index.history(tli)
+    if wal.timeline_of_lsn(history, tli, wal.LSN.parse(anchor.start_lsn)) != anchor.timeline:
+        # The backup lies on a timeline that was abandoned before it started: follow its own.
+        tli = anchor.timeline
+        history = index.history(tli)
     first = wal.parse_segment_name(anchor.first_wal, seg_size)[1]
     owner = wal.segment_owner(history, tli, seg_size)
     end = reachable_end(index, tli, history, first)
