@@ -220,6 +220,22 @@ def test_wal_find_follows_the_newest_timeline(major, archiving) -> None:  # type
     assert [(x["xid"], x["rows_deleted"]) for x in doc["aborted"]] == [(mass[0], 500)]
 
 
+@pytest.mark.parametrize("major", MAJORS[-1:])
+def test_wal_find_reads_an_s3_repository(major, archiving, s3_bucket, seaweed, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    s3 = {"url": f"s3://{s3_bucket}/prod", "endpoint": seaweed.endpoint_url, "AWS_ACCESS_KEY_ID": seaweed.access_key,
+          "AWS_SECRET_ACCESS_KEY": seaweed.secret_key, "AWS_DEFAULT_REGION": seaweed.region}
+    a = archiving(major, s3=s3)
+    a.cluster.psql("CREATE TABLE orgs(id int PRIMARY KEY); INSERT INTO orgs SELECT generate_series(1, 100)")
+    a.basebackup()
+    gone = _xid(a, "DELETE FROM orgs WHERE id > 60")
+    a.switch_and_wait()
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    r = pgvault(["wal", "find", "--table", "orgs", "--json"], {**a.env(), "TMPDIR": str(tmp)})
+    assert _events(r.json()) == [(gone[0], ["delete"], 40, 0)], r
+    assert list(tmp.iterdir()) == []  # the decrypted segments were on local disk only while it ran
+
+
 def _fake_bindir(root: Path, major: int, waldump: str) -> Path:
     """A bin directory that passes for PostgreSQL ``major`` (pg_dump --version) with a scripted
     pg_waldump; it sorts before the real ones of that major, so pgvault picks it."""
