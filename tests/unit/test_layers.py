@@ -54,6 +54,7 @@ VERBS = {
     "pgvault.operations.maintenance.status",
     "pgvault.operations.maintenance.metrics",
     "pgvault.operations.maintenance.repo_sync",
+    "pgvault.operations.archive.wal_find",
 }
 CAPABILITIES = ("logical", "physical", "archive", "maintenance")
 MAY_USE = {"maintenance": {"logical", "physical", "archive"}, "logical": set(), "physical": set(), "archive": set()}

@@ -1,4 +1,5 @@
-"""``pgvault wal push %p`` (archive_command) and ``pgvault wal fetch %f %p`` (restore_command)."""
+"""``pgvault wal push %p`` (archive_command), ``pgvault wal fetch %f %p`` (restore_command) and
+``pgvault wal find`` (when did a table's rows go)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     fs.add_argument("destination", help="where to write it (%%p)")
     fs.add_argument("--pgdata", help="data directory (default: the current directory)")
     fs.set_defaults(func=run_fetch, remap_exit=fetch_exit_code)
+    register_find(wsub, common)
     # Started by push / fetch themselves (see operations/archive/background.py); not for people.
     ad = wsub.add_parser("archive-daemon", parents=[common])
     ad.add_argument("--pgdata", required=True)
@@ -111,3 +113,86 @@ def run_prefetch_daemon(args: argparse.Namespace) -> int:
     from pgvault.operations.archive.background import run_prefetcher
 
     return run_prefetcher(context_from(args), Path(args.pgdata))
+
+
+def register_find(wsub: Any, common: argparse.ArgumentParser) -> None:
+    from pgvault.policy.wal_find import DEFAULT_OPS, OPS
+
+    f = wsub.add_parser("find", parents=[common],
+                        help="find the committed transactions that deleted/updated/truncated/dropped a table's rows")
+    f.add_argument("--table", required=True, metavar="SCHEMA.NAME")
+    f.add_argument("--database", metavar="NAME", help="default: the database of the connection settings")
+    f.add_argument("--op", default=",".join(DEFAULT_OPS), metavar="OPS",
+                   help=f"comma-separated, from {','.join(OPS)} (default {','.join(DEFAULT_OPS)})")
+    f.add_argument("--from", dest="since", metavar="TIME", help="only transactions committed at or after (UTC if no zone)")
+    f.add_argument("--to", dest="until", metavar="TIME", help="only transactions committed at or before; reading stops there")
+    f.add_argument("--backup", metavar="ID", help="start from this base backup's table map (default: the newest "
+                   "that started before --from)")
+    f.add_argument("--batch-segments", type=int, default=8, metavar="N",
+                   help="segments per pg_waldump run (disk use: about 2 x N segments at a time; default 8)")
+    f.add_argument("--no-live-check", action="store_true",
+                   help="do not compare the table's file with the live server at the end")
+    f.set_defaults(func=run_find)
+
+
+def _when(text: str | None, flag: str) -> Any:
+    import datetime as dt
+
+    from pgvault.errors import UsageError
+
+    if text is None:
+        return None
+    try:
+        t = dt.datetime.fromisoformat(text.strip().replace(" UTC", "+00:00").replace("Z", "+00:00"))
+    except ValueError:
+        raise UsageError(f"{flag}: {text!r} is not a timestamp like '2026-12-04 13:00:00+00'") from None
+    return t if t.tzinfo else t.replace(tzinfo=dt.UTC)
+
+
+def run_find(args: argparse.Namespace) -> int:
+    from pgvault.errors import UsageError
+    from pgvault.operations.archive.wal_find import FindRequest, find
+    from pgvault.policy import wal_find as policy
+
+    try:
+        schema, name = policy.split_table(args.table)
+        ops = policy.parse_ops(args.op)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    if args.batch_segments < 1:
+        raise UsageError("--batch-segments must be at least 1")
+    req = FindRequest(schema=schema, name=name, database=args.database, ops=ops, since=_when(args.since, "--from"),
+                      until=_when(args.until, "--to"), backup_id=args.backup, live_check=not args.no_live_check,
+                      batch_segments=args.batch_segments)
+    ctx = context_from(args)
+    r = find(ctx, req)
+    cluster = ctx.cluster if ctx.cluster != "main" else None
+    rows = []
+    for ev in r.events:
+        cmds = policy.recovery_commands(ev, table=r.table, database=r.database, cluster=cluster)
+        rows.append(ev.to_json() | {"summary": policy.describe_rows(ev)} | cmds)
+    doc = r.to_json() | {"events": rows}
+
+    def human() -> str:
+        head = (f"{r.table} in database {r.database} (OID {r.table_oid}): read {r.segments_read} WAL segments "
+                f"{r.first_segment}..{r.last_segment or '-'} (timeline {r.timeline}) from base backup "
+                f"{r.anchor_backup}{'' if r.complete else ', stopped after --to'} in {r.seconds:.1f}s")
+        lines = [head]
+        if not rows:
+            lines.append(f"no committed transaction with {','.join(ops)} on the table in that range")
+        else:
+            lines.append(f"{len(rows)} committed transaction{'s' if len(rows) != 1 else ''}:")
+        for d in rows:
+            lines.append(f"  xid {d['xid']}  committed {d['commit_time']}  at {d['commit_lsn']}: {d['summary']}")
+            lines.append(f"    just before it: {' '.join(d['target'])}   (or {' '.join(d['target_lsn'])})")
+            lines.append(f"      {d['restore_cluster']}")
+            lines.append(f"      {d['recover_table']}")
+        if r.aborted:
+            lines.append(f"({len(r.aborted)} rolled-back transaction(s) touched it too; not listed)")
+        if r.dropped:
+            lines.append("the table was dropped; nothing after the DROP is followed")
+        lines += [f"warning: {w}" for w in r.warnings]
+        return "\n".join(lines)
+
+    emit(args, "wal_find", doc, human)
+    return 0

@@ -31,6 +31,47 @@ class TablespaceEntry:
 
 
 @dataclass(frozen=True)
+class RelationEntry:
+    """One table's identity at a known point: what ``wal find`` follows through the WAL."""
+
+    oid: int
+    relfilenode: int
+    schema: str
+    name: str
+    relkind: str
+    toast_oid: int
+
+    def to_json(self) -> list[Any]:
+        return [self.oid, self.relfilenode, self.schema, self.name, self.relkind, self.toast_oid]
+
+    @classmethod
+    def from_json(cls, row: list[Any]) -> RelationEntry:
+        return cls(int(row[0]), int(row[1]), str(row[2]), str(row[3]), str(row[4]), int(row[5]))
+
+
+@dataclass(frozen=True)
+class DatabaseRelations:
+    """The tables of one database and their heap files (``pg_relation_filenode``), read at ``lsn``
+    (just after the backup started; the WAL from the backup's start carries them forward)."""
+
+    name: str
+    oid: int
+    lsn: str
+    relations: tuple[RelationEntry, ...]
+
+    def find(self, schema: str, name: str) -> RelationEntry | None:
+        return next((r for r in self.relations if r.schema == schema and r.name == name), None)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "oid": self.oid, "lsn": self.lsn, "relations": [r.to_json() for r in self.relations]}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> DatabaseRelations:
+        return cls(str(d["name"]), int(d["oid"]), str(d["lsn"]),
+                   tuple(RelationEntry.from_json(r) for r in d.get("relations", [])))
+
+
+@dataclass(frozen=True)
 class PhysicalManifest(SizedBackup):
     """A complete base backup: restorable once the WAL from ``first_wal`` to ``last_wal`` is archived
     (checked before this manifest was written)."""
@@ -66,6 +107,9 @@ class PhysicalManifest(SizedBackup):
     # The data directory is split into base.tar plus base-1.tar ... (backup.parallel), each a
     # complete tar written and restored in parallel; older manifests have none.
     base_parts: tuple[StoredObject, ...] = ()
+    # Each database's tables and their files at the backup's start (``wal find``'s anchor); None in
+    # manifests from before it was recorded, or when it could not be read.
+    relation_maps: tuple[DatabaseRelations, ...] | None = None
 
     @property
     def stop_time(self) -> str:
@@ -108,7 +152,7 @@ class PhysicalManifest(SizedBackup):
             "tablespaces": [t.to_json() for t in self.tablespaces],
             "host": self.host,
             "pgvault_version": self.pgvault_version,
-        }
+        } | ({} if self.relation_maps is None else {"relation_maps": [m.to_json() for m in self.relation_maps]})
 
     def dumps(self) -> bytes:
         return (json.dumps(self.to_json(), indent=2) + "\n").encode("utf-8")
@@ -133,6 +177,8 @@ class PhysicalManifest(SizedBackup):
                 stopped_at=d.get("stopped_at") or "",
                 next_xid=int(d["next_xid"]) if d.get("next_xid") is not None else None,
                 base_parts=tuple(StoredObject.from_json(o) for o in d["base"].get("parts", [])),
+                relation_maps=(None if d.get("relation_maps") is None
+                               else tuple(DatabaseRelations.from_json(m) for m in d["relation_maps"])),
             )
         except (ValueError, KeyError, TypeError) as e:
             raise IntegrityError(f"manifest {where} is unreadable: {type(e).__name__}: {e}") from None

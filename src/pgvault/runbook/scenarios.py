@@ -69,6 +69,30 @@ def accidental_delete(f: Facts) -> list[Block]:
             "Rewinding the live cluster itself (`restore-cluster` as the new primary) loses every change after the "
             "target in every database: only when the damage is everywhere.",
         ),
+        *_find_the_moment(f),
+    ]
+
+
+def _find_the_moment(f: Facts) -> list[Block]:
+    db, d = f.database, EXAMPLE.data_dir
+    return [
+        Para("**The moment of the mistake, from the WAL.** Instead of guessing the time, ask the archived WAL which "
+             "committed transactions deleted the table's rows (from the newest base backup on; `--from` an earlier "
+             "time starts at an older backup), each with its xid, commit time, row count and the target that stops "
+             "recovery just before it; use that target in B instead of `--target-time`:"),
+        code(*lines(
+            (pgvault("wal", "find", "--table", "public.organizations", "--database", db, "--from", EXAMPLE.time),
+             "xid, commit time, rows, target"),
+            (pgvault("restore-cluster", "-D", d, "--target-xid", "48213", "--target-exclusive", "--start", "--port",
+                     EXAMPLE.port), "the target it printed (replace the xid)"),
+        )),
+        items(
+            "`--op delete,update,truncate,drop` chooses what to list (default: delete, truncate, drop). TRUNCATE and "
+            "DROP TABLE take all rows and the WAL does not count them; for those it prints `--target-action "
+            "promote`, because a server paused just before them cannot read the table (their lock is replayed).",
+            "It reads the WAL from a base backup whose manifest maps the tables to their files (base backups taken "
+            "by this pgvault version): a table created after the newest backup is not found until the next one.",
+        ),
     ]
 
 

@@ -25,14 +25,14 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import pgvault
 from pgvault import log
 from pgvault.errors import ConfigError, DatabaseError, PgvaultError, UsageError
 from pgvault.operations.context import Context
 from pgvault.pg import wal
-from pgvault.pg.conn import connect, server_facts
+from pgvault.pg.conn import connect, connection, server_facts
 from pgvault.pipeline import PipelineSpec, PipelineWriter, open_writer
 from pgvault.procs import hostname
 from pgvault.repository import layout
@@ -40,7 +40,7 @@ from pgvault.repository.archive_scan import wait_until_archived
 from pgvault.repository.cluster import ensure_cluster
 from pgvault.repository.locks import RepositoryLock
 from pgvault.repository.manifest import StoredObject
-from pgvault.repository.physical import PhysicalManifest, TablespaceEntry
+from pgvault.repository.physical import DatabaseRelations, PhysicalManifest, RelationEntry, TablespaceEntry
 
 LOCK_OPERATION = "base-backup"
 
@@ -242,6 +242,7 @@ def basebackup(ctx: Context, *, pgdata: str | None = None, fast: bool = True, ar
             assert row is not None
             start = wal.LSN.parse(str(row[0]))
             logger.info("base backup %s started at %s (%s)", backup_id, start, data_dir)
+            relation_maps = _relation_maps(ctx, conn)
             stopped: dict[str, str] = {}
             tablespaces = []
             # Set when the run is given up (a part failed, SIGTERM): the other parts' threads stop
@@ -348,6 +349,7 @@ def basebackup(ctx: Context, *, pgdata: str | None = None, fast: bool = True, ar
                 pgvault_version=pgvault.__version__,
                 stopped_at=stopped["time"],
                 next_xid=int(stopped["next_xid"]),
+                relation_maps=relation_maps,
             )
             with ctx.storage.open_write(prefix + layout.MANIFEST_NAME) as w:
                 w.write(manifest.dumps())
@@ -356,6 +358,44 @@ def basebackup(ctx: Context, *, pgdata: str | None = None, fast: bool = True, ar
         raise
     finally:
         conn.close()
+
+
+# Tables (and materialized views) outside the system schemas, with their heap files now.
+_RELATIONS_SQL = """
+SELECT c.oid::int8, pg_relation_filenode(c.oid)::int8, n.nspname, c.relname, c.relkind::text, c.reltoastrelid::int8
+  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE c.relkind IN ('r', 'm') AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+   AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp\\_%'
+   AND pg_relation_filenode(c.oid) IS NOT NULL
+ ORDER BY c.oid"""
+
+
+def _relation_maps(ctx: Context, conn: Any) -> tuple[DatabaseRelations, ...] | None:
+    """Every database's tables and their heap files, read just after the backup started: the
+    anchor ``wal find`` follows a table from through the WAL (its WAL names files, not tables).
+    Best effort: a database that cannot be read is left out, and a failure never fails the backup."""
+    logger = log.get()
+    try:
+        dbs = conn.execute("SELECT oid::int8, datname FROM pg_database WHERE datallowconn AND NOT datistemplate"
+                           " ORDER BY oid").fetchall()
+    except Exception as e:  # noqa: BLE001 - the map is optional; the backup is not
+        logger.warning("could not list the databases for the relation map (wal find): %s", e)
+        return None
+    maps = []
+    for oid, name in dbs:
+        try:
+            with connection(ctx.conn, dbname=str(name)) as c:
+                c.execute("SET statement_timeout = '60s'")
+                row = c.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()
+                rows = c.execute(_RELATIONS_SQL).fetchall()
+        except Exception as e:  # noqa: BLE001 - one unreadable database (pg_hba) leaves only itself out
+            logger.warning("relation map of database %s not recorded (wal find cannot follow its tables "
+                           "from this backup): %s", name, e)
+            continue
+        maps.append(DatabaseRelations(str(name), int(oid), str(row[0]) if row else "",
+                                      tuple(RelationEntry(int(r[0]), int(r[1]), str(r[2]), str(r[3]), str(r[4]),
+                                                          int(r[5])) for r in rows)))
+    return tuple(maps)
 
 
 def _label_timeline(label: str) -> int:
