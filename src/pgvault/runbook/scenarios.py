@@ -20,10 +20,11 @@ def accidental_delete(f: Facts) -> list[Block]:
              "cascades, so the one statement emptied `organizations`, `projects`, `configs` and `config_history`. "
              "The application can keep running: `recover-table` puts the rows back into the live database without "
              "stopping the server, and keeps every row written since."),
+        *_find_the_moment(f),
         Para(f"**A. The tables as they were just before the mistake, into the live database (no downtime).** Choose the "
-             f"target: a time before the mistake (`{t}`, replace it), or, exactly, the transaction that did it: the "
-             "`wal find` subcommand prints `--target-xid X --target-exclusive` for it, which stops recovery just "
-             "before that transaction. Look at the plan first, then run it with every table the cascade reached:"),
+             f"target: the one `wal find` printed (`--target-xid X --target-exclusive`, just before that transaction), or "
+             f"a time before the mistake (`{t}`, replace it). Look at the plan first, then run it with every table "
+             "the cascade reached:"),
         code(*lines(
             (pgvault("status"), "the recoverable window must include the target"),
             (pgvault("recover-table", "--database", db, *tables, "--mode", "missing-rows", *target, "--dry-run"),
@@ -69,22 +70,21 @@ def accidental_delete(f: Facts) -> list[Block]:
             "Rewinding the live cluster itself (`restore-cluster` as the new primary) loses every change after the "
             "target in every database: only when the damage is everywhere.",
         ),
-        *_find_the_moment(f),
     ]
 
 
 def _find_the_moment(f: Facts) -> list[Block]:
-    db, d = f.database, EXAMPLE.data_dir
+    db = f.database
     return [
-        Para("**The moment of the mistake, from the WAL.** Instead of guessing the time, ask the archived WAL which "
-             "committed transactions deleted the table's rows (from the newest base backup on; `--from` an earlier "
-             "time starts at an older backup), each with its xid, commit time, row count and the target that stops "
-             "recovery just before it; use that target in B instead of `--target-time`:"),
+        Para("**First, the moment of the mistake, from the WAL.** Instead of guessing the time, ask the archived WAL "
+             "which committed transactions deleted the table's rows (from the newest base backup on; `--from` an "
+             "earlier time starts at an older backup), each with its xid, commit time, row count and the target that "
+             "stops recovery just before it, ready to paste into A:"),
         code(*lines(
             (pgvault("wal", "find", "--table", "public.organizations", "--database", db, "--from", EXAMPLE.time),
              "xid, commit time, rows, target"),
-            (pgvault("restore-cluster", "-D", d, "--target-xid", "48213", "--target-exclusive", "--start", "--port",
-                     EXAMPLE.port), "the target it printed (replace the xid)"),
+            (pgvault("recover-table", "--database", db, "--table", "public.organizations", "--target-xid", "48213",
+                     "--target-exclusive", "--dry-run"), "the target it printed (replace the xid)"),
         )),
         items(
             "`--op delete,update,truncate,drop` chooses what to list (default: delete, truncate, drop). TRUNCATE and "
