@@ -131,6 +131,8 @@ def test_second_region_survives_the_loss_of_the_first(archiving, regions: Region
     status = json.loads(pgvault(["status", "--json", "--no-connect"], a.env(), check=False).stdout)
     lag = {r["name"]: r for r in status["repositories"]}["region-b"]["lag"]
     assert lag["wal_segments"] == 0 and not lag["logical_behind"] and not lag["physical_behind"], lag
+    # repo sync is a scheduled job: its outcome is recorded (status, pgvault_job_* metrics, PgvaultJobFailed).
+    assert status["jobs"]["repo-sync"]["last_status"] == "ok" and status["jobs"]["repo-sync"]["last_exit_code"] == 0
 
     # Region A is lost.
     a.cluster.stop(mode="immediate")

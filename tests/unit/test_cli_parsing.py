@@ -42,3 +42,16 @@ def test_an_unexpected_postgresql_error_is_a_database_error_not_internal(capsys:
     assert "AdminShutdown: terminating connection" in capsys.readouterr().err
     code, _err = _outcome(ValueError("a real bug"), False, None)
     assert code == 70
+
+
+def test_repo_sync_is_a_scheduled_job_and_other_verbs_name_their_command() -> None:
+    from pgvault.cli import SCHEDULED_JOBS, job_command
+    from pgvault.cli.metrics import job_name
+
+    sync = build_parser("repo").parse_args(["repo", "sync", "--to", "dr"])
+    assert (job_command(sync), job_name(sync)) == ("repo-sync", "repo-sync")
+    assert "repo-sync" in SCHEDULED_JOBS
+    status = build_parser("status").parse_args(["status"])
+    assert (job_command(status), job_name(status)) == ("status", None)
+    drills = build_parser("drill").parse_args(["drill", "list"])
+    assert job_name(drills) is None  # reading the history is not a drill

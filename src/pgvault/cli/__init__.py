@@ -199,11 +199,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             error = interrupts.error_for(signum)
             _report(error, args.json)
             code = error.exit_code
-        if args.command in SCHEDULED_JOBS:  # best effort, never changes the exit status
+        if job_command(args) in SCHEDULED_JOBS:  # best effort, never changes the exit status
             from pgvault.cli.metrics import record_job
 
             record_job(args, started=started, exit_code=code, error=error)
     return code
+
+
+def job_command(args: argparse.Namespace) -> str:
+    """The name a run of ``args`` is scheduled and recorded under: the command, or "repo-sync" for
+    ``repo sync`` (a command whose verbs are different jobs)."""
+    command = str(getattr(args, "command", "") or "")
+    if command == "repo" and getattr(args, "what", None):
+        return f"repo-{args.what}"
+    return command
 
 
 def _outcome(e: BaseException, as_json: bool, remap: Callable[[BaseException], int] | None) -> tuple[int, BaseException]:

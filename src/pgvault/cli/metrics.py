@@ -141,9 +141,9 @@ def job_name(args: argparse.Namespace) -> str | None:
     """The job this run is, or None when it is not a job run."""
     if hasattr(args, "job_name"):
         return str(args.job_name) if args.job_name else None
-    from pgvault.cli import SCHEDULED_JOBS
+    from pgvault.cli import SCHEDULED_JOBS, job_command
 
-    command = getattr(args, "command", None)
+    command = job_command(args)
     if command not in SCHEDULED_JOBS:
         return None
     if command == "drill" and getattr(args, "what", None) == "list":  # reading the history is not a drill

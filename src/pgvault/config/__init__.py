@@ -54,7 +54,7 @@ MiB = 1 << 20
 _T = TypeVar("_T")
 # The commands that run as scheduled jobs: their outcome is recorded (cli.metrics.record_job) and
 # may be notified.  Here, not in the CLI, because settings name them (notify.jobs).
-SCHEDULED_JOBS = frozenset({"backup", "basebackup", "expire", "verify", "drill", "restore-point"})
+SCHEDULED_JOBS = frozenset({"backup", "basebackup", "expire", "verify", "drill", "restore-point", "repo-sync"})
 
 
 @dataclass(frozen=True)

@@ -158,7 +158,7 @@ ALERTS: tuple[Alert, ...] = (
                      (pgvault("basebackup"), "on the database host"),
                      (pgvault("drill"), "prove them"))),
     Alert("PgvaultJobFailed", "warning",
-          lambda f: "The last run of a scheduled job (backup, basebackup, expire, drill, restore-point) failed.",
+          lambda f: "The last run of a scheduled job (backup, basebackup, expire, drill, restore-point, repo-sync) failed.",
           lambda f: ("`pgvault status` shows the job's exit code and error message; the exit codes are listed under "
                      "[Before you start](#before-you-start).",
                      "Fix the cause and run the job by hand; the alert clears when a run succeeds."),
