@@ -116,7 +116,9 @@ def where(f: Facts) -> list[Block]:
          "plus its checksum record `.json`; timeline history files at the top"),
         ("restore points", f"`{f.key(c + '/restore-points/')}<name>.json`"),
         ("drill reports", f"`{f.key(c + '/drills/')}YYYY/MM/<id>.json`"),
-        ("scheduled jobs' last runs", f"`{f.key(c + '/jobs/')}<job>.json`"),
+        ("scheduled jobs' last runs", f"`{f.key(c + '/jobs/')}<job>.json`; on an Object Lock bucket one write-once "
+         "record per run, `<job>/<time>-<id>.json` (the newest counts)"),
+        ("copies into other repositories (`repo sync`)", f"`{f.key(c + '/sync/')}YYYY/MM/<run-id>.json`"),
         ("locks", f"`{f.key(c + '/locks/')}<operation>.lock` (while a backup or expire runs)"),
     ]
     return [
