@@ -20,6 +20,7 @@ import dataclasses
 import datetime as dt
 import functools
 import hashlib
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -35,7 +36,7 @@ from pgvault.policy.sync import ObjectState, WalFiles, object_action, plan_backu
 from pgvault.procs import random_id
 from pgvault.repository import layout
 from pgvault.repository.archive_scan import restore_point_key, stored_name
-from pgvault.repository.cluster import ClusterInfo, read_cluster_info
+from pgvault.repository.cluster import ClusterInfo, ensure_cluster, read_cluster_info
 from pgvault.repository.locks import RepositoryLock
 from pgvault.repository.manifest import LogicalManifest
 from pgvault.repository.physical import PhysicalManifest
@@ -54,6 +55,7 @@ class SyncStats:
     wal_copied: int = 0
     wal_already: int = 0
     wal_unfinished_on_source: int = 0
+    expired_on_source: int = 0  # WAL files and backups listed, then deleted by an expire on the source
     restore_points_copied: int = 0
     backups_copied: int = 0
     backups_already: int = 0
@@ -128,6 +130,11 @@ def sync_repository(ctx: Context, target_name: str, *, parallel: int = 4,
     target_settings = settings.with_repository(target_name)
     dst = open_target(target_name) if open_target else build_context(target_settings).storage
     src, cluster = ctx.storage, ctx.cluster
+    if _place(src) == _place(dst):
+        # Two names for one place: the "copy" would find everything there, report success and a
+        # lag of 0 -- a second region that does not exist.
+        raise ConfigError([f"repo sync: {settings.repository_name!r} and {target_name!r} are the same place "
+                           f"({dst.url})"], hint=f"give repositories.{target_name}.url another bucket or directory")
     info = read_cluster_info(src, cluster)
     if info is None:
         raise NotFoundError(f"cluster {cluster!r} has nothing in {src.url} to copy",
@@ -176,10 +183,11 @@ def _copy_descriptors(src: Storage, dst: Storage, cluster: str, info: ClusterInf
                            f"{there.system_identifier if there else None}, but in {src.url} to {info.system_identifier}"],
                           hint="a repository holds one PostgreSQL cluster per cluster name; check the target's URL")
     if info.wal_segment_size and there.wal_segment_size is None:
-        # The source gained its segment size when WAL was first archived (cluster.ensure_cluster
-        # rewrites the descriptor that once); the copy follows, or its WAL could not be read.
-        with dst.open_write(layout.cluster_key(cluster)) as w:
-            w.write(dataclasses.replace(there, wal_segment_size=info.wal_segment_size).dumps())
+        # The source gained its segment size when WAL was first archived; the copy follows, or its
+        # WAL could not be read -- the way wal push does it, so a write-once (Object Lock) target
+        # gets the create-only amendment, never a rewrite of cluster.json.
+        ensure_cluster(dst, cluster, system_identifier=there.system_identifier, server_major=there.server_major,
+                       wal_segment_size=info.wal_segment_size)
 
 
 class _Copier:
@@ -217,8 +225,16 @@ class _Copier:
         try:
             raw = self.src.read_bytes(meta)
         except ObjectNotFound:
-            return  # expired on the source since the listing
+            self.stats.add(expired_on_source=1)  # expired on the source since the listing
+            return
         rec = WalRecord.loads(raw, where=f"{meta} in {self.src.url}")
+        try:
+            # Before the record goes to the target: an object an expire on the source has just
+            # deleted (it deletes the object first) would leave the target a record without object.
+            self.src.stat(rec.key)
+        except ObjectNotFound:
+            self._wal_gone(name, meta)
+            return
         if copy_record:
             try:
                 self.dst.put_if_absent(meta, raw)
@@ -232,8 +248,24 @@ class _Copier:
                                      f"(stored sha256 {theirs.checksums.stored_sha256[:12]}… vs "
                                      f"{rec.checksums.stored_sha256[:12]}…); nothing was overwritten")
         there = ObjectState(self.dst.stat(rec.key).size if rec.key in target_objects else None)
-        self._object(rec.key, rec.checksums.stored_size, rec.checksums.stored_sha256, there, counted=False)
+        try:
+            self._object(rec.key, rec.checksums.stored_size, rec.checksums.stored_sha256, there, counted=False)
+        except _MissingOnSource:  # deleted in the moment since the check above
+            self._wal_gone(name, meta)
+            return
         self.stats.add(wal_copied=1)
+
+    def _wal_gone(self, name: str, meta: str) -> None:
+        """The object of a listed WAL file is no longer on the source: deleted by an expire (which
+        removes the record next), or the record is all that is left of a push (a hole the source's
+        own status and verify report).  Neither is this copy's integrity problem: the file is left
+        for the next run, like a push under way, never copied as complete."""
+        if _exists(self.src, meta):
+            log.get().warning("repo sync: WAL %s has a record but no object in %s: left for the next run", name,
+                              self.src.url)
+            self.stats.add(wal_unfinished_on_source=1)
+        else:
+            self.stats.add(expired_on_source=1)
 
     def restore_points(self) -> None:
         prefix = restore_point_key(self.cluster, "x").rsplit("/", 1)[0] + "/"
@@ -288,9 +320,19 @@ class _Copier:
             raise IntegrityError(f"{key} in {self.src.url} cannot be read ({e}); the backup is not copied") from None
         objects = manifest.objects()
         self.progress.total_objects += len(objects)
-        self._run([functools.partial(self._object, prefix + o.key, o.result.stored_size, o.result.stored_sha256,
-                                     ObjectState(sizes.get(prefix + o.key))) for o in objects],
-                  what=f"backup {prefix}")
+        try:
+            self._run([functools.partial(self._object, prefix + o.key, o.result.stored_size, o.result.stored_sha256,
+                                         ObjectState(sizes.get(prefix + o.key))) for o in objects],
+                      what=f"backup {prefix}")
+        except PgvaultError:
+            # expire deletes a backup's manifest first, then its objects: without its manifest now,
+            # the backup was expired on the source during the copy -- not copied, and no error
+            # (what was copied of it is debris the target's expire sweeps).
+            if _exists(self.src, key):
+                raise
+            log.get().info("repo sync: backup %s was expired on the source during the copy: not copied", prefix)
+            self.stats.add(expired_on_source=1)
+            return
         try:  # last: from now on the backup exists on the target
             self.dst.put_if_absent(key, raw)
         except ObjectExists:
@@ -345,7 +387,7 @@ class _Copier:
                                          f"{digest.hexdigest()[:12]}…; expected {size}, {sha256[:12]}…): not copied",
                                          hint="run 'pgvault verify --all' on the source")
         except ObjectNotFound:
-            raise IntegrityError(f"{key} is listed in its record or manifest but missing in {self.src.url}") from None
+            raise _MissingOnSource(f"{key} is listed in its record or manifest but missing in {self.src.url}") from None
         except ObjectExists:  # appeared meanwhile (another writer): it must be the same object
             self._verify_existing(key, size, sha256)
             return
@@ -364,6 +406,29 @@ class _Copier:
                                  f"{digest.hexdigest()[:12]}… vs {sha256[:12]}…); nothing was overwritten",
                                  hint=_CONFLICT_HINT)
         self.stats.add(objects_verified=1)
+
+
+def _place(storage: Storage) -> tuple[str, str]:
+    """Where a repository's objects live, however its URL was spelled: a local directory's real
+    path (symlinks, '..', file:// resolved), or an S3 URL with its endpoint (the same bucket name
+    on two endpoints is two places)."""
+    root = getattr(storage, "root", None)
+    if root is not None:
+        return ("file", os.path.realpath(root))
+    endpoint = getattr(getattr(storage, "settings", None), "endpoint_url", None) or ""
+    return (storage.url.rstrip("/"), endpoint.rstrip("/"))
+
+
+def _exists(storage: Storage, key: str) -> bool:
+    try:
+        storage.stat(key)
+        return True
+    except ObjectNotFound:
+        return False
+
+
+class _MissingOnSource(IntegrityError):
+    """An object its record or manifest names is not on the source (perhaps expired meanwhile)."""
 
 
 _CONFLICT_HINT = ("the target holds another object under a key the copy writes: find out who wrote it (a different "
