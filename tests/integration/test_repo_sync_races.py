@@ -16,6 +16,10 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import os
+import signal
+import threading
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -163,3 +167,61 @@ def test_a_write_once_target_gets_the_segment_size_without_a_rewrite() -> None:
     assert writes == []  # nothing rewritten in place on a WORM target
     info = read_cluster_info(b, C)
     assert info is not None and info.wal_segment_size == SEG
+
+
+class SlowReads:
+    """The source behind a slow link: every read of an object waits ``delay`` seconds."""
+
+    def __init__(self, inner: Storage, delay: float) -> None:
+        self.inner, self.delay = inner, delay
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def open_read(self, key: str, *args: Any, **kw: Any) -> Any:
+        reader = self.inner.open_read(key, *args, **kw)
+        delay = self.delay
+
+        class Slow:
+            def __enter__(self) -> Slow:
+                reader.__enter__()
+                return self
+
+            def __exit__(self, *exc: Any) -> Any:
+                return reader.__exit__(*exc)
+
+            def read(self, n: int = -1) -> bytes:
+                time.sleep(delay)
+                return reader.read(n)
+
+        return Slow()
+
+
+def test_ctrl_c_or_sigterm_stops_the_copying_threads_at_once(tmp_path: Path) -> None:
+    """SIGTERM is Ctrl-C (cli/interrupts.py): the copy of a large object in a worker thread must
+    stop within a chunk, not run to its end (Kubernetes' SIGKILL comes 30 s after its SIGTERM)."""
+    a, b = _local(tmp_path)
+    ensure_cluster(a, C, system_identifier=SYSID, server_major=15, wal_segment_size=SEG)
+    name = seg(1)
+    key = layout.wal_object(C, name, ".zst")
+    out = io.BytesIO()
+    spec = PipelineSpec(compression="zstd", encryption="none")
+    result = write_stream(io.BytesIO(os.urandom(40 << 20)), out, spec)  # 40 chunks of 1 MiB: 8 s at 0.2 s each
+    doc = {"format": 1, "name": name, "kind": "segment", "key": key, "system_identifier": SYSID,
+           "pipeline": spec.to_json(), "archived_at": "2026-12-04T10:00:00+00:00", **result.to_json()}
+    a.put_if_absent(layout.wal_meta(C, name), json.dumps(doc).encode())
+    a.put_if_absent(key, out.getvalue())
+    ctx = _ctx(SlowReads(a, 0.2), str(tmp_path / "a"), str(tmp_path / "b"))
+    timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT))  # what Ctrl-C does (SIGTERM: cli.interrupts)
+    timer.start()
+    t0 = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        sync_repository(ctx, "b", open_target=lambda _: b)
+    took = time.monotonic() - t0
+    assert took < 3.0, f"the interrupted sync took {took:.1f}s to stop"
+    record = newest_sync_record(b, C)
+    assert record is not None and record["ok"] is False
+    assert key not in {i.key for i in b.list(C + "/")}  # the object's write was aborted, nothing visible
+    assert not [i for i in b.list(C + "/locks/")]  # the lock released
+    again = sync_repository(_ctx(a, str(tmp_path / "a"), str(tmp_path / "b")), "b", open_target=lambda _: b)
+    assert again.stats.wal_copied == 1 and b.read_bytes(key) == a.read_bytes(key)

@@ -150,9 +150,16 @@ def sync_repository(ctx: Context, target_name: str, *, parallel: int = 4,
             _copy_descriptors(src, dst, cluster, info)
             with cf.ThreadPoolExecutor(max_workers=max(1, parallel), thread_name_prefix="sync") as pool:
                 copier = _Copier(src, dst, cluster, stats, progress, pool)
-                copier.wal(info)  # raises before any backup is copied if WAL failed: no backup without its WAL
-                copier.restore_points()
-                copier.backups()
+                try:
+                    copier.wal(info)  # raises before any backup is copied if WAL failed: no backup without its WAL
+                    copier.restore_points()
+                    copier.backups()
+                except BaseException:
+                    # Ctrl-C / SIGTERM (or an error) in the main thread: the copies under way stop
+                    # within a chunk, their writes aborted, instead of running to the end of
+                    # objects of gigabytes while the pool's exit waits for them.
+                    copier.cancel.set()
+                    raise
         except BaseException as e:  # an error, or Ctrl-C / SIGTERM: the record says the run did not complete
             error = e.message if isinstance(e, PgvaultError) else f"{type(e).__name__}: {e}".rstrip(": ")
             raise
@@ -194,6 +201,7 @@ class _Copier:
     def __init__(self, src: Storage, dst: Storage, cluster: str, stats: SyncStats, progress: _Progress,
                  pool: cf.ThreadPoolExecutor) -> None:
         self.src, self.dst, self.cluster, self.stats, self.progress, self.pool = src, dst, cluster, stats, progress, pool
+        self.cancel = threading.Event()
 
     # --- WAL -------------------------------------------------------------------------------------
 
@@ -377,6 +385,7 @@ class _Copier:
         try:
             with self.src.open_read(key) as r, self.dst.open_write(key, if_absent=True) as w:
                 while chunk := r.read(CHUNK):
+                    self._check_cancel()
                     digest.update(chunk)
                     n += len(chunk)
                     w.write(chunk)
@@ -394,11 +403,16 @@ class _Copier:
         if counted:
             self.stats.add(objects_copied=1)
 
+    def _check_cancel(self) -> None:
+        if self.cancel.is_set():
+            raise _Cancelled  # inside the writer's block: the write aborts, nothing becomes visible
+
     def _verify_existing(self, key: str, size: int, sha256: str) -> None:
         digest = hashlib.sha256()
         n = 0
         with self.dst.open_read(key) as r:
             while chunk := r.read(CHUNK):
+                self._check_cancel()
                 digest.update(chunk)
                 n += len(chunk)
         if (n, digest.hexdigest()) != (size, sha256):
@@ -425,6 +439,11 @@ def _exists(storage: Storage, key: str) -> bool:
         return True
     except ObjectNotFound:
         return False
+
+
+class _Cancelled(Exception):
+    """The run is being interrupted: a copying thread stops (never reported, the main thread's
+    interruption is)."""
 
 
 class _MissingOnSource(IntegrityError):
