@@ -175,3 +175,42 @@ def test_object_lock_on_a_bucket_without_it_is_refused_and_warned(pg_latest, s3_
     st = pgvault(["status", "--json", "--no-connect"], env, check=False).json()
     assert st["object_lock"]["bucket"]["enabled"] is False
     assert "object_lock_missing" in {x["code"] for x in st["reasons"]}
+
+
+def test_expire_dry_run_reports_what_apply_keeps_for_its_retention(archiving, seaweed: SeaweedServer) -> None:  # type: ignore[no-untyped-def]
+    """Outside test: a dry run must tell what ``--apply`` will do. The policy releases WAL between
+    an old and a new base backup while some of it is still under retention (its date is later than
+    the old backup's: it was written after it); ``--apply`` keeps it and says so -- the dry run
+    said it would be deleted."""
+    bucket = new_bucket_name("pgvault-worm")
+    c = seaweed.client()
+    c.create_bucket(Bucket=bucket, ObjectLockEnabledForBucket=True)
+    s3 = {"url": f"s3://{bucket}/prod", "endpoint": seaweed.endpoint_url, "AWS_ACCESS_KEY_ID": seaweed.access_key,
+          "AWS_SECRET_ACCESS_KEY": seaweed.secret_key, "AWS_DEFAULT_REGION": seaweed.region}
+    a = archiving(None, s3=s3, cluster_name="dry", pgvault_settings={
+        "repository.s3.object_lock": "governance", "repository.s3.object_lock_retention": "2s",
+        "retention.physical.keep_last": 1})
+    a.cluster.psql("CREATE TABLE ticks (i int PRIMARY KEY); INSERT INTO ticks SELECT generate_series(1, 100)")
+    a.switch_and_wait()
+    a.basebackup()
+    a.cluster.psql("INSERT INTO ticks SELECT generate_series(101, 200)")
+    a.switch_and_wait()
+    a.basebackup()
+    time.sleep(3)  # every date has passed
+    env = a.env()
+    plan = pgvault(["expire", "--json"], env).json()
+    assert [d for d in plan["physical"] if d["action"] == "delete"] and plan["wal"]["delete_files"] >= 1, (plan["physical"], plan["wal"])
+    name = plan["wal"]["delete"][0]["first"]
+    # That WAL file is retained longer (what a later put would have had): extend its date.
+    key = next(o["Key"] for o in c.list_objects_v2(Bucket=bucket, Prefix="prod/dry/wal/")["Contents"]
+               if o["Key"].rsplit("/", 1)[-1].startswith(name) and not o["Key"].endswith(".json"))
+    c.put_object_retention(Bucket=bucket, Key=key, Retention={
+        "Mode": "GOVERNANCE", "RetainUntilDate": dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)})
+    dry = pgvault(["expire", "--json"], env).json()
+    applied = pgvault(["expire", "--apply", "--json"], env).json()
+    held = {h["what"] for h in applied["retained"]}
+    assert f"WAL {name}" in held, applied["retained"]
+    assert {h["what"] for h in dry["retained"]} == held  # the dry run tells what apply keeps
+    assert pgvault(["expire", "--apply", "--json"], env).json()["retained"] == applied["retained"]  # a second run
+    assert key in {o["Key"] for o in c.list_objects_v2(Bucket=bucket, Prefix="prod/dry/wal/")["Contents"]}
+    assert pgvault(["verify", "--all"], env, check=False).returncode == 0
