@@ -151,9 +151,14 @@ def sync_repository(ctx: Context, target_name: str, *, parallel: int = 4,
             with cf.ThreadPoolExecutor(max_workers=max(1, parallel), thread_name_prefix="sync") as pool:
                 copier = _Copier(src, dst, cluster, stats, progress, pool)
                 try:
+                    # The backups are listed *before* the WAL: a base backup's manifest is written
+                    # after its WAL was archived, so every backup in this listing has its WAL in the
+                    # WAL listing that follows.  (Listed after the WAL copy, a backup finished
+                    # meanwhile was copied without the WAL archived after the WAL listing.)
+                    finished = copier.source_backups()
                     copier.wal(info)  # raises before any backup is copied if WAL failed: no backup without its WAL
                     copier.restore_points()
-                    copier.backups()
+                    copier.backups(finished)
                 except BaseException:
                     # Ctrl-C / SIGTERM (or an error) in the main thread: the copies under way stop
                     # within a chunk, their writes aborted, instead of running to the end of
@@ -220,8 +225,8 @@ class _Copier:
         return {n: WalFiles(record=r, objects=frozenset(o)) for n, (r, o) in found.items()}
 
     def wal(self, info: ClusterInfo) -> None:
-        # The source's WAL is listed before its backups (backups()): a base backup finished by then
-        # had its WAL archived before its manifest was written, so that WAL is in this listing.
+        # The source's backups were listed before (source_backups()): each had its WAL archived
+        # before its manifest was written, so that WAL is in this listing.
         plan = plan_wal(self._wal_listing(self.src), self._wal_listing(self.dst))
         self.stats.add(wal_already=plan.done, wal_unfinished_on_source=len(plan.unfinished_on_source))
         self.progress.total_wal = len(plan.copies)
@@ -299,11 +304,18 @@ class _Copier:
                 prefixes.add(info.key[: -len(layout.MANIFEST_NAME)])
         return prefixes, sizes
 
-    def backups(self) -> None:
+    _ROOTS = ((layout.base_root, PhysicalManifest.loads), (layout.logical_root, LogicalManifest.loads))
+
+    def source_backups(self) -> dict[str, set[str]]:
+        """The source's finished backups (their prefixes) per root, listed before the WAL."""
+        return {root(self.cluster): self._finished(self.src, root(self.cluster))[0] for root, _ in self._ROOTS}
+
+    def backups(self, finished: dict[str, set[str]]) -> None:
+        """Copy the backups of ``finished`` (:meth:`source_backups`) the target lacks."""
         failures: list[PgvaultError] = []
-        for root, loads in ((layout.base_root(self.cluster), PhysicalManifest.loads),
-                            (layout.logical_root(self.cluster), LogicalManifest.loads)):
-            source, _ = self._finished(self.src, root)
+        for root_of, loads in self._ROOTS:
+            root = root_of(self.cluster)
+            source = finished[root]
             target, sizes = self._finished(self.dst, root)
             plan = plan_backups(source, target)
             self.stats.add(backups_already=plan.done)
