@@ -155,10 +155,10 @@ def sync_repository(ctx: Context, target_name: str, *, parallel: int = 4,
                     # after its WAL was archived, so every backup in this listing has its WAL in the
                     # WAL listing that follows.  (Listed after the WAL copy, a backup finished
                     # meanwhile was copied without the WAL archived after the WAL listing.)
-                    finished = copier.source_backups()
+                    listed = copier.source_backups()
                     copier.wal(info)  # raises before any backup is copied if WAL failed: no backup without its WAL
                     copier.restore_points()
-                    copier.backups(finished)
+                    copier.backups(listed)
                 except BaseException:
                     # Ctrl-C / SIGTERM (or an error) in the main thread: the copies under way stop
                     # within a chunk, their writes aborted, instead of running to the end of
