@@ -225,3 +225,18 @@ def test_ctrl_c_or_sigterm_stops_the_copying_threads_at_once(tmp_path: Path) -> 
     assert not [i for i in b.list(C + "/locks/")]  # the lock released
     again = sync_repository(_ctx(a, str(tmp_path / "a"), str(tmp_path / "b")), "b", open_target=lambda _: b)
     assert again.stats.wal_copied == 1 and b.read_bytes(key) == a.read_bytes(key)
+
+
+def test_status_does_not_show_a_second_name_for_the_primary_as_a_copy_in_step(tmp_path: Path) -> None:
+    from pgvault.operations.maintenance.repositories import survey
+
+    a, _ = _local(tmp_path)
+    ensure_cluster(a, C, system_identifier=SYSID, server_major=15, wal_segment_size=SEG)
+    _push(a, seg(1))
+    settings = dataclasses.replace(Settings(cluster=C, repository_url=str(tmp_path / "a")), repositories=(
+        NamedRepository(PRIMARY_REPOSITORY, str(tmp_path / "a")), NamedRepository("dr", (tmp_path / "a").as_uri()),
+        NamedRepository("b", str(tmp_path / "b"))))
+    rows = {p.name: (p, lag) for p, lag in survey(settings)}
+    dr, lag = rows["dr"]
+    assert dr.error is not None and "same place as repository 'primary'" in dr.error and lag is None
+    assert rows["b"][0].error is None and rows["b"][1] is not None and rows["b"][1].wal_segments == 2

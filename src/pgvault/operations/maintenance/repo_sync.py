@@ -20,7 +20,6 @@ import dataclasses
 import datetime as dt
 import functools
 import hashlib
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -43,6 +42,7 @@ from pgvault.repository.physical import PhysicalManifest
 from pgvault.repository.sync_records import save_sync_record
 from pgvault.repository.wal_record import WalRecord
 from pgvault.storage import ObjectExists, ObjectNotFound, Storage
+from pgvault.storage.base import place
 
 LOCK_OPERATION = "sync"
 CHUNK = 1 << 20
@@ -130,7 +130,7 @@ def sync_repository(ctx: Context, target_name: str, *, parallel: int = 4,
     target_settings = settings.with_repository(target_name)
     dst = open_target(target_name) if open_target else build_context(target_settings).storage
     src, cluster = ctx.storage, ctx.cluster
-    if _place(src) == _place(dst):
+    if place(src) == place(dst):
         # Two names for one place: the "copy" would find everything there, report success and a
         # lag of 0 -- a second region that does not exist.
         raise ConfigError([f"repo sync: {settings.repository_name!r} and {target_name!r} are the same place "
@@ -432,17 +432,6 @@ class _Copier:
                                  f"{digest.hexdigest()[:12]}… vs {sha256[:12]}…); nothing was overwritten",
                                  hint=_CONFLICT_HINT)
         self.stats.add(objects_verified=1)
-
-
-def _place(storage: Storage) -> tuple[str, str]:
-    """Where a repository's objects live, however its URL was spelled: a local directory's real
-    path (symlinks, '..', file:// resolved), or an S3 URL with its endpoint (the same bucket name
-    on two endpoints is two places)."""
-    root = getattr(storage, "root", None)
-    if root is not None:
-        return ("file", os.path.realpath(root))
-    endpoint = getattr(getattr(storage, "settings", None), "endpoint_url", None) or ""
-    return (storage.url.rstrip("/"), endpoint.rstrip("/"))
 
 
 def _exists(storage: Storage, key: str) -> bool:
