@@ -207,6 +207,7 @@ class _Copier:
                  pool: cf.ThreadPoolExecutor) -> None:
         self.src, self.dst, self.cluster, self.stats, self.progress, self.pool = src, dst, cluster, stats, progress, pool
         self.cancel = threading.Event()
+        self.deferred: list[PgvaultError] = []  # failures that do not stop the rest of the run
 
     # --- WAL -------------------------------------------------------------------------------------
 
@@ -282,15 +283,19 @@ class _Copier:
 
     def restore_points(self) -> None:
         prefix = restore_point_key(self.cluster, "x").rsplit("/", 1)[0] + "/"
-        there = {i.key for i in self.dst.list(prefix)}
         for info in self.src.list(prefix):
-            if info.key in there:
-                continue
+            raw = self.src.read_bytes(info.key)
             try:
-                self.dst.put_if_absent(info.key, self.src.read_bytes(info.key))
+                self.dst.put_if_absent(info.key, raw)
                 self.stats.add(restore_points_copied=1)
             except ObjectExists:
-                pass
+                # A restore point of the same name on the target must be the same one: another
+                # LSN under the name would send --target-name restores from the copy elsewhere.
+                if self.dst.read_bytes(info.key) != raw:
+                    e = IntegrityError(f"{info.key} in {self.dst.url} differs from the source's restore point; "
+                                       "nothing was overwritten", hint=_CONFLICT_HINT)
+                    log.get().error("repo sync: %s", e.message)
+                    self.deferred.append(e)  # raised after the backups: they still reach the copy
 
     # --- backups -----------------------------------------------------------------------------------
 
@@ -312,7 +317,7 @@ class _Copier:
 
     def backups(self, finished: dict[str, set[str]]) -> None:
         """Copy the backups of ``finished`` (:meth:`source_backups`) the target lacks."""
-        failures: list[PgvaultError] = []
+        failures: list[PgvaultError] = self.deferred
         for root_of, loads in self._ROOTS:
             root = root_of(self.cluster)
             source = finished[root]
@@ -326,7 +331,7 @@ class _Copier:
                     log.get().error("repo sync: backup %s not copied: %s", prefix, e.message)
                     failures.append(e)
         if failures:
-            raise _summary(failures, "backup(s)")
+            raise _summary(failures, "backup(s) or restore point(s)")
 
     def _copy_backup(self, prefix: str, loads: Callable[..., Any], sizes: dict[str, int]) -> None:
         key = prefix + layout.MANIFEST_NAME
