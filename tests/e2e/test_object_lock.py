@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import signal
 import time
 from collections import Counter
 from typing import Any
@@ -29,9 +30,9 @@ RETENTION = 100  # seconds: long enough for the writes before the first expire, 
 PREFIX = "prod/worm/"
 
 
-def _versions(c: Any, bucket: str) -> tuple[Counter[str], list[str]]:
+def _versions(c: Any, bucket: str, prefix: str = PREFIX) -> tuple[Counter[str], list[str]]:
     """Versions per key and the keys of delete markers, under the repository."""
-    pages = c.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=PREFIX)
+    pages = c.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=prefix)
     counts: Counter[str] = Counter()
     markers: list[str] = []
     for page in pages:
@@ -175,3 +176,111 @@ def test_object_lock_on_a_bucket_without_it_is_refused_and_warned(pg_latest, s3_
     st = pgvault(["status", "--json", "--no-connect"], env, check=False).json()
     assert st["object_lock"]["bucket"]["enabled"] is False
     assert "object_lock_missing" in {x["code"] for x in st["reasons"]}
+
+
+def test_expire_dry_run_reports_what_apply_keeps_for_its_retention(archiving, seaweed: SeaweedServer) -> None:  # type: ignore[no-untyped-def]
+    """Outside test: a dry run must tell what ``--apply`` will do. The policy releases WAL between
+    an old and a new base backup while some of it is still under retention (its date is later than
+    the old backup's: it was written after it); ``--apply`` keeps it and says so -- the dry run
+    said it would be deleted."""
+    bucket = new_bucket_name("pgvault-worm")
+    c = seaweed.client()
+    c.create_bucket(Bucket=bucket, ObjectLockEnabledForBucket=True)
+    s3 = {"url": f"s3://{bucket}/prod", "endpoint": seaweed.endpoint_url, "AWS_ACCESS_KEY_ID": seaweed.access_key,
+          "AWS_SECRET_ACCESS_KEY": seaweed.secret_key, "AWS_DEFAULT_REGION": seaweed.region}
+    a = archiving(None, s3=s3, cluster_name="dry", pgvault_settings={
+        "repository.s3.object_lock": "governance", "repository.s3.object_lock_retention": "2s",
+        "retention.physical.keep_last": 1})
+    a.cluster.psql("CREATE TABLE ticks (i int PRIMARY KEY); INSERT INTO ticks SELECT generate_series(1, 100)")
+    a.switch_and_wait()
+    a.basebackup()
+    a.cluster.psql("INSERT INTO ticks SELECT generate_series(101, 200)")
+    a.switch_and_wait()
+    a.basebackup()
+    time.sleep(3)  # every date has passed
+    env = a.env()
+    plan = pgvault(["expire", "--json"], env).json()
+    assert [d for d in plan["physical"] if d["action"] == "delete"] and plan["wal"]["delete_files"] >= 1, (plan["physical"], plan["wal"])
+    name = plan["wal"]["delete"][0]["first"]
+    # That WAL file is retained longer (what a later put would have had): extend its date.
+    key = next(o["Key"] for o in c.list_objects_v2(Bucket=bucket, Prefix="prod/dry/wal/")["Contents"]
+               if o["Key"].rsplit("/", 1)[-1].startswith(name) and not o["Key"].endswith(".json"))
+    c.put_object_retention(Bucket=bucket, Key=key, Retention={
+        "Mode": "GOVERNANCE", "RetainUntilDate": dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)})
+    dry = pgvault(["expire", "--json"], env).json()
+    applied = pgvault(["expire", "--apply", "--json"], env).json()
+    held = {h["what"] for h in applied["retained"]}
+    assert f"WAL {name}" in held, applied["retained"]
+    assert {h["what"] for h in dry["retained"]} == held  # the dry run tells what apply keeps
+    assert pgvault(["expire", "--apply", "--json"], env).json()["retained"] == applied["retained"]  # a second run
+    assert key in {o["Key"] for o in c.list_objects_v2(Bucket=bucket, Prefix="prod/dry/wal/")["Contents"]}
+    assert pgvault(["verify", "--all"], env, check=False).returncode == 0
+
+
+def test_a_logical_backup_cut_short_by_sigterm_on_a_worm_bucket(pg_latest, s3_env, seaweed: SeaweedServer) -> None:  # type: ignore[no-untyped-def]
+    """Outside test: ``backup --all`` SIGTERMed while pg_dump waits for a locked table. What it
+    wrote (globals, the other databases' dumps) is locked and has no manifest: debris. ``expire``
+    keeps it while retained -- dry run and apply say the same, nothing hidden behind a delete
+    marker -- and removes every version after the date; the next backup runs at once."""
+    import subprocess
+    import uuid
+
+    from support.cli import start
+
+    bucket = new_bucket_name("pgvault-worm")
+    c = seaweed.client()
+    c.create_bucket(Bucket=bucket, ObjectLockEnabledForBucket=True)
+    env = clean_env(**pg_latest.env(), **{k: v for k, v in s3_env.items() if k.startswith("AWS_")},
+                    PGVAULT_REPOSITORY_URL=f"s3://{bucket}/prod", PGVAULT_CLUSTER="cut",
+                    PGVAULT_REPOSITORY_S3_ENDPOINT_URL=s3_env["PGVAULT_S3_ENDPOINT_URL"],
+                    PGVAULT_REPOSITORY_S3_FORCE_PATH_STYLE="true", PGVAULT_REPOSITORY_S3_OBJECT_LOCK="governance",
+                    PGVAULT_REPOSITORY_S3_OBJECT_LOCK_RETENTION="12s", PGVAULT_RETENTION_DEBRIS_GRACE="1s",
+                    PGVAULT_RETENTION_LOGICAL_KEEP_LAST="1")
+    db = f"t_{uuid.uuid4().hex[:10]}"
+    pg_latest.create_database(db)
+    pg_latest.psql("CREATE TABLE t(i int); INSERT INTO t VALUES (1)", dbname=db)
+    app = f"blocker-{db}"
+    blocker = subprocess.Popen([str(pg_latest.bindir.program("psql")), "-X", "-d", db],
+                               env={**pg_latest.client_env(), "PGAPPNAME": app}, stdin=subprocess.PIPE,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert blocker.stdin is not None
+        blocker.stdin.write("BEGIN; LOCK TABLE t IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(600);\n")
+        blocker.stdin.flush()
+        deadline = time.monotonic() + 60
+        while pg_latest.psql(f"SELECT count(*) FROM pg_stat_activity WHERE application_name = '{app}' "
+                             "AND wait_event = 'PgSleep'") != "1":
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        proc = start(["backup", "--all"], env)
+        deadline = time.monotonic() + 120
+        while pg_latest.psql(f"SELECT count(*) FROM pg_stat_activity WHERE datname = '{db}' "
+                             "AND query LIKE 'LOCK TABLE%' AND wait_event_type = 'Lock'") == "0":
+            assert time.monotonic() < deadline and proc.poll() is None, "pg_dump never waited"
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 143, err
+    finally:
+        pg_latest.psql(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = '{app}'")
+        blocker.kill()
+        blocker.wait()
+        pg_latest.drop_database(db)
+    keys = [o["Key"] for o in c.list_objects_v2(Bucket=bucket, Prefix="prod/cut/logical/").get("Contents", [])]
+    assert keys and not [k for k in keys if k.endswith("manifest.json")], keys
+    time.sleep(1.5)  # older than the debris grace, younger than the lock
+    dry = pgvault(["expire", "--json"], env).json()
+    early = pgvault(["expire", "--apply", "--json"], env).json()
+    held = {h["what"] for h in early["retained"]}
+    assert any(w.startswith("debris ") for w in held), early["retained"]
+    assert {h["what"] for h in dry["retained"]} == held
+    assert early["deleted"]["debris"] == []
+    counts, markers = _versions(c, bucket, "prod/cut/")
+    assert markers == [] and all(k in counts for k in keys)  # nothing hidden behind a delete marker
+    until = max(c.get_object_retention(Bucket=bucket, Key=k)["Retention"]["RetainUntilDate"] for k in keys)
+    time.sleep(max(0.0, (until - dt.datetime.now(dt.UTC)).total_seconds()) + 1.5)
+    late = pgvault(["expire", "--apply", "--json"], env).json()
+    assert len(late["deleted"]["debris"]) == 1, late["deleted"]
+    counts, markers = _versions(c, bucket, "prod/cut/")
+    assert not [k for k in counts if k in keys] and markers == [], (counts, markers)
+    assert pgvault(["backup", "-d", "postgres"], env, timeout=120).returncode == 0  # no lock left in the way

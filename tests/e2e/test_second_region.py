@@ -260,3 +260,31 @@ def test_the_copy_on_a_worm_bucket_is_locked_and_written_once(archiving, regions
         head = client.head_object(Bucket=bucket_b, Key=key)
         assert head.get("ObjectLockMode") == "GOVERNANCE", (key, head.get("ObjectLockMode"))
     assert _objects(regions.a, bucket_a, "prod/") == _objects(regions.b, bucket_b, "prod-copy/")
+
+
+def test_a_target_beyond_what_the_copy_holds_is_not_promoted_as_success(archiving, regions: Regions) -> None:  # type: ignore[no-untyped-def]
+    """Outside test: the copy lags (WAL archived to A after the last sync); a point-in-time restore
+    from B to a moment only A's WAL reaches must fail, not promote early at B's end claiming success."""
+    a, _, _ = _two_region_cluster(archiving, regions)
+    pg = a.cluster
+    pg.psql("CREATE TABLE ticks (i int PRIMARY KEY); INSERT INTO ticks SELECT generate_series(1, 1000)")
+    a.switch_and_wait()
+    a.basebackup()
+    pg.psql("INSERT INTO ticks SELECT generate_series(1001, 1200)")
+    a.switch_and_wait()
+    assert _sync(a).json()["runs"][0]["backups_copied"] == 1
+    # After the last sync: more rows, the target, more rows -- archived to A only.
+    pg.psql("INSERT INTO ticks SELECT generate_series(1201, 1500)")
+    time.sleep(1.1)
+    target = pg.psql("SELECT now()")
+    time.sleep(1.1)
+    pg.psql("INSERT INTO ticks SELECT generate_series(1501, 1800)")
+    a.switch_and_wait()
+    res, restored = a.restore("--repository", "region-b", "--target-time", target, "--target-action", "promote",
+                              check=False)
+    assert res.returncode == 5 and "no base backup can reach" in res.stderr, res  # refused before anything runs
+    assert not (restored.data_dir / "postmaster.pid").exists(), "a server is left running"
+    # From A, the same target gives exactly the rows before it.
+    res, restored = a.restore("--target-time", target, "--target-action", "promote")
+    restored.wait_primary()
+    assert restored.query("SELECT count(*), max(i) FROM ticks") == "1500|1500"

@@ -336,3 +336,21 @@ def test_a_named_repository_has_its_own_object_lock(tmp_path) -> None:  # type: 
     conf.write_text("repositories:\n  dr: {url: /x, s3: {object_lock: governance, object_lock_retention: 30d}}\n")
     with pytest.raises(ConfigError, match="repositories.dr.s3.object_lock: needs an s3:// repository"):
         load_settings(str(conf), environ={})
+
+
+def test_a_different_restore_point_of_the_same_name_on_the_target_is_an_integrity_error(two) -> None:  # type: ignore[no-untyped-def]
+    from pgvault.repository.archive_scan import restore_point_key
+
+    a, b, ctx = two
+    key = restore_point_key(C, "before-migration")
+    a.put_if_absent(key, json.dumps({"name": "before-migration", "lsn": "0/3000028"}).encode())
+    planted = json.dumps({"name": "before-migration", "lsn": "0/9000028"}).encode()
+    b.put_if_absent(key, planted)
+    with pytest.raises(IntegrityError, match="restore point"):
+        sync_repository(ctx, "b", open_target=lambda _: b)
+    assert b.read_bytes(key) == planted
+    same = restore_point_key(C, "same")
+    a.put_if_absent(same, b"{}")
+    b.put_if_absent(same, b"{}")
+    b.delete(key)
+    assert sync_repository(ctx, "b", open_target=lambda _: b).stats.restore_points_copied == 1  # the other one

@@ -62,7 +62,9 @@ def run_sync(args: argparse.Namespace) -> int:
                          + (f"; {r['objects_verified']} object(s) of an earlier cut-short run verified"
                             if r["objects_verified"] else "")
                          + (f"; {r['wal_unfinished_on_source']} WAL file(s) still being archived on the source, "
-                            "left for the next run" if r["wal_unfinished_on_source"] else ""))
+                            "left for the next run" if r["wal_unfinished_on_source"] else "")
+                         + (f"; {r['expired_on_source']} WAL file(s)/backup(s) expired on the source during the run, "
+                            "not copied" if r["expired_on_source"] else ""))
         return "\n".join(lines)
 
     if failed is not None:

@@ -8,9 +8,9 @@ The copy keeps the invariants every reader of a repository relies on:
   a hole: not copied (the next run takes it once it is complete).
 * A backup exists when its manifest exists: its objects are copied first, the manifest last, and
   only backups whose manifest is on the source are copied at all.
-* WAL is planned (and copied) before backups, from a listing taken before the backups' listing:
-  a base backup's manifest is written after its WAL is archived, so a backup on the target never
-  lacks the WAL that makes it consistent.
+* WAL is planned (and copied) before backups, from a listing taken *after* the backups' listing:
+  a base backup's manifest is written after its WAL is archived, so every backup listed has its
+  WAL in the WAL listing, and a backup on the target never lacks the WAL that makes it consistent.
 * Nothing on the target is ever overwritten: an object already there is verified against the
   source's checksums (same bytes: done; different: an integrity error for people to look at).
 

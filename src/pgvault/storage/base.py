@@ -12,6 +12,7 @@ may parallelise the parts of one large object internally.
 from __future__ import annotations
 
 import datetime as dt
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -171,6 +172,17 @@ class Storage(Protocol):
         was removed fails to commit with a :class:`StorageError`; nothing partial ever appears.
         Local storage also removes the directories this leaves empty (never the root)."""
         ...
+
+
+def place(storage: object) -> tuple[str, str]:
+    """Where a repository's objects live, however its URL was spelled: a local directory's real
+    path (symlinks, '..', file:// resolved), or an S3 URL with its endpoint (the same bucket name
+    on two endpoints is two places).  Two configured repositories in one place are no copy."""
+    root = getattr(storage, "root", None)
+    if root is not None:
+        return ("file", os.path.realpath(root))
+    endpoint = getattr(getattr(storage, "settings", None), "endpoint_url", None) or ""
+    return (str(getattr(storage, "url", "")).rstrip("/"), endpoint.rstrip("/"))
 
 
 def is_write_once(storage: object) -> bool:

@@ -181,6 +181,18 @@ def _sweep_unfinished(storage: Storage, u: Leftover, idle_since: dt.datetime, do
         done.skipped.append(f"{u.write.key}: written to since the listing")
 
 
+def hold_unapplied(plan: RetentionPlan, guard: Guard) -> None:
+    """A dry run's report of what ``--apply`` keeps for its retention date besides backups (the
+    plan already holds those): debris and WAL files the plan deletes but the store still locks.
+    (Old versions the sweep would wait for are not listed: they are no backup, WAL or debris.)"""
+    for debris in plan.debris:
+        if debris.delete and (until := guard.until(list(debris.keys))) is not None:
+            guard.hold(f"debris {debris.where}", until)
+    for f in plan.wal.delete:
+        if (until := guard.until(list(f.keys()))) is not None:
+            guard.hold(f"WAL {f.name}", until)
+
+
 def apply_plan(ctx: Context, plan: RetentionPlan, guard: Guard | None = None) -> Applied:
     """Delete what ``plan`` says, backups first (manifest first), then debris, then WAL; with a
     ``guard`` (versioned bucket), nothing still under Object Lock retention, then the leftovers' sweep."""
@@ -266,6 +278,8 @@ def expire(ctx: Context, *, now: dt.datetime | None = None, apply: bool = False)
 
     if not apply:
         plan, guard = planned(real_now)
+        if guard is not None:
+            hold_unapplied(plan, guard)
         return ExpireResult(plan, None, real_now, guard.held if guard else None)
     # No check_writable(): on a local path it would create a missing (mistyped, unmounted) root.
     with RepositoryLock(ctx.storage, ctx.cluster, LOCK_OPERATION):

@@ -35,13 +35,14 @@ from pgvault.policy.sync import ObjectState, WalFiles, object_action, plan_backu
 from pgvault.procs import random_id
 from pgvault.repository import layout
 from pgvault.repository.archive_scan import restore_point_key, stored_name
-from pgvault.repository.cluster import ClusterInfo, read_cluster_info
+from pgvault.repository.cluster import ClusterInfo, ensure_cluster, read_cluster_info
 from pgvault.repository.locks import RepositoryLock
 from pgvault.repository.manifest import LogicalManifest
 from pgvault.repository.physical import PhysicalManifest
 from pgvault.repository.sync_records import save_sync_record
 from pgvault.repository.wal_record import WalRecord
 from pgvault.storage import ObjectExists, ObjectNotFound, Storage
+from pgvault.storage.base import place
 
 LOCK_OPERATION = "sync"
 CHUNK = 1 << 20
@@ -54,6 +55,7 @@ class SyncStats:
     wal_copied: int = 0
     wal_already: int = 0
     wal_unfinished_on_source: int = 0
+    expired_on_source: int = 0  # WAL files and backups listed, then deleted by an expire on the source
     restore_points_copied: int = 0
     backups_copied: int = 0
     backups_already: int = 0
@@ -128,6 +130,11 @@ def sync_repository(ctx: Context, target_name: str, *, parallel: int = 4,
     target_settings = settings.with_repository(target_name)
     dst = open_target(target_name) if open_target else build_context(target_settings).storage
     src, cluster = ctx.storage, ctx.cluster
+    if place(src) == place(dst):
+        # Two names for one place: the "copy" would find everything there, report success and a
+        # lag of 0 -- a second region that does not exist.
+        raise ConfigError([f"repo sync: {settings.repository_name!r} and {target_name!r} are the same place "
+                           f"({dst.url})"], hint=f"give repositories.{target_name}.url another bucket or directory")
     info = read_cluster_info(src, cluster)
     if info is None:
         raise NotFoundError(f"cluster {cluster!r} has nothing in {src.url} to copy",
@@ -143,9 +150,21 @@ def sync_repository(ctx: Context, target_name: str, *, parallel: int = 4,
             _copy_descriptors(src, dst, cluster, info)
             with cf.ThreadPoolExecutor(max_workers=max(1, parallel), thread_name_prefix="sync") as pool:
                 copier = _Copier(src, dst, cluster, stats, progress, pool)
-                copier.wal(info)  # raises before any backup is copied if WAL failed: no backup without its WAL
-                copier.restore_points()
-                copier.backups()
+                try:
+                    # The backups are listed *before* the WAL: a base backup's manifest is written
+                    # after its WAL was archived, so every backup in this listing has its WAL in the
+                    # WAL listing that follows.  (Listed after the WAL copy, a backup finished
+                    # meanwhile was copied without the WAL archived after the WAL listing.)
+                    listed = copier.source_backups()
+                    copier.wal(info)  # raises before any backup is copied if WAL failed: no backup without its WAL
+                    copier.restore_points()
+                    copier.backups(listed)
+                except BaseException:
+                    # Ctrl-C / SIGTERM (or an error) in the main thread: the copies under way stop
+                    # within a chunk, their writes aborted, instead of running to the end of
+                    # objects of gigabytes while the pool's exit waits for them.
+                    copier.cancel.set()
+                    raise
         except BaseException as e:  # an error, or Ctrl-C / SIGTERM: the record says the run did not complete
             error = e.message if isinstance(e, PgvaultError) else f"{type(e).__name__}: {e}".rstrip(": ")
             raise
@@ -176,16 +195,19 @@ def _copy_descriptors(src: Storage, dst: Storage, cluster: str, info: ClusterInf
                            f"{there.system_identifier if there else None}, but in {src.url} to {info.system_identifier}"],
                           hint="a repository holds one PostgreSQL cluster per cluster name; check the target's URL")
     if info.wal_segment_size and there.wal_segment_size is None:
-        # The source gained its segment size when WAL was first archived (cluster.ensure_cluster
-        # rewrites the descriptor that once); the copy follows, or its WAL could not be read.
-        with dst.open_write(layout.cluster_key(cluster)) as w:
-            w.write(dataclasses.replace(there, wal_segment_size=info.wal_segment_size).dumps())
+        # The source gained its segment size when WAL was first archived; the copy follows, or its
+        # WAL could not be read -- the way wal push does it, so a write-once (Object Lock) target
+        # gets the create-only amendment, never a rewrite of cluster.json.
+        ensure_cluster(dst, cluster, system_identifier=there.system_identifier, server_major=there.server_major,
+                       wal_segment_size=info.wal_segment_size)
 
 
 class _Copier:
     def __init__(self, src: Storage, dst: Storage, cluster: str, stats: SyncStats, progress: _Progress,
                  pool: cf.ThreadPoolExecutor) -> None:
         self.src, self.dst, self.cluster, self.stats, self.progress, self.pool = src, dst, cluster, stats, progress, pool
+        self.cancel = threading.Event()
+        self.deferred: list[PgvaultError] = []  # failures that do not stop the rest of the run
 
     # --- WAL -------------------------------------------------------------------------------------
 
@@ -204,8 +226,8 @@ class _Copier:
         return {n: WalFiles(record=r, objects=frozenset(o)) for n, (r, o) in found.items()}
 
     def wal(self, info: ClusterInfo) -> None:
-        # The source's WAL is listed before its backups (backups()): a base backup finished by then
-        # had its WAL archived before its manifest was written, so that WAL is in this listing.
+        # The source's backups were listed before (source_backups()): each had its WAL archived
+        # before its manifest was written, so that WAL is in this listing.
         plan = plan_wal(self._wal_listing(self.src), self._wal_listing(self.dst))
         self.stats.add(wal_already=plan.done, wal_unfinished_on_source=len(plan.unfinished_on_source))
         self.progress.total_wal = len(plan.copies)
@@ -217,8 +239,16 @@ class _Copier:
         try:
             raw = self.src.read_bytes(meta)
         except ObjectNotFound:
-            return  # expired on the source since the listing
+            self.stats.add(expired_on_source=1)  # expired on the source since the listing
+            return
         rec = WalRecord.loads(raw, where=f"{meta} in {self.src.url}")
+        try:
+            # Before the record goes to the target: an object an expire on the source has just
+            # deleted (it deletes the object first) would leave the target a record without object.
+            self.src.stat(rec.key)
+        except ObjectNotFound:
+            self._wal_gone(name, meta)
+            return
         if copy_record:
             try:
                 self.dst.put_if_absent(meta, raw)
@@ -232,20 +262,40 @@ class _Copier:
                                      f"(stored sha256 {theirs.checksums.stored_sha256[:12]}… vs "
                                      f"{rec.checksums.stored_sha256[:12]}…); nothing was overwritten")
         there = ObjectState(self.dst.stat(rec.key).size if rec.key in target_objects else None)
-        self._object(rec.key, rec.checksums.stored_size, rec.checksums.stored_sha256, there, counted=False)
+        try:
+            self._object(rec.key, rec.checksums.stored_size, rec.checksums.stored_sha256, there, counted=False)
+        except _MissingOnSource:  # deleted in the moment since the check above
+            self._wal_gone(name, meta)
+            return
         self.stats.add(wal_copied=1)
+
+    def _wal_gone(self, name: str, meta: str) -> None:
+        """The object of a listed WAL file is no longer on the source: deleted by an expire (which
+        removes the record next), or the record is all that is left of a push (a hole the source's
+        own status and verify report).  Neither is this copy's integrity problem: the file is left
+        for the next run, like a push under way, never copied as complete."""
+        if _exists(self.src, meta):
+            log.get().warning("repo sync: WAL %s has a record but no object in %s: left for the next run", name,
+                              self.src.url)
+            self.stats.add(wal_unfinished_on_source=1)
+        else:
+            self.stats.add(expired_on_source=1)
 
     def restore_points(self) -> None:
         prefix = restore_point_key(self.cluster, "x").rsplit("/", 1)[0] + "/"
-        there = {i.key for i in self.dst.list(prefix)}
         for info in self.src.list(prefix):
-            if info.key in there:
-                continue
+            raw = self.src.read_bytes(info.key)
             try:
-                self.dst.put_if_absent(info.key, self.src.read_bytes(info.key))
+                self.dst.put_if_absent(info.key, raw)
                 self.stats.add(restore_points_copied=1)
             except ObjectExists:
-                pass
+                # A restore point of the same name on the target must be the same one: another
+                # LSN under the name would send --target-name restores from the copy elsewhere.
+                if self.dst.read_bytes(info.key) != raw:
+                    e = IntegrityError(f"{info.key} in {self.dst.url} differs from the source's restore point; "
+                                       "nothing was overwritten", hint=_CONFLICT_HINT)
+                    log.get().error("repo sync: %s", e.message)
+                    self.deferred.append(e)  # raised after the backups: they still reach the copy
 
     # --- backups -----------------------------------------------------------------------------------
 
@@ -259,11 +309,18 @@ class _Copier:
                 prefixes.add(info.key[: -len(layout.MANIFEST_NAME)])
         return prefixes, sizes
 
-    def backups(self) -> None:
-        failures: list[PgvaultError] = []
-        for root, loads in ((layout.base_root(self.cluster), PhysicalManifest.loads),
-                            (layout.logical_root(self.cluster), LogicalManifest.loads)):
-            source, _ = self._finished(self.src, root)
+    _ROOTS = ((layout.base_root, PhysicalManifest.loads), (layout.logical_root, LogicalManifest.loads))
+
+    def source_backups(self) -> dict[str, set[str]]:
+        """The source's finished backups (their prefixes) per root, listed before the WAL."""
+        return {root(self.cluster): self._finished(self.src, root(self.cluster))[0] for root, _ in self._ROOTS}
+
+    def backups(self, finished: dict[str, set[str]]) -> None:
+        """Copy the backups of ``finished`` (:meth:`source_backups`) the target lacks."""
+        failures: list[PgvaultError] = self.deferred
+        for root_of, loads in self._ROOTS:
+            root = root_of(self.cluster)
+            source = finished[root]
             target, sizes = self._finished(self.dst, root)
             plan = plan_backups(source, target)
             self.stats.add(backups_already=plan.done)
@@ -274,7 +331,7 @@ class _Copier:
                     log.get().error("repo sync: backup %s not copied: %s", prefix, e.message)
                     failures.append(e)
         if failures:
-            raise _summary(failures, "backup(s)")
+            raise _summary(failures, "backup(s) or restore point(s)")
 
     def _copy_backup(self, prefix: str, loads: Callable[..., Any], sizes: dict[str, int]) -> None:
         key = prefix + layout.MANIFEST_NAME
@@ -288,9 +345,19 @@ class _Copier:
             raise IntegrityError(f"{key} in {self.src.url} cannot be read ({e}); the backup is not copied") from None
         objects = manifest.objects()
         self.progress.total_objects += len(objects)
-        self._run([functools.partial(self._object, prefix + o.key, o.result.stored_size, o.result.stored_sha256,
-                                     ObjectState(sizes.get(prefix + o.key))) for o in objects],
-                  what=f"backup {prefix}")
+        try:
+            self._run([functools.partial(self._object, prefix + o.key, o.result.stored_size, o.result.stored_sha256,
+                                         ObjectState(sizes.get(prefix + o.key))) for o in objects],
+                      what=f"backup {prefix}")
+        except PgvaultError:
+            # expire deletes a backup's manifest first, then its objects: without its manifest now,
+            # the backup was expired on the source during the copy -- not copied, and no error
+            # (what was copied of it is debris the target's expire sweeps).
+            if _exists(self.src, key):
+                raise
+            log.get().info("repo sync: backup %s was expired on the source during the copy: not copied", prefix)
+            self.stats.add(expired_on_source=1)
+            return
         try:  # last: from now on the backup exists on the target
             self.dst.put_if_absent(key, raw)
         except ObjectExists:
@@ -335,6 +402,7 @@ class _Copier:
         try:
             with self.src.open_read(key) as r, self.dst.open_write(key, if_absent=True) as w:
                 while chunk := r.read(CHUNK):
+                    self._check_cancel()
                     digest.update(chunk)
                     n += len(chunk)
                     w.write(chunk)
@@ -345,18 +413,23 @@ class _Copier:
                                          f"{digest.hexdigest()[:12]}…; expected {size}, {sha256[:12]}…): not copied",
                                          hint="run 'pgvault verify --all' on the source")
         except ObjectNotFound:
-            raise IntegrityError(f"{key} is listed in its record or manifest but missing in {self.src.url}") from None
+            raise _MissingOnSource(f"{key} is listed in its record or manifest but missing in {self.src.url}") from None
         except ObjectExists:  # appeared meanwhile (another writer): it must be the same object
             self._verify_existing(key, size, sha256)
             return
         if counted:
             self.stats.add(objects_copied=1)
 
+    def _check_cancel(self) -> None:
+        if self.cancel.is_set():
+            raise _Cancelled  # inside the writer's block: the write aborts, nothing becomes visible
+
     def _verify_existing(self, key: str, size: int, sha256: str) -> None:
         digest = hashlib.sha256()
         n = 0
         with self.dst.open_read(key) as r:
             while chunk := r.read(CHUNK):
+                self._check_cancel()
                 digest.update(chunk)
                 n += len(chunk)
         if (n, digest.hexdigest()) != (size, sha256):
@@ -364,6 +437,23 @@ class _Copier:
                                  f"{digest.hexdigest()[:12]}… vs {sha256[:12]}…); nothing was overwritten",
                                  hint=_CONFLICT_HINT)
         self.stats.add(objects_verified=1)
+
+
+def _exists(storage: Storage, key: str) -> bool:
+    try:
+        storage.stat(key)
+        return True
+    except ObjectNotFound:
+        return False
+
+
+class _Cancelled(Exception):
+    """The run is being interrupted: a copying thread stops (never reported, the main thread's
+    interruption is)."""
+
+
+class _MissingOnSource(IntegrityError):
+    """An object its record or manifest names is not on the source (perhaps expired meanwhile)."""
 
 
 _CONFLICT_HINT = ("the target holds another object under a key the copy writes: find out who wrote it (a different "

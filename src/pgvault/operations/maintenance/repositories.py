@@ -21,9 +21,10 @@ from pgvault.repository.catalog import logical_ids, physical_ids
 from pgvault.repository.cluster import read_cluster_info
 from pgvault.repository.sync_records import newest_sync_record
 from pgvault.repository.wal_record import archived_at
+from pgvault.storage.base import place
 
 
-def _position(settings: Settings, name: str) -> tuple[RepositoryPosition, int | None]:
+def _position(settings: Settings, name: str) -> tuple[RepositoryPosition, int | None, tuple[str, str]]:
     s = settings.with_repository(name)
     storage = build_context(s).storage
     cluster = s.cluster
@@ -43,7 +44,7 @@ def _position(settings: Settings, name: str) -> tuple[RepositoryPosition, int | 
         newest_logical=logical[-1] if logical else None, newest_physical=physical[-1] if physical else None,
         segments=segments, last_sync=newest_sync_record(storage, cluster) if name != settings.all_repositories()[0].name
         else None,
-    ), seg_size
+    ), seg_size, place(storage)
 
 
 def survey(settings: Settings, *, timeout: float = 15.0) -> list[tuple[RepositoryPosition, Lag | None]]:
@@ -68,11 +69,18 @@ def survey(settings: Settings, *, timeout: float = 15.0) -> list[tuple[Repositor
         t.join(max(0.0, (deadline - dt.datetime.now(dt.UTC)).total_seconds()))
     positions: list[RepositoryPosition] = []
     seg_size: int | None = None
+    places: dict[tuple[str, str], str] = {}
     for r in repos:
         got = results.get(r.name, f"did not answer within {timeout:g}s")
         if isinstance(got, str):
             positions.append(RepositoryPosition(r.name, r.url, error=log.redact(got)))
+        elif got[2] in places:
+            # Another name for a repository listed already: "in step" with it would claim a copy
+            # (a second region) that does not exist.
+            positions.append(RepositoryPosition(r.name, r.url, error=f"the same place as repository "
+                                                f"{places[got[2]]!r} ({got[0].url}): not a copy"))
         else:
+            places[got[2]] = r.name
             positions.append(got[0])
             seg_size = seg_size or got[1]
     first = positions[0]
