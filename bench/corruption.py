@@ -205,7 +205,7 @@ def _scenario(args: argparse.Namespace, cluster: PgCluster, launcher: Path, conf
     both = r.stdout + r.stderr
     if r.returncode == 0 or f"invalid page in block {BLOCK}" not in both:
         raise StepError(f"pg_amcheck did not report the page (exit {r.returncode}): {both[-2000:]}")
-    info["amcheck_damaged"] = {"exit": r.returncode, "first": both.strip().splitlines()[0]}
+    info["amcheck_damaged"] = {"exit": r.returncode, "first": both.strip().splitlines()[0], "lines": len(both.splitlines())}
     steps.rows["pg_amcheck damaged"]["found"] = f"exit {r.returncode}"
     cluster.stop(mode="fast")  # it is not the copy; its memory and CPU are not the rebuild's
 
