@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from pgvault.errors import PgvaultError
+from pgvault.errors import PgvaultError, RecoveryError
 from pgvault.operations.context import Context
 from pgvault.operations.physical.recovery import RecoveryOutcome, stop_server
 from pgvault.operations.physical.restore_cluster import RestoreOptions, major_of, restore_cluster, start_and_follow
@@ -89,4 +89,30 @@ def connectable(base: Path, port: int, ctx: Context) -> ConnInfo:
     raise last
 
 
-__all__ = ["ScratchCluster", "recover_into_scratch", "connectable"]
+def promote_where_paused(info: ConnInfo, timeout: int = 120) -> str:
+    """End the paused recovery of a scratch server where it stands, without replaying further.
+
+    A server paused at its target has replayed the locks of the transactions still open there:
+    the ACCESS EXCLUSIVE lock of a TRUNCATE, DROP or rewrite is logged before its commit, so just
+    before that commit no query can read the table (a dump waits forever).  Promoting ends those
+    transactions (they never committed at the target: their rows stay exactly as a paused
+    server shows them) and releases their locks.  The scratch server is private and does not
+    archive, so its new timeline goes nowhere.  Returns the replay position, the same before and
+    after (checked: nothing was replayed past the stop the caller confirmed)."""
+    with connect(info) as conn:
+        row = conn.execute("SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text").fetchone()
+        assert row is not None
+        if not row[0]:
+            raise RecoveryError("the scratch server was expected paused in recovery at the target, but it is not")
+        before = str(row[1])
+        done = conn.execute("SELECT pg_promote(true, %s)", (timeout,)).fetchone()
+        after = conn.execute("SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text").fetchone()
+    assert done is not None and after is not None
+    if not done[0] or after[0]:
+        raise RecoveryError(f"the scratch server did not end its recovery within {timeout}s of pg_promote()")
+    if after[1] is not None and str(after[1]) != before:
+        raise RecoveryError(f"the scratch server replayed past the target while promoting ({before} -> {after[1]})")
+    return before
+
+
+__all__ = ["ScratchCluster", "recover_into_scratch", "connectable", "promote_where_paused"]
