@@ -212,7 +212,7 @@ def _production_now(ctx: Context, database: str, names: list[tuple[str, str]], r
 
 
 def _server_quoted(conn: Any, schema: str, rel: str) -> str:
-    row = conn.execute("SELECT format('%I.%I', %s::text, %s::text)", (schema, rel)).fetchone()
+    row = conn.execute("SELECT format('%%I.%%I', %s::text, %s::text)", (schema, rel)).fetchone()
     return str(row[0])
 
 
