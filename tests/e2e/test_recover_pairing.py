@@ -133,7 +133,9 @@ def test_drop_found_then_recovered_under_its_old_name(major, archiving) -> None:
 
     ev = _printed(a, "public.tickets", xid, ["drop"])
     tmp = postgres_tmpdir("pgvault-pairing-")
-    doc = _run_printed(a, ev, "--mode", "new-table", "--into", "tickets", tmp=tmp)
+    # The printed line alone: new-table (the default) under the old name (--into, printed for a DROP).
+    assert shlex.split(ev["recover_table"])[-2:] == ["--into", "tickets"], ev
+    doc = _run_printed(a, ev, tmp=tmp)
     assert f"before commit of transaction {xid}" in doc["recovery"]["stop_detail"], doc["recovery"]
     [res] = doc["results"]
     assert res["created"] == "public.tickets" and res["rows_after"] == len(before), res
