@@ -143,3 +143,30 @@ def test_drop_found_then_recovered_under_its_old_name(major, archiving) -> None:
     assert {t: _rows(a, t) for t in TABLES} == others
     assert _started(a) == started
     assert not _leftovers(tmp), _leftovers(tmp)
+
+
+@pytest.mark.parametrize("major", MAJORS)
+def test_truncate_cascade_found_then_recovered_with_the_printed_line(major, archiving) -> None:  # type: ignore[no-untyped-def]
+    """TRUNCATE organizations CASCADE empties the four tables tied by foreign keys in one
+    transaction: which new file is whose cannot be told from the WAL, but the transaction is
+    certain, and wal find reports it (then stops following the table, with a warning)."""
+    a = _scene(archiving, major)
+    before = _snapshot(a)
+    xid = _mistake(a, "TRUNCATE organizations CASCADE")
+    assert _rows(a, "config_history") == {}
+    for i in range(2):
+        _workload(a, f"after{i}")
+    a.switch_and_wait()
+    after = _snapshot(a)
+    started = _started(a)
+
+    ev = _printed(a, "public.organizations", xid, ["truncate"])
+    tmp = postgres_tmpdir("pgvault-pairing-")
+    doc = _run_printed(a, ev, *[x for t in TABLES[1:] for x in ("--table", f"public.{t}")], "--mode", "missing-rows",
+                       tmp=tmp)
+    assert f"before commit of transaction {xid}" in doc["recovery"]["stop_detail"], doc["recovery"]
+    for t in TABLES:
+        assert _rows(a, t) == {**before[t], **after[t]}, t
+    assert _rows(a, "tickets") == after["tickets"]
+    assert _started(a) == started
+    assert not _leftovers(tmp), _leftovers(tmp)

@@ -390,6 +390,10 @@ class TableTracker:
                 if not creates:
                     self._lose(end, f"its file {before} was dropped without a new one and without dropping the table")
                 elif others:
+                    # TRUNCATE ... CASCADE over tables tied by foreign keys: which new file is this
+                    # table's cannot be told, but the transaction itself is certain (it dropped the
+                    # table's file at commit), and its target is what the on-call needs.
+                    ops.append("rewrite" if any((self.db, c) in end.dropped_stats for _, c in creates) else "truncate")
                     self._lose(end, f"it rewrote several tables at once (also OIDs {', '.join(map(str, others))}); "
                                     "which new file belongs to this table cannot be told from the WAL")
                 else:
