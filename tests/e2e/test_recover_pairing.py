@@ -90,6 +90,13 @@ def test_mass_delete_found_then_recovered_with_the_printed_line(major, archiving
     for t in TABLES:
         assert _rows(a, t) == {**before[t], **after[t]}, t
     assert _rows(a, "tickets") == after["tickets"]
+    # The LSN form it prints (the commit record's start, exclusive) stops at the same place.
+    lsn_form = {**ev, "target": ev["target_lsn"],
+                "recover_table": ev["recover_table"].replace(" ".join(ev["target"]), " ".join(ev["target_lsn"]))}
+    doc = _run_printed(a, lsn_form, "--into", "orgs_by_lsn", tmp=tmp)
+    assert f'before WAL location (LSN) "{ev["commit_lsn"]}"' in doc["recovery"]["stop_detail"], doc["recovery"]
+    copy = a.cluster.psql("SELECT id::text, t::text FROM orgs_by_lsn t", dbname=DB).splitlines()
+    assert dict(line.split("|", 1) for line in copy) == before["organizations"]
     assert _started(a) == started
     assert not _leftovers(tmp), _leftovers(tmp)
 
