@@ -146,7 +146,7 @@ def recover(ctx: Context, req: RecoverRequest, say: Say = lambda _m: None) -> Re
         info = connectable(scratch.base, scratch.port, ctx)
         # Only now, with the stop point held against the target: end recovery there, or a
         # TRUNCATE/DROP open at the target would keep its lock (and the table) from the dump.
-        result.recovery["promoted_at"] = promote_where_paused(info)
+        result.recovery["promoted_at"] = promote_where_paused(ctx, scratch, info)
         info = info.with_db(database)
         t1 = time.monotonic()
         if req.target_database:
