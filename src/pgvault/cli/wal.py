@@ -169,7 +169,8 @@ def run_find(args: argparse.Namespace) -> int:
     cluster = ctx.cluster if ctx.cluster != "main" else None
     rows = []
     for ev in r.events:
-        cmds = policy.recovery_commands(ev, table=r.table, database=r.database, cluster=cluster)
+        cmds = policy.recovery_commands(ev, schema=schema, name=name, database=r.database, cluster=cluster,
+                                        repository=args.repository, config=args.config)
         rows.append(ev.to_json() | {"summary": policy.describe_rows(ev)} | cmds)
     doc = r.to_json() | {"events": rows}
 

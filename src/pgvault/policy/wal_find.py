@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pgvault.pg.wal import LSN
+from pgvault.policy.recover import qualified
 
 OPS = ("delete", "update", "truncate", "drop", "rewrite")
 DEFAULT_OPS = ("delete", "truncate", "drop")
@@ -389,6 +390,10 @@ class TableTracker:
                 if not creates:
                     self._lose(end, f"its file {before} was dropped without a new one and without dropping the table")
                 elif others:
+                    # TRUNCATE ... CASCADE over tables tied by foreign keys: which new file is this
+                    # table's cannot be told, but the transaction itself is certain (it dropped the
+                    # table's file at commit), and its target is what the on-call needs.
+                    ops.append("rewrite" if any((self.db, c) in end.dropped_stats for _, c in creates) else "truncate")
                     self._lose(end, f"it rewrote several tables at once (also OIDs {', '.join(map(str, others))}); "
                                     "which new file belongs to this table cannot be told from the WAL")
                 else:
@@ -479,11 +484,18 @@ def describe_rows(e: Event) -> str:
     return ", ".join(bits)
 
 
-def recovery_commands(e: Event, *, table: str, database: str, cluster: str | None) -> dict[str, Any]:
-    """The target that stops recovery just before ``e`` committed, and ready-to-paste commands."""
+def recovery_commands(e: Event, *, schema: str, name: str, database: str, cluster: str | None,
+                      repository: str | None = None, config: str | None = None) -> dict[str, Any]:
+    """The target that stops recovery just before ``e`` committed, and ready-to-paste commands
+    (for the repository, cluster and config file this search read)."""
     xid = ["--target-xid", str(e.xid), "--target-exclusive"]
     lsn = ["--target-lsn", str(e.commit_lsn), "--target-exclusive"]
-    head = ["pgvault"] + (["--cluster", cluster] if cluster else [])
+    head = ["pgvault"] + (["--config", config] if config else []) + (["--repository", repository] if repository
+                                                                      else []) + (["--cluster", cluster] if cluster else [])
+    # recover-table reads --table with SQL's quoting: "Mixed Case" must reach it quoted.
+    table = qualified(schema, name)
+    # After a DROP the recovered copy takes the table's old name (new-table is the default mode).
+    into = ["--into", name] if "drop" in e.ops else []
     # TRUNCATE, DROP and rewrites hold an ACCESS EXCLUSIVE lock until they commit: a server paused
     # just before the commit replays the lock too, so no query can read the table there.  Promoting
     # at the target ends the unfinished transaction (and its lock).
@@ -492,5 +504,5 @@ def recovery_commands(e: Event, *, table: str, database: str, cluster: str | Non
         "target": xid,
         "target_lsn": lsn,
         "restore_cluster": shlex.join(head + ["restore-cluster", "-D", "NEW_DATA_DIR", *xid, *action]),
-        "recover_table": shlex.join(head + ["recover-table", "--table", table, "--database", database, *xid]),
+        "recover_table": shlex.join(head + ["recover-table", "--table", table, "--database", database, *xid, *into]),
     }

@@ -89,7 +89,9 @@ def _find_the_moment(f: Facts) -> list[Block]:
         items(
             "`--op delete,update,truncate,drop` chooses what to list (default: delete, truncate, drop). TRUNCATE and "
             "DROP TABLE take all rows and the WAL does not count them; for those it prints `--target-action "
-            "promote`, because a server paused just before them cannot read the table (their lock is replayed).",
+            "promote` in the restore-cluster line, because a server paused just before them cannot read the table "
+            "(their lock is replayed). The recover-table line it prints works as printed (recover-table promotes its "
+            "scratch copy at the target itself); after a DROP it adds `--into <old name>`.",
             "It reads the WAL from a base backup whose manifest maps the tables to their files (base backups taken "
             "by this pgvault version): a table created after the newest backup is not found until the next one.",
         ),

@@ -2,9 +2,10 @@
 live server, without stopping it.
 
 Template: plan (the base backup and WAL for the target, :func:`make_plan`) → read production's
-tables (read-only) → recover the backup into a private scratch directory, paused read-only at the
-target (:mod:`~pgvault.operations.physical.scratch_cluster`) → hold where it stopped against the
-target (:func:`~pgvault.policy.recover.check_stop`) → dump the tables (definition from the
+tables (read-only) → recover the backup into a private scratch directory, paused at the target
+(:mod:`~pgvault.operations.physical.scratch_cluster`) → hold where it stopped against the target
+(:func:`~pgvault.policy.recover.check_stop`) → promote it there (nothing replayed further; the
+locks of transactions open at the target, a TRUNCATE's or DROP's, released) → dump the tables (definition from the
 catalog, rows with COPY; every table's rows counted three ways: ``count(*)``, COPY's own count,
 the lines written) → stop and remove the scratch server → only then, production: one
 transaction (:mod:`~pgvault.operations.physical.recover_load`), verified before its commit.
@@ -32,7 +33,7 @@ from pgvault.operations.context import Context
 from pgvault.operations.physical import recover_load
 from pgvault.operations.physical.recover_load import Dump, TableReport
 from pgvault.operations.physical.restore_cluster import make_plan
-from pgvault.operations.physical.scratch_cluster import connectable, recover_into_scratch
+from pgvault.operations.physical.scratch_cluster import connectable, promote_where_paused, recover_into_scratch
 from pgvault.operations.physical.table_facts import exact_count, read_facts, relation_names
 from pgvault.pg.bindir import bindir_for_server
 from pgvault.pg.conn import ConnInfo, connect, database_exists, server_facts
@@ -102,7 +103,7 @@ def _validate(req: RecoverRequest) -> None:
 def recover(ctx: Context, req: RecoverRequest, say: Say = lambda _m: None) -> RecoverResult:
     """The command's one entry point (``--dry-run`` included)."""
     _validate(req)
-    target = replace(req.target, action="pause")  # read-only at the target: nothing replays past it
+    target = replace(req.target, action="pause")  # nothing replays past it; promoted once checked
     plan = make_plan(ctx, target, req.backup_id)
     database = req.database or ctx.conn.dbname
     result = RecoverResult(plan, database, "database" if req.target_database else req.mode, dry_run=req.dry_run,
@@ -142,7 +143,11 @@ def recover(ctx: Context, req: RecoverRequest, say: Say = lambda _m: None) -> Re
         if problem:
             raise RecoveryError(f"recovery did not stop at the target: {problem}", hint=_UNTOUCHED)
         say(f"recovery stopped {o.stop_detail} (confirmed: {o.confirmed_by})")
-        info = connectable(scratch.base, scratch.port, ctx).with_db(database)
+        info = connectable(scratch.base, scratch.port, ctx)
+        # Only now, with the stop point held against the target: end recovery there, or a
+        # TRUNCATE/DROP open at the target would keep its lock (and the table) from the dump.
+        result.recovery["promoted_at"] = promote_where_paused(ctx, scratch, info)
+        info = info.with_db(database)
         t1 = time.monotonic()
         if req.target_database:
             dump_file = _dump_database(ctx, info, database, spool, result, say)
@@ -207,7 +212,7 @@ def _production_now(ctx: Context, database: str, names: list[tuple[str, str]], r
 
 
 def _server_quoted(conn: Any, schema: str, rel: str) -> str:
-    row = conn.execute("SELECT format('%I.%I', %s::text, %s::text)", (schema, rel)).fetchone()
+    row = conn.execute("SELECT format('%%I.%%I', %s::text, %s::text)", (schema, rel)).fetchone()
     return str(row[0])
 
 

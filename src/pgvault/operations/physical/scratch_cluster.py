@@ -21,11 +21,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from pgvault.errors import PgvaultError
+from pgvault.errors import PgvaultError, RecoveryError
 from pgvault.operations.context import Context
 from pgvault.operations.physical.recovery import RecoveryOutcome, stop_server
 from pgvault.operations.physical.restore_cluster import RestoreOptions, major_of, restore_cluster, start_and_follow
+from pgvault.pg.bindir import bindir_for_major
 from pgvault.pg.conn import ConnInfo, connect
+from pgvault.pg.runner import owner_of
 from pgvault.pg.scratch import free_port, scratch_dir
 from pgvault.policy.pitr import Plan
 
@@ -89,4 +91,38 @@ def connectable(base: Path, port: int, ctx: Context) -> ConnInfo:
     raise last
 
 
-__all__ = ["ScratchCluster", "recover_into_scratch", "connectable"]
+def promote_where_paused(ctx: Context, scratch: ScratchCluster, info: ConnInfo, timeout: int = 120) -> str:
+    """End the paused recovery of a scratch server where it stands, without replaying further.
+
+    A server paused at its target has replayed the locks of the transactions still open there:
+    the ACCESS EXCLUSIVE lock of a TRUNCATE, DROP or rewrite is logged before its commit, so just
+    before that commit no query can read the table (a dump waits forever).  Promoting ends those
+    transactions (they never committed at the target: their rows stay exactly as a paused
+    server shows them) and releases their locks.  The scratch server is private and does not
+    archive, so its new timeline goes nowhere.  ``pg_ctl promote`` as the data directory's owner,
+    not ``pg_promote()``: the role we connect as may be production's, without that privilege.
+    Returns the replay position, the same before and after (checked: nothing was replayed past
+    the stop the caller confirmed)."""
+    query = "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text"
+    with connect(info) as conn:
+        row = conn.execute(query).fetchone()
+    assert row is not None
+    if not row[0]:
+        raise RecoveryError("the scratch server was expected paused in recovery at the target, but it is not")
+    before = str(row[1])
+    bindir = bindir_for_major(major_of(scratch.plan.backup), ctx.settings.pg_bin_dirs)
+    r = ctx.runner.using(bindir).run("pg_ctl", ["-D", str(scratch.data_dir), "-w", "-t", str(timeout), "promote"],
+                                     env=ctx.environ, as_user=owner_of(scratch.data_dir), timeout=timeout + 30)
+    if not r.ok:
+        raise RecoveryError(f"the scratch server could not be promoted at the target: {r.detail()}")
+    with connect(info) as conn:
+        after = conn.execute(query).fetchone()
+    assert after is not None
+    if after[0]:
+        raise RecoveryError(f"the scratch server was still in recovery after pg_ctl promote ({timeout}s)")
+    if after[1] is not None and str(after[1]) != before:
+        raise RecoveryError(f"the scratch server replayed past the target while promoting ({before} -> {after[1]})")
+    return before
+
+
+__all__ = ["ScratchCluster", "recover_into_scratch", "connectable", "promote_where_paused"]
