@@ -87,6 +87,8 @@ def test_mass_delete_found_then_recovered_with_the_printed_line(major, archiving
     doc = _run_printed(a, ev, *[x for t in TABLES[1:] for x in ("--table", f"public.{t}")], "--mode", "missing-rows",
                        tmp=tmp)
     assert f"before commit of transaction {xid}" in doc["recovery"]["stop_detail"], doc["recovery"]
+    # Paused at the checked stop, then promoted there (the scratch copy only).
+    assert (doc["recovery"]["state_at_stop"], doc["recovery"]["state"]) == ("paused", "promoted"), doc["recovery"]
     for t in TABLES:
         assert _rows(a, t) == {**before[t], **after[t]}, t
     assert _rows(a, "tickets") == after["tickets"]

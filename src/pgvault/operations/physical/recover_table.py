@@ -138,7 +138,7 @@ def recover(ctx: Context, req: RecoverRequest, say: Say = lambda _m: None) -> Re
         result.phases["replay"] = time.monotonic() - t0 - scratch.restore_seconds
         o = scratch.outcome
         result.recovery = {"stop_detail": o.stop_detail, "segments_restored": o.segments_restored,
-                           "confirmed_by": o.confirmed_by, "replay_lsn": o.replay_lsn, "state": o.state}
+                           "confirmed_by": o.confirmed_by, "replay_lsn": o.replay_lsn, "state_at_stop": o.state}
         problem = policy.check_stop(target.kind, target.value, target.exclusive, o.stop_detail)
         if problem:
             raise RecoveryError(f"recovery did not stop at the target: {problem}", hint=_UNTOUCHED)
@@ -147,6 +147,7 @@ def recover(ctx: Context, req: RecoverRequest, say: Say = lambda _m: None) -> Re
         # Only now, with the stop point held against the target: end recovery there, or a
         # TRUNCATE/DROP open at the target would keep its lock (and the table) from the dump.
         result.recovery["promoted_at"] = promote_where_paused(ctx, scratch, info)
+        result.recovery["state"] = "promoted"  # the scratch copy only: it archives nowhere
         info = info.with_db(database)
         t1 = time.monotonic()
         if req.target_database:
