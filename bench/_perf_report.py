@@ -9,6 +9,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from _procs import report_tail
+
 Round = dict[str, dict[str, Any]]  # step key -> figures of that step in one round
 
 CAVEATS = [
@@ -184,12 +186,7 @@ def render(info: dict[str, Any], rounds: Sequence[Round], selected: Sequence[str
             add(f"{'':<36}   per round: {', '.join(str(v) for v in row['per_round'])}")
         for ref in row["references"]:
             add(f"{'':<36}   {ref['label']:<58} {_fmt(ref['value'], ref['unit']):>15}")
-    add("")
-    add("Caveats:")
-    for c in CAVEATS:
-        add(f"  - {c}")
-    for e in errors:
-        add(f"FAILED: {e}")
+    lines += report_tail(CAVEATS, list(errors))
     return "\n".join(lines)
 
 
