@@ -367,7 +367,9 @@ class Bench:
         pg_ctl = str(self.pg_bin("pg_ctl"))
         cm.run_checked(cm.as_postgres([pg_ctl, "-D", str(dest), "-l", str(logfile), "-W", "-o",
                                        f"-p {port} -c lc_messages=C", "start"]), "pg_ctl start", env=cm.server_env())
-        self.wait_promoted(dest, port, logfile, t0)
+        # From t1: pg_ctl start -W does not wait for postmaster.pid, which wait_promoted's
+        # "the server exited" check looks for once 5 s have passed since the time it is given.
+        self.wait_promoted(dest, port, logfile, t1)
         t2 = time.monotonic()
         text = logfile.read_text(errors="replace")
         res.extra.update(layout_s=round(t1 - t0, 3), recovery_s=round(t2 - t1, 3),
