@@ -39,6 +39,11 @@ def loadavg() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
+def report_tail(caveats: list[str], errors: list[str]) -> list[str]:
+    """The end of every text report: a blank line, the caveats, a FAILED line per error."""
+    return ["", "Caveats:", *(f"  - {c}" for c in caveats), *(f"FAILED: {e}" for e in errors)]
+
+
 class StepError(RuntimeError):
     """A benchmark step failed (a program exited non-zero, or setup broke)."""
 

@@ -590,12 +590,7 @@ def render(bench: Bench, errors: list[str], fatal: str | None) -> str:
     if br is not None and br.max_backlog is not None:
         add(f"  for comparison, pgBackRest: max backlog {br.max_backlog}, "
             + (f"drained {br.drain_s:.1f} s after the load" if br.drained else "not drained"))
-    add("")
-    add("Caveats:")
-    for c in CAVEATS:
-        add(f"  - {c}")
-    for e in errors:
-        add(f"FAILED: {e}")
+    lines += pr.report_tail(CAVEATS, errors)
     if fatal:
         add(f"FAILED: {fatal}")
     return "\n".join(lines)

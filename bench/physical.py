@@ -167,7 +167,15 @@ class Bench:
         self.sockets = cm.postgres_dir(base / "run", 0o755)  # socket dir of the copies and restored servers
         self.redo_segment = ""
         self.restored: list[Path] = []  # data directories of restored servers (stopped in cleanup)
-        self.br = cm.PgBackRest(cm.postgres_dir(self.work / "pgbackrest", 0o750), cipher=args.pgbackrest_cipher)
+        self.fresh_repositories(self.work)
+
+    def fresh_repositories(self, work: Path) -> None:
+        """Every variant gets a new, empty repository under ``work`` (a new postgres-owned directory).
+
+        bench/perf.py calls it per round: each copy of the source writes the same WAL segment names
+        again, which a repository that already archived them rightly refuses."""
+        self.work = work
+        self.br = cm.PgBackRest(cm.postgres_dir(work / "pgbackrest", 0o750), cipher=self.args.pgbackrest_cipher)
         self.variants = [self._pgvault_variant("pgvault-age", True), self._pgvault_variant("pgvault-plain", False),
                          Variant("pgbackrest", f"pgBackRest (zst, cipher {self.br.cipher})", self.br.cipher != "none",
                                  self.br.archive_command, repo=self.br.repo)]
@@ -241,6 +249,17 @@ class Bench:
     def settle(self, cluster: PgCluster) -> None:
         cluster.psql("CHECKPOINT")
         os.sync()
+
+    def stop_source(self) -> None:
+        """Stop the source once its archive backlog is drained; its copies keep only the REDO segment."""
+        cluster = self.source
+        assert cluster is not None
+        cm.wait_no_ready(cluster, 300)
+        cluster.stop()
+        control = cm.run_checked([str(cluster.bindir.program("pg_controldata")), str(cluster.datadir)],
+                                 "pg_controldata", env=cm.server_env())
+        self.redo_segment = next(ln.split(":", 1)[1].strip() for ln in control.splitlines()
+                                 if ln.startswith("Latest checkpoint's REDO WAL file"))
 
     def backup(self, v: Variant, res: Result) -> None:
         try:
@@ -348,7 +367,9 @@ class Bench:
         pg_ctl = str(self.pg_bin("pg_ctl"))
         cm.run_checked(cm.as_postgres([pg_ctl, "-D", str(dest), "-l", str(logfile), "-W", "-o",
                                        f"-p {port} -c lc_messages=C", "start"]), "pg_ctl start", env=cm.server_env())
-        self.wait_promoted(dest, port, logfile, t0)
+        # From t1: pg_ctl start -W does not wait for postmaster.pid, which wait_promoted's
+        # "the server exited" check looks for once 5 s have passed since the time it is given.
+        self.wait_promoted(dest, port, logfile, t1)
         t2 = time.monotonic()
         text = logfile.read_text(errors="replace")
         res.extra.update(layout_s=round(t1 - t0, 3), recovery_s=round(t2 - t1, 3),
@@ -431,12 +452,7 @@ class Bench:
         self.info["source_rows"] = gen["rows"]
         self.info["cluster_size_bytes"] = int(cluster.psql("SELECT sum(pg_database_size(oid)) FROM pg_database"))
         log(f"  {gen['db_size_bytes'] / MiB:,.0f} MiB in {gen['seconds']} s")
-        cm.wait_no_ready(cluster, 300)
-        cluster.stop()
-        control = cm.run_checked([str(cluster.bindir.program("pg_controldata")), str(cluster.datadir)],
-                                 "pg_controldata", env=cm.server_env())
-        self.redo_segment = next(ln.split(":", 1)[1].strip() for ln in control.splitlines()
-                                 if ln.startswith("Latest checkpoint's REDO WAL file"))
+        self.stop_source()
         for v in self.variants:
             self.step(f"backup:{v.key}", f"backup  {v.label}", functools.partial(self.backup, v))
         for v in self.variants:

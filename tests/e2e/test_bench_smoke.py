@@ -1,0 +1,82 @@
+"""Smoke test of the benchmarks, so that they do not rot: ``bench/perf.py --quick`` (every row of
+issue 12's table, tiny data, one round) runs to the end and its report has the promised shape.
+
+Only the structure is checked and that every row produced numbers, never the figures themselves:
+timings on a CI machine mean nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from support.pg_fixtures import pg_majors
+
+ROOT = Path(__file__).resolve().parents[2]
+ROWS = ["logical", "stored", "restore", "base", "base-restore", "base-mem", "wal-drain"]
+
+pytestmark = [
+    pytest.mark.pg,
+    pytest.mark.skipif(os.geteuid() != 0, reason="the benchmark runs servers and archivers as the postgres OS user"),
+]
+
+
+def _need(tool: str) -> None:
+    if shutil.which(tool) is None:
+        msg = f"{tool} is not installed (scripts/setup.sh installs it)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(msg, pytrace=False)
+        pytest.skip(msg)
+
+
+def test_perf_quick_reports_every_row_with_numbers(tmp_path: Path) -> None:
+    for tool in ("pgbackrest", "age", "age-keygen", "zstd", "gzip"):
+        _need(tool)
+    majors = pg_majors()
+    if not majors:
+        pytest.skip("no PostgreSQL server programs found (run scripts/setup.sh, source scripts/env.sh)")
+    major = 15 if 15 in majors else majors[-1]
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "perf.py"), "--quick", "--json", "--major", str(major)],
+                       capture_output=True, text=True, timeout=900, check=False)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    doc = json.loads(r.stdout)
+    assert doc["kind"] == "bench_perf" and doc["errors"] == []
+
+    # the issue's conditions, as the server reported them
+    cond = doc["info"]["conditions"]
+    assert {k: cond[k] for k in ("fsync", "synchronous_commit", "full_page_writes", "data_checksums")} == dict.fromkeys(
+        ("fsync", "synchronous_commit", "full_page_writes", "data_checksums"), "on")
+    assert (cond["shared_buffers"], cond["max_wal_size"]) == ("512MB", "4GB")
+    assert doc["info"]["quick"] is True and len(doc["rounds"]) == 1
+
+    # every step ran and measured; every row has a number, a goal and a verdict
+    steps = doc["rounds"][0]
+    for key in ("logical:pg_dump_fc", "logical:gzip", "logical:tuned", "logical:pgvault", "logical:restore_psql",
+                "logical:restore_j2", "backup:pgvault-age", "backup:pgvault-plain", "backup:pgbackrest",
+                "restore:pgvault-age", "restore:pgvault-plain", "restore:pgbackrest", "drain:pgvault-age",
+                "drain:pgvault-plain", "drain:pgbackrest", "drain:cp"):
+        assert steps[key].get("error") is None and steps[key]["wall_s"] > 0, (key, steps.get(key))
+    for key in ("drain:pgvault-age", "drain:pgbackrest", "drain:cp"):
+        assert steps[key]["segments"] >= 3 and steps[key]["cpu_s_per_segment"] >= 0
+    assert [row["key"] for row in doc["rows"]] == ROWS
+    for row in doc["rows"]:
+        assert isinstance(row["value"], int | float) and row["value"] > 0, row
+        assert row["goal"] and row["status"] in ("PASS", "MISS"), row
+        for ref in row["references"]:
+            assert isinstance(ref["value"], int | float), (row["key"], ref)
+
+    # the text report of the same run names every row with its goal and verdict
+    saved = tmp_path / "perf.json"
+    saved.write_text(r.stdout)
+    text = subprocess.run([sys.executable, str(ROOT / "bench" / "perf.py"), "--render", str(saved)],
+                          capture_output=True, text=True, timeout=60, check=True).stdout
+    for row in doc["rows"]:
+        line = next(ln for ln in text.splitlines() if ln.startswith(row["path"]))
+        assert row["goal"] in line and row["status"] in line, line
+    assert "data_checksums': 'on'" in text and "load average" in text
