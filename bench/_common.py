@@ -20,7 +20,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -380,3 +380,46 @@ __all__ = [
     "server_log_lines", "set_archive_command", "stop_datadir", "switch_and_wait", "tree_bytes", "wait_no_ready",
     "write_pgvault_config",
 ]
+
+
+def sample_scenario_main(argv: Sequence[str] | None, description: str, prefix: str, wal_help: str,
+                         run: Callable[[Any, Path, dict[str, Any]], None],
+                         report: Callable[[dict[str, Any]], list[str]], ready: Callable[[dict[str, Any]], bool],
+                         **extra: Any) -> int:
+    """The command line and the run of a disaster-scenario benchmark on the sample database
+    (``recover_table.py``, ``corruption.py``): ``run(args, base, info)`` fills ``info``; printed as
+    JSON (``--json``), else as JSON without the bulky keys plus ``report(info)`` when ``ready(info)``.
+    Exit 0, 1 if a step failed (named in ``info["error"]``), 130 on Ctrl-C; ``base`` is always removed."""
+    import argparse
+    import json
+    import platform
+
+    from support.pgcluster import postgres_tmpdir
+
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--major", type=int, default=15)
+    p.add_argument("--scale", type=int, default=920, help="sample scale (about 1.1 MB each; 920: about 1 GiB)")
+    p.add_argument("--wal-mb", type=int, default=256, help=wal_help)
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+    base = postgres_tmpdir(prefix)
+    info: dict[str, Any] = {"scale": args.scale, "wal_mb": args.wal_mb, "major": args.major,
+                            "machine": platform.machine(), "cpus": os.cpu_count(), **extra}
+    code = 0
+    try:
+        run(args, base, info)
+    except KeyboardInterrupt:
+        code = 130
+    except Exception as e:  # noqa: BLE001 - a report, not a test: say what failed
+        info["error"] = f"{type(e).__name__}: {e}"
+        log(f"FAILED: {info['error']}")
+        code = 1
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        print(json.dumps({k: v for k, v in info.items() if k not in ("steps", "phases")}, indent=2))
+        if ready(info):
+            print("\n".join(report(info)))
+    return code

@@ -36,9 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -51,7 +49,7 @@ import _common as cm  # noqa: E402
 import _datagen as datagen  # noqa: E402
 from _procs import MiB, StepError, log  # noqa: E402
 
-from support.pgcluster import PgCluster, PgClusterError, free_port, postgres_tmpdir  # noqa: E402
+from support.pgcluster import PgCluster, PgClusterError, free_port  # noqa: E402
 
 DB = "app"
 TABLES = ("organizations", "projects", "configs", "config_history")
@@ -287,33 +285,10 @@ def report(info: dict[str, Any]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--major", type=int, default=15)
-    p.add_argument("--scale", type=int, default=920, help="sample scale (about 1.1 MB each; 920: about 1 GiB)")
-    p.add_argument("--wal-mb", type=int, default=256, help="MiB of WAL written between the base backup and the damage")
-    p.add_argument("--json", action="store_true")
-    args = p.parse_args(argv)
-    base = postgres_tmpdir("pgvault-bench-corrupt-")
-    info: dict[str, Any] = {"scale": args.scale, "wal_mb": args.wal_mb, "major": args.major,
-                            "machine": platform.machine(), "cpus": os.cpu_count(), "load1_at_start": load1()}
-    code = 0
-    try:
-        run(args, base, info)
-    except KeyboardInterrupt:
-        code = 130
-    except Exception as e:  # noqa: BLE001 - a report, not a test: say what failed
-        info["error"] = f"{type(e).__name__}: {e}"
-        log(f"FAILED: {info['error']}")
-        code = 1
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
-    if args.json:
-        print(json.dumps(info, indent=2))
-    else:
-        print(json.dumps({k: v for k, v in info.items() if k != "steps"}, indent=2))
-        if info.get("steps") and "cluster_size_bytes" in info:
-            print("\n".join(report(info)))
-    return code
+    return cm.sample_scenario_main(argv, __doc__.split("\n\n")[0], "pgvault-bench-corrupt-",
+                                   "MiB of WAL written between the base backup and the damage", run, report,
+                                   lambda info: bool(info.get("steps")) and "cluster_size_bytes" in info,
+                                   load1_at_start=load1())
 
 
 if __name__ == "__main__":

@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -186,33 +185,9 @@ def model(info: dict[str, Any]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--major", type=int, default=15)
-    p.add_argument("--scale", type=int, default=920, help="sample scale (about 1.1 MB each; 920: about 1 GiB)")
-    p.add_argument("--wal-mb", type=int, default=256, help="MiB of WAL the workload writes between backup and DELETE")
-    p.add_argument("--json", action="store_true")
-    args = p.parse_args(argv)
-    base = postgres_tmpdir("pgvault-bench-recover-")
-    info: dict[str, Any] = {"scale": args.scale, "major": args.major, "machine": platform.machine(),
-                            "cpus": os.cpu_count()}
-    code = 0
-    try:
-        run(args, base, info)
-    except KeyboardInterrupt:
-        code = 130
-    except Exception as e:  # noqa: BLE001 - a report, not a test: say what failed
-        info["error"] = f"{type(e).__name__}: {e}"
-        log(f"FAILED: {info['error']}")
-        code = 1
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
-    if args.json:
-        print(json.dumps(info, indent=2))
-    else:
-        print(json.dumps({k: v for k, v in info.items() if k not in ("phases",)}, indent=2))
-        if "phases" in info:
-            print("\n".join(model(info)))
-    return code
+    return cm.sample_scenario_main(argv, __doc__.split("\n\n")[0], "pgvault-bench-recover-",
+                                   "MiB of WAL the workload writes between backup and DELETE", run, model,
+                                   lambda info: "phases" in info)
 
 
 if __name__ == "__main__":
