@@ -212,11 +212,18 @@ def test_ctrl_c_or_sigterm_stops_the_copying_threads_at_once(tmp_path: Path) -> 
     a.put_if_absent(layout.wal_meta(C, name), json.dumps(doc).encode())
     a.put_if_absent(key, out.getvalue())
     ctx = _ctx(SlowReads(a, 0.2), str(tmp_path / "a"), str(tmp_path / "b"))
+    # Python's own Ctrl-C handler for the test's duration: a process started in the background by a
+    # non-interactive shell (CI's `.ci/run &`) inherits SIGINT ignored, and Python then keeps it so.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT))  # what Ctrl-C does (SIGTERM: cli.interrupts)
     timer.start()
     t0 = time.monotonic()
-    with pytest.raises(KeyboardInterrupt):
-        sync_repository(ctx, "b", open_target=lambda _: b)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            sync_repository(ctx, "b", open_target=lambda _: b)
+    finally:
+        timer.cancel()
+        signal.signal(signal.SIGINT, previous)
     took = time.monotonic() - t0
     assert took < 3.0, f"the interrupted sync took {took:.1f}s to stop"
     record = newest_sync_record(b, C)
