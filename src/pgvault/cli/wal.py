@@ -116,7 +116,7 @@ def run_prefetch_daemon(args: argparse.Namespace) -> int:
 
 
 def register_find(wsub: Any, common: argparse.ArgumentParser) -> None:
-    from pgvault.policy.wal_find import DEFAULT_OPS, OPS
+    from pgvault.policy.wal_find_ops import DEFAULT_OPS, OPS
 
     f = wsub.add_parser("find", parents=[common],
                         help="find the committed transactions that deleted/updated/truncated/dropped a table's rows")

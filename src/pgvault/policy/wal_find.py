@@ -32,9 +32,9 @@ from typing import Any
 
 from pgvault.pg.wal import LSN
 from pgvault.policy.recover import qualified
+from pgvault.policy.wal_find_ops import DEFAULT_OPS as DEFAULT_OPS  # re-exported
+from pgvault.policy.wal_find_ops import OPS as OPS  # re-exported
 
-OPS = ("delete", "update", "truncate", "drop", "rewrite")
-DEFAULT_OPS = ("delete", "truncate", "drop")
 # Events kept at most (a busy table's every UPDATE would otherwise fill the memory).
 MAX_EVENTS = 10_000
 # Relation kinds whose rows live in a heap file of their own.
