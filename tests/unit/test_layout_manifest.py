@@ -442,7 +442,7 @@ def test_a_backup_in_parts_is_format_2_and_round_trips() -> None:
     assert single.to_json()["format"] == 1 and "parts" not in single.to_json()["databases"][0]
     entry = single.databases[0]
     part = DumpPart(object=stored("app (part 1)", "app.part1.dump.zst", 9000, 2000), tables=(("public", "users"),))
-    m = sample_manifest(databases=(DatabaseEntry(**{**entry.__dict__, "parts": (part,)}),))
+    m = sample_manifest(databases=(DatabaseEntry(**{**entry.__dict__, "parts": (part,)}), *single.databases[1:]))
     doc = m.to_json()
     assert doc["format"] == 2
     assert doc["databases"][0]["parts"][0]["tables"] == [["public", "users"]]
