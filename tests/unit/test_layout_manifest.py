@@ -14,9 +14,9 @@ from pgvault.errors import IntegrityError
 from pgvault.pipeline import PipelineSpec, StreamResult
 from pgvault.repository import layout
 from pgvault.repository.manifest import (
-    DumpPart,
     DatabaseEntry,
     DatabaseProperties,
+    DumpPart,
     Grant,
     LogicalManifest,
     StoredObject,

@@ -24,7 +24,6 @@ import datetime as dt
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,10 +35,11 @@ from pgvault import log
 from pgvault.errors import NotFoundError, PgvaultError, ToolError, UsageError
 from pgvault.operations.context import Context
 from pgvault.operations.logical import dbprops
+from pgvault.operations.parallel import run_parallel
 from pgvault.operations.progress import CountingReader
 from pgvault.pg.bindir import bindir_for_server
 from pgvault.pg.conn import ServerFacts, connect, connection, list_databases, server_facts
-from pgvault.pg.runner import Process, Runner
+from pgvault.pg.runner import Process, Runner, kill_all
 from pgvault.pipeline import PipelineSpec, write_stream
 from pgvault.policy.parallel_dump import DumpPlan, TableSize, plan_shares
 from pgvault.procs import hostname
@@ -213,40 +213,6 @@ def _lock_and_export(ctx: Context, snap: psycopg.Connection[Any], db: str, jobs:
     raise AssertionError("unreachable")
 
 
-class _Streams:
-    """pg_dump processes streaming side by side, one object each; any failure stops them all."""
-
-    def __init__(self, count: int) -> None:
-        self.procs: list[Process] = []
-        self.pool = ThreadPoolExecutor(max_workers=count, thread_name_prefix="dump-part")
-        self.futures: list[Future[StoredObject]] = []
-
-    def start(self, proc: Process, stream: Callable[[Process], StoredObject]) -> None:
-        self.procs.append(proc)
-        self.futures.append(self.pool.submit(stream, proc))
-
-    def results(self) -> list[StoredObject]:
-        try:
-            done, _ = wait(self.futures, return_when=FIRST_EXCEPTION)
-            failed = next((f for f in done if f.exception() is not None), None)
-            if failed is not None:
-                self.stop()
-                wait(self.futures)
-                raise failed.exception()  # type: ignore[misc]
-            return [f.result() for f in self.futures]
-        except BaseException:
-            # SIGTERM, Ctrl-C, a failed part: every pg_dump stops, every writer discards its object.
-            self.stop()
-            wait(self.futures, timeout=60)
-            raise
-        finally:
-            self.pool.shutdown(wait=False)
-
-    def stop(self) -> None:
-        for p in self.procs:
-            p.kill()
-
-
 def _dump_database(
     ctx: Context,
     runner: Runner,
@@ -259,6 +225,7 @@ def _dump_database(
 ) -> DatabaseEntry:
     snap = connect(ctx.conn, dbname=db, autocommit=False)
     counter: _Counter | None = None
+    procs: list[Process] = []
     try:
         snap.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         snap.read_only = True
@@ -275,26 +242,26 @@ def _dump_database(
             if counter.error is not None:
                 raise ToolError(f"counting rows of database {db!r} failed: {counter.error}")
 
-        def streamer(key: str, label: str, before_commit: Callable[[], None]) -> Callable[[Process], StoredObject]:
-            def stream(proc: Process) -> StoredObject:
-                return _stream_process(
-                    proc, ctx.storage, prefix + key, spec, ctx.settings.compression_threads, label, before_commit=before_commit
-                )
-
-            return stream
-
-        streams = _Streams(plan.jobs)
-        streams.start(
-            runner.start("pg_dump", [*base_args, *plan.main_args()], env=ctx.child_env(db)),
-            streamer(layout.database_object(db, spec.suffix()), db, counts_done),
-        )
-        for i in range(1, plan.jobs):
-            streams.start(
-                runner.start("pg_dump", [*base_args, *plan.data_args(i)], env=ctx.child_env(db)),
-                streamer(layout.database_part_object(db, i, spec.suffix()), f"{db} (part {i})", lambda: None),
+        def streamer(args: list[str], key: str, label: str, before_commit: Callable[[], None]) -> Callable[[], StoredObject]:
+            proc = runner.start("pg_dump", [*base_args, *args], env=ctx.child_env(db))
+            procs.append(proc)
+            return lambda: _stream_process(
+                proc, ctx.storage, prefix + key, spec, ctx.settings.compression_threads, label, before_commit=before_commit
             )
+
+        tasks = [streamer(plan.main_args(), layout.database_object(db, spec.suffix()), db, counts_done)]
+        tasks += [
+            streamer(plan.data_args(i), layout.database_part_object(db, i, spec.suffix()), f"{db} (part {i})", lambda: None)
+            for i in range(1, plan.jobs)
+        ]
         counter.start()
-        objs = streams.results()
+        if len(tasks) == 1:
+            objs = [tasks[0]()]
+        else:
+            objs = run_parallel(tasks, len(tasks), abort=lambda: kill_all(procs))
+    except BaseException:
+        kill_all(procs)  # some may have started but never reached a stream (a later start failed)
+        raise
     finally:
         if counter is not None and counter.is_alive():
             # Given up mid-count (pg_dump failed, SIGTERM): closing a connection another thread is
