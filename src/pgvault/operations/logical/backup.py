@@ -56,12 +56,15 @@ PART_MIN_BYTES = 16 * 1024 * 1024
 #: Times the tables are listed and locked again when one vanished in between (a DROP TABLE).
 _LOCK_ATTEMPTS = 3
 
+# Sizes for ``--jobs`` come from the statistics (pages of the table and its TOAST table, as pg_dump -j
+# orders its work), not pg_table_size(), which would wait for the lock of a table under ALTER.
 # Ordinary tables only: partitioned parents hold no rows of their own (their leaves are counted),
 # views and foreign tables are not dumped as data, and extension member tables are skipped by
 # pg_dump unless the extension marks them as configuration.
 _TABLES_SQL = """
-SELECT n.nspname, c.relname, greatest(c.reltuples, 0)::bigint, pg_table_size(c.oid)
-FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+SELECT n.nspname, c.relname, greatest(c.reltuples, 0)::bigint,
+       (c.relpages::bigint + coalesce(t.relpages, 0)) * current_setting('block_size')::bigint
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace LEFT JOIN pg_class t ON t.oid = c.reltoastrelid
 WHERE c.relkind = 'r' AND c.relpersistence <> 't'
   AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_toast%%'
   AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass
