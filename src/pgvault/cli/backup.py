@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     def human() -> str:
         rows = [
             (d.name, len(d.tables), sum(t.rows for t in d.tables), len(d.objects()),
-             human_bytes(sum(o.result.raw_size for o in d.objects())), human_bytes(sum(o.result.stored_size for o in d.objects())))
+             human_bytes(d.raw_size), human_bytes(d.stored_size))
             for d in m.databases
         ]
         head = (

@@ -104,7 +104,7 @@ class BackupFacts:
     @classmethod
     def of_logical(cls, m: LogicalManifest) -> BackupFacts:
         return cls("logical", m.backup_id, m.finished_at, m.duration_seconds, m.stored_size,
-                   tuple((d.name, sum(o.result.stored_size for o in d.objects())) for d in m.databases))
+                   tuple((d.name, d.stored_size) for d in m.databases))
 
     @classmethod
     def of_physical(cls, m: PhysicalManifest) -> BackupFacts:

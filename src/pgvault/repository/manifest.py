@@ -180,6 +180,14 @@ class DatabaseEntry:
         """The main dump, then its parts."""
         return [self.object, *(p.object for p in self.parts)]
 
+    @property
+    def raw_size(self) -> int:
+        return sum(o.result.raw_size for o in self.objects())
+
+    @property
+    def stored_size(self) -> int:
+        return sum(o.result.stored_size for o in self.objects())
+
     def part_of(self, schema: str, table: str) -> DumpPart | None:
         """The part holding the rows of ``schema.table`` (None: the main object holds them)."""
         return next((p for p in self.parts if (schema, table) in p.tables), None)

@@ -316,8 +316,8 @@ def backup(ctx: Context, req: BackupRequest) -> LogicalManifest:
         for db in plan.databases:
             entry = _dump_database(ctx, runner, prefix, spec, db, plan.db_meta[db], req.exact_row_counts, req.jobs)
             logger.info(
-                "%s: %d bytes dumped, %d stored, %d tables, %d object(s)", db, sum(o.result.raw_size for o in entry.objects()),
-                sum(o.result.stored_size for o in entry.objects()), len(entry.tables), len(entry.objects()),
+                "%s: %d bytes dumped, %d stored, %d tables, %d object(s)", db, entry.raw_size,
+                entry.stored_size, len(entry.tables), len(entry.objects()),
             )
             entries.append(entry)
         manifest = LogicalManifest(
