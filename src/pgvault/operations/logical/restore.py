@@ -289,18 +289,23 @@ class _Restorer:
             spool.remove()
 
     def _restore_parts(self, runner: Runner, entry: DatabaseEntry, target: str, args: list[str], env: dict[str, str]) -> None:
-        """A ``backup --jobs`` database: the main dump's definitions and data, then every part's
-        data (``--jobs`` at a time), then the main dump's post-data (indexes, constraints) from
-        its spool.  Each object is verified as it streams; a mismatch kills its pg_restore, and
-        the scratch database it loads into is never renamed into place."""
+        """A ``backup --jobs`` database: the main dump's definitions (streamed, and spooled on the
+        way), then its data and every part's data side by side (``--jobs`` at a time), then its
+        post-data (indexes, constraints) from the spool.  Each object is verified as it streams;
+        a mismatch kills its pg_restore, and the scratch database it loads into is never renamed
+        into place."""
         spool = self.new_spool(entry.object)
         try:
-            proc = runner.start("pg_restore", [*args, "--section=pre-data", "--section=data"], env=env, stdin=True, stdout=False)
+            proc = runner.start("pg_restore", [*args, "--section=pre-data"], env=env, stdin=True, stdout=False)
             self.stream_into(entry.object, proc, tee=spool)
             spool.close()
-            self._finish(proc, f"into {target!r}")
-
+            self._finish(proc, f"(pre-data) into {target!r}")
             procs: list[Process] = []
+
+            def main_data() -> None:
+                proc = runner.start("pg_restore", [*args, "--section=data", spool.path], env=env, stdout=False)
+                procs.append(proc)
+                self._finish(proc, f"(data) into {target!r}")
 
             def loader(part: DumpPart) -> Callable[[], None]:
                 def load() -> None:
@@ -311,7 +316,7 @@ class _Restorer:
 
                 return load
 
-            run_parallel([loader(p) for p in entry.parts], self.req.jobs, abort=lambda: kill_all(procs))
+            run_parallel([main_data, *(loader(p) for p in entry.parts)], self.req.jobs, abort=lambda: kill_all(procs))
             post = [*args, "--section=post-data", f"--jobs={self.req.jobs}", spool.path]
             self._finish(runner.start("pg_restore", post, env=env, stdout=False), f"(post-data) into {target!r}")
         finally:
