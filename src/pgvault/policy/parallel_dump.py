@@ -16,8 +16,10 @@ orders them itself).
 Tables are dealt out largest first, each to the share with the fewest bytes so far (LPT scheduling:
 the longest share is at most 4/3 of the best possible split, and exactly the largest table whenever
 one table outweighs the rest).  A table is a unit: its rows are never split between workers, so the
-wall time can never be less than the time of the largest table.  Sizes are ``pg_table_size`` (heap +
-TOAST: what pg_dump reads; indexes are not dumped).  Partitions are tables of their own (the data
+wall time can never be less than the time of the largest table.  Sizes are the pages of the heap and
+its TOAST table from the statistics (what pg_dump reads; indexes are not dumped; pg_dump -j orders
+its work the same way, and reading them takes no lock); a table never vacuumed or analyzed counts as
+empty and stays in the main dump.  Partitions are tables of their own (the data
 lives in the leaves), so a partitioned table spreads over the workers.
 
 Names reach pg_dump as patterns; inside double quotes every character of a pattern is literal
