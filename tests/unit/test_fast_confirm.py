@@ -273,14 +273,16 @@ def test_the_fast_path_prints_what_the_full_command_prints(sp: Spool, monkeypatc
 
 
 def test_the_fast_path_imports_no_more_than_it_needs(sp: Spool) -> None:
-    """The point of it: no argparse, config, YAML, pipeline, json or pathlib on the confirming path."""
+    """The point of it: no argparse, config, YAML, pipeline, json or pathlib on the confirming path
+    (beyond what this interpreter's start-up imports anyway)."""
     fp = confirm.fingerprint(config=None, cluster=None, repository=None, pgdata=None, cwd=str(sp.data), environ={})
     assert fp
     confirm.remember(str(sp.data), fp, str(sp.spool), 4.0)
     sp.record()
-    code = ("import sys; from pgvault.entry import main; rc = main(); "
-            "bad = sorted(m for m in sys.modules if m in ('argparse', 'yaml', 'json', 'pathlib', 're', 'typing', "
-            "'hashlib', 'pgvault.cli', 'pgvault.config', 'pgvault.pipeline')); print(rc, bad, file=sys.stderr)")
+    heavy = ("argparse", "yaml", "json", "pathlib", "re", "typing", "hashlib", "pgvault.cli", "pgvault.config",
+             "pgvault.pipeline")
+    code = (f"import sys; before = set(sys.modules); from pgvault.entry import main; rc = main(); "
+            f"print(rc, sorted(m for m in {heavy!r} if m in sys.modules and m not in before), file=sys.stderr)")
     env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(SRC)}
     out = subprocess.run([sys.executable, "-c", code, "wal", "push", f"pg_wal/{NAME}"],
                          cwd=sp.data, env=env, capture_output=True, text=True, check=False)
