@@ -56,9 +56,9 @@ _EXCLUDE_FILES = {
 }
 # Per part: tarfile's copy buffer, its stream buffer and the pipeline's chunks (and the age batches
 # made of them) are each about this size, and several of each are alive at once in every part.
-# 256 KiB keeps a part's buffers to a few MiB (1 MiB made them a third of the peak memory); the
-# hand-overs it adds cost microseconds per chunk.
-_COPY_BUF = 256 << 10
+# 128 KiB keeps a part's buffers to about a MiB (1 MiB made them ~20 MiB of the peak for two
+# parts); the CPU cost of the extra hand-overs was below what could be measured here.
+_COPY_BUF = 128 << 10
 _ZSTD_JOB = 1 << 20  # per zstd worker job: bounds its buffers (see basebackup())
 
 
