@@ -314,7 +314,7 @@ def basebackup(ctx: Context, *, pgdata: str | None = None, fast: bool = True, ar
                 others += [None] * (parts - 1)
                 # The parts are the parallelism.  Each hands its compression to one zstd worker
                 # taking 1 MiB jobs: the part's thread reads, hashes and encrypts meanwhile, and
-                # it costs ~20% less CPU than compressing in that thread (fewer GIL hand-overs).
+                # that cost ~20% less CPU here than compressing in the part's own thread.
                 # zstd's default jobs (several window sizes each, in and out) made ~50 MiB per
                 # part, two thirds of the peak; compression.threads workers per part only
                 # multiplied that once every core runs a part.
