@@ -8,9 +8,12 @@ is.  Imports only the standard library, so the per-segment ``wal push`` foregrou
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import fcntl
 import hashlib
 import os
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -26,6 +29,58 @@ def fsync_path(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _load_syncfs() -> Callable[[int], int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True).syncfs
+    except (OSError, AttributeError):
+        return None
+
+
+_SYNCFS = _load_syncfs()
+
+
+class TreeSync:
+    """Makes everything written below ``root`` durable with one call at the end, however many files.
+
+    Create it *before* the files are written and call :meth:`sync` after.  On Linux that is one
+    ``syncfs(2)`` of ``root``'s file system instead of one fsync, and one journal commit, per file
+    (PostgreSQL's ``recovery_init_sync_method = syncfs`` does the same at start-up); since Linux 5.8
+    it reports every writeback error on that file system since the descriptor was opened, which is
+    why it is opened first: nothing written meanwhile can fail silently.  Elsewhere every file and
+    directory below ``root`` is fsynced, then ``root``'s parent.  Raises :class:`OSError`."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+
+    def sync(self) -> None:
+        if _SYNCFS is not None:
+            if _SYNCFS(self._fd) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, os.strerror(err), str(self.root))
+            return
+        for dirpath, _dirnames, filenames in os.walk(self.root, topdown=False):
+            for name in filenames:
+                path = Path(dirpath) / name
+                if not path.is_symlink():
+                    fsync_path(path)
+            fsync_path(Path(dirpath))
+        fsync_path(self.root.parent)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> TreeSync:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 @contextmanager

@@ -53,8 +53,9 @@ class Codec(ABC):
         return None
 
     @abstractmethod
-    def compressing_writer(self, sink: SupportsWrite, *, level: int | None, threads: int) -> PushStage:
-        """Return a stage that pushes the compressed form of what it is given into ``sink``."""
+    def compressing_writer(self, sink: SupportsWrite, *, level: int | None, threads: int, job_size: int = 0) -> PushStage:
+        """Return a stage that pushes the compressed form of what it is given into ``sink``
+        (``threads`` and ``job_size``: see :func:`~pgvault.pipeline.open_writer`)."""
 
     @abstractmethod
     def decompressing_reader(self, source: SupportsRead, *, chunk_size: int) -> PullStage:
@@ -275,13 +276,18 @@ class _Zstd(Codec):
     min_level = 1
     max_level = 22
 
-    def compressing_writer(self, sink: SupportsWrite, *, level: int | None, threads: int) -> PushStage:
+    def compressing_writer(self, sink: SupportsWrite, *, level: int | None, threads: int, job_size: int = 0) -> PushStage:
         # write_checksum: the frame carries a checksum of the content, so `zstd -d` alone detects
         # corruption even without pgvault's manifest.  threads=0 compresses in the calling thread;
         # N >= 1 runs N zstd workers that work while this thread hashes and encrypts.
-        cctx = zstandard.ZstdCompressor(
-            level=self.default_level if level is None else level, threads=threads, write_checksum=True
-        )
+        level = self.default_level if level is None else level
+        if threads and job_size:
+            # zstd's workers each hold whole jobs in and out (by default several window sizes:
+            # ~50 MiB per stream at level 3); a smaller job bounds that.
+            params = zstandard.ZstdCompressionParameters.from_level(level, threads=threads, job_size=job_size,
+                                                                     write_checksum=True)
+            return _ZstdCompressor(zstandard.ZstdCompressor(compression_params=params), sink)
+        cctx = zstandard.ZstdCompressor(level=level, threads=threads, write_checksum=True)
         return _ZstdCompressor(cctx, sink)
 
     def decompressing_reader(self, source: SupportsRead, *, chunk_size: int) -> PullStage:
@@ -358,7 +364,7 @@ class _Gzip(Codec):
     min_level = 0  # 0 = stored blocks: still a valid gzip file
     max_level = 9
 
-    def compressing_writer(self, sink: SupportsWrite, *, level: int | None, threads: int) -> PushStage:
+    def compressing_writer(self, sink: SupportsWrite, *, level: int | None, threads: int, job_size: int = 0) -> PushStage:
         level = self.default_level if level is None else level
         return _Compressor(zlib.compressobj(level, zlib.DEFLATED, _GZIP_WBITS), sink)
 
@@ -375,7 +381,7 @@ class _NoCompression(Codec):
     # Nothing marks the end of an uncompressed stream: only the manifest's size and sha256
     # (open_reader's `expected`) can tell a truncated copy from a complete one.
 
-    def compressing_writer(self, sink: SupportsWrite, *, level: int | None, threads: int) -> PushStage:
+    def compressing_writer(self, sink: SupportsWrite, *, level: int | None, threads: int, job_size: int = 0) -> PushStage:
         return PassThroughWriter(sink)
 
     def decompressing_reader(self, source: SupportsRead, *, chunk_size: int) -> PullStage:

@@ -35,7 +35,8 @@ _CHUNK = 1 << 20
 # --- writing -----------------------------------------------------------------------------------
 
 
-def open_writer(sink: SupportsWrite, spec: PipelineSpec, *, threads: int = 0, chunk_size: int = _CHUNK) -> PipelineWriter:
+def open_writer(sink: SupportsWrite, spec: PipelineSpec, *, threads: int = 0, chunk_size: int = _CHUNK,
+                job_size: int = 0) -> PipelineWriter:
     """A writable binary file: the raw bytes written into it reach ``sink.write`` in their stored
     form (``spec``'s compression, then encryption).
 
@@ -45,8 +46,9 @@ def open_writer(sink: SupportsWrite, spec: PipelineSpec, *, threads: int = 0, ch
     a context manager it closes on normal exit and :meth:`~PipelineWriter.abort`\\ s on an
     exception, so a failed producer never finishes a stream.  ``threads`` is the number of zstd
     worker threads: 0 compresses in the writing thread, N >= 1 hands compression to N workers so
-    it overlaps with hashing and encryption (ignored by other codecs).  Small writes are
-    collected into ``chunk_size`` pieces before they pass the stages.
+    it overlaps with hashing and encryption (ignored by other codecs); ``job_size`` (bytes, 0 =
+    zstd's default) is how much each worker takes at a time, which bounds their memory.  Small
+    writes are collected into ``chunk_size`` pieces before they pass the stages.
 
     Raises :class:`ConfigError` for an invalid spec (every problem listed).  Exceptions from
     ``sink`` propagate unchanged from the ``write``/``close`` that caused them; the writer is then
@@ -56,14 +58,15 @@ def open_writer(sink: SupportsWrite, spec: PipelineSpec, *, threads: int = 0, ch
     if problems:
         raise ConfigError(problems)
     _check_tuning(chunk_size, threads)
-    return PipelineWriter(sink, get_codec(spec.compression), get_scheme(spec.encryption), spec, threads, chunk_size)
+    return PipelineWriter(sink, get_codec(spec.compression), get_scheme(spec.encryption), spec, threads, chunk_size,
+                          job_size)
 
 
 class PipelineWriter(io.RawIOBase):
     """See :func:`open_writer`."""
 
     def __init__(self, sink: SupportsWrite, codec: Codec, scheme: EncryptionScheme, spec: PipelineSpec, threads: int,
-                 chunk_size: int) -> None:
+                 chunk_size: int, job_size: int = 0) -> None:
         super().__init__()
         self._chunk_size = chunk_size
         self._pending = bytearray()  # small writes, collected up to chunk_size
@@ -76,7 +79,8 @@ class PipelineWriter(io.RawIOBase):
             # Otherwise the stored bytes are the raw bytes: hashed once, not twice.
             self._stored = DigestWriter(sink)
             encryptor = scheme.encrypting_writer(self._stored, spec.recipients, chunk_size=chunk_size)
-            self._stages = [codec.compressing_writer(encryptor, level=spec.level, threads=threads), encryptor]
+            self._stages = [codec.compressing_writer(encryptor, level=spec.level, threads=threads, job_size=job_size),
+                            encryptor]
             self._raw = DigestWriter(self._stages[0])
 
     def writable(self) -> bool:

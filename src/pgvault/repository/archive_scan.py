@@ -127,6 +127,9 @@ def wait_until_archived(storage: Storage, cluster: str, names: list[str], timeou
     """Block until every file in ``names`` is in this repository (its checksum record exists)."""
     deadline = time.monotonic() + timeout
     missing = list(names)
+    # The last segment is usually archived a fraction of a second after the backup stopped: look
+    # again soon, then less and less often (a fixed 0.5 s wasted 0.25 s per backup on average).
+    pause = 0.02
     while missing:
         still = []
         for name in missing:
@@ -142,4 +145,5 @@ def wait_until_archived(storage: Storage, cluster: str, names: list[str], timeou
                     f"did not reach {storage.url} within {timeout:.0f}s",
                     hint="is archive_command = 'pgvault wal push %p' set, with the same repository and cluster?",
                 )
-            time.sleep(0.5)
+            time.sleep(pause)
+            pause = min(pause * 2, 0.5)

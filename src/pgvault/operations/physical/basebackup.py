@@ -22,7 +22,7 @@ import stat
 import tarfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -54,7 +54,12 @@ _EXCLUDE_FILES = {
     "tablespace_map", "backup_manifest", "standby.signal", "recovery.signal", "current_logfiles",
     "postgresql.auto.conf.tmp",
 }
-_COPY_BUF = 1 << 20
+# Per part: tarfile's copy buffer, its stream buffer and the pipeline's chunks (and the age batches
+# made of them) are each about this size, and several of each are alive at once in every part.
+# 128 KiB keeps a part's buffers to about a MiB (1 MiB made them ~20 MiB of the peak for two
+# parts); the CPU cost of the extra hand-overs was below what could be measured here.
+_COPY_BUF = 128 << 10
+_ZSTD_JOB = 1 << 20  # per zstd worker job: bounds its buffers (see basebackup())
 
 
 class _Cancelled(PgvaultError):
@@ -104,34 +109,63 @@ def _walk(root: Path, *, exclude_contents: bool) -> Iterator[Path]:
             yield Path(dirpath) / name
 
 
-def split_parts(root: Path, paths: Iterator[Path], parts: int) -> list[list[Path]]:
-    """Spread the regular files over ``parts`` lists of about equal size (each file to the part
-    with the fewest bytes so far, in walk order); directories and links go to the first part.
+def split_parts(root: Path, paths: Iterator[Path]) -> tuple[list[Path], SharedFiles]:
+    """The entries of the first part (directories and links, in walk order) and the regular files,
+    which every part takes from as it goes (:class:`SharedFiles`).
 
     Each part is a tar of its own, written and restored in parallel.  Every part is a complete tar
     that ``tar -x`` unpacks on its own (it creates missing parent directories), in any order."""
-    out: list[list[Path]] = [[] for _ in range(max(1, parts))]
-    load = [0] * len(out)
+    first: list[Path] = []
+    files: list[tuple[int, Path]] = []
     for path in paths:
         try:
             st = os.lstat(path)
         except FileNotFoundError:
             continue
-        if not stat.S_ISREG(st.st_mode):
-            out[0].append(path)
-            continue
-        i = load.index(min(load))
-        out[i].append(path)
-        load[i] += st.st_size
-    return out
+        if stat.S_ISREG(st.st_mode):
+            files.append((st.st_size, path))
+        else:
+            first.append(path)
+    return first, SharedFiles(files)
 
 
-def _write_tar(out: PipelineWriter, root: Path, paths: list[Path], *, base: bool, extra: Callable[[], dict[str, bytes]],
+class SharedFiles:
+    """The regular files of one tar stream set, handed out one at a time to whichever part asks
+    next, largest first.
+
+    A fixed split by size left one part compressing for seconds after the other had finished: the
+    same number of bytes costs very different CPU (incompressible TOAST or index pages against
+    empty heap pages).  Taking files as they go, and the large ones first, keeps every part busy
+    until the last small files, whatever the data."""
+
+    def __init__(self, files: list[tuple[int, Path]]) -> None:
+        self._files = [p for _, p in sorted(files, key=lambda f: -f[0])]  # stable: walk order among equals
+        self._next = 0
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._files)
+
+    def take(self) -> Path | None:
+        with self._lock:
+            if self._next >= len(self._files):
+                return None
+            self._next += 1
+            return self._files[self._next - 1]
+
+    def paths(self, first: Iterable[Path] = ()) -> Iterator[Path]:
+        """``first``, then files taken one at a time until none is left."""
+        yield from first
+        while (path := self.take()) is not None:
+            yield path
+
+
+def _write_tar(out: PipelineWriter, root: Path, paths: Iterable[Path], *, base: bool, extra: Callable[[], dict[str, bytes]],
                cancel: threading.Event) -> int:
     """Stream ``paths`` (below ``root``) as a tar into ``out``; ``extra()`` supplies files appended at the end."""
     count = 0
     # bufsize: tarfile's stream mode slices its buffer into bufsize writes, copying what is left
-    # each time; with the default 10 KiB every 1 MiB copied in was copied ~50 times over.
+    # each time; with the default 10 KiB every copy buffer was copied ~25 times over.
     with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT, bufsize=_COPY_BUF) as tar:
         tar.copybufsize = _COPY_BUF  # type: ignore[attr-defined]
         for path in paths:
@@ -179,18 +213,21 @@ def _write_tar(out: PipelineWriter, root: Path, paths: list[Path], *, base: bool
 
 def _stream_tar(
     ctx: Context, key: str, label: str, root: Path, spec: PipelineSpec, *, base: bool,
-    extra: Callable[[], dict[str, bytes]] = dict, paths: list[Path] | None = None, cancel: threading.Event | None = None,
+    extra: Callable[[], dict[str, bytes]] = dict, paths: Iterable[Path] | None = None, cancel: threading.Event | None = None,
+    threads: int | None = None,
 ) -> tuple[StoredObject, int]:
     """Tar ``root`` into ``key``, in this thread: tarfile writes into the pipeline's file object,
-    which pushes the stored form into the storage writer.
+    which pushes the stored form into the storage writer.  ``threads``: zstd workers of this stream
+    (default: the configured ``compression.threads``).
 
     ``cancel`` is shared by every part of one backup: set when any of them fails (or the run is
     interrupted), so the others stop too and abort their objects.  On any failure the pipeline
     stream is dropped unfinished and the object aborted (S3: AbortMultipartUpload)."""
     cancel = cancel or threading.Event()
+    threads = ctx.settings.compression_threads if threads is None else threads
     try:
         with ctx.storage.open_write(key) as writer:
-            with open_writer(writer, spec, threads=ctx.settings.compression_threads) as out:
+            with open_writer(writer, spec, threads=threads, chunk_size=_COPY_BUF, job_size=_ZSTD_JOB) as out:
                 members = paths if paths is not None else list(_walk(root, exclude_contents=base))
                 files = _write_tar(out, root, members, base=base, extra=extra, cancel=cancel)
     except BaseException:
@@ -272,18 +309,27 @@ def basebackup(ctx: Context, *, pgdata: str | None = None, fast: bool = True, ar
                         files["tablespace_map"] = stopped["spcmap"].encode()
                     return files
 
-                groups = split_parts(data_dir, _walk(data_dir, exclude_contents=True), ctx.settings.backup_parallel)
-                others += [None] * (len(groups) - 1)
+                first, shared = split_parts(data_dir, _walk(data_dir, exclude_contents=True))
+                parts = ctx.settings.backup_parallel
+                others += [None] * (parts - 1)
+                # The parts are the parallelism.  Each hands its compression to one zstd worker
+                # taking 1 MiB jobs: the part's thread reads, hashes and encrypts meanwhile, and
+                # that cost ~20% less CPU here than compressing in the part's own thread.
+                # zstd's default jobs (several window sizes each, in and out) made ~50 MiB per
+                # part, two thirds of the peak; compression.threads workers per part only
+                # multiplied that once every core runs a part.
+                threads = ctx.settings.compression_threads if parts == 1 else min(1, ctx.settings.compression_threads)
 
                 def other_part(i: int) -> None:
                     try:
                         others[i - 1] = _stream_tar(ctx, f"{prefix}base-{i}.tar{spec.suffix()}", f"base part {i}",
-                                                    data_dir, spec, base=True, paths=groups[i], cancel=cancel)
+                                                    data_dir, spec, base=True, paths=shared.paths(), cancel=cancel,
+                                                    threads=threads)
                     except BaseException as e:  # noqa: BLE001 - re-raised below
                         others[i - 1] = e
 
                 workers += [threading.Thread(target=other_part, args=(i,), name=f"base-part-{i}", daemon=True)
-                            for i in range(1, len(groups))]
+                            for i in range(1, parts)]
                 for worker in workers:
                     worker.start()
 
@@ -295,7 +341,8 @@ def basebackup(ctx: Context, *, pgdata: str | None = None, fast: bool = True, ar
                     return stop()
 
                 base_obj, base_files = _stream_tar(ctx, f"{prefix}base.tar{spec.suffix()}", "base", data_dir, spec,
-                                                   base=True, extra=stop_after_all_parts, paths=groups[0], cancel=cancel)
+                                                   base=True, extra=stop_after_all_parts, paths=shared.paths(first), cancel=cancel,
+                                                   threads=threads)
                 for worker in workers:
                     worker.join()
                 base_parts = []

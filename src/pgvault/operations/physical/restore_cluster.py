@@ -44,7 +44,7 @@ from pgvault.errors import (
     UsageError,
     error_of_kind,
 )
-from pgvault.fs import fsync_path, write_atomic
+from pgvault.fs import TreeSync, fsync_path, write_atomic
 from pgvault.operations.context import Context, build_context
 from pgvault.operations.physical import recovery
 from pgvault.operations.physical.recovery import RecoveryOutcome, stop_server
@@ -342,6 +342,7 @@ def _layout(ctx: Context, opts: RestoreOptions, plan: Plan | None) -> RestoreClu
     if any(h == data_dir or data_dir in h.parents or h in data_dir.parents for h in homes.values()):
         raise UsageError("a tablespace location must not be inside the data directory, nor contain it")
     created: list[Path] = []
+    syncs: list[TreeSync] = []
     t0 = time.monotonic()
     _prepare(data_dir, "data directory", opts.force, created)
     try:
@@ -349,6 +350,10 @@ def _layout(ctx: Context, opts: RestoreOptions, plan: Plan | None) -> RestoreClu
             # Never emptied, even with --force: on the production host the recorded location is the
             # live cluster's tablespace, and nothing in it says so (no postmaster.pid).
             _prepare(home, "tablespace location", False, created)
+        # Opened before anything is unpacked, so that the sync at the end reports any write-back
+        # error since (fs.TreeSync): the files are fsynced as they are written, the directories
+        # are not, and os.sync() reported nothing (and flushed every file system of the host).
+        syncs = [TreeSync(p) for p in (data_dir, *homes.values())]
         jobs = [(o, data_dir, True) for o in (b.base, *b.base_parts)]
         jobs += [(t.object, homes[t.oid], False) for t in b.tablespaces]
         t_unpack = time.monotonic()
@@ -382,7 +387,11 @@ def _layout(ctx: Context, opts: RestoreOptions, plan: Plan | None) -> RestoreClu
         _chown_like(written, owner_ref)
         _chown_like([data_dir, *homes.values()], owner_ref, trees=True)
         t_sync = time.monotonic()
-        os.sync()
+        for tree in syncs:
+            try:
+                tree.sync()
+            except OSError as e:
+                raise IntegrityError(f"cannot flush the restored files in {tree.root} to disk: {e}") from None
         logger.info("laid out in %.1fs: unpacking %.1fs (%d objects, %d at a time), sync %.1fs",
                     time.monotonic() - t0, t_sync - t_unpack, len(jobs), min(ctx.settings.backup_parallel, len(jobs)),
                     time.monotonic() - t_sync)
@@ -390,6 +399,9 @@ def _layout(ctx: Context, opts: RestoreOptions, plan: Plan | None) -> RestoreClu
         for path in reversed(created):
             shutil.rmtree(path, ignore_errors=True)
         raise
+    finally:
+        for tree in syncs:
+            tree.close()
     return RestoreClusterResult(plan, data_dir, {oid: str(h) for oid, h in homes.items()}, settings, time.monotonic() - t0)
 
 
