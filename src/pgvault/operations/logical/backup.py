@@ -5,15 +5,16 @@ pg_dump's own compression off, so our pipeline compresses it once, with zstd, in
 than pg_dump.  The bytes flow pg_dump → digest → compress → encrypt → digest → repository object;
 nothing is buffered whole and nothing unencrypted touches local disk.
 
-Row counts are exact and consistent with the dump: we open a REPEATABLE READ transaction, export
-its snapshot, hand it to ``pg_dump --snapshot`` and count every table in that same transaction
-while pg_dump streams, so the counts describe precisely the rows in the archive.
+Row counts are exact and describe precisely the rows in the archive: they are counted in the
+archive itself as it streams past (:mod:`pgvault.pg.dump_archive`: one line of COPY text per row),
+at no cost to the server.  We open a REPEATABLE READ transaction, export its snapshot and hand it
+to ``pg_dump --snapshot``; a table the stream cannot account for is counted with count(*) in that
+same transaction once pg_dump is done, so the counts are exact either way.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -30,8 +31,10 @@ from pgvault.operations.logical import dbprops
 from pgvault.operations.progress import CountingReader
 from pgvault.pg.bindir import bindir_for_server
 from pgvault.pg.conn import ServerFacts, connect, connection, list_databases, server_facts
+from pgvault.pg.dump_archive import ArchiveFormatError, RowCounter
 from pgvault.pg.runner import Process, Runner
 from pgvault.pipeline import PipelineSpec, write_stream
+from pgvault.pipeline.digest import SupportsRead
 from pgvault.procs import hostname
 from pgvault.repository import layout
 from pgvault.repository.cluster import ensure_cluster
@@ -121,12 +124,15 @@ def _stream_process(
     label: str,
     *,
     before_commit: Callable[[], None] = lambda: None,
+    wrap: Callable[[SupportsRead], SupportsRead] = lambda source: source,
 ) -> StoredObject:
-    """Stream a program's stdout through the pipeline into ``key``; commit only if it succeeded."""
+    """Stream a program's stdout through the pipeline into ``key``; commit only if it succeeded.
+
+    ``wrap`` may put an observer between the program and the pipeline (it runs in this thread)."""
     name = key.rsplit("/", 1)[-1]
     try:
         with storage.open_write(key) as writer:
-            result = write_stream(CountingReader(proc.stdout, label), writer, spec, threads=threads)
+            result = write_stream(wrap(CountingReader(proc.stdout, label)), writer, spec, threads=threads)
             proc.check()
             before_commit()
     except BaseException:
@@ -145,36 +151,66 @@ def _dump_globals(ctx: Context, runner: Runner, prefix: str, spec: PipelineSpec,
     return _stream_process(proc, ctx.storage, key, spec, ctx.settings.compression_threads, "globals")
 
 
-class _Counter(threading.Thread):
-    """Counts rows of every table inside the snapshot-exporting transaction, beside pg_dump."""
+class _RowCountingReader:
+    """pg_dump's stdout as the pipeline pulls it, every byte shown to the archive's row counter.
 
-    def __init__(self, conn: psycopg.Connection[Any], tables: Sequence[tuple[str, str, int]], exact: bool) -> None:
-        super().__init__(name="row-counter", daemon=True)
-        self.conn = conn
-        self.tables = tables
-        self.exact = exact
-        self.counts: list[TableCount] = []
-        self.error: BaseException | None = None
+    The counter never changes or holds the bytes; a format it cannot follow only switches it off
+    (``error``), and the backup then counts those tables in the snapshot instead."""
 
-    def run(self) -> None:
-        try:
-            for schema, name, estimate in self.tables:
-                if self.exact:
-                    q = sql.SQL("SELECT count(*) FROM ONLY {}.{}").format(sql.Identifier(schema), sql.Identifier(name))
-                    row = self.conn.execute(q).fetchone()
-                    rows = int(row[0]) if row else 0
-                else:
-                    rows = estimate
-                self.counts.append(TableCount(schema, name, rows))
-        except BaseException as e:  # noqa: BLE001 - handed to the main thread
-            self.error = e
+    def __init__(self, source: SupportsRead) -> None:
+        self._source = source
+        self.counter = RowCounter()
+        self.error: ArchiveFormatError | None = None
+
+    def read(self, size: int = -1, /) -> bytes:
+        data = self._source.read(size)
+        if data and self.error is None:
+            try:
+                self.counter.feed(data)
+            except ArchiveFormatError as exc:
+                self.error = exc
+        return data
+
+    def rows(self) -> dict[tuple[str, str], int]:
+        """Rows per (schema, table) of the archive's TABLE DATA blocks; {} if it could not tell."""
+        if self.error is None:
+            try:
+                return {(t.schema, t.name): t.rows for t in self.counter.finish()}
+            except ArchiveFormatError as exc:
+                self.error = exc
+        return {}
+
+
+def _count_in_snapshot(conn: psycopg.Connection[Any], schema: str, name: str) -> int:
+    q = sql.SQL("SELECT count(*) FROM ONLY {}.{}").format(sql.Identifier(schema), sql.Identifier(name))
+    row = conn.execute(q).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _row_counts(
+    snap: psycopg.Connection[Any], db: str, tables: Sequence[tuple[str, str, int]], stream: _RowCountingReader | None
+) -> list[TableCount]:
+    """The manifest's counts: from the archive itself when exact, else the planner's estimates.
+
+    A table the archive holds no data block for, or every table when the counter could not read
+    the archive, is counted with count(*) in the dump's snapshot (still open), so the counts stay
+    exact either way; only the cost differs."""
+    if stream is None:
+        return [TableCount(schema, name, estimate) for schema, name, estimate in tables]
+    archived = stream.rows()
+    if stream.error is not None:
+        log.get().warning("%s: counting rows in the snapshot instead of the dump stream (%s)", db, stream.error)
+    counts = []
+    for schema, name, _ in tables:
+        rows = archived.get((schema, name))
+        counts.append(TableCount(schema, name, _count_in_snapshot(snap, schema, name) if rows is None else rows))
+    return counts
 
 
 def _dump_database(
     ctx: Context, runner: Runner, prefix: str, spec: PipelineSpec, db: str, meta: tuple[str, str, str, int], exact: bool
 ) -> DatabaseEntry:
     snap = connect(ctx.conn, dbname=db, autocommit=False)
-    counter: _Counter | None = None
     try:
         snap.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         snap.read_only = True
@@ -188,26 +224,28 @@ def _dump_database(
         proc = runner.start(
             "pg_dump", ["--format=custom", "--compress=0", f"--snapshot={snapshot}", "--no-password"], env=ctx.child_env(db)
         )
-        counter = _Counter(snap, tables, exact)
-        counter.start()
+        stream: _RowCountingReader | None = None
 
-        def counts_done() -> None:
-            counter.join()
-            if counter.error is not None:
-                raise ToolError(f"counting rows of database {db!r} failed: {counter.error}")
+        def counting(source: SupportsRead) -> SupportsRead:
+            nonlocal stream
+            stream = _RowCountingReader(source) if exact else None
+            return stream or source
+
+        counts: list[TableCount] = []
+
+        def count_rows() -> None:
+            # Before the object is committed: a failure to count leaves no backup behind.
+            try:
+                counts.extend(_row_counts(snap, db, tables, stream))
+            except psycopg.Error as exc:
+                raise ToolError(f"counting rows of database {db!r} failed: {exc}") from exc
 
         key = prefix + layout.database_object(db, spec.suffix())
         obj = _stream_process(
-            proc, ctx.storage, key, spec, ctx.settings.compression_threads, db, before_commit=counts_done
+            proc, ctx.storage, key, spec, ctx.settings.compression_threads, db, before_commit=count_rows, wrap=counting
         )
     finally:
-        if counter is not None and counter.is_alive():
-            # Given up mid-count (pg_dump failed, SIGTERM): closing a connection another thread is
-            # using is unsafe in libpq, so cancel its query and let the thread end first.
-            snap.cancel_safe(timeout=5)
-            counter.join(timeout=10)
         snap.close()
-    assert counter is not None
     encoding, collate, ctype, size = meta
     return DatabaseEntry(
         name=db,
@@ -217,7 +255,7 @@ def _dump_database(
         ctype=ctype,
         size_bytes=size,
         row_counts_exact=exact,
-        tables=tuple(counter.counts),
+        tables=tuple(counts),
         properties=properties,
     )
 
