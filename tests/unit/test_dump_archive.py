@@ -249,3 +249,39 @@ def test_bytes_like_input_is_accepted() -> None:
     counter.feed(bytearray(data[:100]))
     counter.feed(memoryview(data)[100:])
     assert [t.rows for t in counter.finish()] == [3, 0, 1]
+
+
+def test_the_backup_reader_passes_bytes_unchanged_and_counts_them() -> None:
+    import io
+
+    from pgvault.operations.logical.backup import _RowCountingReader
+
+    data = archive(SCHEMA)
+    reader = _RowCountingReader(io.BytesIO(data))
+    out = b"".join(iter(lambda: reader.read(13), b""))
+    assert out == data
+    assert reader.rows() == {("app", "t"): 3, ("public", "empty"): 0, ("S p", "Mixed Case \u00e9"): 1}
+    assert reader.error is None
+    cut = _RowCountingReader(io.BytesIO(data[:-3]))  # what pg_dump wrote, cut short: no counts, an error
+    assert cut.read(1 << 20) == data[:-3]
+    assert cut.rows() == {} and isinstance(cut.error, ArchiveFormatError)
+
+
+def test_pg_dump_pipe_is_widened_where_linux_allows_and_left_alone_elsewhere() -> None:
+    import fcntl
+    import os
+    from pathlib import Path
+
+    from pgvault.operations.logical.backup import _PIPE_SIZE, _widen_pipe
+
+    limit = Path("/proc/sys/fs/pipe-max-size")
+    r, w = os.pipe()
+    try:
+        with open(r, "rb", buffering=0) as pipe:
+            _widen_pipe(pipe)
+            if hasattr(fcntl, "F_GETPIPE_SZ") and limit.exists() and int(limit.read_text()) >= _PIPE_SIZE:
+                assert fcntl.fcntl(r, fcntl.F_GETPIPE_SZ) == _PIPE_SIZE
+    finally:
+        os.close(w)
+    with open(os.devnull, "rb") as not_a_pipe:
+        _widen_pipe(not_a_pipe)  # refused by the kernel: ignored, the stream works as before

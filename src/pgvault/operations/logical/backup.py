@@ -15,6 +15,7 @@ same transaction once pg_dump is done, so the counts are exact either way.
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -115,6 +116,19 @@ def _new_id(storage: Storage, cluster: str, now: dt.datetime) -> str:
     raise PgvaultError("could not allocate a backup id")
 
 
+# pg_dump's pipe: Linux's default 64 KiB fills while this thread compresses and hashes one 1 MiB
+# piece, and pg_dump (then its server backend, whose COPY output blocks on the socket) stalls.
+# 1 MiB is what an unprivileged process may ask for (/proc/sys/fs/pipe-max-size's default).
+_PIPE_SIZE = 1 << 20
+
+
+def _widen_pipe(pipe: Any) -> None:
+    try:
+        fcntl.fcntl(pipe.fileno(), getattr(fcntl, "F_SETPIPE_SZ", 1031), _PIPE_SIZE)
+    except (OSError, AttributeError, ValueError):
+        pass  # not Linux, or a lower limit: the default pipe works, only slower
+
+
 def _stream_process(
     proc: Process,
     storage: Storage,
@@ -130,6 +144,7 @@ def _stream_process(
 
     ``wrap`` may put an observer between the program and the pipeline (it runs in this thread)."""
     name = key.rsplit("/", 1)[-1]
+    _widen_pipe(proc.stdout)
     try:
         with storage.open_write(key) as writer:
             result = write_stream(wrap(CountingReader(proc.stdout, label)), writer, spec, threads=threads)
