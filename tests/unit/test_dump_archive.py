@@ -213,6 +213,15 @@ def test_not_an_archive() -> None:
         count(b"-- PostgreSQL database dump\n\nSET statement_timeout = 0;\n")
 
 
+def test_a_damaged_toc_string_length_is_refused_before_anything_is_buffered() -> None:
+    data = archive(SCHEMA)
+    bad = data.replace(w_str("15.4") + w_str("15.4"), w_int(1 << 31) + b"15.4" + w_str("15.4"), 1)
+    with pytest.raises(ArchiveFormatError, match="implausible TOC string length"):
+        count(bad)
+    with pytest.raises(ArchiveFormatError, match="implausible TOC string length"):
+        count(data.replace(w_str("db"), w_int(-2) + b"db", 1))
+
+
 def test_a_data_block_for_an_unknown_dump_id_is_refused() -> None:
     data = archive([Entry(1, "TABLE DATA", "t", chunks=rows_of(b"a\n"))])
     block = bytes([BLK_DATA]) + w_int(1)

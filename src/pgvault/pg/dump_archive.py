@@ -51,6 +51,7 @@ BLK_BLOBS = 3
 SUPPORTED_VERSIONS = ((1, 14), (1, 15), (1, 16))  # pg_dump 12..15, 16, 17..18
 _TABLE_DATA = "TABLE DATA"
 _NEWLINE = 0x0A
+_MAX_STRING = 1 << 30  # a TOC string (a definition) longer than PostgreSQL's 1 GB field limit is damage
 _TERMINATOR = b"\\.\n\n\n"  # pg_dump's end of COPY data (archprintf in dumpTableData_copy)
 
 
@@ -325,8 +326,10 @@ class RowCounter:
 
     def _string(self, isz: int, *, keep: bool = True) -> Generator[_Need, bytes, str | None]:
         length = self._int((yield isz))
-        if length < 0:
+        if length == -1:
             return None
+        if not 0 <= length <= _MAX_STRING:  # a damaged length must not make us hold the dump in memory
+            raise ArchiveFormatError(f"implausible TOC string length {length}")
         if length == 0:
             return ""
         raw = yield length
