@@ -6,7 +6,7 @@ of exactly what is in the archive without a second scan of every table on the se
 
 The layout, as pg_dump writes it to a pipe (``pg_backup_archiver.c`` WriteHead/WriteToc and
 ``pg_backup_custom.c`` _StartData/_EndData/_StartLOs/_EndLOs, archive versions 1.14 to 1.16 -
-pg_dump 12 to 18):
+pg_dump 12 to 17, and 18 as long as it writes 1.16; a newer version is refused):
 
 * header: ``PGDMP``, version major/minor/rev, intSize, offSize, format (1 = custom); the
   compression (1.15+: one algorithm byte; before: an int, the zlib level); seven ints (creation
@@ -48,7 +48,7 @@ MAGIC = b"PGDMP"
 FORMAT_CUSTOM = 1  # archiveFormat archCustom
 BLK_DATA = 1
 BLK_BLOBS = 3
-SUPPORTED_VERSIONS = ((1, 14), (1, 15), (1, 16))  # pg_dump 12..15, 16, 17..18
+SUPPORTED_VERSIONS = ((1, 14), (1, 15), (1, 16))  # pg_dump 12..15, 16, 17 (and 18 if unchanged)
 _TABLE_DATA = "TABLE DATA"
 _NEWLINE = 0x0A
 _MAX_STRING = 1 << 30  # a TOC string (a definition) longer than PostgreSQL's 1 GB field limit is damage
