@@ -1,5 +1,5 @@
-"""``python -m pgvault`` runs the command-line interface."""
+"""``python -m pgvault`` runs the command-line interface (through :mod:`pgvault.entry`: ``wal push``'s fast path)."""
 
-from pgvault.cli import main
+from pgvault.entry import main
 
 raise SystemExit(main())

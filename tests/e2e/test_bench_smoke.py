@@ -80,3 +80,24 @@ def test_perf_quick_reports_every_row_with_numbers(tmp_path: Path) -> None:
         line = next(ln for ln in text.splitlines() if ln.startswith(row["path"]))
         assert row["goal"] in line and row["status"] in line, line
     assert "data_checksums': 'on'" in text and "load average" in text
+
+
+def test_parallel_dump_quick_fits_the_cost_model(tmp_path: Path) -> None:
+    """bench/parallel_dump.py --quick: backup --jobs 1 and 2, their restores, and the model's figures."""
+    for tool in ("age", "age-keygen", "zstd"):
+        _need(tool)
+    majors = pg_majors()
+    if not majors:
+        pytest.skip("no PostgreSQL server programs found (run scripts/setup.sh, source scripts/env.sh)")
+    major = 15 if 15 in majors else majors[-1]
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "parallel_dump.py"), "--quick", "--json", "--major", str(major)],
+                       capture_output=True, text=True, timeout=900, check=False)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    doc = json.loads(r.stdout)
+    assert set(doc["steps"]) == {"backup_j1", "backup_j2", "restore_backup_j1", "restore_backup_j2"}
+    assert all(len(s["wall_s_all"]) == 1 and s["wall_s_all"][0] > 0 for s in doc["steps"].values())
+    m = doc["model"]
+    assert m["table_bytes"] > 0 and 0 < m["largest_share_of_total"] <= 1
+    assert m["bytes_per_s_per_job_mib"] > 0 and m["predicted_wall_jn_s"] > 0 and m["measured_wall_jn_s"] > 0
+    assert len({t for share in m["plan"] for t in share}) == sum(len(s) for s in m["plan"])
+    assert m["prediction"]["jobs_1_s"] >= m["prediction"]["jobs_16_s"] > 0

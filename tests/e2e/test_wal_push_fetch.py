@@ -161,8 +161,9 @@ def test_async_push_uploads_the_backlog_and_confirms_only_stored_bytes(pg_cluste
         (status / f"{s}.ready").touch()
     first = pgvault(["wal", "push", f"pg_wal/{segs[0]}", "--pgdata", str(fake), "--json"], wal_env).json()
     assert first["name"] == segs[0]
-    # One spool per repository and cluster, so a record can only confirm a push to this repository.
-    [spool] = list((fake / "pg_wal" / "pgvault").iterdir())
+    # One spool per repository and cluster, so a record can only confirm a push to this repository
+    # (next to "fast": where the full command remembers it for wal push's fast path).
+    [spool] = [p for p in (fake / "pg_wal" / "pgvault").iterdir() if p.name != "fast"]
     # Nobody asked for the other two yet, but the pusher has stored and recorded them.
     _wait_for(lambda: all((spool / "archive" / f"{s}.ok").exists() for s in segs[1:]))
     for s in segs[1:]:
@@ -211,3 +212,34 @@ def test_fetch_prefetches_ahead_and_keeps_the_exit_code_contract(pg_cluster, wal
     nxt = f"{segs[-1][:16]}{int(segs[-1][16:], 16) + 1:08X}"
     assert pgvault(["wal", "fetch", nxt, "pg_wal/RECOVERYXLOG", "--pgdata", str(restoring)], wal_env,
                    check=False).returncode == 1
+
+
+def test_async_push_fast_path_confirms_only_the_recorded_bytes(pg_cluster, wal_env, tmp_path: Path) -> None:
+    """wal push's fast path (pgvault.entry, before the CLI is loaded) confirms from the pusher's
+    record only the bytes the record describes: a segment rewritten after its record is refused
+    by the full command (the repository holds other bytes), never confirmed."""
+    segs = [_finished_segment(pg_cluster) for _ in range(3)]
+    fake = tmp_path / "pgdata"
+    status = fake / "pg_wal" / "archive_status"
+    status.mkdir(parents=True)
+    for s in segs:
+        shutil.copyfile(pg_cluster.datadir / "pg_wal" / s, fake / "pg_wal" / s)
+        (status / f"{s}.ready").touch()
+    pgvault(["wal", "push", f"pg_wal/{segs[0]}", "--pgdata", str(fake)], wal_env)  # full command: remembers
+    [fast] = list((fake / "pg_wal" / "pgvault" / "fast").iterdir())
+    [spool] = [p for p in (fake / "pg_wal" / "pgvault").iterdir() if p.name != "fast"]
+    assert fast.read_text().split("\n")[0] == str(spool.resolve())
+    (status / f"{segs[0]}.ready").rename(status / f"{segs[0]}.done")
+    _wait_for(lambda: all((spool / "archive" / f"{s}.ok").exists() for s in segs[1:]))
+    # Confirmed by the fast path: the record is consumed, the output is the full command's.
+    out = pgvault(["wal", "push", f"pg_wal/{segs[1]}", "--pgdata", str(fake)], wal_env)
+    assert out.stdout.startswith(f"{segs[1]}: archived as ") and not (spool / "archive" / f"{segs[1]}.ok").exists()
+    (status / f"{segs[1]}.ready").rename(status / f"{segs[1]}.done")
+    # Rewritten after the pusher recorded it: not confirmed; the full command compares with the
+    # repository and refuses to overwrite (exit 6).
+    changed = bytearray((fake / "pg_wal" / segs[2]).read_bytes())
+    changed[-1] ^= 0xFF
+    with open(fake / "pg_wal" / segs[2], "r+b") as f:
+        f.write(changed)
+    refused = pgvault(["wal", "push", f"pg_wal/{segs[2]}", "--pgdata", str(fake)], wal_env, check=False)
+    assert refused.returncode == 6 and "refusing to overwrite" in refused.stderr, refused

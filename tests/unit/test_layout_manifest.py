@@ -16,6 +16,7 @@ from pgvault.repository import layout
 from pgvault.repository.manifest import (
     DatabaseEntry,
     DatabaseProperties,
+    DumpPart,
     Grant,
     LogicalManifest,
     StoredObject,
@@ -365,7 +366,7 @@ def test_manifest_round_trip_property(m: LogicalManifest) -> None:
 @pytest.mark.parametrize(
     "change",
     [
-        {"format": 2},
+        {"format": 3},
         {"format": "1"},
         {"format": None},
         {"kind": "physical"},
@@ -433,3 +434,31 @@ def test_damaged_manifest_fields_are_integrity_errors_naming_the_key(path: tuple
     with pytest.raises(IntegrityError) as exc:
         LogicalManifest.loads(json.dumps(doc).encode(), where=where)
     assert f"manifest {where}" in str(exc.value)
+
+
+def test_a_backup_in_parts_is_format_2_and_round_trips() -> None:
+    """backup --jobs: parts listed with their tables; format 2 so a format-1 reader refuses it."""
+    single = sample_manifest()
+    assert single.to_json()["format"] == 1 and "parts" not in single.to_json()["databases"][0]
+    entry = single.databases[0]
+    part = DumpPart(object=stored("app (part 1)", "app.part1.dump.zst", 9000, 2000), tables=(("public", "users"),))
+    m = sample_manifest(databases=(DatabaseEntry(**{**entry.__dict__, "parts": (part,)}), *single.databases[1:]))
+    doc = m.to_json()
+    assert doc["format"] == 2
+    assert doc["databases"][0]["parts"][0]["tables"] == [["public", "users"]]
+    again = LogicalManifest.loads(m.dumps(), where="k")
+    assert again == m
+    assert again.databases[0].part_of("public", "users") == part
+    assert again.databases[0].part_of("audit", "log") is None
+    keys = [o.key for o in again.objects()]
+    assert keys[keys.index("app.dump.zst") + 1] == "app.part1.dump.zst"
+    assert sorted(keys) == sorted([o.key for o in single.objects()] + ["app.part1.dump.zst"])
+    assert again.raw_size == single.raw_size + 9000
+    doc["databases"][0]["parts"][0]["tables"] = ["public.users"]
+    with pytest.raises(IntegrityError, match="not \\[schema, table\\]"):
+        LogicalManifest.loads(json.dumps(doc).encode(), where="k")
+
+
+def test_part_object_names_never_collide_with_a_database() -> None:
+    assert layout.database_part_object("app", 1, ".zst.age") == "app.part1.dump.zst.age"
+    assert layout.database_object("app.part1", ".zst.age") != layout.database_part_object("app", 1, ".zst.age")

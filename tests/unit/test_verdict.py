@@ -517,7 +517,7 @@ def test_backup_facts_from_manifests() -> None:
 
     obj = SimpleNamespace(result=SimpleNamespace(stored_size=7))
     m = SimpleNamespace(backup_id="b", finished_at=ago(0), duration_seconds=1.5, stored_size=9,
-                        databases=[SimpleNamespace(name="app", object=obj)], stop_lsn="0/1")
+                        databases=[SimpleNamespace(name="app", object=obj, stored_size=7)], stop_lsn="0/1")
     assert BackupFacts.of_logical(m) == BackupFacts("logical", "b", ago(0), 1.5, 9, (("app", 7),))  # type: ignore[arg-type]
     assert BackupFacts.of_physical(m) == BackupFacts("physical", "b", ago(0), 1.5, 9, stop_lsn="0/1")  # type: ignore[arg-type]
 

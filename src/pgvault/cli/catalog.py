@@ -147,6 +147,9 @@ def run_show(args: argparse.Namespace) -> int:
             lines.append("")
             exact = "exact" if d.row_counts_exact else "estimated"
             lines.append(f"database {d.name}: {d.object.key}, {human_bytes(d.object.result.stored_size)} stored, rows {exact}")
+            for p in d.parts:
+                lines.append(f"  part {p.object.key}: {human_bytes(p.object.result.stored_size)} stored, "
+                             f"rows of {', '.join(f'{s}.{t}' for s, t in p.tables)}")
             lines.append(table(["table", "rows"], [(t.qualified, t.rows) for t in d.tables], right=(1,)))
         return "\n".join(lines)
 

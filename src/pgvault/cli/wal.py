@@ -57,9 +57,22 @@ def _async_ready(data_dir: Path, path: str) -> bool:
     return is_ready(data_dir, path)
 
 
-def run_push(args: argparse.Namespace) -> int:
-    from pgvault.operations.context import build_context
+def _remember_spool(args: argparse.Namespace, settings: Any, data_dir: Path) -> None:
+    """Let the next ``wal push`` with this command line, config and environment find the spool
+    without loading the settings (pgvault.entry's fast path; see operations/archive/confirm.py)."""
+    import os
 
+    from pgvault.operations.archive import confirm
+    from pgvault.operations.archive.background import spool_dir
+
+    cwd = os.getcwd()
+    fp = confirm.fingerprint(config=args.config, cluster=args.cluster, repository=args.repository,
+                             pgdata=args.pgdata, cwd=cwd, environ=os.environ)
+    if fp:
+        confirm.remember(str(data_dir), fp, str(spool_dir(settings, data_dir)), settings.archive_wait_timeout)
+
+
+def run_push(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     data_dir = Path(args.pgdata) if args.pgdata else Path.cwd()
     # The background pusher's module only when it is used (archive.async): each import is
@@ -67,10 +80,17 @@ def run_push(args: argparse.Namespace) -> int:
     if settings.archive_async and _async_ready(data_dir, args.path):
         from pgvault.operations.archive.background import push_async
 
+        def make_context() -> Any:
+            from pgvault.operations.context import build_context
+
+            return build_context(settings)
+
+        _remember_spool(args, settings, data_dir)
         r = push_async(settings, args.path, pgdata=str(data_dir), passthrough=_passthrough(args),
-                       make_context=lambda: build_context(settings))
+                       make_context=make_context)
     else:
         from pgvault.operations.archive.push_fetch import push
+        from pgvault.operations.context import build_context
 
         r = push(build_context(settings), args.path, pgdata=args.pgdata)
     emit(args, "wal_push", {"name": r.name, "key": r.key, "already_archived": r.already_archived,

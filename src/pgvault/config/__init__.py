@@ -101,6 +101,7 @@ SETTINGS: tuple[_Setting, ...] = (
     _Setting("encryption.age_identity_file", to_opt_str, "age identity file, needed to restore"),
     _Setting("encryption.age_identity", to_opt_str, "age secret key itself (environment only)"),
     _Setting("backup.exact_row_counts", to_bool, "count every table's rows in the dump snapshot", True),
+    _Setting("backup.jobs", to_int, "logical backup: pg_dump processes per database, sharing one snapshot", 1),
     _Setting("backup.parallel", to_int, "base backup: tar streams written and restored in parallel", 2),
     _Setting("archive.async", to_bool, "wal push: a background pusher uploads the .ready backlog in parallel", True),
     _Setting("archive.parallel", to_int, "wal push: uploads in flight in the background pusher", 4),
@@ -210,6 +211,7 @@ class Settings:
     # repr() so it can never end up in a log line or a traceback.
     age_identity: str | None = field(default=_DEFAULTS["encryption.age_identity"], repr=False)
     exact_row_counts: bool = _DEFAULTS["backup.exact_row_counts"]
+    backup_jobs: int = _DEFAULTS["backup.jobs"]
     backup_parallel: int = _DEFAULTS["backup.parallel"]
     archive_async: bool = _DEFAULTS["archive.async"]
     archive_parallel: int = _DEFAULTS["archive.parallel"]
@@ -401,6 +403,7 @@ def load_settings(
         age_identity_file=get("encryption.age_identity_file"),
         age_identity=get("encryption.age_identity"),
         exact_row_counts=get("backup.exact_row_counts"),
+        backup_jobs=get("backup.jobs"),
         backup_parallel=get("backup.parallel"),
         archive_async=get("archive.async"),
         archive_parallel=get("archive.parallel"),
@@ -517,6 +520,8 @@ def validate(s: Settings, *, check_local_files: bool = True) -> list[str]:
         problems.append("restore.prefetch: must be 0 or more")
     if s.archive_wait_timeout <= 0:
         problems.append("archive.wait_timeout: must be positive")
+    if s.backup_jobs < 1:
+        problems.append("backup.jobs: must be at least 1")
     if s.compression_threads < 0:
         problems.append("compression.threads: must be 0 or more")
     if s.metrics_pushgateway and not s.metrics_pushgateway.startswith(("http://", "https://")):

@@ -113,6 +113,12 @@ class Process:
         self.wait()
 
 
+def kill_all(procs: Iterable[Process]) -> None:
+    """Stop every program of a group (one of them failed, or we are unwinding)."""
+    for p in procs:
+        p.kill()
+
+
 @dataclass(frozen=True)
 class Completed:
     """A program run to completion: its exit status, its stdout, and its stderr's last lines

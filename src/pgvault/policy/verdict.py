@@ -98,13 +98,13 @@ class BackupFacts:
     finished_at: str
     duration_seconds: float
     stored_size: int
-    databases: tuple[tuple[str, int], ...] = ()  # logical: (database, stored bytes of its dump)
+    databases: tuple[tuple[str, int], ...] = ()  # logical: (database, stored bytes of its dump and parts)
     stop_lsn: str | None = None  # physical
 
     @classmethod
     def of_logical(cls, m: LogicalManifest) -> BackupFacts:
         return cls("logical", m.backup_id, m.finished_at, m.duration_seconds, m.stored_size,
-                   tuple((d.name, d.object.result.stored_size) for d in m.databases))
+                   tuple((d.name, d.stored_size) for d in m.databases))
 
     @classmethod
     def of_physical(cls, m: PhysicalManifest) -> BackupFacts:

@@ -113,6 +113,14 @@ def database_object(dbname: str, suffix: str) -> str:
     return f"{encode_name(dbname)}.dump{suffix}"
 
 
+def database_part_object(dbname: str, part: int, suffix: str) -> str:
+    """Object name of one data part of a ``backup --jobs`` dump, e.g. ``app.part1.dump.zst.age``.
+
+    Never the name of another database's dump: an encoded name has no dots.
+    """
+    return f"{encode_name(dbname)}.part{part}.dump{suffix}"
+
+
 def globals_object(suffix: str) -> str:
     """Object name of the cluster globals (roles, tablespaces), a plain SQL script."""
     return f"globals.sql{suffix}"

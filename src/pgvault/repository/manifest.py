@@ -14,6 +14,11 @@ from pgvault.errors import IntegrityError
 from pgvault.pipeline import PipelineSpec, StreamResult
 
 MANIFEST_FORMAT = 1
+# A backup made with ``backup --jobs N`` stores a database as several objects ("parts"). Its
+# manifest says format 2, so a pgvault that knows only format 1 refuses it instead of restoring
+# the main object alone and missing the rows of the others.
+MANIFEST_FORMAT_PARTS = 2
+READABLE_FORMATS = (MANIFEST_FORMAT, MANIFEST_FORMAT_PARTS)
 
 
 @dataclass(frozen=True)
@@ -135,6 +140,26 @@ class DatabaseProperties:
 
 
 @dataclass(frozen=True)
+class DumpPart:
+    """A data-only dump of some of a database's tables (``backup --jobs``), in the main dump's snapshot."""
+
+    object: StoredObject
+    tables: tuple[tuple[str, str], ...]  # (schema, table) whose rows this object holds
+
+    def to_json(self) -> dict[str, Any]:
+        return {"object": self.object.to_json(), "tables": [list(t) for t in self.tables]}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> DumpPart:
+        tables = []
+        for t in d.get("tables", []):
+            if not isinstance(t, list) or len(t) != 2 or not all(isinstance(x, str) for x in t):
+                raise IntegrityError(f"a dump part names a table as {t!r}, not [schema, table]")
+            tables.append((t[0], t[1]))
+        return cls(object=StoredObject.from_json(d["object"]), tables=tuple(tables))
+
+
+@dataclass(frozen=True)
 class DatabaseEntry:
     """One dumped database."""
 
@@ -148,11 +173,30 @@ class DatabaseEntry:
     tables: tuple[TableCount, ...] = ()
     # None in manifests written before pgvault recorded them: restores then say so.
     properties: DatabaseProperties | None = None
+    # ``backup --jobs``: data-only dumps of the tables the main object (``object``) excluded.
+    parts: tuple[DumpPart, ...] = ()
+
+    def objects(self) -> list[StoredObject]:
+        """The main dump, then its parts."""
+        return [self.object, *(p.object for p in self.parts)]
+
+    @property
+    def raw_size(self) -> int:
+        return sum(o.result.raw_size for o in self.objects())
+
+    @property
+    def stored_size(self) -> int:
+        return sum(o.result.stored_size for o in self.objects())
+
+    def part_of(self, schema: str, table: str) -> DumpPart | None:
+        """The part holding the rows of ``schema.table`` (None: the main object holds them)."""
+        return next((p for p in self.parts if (schema, table) in p.tables), None)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "object": self.object.to_json(),
+            **({"parts": [p.to_json() for p in self.parts]} if self.parts else {}),
             "encoding": self.encoding,
             "collate": self.collate,
             "ctype": self.ctype,
@@ -174,6 +218,7 @@ class DatabaseEntry:
             row_counts_exact=bool(d.get("row_counts_exact", False)),
             tables=tuple(TableCount(**t) for t in d.get("tables", [])),
             properties=DatabaseProperties.from_json(d["properties"]) if d.get("properties") else None,
+            parts=tuple(DumpPart.from_json(p) for p in d.get("parts", [])),
         )
 
 
@@ -205,12 +250,12 @@ class LogicalManifest(SizedBackup):
 
     def objects(self) -> list[StoredObject]:
         """Every stored object of the backup."""
-        objs = [d.object for d in self.databases]
+        objs = [o for d in self.databases for o in d.objects()]
         return ([self.globals] if self.globals else []) + objs
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "format": MANIFEST_FORMAT,
+            "format": MANIFEST_FORMAT_PARTS if any(d.parts for d in self.databases) else MANIFEST_FORMAT,
             "kind": self.kind,
             "backup_id": self.backup_id,
             "cluster": self.cluster,
@@ -237,7 +282,7 @@ class LogicalManifest(SizedBackup):
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> LogicalManifest:
-        if d.get("format") != MANIFEST_FORMAT or d.get("kind") != "logical":
+        if d.get("format") not in READABLE_FORMATS or d.get("kind") != "logical":
             raise IntegrityError(f"unsupported manifest (format {d.get('format')!r}, kind {d.get('kind')!r})")
         return cls(
             backup_id=d["backup_id"],

@@ -5,8 +5,11 @@ Python start-up plus one upload round trip, in series.  So, as pgBackRest's ``ar
 
 * **push** (``archive_command``): the foreground ``wal push %p`` makes sure a background pusher
   runs, then waits until the pusher has confirmed *this* segment (a ``<name>.ok`` file in the
-  spool holding its size and SHA-256).  It re-hashes the segment and compares before returning 0,
-  so "0" still means "these exact bytes are durable in the repository", as the docs demand.
+  spool holding its size and SHA-256, and the file's identity when that can vouch for the bytes).
+  It returns 0 only if the record describes the bytes at %p, so "0" still means "these exact
+  bytes are durable in the repository", as the docs demand.  Usually that check already ran in
+  :mod:`~pgvault.operations.archive.confirm`'s fast path, before the CLI was even imported; this
+  module is what runs when it could not decide.
 * the **pusher** (``wal archive-daemon``) scans ``pg_wal/archive_status/*.ready`` and uploads the
   backlog oldest first with ``archive.parallel`` uploads in flight, each through the ordinary
   :func:`~pgvault.operations.archive.push_fetch.push` (same no-overwrite rule, same identity checks).  A
@@ -39,7 +42,8 @@ from typing import TYPE_CHECKING, Any
 from pgvault import log
 from pgvault.config import Settings
 from pgvault.errors import PgvaultError, StorageError, error_of_kind
-from pgvault.fs import file_sha256, fsync_path, try_lock_file, write_atomic
+from pgvault.fs import fsync_path, try_lock_file, write_atomic
+from pgvault.operations.archive import confirm
 from pgvault.pg import wal
 from pgvault.repository.wal_record import PushResult
 
@@ -51,7 +55,7 @@ if TYPE_CHECKING:
 # only what confirming needs (no pipeline, no storage client); the pushing code is imported by
 # the pusher, and by the foreground only when it has to push itself.
 
-POLL = 0.02
+POLL = 0.005  # the foreground's look for its record: PostgreSQL waits for each segment
 IDLE_EXIT = 30.0  # the pusher stays this long after the backlog is empty
 PREFETCH_IDLE_EXIT = 15.0
 
@@ -62,11 +66,6 @@ def spool_dir(settings: Settings, data_dir: Path) -> Path:
     base = Path(settings.spool_dir) if settings.spool_dir else data_dir / "pg_wal" / "pgvault"
     key = hashlib.sha256(f"{settings.repository_url}\n{settings.cluster}".encode()).hexdigest()[:12]
     return base / key
-
-
-def _file_id(path: Path) -> list[int]:
-    st = os.stat(path)
-    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns]
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -190,32 +189,29 @@ def push_async(settings: Settings, path: str, *, pgdata: str | None, passthrough
 def _confirm(ok: Path, src: Path) -> PushResult | None:
     """The pusher's record, if it describes exactly the bytes of ``src``; the record is consumed.
 
-    The pusher records the file's identity (device, inode, size, mtime) next to the SHA-256 of the
-    bytes it uploaded: the same identity means the same, unmodified file, so it is not read again;
-    anything else is hashed and compared."""
-    try:
-        doc = json.loads(ok.read_text())
-    except (OSError, ValueError):
+    See :mod:`~pgvault.operations.archive.confirm`: the recorded identity of an unmodified file
+    vouches for its bytes, anything else is hashed and compared."""
+    record = confirm.read_record(str(ok))
+    if record is None:
         return None
     ok.unlink(missing_ok=True)
-    size = int(doc.get("raw_size", -1))
-    sha = str(doc.get("raw_sha256", ""))
-    if not doc.get("file_id") or doc.get("file_id") != _file_id(src):
-        if (sha, size) != file_sha256(src):
-            return None
-    return PushResult(src.name, str(doc.get("key", "")), bool(doc.get("already_archived")), size,
-                      int(doc.get("stored_size", 0)), sha)
+    if not confirm.describes(record, str(src)):
+        return None
+    return PushResult(src.name, record.key, record.already_archived, record.raw_size, record.stored_size,
+                      record.raw_sha256)
 
 
-def _push_one(ctx: Context, path: Path, data_dir: Path, cache: dict[str, Any]) -> tuple[PushResult, list[int] | None]:
+def _push_one(ctx: Context, path: Path, data_dir: Path,
+              cache: dict[str, Any]) -> tuple[PushResult, tuple[int, ...] | None]:
     from pgvault.operations.archive.push_fetch import push
     from pgvault.repository.cluster import read_cluster_info
 
-    before = _file_id(path)
+    read_from = time.time_ns()  # before the first stat: see confirm.vouched_identity
+    before = os.stat(path)
     r = push(ctx, str(path), pgdata=str(data_dir), known=cache.get("cluster"))
     if "cluster" not in cache:  # one read of the descriptor for the pusher's lifetime, not one per segment
         cache["cluster"] = read_cluster_info(ctx.storage, ctx.cluster)
-    return r, (before if _file_id(path) == before else None)
+    return r, confirm.vouched_identity(before, os.stat(path), read_from)
 
 
 def postmaster_alive(data_dir: Path) -> bool:
@@ -271,7 +267,7 @@ def run_pusher(ctx: Context, data_dir: Path, *, idle_exit: float = IDLE_EXIT,
         # a moment later; still ready after that (a crash before the rename) means push it again.
         pushed: dict[str, float] = {}
         cluster_cache: dict[str, Any] = {}
-        in_flight: dict[cf.Future[tuple[PushResult, list[int] | None]], str] = {}
+        in_flight: dict[cf.Future[tuple[PushResult, tuple[int, ...] | None]], str] = {}
         last_work = clock()
         with cf.ThreadPoolExecutor(max_workers=ctx.settings.archive_parallel, thread_name_prefix="push") as pool:
             while True:
@@ -304,9 +300,9 @@ def run_pusher(ctx: Context, data_dir: Path, *, idle_exit: float = IDLE_EXIT,
                             record, body = paths.error(name), json.dumps({"kind": kind, "message": text}).encode()
                         else:
                             pushed[name] = clock()
-                            record, body = paths.ok(name), json.dumps({
-                                "raw_sha256": r.raw_sha256, "raw_size": r.raw_size, "key": r.key, "file_id": file_id,
-                                "stored_size": r.stored_size, "already_archived": r.already_archived}).encode()
+                            record, body = paths.ok(name), confirm.format_record(
+                                raw_sha256=r.raw_sha256, raw_size=r.raw_size, key=r.key, file_id=file_id,
+                                stored_size=r.stored_size, already_archived=r.already_archived)
                         try:
                             _write_atomic(record, body)
                         except OSError as e:

@@ -8,8 +8,16 @@ nothing is buffered whole and nothing unencrypted touches local disk.
 Row counts are exact and describe precisely the rows in the archive: they are counted in the
 archive itself as it streams past (:mod:`pgvault.pg.dump_archive`: one line of COPY text per row),
 at no cost to the server.  We open a REPEATABLE READ transaction, export its snapshot and hand it
-to ``pg_dump --snapshot``; a table the stream cannot account for is counted with count(*) in that
-same transaction once pg_dump is done, so the counts are exact either way.
+to ``pg_dump --snapshot``; a table the streams cannot account for is counted with count(*) in that
+same transaction once every pg_dump is done, so the counts are exact either way.
+
+``--jobs N`` splits a database over up to N pg_dump processes that all import that one snapshot
+(``policy.parallel_dump``: a main dump of everything but the data other parts take, and data-only
+parts of the largest tables).  Before exporting the snapshot the transaction takes ACCESS SHARE
+locks on every table a part dumps: LOCK TABLE takes no snapshot, so the snapshot comes after the
+locks and no part's table can be altered or dropped under it until the backup ends.  Each object
+commits when its own pg_dump succeeded; if any fails, the others are stopped and no manifest is
+written (the committed parts are debris of a backup that does not exist, swept by ``expire``).
 """
 
 from __future__ import annotations
@@ -29,28 +37,38 @@ from pgvault import log
 from pgvault.errors import NotFoundError, PgvaultError, ToolError, UsageError
 from pgvault.operations.context import Context
 from pgvault.operations.logical import dbprops
+from pgvault.operations.parallel import run_parallel
 from pgvault.operations.progress import CountingReader
 from pgvault.pg.bindir import bindir_for_server
 from pgvault.pg.conn import ServerFacts, connect, connection, list_databases, server_facts
 from pgvault.pg.dump_archive import ArchiveFormatError, RowCounter
-from pgvault.pg.runner import Process, Runner
+from pgvault.pg.runner import Process, Runner, kill_all
 from pgvault.pipeline import PipelineSpec, write_stream
 from pgvault.pipeline.digest import SupportsRead
+from pgvault.policy.parallel_dump import DumpPlan, TableSize, plan_shares
 from pgvault.procs import hostname
 from pgvault.repository import layout
 from pgvault.repository.cluster import ensure_cluster
 from pgvault.repository.locks import RepositoryLock
-from pgvault.repository.manifest import DatabaseEntry, LogicalManifest, StoredObject, TableCount
+from pgvault.repository.manifest import DatabaseEntry, DumpPart, LogicalManifest, StoredObject, TableCount
 from pgvault.storage import ObjectNotFound, Storage
 
 LOCK_OPERATION = "logical-backup"
+#: Tables smaller than this stay in the main dump of ``--jobs N``: a pg_dump process of its own
+#: (connection, catalog reads, an object) costs more than dumping a few megabytes.
+PART_MIN_BYTES = 16 * 1024 * 1024
+#: Times the tables are listed and locked again when one vanished in between (a DROP TABLE).
+_LOCK_ATTEMPTS = 3
 
+# Sizes for ``--jobs`` come from the statistics (pages of the table and its TOAST table, as pg_dump -j
+# orders its work), not pg_table_size(), which would wait for the lock of a table under ALTER.
 # Ordinary tables only: partitioned parents hold no rows of their own (their leaves are counted),
 # views and foreign tables are not dumped as data, and extension member tables are skipped by
 # pg_dump unless the extension marks them as configuration.
 _TABLES_SQL = """
-SELECT n.nspname, c.relname, greatest(c.reltuples, 0)::bigint
-FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+SELECT n.nspname, c.relname, greatest(c.reltuples, 0)::bigint,
+       (c.relpages::bigint + coalesce(t.relpages, 0)) * current_setting('block_size')::bigint
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace LEFT JOIN pg_class t ON t.oid = c.reltoastrelid
 WHERE c.relkind = 'r' AND c.relpersistence <> 't'
   AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_toast%%'
   AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass
@@ -67,6 +85,7 @@ class BackupRequest:
     all_databases: bool = False
     include_globals: bool = True
     exact_row_counts: bool = True
+    jobs: int = 1  # pg_dump processes per database, sharing one snapshot
 
 
 @dataclass
@@ -85,6 +104,8 @@ def _plan(ctx: Context, req: BackupRequest) -> _DumpPlan:
         raise UsageError("give either --all or --database, not both")
     if not req.all_databases and not req.databases:
         raise UsageError("nothing to back up: give --database NAME (repeatable) or --all")
+    if req.jobs < 1:
+        raise UsageError(f"--jobs must be at least 1, not {req.jobs}")
     with connection(ctx.conn) as conn:
         facts = server_facts(conn)
         existing = list_databases(conn)
@@ -203,68 +224,123 @@ def _count_in_snapshot(conn: psycopg.Connection[Any], schema: str, name: str) ->
 
 
 def _row_counts(
-    snap: psycopg.Connection[Any], db: str, tables: Sequence[tuple[str, str, int]], stream: _RowCountingReader | None
+    snap: psycopg.Connection[Any],
+    db: str,
+    tables: Sequence[tuple[str, str, int]],
+    streams: Sequence[_RowCountingReader] | None,
 ) -> list[TableCount]:
-    """The manifest's counts: from the archive itself when exact, else the planner's estimates.
+    """The manifest's counts: from the archives themselves when exact, else the planner's estimates.
 
-    A table the archive holds no data block for, or every table when the counter could not read
-    the archive, is counted with count(*) in the dump's snapshot (still open), so the counts stay
-    exact either way; only the cost differs."""
-    if stream is None:
+    ``streams`` are the readers of the database's dumps (the main one and the ``--jobs`` parts).  A
+    table no stream holds exactly one data block for, or every table of a stream the counter could
+    not read, is counted with count(*) in the dump's snapshot (still open, every pg_dump done), so
+    the counts stay exact either way; only the cost differs."""
+    if streams is None:
         return [TableCount(schema, name, estimate) for schema, name, estimate in tables]
-    archived = stream.rows()
-    if stream.error is not None:
-        log.get().warning("%s: counting rows in the snapshot instead of the dump stream (%s)", db, stream.error)
+    archived: dict[tuple[str, str], int] = {}
+    seen_twice: set[tuple[str, str]] = set()
+    for stream in streams:
+        rows = stream.rows()
+        if stream.error is not None:
+            log.get().warning("%s: counting rows in the snapshot instead of the dump stream (%s)", db, stream.error)
+        seen_twice.update(archived.keys() & rows.keys())
+        archived.update(rows)
     counts = []
     for schema, name, _ in tables:
-        rows = archived.get((schema, name))
-        counts.append(TableCount(schema, name, _count_in_snapshot(snap, schema, name) if rows is None else rows))
+        counted = None if (schema, name) in seen_twice else archived.get((schema, name))
+        counts.append(TableCount(schema, name, _count_in_snapshot(snap, schema, name) if counted is None else counted))
     return counts
 
 
+def _table_sizes(ctx: Context, db: str) -> list[TableSize]:
+    with connection(ctx.conn, dbname=db) as conn:
+        return [TableSize(str(r[0]), str(r[1]), int(r[3] or 0)) for r in conn.execute(_TABLES_SQL).fetchall()]
+
+
+def _lock_and_export(ctx: Context, snap: psycopg.Connection[Any], db: str, jobs: int) -> tuple[str, DumpPlan]:
+    """Plan the parts, lock their tables, then export the snapshot (in that order: see the module doc)."""
+    for attempt in range(1, _LOCK_ATTEMPTS + 1):
+        plan = plan_shares(_table_sizes(ctx, db), jobs, min_bytes=PART_MIN_BYTES) if jobs > 1 else plan_shares([], 1)
+        locked = [t for share in plan.shares[1:] for t in share.tables]
+        try:
+            if locked:
+                names = sql.SQL(", ").join(sql.Identifier(t.schema, t.name) for t in locked)
+                snap.execute(sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE").format(names))
+            row = snap.execute("SELECT pg_export_snapshot()").fetchone()
+            assert row is not None
+            return str(row[0]), plan
+        except psycopg.errors.UndefinedTable:
+            snap.rollback()
+            if attempt == _LOCK_ATTEMPTS:
+                raise
+            log.get().info("%s: a table was dropped while the backup planned its parts; planning again", db)
+    raise AssertionError("unreachable")
+
+
 def _dump_database(
-    ctx: Context, runner: Runner, prefix: str, spec: PipelineSpec, db: str, meta: tuple[str, str, str, int], exact: bool
+    ctx: Context,
+    runner: Runner,
+    prefix: str,
+    spec: PipelineSpec,
+    db: str,
+    meta: tuple[str, str, str, int],
+    exact: bool,
+    jobs: int = 1,
 ) -> DatabaseEntry:
     snap = connect(ctx.conn, dbname=db, autocommit=False)
+    procs: list[Process] = []
     try:
         snap.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         snap.read_only = True
-        row = snap.execute("SELECT pg_export_snapshot()").fetchone()
-        assert row is not None
-        snapshot = str(row[0])
+        snapshot, plan = _lock_and_export(ctx, snap, db, jobs)
         tables = [(str(r[0]), str(r[1]), int(r[2])) for r in snap.execute(_TABLES_SQL).fetchall()]
         # Owner, privileges, settings...: pg_restore would apply them only under the original
         # name (--create); read in the dump's snapshot so they match the dumped contents.
         properties = dbprops.read(snap, db)
-        proc = runner.start(
-            "pg_dump", ["--format=custom", "--compress=0", f"--snapshot={snapshot}", "--no-password"], env=ctx.child_env(db)
-        )
-        stream: _RowCountingReader | None = None
+        base_args = ["--format=custom", "--compress=0", f"--snapshot={snapshot}", "--no-password"]
+        # One row counter per pg_dump, fed in the thread that pumps that pg_dump's stdout.
+        streams: list[_RowCountingReader] | None = [] if exact else None
 
         def counting(source: SupportsRead) -> SupportsRead:
-            nonlocal stream
-            stream = _RowCountingReader(source) if exact else None
-            return stream or source
+            if streams is None:
+                return source
+            streams.append(_RowCountingReader(source))
+            return streams[-1]
 
-        counts: list[TableCount] = []
+        def streamer(args: list[str], key: str, label: str) -> Callable[[], StoredObject]:
+            proc = runner.start("pg_dump", [*base_args, *args], env=ctx.child_env(db))
+            procs.append(proc)
+            return lambda: _stream_process(
+                proc, ctx.storage, prefix + key, spec, ctx.settings.compression_threads, label, wrap=counting
+            )
 
-        def count_rows() -> None:
-            # Before the object is committed: a failure to count leaves no backup behind.
-            try:
-                counts.extend(_row_counts(snap, db, tables, stream))
-            except psycopg.Error as exc:
-                raise ToolError(f"counting rows of database {db!r} failed: {exc}") from exc
-
-        key = prefix + layout.database_object(db, spec.suffix())
-        obj = _stream_process(
-            proc, ctx.storage, key, spec, ctx.settings.compression_threads, db, before_commit=count_rows, wrap=counting
-        )
+        tasks = [streamer(plan.main_args(), layout.database_object(db, spec.suffix()), db)]
+        tasks += [
+            streamer(plan.data_args(i), layout.database_part_object(db, i, spec.suffix()), f"{db} (part {i})")
+            for i in range(1, plan.jobs)
+        ]
+        if len(tasks) == 1:
+            objs = [tasks[0]()]
+        else:
+            objs = run_parallel(tasks, len(tasks), abort=lambda: kill_all(procs))
+        # Before the manifest (the backup's commit point): a failure to count leaves no backup.
+        try:
+            counts = _row_counts(snap, db, tables, streams)
+        except psycopg.Error as exc:
+            raise ToolError(f"counting rows of database {db!r} failed: {exc}") from exc
+    except BaseException:
+        kill_all(procs)  # some may have started but never reached a stream (a later start failed)
+        raise
     finally:
         snap.close()
     encoding, collate, ctype, size = meta
+    parts = tuple(
+        DumpPart(object=obj, tables=tuple((t.schema, t.name) for t in share.tables))
+        for obj, share in zip(objs[1:], plan.shares[1:], strict=True)
+    )
     return DatabaseEntry(
         name=db,
-        object=obj,
+        object=objs[0],
         encoding=encoding,
         collate=collate,
         ctype=ctype,
@@ -272,6 +348,7 @@ def _dump_database(
         row_counts_exact=exact,
         tables=tuple(counts),
         properties=properties,
+        parts=parts,
     )
 
 
@@ -297,10 +374,10 @@ def backup(ctx: Context, req: BackupRequest) -> LogicalManifest:
         globals_obj = _dump_globals(ctx, runner, prefix, spec, plan.facts.is_superuser) if req.include_globals else None
         entries = []
         for db in plan.databases:
-            entry = _dump_database(ctx, runner, prefix, spec, db, plan.db_meta[db], req.exact_row_counts)
+            entry = _dump_database(ctx, runner, prefix, spec, db, plan.db_meta[db], req.exact_row_counts, req.jobs)
             logger.info(
-                "%s: %d bytes dumped, %d stored, %d tables", db, entry.object.result.raw_size,
-                entry.object.result.stored_size, len(entry.tables),
+                "%s: %d bytes dumped, %d stored, %d tables, %d object(s)", db, entry.raw_size,
+                entry.stored_size, len(entry.tables), len(entry.objects()),
             )
             entries.append(entry)
         manifest = LogicalManifest(

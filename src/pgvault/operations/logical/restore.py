@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
@@ -50,14 +51,15 @@ from pgvault.operations.logical.scratch import (
     sweep_databases,
     sweep_files,
 )
+from pgvault.operations.parallel import run_parallel
 from pgvault.pg.bindir import bindir_for_server, parse_major
 from pgvault.pg.conn import connection, database_exists, server_facts
-from pgvault.pg.runner import Process, Runner
+from pgvault.pg.runner import Process, Runner, kill_all
 from pgvault.pipeline import read_stream
 from pgvault.policy import toc
 from pgvault.repository import layout
 from pgvault.repository.catalog import resolve_logical
-from pgvault.repository.manifest import DatabaseEntry, LogicalManifest, StoredObject, TableCount
+from pgvault.repository.manifest import DatabaseEntry, DumpPart, LogicalManifest, StoredObject, TableCount
 
 
 @dataclass(frozen=True)
@@ -263,6 +265,9 @@ class _Restorer:
         stop = [] if self.req.keep_going else ["--exit-on-error"]
         args = [*stop, "--no-password", "-d", make_conninfo(dbname=target), *self._ownership_args()]
         env = self._env(target)
+        if entry.parts:
+            self._restore_parts(runner, entry, target, args, env)
+            return
         if self.req.jobs == 1:
             proc = runner.start("pg_restore", args, env=env, stdin=True, stdout=False)
             self.stream_into(entry.object, proc)
@@ -278,6 +283,40 @@ class _Restorer:
             self.stream_into(entry.object, proc, tee=spool)
             spool.close()
             self._finish(proc, f"into {target!r}")
+            post = [*args, "--section=post-data", f"--jobs={self.req.jobs}", spool.path]
+            self._finish(runner.start("pg_restore", post, env=env, stdout=False), f"(post-data) into {target!r}")
+        finally:
+            spool.remove()
+
+    def _restore_parts(self, runner: Runner, entry: DatabaseEntry, target: str, args: list[str], env: dict[str, str]) -> None:
+        """A ``backup --jobs`` database: the main dump's definitions (streamed, and spooled on the
+        way), then its data and every part's data side by side (``--jobs`` at a time), then its
+        post-data (indexes, constraints) from the spool.  Each object is verified as it streams;
+        a mismatch kills its pg_restore, and the scratch database it loads into is never renamed
+        into place."""
+        spool = self.new_spool(entry.object)
+        try:
+            proc = runner.start("pg_restore", [*args, "--section=pre-data"], env=env, stdin=True, stdout=False)
+            self.stream_into(entry.object, proc, tee=spool)
+            spool.close()
+            self._finish(proc, f"(pre-data) into {target!r}")
+            procs: list[Process] = []
+
+            def main_data() -> None:
+                proc = runner.start("pg_restore", [*args, "--section=data", spool.path], env=env, stdout=False)
+                procs.append(proc)
+                self._finish(proc, f"(data) into {target!r}")
+
+            def loader(part: DumpPart) -> Callable[[], None]:
+                def load() -> None:
+                    proc = runner.start("pg_restore", [*args, "--data-only"], env=env, stdin=True, stdout=False)
+                    procs.append(proc)
+                    self.stream_into(part.object, proc)
+                    self._finish(proc, f"({part.object.name}) into {target!r}")
+
+                return load
+
+            run_parallel([main_data, *(loader(p) for p in entry.parts)], self.req.jobs, abort=lambda: kill_all(procs))
             post = [*args, "--section=post-data", f"--jobs={self.req.jobs}", spool.path]
             self._finish(runner.start("pg_restore", post, env=env, stdout=False), f"(post-data) into {target!r}")
         finally:
@@ -300,6 +339,7 @@ class _Restorer:
         spool_file = self.spool(entry.object)
         spool = spool_file.path
         listing: SpoolFile | None = None
+        extra: list[SpoolFile] = []  # the parts holding selected rows (backup --jobs), and their lists
         try:
             env = self.ctx.child_env(target)
             entries = toc.parse_toc(runner.output("pg_restore", ["-l", spool], env=env))
@@ -319,10 +359,21 @@ class _Restorer:
                                      missing_schemas={s for s, _ in missing} - schemas)
                 )
                 chosen = [e for e in entries if e in wanted]
-            listing = SpoolFile(self.me, "toc", self.req.scratch_dir, ".list")
-            listing.write(toc.list_file(chosen).encode())
-            listing.close()
-            script = runner.start("pg_restore", ["-L", listing.path, "-f", "-", *self._ownership_args(), spool], env=env)
+            listing = self._list_file(chosen)
+            scripts = [["-L", listing.path, "-f", "-", *self._ownership_args(), spool]]
+            data_parts = [p for p in entry.parts if selected & set(p.tables)]
+            if data_parts:
+                # Their definitions are in the main dump, their rows in parts: definitions and the
+                # main dump's rows first, then the parts' rows, then indexes and constraints.
+                scripts = [[*scripts[0], "--section=pre-data", "--section=data"]]
+                for part in data_parts:
+                    part_spool = self.spool(part.object)
+                    extra.append(part_spool)
+                    part_entries = toc.parse_toc(runner.output("pg_restore", ["-l", part_spool.path], env=env))
+                    part_list = self._list_file(toc.data_entries(part_entries, selected & set(part.tables)))
+                    extra.append(part_list)
+                    scripts.append(["-L", part_list.path, "-f", "-", part_spool.path])
+                scripts.append(["-L", listing.path, "-f", "-", *self._ownership_args(), "--section=post-data", spool])
             loader = runner.start("psql", ["-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", "-"], env=self._env(target),
                                   stdin=True, stdout=False)
             # We write BEGIN and COMMIT ourselves: COMMIT goes in only after pg_restore has exited
@@ -334,25 +385,36 @@ class _Restorer:
                 head.append("SET LOCAL session_replication_role = replica;")
             for schema, name in sorted(present):
                 head.append(sql.SQL("DELETE FROM ONLY {}.{};").format(sql.Identifier(schema), sql.Identifier(name)).as_string(None))
+            script: Process | None = None
             try:
                 loader.stdin.write(("\n".join(head) + "\n").encode())
-                shutil.copyfileobj(script.stdout, loader.stdin, 1 << 20)
-                script.check("(table selection)")
+                for args in scripts:
+                    script = runner.start("pg_restore", args, env=env)
+                    shutil.copyfileobj(script.stdout, loader.stdin, 1 << 20)
+                    script.check("(table selection)")
                 loader.stdin.write(b"COMMIT;\n")
                 loader.stdin.close()
             except BrokenPipeError:
-                script.kill()
+                if script is not None:
+                    script.kill()
                 loader.check(f"(loading tables into {target!r})")
                 raise
             except BaseException:
-                script.kill()
+                if script is not None:
+                    script.kill()
                 loader.kill()
                 raise
             loader.check(f"(loading tables into {target!r})")
         finally:
             spool_file.remove()
-            if listing:
-                listing.remove()
+            for f in [*extra, *([listing] if listing else [])]:
+                f.remove()
+
+    def _list_file(self, chosen: list[toc.TocEntry]) -> SpoolFile:
+        listing = SpoolFile(self.me, "toc", self.req.scratch_dir, ".list")
+        listing.write(toc.list_file(chosen).encode())
+        listing.close()
+        return listing
 
     def verify(self, target: str, tables: list[TableCount]) -> list[CountCheck]:
         checks = []

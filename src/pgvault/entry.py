@@ -1,0 +1,89 @@
+"""The ``pgvault`` program (console script and ``python -m pgvault``).
+
+``wal push`` runs once per WAL segment and PostgreSQL waits for each: when the background pusher
+has already stored the segment, :mod:`pgvault.operations.archive.confirm` confirms it from the
+pusher's record with the standard library only, before the CLI (argparse, the config loader,
+YAML) is imported.  Anything it cannot decide goes to the full command, :func:`pgvault.cli.main`,
+which behaves exactly as it always did.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+TYPE_CHECKING = False  # not ``from typing``: it is not imported at start-up, and costs the fast path
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+# The options the fast path understands (the common ones that may decide the spool, and push's
+# --pgdata); any other option (--json, --log-level, an abbreviation ...) means the full command.
+_COMMON = {"--config": "config", "-c": "config", "--cluster": "cluster", "--repository": "repository",
+           "-r": "repository"}
+_PUSH_ONLY = {"--pgdata": "pgdata"}
+
+
+def parse_push(argv: Sequence[str]) -> dict[str, str | None] | None:
+    """``wal push PATH`` with only the options above (each at most once), as argparse would read
+    it; None for any other command line."""
+    opts: dict[str, str | None] = {"config": None, "cluster": None, "repository": None, "pgdata": None}
+    positional: list[str] = []
+    seen: set[str] = set()
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        if token.startswith("-"):
+            flag, eq, value = token.partition("=")
+            allowed = _COMMON if len(positional) < 2 else {**_COMMON, **_PUSH_ONLY}
+            if flag not in allowed or (eq and not flag.startswith("--")):
+                return None
+            if not eq:
+                i += 1
+                if i == len(argv):
+                    return None
+                value = argv[i]
+            dest = allowed[flag]
+            if dest in seen or not value or value.startswith("-"):
+                return None
+            seen.add(dest)
+            opts[dest] = value
+        else:
+            positional.append(token)
+        i += 1
+    if len(positional) != 3 or positional[:2] != ["wal", "push"]:
+        return None
+    opts["path"] = positional[2]
+    return opts
+
+
+def fast_push(argv: Sequence[str]) -> int | None:
+    """0 once the pusher's record confirmed the segment; None: run the full command."""
+    opts = parse_push(argv)
+    if opts is None:
+        return None
+    from pgvault.operations.archive import confirm
+
+    try:
+        cwd = os.getcwd()
+        data_dir = os.path.join(cwd, opts["pgdata"]) if opts["pgdata"] else cwd
+        fp = confirm.fingerprint(config=opts["config"], cluster=opts["cluster"], repository=opts["repository"],
+                                 pgdata=opts["pgdata"], cwd=cwd, environ=os.environ)
+        record = confirm.fast_confirm(str(opts["path"]), data_dir=data_dir, fp=fp) if fp else None
+    except Exception:  # noqa: BLE001 - anything unexpected: the full command decides (and reports)
+        return None
+    if record is None:
+        return None
+    name = os.path.basename(str(opts["path"]))
+    print(f"{name}: {'already archived' if record.already_archived else 'archived'} as {record.key}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "push" in args:
+        code = fast_push(args)
+        if code is not None:
+            return code
+    from pgvault.cli import main as cli_main
+
+    return cli_main(args)
