@@ -100,5 +100,5 @@ def test_unreadable_stream_falls_back_to_count_star_in_the_snapshot(pg_cluster, 
         tables = [(s, n, -1) for s, n in conn.execute(
             "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
             " WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1, 2").fetchall()]
-        counts = _row_counts(conn, awkward_db, tables, stream)
+        counts = _row_counts(conn, awkward_db, tables, [stream])
     assert {t.qualified: t.rows for t in counts} == table_counts(pg_cluster, awkward_db)

@@ -2,7 +2,7 @@
 
 The archives here are written by a small model of pg_dump's own writer (WriteHead, WriteToc,
 _StartData/_EndData, _StartLOs/_EndLOs in pg_backup_archiver.c / pg_backup_custom.c) for each
-archive version pg_dump 12..17 produce (1.14..1.16); tests/e2e/test_logical_row_counts.py checks the counter on
+archive version pg_dump 12..18 produce (1.14..1.16); tests/e2e/test_logical_row_counts.py checks the counter on
 real pg_dump output against count(*).
 """
 

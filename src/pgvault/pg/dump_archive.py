@@ -6,7 +6,7 @@ of exactly what is in the archive without a second scan of every table on the se
 
 The layout, as pg_dump writes it to a pipe (``pg_backup_archiver.c`` WriteHead/WriteToc and
 ``pg_backup_custom.c`` _StartData/_EndData/_StartLOs/_EndLOs, archive versions 1.14 to 1.16 -
-pg_dump 12 to 17, and 18 as long as it writes 1.16; a newer version is refused):
+pg_dump 12 to 18; real output checked from pg_dump 15 (1.14) and 18.6 (1.16)):
 
 * header: ``PGDMP``, version major/minor/rev, intSize, offSize, format (1 = custom); the
   compression (1.15+: one algorithm byte; before: an int, the zlib level); seven ints (creation
@@ -48,7 +48,7 @@ MAGIC = b"PGDMP"
 FORMAT_CUSTOM = 1  # archiveFormat archCustom
 BLK_DATA = 1
 BLK_BLOBS = 3
-SUPPORTED_VERSIONS = ((1, 14), (1, 15), (1, 16))  # pg_dump 12..15, 16, 17 (and 18 if unchanged)
+SUPPORTED_VERSIONS = ((1, 14), (1, 15), (1, 16))  # pg_dump 12..15, 16, 17..18
 _TABLE_DATA = "TABLE DATA"
 _NEWLINE = 0x0A
 _MAX_STRING = 1 << 30  # a TOC string (a definition) longer than PostgreSQL's 1 GB field limit is damage
@@ -227,7 +227,7 @@ class RowCounter:
     def _block_rows(self) -> int:
         """Rows of the TABLE DATA block just ended: its newlines, less pg_dump's terminator.
 
-        pg_dump 12 to 17 end the COPY text with ``\\.`` and two empty lines, written by one
+        pg_dump 12 to 18 end the COPY text with ``\\.`` and two empty lines, written by one
         archprintf() - one chunk of exactly those 5 bytes after the rows (a row's chunk holds one
         line, never three).  If those bytes ended a longer chunk, pg_dump would have changed how it
         cuts the text, and the terminator could no longer be told from rows: refused."""
