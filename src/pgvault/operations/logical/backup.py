@@ -5,9 +5,11 @@ pg_dump's own compression off, so our pipeline compresses it once, with zstd, in
 than pg_dump.  The bytes flow pg_dump → digest → compress → encrypt → digest → repository object;
 nothing is buffered whole and nothing unencrypted touches local disk.
 
-Row counts are exact and consistent with the dump: we open a REPEATABLE READ transaction, export
-its snapshot, hand it to ``pg_dump --snapshot`` and count every table in that same transaction
-while pg_dump streams, so the counts describe precisely the rows in the archive.
+Row counts are exact and describe precisely the rows in the archive: they are counted in the
+archive itself as it streams past (:mod:`pgvault.pg.dump_archive`: one line of COPY text per row),
+at no cost to the server.  We open a REPEATABLE READ transaction, export its snapshot and hand it
+to ``pg_dump --snapshot``; a table the streams cannot account for is counted with count(*) in that
+same transaction once every pg_dump is done, so the counts are exact either way.
 
 ``--jobs N`` splits a database over up to N pg_dump processes that all import that one snapshot
 (``policy.parallel_dump``: a main dump of everything but the data other parts take, and data-only
@@ -21,7 +23,7 @@ written (the committed parts are debris of a backup that does not exist, swept b
 from __future__ import annotations
 
 import datetime as dt
-import threading
+import fcntl
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -39,8 +41,10 @@ from pgvault.operations.parallel import run_parallel
 from pgvault.operations.progress import CountingReader
 from pgvault.pg.bindir import bindir_for_server
 from pgvault.pg.conn import ServerFacts, connect, connection, list_databases, server_facts
+from pgvault.pg.dump_archive import ArchiveFormatError, RowCounter
 from pgvault.pg.runner import Process, Runner, kill_all
 from pgvault.pipeline import PipelineSpec, write_stream
+from pgvault.pipeline.digest import SupportsRead
 from pgvault.policy.parallel_dump import DumpPlan, TableSize, plan_shares
 from pgvault.procs import hostname
 from pgvault.repository import layout
@@ -133,6 +137,19 @@ def _new_id(storage: Storage, cluster: str, now: dt.datetime) -> str:
     raise PgvaultError("could not allocate a backup id")
 
 
+# pg_dump's pipe: Linux's default 64 KiB fills while this thread compresses and hashes one 1 MiB
+# piece, and pg_dump (then its server backend, whose COPY output blocks on the socket) stalls.
+# 1 MiB is what an unprivileged process may ask for (/proc/sys/fs/pipe-max-size's default).
+_PIPE_SIZE = 1 << 20
+
+
+def _widen_pipe(pipe: Any) -> None:
+    try:
+        fcntl.fcntl(pipe.fileno(), getattr(fcntl, "F_SETPIPE_SZ", 1031), _PIPE_SIZE)
+    except (OSError, AttributeError, ValueError):
+        pass  # not Linux, or a lower limit: the default pipe works, only slower
+
+
 def _stream_process(
     proc: Process,
     storage: Storage,
@@ -142,12 +159,16 @@ def _stream_process(
     label: str,
     *,
     before_commit: Callable[[], None] = lambda: None,
+    wrap: Callable[[SupportsRead], SupportsRead] = lambda source: source,
 ) -> StoredObject:
-    """Stream a program's stdout through the pipeline into ``key``; commit only if it succeeded."""
+    """Stream a program's stdout through the pipeline into ``key``; commit only if it succeeded.
+
+    ``wrap`` may put an observer between the program and the pipeline (it runs in this thread)."""
     name = key.rsplit("/", 1)[-1]
+    _widen_pipe(proc.stdout)
     try:
         with storage.open_write(key) as writer:
-            result = write_stream(CountingReader(proc.stdout, label), writer, spec, threads=threads)
+            result = write_stream(wrap(CountingReader(proc.stdout, label)), writer, spec, threads=threads)
             proc.check()
             before_commit()
     except BaseException:
@@ -166,29 +187,69 @@ def _dump_globals(ctx: Context, runner: Runner, prefix: str, spec: PipelineSpec,
     return _stream_process(proc, ctx.storage, key, spec, ctx.settings.compression_threads, "globals")
 
 
-class _Counter(threading.Thread):
-    """Counts rows of every table inside the snapshot-exporting transaction, beside pg_dump."""
+class _RowCountingReader:
+    """pg_dump's stdout as the pipeline pulls it, every byte shown to the archive's row counter.
 
-    def __init__(self, conn: psycopg.Connection[Any], tables: Sequence[tuple[str, str, int]], exact: bool) -> None:
-        super().__init__(name="row-counter", daemon=True)
-        self.conn = conn
-        self.tables = tables
-        self.exact = exact
-        self.counts: list[TableCount] = []
-        self.error: BaseException | None = None
+    The counter never changes or holds the bytes; a format it cannot follow only switches it off
+    (``error``), and the backup then counts those tables in the snapshot instead."""
 
-    def run(self) -> None:
-        try:
-            for schema, name, estimate in self.tables:
-                if self.exact:
-                    q = sql.SQL("SELECT count(*) FROM ONLY {}.{}").format(sql.Identifier(schema), sql.Identifier(name))
-                    row = self.conn.execute(q).fetchone()
-                    rows = int(row[0]) if row else 0
-                else:
-                    rows = estimate
-                self.counts.append(TableCount(schema, name, rows))
-        except BaseException as e:  # noqa: BLE001 - handed to the main thread
-            self.error = e
+    def __init__(self, source: SupportsRead) -> None:
+        self._source = source
+        self.counter = RowCounter()
+        self.error: ArchiveFormatError | None = None
+
+    def read(self, size: int = -1, /) -> bytes:
+        data = self._source.read(size)
+        if data and self.error is None:
+            try:
+                self.counter.feed(data)
+            except ArchiveFormatError as exc:
+                self.error = exc
+        return data
+
+    def rows(self) -> dict[tuple[str, str], int]:
+        """Rows per (schema, table) of the archive's TABLE DATA blocks; {} if it could not tell."""
+        if self.error is None:
+            try:
+                return {(t.schema, t.name): t.rows for t in self.counter.finish()}
+            except ArchiveFormatError as exc:
+                self.error = exc
+        return {}
+
+
+def _count_in_snapshot(conn: psycopg.Connection[Any], schema: str, name: str) -> int:
+    q = sql.SQL("SELECT count(*) FROM ONLY {}.{}").format(sql.Identifier(schema), sql.Identifier(name))
+    row = conn.execute(q).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _row_counts(
+    snap: psycopg.Connection[Any],
+    db: str,
+    tables: Sequence[tuple[str, str, int]],
+    streams: Sequence[_RowCountingReader] | None,
+) -> list[TableCount]:
+    """The manifest's counts: from the archives themselves when exact, else the planner's estimates.
+
+    ``streams`` are the readers of the database's dumps (the main one and the ``--jobs`` parts).  A
+    table no stream holds exactly one data block for, or every table of a stream the counter could
+    not read, is counted with count(*) in the dump's snapshot (still open, every pg_dump done), so
+    the counts stay exact either way; only the cost differs."""
+    if streams is None:
+        return [TableCount(schema, name, estimate) for schema, name, estimate in tables]
+    archived: dict[tuple[str, str], int] = {}
+    seen_twice: set[tuple[str, str]] = set()
+    for stream in streams:
+        rows = stream.rows()
+        if stream.error is not None:
+            log.get().warning("%s: counting rows in the snapshot instead of the dump stream (%s)", db, stream.error)
+        seen_twice.update(archived.keys() & rows.keys())
+        archived.update(rows)
+    counts = []
+    for schema, name, _ in tables:
+        counted = None if (schema, name) in seen_twice else archived.get((schema, name))
+        counts.append(TableCount(schema, name, _count_in_snapshot(snap, schema, name) if counted is None else counted))
+    return counts
 
 
 def _table_sizes(ctx: Context, db: str) -> list[TableSize]:
@@ -227,7 +288,6 @@ def _dump_database(
     jobs: int = 1,
 ) -> DatabaseEntry:
     snap = connect(ctx.conn, dbname=db, autocommit=False)
-    counter: _Counter | None = None
     procs: list[Process] = []
     try:
         snap.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
@@ -238,41 +298,41 @@ def _dump_database(
         # name (--create); read in the dump's snapshot so they match the dumped contents.
         properties = dbprops.read(snap, db)
         base_args = ["--format=custom", "--compress=0", f"--snapshot={snapshot}", "--no-password"]
-        counter = _Counter(snap, tables, exact)
+        # One row counter per pg_dump, fed in the thread that pumps that pg_dump's stdout.
+        streams: list[_RowCountingReader] | None = [] if exact else None
 
-        def counts_done() -> None:
-            counter.join()
-            if counter.error is not None:
-                raise ToolError(f"counting rows of database {db!r} failed: {counter.error}")
+        def counting(source: SupportsRead) -> SupportsRead:
+            if streams is None:
+                return source
+            streams.append(_RowCountingReader(source))
+            return streams[-1]
 
-        def streamer(args: list[str], key: str, label: str, before_commit: Callable[[], None]) -> Callable[[], StoredObject]:
+        def streamer(args: list[str], key: str, label: str) -> Callable[[], StoredObject]:
             proc = runner.start("pg_dump", [*base_args, *args], env=ctx.child_env(db))
             procs.append(proc)
             return lambda: _stream_process(
-                proc, ctx.storage, prefix + key, spec, ctx.settings.compression_threads, label, before_commit=before_commit
+                proc, ctx.storage, prefix + key, spec, ctx.settings.compression_threads, label, wrap=counting
             )
 
-        tasks = [streamer(plan.main_args(), layout.database_object(db, spec.suffix()), db, counts_done)]
+        tasks = [streamer(plan.main_args(), layout.database_object(db, spec.suffix()), db)]
         tasks += [
-            streamer(plan.data_args(i), layout.database_part_object(db, i, spec.suffix()), f"{db} (part {i})", lambda: None)
+            streamer(plan.data_args(i), layout.database_part_object(db, i, spec.suffix()), f"{db} (part {i})")
             for i in range(1, plan.jobs)
         ]
-        counter.start()
         if len(tasks) == 1:
             objs = [tasks[0]()]
         else:
             objs = run_parallel(tasks, len(tasks), abort=lambda: kill_all(procs))
+        # Before the manifest (the backup's commit point): a failure to count leaves no backup.
+        try:
+            counts = _row_counts(snap, db, tables, streams)
+        except psycopg.Error as exc:
+            raise ToolError(f"counting rows of database {db!r} failed: {exc}") from exc
     except BaseException:
         kill_all(procs)  # some may have started but never reached a stream (a later start failed)
         raise
     finally:
-        if counter is not None and counter.is_alive():
-            # Given up mid-count (pg_dump failed, SIGTERM): closing a connection another thread is
-            # using is unsafe in libpq, so cancel its query and let the thread end first.
-            snap.cancel_safe(timeout=5)
-            counter.join(timeout=10)
         snap.close()
-    assert counter is not None
     encoding, collate, ctype, size = meta
     parts = tuple(
         DumpPart(object=obj, tables=tuple((t.schema, t.name) for t in share.tables))
@@ -286,7 +346,7 @@ def _dump_database(
         ctype=ctype,
         size_bytes=size,
         row_counts_exact=exact,
-        tables=tuple(counter.counts),
+        tables=tuple(counts),
         properties=properties,
         parts=parts,
     )
