@@ -13,6 +13,11 @@ Not a test: a report. One interleaved run, each round in the same order:
   directory, plus the TransferManager downloading the stored backup object from SeaweedFS. The
   restore goal: ``restore from S3 <= restore from local disk + plain parallel download`` (a local
   restore is the decode and the load alone; the plain download is what S3 must add at most).
+  The S3 restore also runs as before (``read_concurrency 1``: one GET stream).
+
+Rounds alternate the order within each group (A B C, C B A, ...), so no step always runs first.
+``--link-mb-s N`` puts a TCP proxy (tests/support/faultproxy.py) capping every connection at N MB/s
+each way between the clients and SeaweedFS: what one connection gets from a remote store.
 
 Each ratio is the median of the per-round ratios; MB/s are medians too. CPU seconds are this
 process's (all threads) and the weed server's for storage steps.
@@ -135,7 +140,7 @@ class Bench:
         wall = time.monotonic() - t0
         if moved != nbytes:
             raise StepError(f"{key}: moved {moved} bytes, expected {nbytes}")
-        rnd[key] = {"wall_s": round(wall, 3), "mb_s": round(nbytes / 1e6 / wall, 1),
+        rnd[key] = {"wall_s": round(wall, 3), "mb_s": round(nbytes / 1e6 / wall, 2),
                     "cpu_s": round(time.process_time() - cpu0, 2), "weed_cpu_s": round(_cpu_of(self.server.pid) - weed0, 2)}
         log(f"  {key}: {wall:.2f} s, {nbytes / 1e6 / wall:.1f} MB/s")
 
@@ -175,13 +180,20 @@ class Bench:
         self.client.download_fileobj(self.bucket, full_key, sink, Config=cfg)
         return sink.n
 
-    def storage_round(self, rnd: dict[str, dict[str, Any]]) -> None:
+    def storage_round(self, rnd: dict[str, dict[str, Any]], flip: bool) -> None:
+        """Every step once; ``flip`` (odd rounds) reverses the order of each group, so that no
+        tool always runs first after the previous round's heavy work (A B C, C B A, A B C ...)."""
         size = self.args.size_mb * MiB
-        self.timed(rnd, "up:pgvault", size, lambda: self.up_pgvault(size))
-        self.timed(rnd, "up:boto3", size, lambda: self.up_boto3(size))
-        self.timed(rnd, "down:pgvault", size, lambda: self.down_pgvault("obj-pgvault"))
-        self.timed(rnd, "down:pgvault-1stream", size, lambda: self.down_pgvault("obj-pgvault", read_concurrency=1))
-        self.timed(rnd, "down:boto3", size, lambda: self.down_boto3("bench/obj-pgvault"))
+        ups: list[tuple[str, Callable[[], int]]] = [
+            ("up:pgvault", lambda: self.up_pgvault(size)), ("up:boto3", lambda: self.up_boto3(size))]
+        downs: list[tuple[str, Callable[[], int]]] = [
+            ("down:pgvault", lambda: self.down_pgvault("obj-pgvault")),
+            ("down:pgvault-1stream", lambda: self.down_pgvault("obj-pgvault", read_concurrency=1)),
+            ("down:boto3", lambda: self.down_boto3("bench/obj-pgvault")),
+        ]
+        for group in (ups, downs):
+            for key, fn in reversed(group) if flip else group:
+                self.timed(rnd, key, size, fn)
 
     # -- CLI level: pgvault backup / restore, S3 vs local -----------------------------------------
 
@@ -209,15 +221,16 @@ class Bench:
             "local": clean_env(**common, PGVAULT_REPOSITORY_URL=str(self.base / "repo")),
         }
 
-    def pgvault(self, where: str, *args: str) -> dict[str, Any]:
-        r = subprocess.run([sys.executable, "-m", "pgvault", *args, "--json"], env=self.cli_env[where],
+    def pgvault(self, where: str, *args: str, extra_env: dict[str, str] | None = None) -> dict[str, Any]:
+        r = subprocess.run([sys.executable, "-m", "pgvault", *args, "--json"], env={**self.cli_env[where], **(extra_env or {})},
                            capture_output=True, text=True, timeout=3600, check=False)
         if r.returncode != 0:
             raise StepError(f"pgvault {args[0]} ({where}) exited {r.returncode}: {r.stderr.strip()[-800:]}")
         return json.loads(r.stdout)
 
-    def cli_round(self, rnd: dict[str, dict[str, Any]]) -> None:
-        for where in ("local", "s3"):
+    def cli_round(self, rnd: dict[str, dict[str, Any]], flip: bool) -> None:
+        order = ("s3", "local") if flip else ("local", "s3")
+        for where in order:
             self.cluster.psql("CHECKPOINT")
             os.sync()
             t0 = time.monotonic()
@@ -227,28 +240,35 @@ class Bench:
             rnd[f"backup:{where}"] = {"wall_s": round(wall, 3), "stored_bytes": obj["stored_size"],
                                       "mb_s_stored": round(obj["stored_size"] / 1e6 / wall, 1), "object": obj.get("key")}
             log(f"  backup:{where}: {wall:.2f} s")
-        for where in ("local", "s3"):
+        restores = ("local", "s3", "s3-1stream")
+        for step in reversed(restores) if flip else restores:
+            where = step.split("-")[0]
+            extra = {"PGVAULT_REPOSITORY_S3_READ_CONCURRENCY": "1"} if step == "s3-1stream" else {}
             target = f"bench_restore_{where}"
             self.cluster.drop_database(target)
             self.cluster.psql("CHECKPOINT")
             os.sync()
             t0 = time.monotonic()
-            doc = self.pgvault(where, "restore", "latest", "-d", self.db, "-t", target, "--jobs", "2")["restore"]
+            doc = self.pgvault(where, "restore", "latest", "-d", self.db, "-t", target, "--jobs", "2",
+                               extra_env=extra)["restore"]
             wall = time.monotonic() - t0
             if not doc["verified"]:
-                raise StepError(f"restore from {where} did not verify")
-            rnd[f"restore:{where}"] = {"wall_s": round(wall, 3)}
-            log(f"  restore:{where}: {wall:.2f} s")
+                raise StepError(f"restore from {step} did not verify")
+            rnd[f"restore:{step}"] = {"wall_s": round(wall, 3)}
+            log(f"  restore:{step}: {wall:.2f} s")
             self.cluster.drop_database(target)
-        obj = self.s3_backup_object()
+        obj = self.s3_backup_object(rnd["backup:s3"]["object"])
         self.timed(rnd, "restore-download:boto3", obj[1], lambda: self.down_boto3(obj[0]))
 
-    def s3_backup_object(self) -> tuple[str, int]:
-        """The largest object of the newest S3 backup (the database's dump), full key and size."""
+    def s3_backup_object(self, name: str) -> tuple[str, int]:
+        """The newest S3 object named ``name`` (the database's dump of the last backup): full key, size."""
         found = []
         for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix="cli/"):
-            found += [(o["LastModified"], o["Size"], o["Key"]) for o in page.get("Contents", [])]
-        _, size, key = max(found, key=lambda t: (t[0], t[1]))
+            found += [(o["LastModified"], o["Size"], o["Key"]) for o in page.get("Contents", [])
+                      if o["Key"].endswith("/" + name)]
+        if not found:
+            raise StepError(f"no object named {name} in the S3 repository")
+        _, size, key = max(found)
         return key, size
 
     # -- the run and its report --------------------------------------------------------------------
@@ -259,9 +279,9 @@ class Bench:
         for i in range(self.args.rounds):
             log(f"round {i + 1}/{self.args.rounds} (load average {loadavg()})")
             rnd: dict[str, dict[str, Any]] = {"_": {"loadavg": loadavg()}}
-            self.storage_round(rnd)
+            self.storage_round(rnd, flip=i % 2 == 1)
             if not self.args.no_cli:
-                self.cli_round(rnd)
+                self.cli_round(rnd, flip=i % 2 == 1)
             self.rounds.append(rnd)
 
     def ratios(self) -> list[dict[str, Any]]:
@@ -284,6 +304,8 @@ class Bench:
                  None, ""),
                 ("restore: S3 / local (wall)", "restore",
                  lambda r: r["restore:s3"]["wall_s"] / r["restore:local"]["wall_s"], None, ""),
+                ("restore: S3 / S3 with one GET stream (wall)", "restore-vs-1stream",
+                 lambda r: r["restore:s3"]["wall_s"] / r["restore:s3-1stream"]["wall_s"], None, ""),
                 ("restore: S3 / (local + plain parallel download)", "restore-goal",
                  lambda r: r["restore:s3"]["wall_s"] / (r["restore:local"]["wall_s"]
                                                         + r["restore-download:boto3"]["wall_s"]), 1.0, "<="),
@@ -331,7 +353,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="cap every S3 connection at this many MB/s each way (a TCP proxy), like a remote store")
     p.add_argument("--quick", action="store_true", help=f"smoke mode: {QUICK}")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--render", metavar="JSON", help="print the text report of a saved --json report, run nothing")
     a = p.parse_args(argv)
+    if a.render:
+        print(render(json.loads(Path(a.render).read_text())))
+        return 0
     if a.quick:
         for k, v in QUICK.items():
             setattr(a, k, v)

@@ -171,6 +171,17 @@ def test_parallel_ranges_resume_after_resets_and_return_the_exact_bytes(
     assert resumes >= 10 and proxy.resets >= 10, (resumes, proxy.resets)
 
 
+def test_parallel_parts_reuse_their_connections(proxy: FaultProxy, s3_bucket: str, s3_settings: S3Settings) -> None:
+    data = payload(10 * MiB)
+    with via(proxy, s3_settings, s3_bucket).open_write("big") as w:
+        w.write(data)
+    before = proxy.connections
+    with ranged(proxy, s3_settings, s3_bucket).open_read("big") as f:  # a new client: a new connection pool
+        assert read_all(f) == data
+    # The first GET (dropped after part 0) plus one connection per part in flight; not one per part.
+    assert proxy.connections - before <= 3 + 2, proxy.connections - before
+
+
 def test_a_stall_mid_read_times_out_and_the_read_resumes(proxy: FaultProxy, s3_bucket: str, s3_settings: S3Settings) -> None:
     st = ranged(proxy, s3_settings, s3_bucket, read_timeout=1, max_attempts=3)
     data = payload(6 * MiB + 17)
