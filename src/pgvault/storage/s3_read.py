@@ -116,7 +116,8 @@ class _Pin:
             resp["Body"].close()
             raise StorageError(
                 f"S3 endpoint {s.endpoint} ignored a ranged read of {s._where(self.key)}; cannot resume it",
-                hint="the object store must support Range requests",
+                hint="the object store must support Range requests (repository.s3.read_concurrency: 1 reads "
+                "a large object with one GET, but cannot resume it either)",
             )
         etag = resp.get("ETag")
         if match.group(3) not in ("*", str(self.size)) or (etag is not None and etag != self.etag):
