@@ -211,14 +211,21 @@ def test_a_read_stalled_for_good_fails_within_bounds_naming_the_key(
     assert took < 10, took
 
 
-def test_an_object_overwritten_between_ranges_is_refused_not_stitched(
-    s3_bucket: str, s3_settings: S3Settings, seaweed: Any
-) -> None:
-    st = S3Storage(s3_bucket, "faults", dataclasses.replace(
-        s3_settings, part_size=5 * MiB, read_part_size=1 * MiB, read_concurrency=2))
+def written_in_parts(bucket: str, settings: S3Settings) -> tuple[S3Storage, bytes, bytes]:
+    """A direct repository reading in 1 MiB parts, two in flight; an 8 MiB object written as "obj";
+    the old bytes and the new ones a test overwrites it with."""
+    st = S3Storage(bucket, "faults", dataclasses.replace(settings, part_size=5 * MiB, read_part_size=1 * MiB,
+                                                         read_concurrency=2))
     old, new = payload(8 * MiB), payload(8 * MiB + 1)
     with st.open_write("obj") as w:
         w.write(old)
+    return st, old, new
+
+
+def test_an_object_overwritten_between_ranges_is_refused_not_stitched(
+    s3_bucket: str, s3_settings: S3Settings, seaweed: Any
+) -> None:
+    st, old, new = written_in_parts(s3_bucket, s3_settings)
     with st.open_read("obj") as f:
         assert f.read(100_000) == old[:100_000]  # parts 0-2 at most are fetched or in flight
         seaweed.client().put_object(Bucket=s3_bucket, Key="faults/obj", Body=new)  # replaced meanwhile
@@ -233,11 +240,7 @@ def test_a_versioned_object_overwritten_mid_read_is_read_as_the_version_pinned(
 ) -> None:
     c = seaweed.client()
     c.put_bucket_versioning(Bucket=s3_bucket, VersioningConfiguration={"Status": "Enabled"})
-    st = S3Storage(s3_bucket, "faults", dataclasses.replace(
-        s3_settings, part_size=5 * MiB, read_part_size=1 * MiB, read_concurrency=2))
-    old, new = payload(8 * MiB), payload(8 * MiB + 1)
-    with st.open_write("obj") as w:
-        w.write(old)
+    st, old, new = written_in_parts(s3_bucket, s3_settings)
     with st.open_read("obj") as f:
         head = f.read(100_000)
         c.put_object(Bucket=s3_bucket, Key="faults/obj", Body=new)
