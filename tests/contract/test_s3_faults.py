@@ -139,3 +139,130 @@ def test_a_download_that_never_progresses_gives_up(proxy: FaultProxy, s3_bucket:
         with pytest.raises(StorageError) as info:
             f.read()
     assert proxy.endpoint_url in str(info.value) and "faults/obj" in str(info.value)
+
+
+# -- ranged parallel reads (s3_read.RangedBody) --------------------------------------------------
+
+def ranged(proxy: FaultProxy, settings: S3Settings, bucket: str, **changes: Any) -> S3Storage:
+    """Reads in 1 MiB ranged parts, three in flight, through the proxy."""
+    return via(proxy, settings, bucket, **{"read_part_size": 1 * MiB, "read_concurrency": 3, **changes})
+
+
+def read_all(f: Any, size: int = 300_000) -> bytes:
+    out = bytearray()
+    while chunk := f.read(size):
+        out += chunk
+    return bytes(out)
+
+
+def test_parallel_ranges_resume_after_resets_and_return_the_exact_bytes(
+    proxy: FaultProxy, s3_bucket: str, s3_settings: S3Settings
+) -> None:
+    st = ranged(proxy, s3_settings, s3_bucket)
+    data = payload(9 * MiB + 4321)  # ten parts, the last one short
+    with st.open_write("big") as w:  # multipart: the ETag is of the "md5-N" kind
+        w.write(data)
+    proxy.reset_after(300 * 1024)  # every connection dies after ~300 KiB of its answer
+    with st.open_read("big") as f:
+        assert type(f.raw).__name__ == "RangedBody"  # type: ignore[attr-defined]
+        out = read_all(f)
+        resumes = f.raw.resumes  # type: ignore[attr-defined]
+    assert hashlib.sha256(out).hexdigest() == hashlib.sha256(data).hexdigest()
+    assert resumes >= 10 and proxy.resets >= 10, (resumes, proxy.resets)
+
+
+def test_parallel_parts_reuse_their_connections(proxy: FaultProxy, s3_bucket: str, s3_settings: S3Settings) -> None:
+    data = payload(10 * MiB)
+    with via(proxy, s3_settings, s3_bucket).open_write("big") as w:
+        w.write(data)
+    before = proxy.connections
+    with ranged(proxy, s3_settings, s3_bucket).open_read("big") as f:  # a new client: a new connection pool
+        assert read_all(f) == data
+    # The first GET (dropped after part 0) plus one connection per part in flight; not one per part.
+    assert proxy.connections - before <= 3 + 2, proxy.connections - before
+
+
+def test_a_stall_mid_read_times_out_and_the_read_resumes(proxy: FaultProxy, s3_bucket: str, s3_settings: S3Settings) -> None:
+    st = ranged(proxy, s3_settings, s3_bucket, read_timeout=1, max_attempts=3)
+    data = payload(6 * MiB + 17)
+    with st.open_write("obj") as w:
+        w.write(data)
+    with st.open_read("obj") as f:
+        head = f.read(100_000)
+        proxy.stall()  # parts in flight freeze mid-body: each read times out after 1 s
+        time.sleep(1.5)
+        proxy.passthrough()
+        out = head + read_all(f)
+    assert hashlib.sha256(out).hexdigest() == hashlib.sha256(data).hexdigest()
+
+
+def test_a_read_stalled_for_good_fails_within_bounds_naming_the_key(
+    proxy: FaultProxy, s3_bucket: str, s3_settings: S3Settings
+) -> None:
+    with ranged(proxy, s3_settings, s3_bucket).open_write("obj") as w:
+        w.write(payload(6 * MiB))
+    st = ranged(proxy, s3_settings, s3_bucket, connect_timeout=1, read_timeout=1, max_attempts=0, read_resumes=1)
+    with st.open_read("obj") as f:
+        f.read(100_000)
+        proxy.stall()
+        err, took = timed(f.read)
+    assert "faults/obj" in str(err) and proxy.endpoint_url in str(err), err
+    assert s3_settings.secret_access_key not in str(err) and s3_settings.secret_access_key not in (err.hint or "")
+    assert took < 10, took
+
+
+def written_in_parts(bucket: str, settings: S3Settings) -> tuple[S3Storage, bytes, bytes]:
+    """A direct repository reading in 1 MiB parts, two in flight; an 8 MiB object written as "obj";
+    the old bytes and the new ones a test overwrites it with."""
+    st = S3Storage(bucket, "faults", dataclasses.replace(settings, part_size=5 * MiB, read_part_size=1 * MiB,
+                                                         read_concurrency=2))
+    old, new = payload(8 * MiB), payload(8 * MiB + 1)
+    with st.open_write("obj") as w:
+        w.write(old)
+    return st, old, new
+
+
+def test_an_object_overwritten_between_ranges_is_refused_not_stitched(
+    s3_bucket: str, s3_settings: S3Settings, seaweed: Any
+) -> None:
+    st, old, new = written_in_parts(s3_bucket, s3_settings)
+    with st.open_read("obj") as f:
+        assert f.read(100_000) == old[:100_000]  # parts 0-2 at most are fetched or in flight
+        seaweed.client().put_object(Bucket=s3_bucket, Key="faults/obj", Body=new)  # replaced meanwhile
+        with pytest.raises(StorageError, match="replaced or deleted while it was being read") as info:
+            f.read()
+    assert not isinstance(info.value, ObjectNotFound)
+    assert "faults/obj" in str(info.value)
+
+
+def test_a_versioned_object_overwritten_mid_read_is_read_as_the_version_pinned(
+    s3_bucket: str, s3_settings: S3Settings, seaweed: Any
+) -> None:
+    c = seaweed.client()
+    c.put_bucket_versioning(Bucket=s3_bucket, VersioningConfiguration={"Status": "Enabled"})
+    st, old, new = written_in_parts(s3_bucket, s3_settings)
+    with st.open_read("obj") as f:
+        head = f.read(100_000)
+        c.put_object(Bucket=s3_bucket, Key="faults/obj", Body=new)
+        try:
+            out = head + read_all(f)
+        except StorageError as exc:  # a store that answers If-Match per key, not per version, refuses instead
+            assert "replaced or deleted" in str(exc)
+        else:
+            assert out == old  # every range came from the version the first GET saw
+    assert st.read_bytes("obj") == new
+
+
+def test_closing_a_parallel_read_early_stops_its_workers(s3_bucket: str, s3_settings: S3Settings) -> None:
+    import threading
+
+    st = S3Storage(s3_bucket, "faults", dataclasses.replace(
+        s3_settings, part_size=5 * MiB, read_part_size=1 * MiB, read_concurrency=3))
+    with st.open_write("obj") as w:
+        w.write(payload(12 * MiB))
+    with st.open_read("obj") as f:
+        assert len(f.read(10)) == 10
+    deadline = time.monotonic() + 5
+    while any(t.name.startswith("s3-read") for t in threading.enumerate()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(t.name.startswith("s3-read") for t in threading.enumerate())

@@ -45,8 +45,10 @@ BACKENDS = [
 
 
 def small_s3(settings: S3Settings, **changes: Any) -> S3Settings:
-    """The test server's settings with 5 MiB parts and two parts in flight."""
-    return dataclasses.replace(settings, part_size=PART, max_concurrency=2, **changes)
+    """The test server's settings with 5 MiB parts and two parts in flight; reads of objects over
+    1 MiB in ranged parts of 1 MiB, three in flight, so the contract covers parallel reads too."""
+    small = {"part_size": PART, "max_concurrency": 2, "read_part_size": 1 * MiB, "read_concurrency": 3}
+    return dataclasses.replace(settings, **{**small, **changes})
 
 
 @pytest.fixture(params=BACKENDS)

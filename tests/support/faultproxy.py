@@ -15,6 +15,10 @@ Modes, switchable at any time from the test (thread-safe):
   are closed; later connections pass through. The mode applies when a connection starts, which
   is what a client retrying on a fresh connection sees.
 
+Independently of the mode, ``limit_rate(n)`` caps every connection at ``n`` bytes per second in
+each direction, like a path to a remote store where one TCP stream gets a fraction of what many
+get (bench/s3.py uses it to show what parallel ranged reads buy); ``limit_rate(0)`` lifts it.
+
 Everything runs in daemon threads on 127.0.0.1; ``close()`` (or leaving the ``with`` block)
 closes every socket and releases stalled threads.
 """
@@ -25,6 +29,7 @@ import select
 import socket
 import struct
 import threading
+import time
 from types import TracebackType
 
 __all__ = ["FaultProxy"]
@@ -55,6 +60,7 @@ class FaultProxy:
         self._reset_bytes = 0
         self._errors_left = 0
         self._hard = False
+        self._rate = 0  # bytes per second per connection and direction; 0: unlimited
         self._closed = False
         self._sockets: set[socket.socket] = set()
         # What happened, for assertions.
@@ -91,6 +97,10 @@ class FaultProxy:
 
     def http_errors(self, count: int) -> None:
         self._set("http", errors=count)
+
+    def limit_rate(self, bytes_per_second: int) -> None:
+        with self._cond:
+            self._rate = bytes_per_second
 
     @property
     def mode(self) -> str:
@@ -143,6 +153,7 @@ class FaultProxy:
     def _relay(self, client: socket.socket, upstream: socket.socket) -> None:
         """Copy bytes both ways in this one thread (so a reset can close both sockets at once)."""
         sent = 0  # bytes of the server's answer forwarded on this connection
+        due = {client: 0.0, upstream: 0.0}  # per direction: when its bytes so far may have passed (limit_rate)
         requests = _RequestFramer()
         peer = {client: upstream, upstream: client}
         open_ = [client, upstream]
@@ -191,6 +202,12 @@ class FaultProxy:
                             data += requests.pending
                     if data:
                         dst.sendall(data)
+                        with self._cond:
+                            rate = self._rate
+                        if rate:  # a token bucket holding 0.1 s: an idle pooled connection saves no credit
+                            now = time.monotonic()
+                            due[src] = max(due[src], now - 0.1) + len(data) / rate
+                            time.sleep(max(0.0, due[src] - now))
         except OSError:
             pass  # one side went away: take the other down too, as a real network path would
         for s in (client, upstream):

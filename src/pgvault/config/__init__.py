@@ -82,6 +82,8 @@ SETTINGS: tuple[_Setting, ...] = (
     _Setting("repository.s3.profile", to_opt_str, "AWS config profile"),
     _Setting("repository.s3.part_size_mb", to_int, "multipart upload part size in MiB", 16),
     _Setting("repository.s3.max_concurrency", to_int, "parts uploaded in parallel", 4),
+    _Setting("repository.s3.read_concurrency", to_int,
+             "ranged GETs in flight when reading one large object (8 MiB parts; 1: one GET stream)", 4),
     _Setting("repository.s3.connect_timeout", parse_duration, "S3: give up connecting after this long (default 10s)", 10.0),
     _Setting("repository.s3.read_timeout", parse_duration, "S3: give up when no byte arrives for this long (default 60s)", 60.0),
     _Setting("repository.s3.retries", to_int, "S3: retries of a failed or timed-out request (default 3)", 3),
@@ -154,6 +156,7 @@ class S3Options:
     profile: str | None = _DEFAULTS["repository.s3.profile"]
     part_size_mb: int = _DEFAULTS["repository.s3.part_size_mb"]
     max_concurrency: int = _DEFAULTS["repository.s3.max_concurrency"]
+    read_concurrency: int = _DEFAULTS["repository.s3.read_concurrency"]
     connect_timeout: float = _DEFAULTS["repository.s3.connect_timeout"]
     read_timeout: float = _DEFAULTS["repository.s3.read_timeout"]
     retries: int = _DEFAULTS["repository.s3.retries"]
@@ -382,6 +385,7 @@ def load_settings(
         profile=get("repository.s3.profile"),
         part_size_mb=get("repository.s3.part_size_mb"),
         max_concurrency=get("repository.s3.max_concurrency"),
+        read_concurrency=get("repository.s3.read_concurrency"),
         connect_timeout=get("repository.s3.connect_timeout"),
         read_timeout=get("repository.s3.read_timeout"),
         retries=get("repository.s3.retries"),
@@ -498,6 +502,8 @@ def validate(s: Settings, *, check_local_files: bool = True) -> list[str]:
         problems.append("repository.s3.part_size_mb: S3 requires parts of at least 5 MiB")
     if s.s3.max_concurrency < 1:
         problems.append("repository.s3.max_concurrency: must be at least 1")
+    if not 1 <= s.s3.read_concurrency <= 64:
+        problems.append("repository.s3.read_concurrency: must be between 1 and 64")
     for name, value in (("connect_timeout", s.s3.connect_timeout), ("read_timeout", s.s3.read_timeout)):
         if not value > 0:
             problems.append(f"repository.s3.{name}: must be positive")

@@ -24,7 +24,7 @@ def fetch_environment(s: Settings) -> dict[str, str]:
         env["PGVAULT_REPOSITORY_S3_FORCE_PATH_STYLE"] = "true"
     if s.s3.profile:
         env["PGVAULT_REPOSITORY_S3_PROFILE"] = s.s3.profile
-    for name in ("connect_timeout", "read_timeout", "retries"):
+    for name in ("connect_timeout", "read_timeout", "retries", "read_concurrency"):
         if getattr(s.s3, name) != getattr(S3Options, name):
             env[f"PGVAULT_REPOSITORY_S3_{name.upper()}"] = str(getattr(s.s3, name))
     if s.repository_name != PRIMARY_REPOSITORY:
@@ -34,7 +34,7 @@ def fetch_environment(s: Settings) -> dict[str, str]:
         for name in ("endpoint_url", "region", "profile"):
             env[f"PGVAULT_REPOSITORY_S3_{name.upper()}"] = getattr(s.s3, name) or ""
         env["PGVAULT_REPOSITORY_S3_FORCE_PATH_STYLE"] = "true" if s.s3.force_path_style else "false"
-        for name in ("connect_timeout", "read_timeout", "retries"):
+        for name in ("connect_timeout", "read_timeout", "retries", "read_concurrency"):
             env[f"PGVAULT_REPOSITORY_S3_{name.upper()}"] = str(getattr(s.s3, name))
     if s.age_identity_file:
         env["PGVAULT_ENCRYPTION_AGE_IDENTITY_FILE"] = str(Path(s.age_identity_file).resolve())

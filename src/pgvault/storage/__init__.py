@@ -58,6 +58,7 @@ def s3_settings(s: Settings) -> S3Settings:
         profile=s.s3.profile,
         part_size=s.s3.part_size_mb << 20,
         max_concurrency=s.s3.max_concurrency,
+        read_concurrency=s.s3.read_concurrency,
         connect_timeout=s.s3.connect_timeout,
         read_timeout=s.s3.read_timeout,
         max_attempts=s.s3.retries,

@@ -40,7 +40,7 @@ from pgvault.storage.base import (
     validate_key,
     validate_prefix,
 )
-from pgvault.storage.s3_read import ResumingBody
+from pgvault.storage.s3_read import open_body
 
 if TYPE_CHECKING:
     from mypy_boto3_s3.client import S3Client
@@ -95,6 +95,10 @@ class S3Settings:
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
     read_resumes: int = 5  # ranged re-opens of a download in a row without progress (see s3_read)
+    # Downloads: an object larger than one read part is fetched as ranged GETs, this many parts in
+    # flight (1: one GET stream); memory per open download is at most (read_concurrency + 1) parts.
+    read_concurrency: int = 4
+    read_part_size: int = 8 * MiB
     object_lock: LockRule | None = None  # Object Lock mode and duration stamped on every put (policy/object_lock)
 
     @property
@@ -115,6 +119,10 @@ class S3Settings:
                 problems.append(f"s3 {name} must be positive, got {getattr(self, name)}")
         if self.read_resumes < 0:
             problems.append(f"s3 read_resumes must not be negative, got {self.read_resumes}")
+        if self.read_concurrency < 1:
+            problems.append(f"s3 read_concurrency must be at least 1, got {self.read_concurrency}")
+        if not 64 * 1024 <= self.read_part_size <= _MAX_PART:
+            problems.append(f"s3 read_part_size must be between 64 KiB and 5 GiB, got {self.read_part_size}")
         if problems:
             raise ConfigError(problems)
 
@@ -348,7 +356,7 @@ class S3Storage:
             connect_timeout=st.connect_timeout,
             read_timeout=st.read_timeout,
             s3={"addressing_style": "path" if st.force_path_style else "auto"},
-            max_pool_connections=max(10, st.max_concurrency + 2),
+            max_pool_connections=max(10, st.max_concurrency + 2, st.read_concurrency + 2),
         )
         try:
             client = session.client("s3", endpoint_url=st.endpoint_url, config=config)
@@ -484,7 +492,7 @@ class S3Storage:
         full = self._full(key)
         with self._errors("read", key, lookup=True):
             resp = self._client.get_object(Bucket=self.bucket, Key=full)
-        return io.BufferedReader(ResumingBody(self, key, full, resp), buffer_size=256 * 1024)
+        return io.BufferedReader(open_body(self, key, full, resp), buffer_size=256 * 1024)
 
     def read_bytes(self, key: str) -> bytes:
         """Return the whole object; raise :class:`ObjectNotFound` if it does not exist."""
