@@ -74,8 +74,10 @@ def test_config_check_lists_every_problem(tmp_path: Path) -> None:
     assert ok["valid"] is True and ok["cluster"] == "prod"
 
 
+@pytest.mark.parametrize("jobs", ["1", "2"])
 @pytest.mark.parametrize("damage", ["flip", "truncate"])
-def test_corrupt_object_fails_restore_and_creates_nothing(pg_cluster, sample_db, scratch_db, local_env, damage: str) -> None:
+def test_corrupt_object_fails_restore_and_creates_nothing(pg_cluster, sample_db, scratch_db, local_env, damage: str,
+                                                          jobs: str) -> None:
     pgvault(["backup", "-d", sample_db, "--no-globals"], local_env)
     obj = _object(local_env, f"{sample_db}.dump.zst.age")
     data = bytearray(obj.read_bytes())
@@ -84,10 +86,12 @@ def test_corrupt_object_fails_restore_and_creates_nothing(pg_cluster, sample_db,
     else:
         del data[len(data) - 70000:]
     obj.write_bytes(bytes(data))
-    res = pgvault(["restore", "latest", "-d", sample_db, "-t", scratch_db], local_env, check=False)
+    res = pgvault(["restore", "latest", "-d", sample_db, "-t", scratch_db, "--jobs", jobs], local_env, check=False)
     assert res.returncode == 6, res
     assert any(w in _one_error_line(res.stderr) for w in ("corrupt", "truncated", "checksum", "decrypt"))
     assert not pg_cluster.database_exists(scratch_db)
+    # nor a scratch copy (--jobs 2 loads data while the stream is verified: the copy is dropped)
+    assert pg_cluster.psql(f"SELECT count(*) FROM pg_database WHERE datname LIKE '{scratch_db}%'") == "0"
 
 
 def test_corrupt_object_never_damages_existing_tables(pg_cluster, sample_db, scratch_db, local_env) -> None:
@@ -185,7 +189,8 @@ def test_one_backup_per_cluster_and_killed_backup_leaves_no_trace(pg_cluster, sc
     assert len(pgvault(["list", "--json"], local_env).json()["backups"]) == 1
 
 
-def test_row_count_mismatch_exits_9_with_one_json_document(pg_cluster, sample_db, scratch_db, local_env) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("jobs", ["1", "2"])  # 2: the counts COPY reported are compared
+def test_row_count_mismatch_exits_9_with_one_json_document(pg_cluster, sample_db, scratch_db, local_env, jobs) -> None:  # type: ignore[no-untyped-def]
     import json
     from pathlib import Path
 
@@ -194,7 +199,7 @@ def test_row_count_mismatch_exits_9_with_one_json_document(pg_cluster, sample_db
     doc = json.loads(manifest.read_text())
     next(t for t in doc["databases"][0]["tables"] if t["name"] == "configs")["rows"] += 5
     manifest.write_text(json.dumps(doc))
-    res = pgvault(["restore", "latest", "-d", sample_db, "-t", scratch_db, "--json"], local_env, check=False)
+    res = pgvault(["restore", "latest", "-d", sample_db, "-t", scratch_db, "--json", "--jobs", jobs], local_env, check=False)
     assert res.returncode == 9 and "does not match the manifest" in res.stderr
     out = json.loads(res.stdout)  # exactly one document: the comparison
     assert out["kind"] == "restore" and out["restore"]["verified"] is False
