@@ -91,9 +91,8 @@ def test_parallel_restore_and_human_output(pg_cluster, sample_db, scratch_db, lo
     assert pg_cluster.psql(_OBJECTS, dbname=scratch_db) == pg_cluster.psql(_OBJECTS, dbname=sample_db)
 
 
-def test_parallel_data_load_restores_every_row_exactly(pg_cluster, sample_db_large, scratch_db, local_env) -> None:
-    """--jobs 2 cuts a large table's rows into pieces that two sessions load side by side: every
-    table's rows are the source's, byte for byte (row order aside), and the counts come from COPY."""
+def test_parallel_restore_restores_every_row_exactly(pg_cluster, sample_db_large, scratch_db, local_env) -> None:
+    """--jobs 2: every table's rows are the source's, byte for byte (row order aside)."""
     pgvault(["backup", "-d", sample_db_large, "--no-globals"], local_env)
     out = pgvault(["restore", "latest", "-d", sample_db_large, "-t", scratch_db, "--jobs", "2", "--json"], local_env).json()
     assert out["restore"]["verified"] is True

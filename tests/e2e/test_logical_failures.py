@@ -90,7 +90,7 @@ def test_corrupt_object_fails_restore_and_creates_nothing(pg_cluster, sample_db,
     assert res.returncode == 6, res
     assert any(w in _one_error_line(res.stderr) for w in ("corrupt", "truncated", "checksum", "decrypt"))
     assert not pg_cluster.database_exists(scratch_db)
-    # nor a scratch copy (--jobs 2 loads data while the stream is verified: the copy is dropped)
+    # nor a scratch copy (data loads while the stream is verified: the copy is dropped)
     assert pg_cluster.psql(f"SELECT count(*) FROM pg_database WHERE datname LIKE '{scratch_db}%'") == "0"
 
 
@@ -189,7 +189,7 @@ def test_one_backup_per_cluster_and_killed_backup_leaves_no_trace(pg_cluster, sc
     assert len(pgvault(["list", "--json"], local_env).json()["backups"]) == 1
 
 
-@pytest.mark.parametrize("jobs", ["1", "2"])  # 2: the counts COPY reported are compared
+@pytest.mark.parametrize("jobs", ["1", "2"])  # the parallel path is verified the same way
 def test_row_count_mismatch_exits_9_with_one_json_document(pg_cluster, sample_db, scratch_db, local_env, jobs) -> None:  # type: ignore[no-untyped-def]
     import json
     from pathlib import Path
