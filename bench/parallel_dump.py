@@ -8,7 +8,8 @@ gets ``--size-gb`` of realistic data (bench/_datagen.py); then, ``--rounds`` tim
 
 From the figures it fits the model of docs/performance.md (policy/parallel_dump.CostModel):
 
-    wall ≈ fixed + max(largest table, total / min(jobs, cores / cpu_per_job)) / bytes_per_s
+    the shares of the plan run side by side, each at bytes_per_s while the cores carry them
+    (cpu_per_job each), slower while more run than that; wall = fixed + until the last share ends
 
 ``fixed`` is the wall of a backup of an empty database, ``bytes_per_s`` the table bytes one job
 moves per second (from --jobs 1), ``cpu_per_job`` the CPU seconds (pgvault, pg_dump and the server
@@ -111,6 +112,9 @@ def model(b: Bench, sizes: list[TableSize], jobs: int, fixed: float, args: argpa
     largest = max((t.bytes for t in sizes), default=0)
     scale = args.predict_gb * (1 << 30) / max(1, total)
     scaled = [int(t.bytes * scale) for t in sizes]
+    even = [int(args.predict_gb * (1 << 30) / 64)] * 64
+    capped = CostModel(bytes_per_s=bytes_per_s, cpu_per_job=m.cpu_per_job, fixed_s=fixed,
+                       max_bytes_per_s=args.predict_io_mib_s * MiB)
     return {
         "table_bytes": total,
         "largest_table_bytes": largest,
@@ -123,10 +127,11 @@ def model(b: Bench, sizes: list[TableSize], jobs: int, fixed: float, args: argpa
         "measured_wall_jn_s": round(statistics.median(n for _, n in per_round), 2),
         "predicted_wall_jn_s": round(m.wall_s([t.bytes for t in sizes], jobs, cores), 2),
         "prediction": {
-            "size_gb": args.predict_gb, "cores": args.predict_cores, "shape": "this data's table sizes, scaled",
-            **{f"jobs_{j}_s": round(m.wall_s(scaled, j, args.predict_cores)) for j in (1, 4, 8, args.predict_cores)},
-            "even_tables_jobs_max_s": round(m.wall_s([int(args.predict_gb * (1 << 30) / 64)] * 64, args.predict_cores,
-                                                     args.predict_cores)),
+            "size_gb": args.predict_gb, "cores": args.predict_cores, "io_cap_mib_s": args.predict_io_mib_s,
+            **{f"this_shape_jobs_{j}_s": round(m.wall_s(scaled, j, args.predict_cores)) for j in (1, 4, 8, args.predict_cores)},
+            **{f"even_64_tables_jobs_{j}_s": round(m.wall_s(even, j, args.predict_cores)) for j in (1, 4, 8, args.predict_cores)},
+            **{f"even_64_tables_jobs_{j}_io_capped_s": round(capped.wall_s(even, j, args.predict_cores))
+               for j in (1, 4, 8, args.predict_cores)},
         },
     }
 
@@ -138,7 +143,7 @@ def render(rows: list[tuple[str, Step]], mdl: dict[str, Any], info: dict[str, An
         walls = ", ".join(f"{r.wall:.1f}" for r in st.runs)
         cpu = statistics.median(cpu_of(r, [p.name for p in r.procs]) + r.server_cpu for r in st.runs)
         lines.append(f"  {st.title:<45} wall s {walls:<24} CPU s (median) {cpu:6.1f}")
-    lines += ["", "cost model (wall ≈ fixed + max(largest table, total / min(jobs, cores / cpu_per_job)) / bytes_per_s):"]
+    lines += ["", "cost model (policy/parallel_dump.CostModel: shares side by side, sharing the cores):"]
     lines += [f"  {k}: {v}" for k, v in mdl.items()]
     return "\n".join(lines)
 
@@ -151,6 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--predict-gb", type=float, default=100.0)
     p.add_argument("--predict-cores", type=int, default=16)
+    p.add_argument("--predict-io-mib-s", type=float, default=400.0, help="storage/network cap for the prediction")
     p.add_argument("--quick", action="store_true", help=f"smoke mode for CI: {QUICK}")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)

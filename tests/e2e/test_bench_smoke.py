@@ -100,7 +100,10 @@ def test_parallel_dump_quick_fits_the_cost_model(tmp_path: Path) -> None:
     assert m["table_bytes"] > 0 and 0 < m["largest_share_of_total"] <= 1
     assert m["bytes_per_s_per_job_mib"] > 0 and m["predicted_wall_jn_s"] > 0 and m["measured_wall_jn_s"] > 0
     assert len({t for share in m["plan"] for t in share}) == sum(len(s) for s in m["plan"])
-    assert m["prediction"]["jobs_1_s"] >= m["prediction"]["jobs_16_s"] > 0
+    p = m["prediction"]
+    assert p["this_shape_jobs_1_s"] >= p["this_shape_jobs_16_s"] > 0
+    assert p["even_64_tables_jobs_1_s"] > p["even_64_tables_jobs_16_s"] > 0
+    assert p["even_64_tables_jobs_16_io_capped_s"] >= p["even_64_tables_jobs_16_s"]
 
 
 @pytest.mark.s3

@@ -125,13 +125,27 @@ def test_bad_input_is_refused():
 
 
 def test_cost_model_is_bounded_by_the_largest_table_and_the_cores():
-    m = CostModel(bytes_per_s=100.0, cpu_per_job=2.0, fixed_s=1.0)
+    m = CostModel(bytes_per_s=100.0, cpu_per_job=1.0, fixed_s=1.0)
     sizes = [1000, 100, 100, 100]
     assert m.wall_s(sizes, 1, 2) == pytest.approx(1.0 + 13.0)
-    # One table of 1000 outweighs the rest: more jobs cannot beat it.
+    # One table of 1000 outweighs the rest: more jobs and cores cannot beat it.
     assert m.wall_s(sizes, 4, 16) == pytest.approx(1.0 + 10.0)
     even = [100] * 16
-    assert m.wall_s(even, 16, 16) == pytest.approx(1.0 + 1600 / 8 / 100)  # 16 cores / 2 per job = 8
-    assert m.wall_s(even, 4, 16) == pytest.approx(1.0 + 1600 / 4 / 100)
+    assert m.wall_s(even, 16, 16) == pytest.approx(1.0 + 1.0)
+    assert m.wall_s(even, 4, 16) == pytest.approx(1.0 + 4.0)
     assert m.wall_s([], 4, 16) == 1.0
-    assert m.effective_jobs(8, 2) == 1.0
+
+
+def test_cost_model_shares_the_cores():
+    # Two workers needing 1.5 cores each on 2 cores run at 2/3 speed while both run.
+    m = CostModel(bytes_per_s=90.0, cpu_per_job=1.5)
+    assert m.wall_s([180, 90], 2, 2) == pytest.approx(90 / 60 + 90 / 90)  # both at 60 B/s, then one at 90
+    assert m.wall_s([180, 90], 1, 2) == pytest.approx(270 / 90)
+    # 16 equal tables, 16 workers, 12 cores at 1.5 per worker: 8 workers' worth of throughput.
+    assert m.wall_s([90] * 16, 16, 12) == pytest.approx(16 * 90 / (8 * 90))
+    # Storage carrying 180 B/s in all caps everything.
+    capped = CostModel(bytes_per_s=90.0, cpu_per_job=1.0, max_bytes_per_s=180.0)
+    assert capped.wall_s([90] * 16, 16, 64) == pytest.approx(16 * 90 / 180)
+    # Never faster than the largest table at full speed.
+    for jobs in range(1, 6):
+        assert m.wall_s([500, 60, 50, 40], jobs, 2) >= 500 / 90 - 1e-9

@@ -122,21 +122,35 @@ def plan_shares(tables: Iterable[TableSize], jobs: int, *, min_bytes: int = 0) -
 class CostModel:
     """What one dump worker moves per second, measured on this kind of machine (bench/parallel_dump.py).
 
-    ``bytes_per_s``: table bytes one worker turns into stored bytes per second (pg_dump, its server
-    backend, zstd and age together); ``cpu_per_job``: the cores one worker keeps busy.  On a machine
-    of ``cores`` cores at most ``cores / cpu_per_job`` workers run at full speed.
+    ``bytes_per_s``: table bytes one worker turns into stored bytes per second when it has the cores
+    it needs (pg_dump, its server backend, zstd and age together); ``cpu_per_job``: the cores one
+    worker keeps busy then; ``max_bytes_per_s``: what storage and network carry for all workers
+    together (None: not the limit); ``fixed_s``: per backup (start-up, catalog queries, manifest).
     """
 
     bytes_per_s: float
     cpu_per_job: float
-    fixed_s: float = 0.0  # per backup: connecting, the catalog queries, the manifest
+    fixed_s: float = 0.0
+    max_bytes_per_s: float | None = None
 
-    def effective_jobs(self, jobs: int, cores: int) -> float:
-        return max(1.0, min(float(jobs), cores / self.cpu_per_job))
+    def rate(self, running: int, cores: int) -> float:
+        """Bytes per second of each of ``running`` workers sharing ``cores`` (and the I/O cap)."""
+        share = min(1.0, cores / (running * self.cpu_per_job))
+        r = self.bytes_per_s * share
+        if self.max_bytes_per_s is not None:
+            r = min(r, self.max_bytes_per_s / running)
+        return r
 
     def wall_s(self, table_bytes: Sequence[int], jobs: int, cores: int) -> float:
-        """wall ≈ fixed + max(largest table, total / effective jobs) / per-worker throughput."""
-        if not table_bytes:
-            return self.fixed_s
-        largest, total = max(table_bytes), sum(table_bytes)
-        return self.fixed_s + max(largest, total / self.effective_jobs(jobs, cores)) / self.bytes_per_s
+        """The backup's wall: the tables dealt as ``plan_shares`` deals them, the shares running side
+        by side and sharing the cores (each slows down while more run than the cores carry), until
+        the last share ends.  Never less than the largest table alone, nor the total at full width."""
+        plan = plan_shares([TableSize("", f"t{i}", b) for i, b in enumerate(table_bytes)], jobs)
+        left = sorted(float(s.bytes) for s in plan.shares)
+        t = 0.0
+        while left:
+            r = self.rate(len(left), cores)
+            step = left[0] / r  # until the smallest share ends
+            t += step
+            left = [b - step * r for b in left[1:]]
+        return self.fixed_s + t
