@@ -105,6 +105,9 @@ def fast_fetch(argv: Sequence[str]) -> int | None:
         return None
     from pgvault.operations.archive import confirm, prefetched
 
+    if not prefetched.is_segment_name(str(opts["name"])):
+        return None  # history files and the like: never prefetched; a miss should pay nothing here
+
     try:
         cwd = os.getcwd()
         data_dir = os.path.join(cwd, opts["pgdata"]) if opts["pgdata"] else cwd
