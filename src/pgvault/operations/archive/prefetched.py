@@ -52,18 +52,12 @@ def write_record(spool: str, name: str, *, raw_sha256: str, raw_size: int) -> No
     if st.st_size != raw_size:
         raise ValueError(f"{name}: {st.st_size} bytes in the spool, {raw_size} verified")
     body = f"raw_sha256 {raw_sha256}\nraw_size {raw_size}\nfile_id {' '.join(map(str, confirm.identity(st)))}\n"
-    path = record_path(spool, name)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(body.encode())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    from pathlib import Path  # the prefetcher's side: not on the fast path's imports
+
+    from pgvault.fs import write_atomic
+
+    # Not fsynced, like the pusher's records: one lost in a crash only costs a download.
+    write_atomic(Path(record_path(spool, name)), body.encode(), durable=False)
 
 
 def read_record(spool: str, name: str) -> tuple[int, tuple[int, ...]] | None:
