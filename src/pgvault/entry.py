@@ -3,8 +3,9 @@
 ``wal push`` runs once per WAL segment and PostgreSQL waits for each: when the background pusher
 has already stored the segment, :mod:`pgvault.operations.archive.confirm` confirms it from the
 pusher's record with the standard library only, before the CLI (argparse, the config loader,
-YAML) is imported.  Anything it cannot decide goes to the full command, :func:`pgvault.cli.main`,
-which behaves exactly as it always did.
+YAML) is imported.  ``wal fetch`` likewise: a segment the prefetcher already downloaded and
+verified is moved to %p by :mod:`pgvault.operations.archive.prefetched`.  Anything they cannot
+decide goes to the full command, :func:`pgvault.cli.main`, which behaves exactly as it always did.
 """
 
 from __future__ import annotations
@@ -16,16 +17,35 @@ TYPE_CHECKING = False  # not ``from typing``: it is not imported at start-up, an
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-# The options the fast path understands (the common ones that may decide the spool, and push's
-# --pgdata); any other option (--json, --log-level, an abbreviation ...) means the full command.
+# The options the fast paths understand (the common ones that may decide the spool, and push's and
+# fetch's --pgdata); any other option (--json, --log-level, an abbreviation ...) means the full command.
 _COMMON = {"--config": "config", "-c": "config", "--cluster": "cluster", "--repository": "repository",
            "-r": "repository"}
-_PUSH_ONLY = {"--pgdata": "pgdata"}
+_WAL_ONLY = {"--pgdata": "pgdata"}
 
 
 def parse_push(argv: Sequence[str]) -> dict[str, str | None] | None:
     """``wal push PATH`` with only the options above (each at most once), as argparse would read
     it; None for any other command line."""
+    parsed = _parse(argv, "push", 1)
+    if parsed is None:
+        return None
+    opts, args = parsed
+    opts["path"] = args[0]
+    return opts
+
+
+def parse_fetch(argv: Sequence[str]) -> dict[str, str | None] | None:
+    """``wal fetch NAME DEST`` (restore_command's ``%f %p``) with the same options; None otherwise."""
+    parsed = _parse(argv, "fetch", 2)
+    if parsed is None:
+        return None
+    opts, args = parsed
+    opts["name"], opts["destination"] = args
+    return opts
+
+
+def _parse(argv: Sequence[str], verb: str, nargs: int) -> tuple[dict[str, str | None], list[str]] | None:
     opts: dict[str, str | None] = {"config": None, "cluster": None, "repository": None, "pgdata": None}
     positional: list[str] = []
     seen: set[str] = set()
@@ -34,7 +54,7 @@ def parse_push(argv: Sequence[str]) -> dict[str, str | None] | None:
         token = argv[i]
         if token.startswith("-"):
             flag, eq, value = token.partition("=")
-            allowed = _COMMON if len(positional) < 2 else {**_COMMON, **_PUSH_ONLY}
+            allowed = _COMMON if len(positional) < 2 else {**_COMMON, **_WAL_ONLY}
             if flag not in allowed or (eq and not flag.startswith("--")):
                 return None
             if not eq:
@@ -50,10 +70,9 @@ def parse_push(argv: Sequence[str]) -> dict[str, str | None] | None:
         else:
             positional.append(token)
         i += 1
-    if len(positional) != 3 or positional[:2] != ["wal", "push"]:
+    if len(positional) != 2 + nargs or positional[:2] != ["wal", verb]:
         return None
-    opts["path"] = positional[2]
-    return opts
+    return opts, positional[2:]
 
 
 def fast_push(argv: Sequence[str]) -> int | None:
@@ -78,10 +97,37 @@ def fast_push(argv: Sequence[str]) -> int | None:
     return 0
 
 
+def fast_fetch(argv: Sequence[str]) -> int | None:
+    """0 once the prefetched, verified segment is at %p; None: run the full command (which also
+    answers every "not found" and every error)."""
+    opts = parse_fetch(argv)
+    if opts is None:
+        return None
+    from pgvault.operations.archive import confirm, prefetched
+
+    if not prefetched.is_segment_name(str(opts["name"])):
+        return None  # history files and the like: never prefetched; a miss should pay nothing here
+
+    try:
+        cwd = os.getcwd()
+        data_dir = os.path.join(cwd, opts["pgdata"]) if opts["pgdata"] else cwd
+        fp = confirm.fingerprint(config=opts["config"], cluster=opts["cluster"], repository=opts["repository"],
+                                 pgdata=opts["pgdata"], cwd=cwd, environ=os.environ, verb="fetch")
+        served = bool(fp) and prefetched.serve(str(opts["name"]), str(opts["destination"]), data_dir=data_dir,
+                                               fp=str(fp))
+    except Exception:  # noqa: BLE001 - anything unexpected: the full command decides (and reports)
+        return None
+    return 0 if served else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if "push" in args:
         code = fast_push(args)
+        if code is not None:
+            return code
+    elif "fetch" in args:
+        code = fast_fetch(args)
         if code is not None:
             return code
     from pgvault.cli import main as cli_main

@@ -201,13 +201,21 @@ def test_fetch_prefetches_ahead_and_keeps_the_exit_code_contract(pg_cluster, wal
     (restoring / "pg_wal").mkdir(parents=True)
     (restoring / "postmaster.pid").write_text(f"{os.getpid()}\n")  # the prefetcher serves a live server only
     pgvault(["wal", "fetch", segs[0], "pg_wal/RECOVERYXLOG", "--pgdata", str(restoring)], wal_env)
-    [spool_root] = list((restoring / "pg_wal" / "pgvault").iterdir())
+    [spool_root] = [p for p in (restoring / "pg_wal" / "pgvault").iterdir() if p.name != "fast"]
     spool = spool_root / "fetch"
-    _wait_for(lambda: all((spool / s).exists() for s in segs[1:]))
-    for s in segs[1:]:
-        r = pgvault(["wal", "fetch", s, "pg_wal/RECOVERYXLOG", "--pgdata", str(restoring), "--json"], wal_env).json()
-        assert r["prefetched"] is True
-        assert (restoring / "pg_wal" / "RECOVERYXLOG").read_bytes() == data[s]
+    [fast] = list((restoring / "pg_wal" / "pgvault" / "fast").iterdir())  # remembered for the fast path
+    assert fast.read_text().split("\n")[0] == str(spool.resolve())
+    # Downloaded, verified and recorded (the record is what lets wal fetch hand a file over).
+    _wait_for(lambda: all((spool / f"{s}.ok").exists() for s in segs[1:]))
+    r = pgvault(["wal", "fetch", segs[1], "pg_wal/RECOVERYXLOG", "--pgdata", str(restoring), "--json"], wal_env).json()
+    assert r["prefetched"] is True  # the full command (--json) serves it from the spool too
+    assert (restoring / "pg_wal" / "RECOVERYXLOG").read_bytes() == data[segs[1]]
+    # restore_command's form goes through pgvault.entry's fast path: moved, byte for byte, consumed.
+    out = pgvault(["wal", "fetch", segs[2], "pg_wal/RECOVERYXLOG", "--pgdata", str(restoring)], wal_env)
+    assert out.stdout == "" and out.stderr == ""
+    assert (restoring / "pg_wal" / "RECOVERYXLOG").read_bytes() == data[segs[2]]
+    assert not (spool / segs[2]).exists() and not (spool / f"{segs[2]}.ok").exists()
+    assert (spool / ".want").read_text() == segs[2]
     # Past the end of the archive: still exit 1 ("not found"), prefetcher or not.
     nxt = f"{segs[-1][:16]}{int(segs[-1][16:], 16) + 1:08X}"
     assert pgvault(["wal", "fetch", nxt, "pg_wal/RECOVERYXLOG", "--pgdata", str(restoring)], wal_env,

@@ -57,19 +57,21 @@ def _async_ready(data_dir: Path, path: str) -> bool:
     return is_ready(data_dir, path)
 
 
-def _remember_spool(args: argparse.Namespace, settings: Any, data_dir: Path) -> None:
-    """Let the next ``wal push`` with this command line, config and environment find the spool
-    without loading the settings (pgvault.entry's fast path; see operations/archive/confirm.py)."""
+def _remember_spool(args: argparse.Namespace, settings: Any, data_dir: Path, verb: str = "push") -> None:
+    """Let the next ``wal push`` (``wal fetch``) with this command line, config and environment find
+    the spool without loading the settings (pgvault.entry's fast paths; see
+    operations/archive/confirm.py and prefetched.py)."""
     import os
 
     from pgvault.operations.archive import confirm
-    from pgvault.operations.archive.background import spool_dir
+    from pgvault.operations.archive.background import fetch_spool_dir, spool_dir
 
     cwd = os.getcwd()
     fp = confirm.fingerprint(config=args.config, cluster=args.cluster, repository=args.repository,
-                             pgdata=args.pgdata, cwd=cwd, environ=os.environ)
+                             pgdata=args.pgdata, cwd=cwd, environ=os.environ, verb=verb)
     if fp:
-        confirm.remember(str(data_dir), fp, str(spool_dir(settings, data_dir)), settings.archive_wait_timeout)
+        spool = fetch_spool_dir(settings, data_dir) if verb == "fetch" else spool_dir(settings, data_dir)
+        confirm.remember(str(data_dir), fp, str(spool), settings.archive_wait_timeout)
 
 
 def run_push(args: argparse.Namespace) -> int:
@@ -107,6 +109,7 @@ def run_fetch(args: argparse.Namespace) -> int:
     ctx = context_from(args)
     try:
         if ctx.settings.restore_prefetch > 0:
+            _remember_spool(args, ctx.settings, Path(args.pgdata) if args.pgdata else Path.cwd(), "fetch")
             res = fetch_prefetching(ctx, args.name, args.destination, pgdata=args.pgdata,
                                     passthrough=_passthrough(args))
         else:

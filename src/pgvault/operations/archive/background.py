@@ -42,8 +42,8 @@ from typing import TYPE_CHECKING, Any
 from pgvault import log
 from pgvault.config import Settings
 from pgvault.errors import PgvaultError, StorageError, error_of_kind
-from pgvault.fs import fsync_path, try_lock_file, write_atomic
-from pgvault.operations.archive import confirm
+from pgvault.fs import try_lock_file, write_atomic
+from pgvault.operations.archive import confirm, prefetched
 from pgvault.pg import wal
 from pgvault.repository.wal_record import PushResult
 
@@ -330,8 +330,13 @@ def _sweep(paths: _Paths, status: Path) -> None:
 # --- fetch ----------------------------------------------------------------------------------------
 
 
+def fetch_spool_dir(settings: Settings, data_dir: Path) -> Path:
+    """Where the prefetcher keeps what it downloaded (and ``wal fetch`` serves it from)."""
+    return spool_dir(settings, data_dir) / "fetch"
+
+
 def _fetch_dir(ctx: Context, data_dir: Path) -> Path:
-    return spool_dir(ctx.settings, data_dir) / "fetch"
+    return fetch_spool_dir(ctx.settings, data_dir)
 
 
 def fetch_prefetching(ctx: Context, name: str, destination: str, *, pgdata: str | None,
@@ -346,16 +351,17 @@ def fetch_prefetching(ctx: Context, name: str, destination: str, *, pgdata: str 
     spool.mkdir(parents=True, exist_ok=True)
     _write_atomic(spool / ".want", name.encode())
     dest = Path(destination) if Path(destination).is_absolute() else data_dir / destination
-    ready = spool / name
+    running = _is_locked(spool / "prefetch.lock")
     served: StreamResult | None = None
     try:
-        os.replace(ready, dest)  # verified when the prefetcher wrote it; same file system as pg_wal
-        fsync_path(dest.parent)
-    except FileNotFoundError:
+        # Only what a running prefetcher verified and recorded (see prefetched.py); same file
+        # system as pg_wal by default
+        taken = running and prefetched.take(str(spool), name, str(dest))
+    except OSError:  # another file system: fetch it (the prefetched file stays for cleanup)
+        taken = False
+    if not taken:
         served = fetch(ctx, name, destination, pgdata=pgdata)
-    except OSError:  # another file system: copy (the prefetched file stays for cleanup)
-        served = fetch(ctx, name, destination, pgdata=pgdata)
-    if not _is_locked(spool / "prefetch.lock"):
+    if not running:
         spawn(["wal", "prefetch-daemon", "--pgdata", str(data_dir), *passthrough], spool, "prefetch.log")
     return served
 
@@ -374,6 +380,7 @@ def run_prefetcher(ctx: Context, data_dir: Path, *, idle_exit: float = PREFETCH_
     with try_lock_file(spool / "prefetch.lock") as mine:
         if not mine:
             return 0
+        _clear(spool)  # a killed prefetcher's files: only what this one verifies is ever served
         last_want, last_change = "", clock()
         absent: dict[str, float] = {}
         server_alive = _ServerWatch(data_dir, clock)  # recovery killed with -9: stop within a second
@@ -388,32 +395,38 @@ def run_prefetcher(ctx: Context, data_dir: Path, *, idle_exit: float = PREFETCH_
                 tli, segno = wal.parse_segment_name(want, seg_size)
                 window = [wal.segment_name(tli, segno + i, seg_size) for i in range(1, depth + 1)]
                 keep = {want, *window}  # ``want`` itself may be being moved out by the foreground right now
-                for p in spool.iterdir():  # consumed or passed by recovery
-                    if wal.classify_or_none(p.name) is wal.WalFileKind.SEGMENT and p.name not in keep:
-                        p.unlink(missing_ok=True)
+                _clear(spool, keep)  # consumed or passed by recovery
                 todo = [n for n in window if not (spool / n).exists() and clock() - absent.get(n, -1e9) > 2.0]
                 futures = {pool.submit(_prefetch_one, ctx, n, spool, data_dir): n for n in todo}
                 for fut in cf.as_completed(futures):
                     if not fut.result():
                         absent[futures[fut]] = clock()
                 time.sleep(0.05)
-        for p in spool.iterdir():
-            if wal.classify_or_none(p.name) is wal.WalFileKind.SEGMENT:
-                p.unlink(missing_ok=True)
+        _clear(spool)
     return 0
 
 
+def _clear(spool: Path, keep: set[str] | frozenset[str] = frozenset()) -> None:
+    """Remove the prefetched segments (records first) not in ``keep``."""
+    for p in sorted(spool.iterdir(), key=lambda p: not p.name.endswith(".ok")):
+        stem = p.name.removesuffix(".ok")
+        if wal.classify_or_none(stem) is wal.WalFileKind.SEGMENT and stem not in keep:
+            p.unlink(missing_ok=True)
+
+
 def _prefetch_one(ctx: Context, name: str, spool: Path, data_dir: Path) -> bool:
-    """Download and verify one segment into the spool; False when it is not (yet) archived."""
+    """Download and verify one segment into the spool, and record it (what ``wal fetch`` serves);
+    False when it is not (yet) archived."""
     from pgvault.operations.archive.push_fetch import fetch
     from pgvault.storage import ObjectNotFound
 
     try:
-        fetch(ctx, name, str(spool / name), pgdata=str(data_dir), foreground=False)
+        r = fetch(ctx, name, str(spool / name), pgdata=str(data_dir), foreground=False)
+        prefetched.write_record(str(spool), name, raw_sha256=r.raw_sha256, raw_size=r.raw_size)
         return True
     except ObjectNotFound:
         return False
-    except (PgvaultError, OSError) as e:
+    except (PgvaultError, OSError, ValueError) as e:
         # Leave it to the foreground, which fetches it itself and reports the error to PostgreSQL.
         log.get().warning("prefetch of %s failed: %s", name, getattr(e, "message", e))
         return False

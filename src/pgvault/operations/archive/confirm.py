@@ -55,6 +55,8 @@ LOCK_CHECK = 0.25
 SPOOL_ENV = ("PGVAULT_CONFIG", "PGVAULT_REPOSITORY_URL", "PGVAULT_CLUSTER", "PGVAULT_ARCHIVE_ASYNC",
              "PGVAULT_ARCHIVE_SPOOL_DIR", "PGVAULT_ARCHIVE_WAIT_TIMEOUT")
 NAMED_REPOSITORIES_ENV = "PGVAULT_REPOSITORIES_"  # ``--repository NAME`` reads these
+# ``wal fetch`` serves from the spool only with restore.prefetch on (operations/archive/prefetched.py)
+FETCH_ENV = (*SPOOL_ENV, "PGVAULT_RESTORE_PREFETCH")
 
 
 def identity(st: os.stat_result) -> tuple[int, ...]:
@@ -137,9 +139,9 @@ def describes(record: Record, src: str) -> bool:
 
 
 def fingerprint(*, config: str | None, cluster: str | None, repository: str | None, pgdata: str | None,
-                cwd: str, environ: Mapping[str, str]) -> str | None:
-    """What the spool of ``wal push`` with these options, in this environment, is remembered under;
-    None when the config file cannot be read (the full command reports that)."""
+                cwd: str, environ: Mapping[str, str], verb: str = "push") -> str | None:
+    """What the spool of ``wal VERB`` (push or fetch) with these options, in this environment, is
+    remembered under; None when the config file cannot be read (the full command reports that)."""
     path = config or environ.get("PGVAULT_CONFIG")
     config_bytes = b"-"
     if path:
@@ -148,8 +150,9 @@ def fingerprint(*, config: str | None, cluster: str | None, repository: str | No
                 config_bytes = f.read()
         except OSError:
             return None
-    env = sorted((k, v) for k, v in environ.items() if k in SPOOL_ENV or k.startswith(NAMED_REPOSITORIES_ENV))
-    h = _small_sha256(b"pgvault wal push 1\0")
+    names = FETCH_ENV if verb == "fetch" else SPOOL_ENV
+    env = sorted((k, v) for k, v in environ.items() if k in names or k.startswith(NAMED_REPOSITORIES_ENV))
+    h = _small_sha256(b"pgvault wal push 1\0" if verb == "push" else f"pgvault wal {verb} 1\0".encode())
     for part in (config, cluster, repository, pgdata, cwd, path, *(f"{k}={v}" for k, v in env)):
         h.update(b"-\0" if part is None else part.encode("utf-8", "surrogateescape") + b"\0")
     h.update(config_bytes)
@@ -199,7 +202,7 @@ def remember(data_dir: str, fp: str, spool: str, wait_timeout: float) -> None:
             pass
 
 
-def _recall(data_dir: str, fp: str) -> tuple[str, float] | None:
+def recall(data_dir: str, fp: str) -> tuple[str, float] | None:
     try:
         with open(_index(data_dir, fp), "rb") as f:
             spool, timeout = f.read().decode().split("\n")[:2]
@@ -208,8 +211,8 @@ def _recall(data_dir: str, fp: str) -> tuple[str, float] | None:
         return None
 
 
-def _pusher_runs(lock: str) -> bool:
-    """True while a pusher holds the spool's lock (as ``background._is_locked``)."""
+def lock_held(lock: str) -> bool:
+    """True while a daemon (pusher, prefetcher) holds its spool lock ``lock`` (as ``background._is_locked``)."""
     import fcntl
 
     try:
@@ -232,7 +235,7 @@ def fast_confirm(path: str, *, data_dir: str, fp: str, clock: Callable[[], float
     None when the full command has to decide: nothing remembered for ``fp``, the file is not
     ``.ready``, no pusher runs, it reported an error, its record describes other bytes, or it has
     not confirmed within half of ``archive.wait_timeout``."""
-    remembered = _recall(data_dir, fp)
+    remembered = recall(data_dir, fp)
     if remembered is None:
         return None
     spool, wait_timeout = remembered
@@ -258,7 +261,7 @@ def fast_confirm(path: str, *, data_dir: str, fp: str, clock: Callable[[], float
         if os.path.exists(error) or now - start > wait_timeout / 2:
             return None
         if now - checked >= LOCK_CHECK:
-            if not _pusher_runs(lock):
+            if not lock_held(lock):
                 return None
             checked = now
         time.sleep(POLL)
