@@ -147,9 +147,11 @@ def _relation_exists(conn: psycopg.Connection[Any], schema: str, name: str) -> b
     return row is not None and row[0] is not None
 
 
-def _split_table(name: str) -> tuple[str, str]:
-    schema, _, table = name.rpartition(".")
-    return (schema or "public", table)
+def _table_keys(name: str) -> list[tuple[str, str]]:
+    """Every (schema, table) ``name`` can mean: split at each dot (names may hold dots), or the bare
+    name in public."""
+    keys = [(name[:i], name[i + 1:]) for i, c in enumerate(name) if c == "."]
+    return [*keys, ("public", name)]
 
 
 def _selected(entry: DatabaseEntry, tables: tuple[str, ...]) -> list[TableCount]:
@@ -158,13 +160,16 @@ def _selected(entry: DatabaseEntry, tables: tuple[str, ...]) -> list[TableCount]
     known = {(t.schema, t.name): t for t in entry.tables}
     chosen = []
     for name in tables:
-        key = _split_table(name)
-        if key not in known:
+        matches = [k for k in dict.fromkeys(_table_keys(name)) if k in known]
+        if not matches:
             raise NotFoundError(
-                f"table {key[0]}.{key[1]} is not in backup of database {entry.name!r}",
+                f"table {name} is not in backup of database {entry.name!r}",
                 hint="'pgvault show ID' lists the tables of a backup",
             )
-        chosen.append(known[key])
+        if len(matches) > 1:
+            raise UsageError(f"--table {name} is ambiguous: it could be "
+                             + " or ".join(f"table {t!r} in schema {s!r}" for s, t in matches))
+        chosen.append(known[matches[0]])
     return chosen
 
 
