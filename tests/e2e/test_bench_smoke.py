@@ -35,13 +35,18 @@ def _need(tool: str) -> None:
         pytest.skip(msg)
 
 
-def test_perf_quick_reports_every_row_with_numbers(tmp_path: Path) -> None:
-    for tool in ("pgbackrest", "age", "age-keygen", "zstd", "gzip"):
-        _need(tool)
+def _major() -> int:
+    """The server major the benchmarks run on: 15 (the issue's) when installed."""
     majors = pg_majors()
     if not majors:
         pytest.skip("no PostgreSQL server programs found (run scripts/setup.sh, source scripts/env.sh)")
-    major = 15 if 15 in majors else majors[-1]
+    return 15 if 15 in majors else majors[-1]
+
+
+def test_perf_quick_reports_every_row_with_numbers(tmp_path: Path) -> None:
+    for tool in ("pgbackrest", "age", "age-keygen", "zstd", "gzip"):
+        _need(tool)
+    major = _major()
     r = subprocess.run([sys.executable, str(ROOT / "bench" / "perf.py"), "--quick", "--json", "--major", str(major)],
                        capture_output=True, text=True, timeout=900, check=False)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -86,10 +91,7 @@ def test_parallel_dump_quick_fits_the_cost_model(tmp_path: Path) -> None:
     """bench/parallel_dump.py --quick: backup --jobs 1 and 2, their restores, and the model's figures."""
     for tool in ("age", "age-keygen", "zstd"):
         _need(tool)
-    majors = pg_majors()
-    if not majors:
-        pytest.skip("no PostgreSQL server programs found (run scripts/setup.sh, source scripts/env.sh)")
-    major = 15 if 15 in majors else majors[-1]
+    major = _major()
     r = subprocess.run([sys.executable, str(ROOT / "bench" / "parallel_dump.py"), "--quick", "--json", "--major", str(major)],
                        capture_output=True, text=True, timeout=900, check=False)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]

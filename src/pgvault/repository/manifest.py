@@ -38,7 +38,7 @@ class StoredObject:
 
 
 class SizedBackup:
-    """Sizes of a backup, summed over its stored objects (shared by logical and physical)."""
+    """Sizes summed over stored objects (a logical or physical backup, one database's dump and parts)."""
 
     def objects(self) -> list[StoredObject]:
         raise TypeError(f"{type(self).__name__} must define objects()")
@@ -160,7 +160,7 @@ class DumpPart:
 
 
 @dataclass(frozen=True)
-class DatabaseEntry:
+class DatabaseEntry(SizedBackup):
     """One dumped database."""
 
     name: str
@@ -179,14 +179,6 @@ class DatabaseEntry:
     def objects(self) -> list[StoredObject]:
         """The main dump, then its parts."""
         return [self.object, *(p.object for p in self.parts)]
-
-    @property
-    def raw_size(self) -> int:
-        return sum(o.result.raw_size for o in self.objects())
-
-    @property
-    def stored_size(self) -> int:
-        return sum(o.result.stored_size for o in self.objects())
 
     def part_of(self, schema: str, table: str) -> DumpPart | None:
         """The part holding the rows of ``schema.table`` (None: the main object holds them)."""
