@@ -128,11 +128,12 @@ class Bench:
         st.stored_bytes = self.gz.stat().st_size
 
     # c.
-    def pgvault_backup(self, key: str, title: str, extra: list[str], rnd: int) -> None:
+    def pgvault_backup(self, key: str, title: str, extra: list[str], rnd: int, env: dict[str, str] | None = None) -> None:
         st = self.timed(
             key, title, rnd,
             lambda: self.runner.run(
-                key, [[*self.pgvault, "backup", "-d", DB, "--json", *extra]], env=self.pgvault_env, capture=True
+                key, [[*self.pgvault, "backup", "-d", DB, "--json", *extra]], env={**self.pgvault_env, **(env or {})},
+                capture=True,
             ),
         )
         doc = json.loads(st.runs[-1].stdout)["backup"]

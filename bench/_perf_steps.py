@@ -59,6 +59,8 @@ def logical_round(lb: LogicalBench, rnd: int, *, restore: bool) -> dict[str, dic
     lb.pg_dump_gzip(rnd)
     lb.pg_dump_zstd_age(rnd)
     lb.pgvault_backup("pgvault", "pgvault backup -d db (zstd, age)", [], rnd)
+    lb.pgvault_backup("pgvault_snapcount", "pgvault backup -d db, row counts from count(*) in the snapshot", [], rnd,
+                      env={"PGVAULT_BACKUP_ROW_COUNTS_FROM": "snapshot"})
     if restore:
         lb.restore_psql(rnd)
         lb.pgvault_restore("restore_j2", 2, rnd)

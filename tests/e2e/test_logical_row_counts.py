@@ -89,6 +89,20 @@ def test_backup_records_the_stream_counts_and_restore_verifies_them(pg_cluster, 
         pg_cluster.drop_database(target)
 
 
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_row_counts_from_snapshot_are_the_same_exact_counts(pg_cluster, awkward_db, local_env, jobs) -> None:
+    # backup.row_counts_from: snapshot counts with count(*) in the exporting transaction beside
+    # pg_dump instead of reading the stream: the same numbers, still exact, still verified.
+    env = {**local_env, "PGVAULT_BACKUP_ROW_COUNTS_FROM": "snapshot", "PGVAULT_BACKUP_JOBS": jobs}
+    manifest = pgvault(["backup", "-d", awkward_db, "--json"], env).json()["backup"]
+    entry = manifest["databases"][0]
+    assert entry["row_counts_exact"] is True
+    assert {f"{t['schema']}.{t['name']}": t["rows"] for t in entry["tables"]} == table_counts(pg_cluster, awkward_db)
+    assert pgvault(["verify", manifest["backup_id"]], env).returncode == 0
+    bad = pgvault(["backup", "-d", awkward_db], {**local_env, "PGVAULT_BACKUP_ROW_COUNTS_FROM": "guess"}, check=False)
+    assert bad.returncode != 0 and "backup.row_counts_from" in bad.stderr and "dump, snapshot" in bad.stderr
+
+
 def test_unreadable_stream_falls_back_to_count_star_in_the_snapshot(pg_cluster, awkward_db) -> None:
     # Should pg_dump ever write something the counter does not follow, the backup still records
     # exact counts (and says so in its log): count(*) in the dump's snapshot, after the dump.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -24,7 +25,7 @@ def make_tree(root: Path) -> list[Path]:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="syncfs(2) is Linux's")
 def test_linux_uses_one_syncfs_of_the_tree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    assert fs._SYNCFS is not None
+    assert fs._syncfs() is not None
     make_tree(tmp_path)
     called: list[int] = []
     monkeypatch.setattr(fs, "fsync_path", lambda p: called.append(-1))
@@ -33,12 +34,20 @@ def test_linux_uses_one_syncfs_of_the_tree(tmp_path: Path, monkeypatch: pytest.M
     assert called == []  # no per-file fsync
 
 
+def test_importing_fs_loads_no_ctypes() -> None:
+    # fs is imported by every command, the per-segment wal push/fetch included: libc's syncfs is
+    # looked up when a tree is synced, not at start-up (ctypes + ldconfig -p cost ~15 ms).
+    out = subprocess.run([sys.executable, "-c", "import sys, pgvault.fs; print('ctypes' in sys.modules)"],
+                         capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
 def test_a_failing_syncfs_raises_with_its_errno(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def failing(fd: int) -> int:
         ctypes.set_errno(errno.EIO)
         return -1
 
-    monkeypatch.setattr(fs, "_SYNCFS", failing)
+    monkeypatch.setattr(fs, "_syncfs", lambda: failing)
     with fs.TreeSync(tmp_path) as tree, pytest.raises(OSError) as raised:
         tree.sync()
     assert raised.value.errno == errno.EIO and str(tmp_path) in str(raised.value)
@@ -50,7 +59,7 @@ def test_without_syncfs_every_file_and_directory_and_the_parent_are_fsynced(tmp_
     root.mkdir()
     files = make_tree(root)
     synced: list[Path] = []
-    monkeypatch.setattr(fs, "_SYNCFS", None)
+    monkeypatch.setattr(fs, "_syncfs", lambda: None)
     monkeypatch.setattr(fs, "fsync_path", synced.append)
     with fs.TreeSync(root) as tree:
         tree.sync()

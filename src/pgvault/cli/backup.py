@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
         ctx,
         BackupRequest(
             databases=tuple(args.database), all_databases=args.all, include_globals=not args.no_globals,
-            exact_row_counts=exact, jobs=jobs,
+            exact_row_counts=exact, jobs=jobs, counts_from=ctx.settings.row_counts_from,
         ),
     )
     args.job_details = {"backup_id": m.backup_id}  # kept in the job record and notified

@@ -54,6 +54,8 @@ MiB = 1 << 20
 _T = TypeVar("_T")
 # The commands that run as scheduled jobs: their outcome is recorded (cli.metrics.record_job) and
 # may be notified.  Here, not in the CLI, because settings name them (notify.jobs).
+#: backup.row_counts_from: the archive stream (pg.dump_archive) or count(*) in the dump's snapshot.
+ROW_COUNT_SOURCES = ("dump", "snapshot")
 SCHEDULED_JOBS = frozenset({"backup", "basebackup", "expire", "verify", "drill", "restore-point", "repo-sync"})
 
 
@@ -103,6 +105,8 @@ SETTINGS: tuple[_Setting, ...] = (
     _Setting("encryption.age_identity_file", to_opt_str, "age identity file, needed to restore"),
     _Setting("encryption.age_identity", to_opt_str, "age secret key itself (environment only)"),
     _Setting("backup.exact_row_counts", to_bool, "count every table's rows in the dump snapshot", True),
+    _Setting("backup.row_counts_from", to_str, "where exact row counts come from: dump (the archive stream, no server "
+             "cost) or snapshot (count(*) beside pg_dump, less client CPU)", "dump"),
     _Setting("backup.jobs", to_int, "logical backup: pg_dump processes per database, sharing one snapshot", 1),
     _Setting("backup.parallel", to_int, "base backup: tar streams written and restored in parallel", 2),
     _Setting("archive.async", to_bool, "wal push: a background pusher uploads the .ready backlog in parallel", True),
@@ -214,6 +218,7 @@ class Settings:
     # repr() so it can never end up in a log line or a traceback.
     age_identity: str | None = field(default=_DEFAULTS["encryption.age_identity"], repr=False)
     exact_row_counts: bool = _DEFAULTS["backup.exact_row_counts"]
+    row_counts_from: str = _DEFAULTS["backup.row_counts_from"]
     backup_jobs: int = _DEFAULTS["backup.jobs"]
     backup_parallel: int = _DEFAULTS["backup.parallel"]
     archive_async: bool = _DEFAULTS["archive.async"]
@@ -407,6 +412,7 @@ def load_settings(
         age_identity_file=get("encryption.age_identity_file"),
         age_identity=get("encryption.age_identity"),
         exact_row_counts=get("backup.exact_row_counts"),
+        row_counts_from=get("backup.row_counts_from"),
         backup_jobs=get("backup.jobs"),
         backup_parallel=get("backup.parallel"),
         archive_async=get("archive.async"),
@@ -526,6 +532,8 @@ def validate(s: Settings, *, check_local_files: bool = True) -> list[str]:
         problems.append("restore.prefetch: must be 0 or more")
     if s.archive_wait_timeout <= 0:
         problems.append("archive.wait_timeout: must be positive")
+    if s.row_counts_from not in ROW_COUNT_SOURCES:
+        problems.append(f"backup.row_counts_from: {s.row_counts_from!r} is not one of {', '.join(ROW_COUNT_SOURCES)}")
     if s.backup_jobs < 1:
         problems.append("backup.jobs: must be at least 1")
     if s.compression_threads < 0:

@@ -19,8 +19,6 @@ minutes, into a directory a rerun was meanwhile emptying (``--force``) and filli
 from __future__ import annotations
 
 import concurrent.futures as cf
-import ctypes
-import ctypes.util
 import hashlib
 import os
 import signal
@@ -51,8 +49,10 @@ def die_with_parent(parent_pid: int) -> None:
 def _pdeathsig() -> bool:
     if not sys.platform.startswith("linux"):
         return False
+    import ctypes  # here, not at import: ~10 ms, and only a worker child needs it
+
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        libc = ctypes.CDLL(None, use_errno=True)  # the process's own symbols hold libc; no ldconfig -p
         return int(libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)) == 0
     except (OSError, AttributeError):
         return False

@@ -35,8 +35,15 @@ _CHUNK = 1 << 20
 # --- writing -----------------------------------------------------------------------------------
 
 
+#: zstd workers' job size.  zstd's own default at level 3 is 8 MiB (four windows) per job: each
+#: worker then holds several MiB in and out, and when the input ends up to threads x 8 MiB are still
+#: to compress.  On a 704 MiB pg_dump archive at level 3 with 2 workers, 1 MiB jobs stored 0.02%
+#: fewer bytes for the same CPU, and the end of the stream took 7-15 ms instead of 75-110 ms.
+ZSTD_JOB_SIZE = 1 << 20
+
+
 def open_writer(sink: SupportsWrite, spec: PipelineSpec, *, threads: int = 0, chunk_size: int = _CHUNK,
-                job_size: int = 0) -> PipelineWriter:
+                job_size: int = ZSTD_JOB_SIZE) -> PipelineWriter:
     """A writable binary file: the raw bytes written into it reach ``sink.write`` in their stored
     form (``spec``'s compression, then encryption).
 
@@ -47,7 +54,8 @@ def open_writer(sink: SupportsWrite, spec: PipelineSpec, *, threads: int = 0, ch
     exception, so a failed producer never finishes a stream.  ``threads`` is the number of zstd
     worker threads: 0 compresses in the writing thread, N >= 1 hands compression to N workers so
     it overlaps with hashing and encryption (ignored by other codecs); ``job_size`` (bytes, 0 =
-    zstd's default) is how much each worker takes at a time, which bounds their memory.  Small
+    zstd's default) is how much each worker takes at a time, which bounds their memory and the
+    work left when the input ends (:data:`ZSTD_JOB_SIZE`).  Small
     writes are collected into ``chunk_size`` pieces before they pass the stages.
 
     Raises :class:`ConfigError` for an invalid spec (every problem listed).  Exceptions from

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from pgvault.errors import StorageError
-from pgvault.fs import fsync_path
+from pgvault.fs import fsync_path, start_writeback
 from pgvault.storage.base import (
     ObjectExists,
     ObjectInfo,
@@ -142,6 +142,11 @@ def _mtime(st: os.stat_result) -> dt.datetime:
     return dt.datetime.fromtimestamp(st.st_mtime_ns / 1e9, tz=dt.UTC)
 
 
+#: A writer starts the write-out of every this many bytes as it goes, so commit's fsync finds little
+#: left to write (a 180 MiB backup object: that fsync took 0.10 s after the dump, 0.0x s with it).
+_WRITEBACK_EVERY = 8 << 20
+
+
 class _LocalWriter(WriterContextMixin):
     """Writes ``.tmp-*`` in the destination directory; ``commit`` fsyncs and renames it into place."""
 
@@ -153,13 +158,21 @@ class _LocalWriter(WriterContextMixin):
         self._tmp, fd = storage._create_temp(self._dest.parent)
         self._file = os.fdopen(fd, "wb")
         self._state = "open"  # open → committed | aborted
+        self._written = 0
+        self._flushed_to = 0  # write-out was started for the bytes before this offset
 
     def write(self, data: bytes | bytearray | memoryview, /) -> int:
         """Append ``data``; return the number of bytes accepted."""
         if self._state != "open":
             raise ValueError(f"write to a {self._state} writer for {self._key!r}")
         try:
-            return self._file.write(data)
+            n = self._file.write(data)
+            self._written += n
+            if self._written - self._flushed_to >= _WRITEBACK_EVERY:
+                self._file.flush()
+                start_writeback(self._file.fileno(), self._flushed_to, self._written - self._flushed_to)
+                self._flushed_to = self._written
+            return n
         except OSError as exc:
             raise _error("write", self._dest, exc) from exc
 

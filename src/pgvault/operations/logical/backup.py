@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import datetime as dt
 import fcntl
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -85,6 +86,7 @@ class BackupRequest:
     all_databases: bool = False
     include_globals: bool = True
     exact_row_counts: bool = True
+    counts_from: str = "dump"  # backup.row_counts_from: "dump" (the archive stream) or "snapshot" (count(*))
     jobs: int = 1  # pg_dump processes per database, sharing one snapshot
 
 
@@ -252,6 +254,37 @@ def _row_counts(
     return counts
 
 
+class _SnapshotCounter(threading.Thread):
+    """``backup.row_counts_from: snapshot``: count(*) of every table in the exporting transaction,
+    beside the pg_dumps that imported its snapshot (server CPU and reads instead of client CPU)."""
+
+    def __init__(self, snap: psycopg.Connection[Any], db: str, tables: Sequence[tuple[str, str, int]]) -> None:
+        super().__init__(name="row-counter", daemon=True)
+        self._snap, self._db, self._tables = snap, db, tables
+        self.counts: list[TableCount] = []
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.counts = _row_counts(self._snap, self._db, self._tables, [])
+        except BaseException as exc:  # noqa: BLE001 - handed to the dumping thread
+            self.error = exc
+
+    def result(self) -> list[TableCount]:
+        self.join()
+        if isinstance(self.error, psycopg.Error):
+            raise ToolError(f"counting rows of database {self._db!r} failed: {self.error}") from self.error
+        if self.error is not None:
+            raise self.error
+        return self.counts
+
+    def stop(self) -> None:
+        """The backup failed: cancel a count in flight and wait for the thread to leave the connection."""
+        if self.is_alive():
+            self._snap.cancel_safe()
+            self.join(30)
+
+
 def _table_sizes(ctx: Context, db: str) -> list[TableSize]:
     with connection(ctx.conn, dbname=db) as conn:
         return [TableSize(str(r[0]), str(r[1]), int(r[3] or 0)) for r in conn.execute(_TABLES_SQL).fetchall()]
@@ -286,9 +319,11 @@ def _dump_database(
     meta: tuple[str, str, str, int],
     exact: bool,
     jobs: int = 1,
+    counts_from: str = "dump",
 ) -> DatabaseEntry:
     snap = connect(ctx.conn, dbname=db, autocommit=False)
     procs: list[Process] = []
+    counter: _SnapshotCounter | None = None
     try:
         snap.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         snap.read_only = True
@@ -298,8 +333,9 @@ def _dump_database(
         # name (--create); read in the dump's snapshot so they match the dumped contents.
         properties = dbprops.read(snap, db)
         base_args = ["--format=custom", "--compress=0", f"--snapshot={snapshot}", "--no-password"]
-        # One row counter per pg_dump, fed in the thread that pumps that pg_dump's stdout.
-        streams: list[_RowCountingReader] | None = [] if exact else None
+        # One row counter per pg_dump, fed in the thread that pumps that pg_dump's stdout (or
+        # count(*) beside them, backup.row_counts_from: snapshot).
+        streams: list[_RowCountingReader] | None = [] if exact and counts_from == "dump" else None
 
         def counting(source: SupportsRead) -> SupportsRead:
             if streams is None:
@@ -319,17 +355,25 @@ def _dump_database(
             streamer(plan.data_args(i), layout.database_part_object(db, i, spec.suffix()), f"{db} (part {i})")
             for i in range(1, plan.jobs)
         ]
+        if exact and counts_from == "snapshot":
+            counter = _SnapshotCounter(snap, db, tables)
+            counter.start()
         if len(tasks) == 1:
             objs = [tasks[0]()]
         else:
             objs = run_parallel(tasks, len(tasks), abort=lambda: kill_all(procs))
         # Before the manifest (the backup's commit point): a failure to count leaves no backup.
-        try:
-            counts = _row_counts(snap, db, tables, streams)
-        except psycopg.Error as exc:
-            raise ToolError(f"counting rows of database {db!r} failed: {exc}") from exc
+        if counter is not None:
+            counts = counter.result()
+        else:
+            try:
+                counts = _row_counts(snap, db, tables, streams)
+            except psycopg.Error as exc:
+                raise ToolError(f"counting rows of database {db!r} failed: {exc}") from exc
     except BaseException:
         kill_all(procs)  # some may have started but never reached a stream (a later start failed)
+        if counter is not None:
+            counter.stop()
         raise
     finally:
         snap.close()
@@ -374,7 +418,8 @@ def backup(ctx: Context, req: BackupRequest) -> LogicalManifest:
         globals_obj = _dump_globals(ctx, runner, prefix, spec, plan.facts.is_superuser) if req.include_globals else None
         entries = []
         for db in plan.databases:
-            entry = _dump_database(ctx, runner, prefix, spec, db, plan.db_meta[db], req.exact_row_counts, req.jobs)
+            entry = _dump_database(ctx, runner, prefix, spec, db, plan.db_meta[db], req.exact_row_counts, req.jobs,
+                                  req.counts_from)
             logger.info(
                 "%s: %d bytes dumped, %d stored, %d tables, %d object(s)", db, entry.raw_size,
                 entry.stored_size, len(entry.tables), len(entry.objects()),

@@ -59,7 +59,6 @@ _EXCLUDE_FILES = {
 # 128 KiB keeps a part's buffers to about a MiB (1 MiB made them ~20 MiB of the peak for two
 # parts); the CPU cost of the extra hand-overs was below what could be measured here.
 _COPY_BUF = 128 << 10
-_ZSTD_JOB = 1 << 20  # per zstd worker job: bounds its buffers (see basebackup())
 
 
 class _Cancelled(PgvaultError):
@@ -227,7 +226,7 @@ def _stream_tar(
     threads = ctx.settings.compression_threads if threads is None else threads
     try:
         with ctx.storage.open_write(key) as writer:
-            with open_writer(writer, spec, threads=threads, chunk_size=_COPY_BUF, job_size=_ZSTD_JOB) as out:
+            with open_writer(writer, spec, threads=threads, chunk_size=_COPY_BUF) as out:
                 members = paths if paths is not None else list(_walk(root, exclude_contents=base))
                 files = _write_tar(out, root, members, base=base, extra=extra, cancel=cancel)
     except BaseException:
