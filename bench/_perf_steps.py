@@ -53,17 +53,36 @@ class LogicalBench(_logical_run.Bench):
         st.stored_bytes = out.stat().st_size
 
 
+    def pg_restore_floor(self, rnd: int) -> None:
+        """What PostgreSQL alone needs: ``pg_restore -j 2`` of an unencrypted, uncompressed local archive
+        (no download, decryption, decompression or verification) into a new database."""
+        archive = self.workdir / "floor.dump"
+        if not archive.exists():  # untimed, once
+            cm.run_checked([self.prog("pg_dump"), "-Fc", "-Z0", "-f", str(archive), "-d", DB], "pg_dump -Fc -Z0",
+                           env=self.pg_env)
+        target = "bench_restore_floor"
+        self.cluster.drop_database(target)
+        self.cluster.psql(f"CREATE DATABASE {target} TEMPLATE template0")
+        self.timed("restore_floor", "pg_restore -j 2 -d new local.dump (-Z0, the server's own work)", rnd,
+                   lambda: self.runner.run("pg_restore -j 2", [[self.prog("pg_restore"), "-j", "2", "--exit-on-error",
+                                                                "-d", target, str(archive)]], env=self.pg_env))
+        self.check_restored(target)
+        self.cluster.drop_database(target)
+
+
 def logical_round(lb: LogicalBench, rnd: int, *, restore: bool) -> dict[str, dict[str, Any]]:
     """One round of the logical steps, in a fixed order (A B C ...); figures of this round."""
     lb.pg_dump_custom(rnd)
     lb.pg_dump_gzip(rnd)
     lb.pg_dump_zstd_age(rnd)
-    lb.pgvault_backup("pgvault", "pgvault backup -d db (zstd, age)", [], rnd)
+    # The count(*) variant first: "latest", which the restore steps take, is then the default backup.
     lb.pgvault_backup("pgvault_snapcount", "pgvault backup -d db, row counts from count(*) in the snapshot", [], rnd,
                       env={"PGVAULT_BACKUP_ROW_COUNTS_FROM": "snapshot"})
+    lb.pgvault_backup("pgvault", "pgvault backup -d db (zstd, age)", [], rnd)
     if restore:
         lb.restore_psql(rnd)
         lb.pgvault_restore("restore_j2", 2, rnd)
+        lb.pg_restore_floor(rnd)
     out: dict[str, dict[str, Any]] = {}
     for key, st in lb.steps.items():
         run = st.runs[-1]
@@ -95,7 +114,8 @@ def _result_json(r: physical.Result) -> dict[str, Any]:
     return {"title": r.title, "wall_s": None if r.wall is None else round(r.wall, 3), "stored_bytes": r.stored_bytes,
             "peak_rss_mb": None if r.peak_rss_mb is None else round(r.peak_rss_mb, 1), "error": r.error,
             "other_cpu_s": r.extra.get("other_cpu_s"), **{k: r.extra[k] for k in ("segments", "cpu_s", "cpu_s_per_segment",
-                                                                                  "seg_per_s") if k in r.extra}}
+                                                                                  "seg_per_s", "layout_s", "recovery_s")
+                                                if k in r.extra}}
 
 
 # --- WAL drain -----------------------------------------------------------------------------------
