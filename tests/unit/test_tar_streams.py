@@ -156,3 +156,46 @@ def test_unpacking_failures_are_named_and_source_failures_pass_unchanged(tmp_pat
     with pytest.raises(OSError, match="Input/output error") as raised:
         restore(ctx, StoredObject(name="base", key="unsafe.tar", result=result), spec, tmp_path / "b")
     assert not isinstance(raised.value, IntegrityError)  # the repository's error, not "cannot unpack"
+
+
+def test_long_names_links_empty_files_and_modes_survive_the_forward_only_reader(tmp_path: Path) -> None:
+    # restore_cluster reads the tar through _ForwardOnly (tarfile's seekable mode, forward only):
+    # extended headers (a name past ustar's 100 bytes), an empty file, a symlink, a file that ends
+    # exactly on a 512-byte block and mode bits come out as tarfile's stream mode gave them.
+    spec = SPECS[0]
+    root = tmp_path / "data"
+    long_dir = root / "pg_tblspc_free" / ("d" * 120)
+    long_dir.mkdir(parents=True)
+    files = {f"pg_tblspc_free/{'d' * 120}/{'f' * 150}": os.urandom(70_000), "empty": b"", "block": b"b" * 1024,
+             "PG_VERSION": b"18\n"}
+    for name, data in files.items():
+        (root / name).write_bytes(data)
+    (root / "block").chmod(0o640)
+    (root / "link").symlink_to("../elsewhere")  # dangling, like a tablespace link seen from here
+    ctx = context(MemoryStorage("tar"))
+    obj = back_up(ctx, root, spec)
+    assert restore(ctx, obj, spec, tmp_path / "out") == len(files)
+    for name, data in files.items():
+        assert (tmp_path / "out" / name).read_bytes() == data
+    assert os.readlink(tmp_path / "out" / "link") == "../elsewhere"
+    assert (tmp_path / "out" / "block").stat().st_mode & 0o777 == 0o640
+
+
+def test_the_forward_only_reader_fills_reads_and_refuses_to_seek_back() -> None:
+    class Chunky(io.RawIOBase):  # returns at most 7 bytes a read, like a pipeline between chunks
+        def __init__(self, data: bytes) -> None:
+            self.data, self.pos = data, 0
+
+        def read(self, n: int = -1) -> bytes:
+            out = self.data[self.pos : self.pos + min(7, n)]
+            self.pos += len(out)
+            return out
+
+    f = restore_cluster._ForwardOnly(Chunky(bytes(range(100))))
+    assert f.read(20) == bytes(range(20)) and f.tell() == 20
+    assert f.read_some(50) == bytes(range(20, 27))  # what the stream has, no joining
+    assert f.seek(40) == 40 and f.read(3) == bytes(range(40, 43))
+    assert f.seek(2, os.SEEK_CUR) == 45
+    with pytest.raises(OSError, match="cannot seek back"):
+        f.seek(10)
+    assert f.seek(500) == 100 and f.read(10) == b""  # past the end: at the end, tarfile sees a short read

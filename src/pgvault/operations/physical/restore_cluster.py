@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, cast
 
 from pgvault import log
 from pgvault.config import Settings
@@ -172,6 +172,80 @@ def _safe_member(member: tarfile.TarInfo) -> bool:
 _NO_FILTER: dict[str, Any] = {"filter": "fully_trusted"} if hasattr(tarfile, "fully_trusted_filter") else {}
 
 
+class _ForwardOnly:
+    """The restore stream as the seekable file tarfile's ``r:`` mode wants: ``tell()``, and
+    ``seek()`` only forward (it seeks to the next header, or to a member's data, where the copy
+    left off, or past the padding).
+
+    tarfile's stream mode (``r|``) reads its input in 10 KiB records and joins them into each
+    read: on a 1 GiB base backup that was ~0.6 s of copying and calls (0.45 s in ``bytes.join``,
+    108 k reads of the pipeline) out of 4.3 s of unpacking.  Here ``extract`` copies a file's
+    data with direct ``copybufsize`` reads."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        self._pos = 0
+
+    def read(self, size: int = -1, /) -> bytes:
+        """Exactly ``size`` bytes unless the stream ends first (tarfile treats a short read as the
+        end of the data; the pipeline returns what its current chunk holds)."""
+        data: bytes = self._stream.read(size)
+        if 0 < len(data) < size:
+            pieces = [data]
+            have = len(data)
+            while have < size:
+                more: bytes = self._stream.read(size - have)
+                if not more:
+                    break
+                pieces.append(more)
+                have += len(more)
+            data = b"".join(pieces)
+        self._pos += len(data)
+        return data
+
+    def read_some(self, size: int) -> bytes:
+        """Up to ``size`` bytes, as the stream has them (no joining): for copying file data."""
+        data: bytes = self._stream.read(size)
+        self._pos += len(data)
+        return data
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, pos: int, whence: int = os.SEEK_SET) -> int:
+        if whence == os.SEEK_CUR:
+            pos += self._pos
+        elif whence != os.SEEK_SET:
+            raise OSError("a restore stream cannot seek from its end")
+        if pos < self._pos:
+            raise OSError(f"a restore stream cannot seek back (to {pos} from {self._pos})")
+        while self._pos < pos:
+            if not self.read(min(pos - self._pos, _COPY_BUF)):
+                break  # the end: tarfile reports the short read itself
+        return self._pos
+
+
+class _RestoreTar(tarfile.TarFile):
+    """tarfile's extraction with a regular file's data copied straight from :class:`_ForwardOnly`
+    in the pieces the pipeline has (``makefile`` is one of the methods tarfile's source says a
+    subclass may replace); everything else - headers, names, links, attributes - is tarfile's."""
+
+    def makefile(self, tarinfo: tarfile.TarInfo, targetpath: str) -> None:  # type: ignore[override]
+        source = self.fileobj
+        if tarinfo.sparse is not None or not isinstance(source, _ForwardOnly):
+            super().makefile(tarinfo, targetpath)
+            return
+        source.seek(tarinfo.offset_data)
+        with open(targetpath, "wb") as target:
+            left = tarinfo.size
+            while left:
+                piece = source.read_some(min(left, _COPY_BUF))
+                if not piece:
+                    raise tarfile.ReadError("unexpected end of data")
+                target.write(piece)
+                left -= len(piece)
+
+
 def _extract(ctx: Context, backup: PhysicalManifest, obj: StoredObject, into: Path, *, base: bool) -> int:
     """Stream one stored tar into ``into``, in this thread: tarfile reads the pipeline's file
     object, which reads the stored object; the checksums are verified when the stream ends."""
@@ -187,7 +261,7 @@ def _extract(ctx: Context, backup: PhysicalManifest, obj: StoredObject, into: Pa
         with ctx.storage.open_read(key) as src, \
                 open_reader(src, backup.pipeline, identities=identities, expected=obj.result) as stream:
             try:
-                with tarfile.open(fileobj=stream, mode="r|") as tar:
+                with _RestoreTar(fileobj=cast(Any, _ForwardOnly(stream)), mode="r") as tar:
                     tar.copybufsize = _COPY_BUF  # type: ignore[attr-defined]
                     for member in tar:
                         _safe_member(member)
