@@ -147,6 +147,19 @@ def test_rows_whose_chunk_length_contains_a_newline_byte() -> None:
     assert count(archive(entries))[0].rows == 3
 
 
+@pytest.mark.parametrize("int_size", [4, 8])
+def test_long_rows_whose_length_has_a_newline_byte_above_64_kib(int_size: int) -> None:
+    # Lengths past the 64 KiB lookup table: 0x01000A, 0x0A0000 and 0x0A0A0A, whole and cut anywhere
+    # near their headers; each is one row, among short ones.
+    lines = [b"a\n", b"q" * (0x01000A - 1) + b"\n", b"b\n", b"r" * (0x0A0000 - 1) + b"\n",
+             b"s" * (0x0A0A0A - 1) + b"\n", b"c\\nd\n"]
+    data = archive([Entry(1, "TABLE DATA", "t", chunks=rows_of(*lines))], int_size=int_size)
+    assert count(data)[0].rows == 6
+    for cut in (len(data) // 3, len(data) // 2, len(data) - 40):
+        assert count(data, [cut])[0].rows == 6, cut
+    assert count(data, [65536] * (len(data) // 65536 + 1))[0].rows == 6
+
+
 def test_large_objects_and_other_data_blocks_are_walked_not_counted() -> None:
     blob = bytes(range(256)) * 3 + b"\n\n\x00\n"
     entries = [
