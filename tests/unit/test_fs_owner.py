@@ -88,3 +88,27 @@ def test_nothing_changes_hands_when_not_root(monkeypatch: pytest.MonkeyPatch, tm
     fs_owner.makedirs(tmp_path / "a" / "b")
     fs_owner.adopt(tmp_path / "a" / "b")
     assert calls == [] and (tmp_path / "a" / "b").is_dir()
+
+
+def test_a_spool_lock_the_archiver_cannot_open_is_a_clear_storage_error(monkeypatch: pytest.MonkeyPatch,
+                                                                        tmp_path: Path) -> None:
+    """What an older pgvault left as root: exit 4 with the way out, not an internal error (exit 70)."""
+    from contextlib import contextmanager
+
+    from pgvault.config import Settings
+    from pgvault.errors import StorageError
+    from pgvault.operations.archive import background
+
+    @contextmanager
+    def denied(path: Path, mode: int = 0o600):  # type: ignore[no-untyped-def]
+        raise PermissionError(13, "Permission denied", str(path))
+        yield False
+
+    monkeypatch.setattr(background, "try_lock_file", denied)
+    (tmp_path / "pg_wal" / "archive_status").mkdir(parents=True)
+    (tmp_path / "pg_wal" / "000000010000000000000001").write_bytes(b"w")
+    settings = Settings(repository_url="/x", cluster="c")
+    with pytest.raises(StorageError) as e:
+        background.push_async(settings, "pg_wal/000000010000000000000001", pgdata=str(tmp_path), passthrough=[],
+                              make_context=lambda: None)  # type: ignore[arg-type, return-value]
+    assert "belongs to another user" in (e.value.hint or "") and "Permission denied" in e.value.message

@@ -79,6 +79,9 @@ def _write_atomic(path: Path, data: bytes) -> None:
 def _spool_error(spool: Path, e: OSError) -> StorageError:
     """The foreground's error for a spool it cannot write: nothing was (or can be) confirmed."""
     hint = f"free space in {spool}, or point archive.spool_dir at a file system with room (or set archive.async: false)"
+    if e.errno in (errno.EACCES, errno.EPERM):
+        # What an older pgvault run by hand as root left there (now root's files take the spool's owner).
+        hint = f"{spool} or a file in it belongs to another user: give it back to the data directory's owner (chown -R)"
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
         return StorageError(f"disk full in the WAL spool {spool} (no space left on device): the background pusher "
                             "cannot record what it uploaded, so nothing is confirmed", hint=hint)
@@ -100,6 +103,13 @@ def _probe_spool(spool: Path) -> None:
 def _is_locked(path: Path) -> bool:
     with try_lock_file(path) as mine:
         return not mine
+
+
+def _pusher_runs(paths: _Paths) -> bool:
+    try:
+        return _is_locked(paths.lock)
+    except OSError as e:  # e.g. a lock only root can open: fail with the reason, not an internal error
+        raise _spool_error(paths.spool, e) from None
 
 
 def spawn(args: list[str], spool: Path, log_name: str) -> None:
@@ -170,7 +180,7 @@ def push_async(settings: Settings, path: str, *, pgdata: str | None, passthrough
             err.unlink(missing_ok=True)
             raise error_of_kind(str(doc.get("kind", "storage")), f"background push of {name} failed: {doc.get('message')}",
                                 hint=f"the pusher's log is {paths.spool / 'pusher.log'}")
-        if not _is_locked(paths.lock) and (spawned_at is None or clock() - spawned_at > 5.0):
+        if not _pusher_runs(paths) and (spawned_at is None or clock() - spawned_at > 5.0):
             if spawned_at is not None:
                 # The pusher we started is gone without a word about this segment.  A full spool
                 # is the usual reason (it cannot write the .ok, nor the .error): fail, PostgreSQL
