@@ -20,6 +20,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
+from pgvault import fs_owner
+
 
 def fsync_path(path: Path) -> None:
     """Flush a file, or a directory's entries, to disk."""
@@ -122,16 +124,19 @@ class TreeSync:
 
 
 @contextmanager
-def atomic_file(path: Path, *, mode: int | None = None, durable: bool = True) -> Iterator[BinaryIO]:
+def atomic_file(path: Path, *, mode: int | None = None, durable: bool = True, adopt: bool = False) -> Iterator[BinaryIO]:
     """A file to write that replaces ``path`` when the block ends, so that readers see the old or
     the new content, never a part.
 
     A temporary file in the same directory is written, (``durable``) fsynced, given ``mode``, and
     renamed over ``path``; then (``durable``) the directory is fsynced so the rename survives a
     crash.  On any failure (an exception out of the block included) the temporary file is removed:
-    a full disk must not also fill up with half-written files."""
+    a full disk must not also fill up with half-written files.  ``adopt``: as root, the file takes
+    the owner of its directory (:func:`pgvault.fs_owner.adopt`), before it is written or renamed."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        if adopt:
+            fs_owner.adopt(tmp, fd)
         with os.fdopen(fd, "wb") as f:
             yield f
             if durable:
@@ -150,9 +155,9 @@ def atomic_file(path: Path, *, mode: int | None = None, durable: bool = True) ->
         fsync_path(path.parent)
 
 
-def write_atomic(path: Path, data: bytes, *, mode: int | None = None, durable: bool = True) -> None:
+def write_atomic(path: Path, data: bytes, *, mode: int | None = None, durable: bool = True, adopt: bool = False) -> None:
     """Replace ``path`` with ``data`` (see :func:`atomic_file`)."""
-    with atomic_file(path, mode=mode, durable=durable) as f:
+    with atomic_file(path, mode=mode, durable=durable, adopt=adopt) as f:
         f.write(data)
 
 
@@ -196,10 +201,13 @@ def flock(fd: int, *, wait: float | None = None, waiting: Callable[[], None] | N
 @contextmanager
 def try_lock_file(path: Path, mode: int = 0o600) -> Iterator[bool]:
     """Yield True while holding an exclusive lock on ``path`` (created with its parents), False if
-    another process holds it; either way the descriptor is closed afterwards."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    another process holds it; either way the descriptor is closed afterwards.  As root, the file
+    and the directories made for it take the owner of the directory above (:mod:`pgvault.fs_owner`):
+    a lock only root could open would keep the directory's owner out for good."""
+    fs_owner.makedirs(path.parent)
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, mode)
     try:
+        fs_owner.adopt(path, fd)
         yield flock(fd, wait=0)
     finally:
         os.close(fd)

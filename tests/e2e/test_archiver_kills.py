@@ -16,6 +16,7 @@ import time
 
 import pytest
 
+from support.archiving import daemons
 from support.cli import pgvault
 from support.pg_fixtures import pg_majors
 
@@ -23,17 +24,7 @@ MAJOR = (pg_majors() or [None])[-1]
 
 
 def _pushers(data_dir: str) -> list[int]:
-    out = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            argv = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
-        except OSError:
-            continue
-        if b"archive-daemon" in argv and data_dir.encode() in argv:
-            out.append(int(pid))
-    return out
+    return daemons(data_dir, ("archive-daemon",))
 
 
 @pytest.mark.parametrize("major", [MAJOR])

@@ -22,6 +22,21 @@ def as_postgres(cmd: list[str]) -> list[str]:
     return ["runuser", "-u", PG_OS_USER, "--", *cmd] if os.geteuid() == 0 else cmd
 
 
+def daemons(data_dir: str, kinds: tuple[str, ...] = ("archive-daemon", "prefetch-daemon")) -> list[int]:
+    """The pids of the background pushers / prefetchers (``wal KIND``) serving ``data_dir``."""
+    out = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            argv = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
+        except OSError:
+            continue
+        if any(k.encode() in argv for k in kinds) and data_dir.encode() in argv:
+            out.append(int(pid))
+    return out
+
+
 def chown_pg(path: Path) -> Path:
     if os.geteuid() == 0:
         shutil.chown(path, PG_OS_USER, PG_OS_USER)

@@ -21,7 +21,9 @@ Python start-up plus one upload round trip, in series.  So, as pgBackRest's ``ar
   segments ready.  Exit codes are unchanged: only the repository's confirmed absence is 1.
 
 State lives in ``archive.spool_dir`` (default ``PGDATA/pg_wal/pgvault``: local, private to the
-cluster, excluded from base backups).  One pusher / prefetcher per spool, by ``flock``.
+cluster, excluded from base backups).  One pusher / prefetcher per spool, by ``flock``.  What a
+``wal push`` / ``wal fetch`` run by hand as root creates there takes the owner of the directory
+above (:mod:`pgvault.fs_owner`), so the archiver (postgres) can still lock, write and remove it.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pgvault import log
+from pgvault import fs_owner, log
 from pgvault.config import Settings
 from pgvault.errors import PgvaultError, StorageError, error_of_kind
 from pgvault.fs import try_lock_file, write_atomic
@@ -70,13 +72,16 @@ def spool_dir(settings: Settings, data_dir: Path) -> Path:
 
 def _write_atomic(path: Path, data: bytes) -> None:
     # Not fsynced: a spool record lost in a crash only costs a re-push (push is idempotent), and
-    # an fsync per segment would slow archiving for nothing.
-    write_atomic(path, data, durable=False)
+    # an fsync per segment would slow archiving for nothing.  As root: the spool's owner's.
+    write_atomic(path, data, durable=False, adopt=True)
 
 
 def _spool_error(spool: Path, e: OSError) -> StorageError:
     """The foreground's error for a spool it cannot write: nothing was (or can be) confirmed."""
     hint = f"free space in {spool}, or point archive.spool_dir at a file system with room (or set archive.async: false)"
+    if e.errno in (errno.EACCES, errno.EPERM):
+        # What an older pgvault run by hand as root left there (now root's files take the spool's owner).
+        hint = f"{spool} or a file in it belongs to another user: give it back to the data directory's owner (chown -R)"
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
         return StorageError(f"disk full in the WAL spool {spool} (no space left on device): the background pusher "
                             "cannot record what it uploaded, so nothing is confirmed", hint=hint)
@@ -100,10 +105,18 @@ def _is_locked(path: Path) -> bool:
         return not mine
 
 
+def _pusher_runs(paths: _Paths) -> bool:
+    try:
+        return _is_locked(paths.lock)
+    except OSError as e:  # e.g. a lock only root can open: fail with the reason, not an internal error
+        raise _spool_error(paths.spool, e) from None
+
+
 def spawn(args: list[str], spool: Path, log_name: str) -> None:
     """Start ``pgvault ARGS`` detached (own session, no inherited pipes) with our environment."""
-    spool.mkdir(parents=True, exist_ok=True)
+    fs_owner.makedirs(spool)
     with open(spool / log_name, "ab") as err:
+        fs_owner.adopt(spool / log_name, err.fileno())
         subprocess.Popen(  # noqa: S603 - our own interpreter and module
             [sys.executable, "-m", "pgvault", *args], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
             stderr=err, start_new_session=True, close_fds=True,
@@ -146,7 +159,7 @@ def push_async(settings: Settings, path: str, *, pgdata: str | None, passthrough
     name = src.name
     paths = _Paths(spool_dir(settings, data_dir))
     try:
-        paths.done.mkdir(parents=True, exist_ok=True)
+        fs_owner.makedirs(paths.done)
     except OSError as e:
         raise _spool_error(paths.spool, e) from None
     deadline = clock() + settings.archive_wait_timeout
@@ -167,7 +180,7 @@ def push_async(settings: Settings, path: str, *, pgdata: str | None, passthrough
             err.unlink(missing_ok=True)
             raise error_of_kind(str(doc.get("kind", "storage")), f"background push of {name} failed: {doc.get('message')}",
                                 hint=f"the pusher's log is {paths.spool / 'pusher.log'}")
-        if not _is_locked(paths.lock) and (spawned_at is None or clock() - spawned_at > 5.0):
+        if not _pusher_runs(paths) and (spawned_at is None or clock() - spawned_at > 5.0):
             if spawned_at is not None:
                 # The pusher we started is gone without a word about this segment.  A full spool
                 # is the usual reason (it cannot write the .ok, nor the .error): fail, PostgreSQL
@@ -261,7 +274,7 @@ def run_pusher(ctx: Context, data_dir: Path, *, idle_exit: float = IDLE_EXIT,
     with try_lock_file(paths.lock) as mine:
         if not mine:
             return 0  # another pusher serves this spool
-        paths.done.mkdir(parents=True, exist_ok=True)
+        fs_owner.makedirs(paths.done)
         failed_at: dict[str, float] = {}
         # Confirmed recently: the foreground consumes the .ok and PostgreSQL renames .ready to .done
         # a moment later; still ready after that (a crash before the rename) means push it again.
@@ -348,7 +361,7 @@ def fetch_prefetching(ctx: Context, name: str, destination: str, *, pgdata: str 
     if wal.classify_or_none(name) is not wal.WalFileKind.SEGMENT:
         return fetch(ctx, name, destination, pgdata=pgdata)
     spool = _fetch_dir(ctx, data_dir)
-    spool.mkdir(parents=True, exist_ok=True)
+    fs_owner.makedirs(spool)
     _write_atomic(spool / ".want", name.encode())
     dest = Path(destination) if Path(destination).is_absolute() else data_dir / destination
     running = _is_locked(spool / "prefetch.lock")

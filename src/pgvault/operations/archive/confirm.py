@@ -187,10 +187,13 @@ def remember(data_dir: str, fp: str, spool: str, wait_timeout: float) -> None:
     except OSError:
         pass
     tmp = f"{path}.{os.getpid()}.tmp"
+    from pgvault import fs_owner  # as root: the spool's owner's, like everything in it
+
     try:
-        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        fs_owner.makedirs(os.path.dirname(path))
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
+            fs_owner.adopt(tmp, fd)
             os.write(fd, body)
         finally:
             os.close(fd)

@@ -57,7 +57,7 @@ def write_record(spool: str, name: str, *, raw_sha256: str, raw_size: int) -> No
     from pgvault.fs import write_atomic
 
     # Not fsynced, like the pusher's records: one lost in a crash only costs a download.
-    write_atomic(Path(record_path(spool, name)), body.encode(), durable=False)
+    write_atomic(Path(record_path(spool, name)), body.encode(), durable=False, adopt=True)
 
 
 def read_record(spool: str, name: str) -> tuple[int, tuple[int, ...]] | None:
@@ -108,7 +108,10 @@ def want(spool: str, name: str) -> None:
     """Tell the prefetcher recovery has reached ``name`` (as ``background.fetch_prefetching``)."""
     path = os.path.join(spool, ".want")
     tmp = f"{path}.{os.getpid()}.tmp"
+    from pgvault import fs_owner  # os only: as root, the spool's owner's
+
     with open(tmp, "wb") as f:
+        fs_owner.adopt(tmp, f.fileno())
         f.write(name.encode())
     os.replace(tmp, path)
 

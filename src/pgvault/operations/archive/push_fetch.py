@@ -327,7 +327,9 @@ def fetch(ctx: Context, name: str, destination: str, *, pgdata: str | None = Non
     dest = Path(destination)
     if not dest.is_absolute():
         dest = data_dir / dest
-    with atomic_file(dest) as out:  # PostgreSQL must never see part of a segment
+    # PostgreSQL must never see part of a segment.  As root, the file takes its directory's owner
+    # (the prefetch spool's, or pg_wal's): a prefetched segment is recorded after that chown.
+    with atomic_file(dest, adopt=True) as out:
         try:
             src = ctx.storage.open_read(meta.key)
         except ObjectNotFound:
