@@ -8,9 +8,8 @@ is.  Imports only the standard library, so the per-segment ``wal push`` foregrou
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import fcntl
+import functools
 import hashlib
 import os
 import sys
@@ -31,16 +30,19 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-def _load_syncfs() -> Callable[[int], int] | None:
+@functools.cache
+def _syncfs() -> Callable[[int], int] | None:
+    """libc's syncfs, looked up on first use: ``find_library`` runs ``ldconfig -p`` (a child
+    process), which every command importing this module would otherwise pay at start-up."""
     if not sys.platform.startswith("linux"):
         return None
+    import ctypes
+    import ctypes.util
+
     try:
         return ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True).syncfs
     except (OSError, AttributeError):
         return None
-
-
-_SYNCFS = _load_syncfs()
 
 
 class TreeSync:
@@ -58,8 +60,11 @@ class TreeSync:
         self._fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
 
     def sync(self) -> None:
-        if _SYNCFS is not None:
-            if _SYNCFS(self._fd) != 0:
+        syncfs = _syncfs()
+        if syncfs is not None:
+            if syncfs(self._fd) != 0:
+                import ctypes
+
                 err = ctypes.get_errno()
                 raise OSError(err, os.strerror(err), str(self.root))
             return

@@ -24,7 +24,7 @@ def make_tree(root: Path) -> list[Path]:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="syncfs(2) is Linux's")
 def test_linux_uses_one_syncfs_of_the_tree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    assert fs._SYNCFS is not None
+    assert fs._syncfs() is not None
     make_tree(tmp_path)
     called: list[int] = []
     monkeypatch.setattr(fs, "fsync_path", lambda p: called.append(-1))
@@ -38,7 +38,7 @@ def test_a_failing_syncfs_raises_with_its_errno(tmp_path: Path, monkeypatch: pyt
         ctypes.set_errno(errno.EIO)
         return -1
 
-    monkeypatch.setattr(fs, "_SYNCFS", failing)
+    monkeypatch.setattr(fs, "_syncfs", lambda: failing)
     with fs.TreeSync(tmp_path) as tree, pytest.raises(OSError) as raised:
         tree.sync()
     assert raised.value.errno == errno.EIO and str(tmp_path) in str(raised.value)
@@ -50,7 +50,7 @@ def test_without_syncfs_every_file_and_directory_and_the_parent_are_fsynced(tmp_
     root.mkdir()
     files = make_tree(root)
     synced: list[Path] = []
-    monkeypatch.setattr(fs, "_SYNCFS", None)
+    monkeypatch.setattr(fs, "_syncfs", lambda: None)
     monkeypatch.setattr(fs, "fsync_path", synced.append)
     with fs.TreeSync(root) as tree:
         tree.sync()
