@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 _COMMON = {"--config": "config", "-c": "config", "--cluster": "cluster", "--repository": "repository",
            "-r": "repository"}
 _WAL_ONLY = {"--pgdata": "pgdata"}
+TIMELINE_1_HISTORY = "00000001.history"
+FETCH_NOT_FOUND = 1  # restore_command's "no such file" (pgvault.cli.wal.FETCH_NOT_FOUND)
 
 
 def parse_push(argv: Sequence[str]) -> dict[str, str | None] | None:
@@ -98,11 +100,21 @@ def fast_push(argv: Sequence[str]) -> int | None:
 
 
 def fast_fetch(argv: Sequence[str]) -> int | None:
-    """0 once the prefetched, verified segment is at %p; None: run the full command (which also
-    answers every "not found" and every error)."""
+    """0 once the prefetched, verified segment is at %p; 1 for timeline 1's history file, which
+    cannot exist; None: run the full command (which answers every other "not found" and every
+    error)."""
     opts = parse_fetch(argv)
     if opts is None:
         return None
+    if opts["name"] == TIMELINE_1_HISTORY:
+        # Timeline 1 never has a history file (one lists a timeline's parents; timeline 1 has none):
+        # PostgreSQL's timeline.c says "Timeline 1 does not have a history file, so no need to
+        # check" in readTimeLineHistory/existsTimeLineHistory, and restoreTimeLineHistoryFiles
+        # skips it; it is asked for only when promotion copies the parent's history
+        # (writeTimeLineHistory, "if a history file exists for the parent"), and absence is
+        # expected there.  So "not found" without the CLI or the repository; no hole is possible.
+        print(f"pgvault: info: {TIMELINE_1_HISTORY} is never archived: timeline 1 has no history", file=sys.stderr)
+        return FETCH_NOT_FOUND
     from pgvault.operations.archive import confirm, prefetched
 
     if not prefetched.is_segment_name(str(opts["name"])):

@@ -244,3 +244,40 @@ def test_the_fast_path_imports_no_more_than_it_needs(rs: Restoring) -> None:
                          cwd=rs.data, env=env, capture_output=True, text=True, check=False)
     assert out.stderr.strip().endswith("0 []"), out
     assert rs.dest.read_bytes() == rs.bytes
+
+
+# --- timeline 1's history file ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("argv", [
+    ["wal", "fetch", "00000001.history", "pg_wal/RECOVERYHISTORY"],
+    ["--cluster", "x", "wal", "fetch", "00000001.history", "RECOVERYHISTORY", "--pgdata", "/nonexistent"],
+])
+def test_timeline_1s_history_is_not_found_without_the_cli_or_the_repository(argv: list[str],
+                                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    assert entry.fast_fetch(argv) == 1  # restore_command's "no such file" (pgvault.cli.wal.FETCH_NOT_FOUND)
+    assert "00000001.history" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [
+    ["wal", "fetch", "00000002.history", "pg_wal/RECOVERYHISTORY"],  # any other timeline may have one
+    ["wal", "fetch", "00000001.history", "pg_wal/RECOVERYHISTORY", "--json"],  # not the form the fast path reads
+    ["wal", "fetch", "00000001.history"],
+])
+def test_other_history_files_and_command_lines_still_go_to_the_full_command(argv: list[str]) -> None:
+    assert entry.fast_fetch(argv) is None
+
+
+def test_timeline_1s_history_imports_neither_the_cli_nor_a_storage(tmp_path: Path) -> None:
+    from pgvault.cli.wal import FETCH_NOT_FOUND
+
+    assert entry.FETCH_NOT_FOUND == FETCH_NOT_FOUND
+    code = ("import sys; from pgvault.entry import main; rc = main(); "
+            "print(rc, sorted(m for m in sys.modules if m.startswith(('pgvault.cli', 'pgvault.config', "
+            "'pgvault.storage', 'pgvault.operations.archive.'))), file=sys.stderr)")
+    # No repository, no settings at all: the answer cannot depend on them.
+    env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(SRC)}
+    out = subprocess.run([sys.executable, "-c", code, "wal", "fetch", "00000001.history", "pg_wal/RECOVERYHISTORY"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, check=False)
+    assert out.returncode == 0 and out.stderr.strip().endswith("1 []"), out
+    assert not (tmp_path / "pg_wal").exists()

@@ -102,13 +102,17 @@ def run_push(args: argparse.Namespace) -> int:
 
 
 def run_fetch(args: argparse.Namespace) -> int:
-    from pgvault.operations.archive.background import fetch_prefetching
     from pgvault.operations.archive.push_fetch import fetch
+    from pgvault.pg import wal
     from pgvault.storage import ObjectNotFound
 
     ctx = context_from(args)
     try:
-        if ctx.settings.restore_prefetch > 0:
+        # Only segments are prefetched (fetch_prefetching fetches anything else directly): a
+        # history file, most often a "not found", need not import the prefetching code.
+        if ctx.settings.restore_prefetch > 0 and wal.classify_or_none(args.name) is wal.WalFileKind.SEGMENT:
+            from pgvault.operations.archive.background import fetch_prefetching
+
             _remember_spool(args, ctx.settings, Path(args.pgdata) if args.pgdata else Path.cwd(), "fetch")
             res = fetch_prefetching(ctx, args.name, args.destination, pgdata=args.pgdata,
                                     passthrough=_passthrough(args))

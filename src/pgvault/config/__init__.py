@@ -17,8 +17,6 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-import yaml
-
 from pgvault.config.repositories import PRIMARY_REPOSITORY as PRIMARY_REPOSITORY  # re-exported
 from pgvault.config.repositories import named_settings
 from pgvault.config.values import (
@@ -332,6 +330,8 @@ def load_settings(
             text = Path(path).read_text(encoding="utf-8")
         except OSError as e:
             raise ConfigError([f"cannot read config file {path}: {e.strerror or e}"]) from None
+        import yaml  # only with a config file: ``wal fetch`` is often configured by the environment alone
+
         try:
             doc = yaml.safe_load(text) or {}
         except yaml.YAMLError as e:
@@ -563,11 +563,11 @@ def validate(s: Settings, *, check_local_files: bool = True) -> list[str]:
 
 def object_lock_problems(s: Settings) -> list[str]:
     """Problems with ``repository.s3.object_lock*`` (the retention it resolves to needs the policy)."""
+    if s.s3.object_lock == "off":
+        return []  # before the imports: the policy modules cost every command's start-up ~10 ms
     from pgvault.policy.object_lock import resolve
     from pgvault.policy.retention import Policy
 
-    if s.s3.object_lock == "off":
-        return []
     problems = [] if s.repository_url.startswith("s3://") else [
         "repository.s3.object_lock: needs an s3:// repository (Object Lock is an S3 bucket feature)"]
     return problems + resolve(s.s3.object_lock, s.s3.object_lock_retention, Policy.from_settings(s))[1]

@@ -11,7 +11,6 @@ from pgvault.config import Settings
 from pgvault.config.identity import identity_problems
 from pgvault.errors import ConfigError
 from pgvault.pg.conn import ConnInfo
-from pgvault.pipeline import load_identities
 from pgvault.storage import Storage, open_storage, s3_settings
 
 if TYPE_CHECKING:
@@ -59,6 +58,8 @@ class Context:
 
     def identities(self) -> list[str]:
         """age identities for decryption, from the identity file or the environment."""
+        from pgvault.pipeline import load_identities  # pyrage: only when something is decrypted
+
         s = self.settings
         if s.age_identity or s.age_identity_file:
             # The same sentences as `config check`: the setting, the file, the expected format.

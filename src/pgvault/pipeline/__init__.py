@@ -27,11 +27,42 @@ Modules: :mod:`~pgvault.pipeline.spec` (the values), :mod:`~pgvault.pipeline.fil
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from pgvault.pipeline.digest import SupportsRead, SupportsWrite
-from pgvault.pipeline.encrypt import load_identities
 from pgvault.pipeline.encryption import SCHEMES
-from pgvault.pipeline.files import PipelineReader, PipelineWriter, open_reader, open_writer, read_stream, write_stream
 from pgvault.pipeline.spec import PipelineSpec, StreamResult, all_suffixes
+
+if TYPE_CHECKING:
+    from pgvault.pipeline.encrypt import load_identities
+    from pgvault.pipeline.files import (
+        PipelineReader,
+        PipelineWriter,
+        open_reader,
+        open_writer,
+        read_stream,
+        write_stream,
+    )
+
+# The streams (files.py) and age (encrypt.py: pyrage) are imported on first use of one of their
+# names: the values above (a spec, the suffixes, the registries) are all that loading the settings
+# or a "not found" from ``wal fetch`` needs, and PostgreSQL waits for that process's start-up.
+_LAZY = {
+    "load_identities": "encrypt",
+    **dict.fromkeys(("PipelineReader", "PipelineWriter", "open_reader", "open_writer", "read_stream",
+                     "write_stream"), "files"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
 
 __all__ = [
     "PipelineSpec",

@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import zlib
 from abc import ABC, abstractmethod
-from typing import IO, Protocol, cast
-
-import zstandard
+from typing import IO, TYPE_CHECKING, Protocol, cast
 
 from pgvault.errors import ConfigError, IntegrityError
 from pgvault.pipeline.digest import (
@@ -31,6 +29,13 @@ from pgvault.pipeline.digest import (
     SupportsRead,
     SupportsWrite,
 )
+
+if TYPE_CHECKING:
+    import zstandard
+
+# zstandard is imported by the zstd stages themselves, not with this module: the codec registry
+# (names, suffixes, levels) is all that validating settings or a "not found" from ``wal fetch``
+# needs, and each import is start-up time PostgreSQL waits for.
 
 __all__ = ["Codec", "CODECS", "get_codec", "unknown_codec_problem"]
 
@@ -214,9 +219,12 @@ class _FrameTrackingSource:
 
 
 class _ZstdDecompressor:
-    __slots__ = ("_source", "_reader", "_chunk_size")
+    __slots__ = ("_source", "_reader", "_chunk_size", "_error")
 
     def __init__(self, source: SupportsRead, chunk_size: int) -> None:
+        import zstandard
+
+        self._error = zstandard.ZstdError
         self._source = _FrameTrackingSource(source)
         self._chunk_size = chunk_size
         # The reader decompresses at most what each read asks for (bounded memory whatever the
@@ -228,7 +236,7 @@ class _ZstdDecompressor:
     def read(self, size: int = -1, /) -> bytes:
         try:
             data = self._reader.read(size if size >= 0 else self._chunk_size)
-        except zstandard.ZstdError as exc:
+        except self._error as exc:
             # zstd's messages ("Restored data doesn't match checksum", "Data corruption detected")
             # are fixed strings about the data; they are safe and useful to show.
             raise IntegrityError(
@@ -263,6 +271,8 @@ class _ZstdCompressor:
         return len(data)
 
     def finish(self) -> None:
+        import zstandard
+
         self._writer.flush(zstandard.FLUSH_FRAME)
 
     def abort(self) -> None:
@@ -280,6 +290,8 @@ class _Zstd(Codec):
         # write_checksum: the frame carries a checksum of the content, so `zstd -d` alone detects
         # corruption even without pgvault's manifest.  threads=0 compresses in the calling thread;
         # N >= 1 runs N zstd workers that work while this thread hashes and encrypts.
+        import zstandard
+
         level = self.default_level if level is None else level
         if threads and job_size:
             # zstd's workers each hold whole jobs in and out (by default several window sizes:

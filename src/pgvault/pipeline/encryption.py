@@ -115,6 +115,8 @@ class _Age(EncryptionScheme):
         return problems + self.recipient_problems(recipients)
 
     def recipient_problems(self, recipients: object) -> list[str]:
+        if isinstance(recipients, (tuple, list)) and not recipients:
+            return []  # nothing to parse: no pyrage for settings without recipients (a restore host's)
         from pgvault.pipeline import encrypt
 
         return encrypt.recipient_problems(recipients)

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from pgvault.errors import IntegrityError, PgvaultError
 from pgvault.pg import wal
-from pgvault.pipeline import all_suffixes, read_stream
+from pgvault.pipeline import all_suffixes
 from pgvault.repository import layout
 from pgvault.repository.archive_index import ArchiveIndex, RestorePoint
 from pgvault.repository.wal_record import archived_at, read_record
@@ -94,6 +94,8 @@ def _read_history(
         spec = meta.pipeline
         if spec.encryption != "none" and identities is None:
             raise IntegrityError(f"{name} is encrypted and its checksum record carries no copy of the history")
+        from pgvault.pipeline import read_stream  # the streams: not for wal fetch's look for later WAL
+
         out = io.BytesIO()
         with storage.open_read(meta.key) as src:
             read_stream(src, out, spec, identities=identities() if spec.encryption != "none" and identities else [],

@@ -34,7 +34,7 @@ from pgvault.fs import atomic_file, file_sha256
 from pgvault.operations.context import Context
 from pgvault.pg import wal
 from pgvault.pg.control import read_major_version, read_segment_header, read_system_identifier
-from pgvault.pipeline import PipelineSpec, StreamResult, all_suffixes, read_stream, write_stream
+from pgvault.pipeline import PipelineSpec, StreamResult, all_suffixes
 from pgvault.procs import hostname, pid_alive, random_id
 from pgvault.repository import layout
 from pgvault.repository.cluster import ClusterInfo, ensure_cluster, read_cluster_info
@@ -242,6 +242,8 @@ def push(ctx: Context, path: str, *, pgdata: str | None = None, known: ClusterIn
 def _upload(ctx: Context, src: Path, key: str, spec: PipelineSpec, push_id: str, takeover: bool,
             record: Callable[[StreamResult], WalRecord]) -> PushResult:
     """Stream the file into create-only object ``key``, claim (or take over) its ``record``, commit."""
+    from pgvault.pipeline import write_stream  # the streams (zstandard, pyrage): not for a "not found"
+
     name = src.name
     claimed = False
     writer = ctx.storage.open_write(key, if_absent=True)
@@ -322,6 +324,8 @@ def fetch(ctx: Context, name: str, destination: str, *, pgdata: str | None = Non
         # Nothing after it: a push that died mid-upload (PostgreSQL never saw it succeed), e.g. on
         # a primary that was lost.  The archive ends before this segment, and the plan said so.
         raise ObjectNotFound(f"{what}; no later WAL is archived, so the archive ends before it")
+    from pgvault.pipeline import read_stream  # the streams (zstandard, pyrage): only to decode
+
     spec = meta.pipeline
     identities = ctx.identities() if spec.encryption != "none" else []
     dest = Path(destination)
