@@ -23,9 +23,7 @@ from pgvault.config.values import (
     SmokeQuery as SmokeQuery,  # re-exported: part of Settings (smoke_queries)
 )
 from pgvault.config.values import (
-    parse_duration as parse_duration,  # re-exported: the duration syntax of every setting
-)
-from pgvault.config.values import (
+    one_of,
     to_bool,
     to_dirs,
     to_endpoint,
@@ -42,6 +40,9 @@ from pgvault.config.values import (
     to_str,
     to_webhook,
 )
+from pgvault.config.values import (
+    parse_duration as parse_duration,  # re-exported: the duration syntax of every setting
+)
 from pgvault.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -52,8 +53,6 @@ MiB = 1 << 20
 _T = TypeVar("_T")
 # The commands that run as scheduled jobs: their outcome is recorded (cli.metrics.record_job) and
 # may be notified.  Here, not in the CLI, because settings name them (notify.jobs).
-#: backup.row_counts_from: the archive stream (pg.dump_archive) or count(*) in the dump's snapshot.
-ROW_COUNT_SOURCES = ("dump", "snapshot")
 SCHEDULED_JOBS = frozenset({"backup", "basebackup", "expire", "verify", "drill", "restore-point", "repo-sync"})
 
 
@@ -103,7 +102,7 @@ SETTINGS: tuple[_Setting, ...] = (
     _Setting("encryption.age_identity_file", to_opt_str, "age identity file, needed to restore"),
     _Setting("encryption.age_identity", to_opt_str, "age secret key itself (environment only)"),
     _Setting("backup.exact_row_counts", to_bool, "count every table's rows in the dump snapshot", True),
-    _Setting("backup.row_counts_from", to_str, "where exact row counts come from: dump (the archive stream, no server "
+    _Setting("backup.row_counts_from", one_of("dump", "snapshot"), "where exact row counts come from: dump (the archive stream, no server "
              "cost) or snapshot (count(*) beside pg_dump, less client CPU)", "dump"),
     _Setting("backup.jobs", to_int, "logical backup: pg_dump processes per database, sharing one snapshot", 1),
     _Setting("backup.parallel", to_int, "base backup: tar streams written and restored in parallel", 2),
@@ -532,8 +531,6 @@ def validate(s: Settings, *, check_local_files: bool = True) -> list[str]:
         problems.append("restore.prefetch: must be 0 or more")
     if s.archive_wait_timeout <= 0:
         problems.append("archive.wait_timeout: must be positive")
-    if s.row_counts_from not in ROW_COUNT_SOURCES:
-        problems.append(f"backup.row_counts_from: {s.row_counts_from!r} is not one of {', '.join(ROW_COUNT_SOURCES)}")
     if s.backup_jobs < 1:
         problems.append("backup.jobs: must be at least 1")
     if s.compression_threads < 0:

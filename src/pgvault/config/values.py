@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +44,18 @@ def to_str(v: Any) -> str:
     if isinstance(v, (dict, list)):
         raise ValueError(f"expected a string, got {type(v).__name__}")
     return str(v)
+
+
+def one_of(*choices: str) -> Callable[[Any], str]:
+    """A parser accepting exactly one of ``choices``."""
+
+    def parse(v: Any) -> str:
+        text = to_str(v)
+        if text not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}, got {text!r}")
+        return text
+
+    return parse
 
 
 def to_opt_str(v: Any) -> str | None:
