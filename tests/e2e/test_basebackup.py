@@ -4,6 +4,7 @@ restore_command — proof that the objects are a consistent cluster."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import shutil
@@ -135,3 +136,26 @@ def test_basebackup_under_load_restores_with_stock_tools(major, make_pg_cluster,
         subprocess.run(_as_postgres([pg_ctl, "-D", str(target), "-m", "immediate", "stop"]), capture_output=True)
         print(log.read_text() if log.exists() else "")
     assert json.loads((prefix / "manifest.json").read_text())["server_backup_manifest"] is None
+
+
+@pytest.mark.parametrize("major", pg_majors()[-1:] or [None])
+def test_a_base_backup_never_writes_into_a_folder_that_holds_objects(major, archiving) -> None:  # type: ignore[no-untyped-def]
+    """Ids have one-second resolution: a second base backup in the same second (two quick runs)
+    used to get the same id and overwrite the first one's folder.  Here every id of the next two
+    minutes already holds an object (a finished or failed run's), so the backup must take ``-1``."""
+    a = archiving(major)
+    base = Path(a.repo_url) / "pitr" / "base"
+    now = dt.datetime.now(dt.UTC)
+    taken = [(now + dt.timedelta(seconds=s)).strftime("%Y%m%dT%H%M%SZ") for s in range(120)]
+    for bid in taken:
+        (base / bid).mkdir(parents=True)
+        (base / bid / "manifest.json").write_text("left by another run\n")
+    for d in [base.parent, base, *(base / bid for bid in taken)]:
+        shutil.chown(d, PG_OS_USER, PG_OS_USER) if os.geteuid() == 0 else None
+    b = a.basebackup()
+    assert b["backup_id"].endswith("-1") and b["backup_id"].removesuffix("-1") in taken
+    assert all((base / bid / "manifest.json").read_text() == "left by another run\n" for bid in taken)
+    names = sorted(p.name for p in (base / b["backup_id"]).iterdir())
+    assert "manifest.json" in names and any(n.startswith("base") and ".tar" in n for n in names), names
+    v = pgvault(["verify", b["backup_id"], "--json"], a.env(), check=False)
+    assert v.returncode == 0, v.stderr

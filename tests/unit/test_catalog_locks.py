@@ -13,7 +13,7 @@ import uuid
 
 import pytest
 
-from pgvault.errors import ConfigError, IntegrityError, LockedError, NotFoundError
+from pgvault.errors import ConfigError, IntegrityError, LockedError, NotFoundError, PgvaultError
 from pgvault.pipeline import PipelineSpec, StreamResult
 from pgvault.repository import catalog, layout
 from pgvault.repository.cluster import ClusterInfo, ensure_cluster, read_cluster_info
@@ -448,3 +448,20 @@ def test_release_without_a_lock_object_is_harmless(repo: MemoryStorage) -> None:
     lock.release()
     lock.release()  # twice, too
     assert list(repo.list()) == []
+
+
+@pytest.mark.parametrize("prefix_of", [lambda i: layout.base_prefix("main", i), lambda i: layout.logical_prefix("main", i)],
+                         ids=["base", "logical"])
+def test_a_backup_started_in_a_taken_second_gets_the_next_free_id(repo: MemoryStorage, prefix_of) -> None:  # type: ignore[no-untyped-def]
+    now = dt.datetime(2026, 12, 4, 23, 59, 59, 900000, tzinfo=dt.UTC)
+    assert catalog.free_backup_id(repo, prefix_of, now) == "20261204T235959Z"
+    # A finished backup, and a failed run's leftovers without a manifest: neither folder is reused.
+    repo.put_if_absent(prefix_of("20261204T235959Z") + layout.MANIFEST_NAME, b"{}")
+    repo.put_if_absent(prefix_of("20261204T235959Z-1") + "base.tar.zst", b"partial")
+    assert catalog.free_backup_id(repo, prefix_of, now) == "20261204T235959Z-2"
+    # Another second, or the other kind of backup, is not affected.
+    assert catalog.free_backup_id(repo, prefix_of, now + dt.timedelta(seconds=1)) == "20261205T000000Z"
+    for seq in range(2, 100):
+        repo.put_if_absent(prefix_of(layout.new_backup_id(now, seq)) + "x", b"")
+    with pytest.raises(PgvaultError, match="could not allocate a backup id"):
+        catalog.free_backup_id(repo, prefix_of, now)

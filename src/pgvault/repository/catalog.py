@@ -8,12 +8,13 @@ passes over it with a warning naming it, and only asking for that backup by its 
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
 from pgvault import log
-from pgvault.errors import IntegrityError, NotFoundError
+from pgvault.errors import IntegrityError, NotFoundError, PgvaultError
 from pgvault.repository import layout
 from pgvault.repository.manifest import LogicalManifest
 from pgvault.repository.physical import PhysicalManifest
@@ -30,6 +31,20 @@ def logical_ids(storage: Storage, cluster: str) -> list[str]:
 def physical_ids(storage: Storage, cluster: str) -> list[str]:
     """Ids of complete base backups (those with a manifest), oldest first."""
     return _ids_under(storage, layout.base_root(cluster))
+
+
+def free_backup_id(storage: Storage, prefix_of: Callable[[str], str], now: dt.datetime) -> str:
+    """The id for a backup starting at ``now`` whose folder (``prefix_of(id)``) holds nothing.
+
+    Ids have one-second resolution, so a second backup started in the same second (a cron burst,
+    a retry, a test) gets ``-1``, ``-2``...  Any object counts, not only a manifest: a failed run's
+    leftovers must not be mixed into a new backup's folder, nor a finished backup overwritten.
+    Call it under the repository lock of the operation, so two runs cannot pick the same id."""
+    for seq in range(100):
+        backup_id = layout.new_backup_id(now, seq)
+        if next(iter(storage.list(prefix_of(backup_id))), None) is None:
+            return backup_id
+    raise PgvaultError(f"could not allocate a backup id: 100 backups already started at {layout.new_backup_id(now)}")
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ from psycopg import sql
 
 import pgvault
 from pgvault import log
-from pgvault.errors import NotFoundError, PgvaultError, ToolError, UsageError
+from pgvault.errors import NotFoundError, ToolError, UsageError
 from pgvault.operations.context import Context
 from pgvault.operations.logical import dbprops
 from pgvault.operations.parallel import run_parallel
@@ -48,11 +48,11 @@ from pgvault.pipeline import PipelineSpec, write_stream
 from pgvault.pipeline.digest import SupportsRead
 from pgvault.policy.parallel_dump import DumpPlan, TableSize, plan_shares
 from pgvault.procs import hostname
-from pgvault.repository import layout
+from pgvault.repository import catalog, layout
 from pgvault.repository.cluster import ensure_cluster
 from pgvault.repository.locks import RepositoryLock
 from pgvault.repository.manifest import DatabaseEntry, DumpPart, LogicalManifest, StoredObject, TableCount
-from pgvault.storage import ObjectNotFound, Storage
+from pgvault.storage import Storage
 
 LOCK_OPERATION = "logical-backup"
 #: Tables smaller than this stay in the main dump of ``--jobs N``: a pg_dump process of its own
@@ -127,16 +127,6 @@ def _plan(ctx: Context, req: BackupRequest) -> _DumpPlan:
         ).fetchall()
     meta = {str(r[0]): (str(r[1]), str(r[2]), str(r[3]), int(r[4])) for r in rows}
     return _DumpPlan(facts, dbs, meta)
-
-
-def _new_id(storage: Storage, cluster: str, now: dt.datetime) -> str:
-    for seq in range(0, 100):
-        backup_id = layout.new_backup_id(now, seq)
-        try:
-            storage.stat(layout.logical_prefix(cluster, backup_id) + layout.MANIFEST_NAME)
-        except ObjectNotFound:
-            return backup_id
-    raise PgvaultError("could not allocate a backup id")
 
 
 # pg_dump's pipe: Linux's default 64 KiB fills while this thread compresses and hashes one 1 MiB
@@ -409,7 +399,7 @@ def backup(ctx: Context, req: BackupRequest) -> LogicalManifest:
     with RepositoryLock(ctx.storage, ctx.cluster, LOCK_OPERATION):
         started = _utcnow()
         t0 = time.monotonic()
-        backup_id = _new_id(ctx.storage, ctx.cluster, started)
+        backup_id = catalog.free_backup_id(ctx.storage, lambda i: layout.logical_prefix(ctx.cluster, i), started)
         prefix = layout.logical_prefix(ctx.cluster, backup_id)
         logger.info(
             "backup %s of %s (%s) to %s using %s",

@@ -35,7 +35,7 @@ from pgvault.pg import wal
 from pgvault.pg.conn import connect, connection, server_facts
 from pgvault.pipeline import PipelineSpec, PipelineWriter, open_writer
 from pgvault.procs import hostname
-from pgvault.repository import layout
+from pgvault.repository import catalog, layout
 from pgvault.repository.archive_scan import wait_until_archived
 from pgvault.repository.cluster import ensure_cluster
 from pgvault.repository.locks import RepositoryLock
@@ -271,7 +271,7 @@ def basebackup(ctx: Context, *, pgdata: str | None = None, fast: bool = True, ar
         with RepositoryLock(ctx.storage, ctx.cluster, LOCK_OPERATION):
             started_at = dt.datetime.now(dt.UTC)
             t0 = time.monotonic()
-            backup_id = layout.new_backup_id(started_at)
+            backup_id = catalog.free_backup_id(ctx.storage, lambda i: layout.base_prefix(ctx.cluster, i), started_at)
             prefix = layout.base_prefix(ctx.cluster, backup_id)
             label = f"pgvault {backup_id}"
             row = conn.execute("SELECT pg_backup_start(%s, %s)::text", (label, fast)).fetchone()
