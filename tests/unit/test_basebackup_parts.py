@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from pgvault.operations.physical.basebackup import split_parts
+from pgvault.operations.physical.datadir_tar import split_parts
 
 
 def test_directories_and_links_stay_in_the_first_part_and_files_are_shared_largest_first(tmp_path: Path) -> None:

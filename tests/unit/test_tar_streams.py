@@ -1,4 +1,4 @@
-"""The base backup's tar streams without a server: basebackup._stream_tar writes a directory as a
+"""The base backup's tar streams without a server: datadir_tar.stream_tar writes a directory as a
 tar straight into the pipeline (no pipe, no producer thread), restore_cluster._extract unpacks it
 reading from the pipeline; cancellation, damage and a missing object are reported as before."""
 
@@ -16,7 +16,7 @@ import pyrage
 import pytest
 
 from pgvault.errors import IntegrityError
-from pgvault.operations.physical import basebackup, restore_cluster
+from pgvault.operations.physical import datadir_tar, restore_cluster
 from pgvault.pipeline import PipelineSpec, write_stream
 from pgvault.repository import layout
 from pgvault.repository.manifest import StoredObject
@@ -44,8 +44,8 @@ def context(storage: MemoryStorage) -> Any:
 
 
 def back_up(ctx: Any, root: Path, spec: PipelineSpec, cancel: threading.Event | None = None) -> StoredObject:
-    paths = list(basebackup._walk(root, exclude_contents=True))
-    obj, files = basebackup._stream_tar(ctx, PREFIX + "base.tar" + spec.suffix(), "base", root, spec, base=True,
+    paths = list(datadir_tar.walk(root, exclude_contents=True))
+    obj, files = datadir_tar.stream_tar(ctx, PREFIX + "base.tar" + spec.suffix(), "base", root, spec, base=True,
                                         paths=paths, cancel=cancel)
     assert files == sum(1 for p in paths if p.is_file())
     return obj
@@ -74,15 +74,15 @@ def test_a_tree_goes_through_tar_and_the_pipeline_and_back(tmp_path: Path, spec:
 def reading_with(monkeypatch: pytest.MonkeyPatch, on_read: Any) -> list[int]:
     """Make every 1 MiB read of a file call ``on_read(count)`` after reading; the count so far."""
     count = [0]
-    real_read = basebackup._Padded.read
+    real_read = datadir_tar.Padded.read
 
-    def read(self: basebackup._Padded, n: int = -1) -> bytes:
+    def read(self: datadir_tar.Padded, n: int = -1) -> bytes:
         data = real_read(self, n)
         count[0] += 1
         on_read(count[0])
         return data
 
-    monkeypatch.setattr(basebackup._Padded, "read", read)
+    monkeypatch.setattr(datadir_tar.Padded, "read", read)
     return count
 
 
@@ -92,7 +92,7 @@ def test_a_cancelled_part_stops_at_the_next_chunk_and_publishes_nothing(tmp_path
     storage = MemoryStorage("cancel")
     cancel = threading.Event()
     reads = reading_with(monkeypatch, lambda n: n == 3 and cancel.set())  # another part failed meanwhile
-    with pytest.raises(basebackup._Cancelled):
+    with pytest.raises(datadir_tar.Cancelled):
         back_up(context(storage), tmp_path / "data", SPECS[0], cancel)
     assert reads == [3]  # the next read stopped it
     assert list(storage.list()) == [] and list(storage.unfinished_writes()) == []

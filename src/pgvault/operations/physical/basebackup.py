@@ -16,24 +16,19 @@ the base tar → check the needed WAL is in *our* archive → manifest (written 
 from __future__ import annotations
 
 import datetime as dt
-import io
-import os
-import stat
-import tarfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import pgvault
 from pgvault import log
 from pgvault.errors import ConfigError, DatabaseError, PgvaultError, UsageError
 from pgvault.operations.context import Context
+from pgvault.operations.physical.datadir_tar import Cancelled, split_parts, stream_tar, walk
 from pgvault.pg import wal
 from pgvault.pg.conn import connect, connection, server_facts
-from pgvault.pipeline import PipelineSpec, PipelineWriter, open_writer
 from pgvault.procs import hostname
 from pgvault.repository import catalog, layout
 from pgvault.repository.archive_scan import wait_until_archived
@@ -43,197 +38,6 @@ from pgvault.repository.manifest import StoredObject
 from pgvault.repository.physical import DatabaseRelations, PhysicalManifest, RelationEntry, TablespaceEntry
 
 LOCK_OPERATION = "base-backup"
-
-# What pg_basebackup leaves out (src/backend/backup/basebackup.c: excludeDirContents,
-# excludeFiles): runtime state that is rebuilt at start-up or must not be restored.
-_EXCLUDE_DIR_CONTENTS = {
-    "pg_wal", "pg_wal/archive_status", "pg_wal/summaries", "pg_dynshmem", "pg_notify", "pg_replslot", "pg_serial", "pg_snapshots", "pg_stat_tmp", "pg_subtrans",
-}
-_EXCLUDE_FILES = {
-    "postmaster.pid", "postmaster.opts", "pg_internal.init", "backup_label", "backup_label.old",
-    "tablespace_map", "backup_manifest", "standby.signal", "recovery.signal", "current_logfiles",
-    "postgresql.auto.conf.tmp",
-}
-# Per part: tarfile's copy buffer, its stream buffer and the pipeline's chunks (and the age batches
-# made of them) are each about this size, and several of each are alive at once in every part.
-# 128 KiB keeps a part's buffers to about a MiB (1 MiB made them ~20 MiB of the peak for two
-# parts); the CPU cost of the extra hand-overs was below what could be measured here.
-_COPY_BUF = 128 << 10
-
-
-class _Cancelled(PgvaultError):
-    """Another part failed or the run was interrupted: this part stops (its object is aborted)."""
-
-
-class _Padded:
-    """Reads exactly ``size`` bytes from a file that may shrink while we copy it (PostgreSQL may
-    truncate a relation during a hot backup; WAL replay restores the truth), padding with zeros.
-
-    ``cancel`` is checked per chunk: a 1 GiB relation segment must not keep a part's thread
-    writing for seconds after the run was given up."""
-
-    def __init__(self, f: IO[bytes], size: int, cancel: threading.Event) -> None:
-        self.f = f
-        self.left = size
-        self.cancel = cancel
-
-    def read(self, n: int = -1) -> bytes:
-        if self.cancel.is_set():
-            raise _Cancelled("base backup cancelled")
-        want = self.left if n < 0 else min(n, self.left)
-        data = self.f.read(want)
-        if len(data) < want:
-            data += b"\0" * (want - len(data))
-        self.left -= len(data)
-        return data
-
-
-def _walk(root: Path, *, exclude_contents: bool) -> Iterator[Path]:
-    """Every path below ``root`` in a stable order, minus PostgreSQL's runtime files."""
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        rel = Path(dirpath).relative_to(root)
-        dirnames.sort()
-        if exclude_contents and str(rel) in _EXCLUDE_DIR_CONTENTS:
-            dirnames[:] = [d for d in dirnames if d in ("archive_status", "summaries")] if str(rel) == "pg_wal" else []
-            filenames = []
-        if exclude_contents and str(rel) == "pg_tblspc":
-            filenames = sorted(dirnames + filenames)  # tablespace links are recorded as symlinks
-            dirnames[:] = []
-        dirnames[:] = [d for d in dirnames if not d.startswith("pgsql_tmp")]
-        for d in dirnames:
-            yield Path(dirpath) / d
-        for name in sorted(filenames):
-            if name in _EXCLUDE_FILES or name.startswith("pgsql_tmp"):
-                continue
-            yield Path(dirpath) / name
-
-
-def split_parts(root: Path, paths: Iterator[Path]) -> tuple[list[Path], SharedFiles]:
-    """The entries of the first part (directories and links, in walk order) and the regular files,
-    which every part takes from as it goes (:class:`SharedFiles`).
-
-    Each part is a tar of its own, written and restored in parallel.  Every part is a complete tar
-    that ``tar -x`` unpacks on its own (it creates missing parent directories), in any order."""
-    first: list[Path] = []
-    files: list[tuple[int, Path]] = []
-    for path in paths:
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            continue
-        if stat.S_ISREG(st.st_mode):
-            files.append((st.st_size, path))
-        else:
-            first.append(path)
-    return first, SharedFiles(files)
-
-
-class SharedFiles:
-    """The regular files of one tar stream set, handed out one at a time to whichever part asks
-    next, largest first.
-
-    A fixed split by size left one part compressing for seconds after the other had finished: the
-    same number of bytes costs very different CPU (incompressible TOAST or index pages against
-    empty heap pages).  Taking files as they go, and the large ones first, keeps every part busy
-    until the last small files, whatever the data."""
-
-    def __init__(self, files: list[tuple[int, Path]]) -> None:
-        self._files = [p for _, p in sorted(files, key=lambda f: -f[0])]  # stable: walk order among equals
-        self._next = 0
-        self._lock = threading.Lock()
-
-    def __len__(self) -> int:
-        return len(self._files)
-
-    def take(self) -> Path | None:
-        with self._lock:
-            if self._next >= len(self._files):
-                return None
-            self._next += 1
-            return self._files[self._next - 1]
-
-    def paths(self, first: Iterable[Path] = ()) -> Iterator[Path]:
-        """``first``, then files taken one at a time until none is left."""
-        yield from first
-        while (path := self.take()) is not None:
-            yield path
-
-
-def _write_tar(out: PipelineWriter, root: Path, paths: Iterable[Path], *, base: bool, extra: Callable[[], dict[str, bytes]],
-               cancel: threading.Event) -> int:
-    """Stream ``paths`` (below ``root``) as a tar into ``out``; ``extra()`` supplies files appended at the end."""
-    count = 0
-    # bufsize: tarfile's stream mode slices its buffer into bufsize writes, copying what is left
-    # each time; with the default 10 KiB every copy buffer was copied ~25 times over.
-    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT, bufsize=_COPY_BUF) as tar:
-        tar.copybufsize = _COPY_BUF  # type: ignore[attr-defined]
-        for path in paths:
-            arcname = str(path.relative_to(root))
-            try:
-                st = os.lstat(path)
-            except FileNotFoundError:
-                continue  # dropped while we walked: WAL replay knows
-            info = tarfile.TarInfo(arcname)
-            info.mode = stat.S_IMODE(st.st_mode)
-            info.mtime = int(st.st_mtime)
-            info.uid, info.gid = st.st_uid, st.st_gid
-            if stat.S_ISDIR(st.st_mode):
-                info.type = tarfile.DIRTYPE
-                tar.addfile(info)
-            elif stat.S_ISLNK(st.st_mode) and base and arcname == "pg_wal":
-                # initdb --waldir: the restored cluster gets a plain pg_wal directory, as with pg_basebackup.
-                info.type = tarfile.DIRTYPE
-                info.mode = 0o700
-                tar.addfile(info)
-            elif stat.S_ISLNK(st.st_mode):
-                info.type = tarfile.SYMTYPE
-                info.linkname = os.readlink(path)
-                tar.addfile(info)
-            elif stat.S_ISREG(st.st_mode):
-                try:
-                    f = open(path, "rb")
-                except FileNotFoundError:
-                    continue
-                with f:
-                    info.size = st.st_size
-                    tar.addfile(info, _Padded(f, st.st_size, cancel))
-                count += 1
-        owner = os.stat(root)
-        for name, data in extra().items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            info.mode = 0o600
-            info.uid, info.gid = owner.st_uid, owner.st_gid
-            info.mtime = int(time.time())
-            tar.addfile(info, io.BytesIO(data))
-            count += 1
-    return count
-
-
-def _stream_tar(
-    ctx: Context, key: str, label: str, root: Path, spec: PipelineSpec, *, base: bool,
-    extra: Callable[[], dict[str, bytes]] = dict, paths: Iterable[Path] | None = None, cancel: threading.Event | None = None,
-    threads: int | None = None,
-) -> tuple[StoredObject, int]:
-    """Tar ``root`` into ``key``, in this thread: tarfile writes into the pipeline's file object,
-    which pushes the stored form into the storage writer.  ``threads``: zstd workers of this stream
-    (default: the configured ``compression.threads``).
-
-    ``cancel`` is shared by every part of one backup: set when any of them fails (or the run is
-    interrupted), so the others stop too and abort their objects.  On any failure the pipeline
-    stream is dropped unfinished and the object aborted (S3: AbortMultipartUpload)."""
-    cancel = cancel or threading.Event()
-    threads = ctx.settings.compression_threads if threads is None else threads
-    try:
-        with ctx.storage.open_write(key) as writer:
-            with open_writer(writer, spec, threads=threads, chunk_size=_COPY_BUF) as out:
-                members = paths if paths is not None else list(_walk(root, exclude_contents=base))
-                files = _write_tar(out, root, members, base=base, extra=extra, cancel=cancel)
-    except BaseException:
-        cancel.set()
-        raise
-    return StoredObject(name=label, key=key.rsplit("/", 1)[-1], result=out.result), files
-
 
 @dataclass(frozen=True)
 class _Started:
@@ -288,7 +92,7 @@ def basebackup(ctx: Context, *, pgdata: str | None = None, fast: bool = True, ar
             others: list[tuple[StoredObject, int] | BaseException | None] = []
             try:
                 for oid, name, location in spaces:
-                    obj, files = _stream_tar(ctx, f"{prefix}tablespace-{oid}.tar{spec.suffix()}", f"tablespace {name}",
+                    obj, files = stream_tar(ctx, f"{prefix}tablespace-{oid}.tar{spec.suffix()}", f"tablespace {name}",
                                              Path(location), spec, base=False, cancel=cancel)
                     tablespaces.append(TablespaceEntry(oid=oid, name=name, location=location, object=obj, files=files))
 
@@ -308,7 +112,7 @@ def basebackup(ctx: Context, *, pgdata: str | None = None, fast: bool = True, ar
                         files["tablespace_map"] = stopped["spcmap"].encode()
                     return files
 
-                first, shared = split_parts(data_dir, _walk(data_dir, exclude_contents=True))
+                first, shared = split_parts(data_dir, walk(data_dir, exclude_contents=True))
                 parts = ctx.settings.backup_parallel
                 others += [None] * (parts - 1)
                 # The parts are the parallelism.  Each hands its compression to one zstd worker
@@ -321,7 +125,7 @@ def basebackup(ctx: Context, *, pgdata: str | None = None, fast: bool = True, ar
 
                 def other_part(i: int) -> None:
                     try:
-                        others[i - 1] = _stream_tar(ctx, f"{prefix}base-{i}.tar{spec.suffix()}", f"base part {i}",
+                        others[i - 1] = stream_tar(ctx, f"{prefix}base-{i}.tar{spec.suffix()}", f"base part {i}",
                                                     data_dir, spec, base=True, paths=shared.paths(), cancel=cancel,
                                                     threads=threads)
                     except BaseException as e:  # noqa: BLE001 - re-raised below
@@ -336,10 +140,10 @@ def basebackup(ctx: Context, *, pgdata: str | None = None, fast: bool = True, ar
                     for worker in workers:  # every file is copied before the backup is stopped
                         worker.join()
                     if cancel.is_set():  # a part failed: the caller stops the backup and reports why
-                        raise _Cancelled("base backup cancelled")
+                        raise Cancelled("base backup cancelled")
                     return stop()
 
-                base_obj, base_files = _stream_tar(ctx, f"{prefix}base.tar{spec.suffix()}", "base", data_dir, spec,
+                base_obj, base_files = stream_tar(ctx, f"{prefix}base.tar{spec.suffix()}", "base", data_dir, spec,
                                                    base=True, extra=stop_after_all_parts, paths=shared.paths(first), cancel=cancel,
                                                    threads=threads)
                 for worker in workers:
@@ -360,8 +164,8 @@ def basebackup(ctx: Context, *, pgdata: str | None = None, fast: bool = True, ar
                         conn.execute("SELECT pg_backup_stop(false)")
                     except Exception:  # noqa: BLE001 - the session may be gone; it aborts the backup itself
                         pass
-                if isinstance(e, _Cancelled):  # stopped because another part failed: report that failure
-                    cause = next((r for r in others if isinstance(r, BaseException) and not isinstance(r, _Cancelled)), None)
+                if isinstance(e, Cancelled):  # stopped because another part failed: report that failure
+                    cause = next((r for r in others if isinstance(r, BaseException) and not isinstance(r, Cancelled)), None)
                     if cause is not None:
                         raise cause from None
                 raise
