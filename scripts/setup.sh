@@ -142,7 +142,7 @@ fi
 # (its dependencies) plus a fresh copy of src/ on PYTHONPATH (see tests/support/launcher.py).
 RUNTIME="$CACHE/runtime-venv"
 if [[ "$(cat "$RUNTIME/.pgvault-setup-stamp" 2>/dev/null || true)" == "$stamp" ]] \
-   && "$RUNTIME/bin/python" -c 'import psycopg, zstandard, pyrage, boto3, yaml' 2>/dev/null; then
+   && "$RUNTIME/bin/python" -c 'import psycopg, zstandard, pyrage, boto3, yaml, numpy' 2>/dev/null; then
     say "runtime venv up to date: $RUNTIME"
 else
     say "building the runtime venv $RUNTIME (log: $LOGDIR/runtime.log)"

@@ -28,8 +28,9 @@ def logical(backup_id: str, age: float, *dbs: str) -> BackupFacts:
     return BackupFacts("logical", backup_id, ago(age), 120.0, 1000 * len(dbs), tuple((d, 1000) for d in dbs))
 
 
-def physical(backup_id: str, age: float) -> BackupFacts:
-    return BackupFacts("physical", backup_id, ago(age), 600.0, 50_000, stop_lsn="0/5000100")
+def physical(backup_id: str, age: float, bad_pages: int | None = 0, first_bad_page: str = "") -> BackupFacts:
+    return BackupFacts("physical", backup_id, ago(age), 600.0, 50_000, stop_lsn="0/5000100", bad_pages=bad_pages,
+                       first_bad_page=first_bad_page)
 
 
 def drill(drill_id: str, age: float, ok: bool = True, kind: str = "logical", rto: float | None = 1800.0) -> DrillReport:

@@ -39,6 +39,7 @@ from pgvault.policy.verdict import (
     verdict,
 )
 from pgvault.repository.catalog import DamagedManifest
+from pgvault.repository.physical import BadPageEntry, PageChecksums
 from support.snapshots import DAY, HOUR, NOW, ago, archive, drill, healthy, job, logical, physical
 
 
@@ -84,6 +85,10 @@ EXAMPLES: dict[str, tuple[str, Callable[[], StatusSnapshot]]] = {
                                                                    kind="integrity")})),
     "job_failed": (WARNING, lambda: healthy(jobs={"backup": job("backup", False)})),
     "object_lock_missing": (WARNING, lambda: healthy(object_lock=_lock(configured="governance", enabled=False))),
+    "corrupt_pages": (CRITICAL, lambda: healthy(physical=tuple(
+        physical(p.backup_id, HOUR * 12, bad_pages=3, first_bad_page="base/5/16384 block 7: public.t in database app")
+        if p.backup_id == healthy().newest("physical").backup_id else p  # type: ignore[union-attr]
+        for p in healthy().physical))),
     "object_lock_unknown": (WARNING, lambda: healthy(object_lock={**_lock(), "bucket": None, "error": "access denied"})),
 }
 
@@ -458,7 +463,7 @@ def test_the_json_document() -> None:
     assert doc["reasons"] == [r.to_json() for r in reasons]
     assert doc["last_physical"] == {"backup_id": "20261125T000000Z", "finished_at": ago(12 * HOUR),
                                     "age_seconds": 12 * HOUR, "duration_seconds": 600.0, "stored_size": 50_000,
-                                    "stop_lsn": "0/5000100"}
+                                    "stop_lsn": "0/5000100", "bad_pages": 0}
     assert doc["last_logical"]["databases"] == ["app"] and "stop_lsn" not in doc["last_logical"]
     assert doc["backups"] == {"logical": 2, "physical": 2}
     # Each database by its own newest dump ("old" is only in the older backup).
@@ -517,9 +522,16 @@ def test_backup_facts_from_manifests() -> None:
 
     obj = SimpleNamespace(result=SimpleNamespace(stored_size=7))
     m = SimpleNamespace(backup_id="b", finished_at=ago(0), duration_seconds=1.5, stored_size=9,
-                        databases=[SimpleNamespace(name="app", object=obj, stored_size=7)], stop_lsn="0/1")
+                        databases=[SimpleNamespace(name="app", object=obj, stored_size=7)], stop_lsn="0/1",
+                        page_checksums=None)
     assert BackupFacts.of_logical(m) == BackupFacts("logical", "b", ago(0), 1.5, 9, (("app", 7),))  # type: ignore[arg-type]
     assert BackupFacts.of_physical(m) == BackupFacts("physical", "b", ago(0), 1.5, 9, stop_lsn="0/1")  # type: ignore[arg-type]
+    bad = BadPageEntry("base/5/16384", 16384, "main", 7, 0x1234, 0x4321, "public.t", "app")
+    m.page_checksums = PageChecksums(checked=True, pages=100, failed=2, bad_pages=(bad,))
+    assert BackupFacts.of_physical(m) == BackupFacts("physical", "b", ago(0), 1.5, 9, stop_lsn="0/1", bad_pages=2,  # type: ignore[arg-type]
+                                                     first_bad_page=bad.describe())
+    m.page_checksums = PageChecksums(checked=False, reason="off")
+    assert BackupFacts.of_physical(m).bad_pages is None  # type: ignore[arg-type]
 
 
 def test_describe_age() -> None:

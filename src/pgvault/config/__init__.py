@@ -106,6 +106,9 @@ SETTINGS: tuple[_Setting, ...] = (
              "cost) or snapshot (count(*) beside pg_dump, less client CPU)", "dump"),
     _Setting("backup.jobs", to_int, "logical backup: pg_dump processes per database, sharing one snapshot", 1),
     _Setting("backup.parallel", to_int, "base backup: tar streams written and restored in parallel", 2),
+    _Setting("backup.page_checksums", one_of("fail", "warn", "off"), "base backup: check every page's checksum "
+             "(clusters with data checksums); a bad page fails the command after the backup is stored (exit 6), "
+             "warns, or is not looked for", "fail"),
     _Setting("archive.async", to_bool, "wal push: a background pusher uploads the .ready backlog in parallel", True),
     _Setting("archive.parallel", to_int, "wal push: uploads in flight in the background pusher", 4),
     _Setting("archive.spool_dir", to_opt_str, "local state of async push / prefetching fetch (default PGDATA/pg_wal/pgvault)"),
@@ -218,6 +221,7 @@ class Settings:
     row_counts_from: str = _DEFAULTS["backup.row_counts_from"]
     backup_jobs: int = _DEFAULTS["backup.jobs"]
     backup_parallel: int = _DEFAULTS["backup.parallel"]
+    page_checksums: str = _DEFAULTS["backup.page_checksums"]
     archive_async: bool = _DEFAULTS["archive.async"]
     archive_parallel: int = _DEFAULTS["archive.parallel"]
     spool_dir: str | None = _DEFAULTS["archive.spool_dir"]
@@ -414,6 +418,7 @@ def load_settings(
         row_counts_from=get("backup.row_counts_from"),
         backup_jobs=get("backup.jobs"),
         backup_parallel=get("backup.parallel"),
+        page_checksums=get("backup.page_checksums"),
         archive_async=get("archive.async"),
         archive_parallel=get("archive.parallel"),
         spool_dir=get("archive.spool_dir"),

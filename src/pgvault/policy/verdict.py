@@ -100,6 +100,8 @@ class BackupFacts:
     stored_size: int
     databases: tuple[tuple[str, int], ...] = ()  # logical: (database, stored bytes of its dump and parts)
     stop_lsn: str | None = None  # physical
+    bad_pages: int | None = None  # physical: pages that failed their checksum while it read them (None: not checked)
+    first_bad_page: str = ""
 
     @classmethod
     def of_logical(cls, m: LogicalManifest) -> BackupFacts:
@@ -108,7 +110,11 @@ class BackupFacts:
 
     @classmethod
     def of_physical(cls, m: PhysicalManifest) -> BackupFacts:
-        return cls("physical", m.backup_id, m.finished_at, m.duration_seconds, m.stored_size, stop_lsn=m.stop_lsn)
+        pc = m.page_checksums
+        checked = pc is not None and pc.checked
+        return cls("physical", m.backup_id, m.finished_at, m.duration_seconds, m.stored_size, stop_lsn=m.stop_lsn,
+                   bad_pages=pc.failed if pc is not None and checked else None,
+                   first_bad_page=pc.bad_pages[0].describe() if pc is not None and pc.bad_pages else "")
 
     def to_json(self, now: dt.datetime) -> dict[str, Any]:
         doc: dict[str, Any] = {
@@ -120,6 +126,7 @@ class BackupFacts:
             doc["databases"] = [name for name, _ in self.databases]
         else:
             doc["stop_lsn"] = self.stop_lsn
+            doc["bad_pages"] = self.bad_pages
         return doc
 
 
@@ -235,6 +242,12 @@ def evaluate(s: StatusSnapshot) -> list[Reason]:
         if b is not None and age is not None and age > p.backup_max_age:
             add(CRITICAL, "backup_stale", f"the newest {kind} backup {b.backup_id} finished {describe_age(age)} ago "
                                           f"(monitoring.backup_max_age is {describe_age(p.backup_max_age)})")
+
+    newest = s.newest("physical")
+    if newest is not None and newest.bad_pages:
+        add(CRITICAL, "corrupt_pages", f"the newest base backup {newest.backup_id} read {newest.bad_pages} page(s) of "
+                                       f"the cluster that fail their checksum, e.g. {newest.first_bad_page}: the "
+                                       "cluster's data is damaged")
 
     # The WAL archive and the recoverable window.
     a = s.archive

@@ -72,6 +72,57 @@ class DatabaseRelations:
 
 
 @dataclass(frozen=True)
+class BadPageEntry:
+    """One page whose checksum failed while the backup read it (twice), named as PostgreSQL would."""
+
+    file: str  # as stored in the backup: base/16384/16397, pg_tblspc/16390/PG_18_.../16384/16401.1
+    relfilenode: int
+    fork: str
+    block: int  # within the relation fork (segment x 131072 + block in the file)
+    stored: int
+    computed: int
+    relation: str = ""  # schema.name in its database, when the server could name it
+    database: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"file": self.file, "relation": self.relation, "database": self.database, "relfilenode": self.relfilenode,
+                "fork": self.fork, "block": self.block, "stored": f"{self.stored:#06x}", "computed": f"{self.computed:#06x}"}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> BadPageEntry:
+        return cls(str(d["file"]), int(d["relfilenode"]), str(d["fork"]), int(d["block"]), int(str(d["stored"]), 16),
+                   int(str(d["computed"]), 16), str(d.get("relation", "")), str(d.get("database", "")))
+
+    def describe(self) -> str:
+        what = f"{self.relation} in database {self.database}" if self.relation else f"relfilenode {self.relfilenode}"
+        fork = "" if self.fork == "main" else f" ({self.fork} fork)"
+        return (f"{self.file} block {self.block}{fork}: {what}; checksum {self.stored:#06x} stored, "
+                f"{self.computed:#06x} computed")
+
+
+@dataclass(frozen=True)
+class PageChecksums:
+    """What checking every page's checksum found while the backup read the cluster."""
+
+    checked: bool  # False: the cluster has no data checksums, or checking was turned off
+    pages: int = 0
+    failed: int = 0
+    bad_pages: tuple[BadPageEntry, ...] = ()  # the first MAX_LISTED; ``failed`` counts them all
+    unaligned: tuple[str, ...] = ()  # relation files not made of whole pages (not checked)
+    reason: str = ""  # why not checked
+
+    def to_json(self) -> dict[str, Any]:
+        return {"checked": self.checked, "reason": self.reason, "pages": self.pages, "failed": self.failed,
+                "bad_pages": [b.to_json() for b in self.bad_pages], "unaligned": list(self.unaligned)}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> PageChecksums:
+        return cls(bool(d["checked"]), int(d.get("pages", 0)), int(d.get("failed", 0)),
+                   tuple(BadPageEntry.from_json(b) for b in d.get("bad_pages", [])), tuple(d.get("unaligned", [])),
+                   str(d.get("reason", "")))
+
+
+@dataclass(frozen=True)
 class PhysicalManifest(SizedBackup):
     """A complete base backup: restorable once the WAL from ``first_wal`` to ``last_wal`` is archived
     (checked before this manifest was written)."""
@@ -110,6 +161,8 @@ class PhysicalManifest(SizedBackup):
     # Each database's tables and their files at the backup's start (``wal find``'s anchor); None in
     # manifests from before it was recorded, or when it could not be read.
     relation_maps: tuple[DatabaseRelations, ...] | None = None
+    # Page checksums checked while reading; None in manifests from before they were.
+    page_checksums: PageChecksums | None = None
 
     @property
     def stop_time(self) -> str:
@@ -152,7 +205,8 @@ class PhysicalManifest(SizedBackup):
             "tablespaces": [t.to_json() for t in self.tablespaces],
             "host": self.host,
             "pgvault_version": self.pgvault_version,
-        } | ({} if self.relation_maps is None else {"relation_maps": [m.to_json() for m in self.relation_maps]})
+        } | ({} if self.relation_maps is None else {"relation_maps": [m.to_json() for m in self.relation_maps]}) | (
+            {} if self.page_checksums is None else {"page_checksums": self.page_checksums.to_json()})
 
     def dumps(self) -> bytes:
         return (json.dumps(self.to_json(), indent=2) + "\n").encode("utf-8")
@@ -179,6 +233,7 @@ class PhysicalManifest(SizedBackup):
                 base_parts=tuple(StoredObject.from_json(o) for o in d["base"].get("parts", [])),
                 relation_maps=(None if d.get("relation_maps") is None
                                else tuple(DatabaseRelations.from_json(m) for m in d["relation_maps"])),
+                page_checksums=None if d.get("page_checksums") is None else PageChecksums.from_json(d["page_checksums"]),
             )
         except (ValueError, KeyError, TypeError) as e:
             raise IntegrityError(f"manifest {where} is unreadable: {type(e).__name__}: {e}") from None

@@ -68,6 +68,8 @@ METRICS: dict[str, MetricDef] = {d.name: d for d in (
     MetricDef("pgvault_up", "1 when the repository could be read for this snapshot, 0 when not", _C),
     MetricDef("pgvault_status", "The status verdict: 0 OK, 1 WARNING, 2 CRITICAL", _C),
     MetricDef("pgvault_backups", "Complete backups in the repository", ("cluster", "kind")),
+    MetricDef("pgvault_base_backup_bad_pages", "Pages of the cluster whose checksum failed while the newest base "
+              "backup read them (only when it checked them)", _C),
     MetricDef("pgvault_wal_archived_segments", "WAL segments in the repository", _C),
     MetricDef("pgvault_wal_archive_gaps", "Holes in the archived WAL (missing segment ranges)", _C),
     MetricDef("pgvault_wal_archive_lag_seconds", "Age of the oldest WAL file waiting to be archived (0: none "
@@ -153,6 +155,8 @@ def snapshot_samples(s: StatusSnapshot, reasons: Sequence[Reason]) -> list[Sampl
     p = s.newest("physical")
     if p is not None:
         out += _backup_samples(c, "physical", "", p.finished_at, p.duration_seconds, p.stored_size)
+        if p.bad_pages is not None:
+            out.append(sample("pgvault_base_backup_bad_pages", p.bad_pages, cluster=c))
     out += [sample("pgvault_backups", len(s.logical), cluster=c, kind="logical"),
             sample("pgvault_backups", len(s.physical), cluster=c, kind="physical")]
 

@@ -27,6 +27,7 @@ from pgvault import log
 from pgvault.errors import ConfigError, DatabaseError, PgvaultError, UsageError
 from pgvault.operations.context import Context
 from pgvault.operations.physical.datadir_tar import Cancelled, split_parts, stream_tar, walk
+from pgvault.operations.physical.page_check import PageCheck, name_bad_pages, report_bad_pages
 from pgvault.pg import wal
 from pgvault.pg.conn import connect, connection, server_facts
 from pgvault.procs import hostname
@@ -35,7 +36,13 @@ from pgvault.repository.archive_scan import wait_until_archived
 from pgvault.repository.cluster import ensure_cluster
 from pgvault.repository.locks import RepositoryLock
 from pgvault.repository.manifest import StoredObject
-from pgvault.repository.physical import DatabaseRelations, PhysicalManifest, RelationEntry, TablespaceEntry
+from pgvault.repository.physical import (
+    DatabaseRelations,
+    PageChecksums,
+    PhysicalManifest,
+    RelationEntry,
+    TablespaceEntry,
+)
 
 LOCK_OPERATION = "base-backup"
 
@@ -54,7 +61,8 @@ def basebackup(ctx: Context, *, pgdata: str | None = None, fast: bool = True, ar
         if facts.major < 15:
             raise UsageError("base backups need PostgreSQL 15 or newer (pg_backup_start)")
         settings = dict(conn.execute(
-            "SELECT name, setting FROM pg_settings WHERE name IN ('data_directory', 'archive_mode', 'wal_segment_size')"
+            "SELECT name, setting FROM pg_settings WHERE name IN ('data_directory', 'archive_mode', 'wal_segment_size',"
+            " 'data_checksums')"
         ).fetchall())
         data_dir = Path(pgdata or settings.get("data_directory", ""))
         if not (data_dir / "PG_VERSION").exists():
@@ -83,6 +91,7 @@ def basebackup(ctx: Context, *, pgdata: str | None = None, fast: bool = True, ar
             start = wal.LSN.parse(str(row[0]))
             logger.info("base backup %s started at %s (%s)", backup_id, start, data_dir)
             relation_maps = _relation_maps(ctx, conn)
+            check, not_checked = _page_check(ctx.settings.page_checksums, settings.get("data_checksums"), start)
             stopped: dict[str, str] = {}
             tablespaces = []
             # Set when the run is given up (a part failed, SIGTERM): the other parts' threads stop
@@ -93,7 +102,8 @@ def basebackup(ctx: Context, *, pgdata: str | None = None, fast: bool = True, ar
             try:
                 for oid, name, location in spaces:
                     obj, files = stream_tar(ctx, f"{prefix}tablespace-{oid}.tar{spec.suffix()}", f"tablespace {name}",
-                                             Path(location), spec, base=False, cancel=cancel)
+                                            Path(location), spec, base=False, cancel=cancel, check=check,
+                                            name_prefix=f"pg_tblspc/{oid}/")
                     tablespaces.append(TablespaceEntry(oid=oid, name=name, location=location, object=obj, files=files))
 
                 def stop() -> dict[str, bytes]:
@@ -127,7 +137,7 @@ def basebackup(ctx: Context, *, pgdata: str | None = None, fast: bool = True, ar
                     try:
                         others[i - 1] = stream_tar(ctx, f"{prefix}base-{i}.tar{spec.suffix()}", f"base part {i}",
                                                     data_dir, spec, base=True, paths=shared.paths(), cancel=cancel,
-                                                    threads=threads)
+                                                    threads=threads, check=check)
                     except BaseException as e:  # noqa: BLE001 - re-raised below
                         others[i - 1] = e
 
@@ -145,7 +155,7 @@ def basebackup(ctx: Context, *, pgdata: str | None = None, fast: bool = True, ar
 
                 base_obj, base_files = stream_tar(ctx, f"{prefix}base.tar{spec.suffix()}", "base", data_dir, spec,
                                                    base=True, extra=stop_after_all_parts, paths=shared.paths(first), cancel=cancel,
-                                                   threads=threads)
+                                                   threads=threads, check=check)
                 for worker in workers:
                     worker.join()
                 base_parts = []
@@ -173,6 +183,7 @@ def basebackup(ctx: Context, *, pgdata: str | None = None, fast: bool = True, ar
             timeline = _label_timeline(stopped["label"])
             needed = list(wal.segments_between(timeline, start, stop_lsn, seg_size))
             wait_until_archived(ctx.storage, ctx.cluster, needed, archive_timeout, what="the base backup")
+            page_checksums = not_checked if check is None else name_bad_pages(ctx, conn, check.report())
             manifest = PhysicalManifest(
                 backup_id=backup_id,
                 cluster=ctx.cluster,
@@ -200,9 +211,11 @@ def basebackup(ctx: Context, *, pgdata: str | None = None, fast: bool = True, ar
                 stopped_at=stopped["time"],
                 next_xid=int(stopped["next_xid"]),
                 relation_maps=relation_maps,
+                page_checksums=page_checksums,
             )
             with ctx.storage.open_write(prefix + layout.MANIFEST_NAME) as w:
                 w.write(manifest.dumps())
+            report_bad_pages(manifest, fail=ctx.settings.page_checksums == "fail")
             return manifest
     except DatabaseError:
         raise
@@ -246,6 +259,16 @@ def _relation_maps(ctx: Context, conn: Any) -> tuple[DatabaseRelations, ...] | N
                                       tuple(RelationEntry(int(r[0]), int(r[1]), str(r[2]), str(r[3]), str(r[4]),
                                                           int(r[5])) for r in rows)))
     return tuple(maps)
+
+
+def _page_check(policy: str, data_checksums: str | None, start: wal.LSN) -> tuple[PageCheck | None, PageChecksums]:
+    """The checker of this backup's pages, or why there is none."""
+    if policy == "off":
+        return None, PageChecksums(checked=False, reason="backup.page_checksums is off")
+    if data_checksums != "on":
+        return None, PageChecksums(checked=False, reason="the cluster has no data checksums (initdb --data-checksums, "
+                                                         "or pg_checksums --enable on the stopped cluster)")
+    return PageCheck(start.value), PageChecksums(checked=True)
 
 
 def _label_timeline(label: str) -> int:
