@@ -10,6 +10,8 @@ from pgvault.errors import IntegrityError
 from pgvault.pipeline import PipelineSpec
 from pgvault.repository.manifest import MANIFEST_FORMAT, SizedBackup, StoredObject
 
+BACKUP_TYPES = ("full", "incr", "diff")
+
 
 @dataclass(frozen=True)
 class TablespaceEntry:
@@ -163,14 +165,31 @@ class PhysicalManifest(SizedBackup):
     relation_maps: tuple[DatabaseRelations, ...] | None = None
     # Page checksums checked while reading; None in manifests from before they were.
     page_checksums: PageChecksums | None = None
+    # Incremental chains (issue 13): "full", "incr" (against ``reference``, the newest backup of
+    # its chain) or "diff" (against the newest full).  A non-full backup needs every backup up its
+    # chain to restore; ``reference_start_lsn`` is the reference's start, where its pages were taken from.
+    backup_type: str = "full"
+    reference: str | None = None
+    reference_start_lsn: str = ""
+    # Every regular file the backup holds (path, size, SHA-256 of relation files, blocks of an
+    # incremental file), a zstd JSON object readable without the age identity (FILES_SPEC); None
+    # in manifests from before it existed.  data_checksums and database_rows (pg_database oid ->
+    # xmin) decide what the next incremental may take from this one.
+    files: StoredObject | None = None
+    data_checksums: bool | None = None
+    database_rows: tuple[tuple[int, int], ...] = ()
 
     @property
     def stop_time(self) -> str:
         return self.stopped_at or self.finished_at
 
     def objects(self) -> list[StoredObject]:
-        """Every stored object of the backup."""
+        """Every stored object of the backup's data (the tars; not the file list, see ``files``)."""
         return [self.base, *self.base_parts] + [t.object for t in self.tablespaces]
+
+    @property
+    def is_incremental(self) -> bool:
+        return self.backup_type != "full"
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -206,7 +225,10 @@ class PhysicalManifest(SizedBackup):
             "host": self.host,
             "pgvault_version": self.pgvault_version,
         } | ({} if self.relation_maps is None else {"relation_maps": [m.to_json() for m in self.relation_maps]}) | (
-            {} if self.page_checksums is None else {"page_checksums": self.page_checksums.to_json()})
+            {} if self.page_checksums is None else {"page_checksums": self.page_checksums.to_json()}) | {
+            "backup_type": self.backup_type, "reference": self.reference, "reference_start_lsn": self.reference_start_lsn,
+            "files": None if self.files is None else self.files.to_json(), "data_checksums": self.data_checksums,
+            "database_rows": [list(r) for r in self.database_rows]}
 
     def dumps(self) -> bytes:
         return (json.dumps(self.to_json(), indent=2) + "\n").encode("utf-8")
@@ -217,6 +239,10 @@ class PhysicalManifest(SizedBackup):
             d = json.loads(data)
             if not isinstance(d, dict) or d.get("format") != MANIFEST_FORMAT or d.get("kind") != "physical":
                 raise IntegrityError(f"manifest {where} is not a format-{MANIFEST_FORMAT} physical manifest")
+            if (d.get("backup_type") or "full") not in BACKUP_TYPES or ((d.get("backup_type") or "full") != "full"
+                                                                        and not d.get("reference")):
+                raise IntegrityError(f"manifest {where}: backup_type {d.get('backup_type')!r} with reference "
+                                     f"{d.get('reference')!r} is not a full, incr or diff backup with its reference")
             return cls(
                 backup_id=d["backup_id"], cluster=d["cluster"], system_identifier=str(d["system_identifier"]),
                 server_version=d["server_version"], server_version_num=int(d["server_version_num"]),
@@ -234,6 +260,11 @@ class PhysicalManifest(SizedBackup):
                 relation_maps=(None if d.get("relation_maps") is None
                                else tuple(DatabaseRelations.from_json(m) for m in d["relation_maps"])),
                 page_checksums=None if d.get("page_checksums") is None else PageChecksums.from_json(d["page_checksums"]),
+                backup_type=str(d.get("backup_type") or "full"), reference=d.get("reference"),
+                reference_start_lsn=str(d.get("reference_start_lsn") or ""),
+                files=None if d.get("files") is None else StoredObject.from_json(d["files"]),
+                data_checksums=d.get("data_checksums"),
+                database_rows=tuple((int(r[0]), int(r[1])) for r in d.get("database_rows", [])),
             )
         except (ValueError, KeyError, TypeError) as e:
             raise IntegrityError(f"manifest {where} is unreadable: {type(e).__name__}: {e}") from None
