@@ -16,6 +16,7 @@ import pytest
 
 from pgvault.operations.physical import datadir_tar
 from pgvault.operations.physical.page_check import PageCheck
+from pgvault.operations.physical.reading import Reading
 from pgvault.pg import pages
 from pgvault.pg.pages import BLCKSZ, RELSEG_BLOCKS
 from pgvault.pipeline import PipelineSpec
@@ -44,7 +45,7 @@ def tar_with_check(root: Path, names: list[str]) -> tuple[PageCheck, dict[str, b
             return out.write(b)
 
     datadir_tar.write_tar(Sink(), root, [root / n for n in names], base=True, extra=dict,  # type: ignore[arg-type]
-                          cancel=threading.Event(), check=check, name_prefix="")
+                          cancel=threading.Event(), reading=Reading(check=check), name_prefix="")
     out.seek(0)
     with tarfile.open(fileobj=out, mode="r|") as t:
         got = {m.name: t.extractfile(m).read() for m in t if m.isfile()}  # type: ignore[union-attr]
@@ -124,7 +125,7 @@ def test_stream_tar_checks_the_pages_of_every_part(tmp_path: Path) -> None:
     check = PageCheck(START)
     spec = PipelineSpec("none", None, "none", ())
     _, files = datadir_tar.stream_tar(ctx, "c/base/x/base.tar", "base", tmp_path, spec, base=True,  # type: ignore[arg-type]
-                                      check=check, name_prefix="pg_tblspc/16390/")
+                                      reading=Reading(check=check), name_prefix="pg_tblspc/16390/")
     assert files == 3
     r = check.report()
     assert r.pages == 60 and [(b.file, b.block) for b in r.bad_pages] == [("pg_tblspc/16390/base/5/17001", 5)]

@@ -1,5 +1,5 @@
 """The base backup's tar streams without a server: datadir_tar.stream_tar writes a directory as a
-tar straight into the pipeline (no pipe, no producer thread), restore_cluster._extract unpacks it
+tar straight into the pipeline (no pipe, no producer thread), unpack.extract unpacks it
 reading from the pipeline; cancellation, damage and a missing object are reported as before."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import pyrage
 import pytest
 
 from pgvault.errors import IntegrityError
-from pgvault.operations.physical import datadir_tar, restore_cluster
+from pgvault.operations.physical import datadir_tar, unpack
 from pgvault.pipeline import PipelineSpec, write_stream
 from pgvault.repository import layout
 from pgvault.repository.manifest import StoredObject
@@ -53,7 +53,7 @@ def back_up(ctx: Any, root: Path, spec: PipelineSpec, cancel: threading.Event | 
 
 def restore(ctx: Any, obj: StoredObject, spec: PipelineSpec, into: Path) -> int:
     backup = SimpleNamespace(cluster="c", backup_id=BACKUP_ID, pipeline=spec)
-    return restore_cluster._extract(ctx, backup, obj, into, base=True)  # type: ignore[arg-type]
+    return unpack.extract(ctx, backup, obj, into, base=True)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: f"{s.compression}-{s.encryption}")
@@ -191,7 +191,7 @@ def test_the_forward_only_reader_fills_reads_and_refuses_to_seek_back() -> None:
             self.pos += len(out)
             return out
 
-    f = restore_cluster._ForwardOnly(Chunky(bytes(range(100))))
+    f = unpack._ForwardOnly(Chunky(bytes(range(100))))
     assert f.read(20) == bytes(range(20)) and f.tell() == 20
     assert f.read_some(50) == bytes(range(20, 27))  # what the stream has, no joining
     assert f.seek(40) == 40 and f.read(3) == bytes(range(40, 43))

@@ -169,6 +169,7 @@ class PhysicalManifest(SizedBackup):
     # its chain) or "diff" (against the newest full).  A non-full backup needs every backup up its
     # chain to restore; ``reference_start_lsn`` is the reference's start, where its pages were taken from.
     backup_type: str = "full"
+    type_reason: str = ""  # why this type (e.g. why an incr asked for was taken full)
     reference: str | None = None
     reference_start_lsn: str = ""
     # Every regular file the backup holds (path, size, SHA-256 of relation files, blocks of an
@@ -226,7 +227,7 @@ class PhysicalManifest(SizedBackup):
             "pgvault_version": self.pgvault_version,
         } | ({} if self.relation_maps is None else {"relation_maps": [m.to_json() for m in self.relation_maps]}) | (
             {} if self.page_checksums is None else {"page_checksums": self.page_checksums.to_json()}) | {
-            "backup_type": self.backup_type, "reference": self.reference, "reference_start_lsn": self.reference_start_lsn,
+            "backup_type": self.backup_type, "type_reason": self.type_reason, "reference": self.reference, "reference_start_lsn": self.reference_start_lsn,
             "files": None if self.files is None else self.files.to_json(), "data_checksums": self.data_checksums,
             "database_rows": [list(r) for r in self.database_rows]}
 
@@ -260,7 +261,8 @@ class PhysicalManifest(SizedBackup):
                 relation_maps=(None if d.get("relation_maps") is None
                                else tuple(DatabaseRelations.from_json(m) for m in d["relation_maps"])),
                 page_checksums=None if d.get("page_checksums") is None else PageChecksums.from_json(d["page_checksums"]),
-                backup_type=str(d.get("backup_type") or "full"), reference=d.get("reference"),
+                backup_type=str(d.get("backup_type") or "full"), type_reason=str(d.get("type_reason") or ""),
+                reference=d.get("reference"),
                 reference_start_lsn=str(d.get("reference_start_lsn") or ""),
                 files=None if d.get("files") is None else StoredObject.from_json(d["files"]),
                 data_checksums=d.get("data_checksums"),

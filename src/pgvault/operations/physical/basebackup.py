@@ -27,7 +27,9 @@ from pgvault import log
 from pgvault.errors import ConfigError, DatabaseError, PgvaultError, UsageError
 from pgvault.operations.context import Context
 from pgvault.operations.physical.datadir_tar import Cancelled, split_parts, stream_tar, walk
+from pgvault.operations.physical.incremental import database_rows, plan_delta, write_file_list
 from pgvault.operations.physical.page_check import PageCheck, name_bad_pages, report_bad_pages
+from pgvault.operations.physical.reading import Reading
 from pgvault.pg import wal
 from pgvault.pg.conn import connect, connection, server_facts
 from pgvault.procs import hostname
@@ -52,8 +54,10 @@ class _Started:
     timeline: int
 
 
-def basebackup(ctx: Context, *, pgdata: str | None = None, fast: bool = True, archive_timeout: float = 300.0) -> PhysicalManifest:
-    """Take a base backup of the cluster whose data directory this host can read."""
+def basebackup(ctx: Context, *, pgdata: str | None = None, fast: bool = True, archive_timeout: float = 300.0,
+               backup_type: str = "full") -> PhysicalManifest:
+    """Take a base backup of the cluster whose data directory this host can read: ``full``, or
+    ``incr`` / ``diff`` (only the pages changed since the reference; full when that is not safe)."""
     logger = log.get()
     conn = connect(ctx.conn, autocommit=True)
     try:
@@ -92,17 +96,23 @@ def basebackup(ctx: Context, *, pgdata: str | None = None, fast: bool = True, ar
             logger.info("base backup %s started at %s (%s)", backup_id, start, data_dir)
             relation_maps = _relation_maps(ctx, conn)
             check, not_checked = _page_check(ctx.settings.page_checksums, settings.get("data_checksums"), start)
+            rows = database_rows(conn)
+            plan = plan_delta(ctx, conn, backup_type, system_identifier=facts.system_identifier, major=facts.major,
+                              seg_size=seg_size, start=start, data_checksums=settings.get("data_checksums") == "on",
+                              rows=rows, archive_timeout=archive_timeout)
+            logger.info("base backup %s: %s", backup_id, plan.reason)
             stopped: dict[str, str] = {}
             tablespaces = []
             # Set when the run is given up (a part failed, SIGTERM): the other parts' threads stop
             # and abort their objects before we return, instead of being cut off mid-write at exit.
             cancel = threading.Event()
+            reading = Reading(check=check, delta=plan.delta, cancel=cancel)
             workers: list[threading.Thread] = []
             others: list[tuple[StoredObject, int] | BaseException | None] = []
             try:
                 for oid, name, location in spaces:
                     obj, files = stream_tar(ctx, f"{prefix}tablespace-{oid}.tar{spec.suffix()}", f"tablespace {name}",
-                                            Path(location), spec, base=False, cancel=cancel, check=check,
+                                            Path(location), spec, base=False, cancel=cancel, reading=reading,
                                             name_prefix=f"pg_tblspc/{oid}/")
                     tablespaces.append(TablespaceEntry(oid=oid, name=name, location=location, object=obj, files=files))
 
@@ -117,6 +127,7 @@ def basebackup(ctx: Context, *, pgdata: str | None = None, fast: bool = True, ar
                     assert r is not None
                     stopped.update(lsn=str(r[0]), label=str(r[1]), spcmap=str(r[2] or ""),
                                    time=r[3].astimezone(dt.UTC).isoformat(), next_xid=str(r[4]))
+                    stopped["label"] += plan.label_lines()
                     files = {"backup_label": stopped["label"].encode()}
                     if stopped["spcmap"]:
                         files["tablespace_map"] = stopped["spcmap"].encode()
@@ -137,7 +148,7 @@ def basebackup(ctx: Context, *, pgdata: str | None = None, fast: bool = True, ar
                     try:
                         others[i - 1] = stream_tar(ctx, f"{prefix}base-{i}.tar{spec.suffix()}", f"base part {i}",
                                                     data_dir, spec, base=True, paths=shared.paths(), cancel=cancel,
-                                                    threads=threads, check=check)
+                                                    threads=threads, reading=reading)
                     except BaseException as e:  # noqa: BLE001 - re-raised below
                         others[i - 1] = e
 
@@ -155,7 +166,7 @@ def basebackup(ctx: Context, *, pgdata: str | None = None, fast: bool = True, ar
 
                 base_obj, base_files = stream_tar(ctx, f"{prefix}base.tar{spec.suffix()}", "base", data_dir, spec,
                                                    base=True, extra=stop_after_all_parts, paths=shared.paths(first), cancel=cancel,
-                                                   threads=threads, check=check)
+                                                   threads=threads, reading=reading)
                 for worker in workers:
                     worker.join()
                 base_parts = []
@@ -184,6 +195,7 @@ def basebackup(ctx: Context, *, pgdata: str | None = None, fast: bool = True, ar
             needed = list(wal.segments_between(timeline, start, stop_lsn, seg_size))
             wait_until_archived(ctx.storage, ctx.cluster, needed, archive_timeout, what="the base backup")
             page_checksums = not_checked if check is None else name_bad_pages(ctx, conn, check.report())
+            files_obj = write_file_list(ctx, prefix, reading.entries)
             manifest = PhysicalManifest(
                 backup_id=backup_id,
                 cluster=ctx.cluster,
@@ -212,6 +224,13 @@ def basebackup(ctx: Context, *, pgdata: str | None = None, fast: bool = True, ar
                 next_xid=int(stopped["next_xid"]),
                 relation_maps=relation_maps,
                 page_checksums=page_checksums,
+                backup_type=plan.backup_type,
+                type_reason=plan.reason,
+                reference=None if plan.reference is None else plan.reference.backup_id,
+                reference_start_lsn="" if plan.reference is None else plan.reference.start_lsn,
+                files=files_obj,
+                data_checksums=settings.get("data_checksums") == "on",
+                database_rows=rows,
             )
             with ctx.storage.open_write(prefix + layout.MANIFEST_NAME) as w:
                 w.write(manifest.dumps())

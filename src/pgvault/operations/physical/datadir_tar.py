@@ -16,12 +16,11 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import IO
 
-from pgvault.errors import PgvaultError
 from pgvault.operations.context import Context
-from pgvault.operations.physical.page_check import FileCheck, PageCheck
-from pgvault.pg.pages import BLCKSZ
+from pgvault.operations.physical.reading import Cancelled as Cancelled  # re-exported: the parts' stop signal
+from pgvault.operations.physical.reading import Padded as Padded  # re-exported
+from pgvault.operations.physical.reading import Reading
 from pgvault.pipeline import PipelineSpec, PipelineWriter, open_writer
 from pgvault.repository.manifest import StoredObject
 
@@ -40,57 +39,6 @@ _EXCLUDE_FILES = {
 # 128 KiB keeps a part's buffers to about a MiB (1 MiB made them ~20 MiB of the peak for two
 # parts); the CPU cost of the extra hand-overs was below what could be measured here.
 _COPY_BUF = 128 << 10
-
-
-class Cancelled(PgvaultError):
-    """Another part failed or the run was interrupted: this part stops (its object is aborted)."""
-
-
-# A file whose pages are checked is read in batches of this size (whole pages): numpy's checksum
-# over 1 MiB runs at ~2 GiB/s here; over tarfile's 128 KiB reads its per-call cost took 4x that.
-_CHECK_BATCH = 1 << 20
-
-
-class Padded:
-    """Reads exactly ``size`` bytes from a file that may shrink while we copy it (PostgreSQL may
-    truncate a relation during a hot backup; WAL replay restores the truth), padding with zeros.
-
-    ``cancel`` is checked per chunk: a 1 GiB relation segment must not keep a part's thread
-    writing for seconds after the run was given up.  ``check`` (a relation file's page checker)
-    sees every byte once, in 1 MiB batches of whole pages, before the tar does."""
-
-    def __init__(self, f: IO[bytes], size: int, cancel: threading.Event, check: FileCheck | None = None) -> None:
-        self.f = f
-        self.left = size
-        self.cancel = cancel
-        self.check = check
-        self._batch = memoryview(b"")
-        self._offset = 0  # file offset of the next batch
-        if check is not None and size % BLCKSZ:
-            check.unaligned()  # being extended right now, or not PostgreSQL's: basebackup.c skips it too
-            self.check = None
-
-    def _read(self, want: int) -> bytes:
-        data = self.f.read(want)
-        if len(data) < want:
-            data += b"\0" * (want - len(data))
-        return data
-
-    def read(self, n: int = -1) -> bytes:
-        if self.cancel.is_set():
-            raise Cancelled("base backup cancelled")
-        want = self.left if n < 0 else min(n, self.left)
-        if self.check is None:
-            data = self._read(want)
-        else:
-            if not self._batch:
-                batch = self._read(min(_CHECK_BATCH, self.left))
-                self.check(self.f, batch, self._offset)
-                self._offset += len(batch)
-                self._batch = memoryview(batch)
-            data, self._batch = bytes(self._batch[:want]), self._batch[want:]
-        self.left -= len(data)
-        return data
 
 
 def walk(root: Path, *, exclude_contents: bool) -> Iterator[Path]:
@@ -165,9 +113,10 @@ class SharedFiles:
 
 
 def write_tar(out: PipelineWriter, root: Path, paths: Iterable[Path], *, base: bool, extra: Callable[[], dict[str, bytes]],
-              cancel: threading.Event, check: PageCheck | None = None, name_prefix: str = "") -> int:
+              cancel: threading.Event, reading: Reading | None = None, name_prefix: str = "", tar_key: str = "") -> int:
     """Stream ``paths`` (below ``root``) as a tar into ``out``; ``extra()`` supplies files appended at the end.
-    ``check``: verify the pages of relation files (named ``name_prefix`` + their path in the tar)."""
+    ``reading``: how the backup reads its files (page checks, the file list, incremental files);
+    files are named ``name_prefix`` + their path in the tar, the tar is ``tar_key``."""
     count = 0
     # bufsize: tarfile's stream mode slices its buffer into bufsize writes, copying what is left
     # each time; with the default 10 KiB every copy buffer was copied ~25 times over.
@@ -202,8 +151,10 @@ def write_tar(out: PipelineWriter, root: Path, paths: Iterable[Path], *, base: b
                     continue
                 with f:
                     info.size = st.st_size
-                    file_check = None if check is None else check.for_file(name_prefix + arcname, arcname)
-                    tar.addfile(info, Padded(f, st.st_size, cancel, file_check))
+                    if reading is None:
+                        tar.addfile(info, Padded(f, st.st_size, cancel))
+                    else:
+                        reading.add_file(tar, info, f, name=name_prefix + arcname, relpath=arcname, tar_key=tar_key)
                 count += 1
         owner = os.stat(root)
         for name, data in extra().items():
@@ -220,7 +171,7 @@ def write_tar(out: PipelineWriter, root: Path, paths: Iterable[Path], *, base: b
 def stream_tar(
     ctx: Context, key: str, label: str, root: Path, spec: PipelineSpec, *, base: bool,
     extra: Callable[[], dict[str, bytes]] = dict, paths: Iterable[Path] | None = None, cancel: threading.Event | None = None,
-    threads: int | None = None, check: PageCheck | None = None, name_prefix: str = "",
+    threads: int | None = None, reading: Reading | None = None, name_prefix: str = "",
 ) -> tuple[StoredObject, int]:
     """Tar ``root`` into ``key``, in this thread: tarfile writes into the pipeline's file object,
     which pushes the stored form into the storage writer.  ``threads``: zstd workers of this stream
@@ -229,14 +180,14 @@ def stream_tar(
     ``cancel`` is shared by every part of one backup: set when any of them fails (or the run is
     interrupted), so the others stop too and abort their objects.  On any failure the pipeline
     stream is dropped unfinished and the object aborted (S3: AbortMultipartUpload)."""
-    cancel = cancel or threading.Event()
+    cancel = cancel or (reading.cancel if reading is not None else threading.Event())
     threads = ctx.settings.compression_threads if threads is None else threads
     try:
         with ctx.storage.open_write(key) as writer:
             with open_writer(writer, spec, threads=threads, chunk_size=_COPY_BUF) as out:
                 members = paths if paths is not None else list(walk(root, exclude_contents=base))
-                files = write_tar(out, root, members, base=base, extra=extra, cancel=cancel, check=check,
-                                  name_prefix=name_prefix)
+                files = write_tar(out, root, members, base=base, extra=extra, cancel=cancel, reading=reading,
+                                  name_prefix=name_prefix, tar_key=key.rsplit("/", 1)[-1])
     except BaseException:
         cancel.set()
         raise

@@ -17,7 +17,6 @@ removed again if it fails before the server starts.
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import dataclasses
 import datetime as dt
 import os
@@ -25,39 +24,36 @@ import re
 import shlex
 import shutil
 import sys
-import tarfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from pathlib import Path, PurePosixPath
-from typing import Any, cast
+from pathlib import Path
+from typing import Any
 
 from pgvault import log
-from pgvault.config import Settings
 from pgvault.config.restore_env import fetch_environment
 from pgvault.errors import (
     IntegrityError,
     NotFoundError,
-    PgvaultError,
     TargetBusyError,
     TargetExistsError,
     UsageError,
-    error_of_kind,
 )
-from pgvault.fs import TreeSync, fsync_path, write_atomic
-from pgvault.operations.context import Context, build_context
+from pgvault.fs import TreeSync, write_atomic
+from pgvault.operations.context import Context
 from pgvault.operations.physical import recovery
+from pgvault.operations.physical.incremental import read_file_list
 from pgvault.operations.physical.recovery import RecoveryOutcome, stop_server
-from pgvault.operations.workers import layout_lock, worker_pool
+from pgvault.operations.physical.unpack import Job, extract_all, remove_unlisted, strip_incremental_label
+from pgvault.operations.workers import layout_lock
 from pgvault.pg import wal
 from pgvault.pg.runner import Runner
-from pgvault.pipeline import open_reader
+from pgvault.policy.chain import ChainBroken, chain_of
 from pgvault.policy.pitr import Plan, RecoveryTarget, plan_recovery, reachable_end
 from pgvault.repository import layout
 from pgvault.repository.archive_scan import load_archive_index
-from pgvault.repository.catalog import list_physical, load_physical
+from pgvault.repository.catalog import list_physical, load_physical, scan_physical
 from pgvault.repository.cluster import read_cluster_info
-from pgvault.repository.manifest import StoredObject
 from pgvault.repository.physical import PhysicalManifest
 from pgvault.repository.wal_record import archived_at_iso
 from pgvault.storage import ObjectNotFound
@@ -159,177 +155,50 @@ def _prepare(path: Path, what: str, force: bool, created: list[Path]) -> None:
     path.chmod(0o700)
 
 
-def _safe_member(member: tarfile.TarInfo) -> bool:
-    p = PurePosixPath(member.name)
-    if p.is_absolute() or ".." in p.parts:
-        raise IntegrityError(f"refusing tar member with an unsafe path: {member.name!r}")
-    if member.islnk() or member.isdev() or member.isfifo():
-        raise IntegrityError(f"refusing unexpected tar member type in a base backup: {member.name!r}")
-    return True
-
-
-# Members are checked by _safe_member; Python >= 3.12 would otherwise apply its own filter.
-_NO_FILTER: dict[str, Any] = {"filter": "fully_trusted"} if hasattr(tarfile, "fully_trusted_filter") else {}
-
-
-class _ForwardOnly:
-    """The restore stream as the seekable file tarfile's ``r:`` mode wants: ``tell()``, and
-    ``seek()`` only forward (it seeks to the next header, or to a member's data, where the copy
-    left off, or past the padding).
-
-    tarfile's stream mode (``r|``) reads its input in 10 KiB records and joins them into each
-    read: on a 1 GiB base backup that was ~0.6 s of copying and calls (0.45 s in ``bytes.join``,
-    108 k reads of the pipeline) out of 4.3 s of unpacking.  Here ``extract`` copies a file's
-    data with direct ``copybufsize`` reads."""
-
-    def __init__(self, stream: Any) -> None:
-        self._stream = stream
-        self._pos = 0
-
-    def read(self, size: int = -1, /) -> bytes:
-        """Exactly ``size`` bytes unless the stream ends first (tarfile treats a short read as the
-        end of the data; the pipeline returns what its current chunk holds)."""
-        data: bytes = self._stream.read(size)
-        if 0 < len(data) < size:
-            pieces = [data]
-            have = len(data)
-            while have < size:
-                more: bytes = self._stream.read(size - have)
-                if not more:
-                    break
-                pieces.append(more)
-                have += len(more)
-            data = b"".join(pieces)
-        self._pos += len(data)
-        return data
-
-    def read_some(self, size: int) -> bytes:
-        """Up to ``size`` bytes, as the stream has them (no joining): for copying file data."""
-        data: bytes = self._stream.read(size)
-        self._pos += len(data)
-        return data
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, pos: int, whence: int = os.SEEK_SET) -> int:
-        if whence == os.SEEK_CUR:
-            pos += self._pos
-        elif whence != os.SEEK_SET:
-            raise OSError("a restore stream cannot seek from its end")
-        if pos < self._pos:
-            raise OSError(f"a restore stream cannot seek back (to {pos} from {self._pos})")
-        while self._pos < pos:
-            if not self.read(min(pos - self._pos, _COPY_BUF)):
-                break  # the end: tarfile reports the short read itself
-        return self._pos
-
-
-class _RestoreTar(tarfile.TarFile):
-    """tarfile's extraction with a regular file's data copied straight from :class:`_ForwardOnly`
-    in the pieces the pipeline has (``makefile`` is one of the methods tarfile's source says a
-    subclass may replace); everything else - headers, names, links, attributes - is tarfile's."""
-
-    def makefile(self, tarinfo: tarfile.TarInfo, targetpath: str) -> None:  # type: ignore[override]
-        source = self.fileobj
-        if tarinfo.sparse is not None or not isinstance(source, _ForwardOnly):
-            super().makefile(tarinfo, targetpath)
-            return
-        source.seek(tarinfo.offset_data)
-        with open(targetpath, "wb") as target:
-            left = tarinfo.size
-            while left:
-                piece = source.read_some(min(left, _COPY_BUF))
-                if not piece:
-                    raise tarfile.ReadError("unexpected end of data")
-                target.write(piece)
-                left -= len(piece)
-
-
-def _extract(ctx: Context, backup: PhysicalManifest, obj: StoredObject, into: Path, *, base: bool) -> int:
-    """Stream one stored tar into ``into``, in this thread: tarfile reads the pipeline's file
-    object, which reads the stored object; the checksums are verified when the stream ends."""
-    key = layout.base_prefix(backup.cluster, backup.backup_id) + obj.key
-    identities = ctx.identities() if backup.pipeline.encryption != "none" else []
-    files = 0
-    # Each file is flushed to disk in the background as soon as it is written, overlapping the
-    # disk's work with the unpacking of the next files (as pgBackRest does per file); the final
-    # sync then finds little left to do.
-    flusher = cf.ThreadPoolExecutor(max_workers=2, thread_name_prefix="fsync")
-    flushes: list[cf.Future[None]] = []
+def plan_chain(ctx: Context, backup: PhysicalManifest) -> list[PhysicalManifest]:
+    """The backups a restore of ``backup`` applies, full first, each with every object in the
+    repository; :class:`IntegrityError` naming the broken link otherwise (before anything is written)."""
+    if not backup.is_incremental:
+        return [backup]
+    manifests, damaged = scan_physical(ctx.storage, ctx.cluster)
+    by_id = {m.backup_id: m for m in manifests}
     try:
-        with ctx.storage.open_read(key) as src, \
-                open_reader(src, backup.pipeline, identities=identities, expected=obj.result) as stream:
+        ids = chain_of(backup.backup_id, by_id, {d.backup_id: d.reason for d in damaged})
+    except ChainBroken as e:
+        raise IntegrityError(str(e), hint="restore an older full backup, or one whose chain is whole "
+                                          "('pgvault verify' checks every chain)") from None
+    chain = [by_id[i] for i in ids]
+    for link in chain:
+        for obj in link.objects():
+            key = layout.base_prefix(link.cluster, link.backup_id) + obj.key
             try:
-                with _RestoreTar(fileobj=cast(Any, _ForwardOnly(stream)), mode="r") as tar:
-                    tar.copybufsize = _COPY_BUF  # type: ignore[attr-defined]
-                    for member in tar:
-                        _safe_member(member)
-                        if base and (member.name.startswith("pg_tblspc/") or member.name == "tablespace_map"):
-                            continue  # re-created below, pointing at the new locations
-                        if member.issym() and not base:
-                            raise IntegrityError(f"unexpected symlink {member.name!r} in a tablespace archive")
-                        parent = PurePosixPath(member.name).parent
-                        if str(parent) != ".":
-                            # Parts unpack in parallel: make parents race-free (tarfile's own
-                            # makedirs fails if another part creates the directory first).
-                            os.makedirs(into / parent, exist_ok=True)
-                        tar.extract(member, into, set_attrs=True, **_NO_FILTER)
-                        if member.isfile():
-                            files += 1
-                            flushes.append(flusher.submit(fsync_path, into / member.name))
-                while stream.read(_COPY_BUF):  # tar's zero padding: the checksums cover the whole object
-                    pass
-            except Exception as err:
-                if isinstance(err, PgvaultError) or err is stream.failure:
-                    raise  # the stored object (damaged, unreadable) or the repository, as read_stream reports it
-                raise _unpack_error(key, err) from None
-    except ObjectNotFound:
-        raise IntegrityError(f"base backup {backup.backup_id} is damaged: object {key} is missing") from None
-    finally:
-        flusher.shutdown(wait=True)
-    for f in flushes:
-        failed = f.exception()
-        if failed is not None:
-            if isinstance(failed, PgvaultError):
-                raise failed
-            raise _unpack_error(key, failed) from None
-    return files
+                ctx.storage.stat(key)
+            except ObjectNotFound:
+                raise IntegrityError(f"base backup {backup.backup_id} cannot be restored: it needs base backup "
+                                     f"{link.backup_id}, whose object {obj.key} is missing",
+                                     hint="restore an older full backup, or one whose chain is whole") from None
+    return chain
 
 
-def _unpack_error(key: str, err: BaseException) -> IntegrityError:
-    """A failure of tarfile or the file system while unpacking ``key``."""
-    return IntegrityError(f"cannot unpack {key}: {type(err).__name__}: {err}")
-
-
-def _extract_job(settings: Settings, environ: dict[str, str], backup: PhysicalManifest, obj: StoredObject,
-                 into: Path, base: bool) -> tuple[str, int | str, str]:
-    """One object, in a worker process: ("ok", files, "") or ("error", kind, message)."""
-    try:
-        ctx = build_context(settings, environ)
-        return ("ok", _extract(ctx, backup, obj, into, base=base), "")
-    except PgvaultError as e:
-        return ("error", e.kind, e.message)
-
-
-def _extract_all(ctx: Context, backup: PhysicalManifest, jobs: list[tuple[StoredObject, Path, bool]]) -> list[int]:
-    """Unpack every object, ``backup.parallel`` at a time in worker processes (the tar parsing is
-    Python and holds the GIL; processes let zstd, hashing and tar run on every core)."""
-    workers = min(ctx.settings.backup_parallel, len(jobs))
-    if workers <= 1:
-        return [_extract(ctx, backup, obj, into, base=base) for obj, into, base in jobs]
-    counts: list[int] = []
-    with worker_pool(workers) as pool:  # workers die with us (kill -9 included), see operations/workers.py
-        futures = [pool.submit(_extract_job, ctx.settings, dict(ctx.environ), backup, obj, into, base)
-                   for obj, into, base in jobs]
-        for fut in futures:
-            status, value, message = fut.result()
-            if status != "ok":
-                for other in futures:
-                    other.cancel()
-                raise error_of_kind(str(value), message)
-            counts.append(int(value))
-    return counts
+def _apply_chain(ctx: Context, chain: list[PhysicalManifest], data_dir: Path, homes: dict[str, Path]) -> int:
+    """Unpack the full backup, then each incremental of the chain over it; the number of objects."""
+    logger = log.get()
+    count = 0
+    for link in chain:
+        jobs: list[Job] = [(link, o, data_dir, True) for o in (link.base, *link.base_parts)]
+        # A tablespace dropped since an earlier link is not restored (the last link decides).
+        jobs += [(link, t.object, homes[t.oid], False) for t in link.tablespaces if t.oid in homes]
+        for (_b, obj, into, _base), n in zip(jobs, extract_all(ctx, jobs)):
+            logger.info("%s%s: %d files in %s", obj.name, f" of {link.backup_type} {link.backup_id}"
+                        if len(chain) > 1 else "", n, into)
+        count += len(jobs)
+    if len(chain) > 1:
+        final = chain[-1]
+        removed = remove_unlisted(data_dir, homes, set(read_file_list(ctx, final)))
+        strip_incremental_label(data_dir)
+        logger.info("chain of %d backups applied (%s); %d file(s) the last one does not hold removed",
+                    len(chain), " + ".join(f"{b.backup_type} {b.backup_id}" for b in chain), removed)
+    return count
 
 
 def _tablespace_homes(backup: PhysicalManifest, mapping: Mapping[str, str]) -> dict[str, Path]:
@@ -428,11 +297,8 @@ def _layout(ctx: Context, opts: RestoreOptions, plan: Plan | None) -> RestoreClu
         # error since (fs.TreeSync): the files are fsynced as they are written, the directories
         # are not, and os.sync() reported nothing (and flushed every file system of the host).
         syncs = [TreeSync(p) for p in (data_dir, *homes.values())]
-        jobs = [(o, data_dir, True) for o in (b.base, *b.base_parts)]
-        jobs += [(t.object, homes[t.oid], False) for t in b.tablespaces]
         t_unpack = time.monotonic()
-        for (obj, into, _base), n in zip(jobs, _extract_all(ctx, b, jobs)):
-            logger.info("%s: %d files in %s", obj.name, n, into)
+        jobs = _apply_chain(ctx, plan_chain(ctx, b), data_dir, homes)
         owner_ref = data_dir / "PG_VERSION"
         if not owner_ref.exists():
             raise IntegrityError(f"base backup {b.backup_id} has no PG_VERSION: not a data directory")
@@ -467,7 +333,7 @@ def _layout(ctx: Context, opts: RestoreOptions, plan: Plan | None) -> RestoreClu
             except OSError as e:
                 raise IntegrityError(f"cannot flush the restored files in {tree.root} to disk: {e}") from None
         logger.info("laid out in %.1fs: unpacking %.1fs (%d objects, %d at a time), sync %.1fs",
-                    time.monotonic() - t0, t_sync - t_unpack, len(jobs), min(ctx.settings.backup_parallel, len(jobs)),
+                    time.monotonic() - t0, t_sync - t_unpack, jobs, min(ctx.settings.backup_parallel, jobs),
                     time.monotonic() - t_sync)
     except BaseException:
         for path in reversed(created):
