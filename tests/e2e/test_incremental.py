@@ -7,14 +7,16 @@ broken link (a deleted object of the middle backup) is refused by restore with a
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
 import zstandard
 
-from support.archiving import ArchivingCluster
+from support.archiving import ArchivingCluster, Restored, as_postgres, chown_pg
 from support.cli import pgvault
 from support.pg_fixtures import pg_majors
+from support.pgcluster import free_port
 
 
 def _state(a: ArchivingCluster) -> str:
@@ -115,3 +117,50 @@ def test_an_incr_without_a_usable_reference_is_taken_full_and_says_why(major, ar
     assert first["backup_type"] == "full" and "no base backup to take an incr against" in first["type_reason"]
     d = _backup(a, "diff")
     assert (d["backup_type"], d["reference"]) == ("diff", first["backup_id"])
+
+
+@pytest.mark.parametrize("major", [m for m in pg_majors() if m >= 17] or [None])
+def test_break_glass_a_chain_with_stock_tools_and_pg_combinebackup(major, archiving) -> None:  # type: ignore[no-untyped-def]
+    """Without pgvault: age | zstd | tar each backup of the chain into its own directory, then
+    PostgreSQL's own pg_combinebackup (17+) makes the data directory; recovery reads the WAL with
+    ``pgvault wal fetch`` as for any base backup (or with any copy of the archive)."""
+    if major is None:
+        pytest.skip("needs PostgreSQL 17 or newer (pg_combinebackup)")
+    a = archiving(major, data_checksums=True)
+    c = a.cluster
+    c.psql("CREATE TABLE items(i int PRIMARY KEY, t text);"
+           " INSERT INTO items SELECT g, repeat(md5(g::text), 4) FROM generate_series(1, 20000) g; VACUUM (FREEZE) items")
+    full = _backup(a, "full")
+    c.psql("INSERT INTO items SELECT g, repeat(md5(g::text), 4) FROM generate_series(20001, 21000) g;"
+           " DELETE FROM items WHERE i <= 10")
+    a.switch_and_wait()
+    incr = _backup(a, "incr")
+    assert incr["backup_type"] == "incr"
+    expected = _state(a)
+
+    dirs = []
+    for b in (full, incr):
+        d = a.work / f"glass-{b['backup_id']}"
+        d.mkdir(mode=0o700)
+        chown_pg(d)
+        for obj in sorted((Path(a.repo_url) / "pitr" / "base" / b["backup_id"]).glob("base*.tar.zst.age")):
+            cmd = f"age -d -i {a.identity_file} {obj} | zstd -d | tar -x -f - -C {d}"
+            subprocess.run(as_postgres(["bash", "-o", "pipefail", "-c", cmd]), check=True, capture_output=True)
+        dirs.append(d)
+    out = a.work / "glass-combined"
+    r = subprocess.run(as_postgres([str(c.bindir.program("pg_combinebackup")), "--no-manifest", "-o", str(out),
+                                    *map(str, dirs)]), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    with open(out / "postgresql.auto.conf", "a") as f:
+        f.write(f"restore_command = 'PGVAULT_CONFIG={a.conf} {a.launcher} wal fetch %f %p'\n"
+                "archive_mode = off\nrecovery_target = 'immediate'\nrecovery_target_action = 'promote'\n")
+    (out / "recovery.signal").touch()
+    chown_pg(out / "recovery.signal")
+    restored = Restored(out, free_port(), c, {})
+    a.restored.append(restored)
+    start = [str(c.bindir.program("pg_ctl")), "-D", str(out), "-l", str(a.work / "glass.log"), "-w", "-t", "120", "-o",
+             f"-p {restored.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={a.work}", "start"]
+    r = subprocess.run(as_postgres(start), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr + (a.work / "glass.log").read_text()
+    restored.wait_primary()
+    assert restored.query("SELECT count(*), coalesce(sum(i), 0), coalesce(sum(length(t)), 0) FROM items") == expected
