@@ -37,6 +37,9 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--tablespace", action="append", default=[], metavar="NAME=PATH",
                    help="restore a tablespace (by name or OID) to a new location; repeatable")
     p.add_argument("--force", action="store_true", help="delete the contents of a non-empty data directory first")
+    p.add_argument("--delta", action="store_true",
+                   help="restore over an existing stopped data directory: keep the files already as in the backup "
+                        "(SHA-256), rewrite the others, remove what the backup does not hold")
     p.add_argument("--archive", action="store_true",
                    help="keep the backup's archive settings (by default the restored copy does not archive)")
     p.add_argument("--option", action="append", default=[], metavar="NAME=VALUE",
@@ -80,7 +83,7 @@ def run_restore_cluster(args: argparse.Namespace) -> int:
         return 0
     opts = RestoreOptions(
         data_dir=Path(args.data_dir), target=target, backup_id=args.backup,
-        tablespace_map=_pairs(args.tablespace, "--tablespace"), force=args.force, archive=args.archive,
+        tablespace_map=_pairs(args.tablespace, "--tablespace"), force=args.force, delta=args.delta, archive=args.archive,
         options=_pairs(args.option, "--option"), pgvault_command=args.pgvault_command,
     )
 

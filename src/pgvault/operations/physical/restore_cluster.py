@@ -42,9 +42,17 @@ from pgvault.errors import (
 from pgvault.fs import TreeSync, write_atomic
 from pgvault.operations.context import Context
 from pgvault.operations.physical import recovery
+from pgvault.operations.physical.delta import check_target, refuse_without_file_list
+from pgvault.operations.physical.delta import prepare as prepare_delta
 from pgvault.operations.physical.incremental import read_file_list
 from pgvault.operations.physical.recovery import RecoveryOutcome, stop_server
-from pgvault.operations.physical.unpack import Job, extract_all, remove_unlisted, strip_incremental_label
+from pgvault.operations.physical.unpack import (
+    Job,
+    extract_all,
+    install_control_file,
+    remove_unlisted,
+    strip_incremental_label,
+)
 from pgvault.operations.workers import layout_lock
 from pgvault.pg import wal
 from pgvault.pg.runner import Runner
@@ -70,6 +78,7 @@ class RestoreOptions:
     backup_id: str | None = None
     tablespace_map: Mapping[str, str] = field(default_factory=dict)  # name or oid -> new location
     force: bool = False
+    delta: bool = False  # restore over an existing stopped data directory, writing only what differs
     archive: bool = False
     options: Mapping[str, str] = field(default_factory=dict)  # extra postgresql.auto.conf settings
     pgvault_command: str | None = None
@@ -180,22 +189,27 @@ def plan_chain(ctx: Context, backup: PhysicalManifest) -> list[PhysicalManifest]
     return chain
 
 
-def _apply_chain(ctx: Context, chain: list[PhysicalManifest], data_dir: Path, homes: dict[str, Path]) -> int:
-    """Unpack the full backup, then each incremental of the chain over it; the number of objects."""
+def _apply_chain(ctx: Context, chain: list[PhysicalManifest], data_dir: Path, homes: dict[str, Path],
+                 kept: frozenset[str] = frozenset(), *, delta: bool = False) -> int:
+    """Unpack the full backup, then each incremental of the chain over it, leaving the files in
+    ``kept`` alone (``--delta``); the number of objects."""
     logger = log.get()
     count = 0
     for link in chain:
-        jobs: list[Job] = [(link, o, data_dir, True) for o in (link.base, *link.base_parts)]
+        jobs = [Job(link, o, data_dir, True, "", kept) for o in (link.base, *link.base_parts)]
         # A tablespace dropped since an earlier link is not restored (the last link decides).
-        jobs += [(link, t.object, homes[t.oid], False) for t in link.tablespaces if t.oid in homes]
-        for (_b, obj, into, _base), n in zip(jobs, extract_all(ctx, jobs)):
-            logger.info("%s%s: %d files in %s", obj.name, f" of {link.backup_type} {link.backup_id}"
-                        if len(chain) > 1 else "", n, into)
+        jobs += [Job(link, t.object, homes[t.oid], False, f"pg_tblspc/{t.oid}/", kept)
+                 for t in link.tablespaces if t.oid in homes]
+        for job, n in zip(jobs, extract_all(ctx, jobs)):
+            logger.info("%s%s: %d files in %s", job.obj.name, f" of {link.backup_type} {link.backup_id}"
+                        if len(chain) > 1 else "", n, job.into)
         count += len(jobs)
-    if len(chain) > 1:
+    install_control_file(data_dir)
+    if len(chain) > 1 or delta:
         final = chain[-1]
         removed = remove_unlisted(data_dir, homes, set(read_file_list(ctx, final)))
-        strip_incremental_label(data_dir)
+        if len(chain) > 1:
+            strip_incremental_label(data_dir)
         logger.info("chain of %d backups applied (%s); %d file(s) the last one does not hold removed",
                     len(chain), " + ".join(f"{b.backup_type} {b.backup_id}" for b in chain), removed)
     return count
@@ -287,18 +301,33 @@ def _layout(ctx: Context, opts: RestoreOptions, plan: Plan | None) -> RestoreClu
     created: list[Path] = []
     syncs: list[TreeSync] = []
     t0 = time.monotonic()
-    _prepare(data_dir, "data directory", opts.force, created)
+    chain = plan_chain(ctx, b)
+    kept: frozenset[str] = frozenset()
+    if opts.delta:
+        if opts.force:
+            raise UsageError("--delta and --force exclude each other (--force empties the directory first)")
+        if b.files is None:
+            raise refuse_without_file_list(b.backup_id)
+        check_target(data_dir, homes)
+        final_files = read_file_list(ctx, b)
+    else:
+        _prepare(data_dir, "data directory", opts.force, created)
     try:
         for home in homes.values():
             # Never emptied, even with --force: on the production host the recorded location is the
-            # live cluster's tablespace, and nothing in it says so (no postmaster.pid).
+            # live cluster's tablespace, and nothing in it says so (no postmaster.pid).  --delta
+            # touches one only when the stopped data directory links to it (delta.check_target).
+            if opts.delta and home.exists():
+                continue
             _prepare(home, "tablespace location", False, created)
+        if opts.delta:
+            kept = prepare_delta(data_dir, homes, final_files, workers=ctx.settings.backup_parallel).kept
         # Opened before anything is unpacked, so that the sync at the end reports any write-back
         # error since (fs.TreeSync): the files are fsynced as they are written, the directories
         # are not, and os.sync() reported nothing (and flushed every file system of the host).
         syncs = [TreeSync(p) for p in (data_dir, *homes.values())]
         t_unpack = time.monotonic()
-        jobs = _apply_chain(ctx, plan_chain(ctx, b), data_dir, homes)
+        jobs = _apply_chain(ctx, chain, data_dir, homes, kept, delta=opts.delta)
         owner_ref = data_dir / "PG_VERSION"
         if not owner_ref.exists():
             raise IntegrityError(f"base backup {b.backup_id} has no PG_VERSION: not a data directory")

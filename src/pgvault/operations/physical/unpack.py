@@ -7,9 +7,11 @@ each file cut to its length then; what the last link does not list is removed at
 from __future__ import annotations
 
 import concurrent.futures as cf
+import copy
 import os
 import struct
 import tarfile
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, cast
 
@@ -26,9 +28,24 @@ from pgvault.repository.physical import PhysicalManifest
 from pgvault.storage import ObjectNotFound
 
 _COPY_BUF = 1 << 20
+CONTROL_FILE = "global/pg_control"
+CONTROL_TEMP_SUFFIX = ".pgvault-restore"
 INCREMENTAL_PREFIX = "INCREMENTAL."
 INCREMENTAL_MAGIC = 0xD3AE1F0D
-Job = tuple[PhysicalManifest, StoredObject, Path, bool]  # (backup, object, into, is the data directory's tar)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One tar to unpack: of ``backup``, into ``into``; ``base``: the data directory's (not a
+    tablespace's, whose files are ``prefix`` + their name in the data directory's terms); files
+    named in ``skip`` are already right (``--delta``) and are not written."""
+
+    backup: PhysicalManifest
+    obj: StoredObject
+    into: Path
+    base: bool
+    prefix: str = ""
+    skip: frozenset[str] = frozenset()
 
 
 def _safe_member(member: tarfile.TarInfo) -> bool:
@@ -118,7 +135,8 @@ class _RestoreTar(tarfile.TarFile):
                 left -= len(piece)
 
 
-def extract(ctx: Context, backup: PhysicalManifest, obj: StoredObject, into: Path, *, base: bool) -> int:
+def extract(ctx: Context, backup: PhysicalManifest, obj: StoredObject, into: Path, *, base: bool, prefix: str = "",
+            skip: frozenset[str] = frozenset()) -> int:
     """Stream one stored tar into ``into``, in this thread: tarfile reads the pipeline's file
     object, which reads the stored object; the checksums are verified when the stream ends."""
     key = layout.base_prefix(backup.cluster, backup.backup_id) + obj.key
@@ -146,12 +164,19 @@ def extract(ctx: Context, backup: PhysicalManifest, obj: StoredObject, into: Pat
                             # Parts unpack in parallel: make parents race-free (tarfile's own
                             # makedirs fails if another part creates the directory first).
                             os.makedirs(into / parent, exist_ok=True)
+                        if skip and member.isfile() and prefix + _real_name(member.name) in skip:
+                            continue  # --delta: already as in the backup
                         if member.isfile() and PurePosixPath(member.name).name.startswith(INCREMENTAL_PREFIX):
                             target = into / parent / PurePosixPath(member.name).name[len(INCREMENTAL_PREFIX):]
                             _apply_incremental(tar, member, target, key)
                             files += 1
                             flushes.append(flusher.submit(fsync_path, target))
                             continue
+                        if base and member.name == CONTROL_FILE:
+                            # Written under another name and put in place last (install_control_file):
+                            # a directory whose restore was cut short can never be started.
+                            member = copy.copy(member)
+                            member.name = CONTROL_FILE + CONTROL_TEMP_SUFFIX
                         tar.extract(member, into, set_attrs=True, **_NO_FILTER)
                         if member.isfile():
                             files += 1
@@ -175,19 +200,30 @@ def extract(ctx: Context, backup: PhysicalManifest, obj: StoredObject, into: Pat
     return files
 
 
+def _real_name(name: str) -> str:
+    """The file an ``INCREMENTAL.`` member changes (other names as they are)."""
+    head, _, base = name.rpartition("/")
+    if base.startswith(INCREMENTAL_PREFIX):
+        base = base[len(INCREMENTAL_PREFIX):]
+    return f"{head}/{base}" if head else base
+
+
 def _unpack_error(key: str, err: BaseException) -> IntegrityError:
     """A failure of tarfile or the file system while unpacking ``key``."""
     return IntegrityError(f"cannot unpack {key}: {type(err).__name__}: {err}")
 
 
-def _extract_job(settings: Settings, environ: dict[str, str], backup: PhysicalManifest, obj: StoredObject,
-                 into: Path, base: bool) -> tuple[str, int | str, str]:
+def _extract_job(settings: Settings, environ: dict[str, str], job: Job) -> tuple[str, int | str, str]:
     """One object, in a worker process: ("ok", files, "") or ("error", kind, message)."""
     try:
         ctx = build_context(settings, environ)
-        return ("ok", extract(ctx, backup, obj, into, base=base), "")
+        return ("ok", _run(ctx, job), "")
     except PgvaultError as e:
         return ("error", e.kind, e.message)
+
+
+def _run(ctx: Context, job: Job) -> int:
+    return extract(ctx, job.backup, job.obj, job.into, base=job.base, prefix=job.prefix, skip=job.skip)
 
 
 def extract_all(ctx: Context, jobs: list[Job]) -> list[int]:
@@ -195,11 +231,10 @@ def extract_all(ctx: Context, jobs: list[Job]) -> list[int]:
     Python and holds the GIL; processes let zstd, hashing and tar run on every core)."""
     workers = min(ctx.settings.backup_parallel, len(jobs))
     if workers <= 1:
-        return [extract(ctx, backup, obj, into, base=base) for backup, obj, into, base in jobs]
+        return [_run(ctx, job) for job in jobs]
     counts: list[int] = []
     with worker_pool(workers) as pool:  # workers die with us (kill -9 included), see operations/workers.py
-        futures = [pool.submit(_extract_job, ctx.settings, dict(ctx.environ), backup, obj, into, base)
-                   for backup, obj, into, base in jobs]
+        futures = [pool.submit(_extract_job, ctx.settings, dict(ctx.environ), job) for job in jobs]
         for fut in futures:
             status, value, message = fut.result()
             if status != "ok":
@@ -245,6 +280,15 @@ def _apply_incremental(tar: tarfile.TarFile, member: tarfile.TarInfo, target: Pa
     finally:
         os.close(fd)
     os.utime(target, (member.mtime, member.mtime))
+
+
+def install_control_file(data_dir: Path) -> None:
+    """Put ``global/pg_control`` in place, the last file of a restore (pgBackRest does the same)."""
+    temp = data_dir / (CONTROL_FILE + CONTROL_TEMP_SUFFIX)
+    if not temp.exists():
+        raise IntegrityError(f"the backup holds no {CONTROL_FILE}: not a data directory")
+    os.replace(temp, data_dir / CONTROL_FILE)
+    fsync_path(data_dir / "global")
 
 
 def remove_unlisted(data_dir: Path, homes: dict[str, Path], listed: set[str]) -> int:
