@@ -5,7 +5,6 @@ exactly what a restore into an empty directory gives."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 

@@ -164,3 +164,29 @@ def test_break_glass_a_chain_with_stock_tools_and_pg_combinebackup(major, archiv
     assert r.returncode == 0, r.stderr + (a.work / "glass.log").read_text()
     restored.wait_primary()
     assert restored.query("SELECT count(*), coalesce(sum(i), 0), coalesce(sum(length(t)), 0) FROM items") == expected
+
+
+@pytest.mark.parametrize("major", pg_majors()[-1:] or [None])
+def test_a_chain_on_s3_restores_exactly_and_delta_restores_over_it(major, archiving, s3_bucket, seaweed) -> None:  # type: ignore[no-untyped-def]
+    s3 = {"url": f"s3://{s3_bucket}/prod", "endpoint": seaweed.endpoint_url, "AWS_ACCESS_KEY_ID": seaweed.access_key,
+          "AWS_SECRET_ACCESS_KEY": seaweed.secret_key, "AWS_DEFAULT_REGION": seaweed.region}
+    a = archiving(major, s3=s3, data_checksums=True)
+    c = a.cluster
+    c.psql("CREATE TABLE items(i int PRIMARY KEY, t text);"
+           " INSERT INTO items SELECT g, repeat(md5(g::text), 4) FROM generate_series(1, 20000) g; VACUUM (FREEZE) items")
+    full = _backup(a, "full")
+    c.psql("INSERT INTO items SELECT g, repeat(md5(g::text), 4) FROM generate_series(20001, 20400) g")
+    a.switch_and_wait()
+    incr = _backup(a, "incr")
+    c.psql("DELETE FROM items WHERE i < 100")
+    a.switch_and_wait()
+    diff = _backup(a, "diff")
+    assert (incr["reference"], diff["reference"]) == (full["backup_id"], full["backup_id"])
+    expected = _state(a)
+    doc, got = _restored_state(a, "--backup", diff["backup_id"], "--target-immediate")
+    assert got == expected
+    r, again = a.restore("--delta", "--backup", diff["backup_id"], "--target-immediate", name="restored-1")
+    try:
+        assert again.query("SELECT count(*), coalesce(sum(i), 0), coalesce(sum(length(t)), 0) FROM items") == expected
+    finally:
+        again.stop()
