@@ -67,7 +67,7 @@ class Bench:
         self.rounds: list[dict[str, Any]] = []
 
     def env(self, **extra: str) -> dict[str, str]:
-        return clean_env(**self.cluster.env(), PGVAULT_CONFIG=str(self.config), **extra)
+        return dict(clean_env(**self.cluster.env(), PGVAULT_CONFIG=str(self.config), **extra))
 
     def fill(self) -> None:
         t0 = time.monotonic()
