@@ -230,10 +230,15 @@ def restore_cluster(f: Facts) -> list[Block]:
             (pgvault("restore-cluster", "-D", d, "--start"), "to the end of the archive (the server is lost)"),
             (pgvault("restore-cluster", "-D", d, "--target-time", t, "--target-action", "promote", "--start"),
              "promote at the target without pausing"),
+            (pgvault("restore-cluster", "-D", d, "--delta", "--target-time", t),
+             "over a stopped copy already there: rewrite only the files that differ"),
         )),
         items(
-            "The data directory must be absent or empty (`--force` empties it, never while a server runs there). "
+            "The data directory must be absent or empty (`--force` empties it, never while a server runs there; "
+            "`--delta` keeps the files whose SHA-256 matches the backup and rewrites the rest). "
             "Tablespaces go back to their recorded paths unless moved with `--tablespace NAME=PATH`.",
+            "An incremental or differential base backup is restored with its whole chain (the full backup, then each "
+            "link's changed pages); a missing link is refused before anything is written (exit 6), naming it.",
             "The restored copy does not archive into this repository; pass `--archive` only when it becomes the new "
             "primary (then take a base backup at once: `pgvault basebackup`).",
             "The restored server fetches WAL with `pgvault wal fetch` as its own OS user: that user must be able to run "
@@ -289,6 +294,11 @@ def break_glass(f: Facts) -> list[Block]:
             ("touch recovery.signal", "empty: PostgreSQL 12+ only needs it to exist"),
             "pg_ctl -D . start",
         )),
+        Para("An incremental chain by hand (PostgreSQL 17+): unpack each backup of the chain, oldest first, into its "
+             "own directory the same way, then `pg_combinebackup --no-manifest -o DATA full/ incr1/ incr2/` makes the "
+             "data directory (the test `test_break_glass_a_chain_with_stock_tools_and_pg_combinebackup` runs this); "
+             "on 15 and 16 the README's \"Incremental and differential base backups\" describes the format to apply "
+             "by hand."),
         Para(f"Without pgvault at all, WAL file `{seg}` is the object "
              f"`{f.key(layout.wal_object(f.cluster, seg, f.suffix))}` (timeline history files sit directly under "
              f"`{f.key(layout.wal_root(f.cluster))}`), stored like the dumps: a hand-written `restore_command` "

@@ -126,9 +126,12 @@ def corruption(f: Facts) -> list[Block]:
              "busy tables should match what the application last wrote. `pgvault verify` and the drills check the "
              "backups, not the live data files: they pass during this kind of damage, and prove the backups the "
              "rebuild uses."),
-        Para("A base backup taken after the damage holds the damaged pages too (`pgvault basebackup` copies the files "
-             "without checking page checksums, and WAL replay repairs only the pages it rewrites): that is why the "
-             "restored copy is checked, and why an older base backup, with more WAL to replay, may be the one to use."),
+        Para("With data checksums, `pgvault basebackup` checks every page it reads: a damaged page is named by "
+             "relation and block in its manifest, in `pgvault list`, in `pgvault status` (CRITICAL, `corrupt_pages`) and "
+             "in `pgvault_base_backup_bad_pages`, and the command exits 6 once the backup is stored. That backup holds "
+             "the damaged pages too (WAL replay repairs only the pages it rewrites): restore from a base backup taken "
+             "before the damage (the newest one whose check found nothing), with more WAL to replay, and check the "
+             "restored copy."),
         Para("Then move the application to the restored server (or restore into the real data directory the same "
              "way, with `--archive` so that it archives as the primary), and take a base backup at once. If only one "
              "database is damaged and losing the changes since the last logical backup is acceptable, restoring that "
