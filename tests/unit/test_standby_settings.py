@@ -157,9 +157,11 @@ def test_log_lines_of_a_standby() -> None:
         "2026-12-04 00:00:00.000 UTC [9] LOG:  database system is ready to accept read-only connections",
         '2026-12-04 00:00:01.000 UTC [11] FATAL:  could not connect to the primary server: connection to server at '
         '"127.0.0.1", port 5999 failed: FATAL:  password authentication failed for user "postgres"',
+        '2026-12-04 00:00:02.000 UTC [12] FATAL:  streaming replication receiver "walreceiver" could not connect to the '
+        'primary server: connection to server at "127.0.0.1", port 5999 failed: Connection refused',
         "2026-12-04 00:00:06.000 UTC [12] LOG:  started streaming WAL from primary at 0/6000000 on timeline 1",
     ]:
         apply_line(o, line, fatals)
     assert (o.state, o.segments_restored, o.consistent_at) == ("starting", 1, "0/5000100")  # read-only is not promoted
-    assert o.stream_failures == 1 and "password authentication failed" in o.stream_error
+    assert o.stream_failures == 2 and "Connection refused" in o.stream_error
     assert o.streaming_from == "0/6000000 on timeline 1"

@@ -88,8 +88,9 @@ _EVENTS: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"database system is ready to accept connections"), "ready"),
     (re.compile(r"shutdown at recovery target"), "shutdown_target"),
     (re.compile(r"started streaming WAL from primary at ([0-9A-F]+/[0-9A-F]+ on timeline \d+)"), "streaming"),
-    (re.compile(r"(?:FATAL|ERROR):\s+(could not (?:connect to the primary server|start WAL streaming|receive data from WAL "
-                r"stream).*)"), "stream_failed"),
+    # PostgreSQL 18 prefixes the first: 'streaming replication receiver "walreceiver" could not connect ...'
+    (re.compile(r"(?:FATAL|ERROR):\s+(.*could not (?:connect to the primary server|start WAL streaming|receive data from "
+                r"WAL stream).*)"), "stream_failed"),
     (re.compile(r"(?:FATAL|PANIC):\s+(.*)"), "fatal"),
 ]
 
