@@ -80,6 +80,8 @@ def test_replica_seeded_from_the_repository_streams_and_follows(major, archiving
     assert stat.S_IMODE(auto.stat().st_mode) == 0o600
     if os.geteuid() == 0:
         assert auto.stat().st_uid == (data / "PG_VERSION").stat().st_uid
+    postmaster = (data / "postmaster.pid").read_text().split("\n")[0]
+    assert b"PGVAULT_PRIMARY_PASSWORD" not in Path(f"/proc/{postmaster}/environ").read_bytes()  # the server never needs it
     assert replica.query("SELECT pg_is_in_recovery()") == "t"
     assert replica.query("SELECT status, sender_port, slot_name FROM pg_stat_wal_receiver") == \
         f"streaming|{a.cluster.port}|{SLOT}"

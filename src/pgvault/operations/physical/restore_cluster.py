@@ -545,8 +545,10 @@ def restore_and_recover(
     result = restore_cluster(ctx, replace(opts, backup_id=plan.backup.backup_id), plan)
     if not start:
         return result
+    # The server (and every restore_command it runs) never needs the primary's password in its environment.
+    environ = {k: v for k, v in ctx.environ.items() if k != standby.PASSWORD_ENV}
     outcome = start_and_follow(ctx.runner, result, major=major_of(plan.backup), bin_dirs=ctx.settings.pg_bin_dirs,
-                               port=port, environ=ctx.environ, timeout=timeout, progress=progress)
+                               port=port, environ=environ, timeout=timeout, progress=progress)
     return replace(result, outcome=outcome)
 
 
