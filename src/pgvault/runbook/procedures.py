@@ -270,7 +270,8 @@ def seed_replica(f: Facts) -> list[Block]:
             "The primary must allow it: a `host replication replicator ...` line in its `pg_hba.conf`, "
             "`max_wal_senders` (and `max_replication_slots` for a slot) above the replicas in use.",
             "Exit 12 with \"cannot stream from the primary\": PostgreSQL's reason follows (password, pg_hba.conf, slot); "
-            "the replica keeps running and retrying: fix `postgresql.auto.conf` and restart it, or rerun with `--force`.",
+            "the replica keeps running and retrying: fix `postgresql.auto.conf` and restart it, or stop it and rerun with "
+            "`--force`.",
             "The replica does not archive (`archive_mode = off`). After a failover, the old primary's replacement is "
             "seeded the same way: a replica of the new primary, from the same repository (it follows the new timeline).",
         ),

@@ -125,6 +125,7 @@ def apply_line(outcome: RecoveryOutcome, line: str, fatals: list[str]) -> None:
         elif event == "stream_failed":
             outcome.stream_failures += 1
             outcome.stream_error = m.group(1)
+            fatals.append(m.group(1))  # still a FATAL line, should the server exit
         elif event == "fatal":
             fatals.append(m.group(1))
         return
@@ -263,7 +264,7 @@ def _not_streaming(outcome: RecoveryOutcome, log_file: Path) -> RecoveryError:
         f"primary: {outcome.stream_error} ({outcome.stream_failures} attempts; log: {log_file})",
         hint="the server is left running and keeps retrying; check primary_conninfo in postgresql.auto.conf, the "
         "password (PGVAULT_PRIMARY_PASSWORD or a passfile), a 'replication' line in the primary's pg_hba.conf and "
-        "the slot, then restart it (or run restore-cluster again with --force)")
+        "the slot, then restart it (or stop it and run restore-cluster again with --force)")
 
 
 def _alive(pid: int) -> bool:
