@@ -82,6 +82,17 @@ def table_counts(cluster, dbname: str) -> dict[str, int]:  # type: ignore[no-unt
     return counts
 
 
+@pytest.fixture(params=["local", "s3"])
+def repo_kind(request: pytest.FixtureRequest) -> dict[str, str] | None:
+    """A repository for :func:`archiving`'s ``s3=``: None (local), or a bucket on SeaweedFS."""
+    if request.param == "local":
+        return None
+    bucket = request.getfixturevalue("s3_bucket")
+    seaweed = request.getfixturevalue("seaweed")
+    return {"url": f"s3://{bucket}/prod", "endpoint": seaweed.endpoint_url, "AWS_ACCESS_KEY_ID": seaweed.access_key,
+            "AWS_SECRET_ACCESS_KEY": seaweed.secret_key, "AWS_DEFAULT_REGION": seaweed.region}
+
+
 @pytest.fixture
 def archiving(make_pg_cluster, pgvault_launcher: Path, age_key: AgeKey) -> Iterator[Callable[..., ArchivingCluster]]:  # type: ignore[no-untyped-def]
     """Factory for servers archiving into a pgvault repository (support/archiving.py):

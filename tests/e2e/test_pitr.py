@@ -24,16 +24,6 @@ RESTORE_POINT_AT = 160
 
 
 
-@pytest.fixture(params=["local", "s3"])
-def repo_kind(request: pytest.FixtureRequest) -> dict[str, str] | None:
-    if request.param == "local":
-        return None
-    bucket = request.getfixturevalue("s3_bucket")
-    seaweed = request.getfixturevalue("seaweed")
-    return {"url": f"s3://{bucket}/prod", "endpoint": seaweed.endpoint_url, "AWS_ACCESS_KEY_ID": seaweed.access_key,
-            "AWS_SECRET_ACCESS_KEY": seaweed.secret_key, "AWS_DEFAULT_REGION": seaweed.region}
-
-
 def _run_workload(a: ArchivingCluster, first: int, last: int, *, point: tuple[int, str] | None = None,
                   port: int | None = None) -> None:
     """Commit rows first..last one transaction each; make a restore point after row point[0]."""

@@ -114,8 +114,10 @@ class ArchivingCluster:
             assert time.monotonic() < deadline, f"{name} not archived; failed_count={failed}"
             time.sleep(0.2)
 
-    def restore(self, *args: str, start: bool = True, check: bool = True, name: str | None = None) -> tuple[Result, Restored]:
-        """``pgvault restore-cluster`` into a new directory (run as the test's user, like an operator)."""
+    def restore(self, *args: str, start: bool = True, check: bool = True, name: str | None = None,
+                env: Mapping[str, str] | None = None) -> tuple[Result, Restored]:
+        """``pgvault restore-cluster`` into a new directory (run as the test's user, like an operator);
+        ``env`` instead of :meth:`env`."""
         data_dir = self.work / (name or f"restored-{len(self.restored) + 1}")
         port = free_port()
         cmd = ["restore-cluster", "-D", str(data_dir), "--json", "--pgvault-command", str(self.launcher),
@@ -123,7 +125,7 @@ class ArchivingCluster:
                "--option", f"port={port}", *args]
         if start:
             cmd += ["--start", "--timeout", "300"]
-        r = pgvault(cmd, self.env(), check=check)
+        r = pgvault(cmd, self.env() if env is None else env, check=check)
         restored = Restored(data_dir, port, self.cluster, r.json() if r.returncode == 0 else {})
         self.restored.append(restored)
         return r, restored

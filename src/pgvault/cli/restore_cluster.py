@@ -12,10 +12,12 @@ from pgvault.errors import UsageError
 from pgvault.operations.physical.restore_cluster import (
     RecoveryOutcome,
     RestoreOptions,
+    check_options,
     make_plan,
     restore_and_recover,
 )
 from pgvault.operations.physical.restore_point import create_restore_point
+from pgvault.operations.physical.standby import PASSWORD_ENV, StandbyOptions
 from pgvault.output import human_duration
 from pgvault.policy.pitr import ACTIONS, RecoveryTarget
 
@@ -33,6 +35,13 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     t.add_argument("--target-timeline", metavar="TLI", help="latest (default), current or a number")
     t.add_argument("--target-exclusive", action="store_true", help="stop just before the target instead of after it")
     t.add_argument("--target-action", choices=ACTIONS, help="at the target: pause (default), promote or shutdown")
+    r = p.add_argument_group("standby: a replica seeded from the repository (no recovery target)")
+    r.add_argument("--standby", action="store_true",
+                   help="write standby.signal and primary_conninfo: the copy replays the archive, then streams")
+    r.add_argument("--primary-conninfo", metavar="CONNINFO", default="",
+                   help="libpq connection string of the primary, without a password (give it in "
+                   f"${PASSWORD_ENV} or with passfile=PATH), e.g. 'host=db1 port=5432 user=replicator'")
+    r.add_argument("--primary-slot-name", metavar="NAME", help="the replication slot on the primary to stream from")
     p.add_argument("--backup", metavar="ID", help="use this base backup instead of choosing one")
     p.add_argument("--tablespace", action="append", default=[], metavar="NAME=PATH",
                    help="restore a tablespace (by name or OID) to a new location; repeatable")
@@ -71,25 +80,30 @@ def _pairs(values: list[str], flag: str) -> dict[str, str]:
 
 
 def run_restore_cluster(args: argparse.Namespace) -> int:
+    if not args.standby and (args.primary_conninfo or args.primary_slot_name):
+        raise UsageError("--primary-conninfo and --primary-slot-name need --standby")
     target = RecoveryTarget.parse(
         time=args.target_time, lsn=args.target_lsn, xid=args.target_xid, name=args.target_name,
         immediate=args.target_immediate, timeline=args.target_timeline, exclusive=args.target_exclusive,
         action=args.target_action,
     )
+    opts = RestoreOptions(
+        data_dir=Path(args.data_dir), target=target, backup_id=args.backup,
+        tablespace_map=_pairs(args.tablespace, "--tablespace"), force=args.force, delta=args.delta, archive=args.archive,
+        options=_pairs(args.option, "--option"), pgvault_command=args.pgvault_command,
+        standby=StandbyOptions(args.primary_conninfo, args.primary_slot_name) if args.standby else None,
+    )
+    check_options(opts)
     ctx = context_from(args)
     if args.dry_run:
         plan = make_plan(ctx, target, args.backup)
         emit(args, "restore_plan", {"plan": plan.to_json()}, lambda: _describe_plan(plan.to_json()))
         return 0
-    opts = RestoreOptions(
-        data_dir=Path(args.data_dir), target=target, backup_id=args.backup,
-        tablespace_map=_pairs(args.tablespace, "--tablespace"), force=args.force, delta=args.delta, archive=args.archive,
-        options=_pairs(args.option, "--option"), pgvault_command=args.pgvault_command,
-    )
 
     def progress(o: RecoveryOutcome) -> None:
         print(f"recovery: {o.segments_restored} WAL files restored (last {o.last_segment or '-'}), "
-              f"{'consistent' if o.consistent_at else 'not yet consistent'}, {human_duration(o.seconds)}",
+              f"{'consistent' if o.consistent_at else 'not yet consistent'}, {human_duration(o.seconds)}"
+              + (f"; not streaming yet: {o.stream_error}" if o.stream_error and not o.streaming_from else ""),
               file=sys.stderr)
 
     result = restore_and_recover(ctx, opts, start=args.start, port=args.port, timeout=args.timeout, progress=progress)
@@ -109,7 +123,9 @@ def _describe(r: dict[str, Any]) -> str:
     lines = [_describe_plan(r["plan"]), f"restored to {r['data_dir']} in {human_duration(r['restore_seconds'])}"]
     for oid, path in r["tablespaces"].items():
         lines.append(f"  tablespace {oid} -> {path}")
-    rec = r["recovery"]
+    rec, sb = r["recovery"], r["standby"]
+    if sb is not None:
+        return "\n".join(lines + _describe_standby(r, sb, rec))
     if rec is None:
         lines.append("recovery settings written to postgresql.auto.conf (+ recovery.signal); start the server "
                      f"with: pg_ctl -D {r['data_dir']} start")
@@ -127,6 +143,26 @@ def _describe(r: dict[str, Any]) -> str:
                      "SELECT pg_wal_replay_resume(); to promote, or stop it and choose another target")
     lines.append(f"server log: {rec['log_file']}")
     return "\n".join(lines)
+
+
+def _describe_standby(r: dict[str, Any], sb: dict[str, Any], rec: dict[str, Any] | None) -> list[str]:
+    p = sb["primary"]
+    if p is None:
+        lines = ["a standby without a primary: it replays the archive and keeps waiting for more WAL"]
+    else:
+        lines = [f"a standby of {p.get('host') or p.get('hostaddr') or 'the local socket'}:{p.get('port', '5432')}"
+                 + (f" as {p['user']}" if p.get("user") else "") + (f", slot {sb['slot']}" if sb["slot"] else "")
+                 + f"; password: {sb['password']}"]
+    if rec is None:
+        lines.append("settings written to postgresql.auto.conf (+ standby.signal); start the server with: "
+                     f"pg_ctl -D {r['data_dir']} start")
+        return lines
+    lines.append(f"in recovery after {human_duration(rec['seconds'])}, {rec['segments_restored']} WAL files restored "
+                 "from the repository" + (f", streaming from {rec['streaming_from']}" if rec["streaming_from"] else ""))
+    if rec.get("confirmed_by"):
+        lines.append(f"confirmed by the server: {rec['confirmed_by']}")
+    lines.append(f"server log: {rec['log_file']}")
+    return lines
 
 
 def run_restore_point(args: argparse.Namespace) -> int:

@@ -35,6 +35,7 @@ def build(settings: Settings, config_path: str | None) -> list[Block]:
         *procedures.restore_database(f),
         *procedures.restore_table(f),
         *procedures.restore_cluster(f),
+        *procedures.seed_replica(f),
         *procedures.break_glass(f),
         *procedures.checklists(f),
         *alert_sections(f),

@@ -25,6 +25,7 @@ class Examples:
     backup_id: str = "20261204T020000Z"
     data_dir: str = "/var/lib/postgresql/pgvault-restore"
     port: int = 5433
+    primary_conninfo: str = "host=db1.example port=5432 user=replicator"  # a replica's primary (no password)
     # The sample application's tables (README "Sample database"), in foreign-key order: the
     # scenarios are written against them; `DELETE FROM organizations` cascades through all four.
     tables: tuple[str, ...] = ("public.organizations", "public.projects", "public.configs", "public.config_history")

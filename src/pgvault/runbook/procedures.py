@@ -249,6 +249,40 @@ def restore_cluster(f: Facts) -> list[Block]:
     ]
 
 
+def seed_replica(f: Facts) -> list[Block]:
+    d, c = EXAMPLE.data_dir, EXAMPLE.primary_conninfo
+    return [
+        Heading(2, "Seed a replica from the repository"),
+        Para("A new replica (after a failover, or in another region) laid out from the latest base backup and the "
+             "archived WAL instead of `pg_basebackup` from the primary: the primary is read only once the replica "
+             f"streams. Replace the conninfo `{c}` (no password in it) and the directory."),
+        code(*lines(
+            ("export PGVAULT_PRIMARY_PASSWORD=...", "the replication role's password: never on the command line"),
+            ("psql -h db1.example -d postgres -c \"SELECT pg_create_physical_replication_slot('replica1')\"",
+             "optional: a slot keeps the primary's WAL for it"),
+            (pgvault("restore-cluster", "-D", d, "--standby", "--primary-conninfo", c, "--primary-slot-name", "replica1",
+                     "--start"), "replays the archive, then streams; waits until it streams"),
+            ("psql -d postgres -Atc 'SELECT status, sender_host FROM pg_stat_wal_receiver'",
+             "streaming?"),
+        )),
+        items(
+            "It writes `standby.signal`, `restore_command`, `primary_conninfo`, `primary_slot_name` and "
+            "`recovery_target_timeline = 'latest'` into `postgresql.auto.conf`, with no recovery target (`--target-*` "
+            "is refused); lines for those the backup brought along are replaced.",
+            "The password from `PGVAULT_PRIMARY_PASSWORD` is written into `primary_conninfo` (the file is 0600, owned "
+            "by the server's OS user). Without it, put `passfile=PATH` in the conninfo (a .pgpass the server's OS user "
+            "reads). A conninfo carrying a password is refused (exit 2).",
+            "The primary must allow it: a `host replication replicator ...` line in its `pg_hba.conf`, "
+            "`max_wal_senders` (and `max_replication_slots` for a slot) above the replicas in use.",
+            "Exit 12 with \"cannot stream from the primary\": PostgreSQL's reason follows (password, pg_hba.conf, slot); "
+            "the replica keeps running and retrying: fix `postgresql.auto.conf` and restart it, or stop it and rerun with "
+            "`--force`.",
+            "The replica does not archive (`archive_mode = off`). After a failover, the old primary's replacement is "
+            "seeded the same way: a replica of the new primary, from the same repository (it follows the new timeline).",
+        ),
+    ]
+
+
 def break_glass(f: Facts) -> list[Block]:
     db, enc = f.database, layout.database_object(f.database, f.suffix)
     q = shlex.quote

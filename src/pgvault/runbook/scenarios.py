@@ -183,7 +183,10 @@ def region_loss(f: Facts) -> list[Block]:
               "sync is gone (`pgvault status` showed it as the copy's lag; the `PgvaultSecondRepositoryBehind` alert "
               "watches it). With the sync CronJob every 15 minutes it is about 15 minutes plus the archive lag.",
               "Then make the copy the primary: `repository.url` = the copy's URL (and its `s3.*`), a new base backup "
-              "at once, and a new copy elsewhere when one can be had."),
+              "at once, and a new copy elsewhere when one can be had.",
+              f"Replicas of the new primary come from the copy too: `pgvault --repository {copy} restore-cluster -D DIR "
+              "--standby --primary-conninfo 'host=NEW-PRIMARY user=replicator' --start` (see "
+              "[Seed a replica](#seed-a-replica-from-the-repository))."),
     ]
     return [
         Heading(3, "Loss of a region"),
@@ -198,7 +201,10 @@ def region_loss(f: Facts) -> list[Block]:
                     (pgvault("restore-cluster", "-D", d, "--archive", "--start"),
                      "the new primary: recovers everything archived, promotes, archives"),
                     (pgvault("basebackup", "--pgdata", d), "at once: the first base backup of the new timeline"),
-                    (pgvault("status"), "OK again?"))),
+                    (pgvault("status"), "OK again?"),
+                    (pgvault("restore-cluster", "-D", "/var/lib/postgresql/replica", "--standby", "--primary-conninfo",
+                             "host=NEW-PRIMARY user=replicator", "--start"),
+                     "on each replica host: a replica of the new primary, from the repository"))),
         items(
             "What was committed but not yet archived when the region went is lost: the WAL archive lag "
             "(`pgvault status`, the `PgvaultWalArchivingStalled` alert) is the data-loss window.",

@@ -17,6 +17,12 @@ server itself says so and the stop point matches the plan:
   end of the archive has no such check in PostgreSQL: it promotes wherever ``restore_command``
   first said "not found".  We compare the last segment restored with the last one the plan says
   the archive holds; short of it, the promoted server is stopped and the restore fails (exit 12).
+* **A standby** (``restore-cluster --standby``) has no stop point: it is followed until it is
+  consistent and, with a primary, until its WAL receiver streams ("started streaming WAL from
+  primary"); the server must then say it is in recovery.  A WAL receiver that keeps failing
+  (:data:`STREAM_ATTEMPTS` times: a wrong password, no ``replication`` line in the primary's
+  pg_hba.conf, a missing slot) fails the command with its message; the server is left running
+  and retrying, as PostgreSQL does.
 """
 
 from __future__ import annotations
@@ -43,13 +49,14 @@ _CONTROL_STATE = struct.Struct("=QIIi")
 _DB_STATES = {0: "starting up", 1: "shut down", 2: "shut down in recovery", 3: "shutting down",
               4: "in crash recovery", 5: "in archive recovery", 6: "in production"}
 LOG_TAIL_LINES = 12
+STREAM_ATTEMPTS = 3  # failed WAL receiver connections before --start --standby gives up (5 s apart by default)
 
 
 @dataclass
 class RecoveryOutcome:
     """What the started server did, read from its log and confirmed by the server."""
 
-    state: str = "starting"  # paused | promoted | shutdown
+    state: str = "starting"  # paused | promoted | shutdown | standby
     stop_detail: str = ""
     consistent_at: str = ""
     redo_done_at: str = ""
@@ -62,6 +69,9 @@ class RecoveryOutcome:
     confirmed_by: str = ""  # how the server confirmed its state
     replay_lsn: str = ""  # pg_last_wal_replay_lsn(), when a connection was possible
     expected_wal: str = ""  # the last segment the plan says recovery must restore (end of archive)
+    streaming_from: str = ""  # a standby's WAL receiver: "LSN on timeline N" where streaming started
+    stream_failures: int = 0  # a standby's failed WAL receiver connections
+    stream_error: str = ""  # the last one's message
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -77,6 +87,10 @@ _EVENTS: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"last completed transaction was at log time (.*)"), "last_tx"),
     (re.compile(r"database system is ready to accept connections"), "ready"),
     (re.compile(r"shutdown at recovery target"), "shutdown_target"),
+    (re.compile(r"started streaming WAL from primary at ([0-9A-F]+/[0-9A-F]+ on timeline \d+)"), "streaming"),
+    # PostgreSQL 18 prefixes the first: 'streaming replication receiver "walreceiver" could not connect ...'
+    (re.compile(r"(?:FATAL|ERROR):\s+(.*could not (?:connect to the primary server|start WAL streaming|receive data from "
+                r"WAL stream).*)"), "stream_failed"),
     (re.compile(r"(?:FATAL|PANIC):\s+(.*)"), "fatal"),
 ]
 
@@ -106,6 +120,12 @@ def apply_line(outcome: RecoveryOutcome, line: str, fatals: list[str]) -> None:
             outcome.state = "promoted"
         elif event == "shutdown_target":
             outcome.state = "shutdown"
+        elif event == "streaming":
+            outcome.streaming_from = m.group(1)
+        elif event == "stream_failed":
+            outcome.stream_failures += 1
+            outcome.stream_error = m.group(1)
+            fatals.append(m.group(1))  # still a FATAL line, should the server exit
         elif event == "fatal":
             fatals.append(m.group(1))
         return
@@ -162,10 +182,11 @@ def start_and_follow(
     runner: Runner, data_dir: Path, plan: Plan, *, major: int, bin_dirs: tuple[str, ...] = (), port: int | None = None,
     environ: Mapping[str, str] | None = None, timeout: float | None = None,
     progress: Callable[[RecoveryOutcome], None] | None = None, clock: Callable[[], float] = time.monotonic,
-    expected_wal: str | None = None, users: tuple[str, ...] = (),
+    expected_wal: str | None = None, users: tuple[str, ...] = (), standby: str | None = None,
 ) -> RecoveryOutcome:
     """Start the restored server and follow its log until recovery ends at the target (or fails);
-    then confirm the state with the server and compare the stop point with ``plan``."""
+    then confirm the state with the server and compare the stop point with ``plan``.  ``standby``
+    ("stream" or "archive"): follow a standby until it is consistent and (``stream``) streams."""
     bindir = bindir_for_major(major, bin_dirs)
     log_file = new_log_file(data_dir)
     log_file.touch()
@@ -195,7 +216,12 @@ def start_and_follow(
             line = f.readline()
             if line:
                 apply_line(outcome, line.rstrip("\n"), fatals)
-                if (outcome.state == "paused" and action == "pause") or outcome.state == "promoted":
+                if standby is not None:
+                    if outcome.consistent_at and (standby == "archive" or outcome.streaming_from):
+                        break
+                    if outcome.stream_failures >= STREAM_ATTEMPTS and not outcome.streaming_from:
+                        raise _not_streaming(outcome, log_file)
+                elif (outcome.state == "paused" and action == "pause") or outcome.state == "promoted":
                     break
                 continue
             if pid is None:
@@ -208,7 +234,8 @@ def start_and_follow(
                     break
                 raise failed("; ".join(fatals[-3:]) or "the server exited")
             if timeout is not None and clock() - t0 > timeout:
-                raise RecoveryError(f"recovery did not reach its target within {timeout:.0f}s; the server is still "
+                goal = "its target" if standby is None else "streaming" if standby == "stream" else "consistency"
+                raise RecoveryError(f"recovery did not reach {goal} within {timeout:.0f}s; the server is still "
                                     f"running (log: {log_file})")
             if progress and clock() - last_report >= 5:
                 last_report = clock()
@@ -216,6 +243,12 @@ def start_and_follow(
                 progress(outcome)
             time.sleep(0.1)
     outcome.seconds = clock() - t0
+    if standby is not None:
+        in_recovery, replay_lsn, how = _ask_server(data_dir, environ or os.environ, users)
+        if not in_recovery:
+            raise RecoveryError(f"the standby is not in recovery ({how}): check standby.signal in {data_dir}")
+        outcome.state, outcome.confirmed_by, outcome.replay_lsn = "standby", how, replay_lsn or ""
+        return outcome
     try:
         _confirm(outcome, data_dir, plan, action, environ or os.environ, users)
     except RecoveryError:
@@ -223,6 +256,15 @@ def start_and_follow(
             stop_server(runner, data_dir, major, bin_dirs)
         raise
     return outcome
+
+
+def _not_streaming(outcome: RecoveryOutcome, log_file: Path) -> RecoveryError:
+    return RecoveryError(
+        f"the standby replays the archive ({outcome.segments_restored} WAL files restored) but cannot stream from the "
+        f"primary: {outcome.stream_error} ({outcome.stream_failures} attempts; log: {log_file})",
+        hint="the server is left running and keeps retrying; check primary_conninfo in postgresql.auto.conf, the "
+        "password (PGVAULT_PRIMARY_PASSWORD or a passfile), a 'replication' line in the primary's pg_hba.conf and "
+        "the slot, then restart it (or stop it and run restore-cluster again with --force)")
 
 
 def _alive(pid: int) -> bool:

@@ -10,6 +10,8 @@ is only a flag (its content is ignored): we write ``restore_command``, the ``rec
 settings and ``archive_mode = off`` into ``postgresql.auto.conf``, replacing any earlier lines for
 the same names, and create an empty ``recovery.signal``.  ``archive_mode = off`` keeps a restored
 copy from archiving into the production repository unless the operator asks (``--archive``).
+With ``--standby`` (:mod:`pgvault.operations.physical.standby`) the copy becomes a replica instead:
+``standby.signal``, ``primary_conninfo``, no recovery target, and ``--start`` waits until it streams.
 
 Nothing that existed before is deleted unless ``--force`` says so; what this run created is
 removed again if it fails before the server starts.
@@ -41,7 +43,7 @@ from pgvault.errors import (
 )
 from pgvault.fs import TreeSync, write_atomic
 from pgvault.operations.context import Context
-from pgvault.operations.physical import recovery
+from pgvault.operations.physical import recovery, standby
 from pgvault.operations.physical.delta import check_target, refuse_without_file_list
 from pgvault.operations.physical.delta import prepare as prepare_delta
 from pgvault.operations.physical.incremental import read_file_list
@@ -82,6 +84,7 @@ class RestoreOptions:
     archive: bool = False
     options: Mapping[str, str] = field(default_factory=dict)  # extra postgresql.auto.conf settings
     pgvault_command: str | None = None
+    standby: standby.StandbyOptions | None = None  # --standby: a replica, no recovery target
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,7 @@ class RestoreClusterResult:
     settings: dict[str, str]
     restore_seconds: float
     outcome: RecoveryOutcome | None = None
+    standby: dict[str, Any] | None = None  # standby.describe(): the primary (no password), the slot
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -101,6 +105,7 @@ class RestoreClusterResult:
             "settings": self.settings,
             "restore_seconds": round(self.restore_seconds, 3),
             "recovery": self.outcome.to_json() if self.outcome else None,
+            "standby": self.standby,
         }
 
 
@@ -251,17 +256,23 @@ def _conf_quote(value: str) -> str:
 _ASSIGN_RE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_.]*)\s*=?")
 
 
-def write_recovery_settings(data_dir: Path, settings: Mapping[str, str], note: str) -> None:
-    """Replace earlier lines for these names in postgresql.auto.conf, append ours, create recovery.signal."""
+def write_recovery_settings(data_dir: Path, settings: Mapping[str, str], note: str, *, standby: bool = False,
+                            drop: tuple[str, ...] = ()) -> Path:
+    """Replace earlier lines for these names (and remove those for ``drop``) in postgresql.auto.conf,
+    append ours, create recovery.signal (``standby``: standby.signal) and remove the other signal
+    file (both present means standby mode); returns the signal file.  The file stays 0600 (as
+    PostgreSQL's own): with --standby it may hold the primary's password."""
     conf = data_dir / AUTO_CONF
     lines = conf.read_text(encoding="utf-8").splitlines() if conf.exists() else []
-    names = {k.lower() for k in settings}
+    names = {k.lower() for k in (*settings, *drop)}
     kept = [ln for ln in lines if not ((m := _ASSIGN_RE.match(ln)) and m.group(1).lower() in names)]
     kept.append(f"{_BLOCK_MARK}: {note}")
     kept += [f"{k} = {_conf_quote(v)}" for k, v in settings.items()]
-    write_atomic(conf, ("\n".join(kept) + "\n").encode("utf-8"))
-    (data_dir / "recovery.signal").write_bytes(b"")
-    (data_dir / "standby.signal").unlink(missing_ok=True)
+    write_atomic(conf, ("\n".join(kept) + "\n").encode("utf-8"), mode=0o600)
+    signal, other = ("standby.signal", "recovery.signal") if standby else ("recovery.signal", "standby.signal")
+    (data_dir / signal).write_bytes(b"")
+    (data_dir / other).unlink(missing_ok=True)
+    return data_dir / signal
 
 
 def _chown_like(paths: list[Path], reference: Path, *, trees: bool = False) -> None:
@@ -348,11 +359,15 @@ def _layout(ctx: Context, opts: RestoreOptions, plan: Plan | None) -> RestoreClu
         settings: dict[str, str] = {"restore_command": restore_command(fetch_environment(ctx.settings), opts.pgvault_command)}
         if not opts.archive:
             settings["archive_mode"] = "off"
-        settings.update(opts.target.settings())
+        if opts.standby is not None:
+            settings.update(standby.settings(opts.standby, ctx.environ))
+        else:
+            settings.update(opts.target.settings())
         settings.update(opts.options)
         note = f"backup {b.backup_id}, {dt.datetime.now(dt.UTC).isoformat(timespec='seconds')}"
-        write_recovery_settings(data_dir, settings, note)
-        written += [data_dir / AUTO_CONF, data_dir / "recovery.signal"]
+        signal = write_recovery_settings(data_dir, settings, note, standby=opts.standby is not None,
+                                         drop=standby.INHERITED if opts.standby is not None else ())
+        written += [data_dir / AUTO_CONF, signal]
         _chown_like(written, owner_ref)
         _chown_like([data_dir, *homes.values()], owner_ref, trees=True)
         t_sync = time.monotonic()
@@ -371,7 +386,9 @@ def _layout(ctx: Context, opts: RestoreOptions, plan: Plan | None) -> RestoreClu
     finally:
         for tree in syncs:
             tree.close()
-    return RestoreClusterResult(plan, data_dir, {oid: str(h) for oid, h in homes.items()}, settings, time.monotonic() - t0)
+    shown = {k: standby.redact(v) if k == "primary_conninfo" else v for k, v in settings.items()}
+    return RestoreClusterResult(plan, data_dir, {oid: str(h) for oid, h in homes.items()}, shown, time.monotonic() - t0,
+                                standby=standby.describe(opts.standby, ctx.environ) if opts.standby is not None else None)
 
 
 # --- starting the restored server (operations/physical/recovery.py follows it and checks the stop point) ---
@@ -383,10 +400,12 @@ def start_and_follow(
     progress: Callable[[RecoveryOutcome], None] | None = None, users: tuple[str, ...] = (),
 ) -> RecoveryOutcome:
     """Start the restored server, follow recovery, confirm it with the server and hold the stop
-    point against the plan (see :mod:`pgvault.operations.physical.recovery`)."""
+    point against the plan (see :mod:`pgvault.operations.physical.recovery`); a standby: until it
+    is in recovery and consistent, and streams when it has a primary."""
+    mode = None if result.standby is None else "stream" if result.standby["primary"] is not None else "archive"
     return recovery.start_and_follow(
         runner, result.data_dir, result.plan, major=major, bin_dirs=bin_dirs, port=port, environ=environ, timeout=timeout,
-        progress=progress, expected_wal=result.plan.must_reach, users=users)
+        progress=progress, expected_wal=result.plan.must_reach if mode is None else None, users=users, standby=mode)
 
 
 def major_of(backup: PhysicalManifest) -> int:
@@ -396,6 +415,17 @@ def major_of(backup: PhysicalManifest) -> int:
 # --- the restore-cluster command -------------------------------------------------------------
 
 
+def check_options(opts: RestoreOptions) -> None:
+    """Usage errors of combinations, before anything is read or written (``--dry-run`` too)."""
+    if opts.standby is not None:
+        if opts.target != RecoveryTarget():
+            raise UsageError("--standby takes no --target-* option: a standby follows its primary (timeline 'latest') "
+                             "and has no recovery target")
+        standby.check(opts.standby, opts.options)
+    else:
+        standby.check_option_conninfo(opts.options)
+
+
 def restore_and_recover(
     ctx: Context, opts: RestoreOptions, *, start: bool = False, port: int | None = None, timeout: float | None = None,
     progress: Callable[[RecoveryOutcome], None] | None = None,
@@ -403,15 +433,20 @@ def restore_and_recover(
     """``pgvault restore-cluster``: plan (``opts.backup_id`` or the best base backup for the
     target), lay the backup out with its recovery settings, and with ``start`` start the server,
     follow recovery and hold where it stopped against the plan (a stop short of it fails).  The
-    CLI parses and renders; this is its one entry point (``--dry-run`` calls :func:`make_plan`)."""
+    CLI parses and renders; this is its one entry point (``--dry-run`` calls :func:`make_plan`).
+    With ``opts.standby`` the copy is a replica: no recovery target, it follows the primary."""
+    check_options(opts)
     plan = make_plan(ctx, opts.target, opts.backup_id)
     result = restore_cluster(ctx, replace(opts, backup_id=plan.backup.backup_id), plan)
     if not start:
         return result
+    # The server (and every restore_command it runs) never needs the primary's password in its environment.
+    environ = {k: v for k, v in ctx.environ.items() if k != standby.PASSWORD_ENV}
     outcome = start_and_follow(ctx.runner, result, major=major_of(plan.backup), bin_dirs=ctx.settings.pg_bin_dirs,
-                               port=port, environ=ctx.environ, timeout=timeout, progress=progress)
+                               port=port, environ=environ, timeout=timeout, progress=progress)
     return replace(result, outcome=outcome)
 
 
-__all__ = ["RestoreOptions", "RestoreClusterResult", "RecoveryOutcome", "make_plan", "restore_cluster", "restore_and_recover",
+__all__ = ["RestoreOptions", "RestoreClusterResult", "RecoveryOutcome", "make_plan", "check_options", "restore_cluster",
+           "restore_and_recover",
            "start_and_follow", "stop_server", "write_recovery_settings", "restore_command"]
