@@ -239,3 +239,25 @@ def test_backup_under_load_with_a_moved_tablespace_restores_consistent(major, ar
     assert _prefix(restored) == committed
     assert restored.query("SELECT pg_tablespace_location(oid) FROM pg_tablespace WHERE spcname = 'space1'") == str(moved)
     assert restored.query("SELECT count(*) FROM ticks WHERE i > 0") == str(committed)
+
+
+@pytest.mark.parametrize("major", pg_majors()[-1:] or [None])
+def test_a_recovery_target_inherited_from_the_backup_never_stops_a_restore_early(major, archiving) -> None:  # type: ignore[no-untyped-def]
+    """A backup of a server that was itself restored to a point in time carries that restore's
+    recovery_target_* lines in postgresql.auto.conf.  A restore to the end of the archive must not
+    obey them (it would stop at the old target and lose everything after it)."""
+    a = archiving(major)
+    c = a.cluster
+    c.psql("CREATE TABLE ticks(i int)")
+    c.psql("ALTER SYSTEM SET recovery_target_xid = '3'")  # ignored by a running primary
+    c.psql("ALTER SYSTEM SET recovery_target_inclusive = 'off'")
+    a.basebackup()
+    c.psql("INSERT INTO ticks SELECT generate_series(1, 50)")
+    a.switch_and_wait()
+    r, restored = a.restore()
+    try:
+        assert restored.query("SELECT count(*) FROM ticks") == "50"
+        conf = (restored.data_dir / "postgresql.auto.conf").read_text()
+        assert "recovery_target_xid" not in conf and "recovery_target_inclusive" not in conf
+    finally:
+        restored.stop()

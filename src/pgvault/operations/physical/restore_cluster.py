@@ -365,8 +365,10 @@ def _layout(ctx: Context, opts: RestoreOptions, plan: Plan | None) -> RestoreClu
             settings.update(opts.target.settings())
         settings.update(opts.options)
         note = f"backup {b.backup_id}, {dt.datetime.now(dt.UTC).isoformat(timespec='seconds')}"
+        # Lines the backup brought along (a backup of a copy that was itself restored to a point
+        # in time) must not steer this recovery: every recovery target not set here goes.
         signal = write_recovery_settings(data_dir, settings, note, standby=opts.standby is not None,
-                                         drop=standby.INHERITED if opts.standby is not None else ())
+                                         drop=standby.INHERITED if opts.standby is not None else standby.TARGETS)
         written += [data_dir / AUTO_CONF, signal]
         _chown_like(written, owner_ref)
         _chown_like([data_dir, *homes.values()], owner_ref, trees=True)

@@ -33,12 +33,12 @@ from pgvault.errors import UsageError
 
 #: The environment variable that carries the primary's password (never argv).
 PASSWORD_ENV = "PGVAULT_PRIMARY_PASSWORD"
-_TARGETS = ("recovery_target", "recovery_target_name", "recovery_target_time", "recovery_target_xid",
-            "recovery_target_lsn", "recovery_target_inclusive", "recovery_target_action")
+TARGETS = ("recovery_target", "recovery_target_name", "recovery_target_time", "recovery_target_xid",
+           "recovery_target_lsn", "recovery_target_inclusive", "recovery_target_action")
 #: Settings of the backup's postgresql.auto.conf a standby must not keep, even when it sets none.
-INHERITED = (*_TARGETS, "primary_conninfo", "primary_slot_name")
+INHERITED = (*TARGETS, "primary_conninfo", "primary_slot_name")
 # Settings --option may not give together with --standby: the dedicated options write them.
-_NOT_BY_OPTION = {*_TARGETS, "primary_conninfo", "primary_slot_name", "recovery_target_timeline"}
+_NOT_BY_OPTION = {*TARGETS, "primary_conninfo", "primary_slot_name", "recovery_target_timeline"}
 _SLOT_RE = re.compile(r"^[a-z0-9_]{1,63}$")  # ReplicationSlotValidateName: NAMEDATALEN - 1
 _PASSWORD_HINT = (f"give the password in the environment ({PASSWORD_ENV}), or add passfile=PATH to the conninfo "
                   "(a .pgpass file the server's OS user can read)")
@@ -132,5 +132,5 @@ def describe(opts: StandbyOptions, environ: Mapping[str, str]) -> dict[str, Any]
     return {"primary": primary, "slot": opts.slot_name, "password": password}
 
 
-__all__ = ["PASSWORD_ENV", "INHERITED", "StandbyOptions", "parse_conninfo", "check", "check_option_conninfo", "settings",
+__all__ = ["PASSWORD_ENV", "INHERITED", "TARGETS", "StandbyOptions", "parse_conninfo", "check", "check_option_conninfo", "settings",
            "redact", "describe"]
