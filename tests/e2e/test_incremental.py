@@ -190,3 +190,19 @@ def test_a_chain_on_s3_restores_exactly_and_delta_restores_over_it(major, archiv
         assert again.query("SELECT count(*), coalesce(sum(i), 0), coalesce(sum(length(t)), 0) FROM items") == expected
     finally:
         again.stop()
+
+
+@pytest.mark.parametrize("major", pg_majors()[-1:] or [None])
+def test_a_physical_drill_of_an_incremental_restores_its_chain(major, archiving) -> None:  # type: ignore[no-untyped-def]
+    a = archiving(major, cluster_name="drill")
+    a.cluster.psql("CREATE TABLE ticks(i int PRIMARY KEY); INSERT INTO ticks SELECT generate_series(1, 500)")
+    _backup(a, "full")
+    a.cluster.psql("INSERT INTO ticks SELECT generate_series(501, 800)")
+    a.switch_and_wait()
+    incr = _backup(a, "incr")
+    assert incr["backup_type"] == "incr"
+    env = {**a.env(), "PGVAULT_DRILL_SMOKE_QUERIES": json.dumps([{"sql": "SELECT count(*) FROM ticks", "expect": 800}])}
+    r = pgvault(["drill", "--json", "--kind", "physical", "--pgvault-command", str(a.launcher)], env, check=False)
+    assert r.returncode == 0, r.stderr
+    report = r.json()["drill"]
+    assert report["ok"] and report["backup_id"] == incr["backup_id"], report
