@@ -4,20 +4,13 @@ exactly what a restore into an empty directory gives."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
-from support.archiving import ArchivingCluster
 from support.cli import pgvault
 from support.pg_fixtures import pg_majors
 
 ROWS = "SELECT count(*), coalesce(sum(i), 0), coalesce(sum(length(t)), 0) FROM items"
 
-
-def _backup(a: ArchivingCluster, kind: str) -> dict:  # type: ignore[type-arg]
-    r = a.run_as_postgres(["basebackup", "--json", "--type", kind, "--archive-timeout", "120"])
-    return dict(json.loads(r.stdout)["backup"])
 
 
 @pytest.mark.parametrize("major", pg_majors() or [None])
@@ -26,11 +19,11 @@ def test_delta_restore_rewrites_only_what_differs_and_lands_exactly(major, archi
     c = a.cluster
     c.psql("CREATE TABLE items(i int PRIMARY KEY, t text);"
            " INSERT INTO items SELECT g, repeat(md5(g::text), 4) FROM generate_series(1, 30000) g; VACUUM (FREEZE) items")
-    full = _backup(a, "full")
+    full = a.basebackup("--type", "full")
     at_full = c.psql(ROWS)
     c.psql("INSERT INTO items SELECT g, repeat(md5(g::text), 4) FROM generate_series(30001, 30500) g")
     a.switch_and_wait()
-    incr = _backup(a, "incr")
+    incr = a.basebackup("--type", "incr")
     at_incr = c.psql(ROWS)
 
     r, first = a.restore("--backup", full["backup_id"], "--target-immediate", "--target-action", "promote", name="delta")

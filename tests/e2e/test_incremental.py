@@ -37,10 +37,6 @@ def _file_list(a: ArchivingCluster, b: dict) -> dict[str, list]:  # type: ignore
     return {f[0]: f for f in doc["files"]}
 
 
-def _backup(a: ArchivingCluster, kind: str) -> dict:  # type: ignore[type-arg]
-    r = a.run_as_postgres(["basebackup", "--json", "--type", kind, "--archive-timeout", "120"])
-    return dict(json.loads(r.stdout)["backup"])
-
 
 @pytest.mark.parametrize("major", pg_majors() or [None])
 def test_a_chain_full_incr_incr_diff_restores_exactly_at_every_link_and_between(major, archiving) -> None:  # type: ignore[no-untyped-def]
@@ -52,7 +48,7 @@ def test_a_chain_full_incr_incr_diff_restores_exactly_at_every_link_and_between(
     # Hint bits set now, as on any table read since its rows were written (with data checksums the
     # first hint-bit change after a checkpoint logs the whole page, so every page would count as changed).
     c.psql("VACUUM (FREEZE) items; VACUUM (FREEZE) gone")
-    full = _backup(a, "full")
+    full = a.basebackup("--type", "full")
     assert full["backup_type"] == "full" and full["reference"] is None
     s_full = _state(a)
 
@@ -61,7 +57,7 @@ def test_a_chain_full_incr_incr_diff_restores_exactly_at_every_link_and_between(
     c.psql("UPDATE items SET t = repeat('c', 128) WHERE i BETWEEN 1000 AND 1400;"
            " INSERT INTO items SELECT g, repeat(md5(g::text), 4) FROM generate_series(40001, 41000) g")
     a.switch_and_wait()
-    incr1 = _backup(a, "incr")
+    incr1 = a.basebackup("--type", "incr")
     assert (incr1["backup_type"], incr1["reference"]) == ("incr", full["backup_id"])
     assert incr1["stored_size"] < full["stored_size"] / 2, (incr1["stored_size"], full["stored_size"])
     files = _file_list(a, incr1)
@@ -79,13 +75,13 @@ def test_a_chain_full_incr_incr_diff_restores_exactly_at_every_link_and_between(
     c.psql("DROP TABLE gone; CREATE TABLE later(i int); INSERT INTO later SELECT generate_series(1, 100);"
            " UPDATE items SET t = 'again' WHERE i % 97 = 0")
     a.switch_and_wait()
-    incr2 = _backup(a, "incr")
+    incr2 = a.basebackup("--type", "incr")
     assert (incr2["backup_type"], incr2["reference"]) == ("incr", incr1["backup_id"])
     s_incr2 = _state(a)
 
     c.psql("TRUNCATE items; INSERT INTO items SELECT g, 'after truncate' FROM generate_series(1, 777) g")
     a.switch_and_wait()
-    diff = _backup(a, "diff")
+    diff = a.basebackup("--type", "diff")
     assert (diff["backup_type"], diff["reference"]) == ("diff", full["backup_id"])
     s_diff = _state(a)
     assert len({s_full, s_incr1, s_between, s_incr2, s_diff}) == 5
@@ -113,9 +109,9 @@ def test_a_chain_full_incr_incr_diff_restores_exactly_at_every_link_and_between(
 def test_an_incr_without_a_usable_reference_is_taken_full_and_says_why(major, archiving) -> None:  # type: ignore[no-untyped-def]
     a = archiving(major)
     a.cluster.psql("CREATE TABLE items(i int PRIMARY KEY, t text); INSERT INTO items VALUES (1, 'x')")
-    first = _backup(a, "incr")
+    first = a.basebackup("--type", "incr")
     assert first["backup_type"] == "full" and "no base backup to take an incr against" in first["type_reason"]
-    d = _backup(a, "diff")
+    d = a.basebackup("--type", "diff")
     assert (d["backup_type"], d["reference"]) == ("diff", first["backup_id"])
 
 
@@ -130,11 +126,11 @@ def test_break_glass_a_chain_with_stock_tools_and_pg_combinebackup(major, archiv
     c = a.cluster
     c.psql("CREATE TABLE items(i int PRIMARY KEY, t text);"
            " INSERT INTO items SELECT g, repeat(md5(g::text), 4) FROM generate_series(1, 20000) g; VACUUM (FREEZE) items")
-    full = _backup(a, "full")
+    full = a.basebackup("--type", "full")
     c.psql("INSERT INTO items SELECT g, repeat(md5(g::text), 4) FROM generate_series(20001, 21000) g;"
            " DELETE FROM items WHERE i <= 10")
     a.switch_and_wait()
-    incr = _backup(a, "incr")
+    incr = a.basebackup("--type", "incr")
     assert incr["backup_type"] == "incr"
     expected = _state(a)
 
@@ -174,13 +170,13 @@ def test_a_chain_on_s3_restores_exactly_and_delta_restores_over_it(major, archiv
     c = a.cluster
     c.psql("CREATE TABLE items(i int PRIMARY KEY, t text);"
            " INSERT INTO items SELECT g, repeat(md5(g::text), 4) FROM generate_series(1, 20000) g; VACUUM (FREEZE) items")
-    full = _backup(a, "full")
+    full = a.basebackup("--type", "full")
     c.psql("INSERT INTO items SELECT g, repeat(md5(g::text), 4) FROM generate_series(20001, 20400) g")
     a.switch_and_wait()
-    incr = _backup(a, "incr")
+    incr = a.basebackup("--type", "incr")
     c.psql("DELETE FROM items WHERE i < 100")
     a.switch_and_wait()
-    diff = _backup(a, "diff")
+    diff = a.basebackup("--type", "diff")
     assert (incr["reference"], diff["reference"]) == (full["backup_id"], full["backup_id"])
     expected = _state(a)
     doc, got = _restored_state(a, "--backup", diff["backup_id"], "--target-immediate")
@@ -196,10 +192,10 @@ def test_a_chain_on_s3_restores_exactly_and_delta_restores_over_it(major, archiv
 def test_a_physical_drill_of_an_incremental_restores_its_chain(major, archiving) -> None:  # type: ignore[no-untyped-def]
     a = archiving(major, cluster_name="drill")
     a.cluster.psql("CREATE TABLE ticks(i int PRIMARY KEY); INSERT INTO ticks SELECT generate_series(1, 500)")
-    _backup(a, "full")
+    a.basebackup("--type", "full")
     a.cluster.psql("INSERT INTO ticks SELECT generate_series(501, 800)")
     a.switch_and_wait()
-    incr = _backup(a, "incr")
+    incr = a.basebackup("--type", "incr")
     assert incr["backup_type"] == "incr"
     env = {**a.env(), "PGVAULT_DRILL_SMOKE_QUERIES": json.dumps([{"sql": "SELECT count(*) FROM ticks", "expect": 800}])}
     r = pgvault(["drill", "--json", "--kind", "physical", "--pgvault-command", str(a.launcher)], env, check=False)

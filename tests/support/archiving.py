@@ -96,9 +96,10 @@ class ArchivingCluster:
             assert r.returncode == 0, f"pgvault {' '.join(args)} exited {r.returncode}\n{r.stderr}"
         return r
 
-    def basebackup(self) -> dict[str, Any]:
+    def basebackup(self, *args: str) -> dict[str, Any]:
+        """``pgvault basebackup --json`` plus ``args`` (e.g. ``--type incr``); the manifest."""
         # On the database host it runs as the database's OS user, like the archiver does.
-        r = self.run_as_postgres(["basebackup", "--json", "--archive-timeout", "120"])
+        r = self.run_as_postgres(["basebackup", "--json", "--archive-timeout", "120", *args])
         return dict(json.loads(r.stdout)["backup"])
 
     def switch_and_wait(self, timeout: float = 120) -> str:
