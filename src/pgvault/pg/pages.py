@@ -65,15 +65,16 @@ def checksums(pages: bytes | bytearray | memoryview, first_blkno: int) -> npt.ND
     """The checksum PostgreSQL would store in each page of ``pages`` (whole pages, the first
     being block ``first_blkno`` of its relation fork), whatever the page holds now."""
     k = len(pages) // BLCKSZ
-    # Row-major per row: row i of every page side by side, so each of the 64 steps works on one
-    # contiguous (k, 32) block instead of k strided rows.
-    rows = np.frombuffer(pages, dtype="<u4", count=k * BLCKSZ // 4).reshape(k, 64, 32).transpose(1, 0, 2).copy()
-    rows[0, :, 2] &= np.uint32(0xFFFF0000)  # pd_checksum (bytes 8-9, little-endian low half) counts as 0
+    words = np.frombuffer(pages, dtype="<u4", count=k * BLCKSZ // 4).reshape(k, 64, 32)
     s = np.broadcast_to(_BASE, (k, 32)).copy()
     t = np.empty_like(s)
+    # Each step works on row i of every page, a strided view (k rows of 128 contiguous bytes, the
+    # whole batch in cache): gathering the rows into a transposed copy first cost 3x the time.
     for i in range(66):
         if i < 64:
-            np.bitwise_xor(s, rows[i], out=t)
+            np.bitwise_xor(s, words[:, i, :], out=t)
+            if i == 0:  # pd_checksum (bytes 8-9: the low half of word 2) counts as 0: xor it out again
+                t[:, 2] ^= words[:, 0, 2] & np.uint32(0xFFFF)
         else:
             t[...] = s
         np.multiply(t, _PRIME, out=s)  # wraps mod 2^32, as in C
@@ -103,15 +104,21 @@ def headers(pages: bytes | bytearray | memoryview) -> tuple[npt.NDArray[np.uint6
     return lsn, words[:, 4].copy(), words[:, 7].copy()  # pd_checksum at byte 8, pd_upper at byte 14
 
 
-def bad_pages(pages: bytes | bytearray | memoryview, first_blkno: int, start_lsn: int) -> list[BadPage]:
-    """The pages of ``pages`` that fail their checksum, checked the way PostgreSQL's base backup
-    checks them (basebackup.c verify_page_checksum): a new page (pd_upper 0) is not checked, and
-    neither is a page whose LSN is at or after the backup's start (it is being written now; the
-    WAL from the start replaces it on restore)."""
+def verify(pages: bytes | bytearray | memoryview, first_blkno: int, start_lsn: int) -> tuple[int, list[BadPage]]:
+    """How many pages of ``pages`` were checked, and those that fail their checksum, checked the
+    way PostgreSQL's base backup checks them (basebackup.c verify_page_checksum): a new page
+    (pd_upper 0) is not checked, and neither is a page whose LSN is at or after the backup's start
+    (it is being written now; the WAL from the start replaces it on restore)."""
     lsn, stored, upper = headers(pages)
     candidates = (upper != 0) & (lsn < np.uint64(start_lsn))
-    if not candidates.any():
-        return []
+    checked = int(candidates.sum())
+    if not checked:
+        return 0, []
     computed = checksums(pages, first_blkno)
     bad = np.nonzero(candidates & (computed != stored))[0]
-    return [BadPage(int(i), int(stored[i]), int(computed[i]), int(lsn[i])) for i in bad]
+    return checked, [BadPage(int(i), int(stored[i]), int(computed[i]), int(lsn[i])) for i in bad]
+
+
+def bad_pages(pages: bytes | bytearray | memoryview, first_blkno: int, start_lsn: int) -> list[BadPage]:
+    """The pages of ``pages`` that fail their checksum (:func:`verify`'s rules)."""
+    return verify(pages, first_blkno, start_lsn)[1]

@@ -81,10 +81,9 @@ class FileCheck:
     def __call__(self, f: IO[bytes], data: bytes, offset: int) -> None:
         """``data`` (whole pages) was read from ``f`` at ``offset``."""
         first = self.rel.first_block + offset // BLCKSZ
-        lsn, _, upper = pages.headers(data)
-        checked = int(((upper != 0) & (lsn < self.owner.start_lsn)).sum())
+        checked, failed = pages.verify(data, first, self.owner.start_lsn)
         bad = []
-        for page in pages.bad_pages(data, first, self.owner.start_lsn):
+        for page in failed:
             at = offset + page.index * BLCKSZ
             again = os.pread(f.fileno(), BLCKSZ, at)
             if len(again) < BLCKSZ:
