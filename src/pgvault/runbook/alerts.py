@@ -113,6 +113,18 @@ ALERTS: tuple[Alert, ...] = (
           lambda f: ((pgvault("verify", "--all"), "the holes, as first..last ranges"),
                      (pgvault("basebackup"), "on the database host, as its OS user"),
                      (pgvault("status"), "the recoverable window afterwards"))),
+    Alert("PgvaultCorruptPages", "critical",
+          lambda f: "The newest base backup found pages of the cluster whose checksum fails (data checksums): the data "
+                    "files are damaged below PostgreSQL (disk, controller, memory, a stray write). The backup itself is "
+                    "complete and holds the pages as they are now, damage included.",
+          lambda f: ("`pgvault status` and `pgvault list --json` name the pages: file, relation, database, block.",
+                     "Do not expire the older base backups: the newest one from before the damage is the one to restore "
+                     "the damaged relations (or the cluster) from. Follow [Corruption](#corruption).",
+                     "`backup.page_checksums: warn` makes the command succeed while the damage is repaired; the metric "
+                     "and this alert stay until a base backup reads no bad page."),
+          lambda f: ((pgvault("status"), "the first bad page, by relation and block"),
+                     (pgvault("list", "--json"), "every bad page of each base backup (page_checksums)"),
+                     ("pg_amcheck --all --install-missing --heapallindexed", "the extent, on the live cluster"))),
     Alert("PgvaultRecoverableWindowShort", "warning",
           lambda f: "Point-in-time recovery reaches back less far than `retention.pitr_window` "
                     f"({duration(f.pitr_window)}).",
