@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from pgvault.policy.chain import ChainBroken, chain_of
+from pgvault.policy.chain import broken
 
 if TYPE_CHECKING:
     from pgvault.policy.retention import Backup, Decision
@@ -45,16 +45,7 @@ def broken_chains(backups: Sequence[Backup]) -> dict[str, str]:
     """backup id -> why its chain cannot be followed to its full backup (readable backups only)."""
     links = {b.backup_id: _Link(b.backup_id, b.backup_type, b.reference, b.reference_start_lsn, str(b.start_lsn or ""))
              for b in backups if b.unreadable is None}
-    damaged = {b.backup_id: b.unreadable for b in backups if b.unreadable is not None}
-    out = {}
-    for backup_id, link in links.items():
-        if link.backup_type == "full":
-            continue
-        try:
-            chain_of(backup_id, links, damaged)
-        except ChainBroken as e:
-            out[backup_id] = e.reason
-    return out
+    return broken(links, {b.backup_id: b.unreadable for b in backups if b.unreadable is not None})
 
 
 def keep_chains(decisions: Sequence[Decision], backups: Sequence[Backup]) -> tuple[list[Decision], list[str]]:

@@ -71,16 +71,24 @@ class Chains:
             out.append(ref)
         return out[::-1]
 
+    def chain(self, m: PhysicalManifest) -> tuple[list[str], str | None]:
+        """The ids a restore of ``m`` applies, full first, or ``([], why not)`` (``show`` prints it)."""
+        self.manifests.setdefault(m.backup_id, m)
+        self.links(m)
+        try:
+            return chain_of(m.backup_id, self.manifests, self.damaged), None
+        except ChainBroken as e:
+            return [], e.reason
+
     def finding(self, m: PhysicalManifest, failed: Collection[str]) -> Finding | None:
         """The chain of incremental ``m`` (after its links were verified; ``failed``: the ids with a
         failed item), or None for a full backup."""
         if not m.is_incremental:
             return None
         subject = f"{m.backup_type} of {m.reference}"
-        try:
-            ids = chain_of(m.backup_id, self.manifests, self.damaged)
-        except ChainBroken as e:
-            return Finding("chain", subject, FAILED, f"broken: {e.reason}; restore refuses it", m.backup_id)
+        ids, why = self.chain(m)
+        if why is not None:
+            return Finding("chain", subject, FAILED, f"broken: {why}; restore refuses it", m.backup_id)
         links = ", ".join(f"{i} ({self.manifests[i].backup_type})" for i in ids)
         bad = [i for i in ids[:-1] if i in failed]
         if bad:
