@@ -68,7 +68,7 @@ def keep_chains(decisions: Sequence[Decision], backups: Sequence[Backup]) -> tup
         if ref not in seen:
             seen.add(ref)
             todo.append(ref)
-    broken = broken_chains(backups)
+    unrestorable = broken_chains(backups)
     out = []
     notes = []
     for d in decisions:
@@ -76,7 +76,7 @@ def keep_chains(decisions: Sequence[Decision], backups: Sequence[Backup]) -> tup
             d = dataclasses.replace(d, keep=True, reasons=tuple(reasons[d.backup_id]))
         elif d.keep and len(reasons[d.backup_id]) != len(d.reasons):
             d = dataclasses.replace(d, reasons=tuple(reasons[d.backup_id]))
-        why = broken.get(d.backup_id)
+        why = unrestorable.get(d.backup_id)
         if why is not None:
             b = by_id[d.backup_id]
             d = dataclasses.replace(d, detail="; ".join(x for x in (d.detail, f"chain broken: {why}") if x))
