@@ -15,8 +15,7 @@ from support.pg_fixtures import pg_majors
 
 
 def _backup(a: ArchivingCluster, kind: str) -> str:
-    r = a.run_as_postgres(["basebackup", "--json", "--type", kind, "--archive-timeout", "120"])
-    b = json.loads(r.stdout)["backup"]
+    b = a.basebackup("--type", kind)
     assert b["backup_type"] == kind, b.get("type_reason")
     return str(b["backup_id"])
 
