@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from pgvault.policy.chain import ChainBroken, chain_of, choose_reference, dependents
+from pgvault.policy.chain import ChainBroken, broken, chain_of, choose_reference, dependents
 
 
 @dataclass(frozen=True)
@@ -74,3 +74,12 @@ def test_choosing_the_reference() -> None:
 
 def test_dependents() -> None:
     assert dependents(ALL) == {"f1": ["d1", "i1"], "i1": ["i2"], "d1": ["i3"]}
+
+
+def test_broken_names_every_incremental_that_cannot_reach_its_full() -> None:
+    assert broken(ALL) == {}
+    without_i1 = {k: v for k, v in ALL.items() if k != "i1"}
+    assert broken(without_i1) == {"i2": "it needs base backup i1, and it is not in the repository"}
+    without_f1 = {k: v for k, v in ALL.items() if k != "f1"}
+    assert set(broken(without_f1, {"f1": "not JSON"})) == {"i1", "i2", "d1", "i3"}
+    assert "its manifest is damaged (not JSON)" in broken(without_f1, {"f1": "not JSON"})["d1"]

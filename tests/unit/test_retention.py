@@ -3,6 +3,7 @@ properties, and the operation (listing, safe deletion order, lock) on local and 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -602,6 +603,22 @@ def test_two_expires_exclude_each_other(tmp_path: Path) -> None:
     with pytest.raises(LockedError):
         expire_op.expire(ctx, apply=True)
     expire_op.expire(ctx)  # planning needs no lock
+
+
+def test_expire_reads_the_chain_from_the_manifests_and_keeps_the_full(tmp_path: Path) -> None:
+    ctx = _repository(tmp_path, PGVAULT_RETENTION_PHYSICAL_KEEP_LAST="1")
+    # The repository's newest base backup becomes an incr of the one before it (a diff of the first).
+    for backup_id, kind, ref, ref_seg, start, stop in (("20261123T000000Z", "incr", "20261122T000000Z", 6, 9, 9),
+                                                         ("20261122T000000Z", "diff", "20261120T000000Z", 2, 6, 7)):
+        m = PhysicalManifest.loads(_physical_manifest(backup_id, start, stop), where="test")
+        m = dataclasses.replace(m, backup_type=kind, reference=ref,
+                                reference_start_lsn=str(wal.segment_start_lsn(ref_seg, SEG) + 0x28))
+        _put(ctx, layout.base_prefix("c", backup_id) + layout.MANIFEST_NAME, m.dumps())
+    plan = expire_op.expire(ctx).plan
+    assert reasons(plan.physical) == {"20261123T000000Z": ("last 1",),
+                                      "20261122T000000Z": ("needed by 20261123T000000Z (incr)",),
+                                      "20261120T000000Z": ("needed by 20261122T000000Z (diff)",)}
+    assert plan.wal.keep_from == wal.segment_name(1, 2, SEG) and plan.notes == ()
 
 
 def test_backup_lock_names_match_the_backup_operations() -> None:

@@ -90,7 +90,27 @@ EXAMPLES: dict[str, tuple[str, Callable[[], StatusSnapshot]]] = {
         if p.backup_id == healthy().newest("physical").backup_id else p  # type: ignore[union-attr]
         for p in healthy().physical))),
     "object_lock_unknown": (WARNING, lambda: healthy(object_lock={**_lock(), "bucket": None, "error": "access denied"})),
+    # An incr of a base backup that expire or a person deleted.
+    "chain_broken": (CRITICAL, lambda: healthy(physical=(*healthy().physical, replace(
+        physical("20261125T060000Z", 6 * HOUR), backup_type="incr", reference="20261124T000000Z")))),
 }
+
+
+def test_a_broken_chain_names_each_backup_and_why() -> None:
+    full = replace(physical("20261124T000000Z", DAY), start_lsn="0/4000028")
+    incr = replace(physical("20261125T000000Z", 12 * HOUR), backup_type="incr", reference=full.backup_id,
+                   reference_start_lsn="0/4000028")
+    on_incr = replace(physical("20261125T060000Z", 6 * HOUR), backup_type="incr", reference=incr.backup_id)
+    assert "chain_broken" not in codes(healthy(physical=(full, incr, on_incr)))
+    s = healthy(physical=(incr, on_incr))  # the full is gone: both incrementals are unrestorable
+    assert messages(s, "chain_broken") == [
+        f"2 incremental base backup(s) cannot be restored, their chain is broken ({incr.backup_id}: it needs base "
+        f"backup {full.backup_id}, and it is not in the repository; {on_incr.backup_id}: it needs base backup "
+        f"{full.backup_id}, and it is not in the repository): take a full backup"]
+    damaged = DamagedManifest("physical", full.backup_id, "k", "not JSON")
+    assert "its manifest is damaged (not JSON)" in messages(replace(s, damaged=(damaged,)), "chain_broken")[0]
+    doc = snapshot_json(s, evaluate(s))["last_physical"]
+    assert (doc["backup_type"], doc["reference"]) == ("incr", incr.backup_id)
 
 
 def test_an_enforced_or_unconfigured_object_lock_is_no_finding() -> None:
@@ -463,7 +483,7 @@ def test_the_json_document() -> None:
     assert doc["reasons"] == [r.to_json() for r in reasons]
     assert doc["last_physical"] == {"backup_id": "20261125T000000Z", "finished_at": ago(12 * HOUR),
                                     "age_seconds": 12 * HOUR, "duration_seconds": 600.0, "stored_size": 50_000,
-                                    "stop_lsn": "0/5000100", "bad_pages": 0}
+                                    "stop_lsn": "0/5000100", "bad_pages": 0, "backup_type": "full", "reference": None}
     assert doc["last_logical"]["databases"] == ["app"] and "stop_lsn" not in doc["last_logical"]
     assert doc["backups"] == {"logical": 2, "physical": 2}
     # Each database by its own newest dump ("old" is only in the older backup).
@@ -523,13 +543,15 @@ def test_backup_facts_from_manifests() -> None:
     obj = SimpleNamespace(result=SimpleNamespace(stored_size=7))
     m = SimpleNamespace(backup_id="b", finished_at=ago(0), duration_seconds=1.5, stored_size=9,
                         databases=[SimpleNamespace(name="app", object=obj, stored_size=7)], stop_lsn="0/1",
-                        page_checksums=None)
+                        page_checksums=None, backup_type="full", reference=None, reference_start_lsn="", start_lsn="0/28")
     assert BackupFacts.of_logical(m) == BackupFacts("logical", "b", ago(0), 1.5, 9, (("app", 7),))  # type: ignore[arg-type]
-    assert BackupFacts.of_physical(m) == BackupFacts("physical", "b", ago(0), 1.5, 9, stop_lsn="0/1")  # type: ignore[arg-type]
+    assert BackupFacts.of_physical(m) == BackupFacts("physical", "b", ago(0), 1.5, 9, stop_lsn="0/1", start_lsn="0/28")  # type: ignore[arg-type]
     bad = BadPageEntry("base/5/16384", 16384, "main", 7, 0x1234, 0x4321, "public.t", "app")
     m.page_checksums = PageChecksums(checked=True, pages=100, failed=2, bad_pages=(bad,))
     assert BackupFacts.of_physical(m) == BackupFacts("physical", "b", ago(0), 1.5, 9, stop_lsn="0/1", bad_pages=2,  # type: ignore[arg-type]
-                                                     first_bad_page=bad.describe())
+                                                     first_bad_page=bad.describe(), start_lsn="0/28")
+    m.backup_type, m.reference, m.reference_start_lsn = "diff", "a", "0/8"
+    assert BackupFacts.of_physical(m).reference == "a"  # type: ignore[arg-type]
     m.page_checksums = PageChecksums(checked=False, reason="off")
     assert BackupFacts.of_physical(m).bad_pages is None  # type: ignore[arg-type]
 

@@ -23,7 +23,7 @@ from pgvault.pg import wal
 from pgvault.pg.conn import ConnInfo
 from pgvault.pipeline import PipelineSpec, StreamResult, write_stream
 from pgvault.policy.wal_check import FAILED, OK, PARTIAL, WARNING, collapse, timeline_problems, wal_continuity
-from pgvault.repository import layout
+from pgvault.repository import catalog, file_list, layout
 from pgvault.repository.archive_index import ArchiveIndex
 from pgvault.repository.cluster import ensure_cluster
 from pgvault.repository.manifest import DatabaseEntry, LogicalManifest, StoredObject
@@ -482,3 +482,108 @@ def test_a_gap_no_backup_needs_is_a_warning(repo: MemoryStorage) -> None:
     push_wal(repo, name(1, 0))
     report = verify(make_ctx(repo), None, now=NOW)
     assert report.ok and ("archive", name(1, 1), WARNING) in statuses(report)
+
+
+# --- incremental chains ---------------------------------------------------------------------------
+
+I1, I2 = "20261125T113000Z", "20261125T114000Z"
+
+
+def put_incr(storage: MemoryStorage, backup_id: str, start: int, stop: int, kind: str, ref: PhysicalManifest,
+             *, listing: bytes | None = None) -> PhysicalManifest:
+    """An ``incr``/``diff`` of ``ref``, with a file list (``listing``: its bytes before zstd)."""
+    prefix = layout.base_prefix(C, backup_id)
+    key = "base.tar" + SPEC.suffix()
+    base = StoredObject("base", key, store(storage, prefix + key, backup_id.encode() * 2000))
+    rows = [file_list.FileEntry("base/5/16384", 8192, SHA, 1, "base.tar.zst.age"),
+            file_list.FileEntry("PG_VERSION", 3, None, None, "base.tar.zst.age")]
+    data = listing if listing is not None else file_list.dumps(rows)
+    files = StoredObject("files", file_list.FILE_LIST_NAME,
+                         store(storage, prefix + file_list.FILE_LIST_NAME, data, file_list.FILES_SPEC))
+    m = dataclasses.replace(manifest(backup_id, start, stop, base=base), pipeline=SPEC, backup_type=kind,
+                            reference=ref.backup_id, reference_start_lsn=ref.start_lsn, files=files)
+    storage.put_if_absent(prefix + layout.MANIFEST_NAME, m.dumps())
+    return m
+
+
+@pytest.fixture
+def chain(repo: MemoryStorage) -> MemoryStorage:
+    """The repository of ``repo`` with I1, an incr of B2 (WAL 8), and I2, an incr of I1 (WAL 9)."""
+    b2 = catalog.load_physical(repo, C, B2)
+    i1 = put_incr(repo, I1, 8, 8, "incr", b2)
+    put_incr(repo, I2, 9, 9, "incr", i1)
+    return repo
+
+
+def test_an_incr_is_verified_with_every_backup_it_is_restored_from(chain: MemoryStorage) -> None:
+    report = verify(make_ctx(chain), I2, now=NOW)
+    assert report.ok and report.scope == I2
+    assert [(f.backup_id, f.kind, f.subject, f.status) for f in report.findings] == [
+        (B2, "physical", "base.tar.zst.age", OK),
+        (I1, "physical", "base.tar.zst.age", OK),
+        (I1, "physical", "files.json.zst", OK),
+        (I2, "physical", "base.tar.zst.age", OK),
+        (I2, "physical", "files.json.zst", OK),
+        (I2, "chain", f"incr of {I1}", OK),
+        (I2, "wal", name(1, 9), OK),  # its own WAL only, as for any base backup
+        (I2, "wal_continuity", f"WAL {name(1, 9)}..{name(1, 9)} (timeline 1)", OK),
+    ]
+    by = {(f.backup_id, f.subject): f.detail for f in report.findings}
+    assert by[(I2, f"incr of {I1}")] == f"3 backups, each verified: {B2} (full), {I1} (incr), {I2} (incr)"
+    assert by[(I1, "files.json.zst")] == "2 files listed"
+    assert report.objects == 3 + 2 + 1
+
+
+def test_all_verifies_each_object_once_and_every_chain(chain: MemoryStorage) -> None:
+    report = verify(make_ctx(chain), None, now=NOW)
+    assert failed(report) == [] and report.ok
+    assert report.objects == 4 + 2 + 2 + 8  # four tars, two file lists, two dumps, eight segments
+    keys = [f.key for f in report.findings if f.key and f.kind == "physical"]
+    assert len(keys) == len(set(keys)) == 6
+    assert [(f.backup_id, f.status) for f in report.findings if f.kind == "chain"] == [(I1, OK), (I2, OK)]
+
+
+def test_a_deleted_object_of_the_middle_backup_fails_the_incr_above_it(chain: MemoryStorage) -> None:
+    chain.delete(layout.base_prefix(C, I1) + "base.tar.zst.age")
+    for ref in (I2, None):
+        report = verify(make_ctx(chain), ref, now=NOW)
+        got = [(f.backup_id, f.kind, f.detail.split(";")[0]) for f in report.findings if f.status == FAILED]
+        assert got == [(I1, "physical", "missing: the object is not in the repository"),
+                       (I2, "chain", f"base backup {I1}, which it is restored from, failed verification (see its items)")]
+
+
+def test_a_missing_middle_backup_is_a_broken_chain_restore_refuses(chain: MemoryStorage) -> None:
+    for o in list(chain.list(layout.base_prefix(C, I1))):
+        chain.delete(o.key)
+    report = verify(make_ctx(chain), I2, now=NOW)
+    assert failed(report) == [("chain", f"incr of {I1}",
+                               f"broken: it needs base backup {I1}, and it is not in the repository; restore refuses it")]
+    # the links that are there are still verified
+    assert [f.backup_id for f in report.findings if f.kind == "physical"] == [I2, I2]
+    assert not verify(make_ctx(chain), None, now=NOW).ok
+
+
+def test_a_damaged_middle_manifest_is_reported_once_and_breaks_the_chain(chain: MemoryStorage) -> None:
+    with chain.open_write(layout.base_prefix(C, I1) + layout.MANIFEST_NAME) as w:
+        w.write(b"{not json")
+    report = verify(make_ctx(chain), None, now=NOW)
+    bad = [(f.backup_id, f.kind, f.subject) for f in report.findings if f.status == FAILED]
+    assert bad == [(I1, "physical", "manifest.json"), (I2, "chain", f"incr of {I1}")]
+    assert "its manifest is damaged" in failed(report)[1][2]
+
+
+def test_a_reference_replaced_since_the_incr_was_taken_breaks_the_chain(repo: MemoryStorage) -> None:
+    b2 = catalog.load_physical(repo, C, B2)
+    put_incr(repo, I1, 8, 8, "diff", dataclasses.replace(b2, start_lsn=seg_lsn(5, 0x28)))
+    [(kind, subject, detail)] = failed(verify(make_ctx(repo), I1, now=NOW))
+    assert (kind, subject) == ("chain", f"diff of {B2}") and "was taken against a backup" in detail
+
+
+def test_a_damaged_or_foreign_file_list_is_a_failure(repo: MemoryStorage) -> None:
+    b2 = catalog.load_physical(repo, C, B2)
+    put_incr(repo, I1, 8, 8, "incr", b2, listing=b'{"format": 9}')
+    [(kind, subject, detail)] = failed(verify(make_ctx(repo), I1, now=NOW))
+    assert (kind, subject) == ("physical", "files.json.zst") and "is not a format-1 file list" in detail
+    flip(repo, layout.base_prefix(C, I1) + file_list.FILE_LIST_NAME)
+    [(kind, subject, detail)] = failed(verify(make_ctx(repo), I1, now=NOW))
+    assert (kind, subject) == ("physical", "files.json.zst") and detail.startswith("checksum mismatch")

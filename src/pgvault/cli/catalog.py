@@ -7,10 +7,15 @@ from typing import Any
 
 from pgvault import log
 from pgvault.cli import context_from, emit
+from pgvault.errors import NotFoundError
+from pgvault.operations.context import Context
 from pgvault.operations.maintenance.status import archive_summary
 from pgvault.output import human_bytes, human_duration, table
+from pgvault.policy import chain
 from pgvault.policy.verdict import ArchiveSummary, StatusSnapshot
-from pgvault.repository.catalog import resolve_logical, scan_logical, scan_physical
+from pgvault.repository import layout
+from pgvault.repository.catalog import load_physical, resolve_logical, scan_logical, scan_physical
+from pgvault.repository.physical import PhysicalManifest
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -38,6 +43,7 @@ def run_list(args: argparse.Namespace) -> int:
     backups, damaged = scan_logical(ctx.storage, ctx.cluster)
     physical, damaged_physical = scan_physical(ctx.storage, ctx.cluster)
     damaged += damaged_physical
+    broken = chain.broken({p.backup_id: p for p in physical}, {d.backup_id: d.reason for d in damaged_physical})
     summary: list[dict[str, Any]] = [
         {
             "backup_id": m.backup_id,
@@ -72,19 +78,26 @@ def run_list(args: argparse.Namespace) -> int:
             "page_checksums": None if p.page_checksums is None else {
                 "checked": p.page_checksums.checked, "pages": p.page_checksums.pages, "failed": p.page_checksums.failed,
                 "bad_pages": [b.to_json() for b in p.page_checksums.bad_pages[:10]]},
+            "backup_type": p.backup_type,
+            "reference": p.reference,
+            "chain_broken": broken.get(p.backup_id),
         }
         for p in physical
     ]
     summary.sort(key=lambda d: (d["started_at"], d["kind"]))
     for d in damaged:
         log.get().warning("%s backup %s is damaged: %s", d.kind, d.backup_id, d.reason)
+    for backup_id, why in sorted(broken.items()):
+        log.get().warning("base backup %s cannot be restored, its chain is broken: %s", backup_id, why)
 
     def human() -> str:
         if not summary and not damaged:
             return f"no backups of cluster {ctx.cluster!r} in {ctx.storage.url}"
         rows = [
-            (d["backup_id"], d["kind"], "ok", d["started_at"][:19].replace("T", " "), human_duration(d["duration_seconds"]),
-             ",".join(d["databases"]) if "databases" in d else f"{d['start_lsn']}..{d['stop_lsn']} tl {d['timeline']}"
+            (d["backup_id"], d["kind"], "BROKEN CHAIN" if d.get("chain_broken") else "ok",
+             d["started_at"][:19].replace("T", " "), human_duration(d["duration_seconds"]),
+             ",".join(d["databases"]) if "databases" in d else _chain_text(d)
+             + f"{d['start_lsn']}..{d['stop_lsn']} tl {d['timeline']}"
              + (f", {d['page_checksums']['failed']} BAD PAGE(S)" if (d.get("page_checksums") or {}).get("failed") else ""),
              human_bytes(d["stored_size"]), d["server_version"])
             for d in summary
@@ -106,6 +119,11 @@ def run_list(args: argparse.Namespace) -> int:
                                "damaged": [d.to_json() for d in damaged],
                                "archive": archive.to_json() if archive else None}, human_all)
     return 0
+
+
+def _chain_text(row: dict[str, Any]) -> str:
+    """"incr of 20261205T010203Z, " for an incremental's row (its state says when the chain is broken)."""
+    return "" if row.get("backup_type", "full") == "full" else f"{row['backup_type']} of {row['reference']}, "
 
 
 def describe_archive(a: ArchiveSummary) -> str:
@@ -134,7 +152,17 @@ def describe_archive(a: ArchiveSummary) -> str:
 
 def run_show(args: argparse.Namespace) -> int:
     ctx = context_from(args)
-    m = resolve_logical(ctx.storage, ctx.cluster, args.backup_id)
+    try:
+        m = resolve_logical(ctx.storage, ctx.cluster, args.backup_id)
+    except NotFoundError:
+        if args.backup_id == "latest" or not layout.is_backup_id(args.backup_id):
+            raise
+        try:
+            base = load_physical(ctx.storage, ctx.cluster, args.backup_id)
+        except NotFoundError:
+            raise NotFoundError(f"no backup {args.backup_id} of cluster {ctx.cluster!r} in {ctx.storage.url}",
+                                hint="see 'pgvault list'") from None
+        return _show_physical(args, ctx, base)
 
     def human() -> str:
         lines = [
@@ -158,6 +186,34 @@ def run_show(args: argparse.Namespace) -> int:
         return "\n".join(lines)
 
     emit(args, "backup", {"backup": m.to_json()}, human)
+    return 0
+
+
+def _show_physical(args: argparse.Namespace, ctx: Context, m: PhysicalManifest) -> int:
+    """A base backup: where its WAL starts and stops, and the chain a restore of it applies."""
+    from pgvault.operations.maintenance.verify_chain import Chains
+
+    ids, broken = Chains(ctx.storage, ctx.cluster, lambda _finding: None).chain(m)
+
+    def human() -> str:
+        if broken is not None:
+            chain_line = f"BROKEN: {broken}; restore refuses it (take a full backup)"
+        elif len(ids) == 1:
+            chain_line = "full backup: restored on its own"
+        else:
+            chain_line = f"{len(ids)} backups, restored in this order: {', '.join(ids)} ({m.backup_type} of {m.reference})"
+        return "\n".join([
+            f"backup      {m.backup_id} ({m.kind}, {m.backup_type})",
+            f"cluster     {m.cluster} (system identifier {m.system_identifier})",
+            f"server      PostgreSQL {m.server_version}",
+            f"time        {m.started_at} .. {m.finished_at} ({human_duration(m.duration_seconds)})",
+            f"WAL         timeline {m.timeline}, {m.start_lsn}..{m.stop_lsn} ({m.first_wal}..{m.last_wal})",
+            f"pipeline    compression {m.pipeline.compression}, encryption {m.pipeline.encryption}",
+            f"size        {human_bytes(m.raw_size)} read, {human_bytes(m.stored_size)} stored",
+            f"chain       {chain_line}",
+        ])
+
+    emit(args, "backup", {"backup": m.to_json(), "chain": ids or None, "chain_broken": broken}, human)
     return 0
 
 

@@ -101,3 +101,17 @@ def dependents(backups: Mapping[str, Link]) -> dict[str, list[str]]:
         if b.backup_type != "full" and b.reference:
             out.setdefault(b.reference, []).append(b.backup_id)
     return {k: sorted(v) for k, v in out.items()}
+
+
+def broken(backups: Mapping[str, Link], damaged: Mapping[str, str] | None = None) -> dict[str, str]:
+    """backup id -> why :func:`chain_of` cannot follow it to its full backup, for every
+    incremental in ``backups`` whose chain is broken (``expire``'s notes, ``status``'s finding)."""
+    out = {}
+    for backup_id, link in backups.items():
+        if link.backup_type == "full":
+            continue
+        try:
+            chain_of(backup_id, backups, damaged)
+        except ChainBroken as e:
+            out[backup_id] = e.reason
+    return out

@@ -13,6 +13,9 @@ rule that keeps it and every deleted one says why.  The rules:
 * **Base backups**: ``keep_last``, ``keep_within`` and ``min_keep`` as above, and ``pitr_window``
   W: the newest backup that ended at or before ``now - W`` (the one a recovery to the oldest point
   of the window starts from) plus every newer one.
+* **Incremental chains** (:mod:`pgvault.policy.retention_chain`): after the rules, every backup a
+  kept ``incr``/``diff`` is restored from is kept too ("needed by <id> (incr)"), whatever the rules
+  and ``min_keep`` said of it.
 * **WAL** (:mod:`pgvault.policy.retention_wal`): every segment a kept base backup needs to
   reach every point of its recovery window, i.e. everything from the oldest kept backup's start segment onward, on every timeline.  WAL of a lower
   segment number (any timeline: segments, ``.partial`` files, backup history files) is deleted;
@@ -39,6 +42,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pgvault.pg import wal
+from pgvault.policy.retention_chain import keep_chains
 from pgvault.policy.retention_wal import WalFile, WalPlan, plan_wal
 from pgvault.repository import layout
 from pgvault.storage.base import ObjectInfo, UnfinishedWrite
@@ -184,6 +188,11 @@ class Backup:
     timeline: int = 1
     start_lsn: wal.LSN | None = None  # base backups: where its WAL starts
     unreadable: str | None = None  # the manifest could not be read: always kept, never counted
+    # Incremental chains (policy/retention_chain.py): "full" | "incr" | "diff", the backup it is
+    # restored from and that backup's start LSN when it was taken.
+    backup_type: str = "full"
+    reference: str | None = None
+    reference_start_lsn: str = ""
 
     @classmethod
     def from_id(cls, backup_id: str, **kw: Any) -> Backup:
@@ -549,7 +558,10 @@ def make_plan(inv: Inventory, policy: Policy, now: dt.datetime) -> RetentionPlan
     logical = _hold(plan_logical(inv.logical, policy.logical, now), inv.retained, "logical")
     physical, pnotes = plan_physical(inv.physical, policy.physical, now, inv.seg_size)
     physical = _hold(physical, inv.retained, "physical")
-    notes += pnotes
+    # After the rules and the holds: whatever they keep keeps the chain it is restored from.
+    physical, cnotes = keep_chains(physical, inv.physical)
+    notes += pnotes + cnotes
+    # A kept incremental's chain is kept, so WAL is kept from its full's start (conservative: see plan_wal).
     kept_ids = {d.backup_id for d in physical if d.keep}
     kept = [b for b in inv.physical if b.backup_id in kept_ids]
     wal_plan = plan_wal(inv.wal, kept, inv.seg_size, configured=policy.physical.configured)

@@ -130,7 +130,12 @@ def plan_wal(files: Sequence[WalFile], kept: Sequence[Backup], seg_size: int | N
     and to reach every point of its window it needs every later segment, on the timeline it
     follows.  So everything from the oldest kept backup's start segment on is kept, on every
     timeline (a segment number below it is not needed by any kept backup on any timeline: timelines
-    only ever branch forward).  History files are kept: they are tiny and recovery probes them."""
+    only ever branch forward).  History files are kept: they are tiny and recovery probes them.
+
+    ``kept`` includes every backup a kept incremental is restored from (policy/retention_chain.py),
+    so WAL is kept from its full backup's start.  That is conservative on purpose: restoring the
+    incremental replays only WAL from its own start, but its full is a kept backup too, and every
+    kept backup stays restorable to every later point."""
     complete = sorted((f for f in files if f.complete), key=lambda f: f.name)
     total = sum(f.size for f in complete)
 

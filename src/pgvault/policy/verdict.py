@@ -21,6 +21,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from pgvault.policy import chain
 from pgvault.repository.manifest import LogicalManifest
 from pgvault.repository.physical import PhysicalManifest
 
@@ -102,6 +103,11 @@ class BackupFacts:
     stop_lsn: str | None = None  # physical
     bad_pages: int | None = None  # physical: pages that failed their checksum while it read them (None: not checked)
     first_bad_page: str = ""
+    # physical: what policy/chain.py follows to tell whether an incremental can be restored
+    backup_type: str = "full"
+    reference: str | None = None
+    reference_start_lsn: str = ""
+    start_lsn: str = ""
 
     @classmethod
     def of_logical(cls, m: LogicalManifest) -> BackupFacts:
@@ -114,7 +120,9 @@ class BackupFacts:
         checked = pc is not None and pc.checked
         return cls("physical", m.backup_id, m.finished_at, m.duration_seconds, m.stored_size, stop_lsn=m.stop_lsn,
                    bad_pages=pc.failed if pc is not None and checked else None,
-                   first_bad_page=pc.bad_pages[0].describe() if pc is not None and pc.bad_pages else "")
+                   first_bad_page=pc.bad_pages[0].describe() if pc is not None and pc.bad_pages else "",
+                   backup_type=m.backup_type, reference=m.reference, reference_start_lsn=m.reference_start_lsn,
+                   start_lsn=m.start_lsn)
 
     def to_json(self, now: dt.datetime) -> dict[str, Any]:
         doc: dict[str, Any] = {
@@ -127,6 +135,8 @@ class BackupFacts:
         else:
             doc["stop_lsn"] = self.stop_lsn
             doc["bad_pages"] = self.bad_pages
+            doc["backup_type"] = self.backup_type
+            doc["reference"] = self.reference
         return doc
 
 
@@ -248,6 +258,16 @@ def evaluate(s: StatusSnapshot) -> list[Reason]:
         add(CRITICAL, "corrupt_pages", f"the newest base backup {newest.backup_id} read {newest.bad_pages} page(s) of "
                                        f"the cluster that fail their checksum, e.g. {newest.first_bad_page}: the "
                                        "cluster's data is damaged")
+
+    # Every base backup in the repository is kept (expire keeps the chain of what it keeps): an
+    # incremental whose chain is broken is a backup that looks restorable and is not.
+    broken = chain.broken({b.backup_id: b for b in s.physical},
+                          {d.backup_id: d.reason for d in s.damaged if d.kind == "physical"})
+    if broken:
+        shown = "; ".join(f"{i}: {why}" for i, why in sorted(broken.items())[:3])
+        more = f" and {len(broken) - 3} more" if len(broken) > 3 else ""
+        add(CRITICAL, "chain_broken", f"{len(broken)} incremental base backup(s) cannot be restored, their chain is "
+                                      f"broken ({shown}{more}): take a full backup")
 
     # The WAL archive and the recoverable window.
     a = s.archive

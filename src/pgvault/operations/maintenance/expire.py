@@ -82,7 +82,8 @@ def _physical_record(storage: Storage, cluster: str, folder: Folder) -> Backup |
         start = wal.LSN.parse(m.start_lsn)
     except (ValueError, wal.WalError) as e:
         return Backup.from_id(folder.backup_id, size=folder.size, unreadable=str(e))
-    return Backup.from_id(folder.backup_id, size=folder.size, ended_at=ended, timeline=m.timeline, start_lsn=start)
+    return Backup.from_id(folder.backup_id, size=folder.size, ended_at=ended, timeline=m.timeline, start_lsn=start,
+                          backup_type=m.backup_type, reference=m.reference, reference_start_lsn=m.reference_start_lsn)
 
 
 def collect(ctx: Context, real_now: dt.datetime | None = None) -> Inventory:

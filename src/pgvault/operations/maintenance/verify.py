@@ -8,6 +8,11 @@ and the raw sha256 and size are all checked, with memory bounded by one chunk.  
 identity (the backup host normally holds only the public key) encrypted objects are checked by
 their stored size and sha256 only; such items are reported as ``partial``, never as ``ok``.
 
+An incremental base backup (``incr``/``diff``) is verified with every backup it is restored from,
+each object once however many backups share it; a broken chain (a link missing, unreadable or
+replaced) or a failed link is a failure of the incremental too
+(:mod:`pgvault.operations.maintenance.verify_chain`).  A backup's file list is checked and parsed.
+
 The WAL archive is checked the way recovery reads it (:mod:`pgvault.policy.pitr`): for each
 base backup, every segment from its start to the newest archived segment along the timeline
 recovery follows must be present (holes are reported as ranges of names), and each timeline
@@ -36,6 +41,7 @@ from pgvault import log
 from pgvault.errors import IntegrityError, NotFoundError
 from pgvault.operations.context import Context
 from pgvault.operations.maintenance.unfinished import UnfinishedSummary, scan
+from pgvault.operations.maintenance.verify_chain import Chains, check_file_list
 from pgvault.operations.progress import CountingReader
 from pgvault.output import human_bytes
 from pgvault.pg import wal
@@ -239,15 +245,6 @@ def _load_logical(ctx: Context, report: VerifyReport, backup_id: str) -> Logical
         return None
 
 
-def _load_physical(ctx: Context, report: VerifyReport, backup_id: str) -> PhysicalManifest | None:
-    try:
-        return catalog.load_physical(ctx.storage, ctx.cluster, backup_id)
-    except IntegrityError as e:
-        key = layout.base_prefix(ctx.cluster, backup_id) + layout.MANIFEST_NAME
-        report.add(Finding("physical", layout.MANIFEST_NAME, FAILED, e.message, backup_id, key))
-        return None
-
-
 def _verify_logical(ctx: Context, checker: ObjectChecker, m: LogicalManifest, sysid: str | None) -> None:
     prefix = layout.logical_prefix(ctx.cluster, m.backup_id)
     bad = _sysid_finding("logical", m.backup_id, prefix + layout.MANIFEST_NAME, m.system_identifier, sysid)
@@ -262,6 +259,9 @@ def _verify_physical_objects(ctx: Context, checker: ObjectChecker, b: PhysicalMa
     if bad:
         checker.report.add(bad)
     _verify_objects(checker, "physical", b.backup_id, prefix, b.pipeline, b.objects())
+    listed = check_file_list(checker.check, prefix, b)
+    if listed:
+        checker.report.add(listed)
 
 
 # --- the WAL archive ------------------------------------------------------------------------------
@@ -440,12 +440,7 @@ def verify(ctx: Context, ref: str | None, *, now: dt.datetime | None = None,
         m = _load_logical(ctx, report, backup_id)
         if m is not None:
             _verify_logical(ctx, checker, m, sysid)
-    physical: list[PhysicalManifest] = []
-    for backup_id in physical_ids:
-        b = _load_physical(ctx, report, backup_id)
-        if b is not None:
-            _verify_physical_objects(ctx, checker, b, sysid)
-            physical.append(b)
+    physical = _verify_physical(ctx, checker, physical_ids, sysid)
     if ref is None or physical:
         _verify_archive(ctx, checker, physical, seg_size, sysid, now, whole=ref is None)
     if ref is None:
@@ -454,6 +449,25 @@ def verify(ctx: Context, ref: str | None, *, now: dt.datetime | None = None,
         log.get().warning("verify: %d encrypted object(s) checked WITHOUT decryption (no age identity configured): "
                           "only their stored size and sha256", report.undecrypted)
     return report
+
+
+def _verify_physical(ctx: Context, checker: ObjectChecker, ids: Sequence[str], sysid: str | None) -> list[PhysicalManifest]:
+    """Base backups ``ids`` with every backup their chains restore from (each once), then each
+    incremental's chain; the manifests of ``ids`` that could be read."""
+    report = checker.report
+    chains = Chains(ctx.storage, ctx.cluster, report.add)
+    asked = [b for backup_id in ids if (b := chains.load(backup_id, asked=True)) is not None]
+    done: set[str] = set()
+    for b in asked:
+        for link in chains.links(b):
+            if link.backup_id not in done:
+                done.add(link.backup_id)
+                _verify_physical_objects(ctx, checker, link, sysid)
+    failed = {f.backup_id for f in report.findings if f.status == FAILED and f.kind == "physical" and f.backup_id}
+    for b in asked:
+        if (chain := chains.finding(b, failed)) is not None:
+            report.add(chain)
+    return asked
 
 
 def _count_unfinished(ctx: Context, report: VerifyReport, now: dt.datetime) -> None:
