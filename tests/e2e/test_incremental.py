@@ -202,3 +202,30 @@ def test_a_physical_drill_of_an_incremental_restores_its_chain(major, archiving)
     assert r.returncode == 0, r.stderr
     report = r.json()["drill"]
     assert report["ok"] and report["backup_id"] == incr["backup_id"], report
+
+
+@pytest.mark.parametrize("major", pg_majors()[-1:] or [None])
+def test_restore_passes_over_an_incremental_whose_chain_is_broken(major, archiving) -> None:  # type: ignore[no-untyped-def]
+    """The newest base backup's chain lost a link (its manifest): choosing a backup by itself,
+    restore-cluster takes the newest one whose chain is whole and replays the WAL from there."""
+    a = archiving(major)
+    c = a.cluster
+    c.psql("CREATE TABLE items(i int PRIMARY KEY, t text); INSERT INTO items SELECT g, 'x' FROM generate_series(1, 100) g")
+    full = a.basebackup("--type", "full")
+    c.psql("INSERT INTO items SELECT g, 'y' FROM generate_series(101, 200) g")
+    a.switch_and_wait()
+    incr1 = a.basebackup("--type", "incr")
+    c.psql("INSERT INTO items SELECT g, 'z' FROM generate_series(201, 300) g")
+    a.switch_and_wait()
+    incr2 = a.basebackup("--type", "incr")
+    c.psql("INSERT INTO items SELECT g, 'w' FROM generate_series(301, 350) g")
+    a.switch_and_wait()
+    expected = _state(a)
+    (Path(a.repo_url) / "pitr" / "base" / incr1["backup_id"] / "manifest.json").unlink()
+    r, restored = a.restore()
+    try:
+        assert r.json()["plan"]["backup_id"] == full["backup_id"]
+        assert restored.query("SELECT count(*), coalesce(sum(i), 0), coalesce(sum(length(t)), 0) FROM items") == expected
+        assert f"base backup {incr2['backup_id']} is not used: its chain is broken" in r.stderr
+    finally:
+        restored.stop()

@@ -58,11 +58,11 @@ from pgvault.operations.physical.unpack import (
 from pgvault.operations.workers import layout_lock
 from pgvault.pg import wal
 from pgvault.pg.runner import Runner
-from pgvault.policy.chain import ChainBroken, chain_of
+from pgvault.policy.chain import ChainBroken, broken, chain_of
 from pgvault.policy.pitr import Plan, RecoveryTarget, plan_recovery, reachable_end
 from pgvault.repository import layout
 from pgvault.repository.archive_scan import load_archive_index
-from pgvault.repository.catalog import list_physical, load_physical, scan_physical
+from pgvault.repository.catalog import load_physical, scan_physical
 from pgvault.repository.cluster import read_cluster_info
 from pgvault.repository.physical import PhysicalManifest
 from pgvault.repository.wal_record import archived_at_iso
@@ -116,7 +116,15 @@ def make_plan(ctx: Context, target: RecoveryTarget, backup_id: str | None = None
         raise NotFoundError(f"cluster {ctx.cluster!r} has nothing in {ctx.storage.url}")
     if backup_id is not None:  # named: its damaged manifest is exit 6, not "no such backup" (skipped below)
         load_physical(ctx.storage, ctx.cluster, backup_id)
-    backups = list_physical(ctx.storage, ctx.cluster)
+    backups, damaged = scan_physical(ctx.storage, ctx.cluster)
+    for d in damaged:
+        log.get().warning("%s backup %s is damaged: %s", d.kind, d.backup_id, d.reason)
+    # An incremental whose chain cannot be followed is never chosen by itself (asked for by its id,
+    # plan_chain refuses it with the reason); an older backup whose chain is whole is.
+    unusable = broken({b.backup_id: b for b in backups}, {d.backup_id: d.reason for d in damaged})
+    skipped = tuple(f"base backup {i} is not used: its chain is broken ({why})" for i, why in sorted(unusable.items())
+                    if i != backup_id)
+    backups = [b for b in backups if b.backup_id not in unusable or b.backup_id == backup_id]
     if not backups:
         raise NotFoundError(f"no base backup of cluster {ctx.cluster!r} in {ctx.storage.url}",
                             hint="run 'pgvault basebackup' first")
@@ -126,6 +134,8 @@ def make_plan(ctx: Context, target: RecoveryTarget, backup_id: str | None = None
     # of the archive is only required to get as far as what is stored now.
     index = strict.counting_in_flight(dt.datetime.now(dt.UTC))
     plan = plan_recovery(backups, index, target, backup_id=backup_id, archived_at=lambda n: archived_at(ctx, n))
+    if skipped:
+        plan = dataclasses.replace(plan, warnings=skipped + plan.warnings)
     first = wal.parse_segment_name(plan.first_wal, seg_size)[1]
     end = reachable_end(strict, plan.timeline, strict.history(plan.timeline), first)
     if end is None:
