@@ -72,6 +72,7 @@ def run_list(args: argparse.Namespace) -> int:
             "page_checksums": None if p.page_checksums is None else {
                 "checked": p.page_checksums.checked, "pages": p.page_checksums.pages, "failed": p.page_checksums.failed,
                 "bad_pages": [b.to_json() for b in p.page_checksums.bad_pages[:10]]},
+            "from_standby": p.from_standby,
         }
         for p in physical
     ]
@@ -84,7 +85,8 @@ def run_list(args: argparse.Namespace) -> int:
             return f"no backups of cluster {ctx.cluster!r} in {ctx.storage.url}"
         rows = [
             (d["backup_id"], d["kind"], "ok", d["started_at"][:19].replace("T", " "), human_duration(d["duration_seconds"]),
-             ",".join(d["databases"]) if "databases" in d else f"{d['start_lsn']}..{d['stop_lsn']} tl {d['timeline']}"
+             ",".join(d["databases"]) if "databases" in d
+             else f"{d['start_lsn']}..{d['stop_lsn']} tl {d['timeline']}" + (" (standby)" if d["from_standby"] else "")
              + (f", {d['page_checksums']['failed']} BAD PAGE(S)" if (d.get("page_checksums") or {}).get("failed") else ""),
              human_bytes(d["stored_size"]), d["server_version"])
             for d in summary
