@@ -81,6 +81,7 @@ def run_list(args: argparse.Namespace) -> int:
             "backup_type": p.backup_type,
             "reference": p.reference,
             "chain_broken": broken.get(p.backup_id),
+            "from_standby": p.from_standby,
         }
         for p in physical
     ]
@@ -97,7 +98,7 @@ def run_list(args: argparse.Namespace) -> int:
             (d["backup_id"], d["kind"], "BROKEN CHAIN" if d.get("chain_broken") else "ok",
              d["started_at"][:19].replace("T", " "), human_duration(d["duration_seconds"]),
              ",".join(d["databases"]) if "databases" in d else _chain_text(d)
-             + f"{d['start_lsn']}..{d['stop_lsn']} tl {d['timeline']}"
+             + f"{d['start_lsn']}..{d['stop_lsn']} tl {d['timeline']}" + (" (standby)" if d["from_standby"] else "")
              + (f", {d['page_checksums']['failed']} BAD PAGE(S)" if (d.get("page_checksums") or {}).get("failed") else ""),
              human_bytes(d["stored_size"]), d["server_version"])
             for d in summary

@@ -125,8 +125,10 @@ def load_restore_points(storage: Storage, cluster: str) -> dict[str, RestorePoin
     return points
 
 
-def wait_until_archived(storage: Storage, cluster: str, names: list[str], timeout: float, *, what: str) -> None:
-    """Block until every file in ``names`` is in this repository (its checksum record exists)."""
+def wait_until_archived(storage: Storage, cluster: str, names: list[str], timeout: float, *, what: str,
+                        hint: str | None = None) -> None:
+    """Block until every file in ``names`` is in this repository (its checksum record exists);
+    ``hint``: what to do when they do not come in time (default: check archive_command)."""
     deadline = time.monotonic() + timeout
     missing = list(names)
     # The last segment is usually archived a fraction of a second after the backup stopped: look
@@ -145,7 +147,7 @@ def wait_until_archived(storage: Storage, cluster: str, names: list[str], timeou
                 raise PgvaultError(
                     f"WAL {missing[0]}{' .. ' + missing[-1] if len(missing) > 1 else ''} needed by {what} "
                     f"did not reach {storage.url} within {timeout:.0f}s",
-                    hint="is archive_command = 'pgvault wal push %p' set, with the same repository and cluster?",
+                    hint=hint or "is archive_command = 'pgvault wal push %p' set, with the same repository and cluster?",
                 )
             time.sleep(pause)
             pause = min(pause * 2, 0.5)

@@ -179,6 +179,9 @@ class PhysicalManifest(SizedBackup):
     files: StoredObject | None = None
     data_checksums: bool | None = None
     database_rows: tuple[tuple[int, int], ...] = ()
+    # Taken on a streaming standby: the stop LSN is its minRecoveryPoint (no backup-end record in
+    # the WAL) and the copied pg_control marks the end (operations/physical/standby_backup.py).
+    from_standby: bool = False
 
     @property
     def stop_time(self) -> str:
@@ -229,7 +232,7 @@ class PhysicalManifest(SizedBackup):
             {} if self.page_checksums is None else {"page_checksums": self.page_checksums.to_json()}) | {
             "backup_type": self.backup_type, "type_reason": self.type_reason, "reference": self.reference, "reference_start_lsn": self.reference_start_lsn,
             "files": None if self.files is None else self.files.to_json(), "data_checksums": self.data_checksums,
-            "database_rows": [list(r) for r in self.database_rows]}
+            "database_rows": [list(r) for r in self.database_rows], "from_standby": self.from_standby}
 
     def dumps(self) -> bytes:
         return (json.dumps(self.to_json(), indent=2) + "\n").encode("utf-8")
@@ -267,6 +270,7 @@ class PhysicalManifest(SizedBackup):
                 files=None if d.get("files") is None else StoredObject.from_json(d["files"]),
                 data_checksums=d.get("data_checksums"),
                 database_rows=tuple((int(r[0]), int(r[1])) for r in d.get("database_rows", [])),
+                from_standby=bool(d.get("from_standby", False)),
             )
         except (ValueError, KeyError, TypeError) as e:
             raise IntegrityError(f"manifest {where} is unreadable: {type(e).__name__}: {e}") from None

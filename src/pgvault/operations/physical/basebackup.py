@@ -11,6 +11,10 @@ BASE_BACKUP); our manifest records every object's size and checksums instead.
 
 Template: start → copy (base, then each tablespace) → stop → add backup_label / tablespace_map to
 the base tar → check the needed WAL is in *our* archive → manifest (written last).
+
+``global/pg_control`` is always the last file copied (after every part, before the stop): on a
+standby the restore takes its minRecoveryPoint as the end of the backup (see standby_backup.py);
+on a primary the order does not matter, so one order serves both.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import pgvault
 from pgvault import log
 from pgvault.errors import ConfigError, DatabaseError, PgvaultError, UsageError
 from pgvault.operations.context import Context
+from pgvault.operations.physical import standby_backup
 from pgvault.operations.physical.datadir_tar import Cancelled, split_parts, stream_tar, walk
 from pgvault.operations.physical.incremental import database_rows, plan_delta, write_file_list
 from pgvault.operations.physical.page_check import PageCheck, name_bad_pages, report_bad_pages
@@ -36,6 +41,7 @@ from pgvault.procs import hostname
 from pgvault.repository import catalog, layout
 from pgvault.repository.archive_scan import wait_until_archived
 from pgvault.repository.cluster import ensure_cluster
+from pgvault.repository.file_list import FileEntry
 from pgvault.repository.locks import RepositoryLock
 from pgvault.repository.manifest import StoredObject
 from pgvault.repository.physical import (
@@ -68,11 +74,15 @@ def basebackup(ctx: Context, *, pgdata: str | None = None, fast: bool = True, ar
             "SELECT name, setting FROM pg_settings WHERE name IN ('data_directory', 'archive_mode', 'wal_segment_size',"
             " 'data_checksums')"
         ).fetchall())
+        row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
+        from_standby = bool(row and row[0])
         data_dir = Path(pgdata or settings.get("data_directory", ""))
         if not (data_dir / "PG_VERSION").exists():
             raise ConfigError([f"cannot read the data directory {data_dir}: pgvault basebackup runs on the database host"],
                               hint="pass --pgdata if the server reports a path this host sees differently")
-        if settings.get("archive_mode") == "off":
+        # A standby's own archive_mode says nothing (its primary archives, or it does with
+        # "always"): the wait for the WAL in our repository below decides.
+        if settings.get("archive_mode") == "off" and not from_standby:
             raise ConfigError(["archive_mode is off: a base backup without archived WAL cannot be restored"],
                               hint="set archive_mode = on and archive_command = 'pgvault wal push %p'")
         seg_size = int(settings["wal_segment_size"])
@@ -93,8 +103,9 @@ def basebackup(ctx: Context, *, pgdata: str | None = None, fast: bool = True, ar
             row = conn.execute("SELECT pg_backup_start(%s, %s)::text", (label, fast)).fetchone()
             assert row is not None
             start = wal.LSN.parse(str(row[0]))
-            logger.info("base backup %s started at %s (%s)", backup_id, start, data_dir)
-            relation_maps = _relation_maps(ctx, conn)
+            logger.info("base backup %s started at %s (%s%s)", backup_id, start, data_dir,
+                        ", on a standby" if from_standby else "")
+            relation_maps = _relation_maps(ctx, conn, in_recovery=from_standby)
             check, not_checked = _page_check(ctx.settings.page_checksums, settings.get("data_checksums"), start)
             rows = database_rows(conn)
             plan = plan_delta(ctx, conn, backup_type, system_identifier=facts.system_identifier, major=facts.major,
@@ -107,6 +118,8 @@ def basebackup(ctx: Context, *, pgdata: str | None = None, fast: bool = True, ar
             # and abort their objects before we return, instead of being cut off mid-write at exit.
             cancel = threading.Event()
             reading = Reading(check=check, delta=plan.delta, cancel=cancel)
+            standby_backup.pause_for_tests("copy")
+            watch = standby_backup.PromotionWatch(ctx.conn, cancel) if from_standby else None
             workers: list[threading.Thread] = []
             others: list[tuple[StoredObject, int] | BaseException | None] = []
             try:
@@ -120,20 +133,27 @@ def basebackup(ctx: Context, *, pgdata: str | None = None, fast: bool = True, ar
                     # pg_backup_stop switches to a new segment. We do not let it wait for the archive
                     # (wait_for_archive waits forever if archive_command keeps failing); instead
                     # we wait, bounded, until the segments are in *our* repository.
+                    # On a standby it switches nothing and returns its minRecoveryPoint (standby_backup.py).
                     r = conn.execute(
                         "SELECT lsn::text, labelfile, spcmapfile, clock_timestamp(),"
-                        " pg_snapshot_xmax(pg_current_snapshot())::text FROM pg_backup_stop(false)"
+                        " pg_snapshot_xmax(pg_current_snapshot())::text, "
+                        + ("(SELECT min_recovery_end_timeline FROM pg_control_recovery())" if from_standby else "0")
+                        + " FROM pg_backup_stop(false)"
                     ).fetchone()
                     assert r is not None
                     stopped.update(lsn=str(r[0]), label=str(r[1]), spcmap=str(r[2] or ""),
                                    time=r[3].astimezone(dt.UTC).isoformat(), next_xid=str(r[4]))
                     stopped["label"] += plan.label_lines()
+                    if from_standby:  # inside the base stream: a refusal aborts its object
+                        standby_backup.check_stop(_label_timeline(stopped["label"]), int(r[5]), start,
+                                           wal.LSN.parse(stopped["lsn"]))
                     files = {"backup_label": stopped["label"].encode()}
                     if stopped["spcmap"]:
                         files["tablespace_map"] = stopped["spcmap"].encode()
                     return files
 
-                first, shared = split_parts(data_dir, walk(data_dir, exclude_contents=True))
+                control = data_dir / standby_backup.CONTROL_FILE
+                first, shared = split_parts(data_dir, (p for p in walk(data_dir, exclude_contents=True) if p != control))
                 parts = ctx.settings.backup_parallel
                 others += [None] * (parts - 1)
                 # The parts are the parallelism.  Each hands its compression to one zstd worker
@@ -160,11 +180,19 @@ def basebackup(ctx: Context, *, pgdata: str | None = None, fast: bool = True, ar
                 def stop_after_all_parts() -> dict[str, bytes]:
                     for worker in workers:  # every file is copied before the backup is stopped
                         worker.join()
+                    if watch is not None and watch.stop():
+                        raise standby_backup.promoted_error()
+                    standby_backup.pause_for_tests("stop")
                     if cancel.is_set():  # a part failed: the caller stops the backup and reports why
                         raise Cancelled("base backup cancelled")
-                    return stop()
+                    # Last file, after every part and before the stop (see the module docstring); in
+                    # the file list like every other (a chain's restore removes what it lacks).
+                    name, data = str(standby_backup.CONTROL_FILE), standby_backup.read_control_file(data_dir)
+                    reading.entries.append(FileEntry(name, len(data), None, None, base_key.rsplit("/", 1)[-1]))
+                    return {name: data} | stop()
 
-                base_obj, base_files = stream_tar(ctx, f"{prefix}base.tar{spec.suffix()}", "base", data_dir, spec,
+                base_key = f"{prefix}base.tar{spec.suffix()}"
+                base_obj, base_files = stream_tar(ctx, base_key, "base", data_dir, spec,
                                                    base=True, extra=stop_after_all_parts, paths=shared.paths(first), cancel=cancel,
                                                    threads=threads, reading=reading)
                 for worker in workers:
@@ -178,6 +206,7 @@ def basebackup(ctx: Context, *, pgdata: str | None = None, fast: bool = True, ar
                     base_files += r[1]
             except BaseException as e:
                 cancel.set()
+                promoted = watch is not None and watch.stop() or from_standby and standby_backup.is_promotion_error(e)
                 for worker in workers:
                     worker.join(timeout=60)  # each aborts its object (S3: AbortMultipartUpload)
                 if not stopped:
@@ -185,6 +214,13 @@ def basebackup(ctx: Context, *, pgdata: str | None = None, fast: bool = True, ar
                         conn.execute("SELECT pg_backup_stop(false)")
                     except Exception:  # noqa: BLE001 - the session may be gone; it aborts the backup itself
                         pass
+                if promoted or isinstance(e, standby_backup.StandbyChanged):
+                    # Whichever part noticed first: one clear verdict, and no object of the run is
+                    # kept (the parts that had finished are deleted too).
+                    _discard(ctx, prefix, [r[0] for r in others if isinstance(r, tuple)] + [t.object for t in tablespaces])
+                    logger.error("backup %s discarded: %s", backup_id, e if not promoted else standby_backup.PROMOTED)
+                    if promoted:
+                        raise standby_backup.promoted_error() from None
                 if isinstance(e, Cancelled):  # stopped because another part failed: report that failure
                     cause = next((r for r in others if isinstance(r, BaseException) and not isinstance(r, Cancelled)), None)
                     if cause is not None:
@@ -193,7 +229,10 @@ def basebackup(ctx: Context, *, pgdata: str | None = None, fast: bool = True, ar
             stop_lsn = wal.LSN.parse(stopped["lsn"])
             timeline = _label_timeline(stopped["label"])
             needed = list(wal.segments_between(timeline, start, stop_lsn, seg_size))
-            wait_until_archived(ctx.storage, ctx.cluster, needed, archive_timeout, what="the base backup")
+            hint = standby_backup.archive_wait_hint(needed[-1]) if from_standby else None
+            if from_standby:
+                logger.info("waiting until the primary archives %s (a standby cannot switch WAL)", needed[-1])
+            wait_until_archived(ctx.storage, ctx.cluster, needed, archive_timeout, what="the base backup", hint=hint)
             page_checksums = not_checked if check is None else name_bad_pages(ctx, conn, check.report())
             files_obj = write_file_list(ctx, prefix, reading.entries)
             manifest = PhysicalManifest(
@@ -231,6 +270,7 @@ def basebackup(ctx: Context, *, pgdata: str | None = None, fast: bool = True, ar
                 files=files_obj,
                 data_checksums=settings.get("data_checksums") == "on",
                 database_rows=rows,
+                from_standby=from_standby,
             )
             with ctx.storage.open_write(prefix + layout.MANIFEST_NAME) as w:
                 w.write(manifest.dumps())
@@ -252,10 +292,11 @@ SELECT c.oid::int8, pg_relation_filenode(c.oid)::int8, n.nspname, c.relname, c.r
  ORDER BY c.oid"""
 
 
-def _relation_maps(ctx: Context, conn: Any) -> tuple[DatabaseRelations, ...] | None:
+def _relation_maps(ctx: Context, conn: Any, *, in_recovery: bool = False) -> tuple[DatabaseRelations, ...] | None:
     """Every database's tables and their heap files, read just after the backup started: the
     anchor ``wal find`` follows a table from through the WAL (its WAL names files, not tables).
-    Best effort: a database that cannot be read is left out, and a failure never fails the backup."""
+    Best effort: a database that cannot be read is left out, and a failure never fails the backup.
+    On a standby the position is the replayed one (no WAL is inserted in recovery)."""
     logger = log.get()
     try:
         dbs = conn.execute("SELECT oid::int8, datname FROM pg_database WHERE datallowconn AND NOT datistemplate"
@@ -268,7 +309,8 @@ def _relation_maps(ctx: Context, conn: Any) -> tuple[DatabaseRelations, ...] | N
         try:
             with connection(ctx.conn, dbname=str(name)) as c:
                 c.execute("SET statement_timeout = '60s'")
-                row = c.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()
+                row = c.execute("SELECT pg_last_wal_replay_lsn()::text" if in_recovery
+                                else "SELECT pg_current_wal_insert_lsn()::text").fetchone()
                 rows = c.execute(_RELATIONS_SQL).fetchall()
         except Exception as e:  # noqa: BLE001 - one unreadable database (pg_hba) leaves only itself out
             logger.warning("relation map of database %s not recorded (wal find cannot follow its tables "
@@ -288,6 +330,16 @@ def _page_check(policy: str, data_checksums: str | None, start: wal.LSN) -> tupl
         return None, PageChecksums(checked=False, reason="the cluster has no data checksums (initdb --data-checksums, "
                                                          "or pg_checksums --enable on the stopped cluster)")
     return PageCheck(start.value), PageChecksums(checked=True)
+
+
+def _discard(ctx: Context, prefix: str, objects: list[StoredObject]) -> None:
+    """Delete the objects a discarded run had finished (best effort: a write-once repository keeps
+    them until expire's orphan sweep; without a manifest nothing lists or restores them)."""
+    for obj in objects:
+        try:
+            ctx.storage.delete(prefix + obj.key)
+        except Exception as e:  # noqa: BLE001 - the verdict is the error being raised, not this
+            log.get().warning("could not delete %s of the discarded backup: %s", obj.key, e)
 
 
 def _label_timeline(label: str) -> int:
