@@ -43,6 +43,10 @@ class SizedBackup:
     def objects(self) -> list[StoredObject]:
         raise TypeError(f"{type(self).__name__} must define objects()")
 
+    def stored_objects(self) -> list[StoredObject]:
+        """Every object in the backup's folder besides the manifest: what a copy must carry."""
+        return self.objects()
+
     @property
     def raw_size(self) -> int:
         return sum(o.result.raw_size for o in self.objects())

@@ -191,6 +191,9 @@ class PhysicalManifest(SizedBackup):
         """Every stored object of the backup's data (the tars; not the file list, see ``files``)."""
         return [self.base, *self.base_parts] + [t.object for t in self.tablespaces]
 
+    def stored_objects(self) -> list[StoredObject]:
+        return self.objects() + ([] if self.files is None else [self.files])
+
     @property
     def is_incremental(self) -> bool:
         return self.backup_type != "full"

@@ -343,7 +343,7 @@ class _Copier:
             manifest = loads(raw, where=f"{key} in {self.src.url}")
         except (IntegrityError, KeyError, TypeError, ValueError) as e:
             raise IntegrityError(f"{key} in {self.src.url} cannot be read ({e}); the backup is not copied") from None
-        objects = manifest.objects()
+        objects = manifest.stored_objects()  # the file list of a base backup too
         self.progress.total_objects += len(objects)
         try:
             self._run([functools.partial(self._object, prefix + o.key, o.result.stored_size, o.result.stored_sha256,

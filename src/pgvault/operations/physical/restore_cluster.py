@@ -193,7 +193,7 @@ def plan_chain(ctx: Context, backup: PhysicalManifest) -> list[PhysicalManifest]
                                           "('pgvault verify' checks every chain)") from None
     chain = [by_id[i] for i in ids]
     for link in chain:
-        for obj in link.objects():
+        for obj in link.stored_objects():
             key = layout.base_prefix(link.cluster, link.backup_id) + obj.key
             try:
                 ctx.storage.stat(key)
