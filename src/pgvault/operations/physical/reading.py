@@ -146,25 +146,24 @@ class Reading:
         its path in the restored data directory, ``relpath`` below its tar's root."""
         rel = pages.relation_file(relpath)
         check = None if self.check is None else self.check.for_file(name, relpath)
-        digest = hashlib.sha256() if rel is not None else None
         size = info.size
         if self._incremental(name, rel, size):
-            assert rel is not None and self.delta is not None and digest is not None
+            assert rel is not None and self.delta is not None
             ref = self.delta.files[name]
-            changed = self._scan(f, size, rel, ref.size // BLCKSZ, check, digest)
+            changed, sha = self._scan(f, size, rel, ref.size // BLCKSZ, check, ref.sha256)
             if len(changed) <= _WHOLE_ABOVE * (size // BLCKSZ):
                 header = incremental_header(changed, size // BLCKSZ)
                 member = tarfile.TarInfo(incremental_name(info.name))
                 member.mode, member.mtime, member.uid, member.gid = info.mode, info.mtime, info.uid, info.gid
                 member.size = len(header) + len(changed) * BLCKSZ
                 tar.addfile(member, _IncrementalData(f, header, changed, self.cancel))
-                self._entry(FileEntry(name, size, digest.hexdigest(), len(changed), tar_key))
+                self._entry(FileEntry(name, size, sha, len(changed), tar_key))
                 return
             f.seek(0)
-            check, digest2 = None, None  # checked and hashed by the scan already
-            tar.addfile(info, Padded(f, size, self.cancel, check, digest2))
-            self._entry(FileEntry(name, size, digest.hexdigest(), None, tar_key))
+            tar.addfile(info, Padded(f, size, self.cancel))  # checked and hashed by the scan already
+            self._entry(FileEntry(name, size, sha, None, tar_key))
             return
+        digest = hashlib.sha256() if rel is not None else None
         tar.addfile(info, Padded(f, size, self.cancel, check, digest))
         self._entry(FileEntry(name, size, None if digest is None else digest.hexdigest(), None, tar_key))
 
@@ -176,11 +175,19 @@ class Reading:
         return db is None or db not in d.whole_databases
 
     def _scan(self, f: IO[bytes], size: int, rel: RelationFile, ref_blocks: int, check: FileCheck | None,
-              digest: Any) -> list[int]:
-        """Read ``f`` whole once: check and hash it, and list the pages to store (segment-relative)."""
+              ref_sha256: str | None) -> tuple[list[int], str]:
+        """Read ``f`` whole once: check its pages, list those to store (segment-relative), and its
+        SHA-256 for the file list.
+
+        The hash is only computed once a page to store is seen (the part before it read again):
+        a file without one is, page for page, the reference's (the rule above, up to hint bits), so
+        the reference's hash describes it as well -- a copy of the file matching it is as good for
+        this backup's recovery as for the reference's.  In a typical incremental most files are
+        unchanged, and hashing them was half of the backup's CPU."""
         assert self.delta is not None
         start = np.uint64(self.delta.start_lsn)
         out: list[int] = []
+        digest: Any = None
         offset = 0
         while offset < size:
             if self.cancel.is_set():
@@ -191,14 +198,31 @@ class Reading:
                 data += bytes(want - len(data))  # shrank: zero pages, stored (WAL replay truncates)
             if check is not None:
                 check(f, data, offset)
-            digest.update(data)
             lsn, _, _ = pages.headers(data)
             first = offset // BLCKSZ
             index = np.arange(first, first + len(lsn))
             keep = (lsn >= start) | (lsn == 0) | (index >= ref_blocks)
             out.extend(int(i) for i in index[keep])
+            if digest is None and (out or ref_sha256 is None):
+                digest = self._hash_before(f, offset)
+            if digest is not None:
+                digest.update(data)
             offset += want
-        return out
+        if digest is None:
+            assert ref_sha256 is not None
+            return out, ref_sha256
+        return out, str(digest.hexdigest())
+
+    def _hash_before(self, f: IO[bytes], end: int) -> Any:
+        """A SHA-256 fed with the first ``end`` bytes of ``f``, read again (zeros past its end)."""
+        digest = hashlib.sha256()
+        pos = 0
+        while pos < end:
+            want = min(_BATCH, end - pos)
+            chunk = os.pread(f.fileno(), want, pos)
+            digest.update(chunk + bytes(want - len(chunk)))
+            pos += want
+        return digest
 
 
 class _IncrementalData:
