@@ -35,6 +35,7 @@ import json
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -85,9 +86,16 @@ class Bench:
         cm.switch_and_wait(self.cluster, 300)
         self.cluster.psql("CHECKPOINT")
         t0 = time.monotonic()
-        out = cm.run_checked(cm.as_postgres([str(self.launcher), *args, "--json"]), args[0], env=self.env(**extra),
-                             timeout=3600)
-        return time.monotonic() - t0, json.loads(out)
+        # /usr/bin/time reports the largest peak RSS of the processes it waited for, pgvault's included.
+        r = subprocess.run(["/usr/bin/time", "-f", "PEAK_RSS_KB %M", *cm.as_postgres([str(self.launcher), *args, "--json"])],
+                           env=self.env(**extra), capture_output=True, text=True, timeout=3600)
+        wall = time.monotonic() - t0
+        if r.returncode != 0:
+            raise RuntimeError(f"pgvault {args[0]} exited {r.returncode}: {r.stderr[-2000:]}")
+        doc = json.loads(r.stdout)
+        peak = [int(ln.split()[1]) for ln in r.stderr.splitlines() if ln.startswith("PEAK_RSS_KB ")]
+        doc["peak_rss_mb"] = round(peak[-1] / 1024, 1) if peak else None
+        return wall, doc
 
     def warm(self) -> None:
         """Read the data directory once, so that every timed backup finds it in the page cache (a
@@ -103,7 +111,7 @@ class Bench:
         self.warm()
         wall, doc = self.pgvault(["basebackup", "--type", kind, "--archive-timeout", "300"],
                                  PGVAULT_BACKUP_PAGE_CHECKSUMS=checksums)
-        return wall, doc["backup"]
+        return wall, doc["backup"] | {"peak_rss_mb": doc["peak_rss_mb"]}
 
     def change(self, pattern: str, rnd: int) -> None:
         share = self.args.change_pct / 100
@@ -131,6 +139,7 @@ class Bench:
             wall, b = self.backup("full", checks)
             r[f"full_{checks}_s"] = wall
             r[f"full_{checks}_stored"] = b["stored_size"]
+            r[f"full_{checks}_peak_rss_mb"] = b["peak_rss_mb"]
             full = b
         pattern = "spread" if rnd % 2 == 0 else "hot"
         r["pattern"] = pattern
