@@ -68,8 +68,10 @@ def _workload(a: ArchivingCluster, tag: str) -> None:
     """, dbname=DB)
 
 
-def _scene(archiving: Any, major: int | None, owner: str | None = None) -> tuple[ArchivingCluster, dict[str, Any]]:
-    """``owner``: a role (password ``owner``, no superuser) that owns the application's tables."""
+def _scene(archiving: Any, major: int | None, owner: str | None = None,
+           incremental: bool = False) -> tuple[ArchivingCluster, dict[str, Any]]:
+    """``owner``: a role (password ``owner``, no superuser) that owns the application's tables;
+    ``incremental``: the base backup before the target is an incremental on top of a full one."""
     a = archiving(major, cluster_name="recover")
     a.cluster.load_sample(DB)
     a.cluster.psql("CREATE TABLE tickets (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, note text);"
@@ -79,6 +81,10 @@ def _scene(archiving: Any, major: int | None, owner: str | None = None) -> tuple
         a.cluster.psql(f"CREATE ROLE {owner} LOGIN PASSWORD '{owner}'; GRANT CREATE ON SCHEMA public TO {owner};"
                        + "".join(f"ALTER TABLE {t} OWNER TO {owner};" for t in (*TABLES, "tickets")), dbname=DB)
     a.basebackup()
+    if incremental:
+        _workload(a, "between")
+        a.switch_and_wait()
+        assert a.basebackup("--type", "incr")["backup_type"] == "incr"
     for i in range(3):
         _workload(a, f"before{i}")
     at_target = _snapshot(a)
@@ -341,3 +347,20 @@ def test_json_is_one_document(tmp_path: Path) -> None:
     """--json without a repository still answers with one error document (exit 2 on usage)."""
     r = pgvault(["recover-table", "--json", "--repository", str(tmp_path), "--table", "x"], {**os.environ}, check=False)
     assert r.returncode == 2 and json.loads(r.stdout)["error"] == "usage", str(r)
+
+
+@pytest.mark.parametrize("major", pg_majors()[-1:] or [None])
+def test_recover_table_from_an_incremental_restores_its_chain(major, archiving) -> None:  # type: ignore[no-untyped-def]
+    a, s = _scene(archiving, major, incremental=True)
+    newest = max((b for b in pgvault(["list", "--json"], a.env()).json()["backups"] if b["kind"] == "physical"),
+                 key=lambda b: b["backup_id"])
+    assert newest["backup_type"] == "incr"
+    tmp = postgres_tmpdir("pgvault-recover-")
+    env = _env(a, tmp)
+    doc = _recover(a, env, "--table", "public.organizations", "--mode", "missing-rows",
+                   "--target-xid", s["xid"], "--target-exclusive").json()
+    assert doc["plan"]["backup_id"] == newest["backup_id"]  # the incremental, restored with its full backup
+    [res] = doc["results"]
+    assert res["inserted"] == len(s["at_target"]["organizations"]), res
+    assert _rows(a, "organizations") == {**s["at_target"]["organizations"], **s["after"]["organizations"]}
+    assert not _leftovers(tmp), _leftovers(tmp)
