@@ -235,6 +235,10 @@ def basebackup(ctx: Context, *, pgdata: str | None = None, fast: bool = True, ar
             wait_until_archived(ctx.storage, ctx.cluster, needed, archive_timeout, what="the base backup", hint=hint)
             page_checksums = not_checked if check is None else name_bad_pages(ctx, conn, check.report())
             files_obj = write_file_list(ctx, prefix, reading.entries)
+            if plan.delta is not None:
+                logger.info("%s against %s: %d changed page(s) stored, in %d of %d file(s)", plan.backup_type,
+                            plan.delta.reference, reading.stored_blocks,
+                            sum(1 for e in reading.entries if e.blocks), len(reading.entries))
             manifest = PhysicalManifest(
                 backup_id=backup_id,
                 cluster=ctx.cluster,
