@@ -27,6 +27,7 @@ from pathlib import Path
 from pgvault import log
 from pgvault.errors import TargetBusyError, TargetExistsError, UsageError
 from pgvault.operations.physical import recovery
+from pgvault.operations.physical.unpack import restored_files
 from pgvault.repository.file_list import FileEntry
 
 _HASH_BUF = 1 << 20
@@ -74,29 +75,17 @@ def prepare(data_dir: Path, homes: dict[str, Path], files: dict[str, FileEntry],
     kept_bytes = 0
     removed = 0
     candidates: list[tuple[Path, str, FileEntry]] = []
-    roots = [(data_dir, "")] + [(home, f"pg_tblspc/{oid}/") for oid, home in homes.items()]
-    for root, prefix in roots:
-        if not root.exists():
-            continue
-        for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-            rel_dir = os.path.relpath(dirpath, root)
-            if prefix == "" and rel_dir.split(os.sep)[0] == "pg_tblspc":
-                dirnames[:] = []
-                continue
-            for name in filenames:
-                rel = name if rel_dir == "." else f"{rel_dir}/{name}"
-                path = Path(dirpath) / name
-                entry = files.get(prefix + rel)
-                if prefix == "" and rel_dir.split(os.sep)[0] == "pg_wal":
-                    path.unlink()  # the old cluster's WAL: recovery must not mix it with the backup's
-                    removed += 1
-                    continue
-                if entry is not None and entry.sha256 is not None and not path.is_symlink() \
-                        and path.stat().st_size == entry.size:
-                    candidates.append((path, prefix + rel, entry))
-                    continue
-                path.unlink()
-                removed += 1
+    for path, name in list(restored_files(data_dir, homes, skip=())):
+        entry = files.get(name)
+        if name.startswith("pg_wal/"):
+            path.unlink()  # the old cluster's WAL: recovery must not mix it with the backup's
+            removed += 1
+        elif entry is not None and entry.sha256 is not None and not path.is_symlink() \
+                and path.stat().st_size == entry.size:
+            candidates.append((path, name, entry))
+        else:
+            path.unlink()
+            removed += 1
     # hashlib releases the GIL: the files are hashed on every core.
     with cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="delta-hash") as pool:
         for (path, name, entry), digest in zip(candidates, pool.map(lambda c: _sha256(c[0]), candidates)):

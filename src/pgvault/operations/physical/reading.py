@@ -33,6 +33,7 @@ from pgvault.pg.pages import BLCKSZ, RelationFile
 from pgvault.repository.file_list import FileEntry
 
 INCREMENTAL_MAGIC = 0xD3AE1F0D  # PostgreSQL's INCREMENTAL_MAGIC (src/include/backup/basebackup_incremental.h)
+INCREMENTAL_PREFIX = "INCREMENTAL."  # the member of a file stored incrementally: INCREMENTAL.<name>, beside it
 # A file whose pages are checked is read in batches of this size (whole pages): numpy's checksum
 # over 1 MiB runs at ~2 GiB/s here; over tarfile's 128 KiB reads its per-call cost took 4x that.
 _BATCH = 1 << 20
@@ -112,7 +113,7 @@ def database_of(path: str) -> int | None:
 
 def incremental_name(arcname: str) -> str:
     head, _, name = arcname.rpartition("/")
-    return f"{head}/INCREMENTAL.{name}" if head else f"INCREMENTAL.{name}"
+    return f"{head}/{INCREMENTAL_PREFIX}{name}" if head else f"{INCREMENTAL_PREFIX}{name}"
 
 
 def incremental_header(blocks: list[int], truncation_blocks: int) -> bytes:

@@ -11,6 +11,7 @@ import copy
 import os
 import struct
 import tarfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, cast
@@ -19,6 +20,7 @@ from pgvault.config import Settings
 from pgvault.errors import IntegrityError, PgvaultError, error_of_kind
 from pgvault.fs import fsync_path
 from pgvault.operations.context import Context, build_context
+from pgvault.operations.physical.reading import INCREMENTAL_MAGIC, INCREMENTAL_PREFIX
 from pgvault.operations.workers import worker_pool
 from pgvault.pg.pages import BLCKSZ
 from pgvault.pipeline import open_reader
@@ -30,8 +32,6 @@ from pgvault.storage import ObjectNotFound
 _COPY_BUF = 1 << 20
 CONTROL_FILE = "global/pg_control"
 CONTROL_TEMP_SUFFIX = ".pgvault-restore"
-INCREMENTAL_PREFIX = "INCREMENTAL."
-INCREMENTAL_MAGIC = 0xD3AE1F0D
 
 
 @dataclass(frozen=True)
@@ -291,24 +291,34 @@ def install_control_file(data_dir: Path) -> None:
     fsync_path(data_dir / "global")
 
 
+def restored_files(data_dir: Path, homes: dict[str, Path], *, skip: tuple[str, ...] = ("pg_wal",)
+                   ) -> Iterator[tuple[Path, str]]:
+    """Every regular file of a data directory and its tablespace locations, with its name as a
+    backup's file list has it (``pg_tblspc/<oid>/...`` for a tablespace's); the data directory's
+    ``pg_tblspc`` links and the top-level directories in ``skip`` are not entered."""
+    roots = [(data_dir, "")] + [(home, f"pg_tblspc/{oid}/") for oid, home in homes.items()]
+    for root, prefix in roots:
+        if not root.exists():
+            continue
+        for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+            rel_dir = os.path.relpath(dirpath, root)
+            if prefix == "" and rel_dir.split(os.sep)[0] in ("pg_tblspc", *skip):
+                dirnames[:] = []
+                continue
+            for name in filenames:
+                yield Path(dirpath) / name, prefix + (name if rel_dir == "." else f"{rel_dir}/{name}")
+
+
 def remove_unlisted(data_dir: Path, homes: dict[str, Path], listed: set[str]) -> int:
     """After a chain is applied: remove every regular file the last backup does not hold (dropped
     relations, truncated segments, files the server removed between the links); ``listed`` holds
     paths as in the data directory (``pg_tblspc/<oid>/...`` for a tablespace's)."""
     keep = listed | {"backup_label", "tablespace_map"}
     removed = 0
-    roots = [(data_dir, "")] + [(home, f"pg_tblspc/{oid}/") for oid, home in homes.items()]
-    for root, prefix in roots:
-        for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-            rel_dir = os.path.relpath(dirpath, root)
-            if prefix == "" and rel_dir.split(os.sep)[0] in ("pg_wal", "pg_tblspc"):
-                dirnames[:] = []
-                continue
-            for name in filenames:
-                rel = name if rel_dir == "." else f"{rel_dir}/{name}"
-                if prefix + rel not in keep:
-                    os.unlink(os.path.join(dirpath, name))
-                    removed += 1
+    for path, name in list(restored_files(data_dir, homes)):
+        if name not in keep:
+            path.unlink()
+            removed += 1
     return removed
 
 
